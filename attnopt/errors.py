@@ -1,0 +1,21 @@
+"""User-facing errors. The CLI prints their message on one line and exits 2."""
+
+
+class AttnoptError(Exception):
+    """Bad input or a request attnopt cannot serve; the message is shown to the user as is."""
+
+
+class ModelLoadError(AttnoptError):
+    """The model file is missing, corrupt, truncated, or not ONNX."""
+
+
+class UnsupportedModelError(AttnoptError):
+    """The model is valid but uses something attnopt does not support (e.g. an unknown opset domain)."""
+
+
+class NoSitesError(AttnoptError):
+    """A rewrite found no attention site, or none the pass can serve."""
+
+
+class InvalidParamsError(AttnoptError):
+    """Pass parameters that do not validate."""

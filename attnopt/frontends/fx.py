@@ -1,0 +1,274 @@
+"""fx frontend: torch.fx graphs <-> View.
+
+Handles torch-level graphs (``symbolic_trace``: call_function/call_method/
+call_module on torch functions) and aten-level graphs (``torch.export``:
+OpOverloads, with parameters and buffers lifted to placeholders). Both map
+into the View vocabulary through the tables below.
+"""
+
+from __future__ import annotations
+
+import operator
+import re
+
+import numpy as np
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+
+from ..graph import View
+from ..site import LAYOUT_BHSD, LAYOUT_BSD, ValueRef
+
+MAX_FOLD_ELEMENTS = 1 << 22
+
+# torch-level callables -> canonical op.
+FUNCTION_TABLE = {
+    torch.matmul: "matmul", operator.matmul: "matmul", torch.bmm: "matmul",
+    operator.mul: "mul", torch.mul: "mul", operator.truediv: "div", torch.div: "div",
+    operator.add: "add", torch.add: "add", operator.sub: "sub", torch.sub: "sub", operator.neg: "neg",
+    torch.softmax: "softmax", F.softmax: "softmax", torch.transpose: "transpose", torch.permute: "transpose",
+    torch.reshape: "reshape", torch.where: "where", torch.masked_fill: "masked_fill",
+    F.dropout: "dropout", torch.unsqueeze: "unsqueeze", torch.sqrt: "sqrt", torch.isnan: "isnan",
+    F.scaled_dot_product_attention: "sdpa", operator.invert: "not", torch.logical_not: "not",
+    operator.getitem: "getitem",
+}
+# Tensor methods -> canonical op.
+METHOD_TABLE = {
+    "matmul": "matmul", "bmm": "matmul", "mul": "mul", "div": "div", "add": "add", "sub": "sub",
+    "softmax": "softmax", "transpose": "transpose", "permute": "transpose", "view": "reshape",
+    "reshape": "reshape", "expand": "expand", "unsqueeze": "unsqueeze", "squeeze": "squeeze",
+    "masked_fill": "masked_fill", "float": "cast", "half": "cast", "bfloat16": "cast", "to": "cast",
+    "type": "cast", "type_as": "cast", "contiguous": "identity", "clone": "identity",
+    "logical_not": "not", "mul_": "mul", "div_": "div", "add_": "add", "masked_fill_": "masked_fill",
+}
+# aten OpOverloadPacket names -> canonical op.
+ATEN_TABLE = {
+    "matmul": "matmul", "bmm": "matmul", "mul": "mul", "div": "div", "add": "add", "sub": "sub",
+    "neg": "neg", "sqrt": "sqrt", "reciprocal": "reciprocal", "_softmax": "softmax", "softmax": "softmax",
+    "transpose": "transpose", "permute": "transpose", "view": "reshape", "_unsafe_view": "reshape",
+    "reshape": "reshape", "expand": "expand", "unsqueeze": "unsqueeze", "squeeze": "squeeze",
+    "slice": "slice", "cat": "concat", "where": "where", "masked_fill": "masked_fill",
+    "_to_copy": "cast", "to": "cast", "type_as": "cast", "clone": "identity", "contiguous": "identity",
+    "alias": "identity", "detach": "identity", "lift_fresh_copy": "identity", "dropout": "dropout",
+    "native_dropout": "dropout", "isnan": "isnan", "logical_not": "not", "bitwise_not": "not",
+    "scaled_dot_product_attention": "sdpa",
+}
+
+
+def graph_module_of(model) -> tuple[fx.GraphModule, dict]:
+    """GraphModule plus the placeholder-name -> tensor map of lifted weights (export only)."""
+    if isinstance(model, torch.export.ExportedProgram):
+        sig = model.graph_signature
+        weights = {}
+        for name, target in {**sig.inputs_to_parameters, **sig.inputs_to_buffers}.items():
+            weights[name] = model.state_dict.get(target, model.constants.get(target))
+        for name, target in sig.inputs_to_lifted_tensor_constants.items():
+            weights[name] = model.constants.get(target)
+        return model.graph_module, weights
+    return model, {}
+
+
+def propagate_shapes(gm: fx.GraphModule, example_inputs) -> None:
+    """Record tensor_meta on a symbolic_trace graph so the matcher sees shapes."""
+    from torch.fx.passes.shape_prop import ShapeProp
+    with torch.no_grad():
+        ShapeProp(gm).propagate(*example_inputs)
+
+
+def lift(model) -> View:
+    gm, weights = graph_module_of(model)
+    view = View(source=type(gm).__name__)
+    refs: dict[fx.Node, ValueRef] = {}
+    literal_ids = iter(range(1 << 30))
+
+    def literal(value) -> ValueRef:
+        nid = f"lit{next(literal_ids)}"
+        view.add_node(nid, "constant", consts=[np.asarray(value)], shapes=[()], name=repr(value))
+        return ValueRef(nid)
+
+    for node in gm.graph.nodes:
+        if node.op == "output":
+            continue
+        op, attrs, ports = _canonical(gm, node)
+        shape, dtype = _meta(node)
+        const = None
+        if node.op == "placeholder":
+            if node.name in weights:
+                op, const = "constant", _tensor_const(weights[node.name])
+            else:
+                op = "input"
+        elif node.op == "get_attr":
+            op, const = "constant", _tensor_const(_fetch_attr(gm, node.target))
+        elif op not in ("sdpa", "mha"):
+            const = _fold_lazily(view, refs, node, shape)
+        view.add_node(node.name, op, attrs=attrs, ref=node, shapes=[shape], dtypes=[dtype],
+                      consts=[const], name=_scope(node))
+        for port, arg in enumerate(ports):
+            if isinstance(arg, fx.Node):
+                if arg in refs:
+                    view.connect(refs[arg], node.name, port)
+            elif isinstance(arg, (int, float, bool)) and not isinstance(arg, torch.SymInt):
+                view.connect(literal(arg), node.name, port)
+        refs[node] = ValueRef(node.name)
+    view.value_of = {ref: n for n, ref in refs.items()}
+    return view
+
+
+# ----------------------------------------------------------------------------- op table
+
+def _canonical(gm: fx.GraphModule, node: fx.Node) -> tuple[str, dict, list]:
+    """-> (canonical op, attrs, positional inputs) for one fx node."""
+    args, kwargs = list(node.args), dict(node.kwargs)
+    if node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload):
+        name = node.target.overloadpacket.__name__
+        op = ATEN_TABLE.get(name, f"other:aten.{name}")
+    elif node.op == "call_function":
+        op = FUNCTION_TABLE.get(node.target, f"other:{getattr(node.target, '__name__', node.target)}")
+    elif node.op == "call_method":
+        op = METHOD_TABLE.get(node.target, f"other:Tensor.{node.target}")
+    elif node.op == "call_module":
+        return _module_op(gm, node)
+    else:
+        return node.op, {}, []
+
+    attrs: dict = {}
+    if op == "softmax":
+        attrs["axis"] = args[1] if len(args) > 1 else kwargs.get("dim", -1)
+        args = args[:1]
+    elif op == "transpose":
+        if node.target in (torch.permute, "permute") or "permute" in str(node.target):
+            perm = args[1:] if node.op == "call_method" and len(args) > 2 else args[1]
+            attrs["perm"] = [int(p) for p in perm]
+        else:
+            attrs["dims"] = (int(args[1]), int(args[2]))
+        args = args[:1]
+    elif op in ("reshape", "expand", "unsqueeze", "squeeze", "slice", "cast", "dropout", "identity", "not",
+                "isnan", "sqrt", "neg", "reciprocal"):
+        args = args[:1]
+    elif op in ("add", "sub") and (kwargs.get("alpha", 1) != 1 or (len(args) > 2 and args[2] != 1)):
+        op = f"other:{op}_alpha"
+    elif op == "masked_fill":
+        args = args[:2] + [args[2] if len(args) > 2 else kwargs.get("value")]
+    elif op == "getitem":
+        op, attrs = ("unsqueeze", {}) if _is_none_index(args[1]) else ("other:getitem", {})
+        args = args[:1]
+    elif op == "sdpa":
+        return "sdpa", _sdpa_attrs(args, kwargs), args[:3] + [args[3] if len(args) > 3 else kwargs.get("attn_mask")]
+    return op, attrs, args
+
+
+def _is_none_index(idx) -> bool:
+    return isinstance(idx, tuple) and None in idx and all(i is None or i == slice(None) or i is Ellipsis for i in idx)
+
+
+def _sdpa_attrs(args, kwargs) -> dict:
+    def arg(i, name, default):
+        return args[i] if len(args) > i else kwargs.get(name, default)
+    dropout = arg(4, "dropout_p", 0.0)
+    return {"form": "sdpa", "layout": LAYOUT_BHSD, "q_port": 0, "k_port": 1, "v_port": 2,
+            "mask_port": 3 if arg(3, "attn_mask", None) is not None else None,
+            "causal": bool(arg(5, "is_causal", False)), "scale": arg(6, "scale", None),
+            "unsupported": "uses attention dropout" if isinstance(dropout, float) and dropout > 0 else None}
+
+
+def _module_op(gm: fx.GraphModule, node: fx.Node) -> tuple[str, dict, list]:
+    mod = gm.get_submodule(node.target)
+    args = list(node.args)
+    if isinstance(mod, torch.nn.Dropout):
+        return "dropout", {}, args[:1]
+    if isinstance(mod, torch.nn.Softmax):
+        return "softmax", {"axis": mod.dim if mod.dim is not None else -1}, args[:1]
+    if isinstance(mod, torch.nn.MultiheadAttention):
+        # Kept as a leaf: the projections are inside, like com.microsoft.Attention.
+        return "mha", {
+            "form": "nn-mha", "layout": LAYOUT_BSD if mod.batch_first else "sbd", "q_port": 0,
+            "k_port": 1, "v_port": 2, "mask_port": None, "num_heads": mod.num_heads,
+            "head_dim": mod.embed_dim // mod.num_heads, "causal": bool(node.kwargs.get("is_causal", False)),
+            "unsupported": "nn.MultiheadAttention kept as a leaf module; trace through it to rewrite",
+        }, args[:3]
+    return f"other:module.{type(mod).__name__}", {}, args
+
+
+# ----------------------------------------------------------------------------- facts
+
+def _meta(node: fx.Node):
+    val = node.meta.get("val")
+    if isinstance(val, torch.Tensor):
+        return tuple(_dim(d) for d in val.shape), _dtype_name(val.dtype)
+    tm = node.meta.get("tensor_meta")
+    if tm is not None and hasattr(tm, "shape"):
+        return tuple(_dim(d) for d in tm.shape), _dtype_name(tm.dtype)
+    return None, None
+
+
+def _dim(d):
+    return int(d) if isinstance(d, int) or (hasattr(d, "node") and d.node.is_nested_int() is False and
+                                            _static(d)) else str(d)
+
+
+def _static(d) -> bool:
+    try:
+        int(d)
+        return not isinstance(d, torch.SymInt) or d.node.is_constant()
+    except Exception:
+        return False
+
+
+def _dtype_name(dtype) -> str:
+    return "bool" if dtype == torch.bool else str(dtype).replace("torch.", "")
+
+
+def _fetch_attr(gm: fx.GraphModule, target: str):
+    obj = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _tensor_const(t):
+    if not isinstance(t, torch.Tensor):
+        return None if t is None else np.asarray(t)
+    return lambda: t.detach().cpu().numpy() if t.dtype != torch.bfloat16 else t.detach().float().cpu().numpy()
+
+
+def _fold_lazily(view: View, refs: dict, node: fx.Node, shape):
+    """A closure that runs the node on constant inputs, for small pure ops only."""
+    if node.op not in ("call_function", "call_method"):
+        return None
+    target = node.target
+    if isinstance(target, torch._ops.OpOverload) and torch.Tag.nondeterministic_seeded in target.tags:
+        return None
+    if target in (F.dropout,) or node.target in ("uniform_", "normal_"):
+        return None
+    inputs = [a for a in node.all_input_nodes]
+    if not inputs or any(view.info(refs[a].node).op != "constant" and view.info(refs[a].node).consts[0] is None
+                         for a in inputs if a in refs):
+        return None
+    if shape is not None and all(isinstance(d, int) for d in shape) and int(np.prod(shape)) > MAX_FOLD_ELEMENTS:
+        return None
+
+    def compute():
+        env = {a: torch.from_numpy(np.ascontiguousarray(view.const(refs[a]))) for a in inputs}
+        if any(v is None for v in env.values()):
+            return None
+        args = fx.node.map_arg(node.args, lambda n: env[n])
+        kwargs = fx.node.map_arg(node.kwargs, lambda n: env[n])
+        with torch.no_grad():
+            out = getattr(args[0], target)(*args[1:], **kwargs) if node.op == "call_method" \
+                else target(*args, **kwargs)
+        return out.numpy() if isinstance(out, torch.Tensor) else np.asarray(out)
+    return compute
+
+
+_QUAL = re.compile(r"L\['self'\]\.?|\[(\d+)\]")
+
+
+def _scope(node: fx.Node) -> str:
+    stack = node.meta.get("nn_module_stack")
+    if stack:
+        path = list(stack.values())[-1][0]
+        path = _QUAL.sub(lambda m: f".{m.group(1)}" if m.group(1) else "", path)
+        return path.replace("..", ".").strip(".")
+    if node.op == "call_module":
+        return str(node.target)
+    return ""

@@ -1,0 +1,398 @@
+"""ONNX frontend: onnx_ir model <-> View.
+
+This is the only module (with its rewrite half, onnx_rewrite.py) that touches
+onnx_ir objects. ``load`` accepts a path, ModelProto or ir.Model; ``lift``
+builds the View with shapes (after ONNX shape inference), dtypes, folded
+constants and a module-path name for each node.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from ..errors import ModelLoadError, UnsupportedModelError
+from ..graph import View
+from ..site import LAYOUT_BHSD, LAYOUT_BSD, MASK_ADDITIVE, MASK_BOOLEAN, ValueRef
+from .onnx_fold import MAX_FOLD_ELEMENTS, fold
+
+# Default-domain opsets we understand; older models predate Softmax's last-axis semantics.
+MIN_OPSET, MAX_OPSET = 7, 25
+KNOWN_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft", "com.microsoft.nchwc", "ai.attnopt",
+                 "ai.onnx.preview.training", "pkg.onnxscript.torch_lib", "pkg.onnxscript.torch_lib.common",
+                 "pkg.torch.onnx"}
+
+# ONNX op -> canonical View op (default domain).
+OP_TABLE = {
+    "MatMul": "matmul", "Transpose": "transpose", "Reshape": "reshape", "Flatten": "reshape",
+    "Expand": "expand", "Unsqueeze": "unsqueeze", "Squeeze": "squeeze", "Slice": "slice",
+    "Concat": "concat", "Mul": "mul", "Div": "div", "Add": "add", "Sub": "sub", "Neg": "neg",
+    "Sqrt": "sqrt", "Reciprocal": "reciprocal", "Pow": "pow", "Softmax": "softmax",
+    "Where": "where", "Cast": "cast", "CastLike": "cast", "Identity": "identity",
+    "Dropout": "dropout", "IsNaN": "isnan", "Not": "not", "Constant": "constant",
+}
+
+
+# ----------------------------------------------------------------------------- load
+
+def load(model) -> ir.Model:
+    """Any ONNX handle -> ir.Model, with clear errors for bad files."""
+    if isinstance(model, ir.Model):
+        out = model
+    elif isinstance(model, onnx.ModelProto):
+        out = ir.serde.deserialize_model(model)
+    elif isinstance(model, (str, os.PathLike)):
+        out = _load_path(Path(model))
+    else:
+        raise ModelLoadError(f"cannot read a model of type {type(model).__name__}")
+    check_supported(out)
+    return out
+
+
+def _load_path(path: Path) -> ir.Model:
+    if not path.exists():
+        raise ModelLoadError(f"{path}: no such file")
+    if path.is_dir():
+        raise ModelLoadError(f"{path}: is a directory, not an ONNX file")
+    if path.stat().st_size == 0:
+        raise ModelLoadError(f"{path}: empty file, not an ONNX model")
+    try:
+        model = ir.load(str(path))
+    except Exception as e:  # protobuf gives DecodeError, RuntimeError or worse for junk
+        raise ModelLoadError(f"{path}: not a readable ONNX model (corrupt or truncated?): "
+                             f"{type(e).__name__}: {_one_line(e)}") from None
+    if len(model.graph) == 0 and not model.graph.outputs:
+        raise ModelLoadError(f"{path}: not a readable ONNX model (no graph; corrupt, truncated or not ONNX)")
+    try:  # touch external data now so a missing .data file fails here, not mid-rewrite
+        for init in model.graph.initializers.values():
+            if init.const_value is not None and isinstance(init.const_value, ir.ExternalTensor):
+                p = Path(init.const_value.base_dir) / init.const_value.location
+                if not p.exists():
+                    raise ModelLoadError(f"{path}: external data file {init.const_value.location} is missing")
+    except ModelLoadError:
+        raise
+    except Exception:
+        pass
+    return model
+
+
+def _one_line(e: Exception) -> str:
+    s = str(e).strip().splitlines()
+    return s[0][:200] if s else ""
+
+
+def check_supported(model: ir.Model) -> None:
+    local = {f.domain for f in model.functions.values()}
+    for domain, version in model.opset_imports.items():
+        if domain in ("", "ai.onnx"):
+            if not MIN_OPSET <= version <= MAX_OPSET:
+                raise UnsupportedModelError(
+                    f"unsupported opset {version} (attnopt reads default-domain opsets {MIN_OPSET}-{MAX_OPSET})")
+        elif domain not in KNOWN_DOMAINS and domain not in local:
+            raise UnsupportedModelError(f"unknown opset domain '{domain}' (version {version}); "
+                                        f"attnopt cannot see inside its ops")
+    if "" not in model.opset_imports and "ai.onnx" not in model.opset_imports:
+        raise UnsupportedModelError("the model imports no default ONNX opset")
+
+
+def infer_shapes(model: ir.Model) -> ir.Model:
+    """ONNX shape inference into the model's values (TorchScript exports carry few shapes)."""
+    try:
+        from onnx_ir.passes.common import ShapeInferencePass
+        return ShapeInferencePass()(model).model
+    except Exception:
+        return model  # shapes stay unknown; the matcher copes with fewer facts
+
+
+# ----------------------------------------------------------------------------- lift
+
+def lift(model: ir.Model) -> View:
+    """ir.Model -> View. Node ids are 'n<k>' in graph order; graph inputs 'in:<name>'."""
+    graph = model.graph
+    view = View(source=graph.name or "onnx")
+    ids: dict[ir.Value, ValueRef] = {}
+    opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 17))
+
+    for value in graph.inputs:
+        nid = view.add_node(f"in:{value.name}", "input", ref=value, name=value.name,
+                            shapes=[_shape(value)], dtypes=[_dtype(value)])
+        ids[value] = ValueRef(nid)
+    for name, value in graph.initializers.items():
+        if value in ids:
+            continue  # an initializer that is also an input: treat as input
+        nid = view.add_node(f"init:{name}", "constant", ref=value, name=name,
+                            shapes=[_shape(value)], dtypes=[_dtype(value)], consts=[_lazy_tensor(value)])
+        ids[value] = ValueRef(nid)
+
+    for k, node in enumerate(graph):
+        op, attrs = _canonical(node, opset)
+        nid = f"n{k}"
+        args = [view.info(ids[v].node).consts[ids[v].port] if v is not None and v in ids else None
+                for v in node.inputs]
+        view.add_node(nid, op, attrs=attrs, ref=node, outputs=len(node.outputs), name=_scope(node),
+                      shapes=[_shape(v) for v in node.outputs], dtypes=[_dtype(v) for v in node.outputs],
+                      consts=_fold_lazily(node, args))
+        for port, v in enumerate(node.inputs):
+            if v is not None and v in ids:
+                view.connect(ids[v], nid, port)
+        for port, v in enumerate(node.outputs):
+            ids[v] = ValueRef(nid, port)
+    view.value_of = {ref: v for v, ref in ids.items()}  # for the rewrite half
+    _refine_shapes(view)
+    return view
+
+
+_ELEMENTWISE = {"cast", "identity", "softmax", "dropout", "mul", "div", "add", "sub", "where", "neg", "sqrt",
+                "reciprocal", "pow", "isnan", "not"}
+
+
+def _refine_shapes(view: View) -> None:
+    """Fill in dims ONNX shape inference left symbolic ('unk__3') where the graph fixes them.
+
+    TorchScript exports with dynamic axes reshape to Concat(Shape(x)[0], .., 2, 16):
+    the head count and head dim are constants there. Folding that target and
+    pushing it through transposes, elementwise ops and matmuls recovers them.
+    """
+    for nid in sorted(view.nodes(), key=lambda n: view.info(n).order):
+        info = view.info(nid)
+        if not info.shapes or _complete(info.shapes[0]):
+            continue
+        ins = view.inputs(nid)
+        derived = None
+        if info.op == "reshape" and len(ins) > 1:
+            target, src = view.const(ins[1]), view.shape(ins[0])
+            if target is not None and np.ndim(target) == 1:
+                derived = _reshape_dims(src, target.tolist())
+        elif info.op == "transpose" and ins and view.shape(ins[0]) is not None and info.attrs.get("perm"):
+            src = view.shape(ins[0])
+            derived = tuple(src[p] for p in info.attrs["perm"])
+        elif info.op in _ELEMENTWISE:
+            derived = _broadcast([view.shape(v) for v in ins if v is not None and view.const(v) is None])
+        elif info.op == "matmul" and len(ins) == 2:
+            a, b = view.shape(ins[0]), view.shape(ins[1])
+            if a is not None and b is not None and len(a) >= 2 and len(b) >= 2:
+                batch = _broadcast([a[:-2], b[:-2]])
+                derived = None if batch is None else batch + (a[-2], b[-1])
+        if derived is not None:
+            info.shapes[0] = _merge(info.shapes[0], derived)
+
+
+def _reshape_dims(src, target: list):
+    """Reshape's output dims from a partly symbolic target, solving -1 by cancelling symbols."""
+    out = []
+    for i, t in enumerate(target):
+        if isinstance(t, str) or t is None:
+            out.append(t)
+        elif t == 0:
+            out.append(src[i] if src is not None and i < len(src) else None)
+        else:
+            out.append(int(t))
+    if out.count(-1) == 1 and src is not None:
+        num, den = list(src), [d for d in out if d != -1]
+        for d in list(den):
+            if d in num:
+                num.remove(d)
+                den.remove(d)
+        if all(isinstance(d, int) for d in num + den) and den.count(0) == 0:
+            total, part = int(np.prod(num)), int(np.prod(den))
+            if part and total % part == 0:
+                out[out.index(-1)] = total // part
+    return tuple(d if isinstance(d, (int, str)) and d != -1 else None for d in out)
+
+
+def _complete(shape) -> bool:
+    return shape is not None and all(isinstance(d, int) for d in shape)
+
+
+def _merge(have, derived):
+    if have is None or len(have) != len(derived):
+        return tuple(d for d in derived)
+    return tuple(h if isinstance(h, int) or not isinstance(d, int) else d for h, d in zip(have, derived))
+
+
+def _broadcast(shapes):
+    shapes = [s for s in shapes if s is not None]
+    if not shapes:
+        return None
+    rank = max(len(s) for s in shapes)
+    out = []
+    for i in range(rank):
+        dims = [s[i - rank + len(s)] for s in shapes if i - rank + len(s) >= 0]
+        ints = [d for d in dims if isinstance(d, int) and d != 1]
+        out.append(ints[0] if ints else (1 if all(d == 1 for d in dims) else dims[0]))
+    return tuple(out)
+
+
+def _lazy_tensor(value: ir.Value):
+    tensor = value.const_value
+    if tensor is None:
+        return None
+    return lambda: tensor.numpy()
+
+
+def _fold_lazily(node: ir.Node, args: list):
+    """Per output, a closure folding the node, or None when an input is not constant."""
+    if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+        attr = next(iter(node.attributes.values()), None)
+        if attr is None:
+            return [None]
+        val = attr.value
+
+        def const():
+            if isinstance(val, (ir.TensorProtocol,)) or hasattr(val, "numpy"):
+                return val.numpy()
+            return np.asarray(val)
+        return [const]
+    if len(node.outputs) != 1 or node.op_type not in _FOLDABLE:
+        return [None] * len(node.outputs)
+    if node.op_type != "Shape" and any(v is not None and a is None for a, v in zip(args, node.inputs)):
+        return [None]
+    out_shape = node.outputs[0].shape
+    if out_shape is not None and out_shape.is_static() and int(np.prod(out_shape.numpy())) > MAX_FOLD_ELEMENTS:
+        return [None]
+
+    def compute():
+        resolved = [a() if callable(a) else a for a in args]
+        return fold(node, resolved)
+    return [compute]
+
+
+_FOLDABLE = {"Shape", "Identity", "Gather", "Slice", "Concat", "Unsqueeze", "Squeeze", "Cast", "Add", "Sub",
+             "Mul", "Div", "Neg", "Sqrt", "Reciprocal", "Pow", "Not", "Equal", "Less", "Greater",
+             "LessOrEqual", "GreaterOrEqual", "And", "Or", "Where", "Reshape", "Transpose", "Expand",
+             "ConstantOfShape", "Trilu", "Range", "Sum"}
+
+
+def _shape(value: ir.Value):
+    if value is None or value.shape is None:
+        return None
+    return tuple(d if isinstance(d, int) else (str(d.value) if d.value is not None else None)
+                 for d in value.shape)
+
+
+def _dtype(value: ir.Value):
+    if value is None or value.dtype is None:
+        return None
+    return "bool" if value.dtype == ir.DataType.BOOL else str(value.dtype.name).lower()
+
+
+def _attr(node: ir.Node, name: str, default=None):
+    a = node.attributes.get(name)
+    return default if a is None else a.value
+
+
+def _used(node: ir.Node, port: int) -> bool:
+    return port < len(node.outputs) and bool(node.outputs[port].uses()) or \
+        (port < len(node.outputs) and node.outputs[port].is_graph_output())
+
+
+def _present(node: ir.Node, port: int) -> bool:
+    return port < len(node.inputs) and node.inputs[port] is not None
+
+
+def _canonical(node: ir.Node, opset: int) -> tuple[str, dict]:
+    domain = node.domain if node.domain != "ai.onnx" else ""
+    if domain == "":
+        if node.op_type == "Softmax":
+            return "softmax", {"axis": _attr(node, "axis", -1 if opset >= 13 else 1)}
+        if node.op_type == "Transpose":
+            return "transpose", {"perm": _attr(node, "perm")}
+        if node.op_type == "Attention":
+            return _onnx_attention(node)
+        return OP_TABLE.get(node.op_type, f"other:{node.op_type}"), {}
+    if domain == "com.microsoft":
+        if node.op_type == "MultiHeadAttention":
+            return _ms_mha(node)
+        if node.op_type in ("Attention", "GroupQueryAttention", "PackedAttention",
+                            "PackedMultiHeadAttention", "DecoderMaskedMultiHeadAttention"):
+            return _ms_attention(node)
+    return f"other:{domain}::{node.op_type}", {}
+
+
+def _onnx_attention(node: ir.Node) -> tuple[str, dict]:
+    """ONNX Attention (opset 23+): 4-D (B,H,S,D) or 3-D (B,S,H*D) with q_num_heads."""
+    three_d = _attr(node, "q_num_heads") is not None
+    unsupported = None
+    if _present(node, 4) or _present(node, 5) or _present(node, 6):
+        unsupported = "uses a KV cache (past_key/past_value) or nonpad_kv_seqlen"
+    elif any(_used(node, p) for p in (1, 2, 3)):
+        unsupported = "its present_key/present_value/qk outputs are used"
+    elif _attr(node, "softcap", 0.0):
+        unsupported = "uses softcap"
+    attrs = {
+        "form": "onnx-attention", "layout": LAYOUT_BSD if three_d else LAYOUT_BHSD,
+        "q_port": 0, "k_port": 1, "v_port": 2, "mask_port": 3 if _present(node, 3) else None,
+        "num_heads": _attr(node, "q_num_heads"), "kv_num_heads": _attr(node, "kv_num_heads"),
+        "scale": _attr(node, "scale"), "causal": bool(_attr(node, "is_causal", 0)),
+        "unsupported": unsupported,
+    }
+    return ("mha" if three_d else "sdpa"), attrs
+
+
+def _ms_mha(node: ir.Node) -> tuple[str, dict]:
+    """com.microsoft.MultiHeadAttention: query (B,S,H*D), key/value (B,L,H*D) (or packed)."""
+    unsupported = None
+    packed = not _present(node, 1) or (node.inputs[1].shape is not None and len(node.inputs[1].shape) == 5)
+    if packed:
+        unsupported = "packed QKV/KV inputs"
+    elif _present(node, 3):
+        unsupported = "uses a fused projection bias"
+    elif _present(node, 4):
+        unsupported = "uses key_padding_mask"
+    elif _present(node, 6) or _present(node, 7) or any(_used(node, p) for p in (1, 2)):
+        unsupported = "uses a KV cache"
+    attrs = {
+        "form": "ms-mha", "layout": LAYOUT_BSD, "q_port": 0, "k_port": 1, "v_port": 2,
+        "mask_port": 5 if _present(node, 5) else None, "mask_kind": MASK_ADDITIVE,
+        "num_heads": _attr(node, "num_heads"), "scale": _attr(node, "scale") or None,
+        "causal": bool(_attr(node, "unidirectional", 0)), "unsupported": unsupported,
+    }
+    return "mha", attrs
+
+
+def _ms_attention(node: ir.Node) -> tuple[str, dict]:
+    """com.microsoft.Attention and friends: the QKV projection is fused in; detect, don't rewrite."""
+    heads = _attr(node, "num_heads")
+    head_dim = None
+    sizes = _attr(node, "qkv_hidden_sizes")
+    if node.op_type == "Attention" and _present(node, 1):
+        w = node.inputs[1].shape
+        hidden = (list(sizes)[0] if sizes else (w[1] // 3 if w is not None and isinstance(w[1], int) else None))
+        head_dim = hidden // heads if hidden and heads else None
+    kv_heads = _attr(node, "kv_num_heads") or heads
+    return "mha", {
+        "form": f"ms-{node.op_type.lower()}", "layout": LAYOUT_BSD, "q_port": 0, "k_port": None,
+        "v_port": None, "mask_port": None, "num_heads": heads, "kv_num_heads": kv_heads, "head_dim": head_dim,
+        "scale": _attr(node, "scale") or None, "causal": bool(_attr(node, "unidirectional", 0)),
+        "unsupported": f"com.microsoft.{node.op_type} fuses the projections; not rewritable yet",
+    }
+
+
+# ----------------------------------------------------------------------------- naming
+
+_SCOPE_KEYS = ("pkg.torch.onnx.name_scopes", "namespace")
+
+
+def _scope(node: ir.Node) -> str:
+    """A module path like 'encoder.layer.0.attention.self' for the node, if the exporter left one."""
+    meta = node.metadata_props
+    scopes, classes = meta.get("pkg.torch.onnx.name_scopes"), meta.get("pkg.torch.onnx.class_hierarchy")
+    if scopes and classes:
+        try:
+            # The innermost scope whose class is a module, not the aten op itself.
+            pairs = zip(ast.literal_eval(scopes), ast.literal_eval(classes))
+            modules = [s for s, c in pairs if s and not str(c).startswith(("aten.", "<built-in"))]
+            return modules[-1] if modules else ""
+        except (ValueError, SyntaxError):
+            pass
+    name = node.name or ""
+    if name.startswith("/"):  # TorchScript: /encoder/layer.0/attention/self/Softmax
+        parts = name.strip("/").split("/")[:-1]
+        return ".".join(p for p in parts if p)
+    return re.sub(r"[^A-Za-z0-9_.]+", "_", name)

@@ -1,0 +1,197 @@
+"""ONNX graph surgery: apply an OpCall to an onnx_ir model.
+
+A site's q/k/v arrive in whatever layout the exporter left them (bhsd, bshd,
+(b·h)sd, bsd with heads folded into the hidden size...). Every ai.attnopt op
+takes (B, H, N, D) q and (B, Hkv, M, D) k/v plus a 4-D additive mask, so the
+surgery is: bring q/k/v/mask into that form, call the op, bring the result
+back into the site's output layout, and rewire the site's output value, which
+keeps its name so validation can compare it per site.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx_ir as ir
+from onnx_ir import tape as ir_tape
+
+from ..errors import AttnoptError
+from ..site import (LAYOUT_BHSD, LAYOUT_BSD, LAYOUT_FLAT, MASK_ADDITIVE, MASK_BOOLEAN,
+                    MASK_BOOLEAN_BLOCKED, AttentionSite)
+
+# ONNX Runtime 1.30 rejects IR version 14, which onnx 1.23's helpers write.
+IR_VERSION = 10
+MIN_OPSET = 17  # the ai.attnopt bodies use opset-17 ops
+
+
+class SiteNotApplicable(AttnoptError):
+    """This site's graph shape can't be expressed through the op; the site stays dense."""
+
+
+def apply(loaded, call) -> None:
+    site: AttentionSite = call.site
+    model: ir.Model = loaded.model
+    view = loaded.view
+    from attnopt.kernels.registry import COMMON_ATTRS, get_kernel
+    spec = get_kernel(call.kernel)
+
+    opset = model.opset_imports.get("", 0)
+    if opset < MIN_OPSET:
+        raise SiteNotApplicable(f"the model's opset {opset} is below {MIN_OPSET}, which ai.attnopt ops need")
+    scale = site.effective_scale
+    if scale is None:
+        raise SiteNotApplicable("the head dim (and so the default scale) is unknown")
+
+    value = view.value_of
+    out_old: ir.Value = value[site.output]
+    anchor: ir.Node = out_old.producer()
+    b = _Builder(out_old.name or site.name)
+
+    q = b.to_bhsd(value[site.query], site.query_layout, site.num_heads, site.head_dim)
+    k = b.to_bhsd(value[site.key], site.key_layout, site.kv_num_heads, site.head_dim)
+    v = b.to_bhsd(value[site.value], site.value_layout, site.kv_num_heads, site.head_dim)
+    dtype = value[site.query].dtype or ir.DataType.FLOAT
+    mask = None
+    for ref, kind in site.mask_terms:
+        term = b.additive_mask(value[ref], kind, view.rank(ref), site, dtype)
+        mask = term if mask is None else b.op("Add", [mask, term])
+    if mask is None:
+        mask = b.const(np.zeros((1, 1, 1, 1), dtype.numpy()))
+
+    attrs = dict(call.attrs)
+    attrs.update(scale=float(scale), causal=int(bool(site.causal)))
+    ordered = {name: attrs[name] for name in spec.attrs + COMMON_ATTRS}
+    y = b.tape.op(spec.onnx_op_type, [q, k, v, mask], ordered, domain="ai.attnopt", name=b.name("attn"))
+    y.name = b.name("y")
+    y = b.from_bhsd(y, site.output_layout, site.num_heads, site.head_dim)
+
+    anchor.graph.insert_before(anchor, b.tape.nodes)
+    name = out_old.name
+    out_old.name = b.name("dense")  # the dead dense value frees its name for the new one
+    out_old.replace_all_uses_with(y, replace_graph_outputs=True)
+    y.name = name
+    y.dtype, y.shape = out_old.dtype, out_old.shape
+
+
+def finalize(loaded, kernels: set[str]) -> None:
+    """Drop dead dense nodes, attach the op bodies, keep the model loadable by stock onnxruntime."""
+    from onnx_ir.passes.common import RemoveUnusedNodesPass, RemoveUnusedOpsetsPass  # noqa: F401
+    from attnopt.kernels.onnx_functions import attach_functions
+    from attnopt.kernels.registry import get_kernel
+
+    model: ir.Model = loaded.model
+    RemoveUnusedNodesPass()(model)
+    attach_functions(model, sorted(get_kernel(k).onnx_op_type for k in kernels))
+    model.ir_version = min(model.ir_version or IR_VERSION, IR_VERSION)
+    _refresh(loaded)
+
+
+def _refresh(loaded) -> None:
+    """Re-lift the rewritten model so the LoadedModel's view and sites describe it."""
+    from ..match import detect_sites
+    from . import onnx as onnx_frontend
+    loaded.view = onnx_frontend.lift(loaded.model)
+    loaded.sites = detect_sites(loaded.view)
+
+
+def save_atomic(model: ir.Model, path) -> None:
+    """Write to a temp file beside the target, then rename: never a partial model."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        ir.save(model, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class _Builder:
+    """Emits the layout glue for one site with deterministic value names."""
+
+    def __init__(self, prefix: str):
+        self.tape = ir_tape.Tape()
+        self.prefix = prefix
+        self.count = 0
+
+    def name(self, what: str) -> str:
+        self.count += 1
+        return f"{self.prefix}/attnopt_{what}_{self.count}"
+
+    def op(self, op_type: str, inputs, attrs=None) -> ir.Value:
+        out = self.tape.op(op_type, inputs, attrs, name=self.name(op_type.lower()))
+        out.name = self.name(op_type.lower() + "_out")
+        return out
+
+    def const(self, array) -> ir.Value:
+        return self.op("Constant", [], {"value": ir.tensor(np.asarray(array), name=self.name("c"))})
+
+    def transpose(self, x, perm) -> ir.Value:
+        return x if list(perm) == list(range(len(perm))) else self.op("Transpose", [x], {"perm": list(perm)})
+
+    def to_bhsd(self, x: ir.Value, layout: str, heads, head_dim) -> ir.Value:
+        if layout in (LAYOUT_BSD,):
+            _need_int(heads, "head count")
+            x = self.op("Reshape", [x, self.const(np.array([0, 0, heads, -1], np.int64))])
+            return self.transpose(x, [0, 2, 1, 3])
+        if layout in (LAYOUT_FLAT, "(bh)ds"):
+            if layout == "(bh)ds":
+                x = self.transpose(x, [0, 2, 1])
+            _need_int(heads, "head count")
+            tail = self.op("Slice", [self.op("Shape", [x]), self.const(np.array([1], np.int64)),
+                                     self.const(np.array([3], np.int64))])
+            shape = self.op("Concat", [self.const(np.array([-1, heads], np.int64)), tail], {"axis": 0})
+            return self.op("Reshape", [x, shape])
+        if sorted(layout) == sorted(LAYOUT_BHSD) and len(layout) == 4:
+            return self.transpose(x, [layout.index(c) for c in LAYOUT_BHSD])
+        raise SiteNotApplicable(f"unsupported tensor layout {layout!r}")
+
+    def from_bhsd(self, y: ir.Value, layout: str, heads, head_dim) -> ir.Value:
+        if layout == LAYOUT_BHSD:
+            return y
+        if layout == LAYOUT_BSD:
+            y = self.transpose(y, [0, 2, 1, 3])
+            return self.op("Reshape", [y, self.const(np.array([0, 0, -1], np.int64))])
+        if layout == LAYOUT_FLAT:
+            tail = self.op("Slice", [self.op("Shape", [y]), self.const(np.array([2], np.int64)),
+                                     self.const(np.array([4], np.int64))])
+            shape = self.op("Concat", [self.const(np.array([-1], np.int64)), tail], {"axis": 0})
+            return self.op("Reshape", [y, shape])
+        raise SiteNotApplicable(f"unsupported output layout {layout!r}")
+
+    def additive_mask(self, mask: ir.Value, kind: str, rank, site: AttentionSite,
+                      dtype: ir.DataType) -> ir.Value:
+        """One mask term as a 4-D additive float mask in the query's dtype."""
+        np_dtype = dtype.numpy()
+        if kind in (MASK_BOOLEAN, MASK_BOOLEAN_BLOCKED):
+            zero, neg = self.const(np.zeros((), np_dtype)), self.const(np.array(-np.inf, np_dtype))
+            mask = self.op("Where", [mask, zero, neg] if kind == MASK_BOOLEAN else [mask, neg, zero])
+        elif kind == MASK_ADDITIVE:
+            if mask.dtype is not None and mask.dtype != dtype:
+                mask = self.op("Cast", [mask], {"to": dtype})
+        else:
+            raise SiteNotApplicable(f"unknown mask kind {kind!r}")
+        if rank is None:
+            raise SiteNotApplicable("the mask's rank is unknown")
+        if site.query_layout == LAYOUT_FLAT and rank == 3:
+            # (B*H, N, M) -> (B, H, N, M), matching how q was unflattened.
+            _need_int(site.num_heads, "head count")
+            tail = self.op("Slice", [self.op("Shape", [mask]), self.const(np.array([1], np.int64)),
+                                     self.const(np.array([3], np.int64))])
+            shape = self.op("Concat", [self.const(np.array([-1, site.num_heads], np.int64)), tail], {"axis": 0})
+            return self.op("Reshape", [mask, shape])
+        if rank < 4:
+            return self.op("Unsqueeze", [mask, self.const(np.arange(4 - rank, dtype=np.int64))])
+        if rank > 4:
+            raise SiteNotApplicable(f"a {rank}-D mask")
+        return mask
+
+
+def _need_int(value, what: str) -> None:
+    if not isinstance(value, int):
+        raise SiteNotApplicable(f"the {what} is not known statically")

@@ -1,0 +1,174 @@
+"""View: a backend-neutral dataflow graph that the matcher reads.
+
+Nodes are ops; every value is one output port of one node, so graph inputs and
+constants are nodes too (ops ``input`` and ``constant``). Edges run producer ->
+consumer and carry ``(src_port, dst_port)``. Each node keeps a ``ref`` back to
+the frontend object it was lifted from; only the frontend ever looks at it.
+
+Op names come from one small vocabulary (``CANONICAL_OPS``). Frontends map
+their own op zoo into it and everything else becomes ``other:<name>`` so the
+matcher can see that *something* is there without understanding it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import networkx as nx
+import numpy as np
+
+from .site import ValueRef
+
+CANONICAL_OPS = frozenset({
+    "input", "constant", "output",
+    "matmul", "transpose", "reshape", "expand", "unsqueeze", "squeeze", "slice", "concat",
+    "mul", "div", "add", "sub", "neg", "sqrt", "reciprocal", "pow",
+    "softmax", "where", "masked_fill", "cast", "identity", "dropout", "isnan", "not",
+    "sdpa", "mha",
+})
+
+
+@dataclass
+class NodeInfo:
+    op: str
+    attrs: dict = field(default_factory=dict)
+    # One entry per output port.
+    shapes: list = field(default_factory=list)  # tuple of (int | str | None) or None if unknown
+    dtypes: list = field(default_factory=list)  # numpy-style dtype string or None
+    consts: list = field(default_factory=list)  # np.ndarray for folded constants, else None
+    ref: Any = None
+    name: str = ""  # human-readable path, used for site names
+    order: int = 0  # topological position in the source graph
+
+
+class View:
+    """A MultiDiGraph of ops with typed ports; built by a frontend."""
+
+    def __init__(self, source: str = ""):
+        self.g = nx.MultiDiGraph()
+        self.source = source
+        self._order = 0
+        # Per value: whether it depends on any graph input (vs. weights/constants only).
+        self._dynamic: dict[ValueRef, bool] = {}
+
+    # -- building ---------------------------------------------------------
+    def add_node(self, nid: str, op: str, *, attrs: dict | None = None, ref: Any = None,
+                 outputs: int = 1, shapes=None, dtypes=None, consts=None, name: str = "") -> str:
+        info = NodeInfo(op=op, attrs=dict(attrs or {}), ref=ref, name=name, order=self._order,
+                        shapes=list(shapes) if shapes is not None else [None] * outputs,
+                        dtypes=list(dtypes) if dtypes is not None else [None] * outputs,
+                        consts=list(consts) if consts is not None else [None] * outputs)
+        self._order += 1
+        self.g.add_node(nid, info=info)
+        return nid
+
+    def connect(self, src: ValueRef, dst: str, dst_port: int) -> None:
+        self.g.add_edge(src.node, dst, src_port=src.port, dst_port=dst_port)
+
+    # -- reading ----------------------------------------------------------
+    def info(self, nid: str) -> NodeInfo:
+        return self.g.nodes[nid]["info"]
+
+    def op(self, nid: str) -> str:
+        return self.info(nid).op
+
+    def attrs(self, nid: str) -> dict:
+        return self.info(nid).attrs
+
+    def nodes(self, op: str | None = None) -> Iterator[str]:
+        for nid, data in self.g.nodes(data=True):
+            if op is None or data["info"].op == op:
+                yield nid
+
+    def inputs(self, nid: str) -> list[ValueRef | None]:
+        """Input values ordered by port; missing optional inputs are None."""
+        edges = [(d["dst_port"], ValueRef(src, d["src_port"])) for src, _, d in self.g.in_edges(nid, data=True)]
+        if not edges:
+            return []
+        out: list[ValueRef | None] = [None] * (max(p for p, _ in edges) + 1)
+        for port, value in edges:
+            out[port] = value
+        return out
+
+    def input(self, nid: str, port: int) -> ValueRef | None:
+        ins = self.inputs(nid)
+        return ins[port] if port < len(ins) else None
+
+    def users(self, value: ValueRef) -> list[tuple[str, int]]:
+        return [(dst, d["dst_port"]) for _, dst, d in self.g.out_edges(value.node, data=True)
+                if d["src_port"] == value.port]
+
+    def only_user(self, value: ValueRef) -> tuple[str, int] | None:
+        users = self.users(value)
+        return users[0] if len(users) == 1 else None
+
+    def shape(self, value: ValueRef | None):
+        if value is None:
+            return None
+        shapes = self.info(value.node).shapes
+        return shapes[value.port] if value.port < len(shapes) else None
+
+    def rank(self, value: ValueRef | None) -> int | None:
+        s = self.shape(value)
+        return None if s is None else len(s)
+
+    def dtype(self, value: ValueRef | None):
+        if value is None:
+            return None
+        dtypes = self.info(value.node).dtypes
+        return dtypes[value.port] if value.port < len(dtypes) else None
+
+    def const(self, value: ValueRef | None) -> np.ndarray | None:
+        """The folded constant of a value, or None.
+
+        Frontends may store a zero-argument callable instead of an array, so large
+        weights and masks are only materialised when the matcher asks for them.
+        """
+        if value is None:
+            return None
+        consts = self.info(value.node).consts
+        if value.port >= len(consts):
+            return None
+        c = consts[value.port]
+        if callable(c):
+            try:
+                c = c()
+            except Exception:  # a fold we cannot do is simply "not constant"
+                c = None
+            consts[value.port] = c
+        return c
+
+    def scalar(self, value: ValueRef | None) -> float | None:
+        """The value as a Python float if it is a folded constant with one element."""
+        c = self.const(value)
+        if c is None or np.size(c) != 1:
+            return None
+        try:
+            return float(np.asarray(c, dtype=np.float64).reshape(()))
+        except (TypeError, ValueError):
+            return None
+
+    def is_dynamic(self, value: ValueRef) -> bool:
+        """True if the value depends on a graph input, False for weights and constants."""
+        if value not in self._dynamic:
+            self._compute_dynamic()
+        return self._dynamic.get(value, True)
+
+    def _compute_dynamic(self) -> None:
+        for nid in nx.topological_sort(self.g):
+            info = self.info(nid)
+            if info.op == "input":
+                dyn = True
+            elif info.op == "constant":
+                dyn = False
+            else:
+                dyn = any(self._dynamic.get(v, True) for v in self.inputs(nid) if v is not None)
+            for port in range(max(1, len(info.shapes))):
+                self._dynamic[ValueRef(nid, port)] = dyn
+
+    def __len__(self) -> int:
+        return self.g.number_of_nodes()
+
+    def __repr__(self) -> str:
+        return f"View({self.source!r}, {len(self)} nodes)"

@@ -1,0 +1,170 @@
+"""Pipeline: run passes over selected sites, apply through the frontend, report.
+
+Several passes may run in one pipeline; each takes the sites its selector picks
+that no earlier pass rewrote. The report says, per site, what happened and why.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .errors import AttnoptError, InvalidParamsError, NoSitesError
+from .loaded import LoadedModel, open_model
+from .site import AttentionSite
+
+REWRITTEN, REFUSED, SKIPPED = "rewritten", "refused", "skipped"
+
+
+@dataclass(frozen=True)
+class SiteSelector:
+    """Which sites a pass applies to: a layer range 'a:b' (python-style, end exclusive) and/or name globs."""
+    layers: str | None = None
+    names: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if self.layers is not None:
+            _parse_layers(self.layers)
+
+    def why_not(self, site: AttentionSite, index: int) -> str | None:
+        if self.layers is not None:
+            lo, hi = _parse_layers(self.layers)
+            layer = site.layer if site.layer is not None else index
+            if not (lo <= layer < hi):
+                return f"layer {layer} is outside --layers {self.layers}"
+        if self.names and not any(fnmatch.fnmatchcase(site.name, g) for g in self.names):
+            return f"name does not match {', '.join(self.names)}"
+        return None
+
+
+def _parse_layers(spec: str) -> tuple[int, float]:
+    try:
+        if ":" in spec:
+            a, b = spec.split(":", 1)
+            lo, hi = int(a) if a.strip() else 0, int(b) if b.strip() else float("inf")
+        else:
+            lo = int(spec)
+            hi = lo + 1
+    except ValueError:
+        raise InvalidParamsError(f"--layers {spec!r}: expected a layer index or a range like 0:6") from None
+    if lo < 0 or hi <= lo:
+        raise InvalidParamsError(f"--layers {spec!r}: the range is empty")
+    return lo, hi
+
+
+@dataclass
+class SiteOutcome:
+    site: str
+    layer: int | None
+    form: str
+    status: str
+    reason: str = ""
+    pass_name: str = ""
+    kernel: str = ""
+    attrs: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class RewriteResult:
+    loaded: LoadedModel
+    report: list[SiteOutcome]
+
+    @property
+    def model(self) -> Any:
+        return self.loaded.model
+
+    @property
+    def kind(self) -> str:
+        return self.loaded.kind
+
+    @property
+    def rewritten(self) -> list[SiteOutcome]:
+        return [o for o in self.report if o.status == REWRITTEN]
+
+    def save(self, path) -> None:
+        """Write the rewritten ONNX model atomically (never a partial file)."""
+        if self.kind != "onnx":
+            raise AttnoptError("save() writes ONNX; for fx graphs use attnopt.export_onnx")
+        from .frontends.onnx_rewrite import save_atomic
+        save_atomic(self.loaded.model, path)
+
+    def to_dict(self) -> dict:
+        return {"model": self.loaded.source, "sites": [o.to_dict() for o in self.report]}
+
+
+class Pipeline:
+    """Passes with selectors, applied in order to one model."""
+
+    def __init__(self):
+        self.steps: list[tuple[Any, SiteSelector]] = []
+
+    def add(self, pass_, selector: SiteSelector | None = None) -> "Pipeline":
+        self.steps.append((pass_, selector or SiteSelector()))
+        return self
+
+    def run(self, model, example_inputs=None, *, require_rewrite: bool = True) -> RewriteResult:
+        loaded = model if isinstance(model, LoadedModel) else open_model(model, example_inputs)
+        if not loaded.sites:
+            raise NoSitesError("no attention sites found in the model")
+        frontend = _frontend(loaded)
+        site_names = [s.name for s in loaded.sites]  # finalize re-detects; keep the original order
+        outcomes: dict[str, SiteOutcome] = {}
+        calls = []
+        for index, site in enumerate(loaded.sites):
+            for pass_, selector in self.steps:
+                if site.name in outcomes and outcomes[site.name].status == REWRITTEN:
+                    break
+                reason = selector.why_not(site, index)
+                if reason is not None:
+                    outcomes.setdefault(site.name, SiteOutcome(site.name, site.layer, site.form, SKIPPED, reason))
+                    continue
+                plan = pass_.plan(site)
+                if hasattr(plan, "kernel"):
+                    calls.append(plan)
+                    outcomes[site.name] = SiteOutcome(site.name, site.layer, site.form, REWRITTEN, "",
+                                                      pass_.name, plan.kernel, dict(plan.attrs))
+                    break
+                outcomes[site.name] = SiteOutcome(site.name, site.layer, site.form, REFUSED, plan.reason, pass_.name)
+        if require_rewrite and not calls:
+            names = ", ".join(p.name for p, _ in self.steps)
+            reasons = sorted({o.reason for o in outcomes.values()})
+            raise NoSitesError(f"no attention site the pass ({names}) can serve: {'; '.join(reasons)}")
+        applied = []
+        for call in calls:
+            try:
+                frontend.apply(loaded, call)
+                applied.append(call)
+            except frontend.SiteNotApplicable as e:
+                outcomes[call.site.name] = SiteOutcome(call.site.name, call.site.layer, call.site.form, REFUSED,
+                                                       str(e), outcomes[call.site.name].pass_name)
+        if require_rewrite and not applied:
+            reasons = sorted({o.reason for o in outcomes.values()})
+            raise NoSitesError(f"no attention site could be rewritten: {'; '.join(reasons)}")
+        if applied:
+            frontend.finalize(loaded, {c.kernel for c in applied})
+        return RewriteResult(loaded, [outcomes[name] for name in site_names])
+
+
+def _frontend(loaded: LoadedModel):
+    if loaded.kind == "onnx":
+        from .frontends import onnx_rewrite
+        return onnx_rewrite
+    from .frontends import fx_rewrite
+    return fx_rewrite
+
+
+def rewrite(model, pass_name: str, *, layers: str | None = None, names=(), example_inputs=None,
+            **params) -> RewriteResult:
+    """Rewrite every selected attention site of ``model`` with pass ``pass_name``.
+
+    >>> result = rewrite("bert.onnx", "segmented", segment_size=512, sinks=4, layers="0:6")
+    >>> result.save("bert.segmented.onnx")
+    """
+    from .passes import make_pass
+    pass_ = make_pass(pass_name, **params)
+    names = (names,) if isinstance(names, str) else tuple(names or ())
+    return Pipeline().add(pass_, SiteSelector(layers, names)).run(model, example_inputs)

@@ -1,0 +1,253 @@
+"""ONNX bodies for the ``ai.attnopt`` ops, as model-local functions.
+
+A rewritten model carries these FunctionProtos in ``model.functions``; stock
+onnxruntime inlines them at load and runs them on any execution provider, with
+no custom-op library. Each body has its variant's cost (no N×N tensor).
+
+Op contract (the same for every ai.attnopt attention op):
+
+- inputs ``(Q, K, V, Mask)``: Q (B, H, N, D), K and V (B, Hkv, M, D), H a
+  multiple of Hkv. ``Mask`` is additive float, 4-D, broadcastable to
+  (B, H, N, M), and always present: a site without a mask passes a zero
+  (1, 1, 1, 1) constant (see ``zero_mask``). A function input that is left
+  empty ("") cannot be tested for presence inside an ONNX function body, so a
+  required, broadcastable input is the form that works everywhere.
+- attributes: the variant's own (``registry.KernelSpec.attrs``), then
+  ``scale`` (float) and ``causal`` (int 0/1).
+- output ``Y`` (B, H, N, D), the type of Q. The body computes in float32.
+
+Three facts make an attached function load in onnxruntime: the model imports
+(``ai.attnopt``, 1); the function's default-domain opset equals the model's
+(onnxscript stamps the opset it was written against, so ``function_proto``
+restamps it); and ``to_model_proto`` does not attach called functions, so
+``attach_functions`` does. Bodies use only ops whose semantics are unchanged
+in opsets 17..23.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from functools import lru_cache
+
+import onnx
+import onnxscript
+from onnxscript import opset18 as op
+from onnxscript.values import Opset
+
+from .registry import COMMON_ATTRS, KERNELS, get_kernel
+
+DOMAIN = "ai.attnopt"
+VERSION = 1
+MIN_OPSET = 17
+
+attnopt_opset = Opset(DOMAIN, VERSION)
+
+# Python globals are embedded by onnxscript as constants / attribute values.
+_FLOAT = onnx.TensorProto.FLOAT
+_BOOL = onnx.TensorProto.BOOL
+_NEG_INF = float("-inf")
+_LAST = 9223372036854775807  # Slice "to the end"
+
+
+@onnxscript.script(attnopt_opset, default_opset=op)
+def SegmentedAttention(Q, K, V, Mask, segment_size: int, sinks: int, scale: float, causal: int):
+    """allowed(i, j) = i // S == j // S or j < sinks; cost O(N·(S+G)·D).
+
+    N may be symbolic: the padding of a ragged last segment is computed from
+    Shape at run time (padded keys are masked). Requires N == M (the frontend
+    refuses other sites). Mask is required; pass a zero (1, 1, 1, 1) tensor
+    for "no mask". Rows with no allowed key output 0.
+    """
+    zero = op.Constant(value_ints=[0])
+    one = op.Constant(value_ints=[1])
+    last_axis = op.Constant(value_ints=[-1])
+    q = op.Cast(Q, to=_FLOAT)
+    k = op.Cast(K, to=_FLOAT)
+    v = op.Cast(V, to=_FLOAT)
+
+    # Sizes as 1-element int64 tensors (they feed Concat'ed shapes).
+    b = op.Shape(Q, start=0, end=1)
+    h = op.Shape(Q, start=1, end=2)
+    n = op.Shape(Q, start=2, end=3)
+    d = op.Shape(Q, start=3, end=4)
+    hkv = op.Shape(K, start=1, end=2)
+    rep = op.Div(h, hkv)
+    # seg(i) is the same for S >= N, and G >= N already allows every key.
+    seg = op.Min(op.Reshape(op.Constant(value_int=segment_size), one), n)
+    g_n = op.Min(op.Reshape(op.Constant(value_int=sinks), one), n)
+    nseg = op.Div(op.Sub(op.Add(n, seg), one), seg)
+    n_pad = op.Mul(nseg, seg)
+
+    # Pad the sequence axis to nseg*S; view q as (B, Hkv, rep, nseg, S, D) and
+    # k, v as (B, Hkv, 1, nseg, S, D) so GQA is a MatMul broadcast.
+    pads = op.Concat(op.Constant(value_ints=[0, 0, 0, 0, 0, 0]), op.Sub(n_pad, n), zero, axis=0)
+    qs = op.Reshape(op.Pad(q, pads), op.Concat(b, hkv, rep, nseg, seg, d, axis=0))
+    kv_shape = op.Concat(b, hkv, one, nseg, seg, d, axis=0)
+    ks = op.Reshape(op.Pad(k, pads), kv_shape)
+    vs = op.Reshape(op.Pad(v, pads), kv_shape)
+    k_sink = op.Unsqueeze(op.Slice(k, zero, g_n, op.Constant(value_ints=[2])), op.Constant(value_ints=[2, 3]))
+    v_sink = op.Unsqueeze(op.Slice(v, zero, g_n, op.Constant(value_ints=[2])), op.Constant(value_ints=[2, 3]))
+
+    # Positions: r within a segment, g the segment, pos = g*S + r, j a sink key.
+    seg_scalar = op.Squeeze(seg)
+    r = op.Range(0, seg_scalar, 1)
+    g = op.Range(0, op.Squeeze(nseg), 1)
+    j = op.Range(0, op.Squeeze(g_n), 1)
+    pos = op.Add(op.Unsqueeze(op.Mul(g, seg_scalar), one), op.Unsqueeze(r, zero))  # (nseg, S)
+    not_causal = op.Not(op.Cast(op.Constant(value_int=causal), to=_BOOL))
+
+    # Allowed masks broadcasting over (nseg, S_query, columns).
+    local_ok = op.And(
+        op.Unsqueeze(op.Less(pos, n), one),  # padded keys
+        op.Or(op.LessOrEqual(op.Unsqueeze(r, zero), op.Unsqueeze(r, one)), not_causal),
+    )
+    sink_ok = op.And(
+        # a sink key inside this segment is already a local column
+        op.Unsqueeze(op.Not(op.Equal(op.Unsqueeze(op.Div(j, seg_scalar), zero), op.Unsqueeze(g, one))), one),
+        op.Or(op.LessOrEqual(j, op.Unsqueeze(pos, op.Constant(value_ints=[2]))), not_causal),
+    )
+
+    scores_shape = op.Concat(b, h, nseg, seg, last_axis, axis=0)
+    local = op.Reshape(op.Mul(op.MatMul(qs, op.Transpose(ks, perm=[0, 1, 2, 3, 5, 4])), scale), scores_shape)
+    sink = op.Reshape(op.Mul(op.MatMul(qs, op.Transpose(k_sink, perm=[0, 1, 2, 3, 5, 4])), scale), scores_shape)
+    scores = op.Concat(op.Where(local_ok, local, _NEG_INF), op.Where(sink_ok, sink, _NEG_INF), axis=-1)
+
+    # The user mask's diagonal blocks and sink columns, read with one Gather
+    # from the flattened (Nm*Mm) axis: O(N·(S+G)) entries, never N×N (the
+    # Reshape aliases the input). Size-1 rows/columns broadcast; clamping maps
+    # padded positions onto real ones. Cast after the Gather, not before, so a
+    # half-precision mask is never copied whole.
+    m_rows = op.Shape(Mask, start=2, end=3)
+    m_cols = op.Shape(Mask, start=3, end=4)
+    row_base = op.Unsqueeze(op.Mul(op.Min(pos, op.Sub(m_rows, one)), m_cols), op.Constant(value_ints=[2]))
+    local_idx = op.Add(row_base, op.Unsqueeze(op.Min(pos, op.Sub(m_cols, one)), one))
+    sink_idx = op.Add(row_base, op.Min(j, op.Sub(m_cols, one)))
+    flat_mask = op.Reshape(Mask, op.Concat(op.Shape(Mask, start=0, end=2), last_axis, axis=0))
+    mask_blocks = op.Gather(flat_mask, op.Concat(local_idx, sink_idx, axis=-1), axis=2)
+    scores = op.Add(scores, op.Cast(mask_blocks, to=_FLOAT))
+
+    p = op.Softmax(scores, axis=-1)
+    p = op.Where(op.IsNaN(p), 0.0, p)  # rows with no allowed key -> 0
+    p = op.Reshape(p, op.Concat(b, hkv, rep, nseg, seg, last_axis, axis=0))
+    out = op.Add(
+        op.MatMul(op.Slice(p, zero, seg, last_axis), vs),
+        op.MatMul(op.Slice(p, seg, op.Constant(value_ints=[_LAST]), last_axis), v_sink),
+    )
+    out = op.Slice(op.Reshape(out, op.Concat(b, h, n_pad, d, axis=0)), zero, n, op.Constant(value_ints=[2]))
+    Y = op.CastLike(out, Q)
+    return Y
+
+
+# op_type -> onnxscript function; the op_type of each kernel is in the registry.
+FUNCTIONS = {"SegmentedAttention": SegmentedAttention}
+
+
+def onnx_op_type(variant: str) -> str:
+    """'segmented_attention' -> 'SegmentedAttention'."""
+    return get_kernel(variant).onnx_op_type
+
+
+def zero_mask(elem_type: int = onnx.TensorProto.FLOAT) -> onnx.TensorProto:
+    """The (1, 1, 1, 1) zero tensor that stands for "no mask" in the Mask input."""
+    return onnx.helper.make_tensor("attnopt_no_mask", elem_type, [1, 1, 1, 1], [0])
+
+
+@lru_cache(maxsize=None)
+def _function_bytes(op_type: str, opset_version: int) -> bytes:
+    if op_type not in FUNCTIONS:
+        raise KeyError(f"no ONNX body for op type {op_type!r}; known: {sorted(FUNCTIONS)}")
+    if opset_version < MIN_OPSET:
+        raise ValueError(
+            f"ai.attnopt bodies need default opset >= {MIN_OPSET}; the model uses opset {opset_version}"
+        )
+    proto = FUNCTIONS[op_type].to_function_proto()
+    for entry in proto.opset_import:
+        if entry.domain == "":
+            entry.version = opset_version
+    return proto.SerializeToString(deterministic=True)
+
+
+def function_proto(op_type: str, opset_version: int) -> onnx.FunctionProto:
+    """The body of ``ai.attnopt::op_type``, importing default opset ``opset_version`` (the model's)."""
+    return onnx.FunctionProto.FromString(_function_bytes(op_type, opset_version))
+
+
+def _default_opset(opsets: dict[str, int]) -> int:
+    if "" not in opsets:
+        raise ValueError("the model does not import the default ONNX domain; cannot attach ai.attnopt bodies")
+    return opsets[""]
+
+
+def attach_functions(model, op_types: Iterable[str]) -> None:
+    """Attach the bodies of ``op_types`` to ``model`` (an onnx_ir.Model or onnx.ModelProto), in place.
+
+    Also imports (ai.attnopt, 1). Each body imports the model's default opset;
+    an already attached body is replaced, so calling this twice is harmless.
+    """
+    op_types = list(dict.fromkeys(op_types))
+    if isinstance(model, onnx.ModelProto):
+        opsets = {o.domain: o.version for o in model.opset_import}
+        version = _default_opset(opsets)
+        if DOMAIN not in opsets:
+            model.opset_import.append(onnx.helper.make_opsetid(DOMAIN, VERSION))
+        for op_type in op_types:
+            proto = function_proto(op_type, version)
+            for i, existing in enumerate(model.functions):
+                if existing.domain == DOMAIN and existing.name == op_type:
+                    model.functions[i].CopyFrom(proto)
+                    break
+            else:
+                model.functions.append(proto)
+        return
+
+    import onnx_ir as ir
+
+    if not isinstance(model, ir.Model):
+        raise TypeError(f"attach_functions takes an onnx_ir.Model or onnx.ModelProto, not {type(model).__name__}")
+    version = _default_opset(dict(model.opset_imports))
+    model.opset_imports.setdefault(DOMAIN, VERSION)
+    for op_type in op_types:
+        fn = ir.serde.deserialize_function(function_proto(op_type, version))
+        model.functions[fn.identifier()] = fn
+
+
+# --- schemas, so onnx.checker (full_check) accepts ai.attnopt nodes -----------------
+
+_FLOAT_TYPES = ["tensor(float)", "tensor(float16)", "tensor(bfloat16)", "tensor(double)"]
+
+
+def _schema(op_type: str, attr_names: tuple[str, ...]) -> onnx.defs.OpSchema:
+    fn = FUNCTIONS[op_type]
+    attr_types = {p.name: p.type for p in fn.op_signature.params if not hasattr(p, "type_constraint")}
+    Param = onnx.defs.OpSchema.FormalParameter
+    return onnx.defs.OpSchema(
+        op_type,
+        DOMAIN,
+        VERSION,
+        doc=(fn.__doc__ or "").strip(),
+        inputs=[
+            Param("Q", "T", "queries (B, H, N, D)"),
+            Param("K", "T", "keys (B, Hkv, M, D)"),
+            Param("V", "T", "values (B, Hkv, M, D)"),
+            Param("Mask", "TM", "additive mask, 4-D, broadcastable to (B, H, N, M); zeros for none"),
+        ],
+        outputs=[Param("Y", "T", "(B, H, N, D)")],
+        type_constraints=[
+            ("T", _FLOAT_TYPES, "query/key/value/output type"),
+            ("TM", _FLOAT_TYPES, "mask type"),
+        ],
+        attributes=[
+            onnx.defs.OpSchema.Attribute(name, onnx.defs.OpSchema.AttrType(int(attr_types[name])), "", required=True)
+            for name in attr_names
+        ],
+    )
+
+
+def register_schemas() -> None:
+    """Register an OpSchema per ai.attnopt op (once per process)."""
+    for spec in KERNELS.values():
+        if not onnx.defs.has(spec.onnx_op_type, DOMAIN):
+            onnx.defs.register_schema(_schema(spec.onnx_op_type, spec.attrs + COMMON_ATTRS))
+
+
+register_schemas()

@@ -1,0 +1,1017 @@
+"""The model zoo: tiny models, their exports, and the attention sites each must yield.
+
+Every case builds a small model from a config with seeded random weights (no
+downloads), wraps it so it takes tensors positionally and returns a tuple of
+tensors, and states exactly how many dense attention sites it contains and
+their geometry. The exports are cached on disk under ``<repo>/.zoo_cache/``,
+keyed by the library versions and by this file's content, so a second run
+reuses them.
+
+Plain module: importable without pytest. Build everything and print a table with
+
+    python -m tests.zoo --build [-j 2] [--only SUBSTRING]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fnmatch
+import hashlib
+import json
+import logging
+import math
+import os
+import sys
+import tempfile
+import time
+import traceback
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CACHE_ROOT = REPO_ROOT / ".zoo_cache"
+
+# ONNX exporters. Every case is exported by each of these unless it lists the
+# exporter in ``excluded`` (with the exact error as the reason).
+DYNAMO = "dynamo"  # torch.onnx.export(dynamo=True) at its default opset
+DYNAMO_OPSET23 = "dynamo-opset23"  # dynamo=True, opset_version=23: SDPA becomes ONNX Attention
+TORCHSCRIPT = "torchscript"  # torch.onnx.export(dynamo=False), opset 17
+ORT_FUSED = "dynamo-ortfused"  # DYNAMO passed through onnxscript's optimize_for_ort
+ONNX_EXPORTERS = (DYNAMO, DYNAMO_OPSET23, TORCHSCRIPT)
+
+# torch-level graphs handed to attnopt.detect directly.
+EXPORT = "export"  # torch.export.export -> ExportedProgram
+SYMBOLIC_TRACE = "symbolic_trace"  # torch.fx.symbolic_trace -> GraphModule (+ example_inputs)
+MODULE = "module"  # the nn.Module itself, with example_inputs; detect() exports it
+FX_TRACERS = (EXPORT, SYMBOLIC_TRACE, MODULE)
+
+TORCHSCRIPT_OPSET = 17
+SEQ = 10  # text length; differs from every head count and head_dim on purpose
+DEC_SEQ = 6  # decoder length for encoder-decoder models (cross attention: 6 x 10)
+BATCH = 2
+VOCAB = 100
+
+
+@dataclass
+class Built:
+    """What a case factory returns."""
+
+    module: nn.Module
+    inputs: tuple[torch.Tensor, ...]
+    input_names: Sequence[str] | None = None
+    output_names: Sequence[str] | None = None
+    # {input_name: {axis: dim_name}}; None means every shape is static.
+    dynamic_axes: Mapping[str, Mapping[int, str]] | None = None
+
+
+@dataclass(frozen=True)
+class ZooCase:
+    name: str
+    family: str
+    factory: Callable[[], Built] = field(repr=False)
+    expected_sites: int
+    heads: int | None = None
+    kv_heads: int | None = None  # None: same as heads
+    head_dim: int | None = None
+    # Acceptable values of the effective scale; None: (1/sqrt(head_dim),).
+    scales: tuple[float, ...] | None = None
+    # Number of sites whose attention is causal / whose q and kv are the same
+    # sequence. None: not stated.
+    causal_sites: int | None = None
+    self_attention_sites: int | None = None
+    onnx_exporters: tuple[str, ...] = ONNX_EXPORTERS
+    fx_tracers: tuple[str, ...] = (EXPORT,)
+    # exporter or tracer -> why that combination is left out (the exact error).
+    excluded: Mapping[str, str] = field(default_factory=dict)
+    atol: float = 1e-4  # onnxruntime vs torch, checked once at build time
+
+    @property
+    def expected_kv_heads(self) -> int | None:
+        return self.kv_heads if self.kv_heads is not None else self.heads
+
+    @property
+    def expected_scales(self) -> tuple[float, ...]:
+        if self.scales is not None:
+            return self.scales
+        if self.head_dim is None:
+            return ()
+        return (1.0 / math.sqrt(self.head_dim),)
+
+    @property
+    def negative(self) -> bool:
+        return self.expected_sites == 0
+
+    @property
+    def cross_attention_sites(self) -> int | None:
+        if self.self_attention_sites is None:
+            return None
+        return self.expected_sites - self.self_attention_sites
+
+    @property
+    def active_onnx_exporters(self) -> tuple[str, ...]:
+        return tuple(e for e in self.onnx_exporters if e not in self.excluded)
+
+    @property
+    def active_fx_tracers(self) -> tuple[str, ...]:
+        return tuple(t for t in self.fx_tracers if t not in self.excluded)
+
+
+# ---------------------------------------------------------------------------
+# Wrappers: positional tensors in, tuple of tensors out.
+
+
+class HFWrapper(nn.Module):
+    """Calls a Hugging Face model with keyword inputs, returns (last_hidden_state,)."""
+
+    def __init__(self, model: nn.Module, arg_names: Sequence[str], extra: Mapping[str, Any] | None = None):
+        super().__init__()
+        self.model = model
+        self.arg_names = tuple(arg_names)
+        self.extra = dict(extra or {})
+
+    # Explicit positional parameters (not *args) so dynamic_shapes can be given per input.
+    def forward(self, x0, x1=None, x2=None):
+        kwargs = dict(zip(self.arg_names, (x0, x1, x2)))
+        out = self.model(**kwargs, **self.extra, return_dict=True)
+        return (out.last_hidden_state,)
+
+
+def _text_inputs(seq: int = SEQ, pad_from: int | None = SEQ - 3, gen_seed: int = 1):
+    g = torch.Generator().manual_seed(gen_seed)
+    ids = torch.randint(1, VOCAB, (BATCH, seq), generator=g)
+    mask = torch.ones(BATCH, seq, dtype=torch.long)
+    if pad_from is not None:
+        mask[1, pad_from:] = 0  # right padding: no query row is fully masked, even when causal
+    return ids, mask
+
+
+def _pixels(size: int = 16, channels: int = 3):
+    g = torch.Generator().manual_seed(2)
+    return torch.randn(BATCH, channels, size, size, generator=g)
+
+
+def _hf_model(cls, config, impl: str) -> nn.Module:
+    config._attn_implementation = impl
+    torch.manual_seed(0)
+    model = cls(config).eval()
+    got = model.config._attn_implementation
+    if got != impl:
+        raise RuntimeError(f"{cls.__name__}: asked for attn_implementation={impl!r}, got {got!r}")
+    return model
+
+
+def _hf_quiet():
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+
+
+# ---------------------------------------------------------------------------
+# Hugging Face families. Each factory takes the attention implementation.
+
+
+def bert(impl: str, dynamic: bool = False) -> Built:
+    from transformers import BertConfig, BertModel
+
+    _hf_quiet()
+    cfg = BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=64)
+    model = _hf_model(lambda c: BertModel(c, add_pooling_layer=False), cfg, impl)
+    names = ["input_ids", "attention_mask"]
+    dyn = {n: {0: "batch", 1: "seq"} for n in names} if dynamic else None
+    return Built(HFWrapper(model, names), _text_inputs(), names, ["last_hidden_state"], dyn)
+
+
+def distilbert(impl: str) -> Built:
+    from transformers import DistilBertConfig, DistilBertModel
+
+    _hf_quiet()
+    cfg = DistilBertConfig(vocab_size=VOCAB, dim=32, n_layers=2, n_heads=4, hidden_dim=64,
+                           max_position_embeddings=64)
+    model = _hf_model(DistilBertModel, cfg, impl)
+    names = ["input_ids", "attention_mask"]
+    return Built(HFWrapper(model, names), _text_inputs(), names, ["last_hidden_state"])
+
+
+def gpt2(impl: str) -> Built:
+    from transformers import GPT2Config, GPT2Model
+
+    _hf_quiet()
+    cfg = GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64, n_inner=64)
+    model = _hf_model(GPT2Model, cfg, impl)
+    names = ["input_ids", "attention_mask"]
+    return Built(HFWrapper(model, names, {"use_cache": False}), _text_inputs(), names, ["last_hidden_state"])
+
+
+def vit(impl: str) -> Built:
+    from transformers import ViTConfig, ViTModel
+
+    _hf_quiet()
+    cfg = ViTConfig(image_size=16, patch_size=4, num_channels=3, hidden_size=32, num_hidden_layers=2,
+                    num_attention_heads=2, intermediate_size=64)
+    model = _hf_model(lambda c: ViTModel(c, add_pooling_layer=False), cfg, impl)
+    return Built(HFWrapper(model, ["pixel_values"]), (_pixels(),), ["pixel_values"], ["last_hidden_state"])
+
+
+def _t5_config():
+    from transformers import T5Config
+
+    return T5Config(vocab_size=VOCAB, d_model=32, d_kv=8, num_heads=4, d_ff=64, num_layers=2,
+                    num_decoder_layers=2, relative_attention_num_buckets=8,
+                    relative_attention_max_distance=16, decoder_start_token_id=0, pad_token_id=0)
+
+
+def t5_encoder(impl: str) -> Built:
+    from transformers import T5EncoderModel
+
+    _hf_quiet()
+    model = _hf_model(T5EncoderModel, _t5_config(), impl)
+    names = ["input_ids", "attention_mask"]
+    return Built(HFWrapper(model, names), _text_inputs(), names, ["last_hidden_state"])
+
+
+def _dec_ids():
+    g = torch.Generator().manual_seed(3)
+    return torch.randint(1, VOCAB, (BATCH, DEC_SEQ), generator=g)
+
+
+def t5(impl: str) -> Built:
+    from transformers import T5Model
+
+    _hf_quiet()
+    model = _hf_model(T5Model, _t5_config(), impl)
+    names = ["input_ids", "attention_mask", "decoder_input_ids"]
+    return Built(HFWrapper(model, names, {"use_cache": False}), (*_text_inputs(), _dec_ids()), names,
+                 ["last_hidden_state"])
+
+
+def bart(impl: str) -> Built:
+    from transformers import BartConfig, BartModel
+
+    _hf_quiet()
+    cfg = BartConfig(vocab_size=VOCAB, d_model=32, encoder_layers=2, decoder_layers=2,
+                     encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64,
+                     decoder_ffn_dim=64, max_position_embeddings=64)
+    model = _hf_model(BartModel, cfg, impl)
+    names = ["input_ids", "attention_mask", "decoder_input_ids"]
+    return Built(HFWrapper(model, names, {"use_cache": False}), (*_text_inputs(), _dec_ids()), names,
+                 ["last_hidden_state"])
+
+
+def llama(impl: str, dynamic: bool = False) -> Built:
+    from transformers import LlamaConfig, LlamaModel
+
+    _hf_quiet()
+    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    model = _hf_model(LlamaModel, cfg, impl)
+    names = ["input_ids", "attention_mask"]
+    dyn = {n: {0: "batch", 1: "seq"} for n in names} if dynamic else None
+    return Built(HFWrapper(model, names, {"use_cache": False}), _text_inputs(), names, ["last_hidden_state"], dyn)
+
+
+def whisper_encoder(impl: str) -> Built:
+    from transformers import WhisperConfig
+    from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+    _hf_quiet()
+    cfg = WhisperConfig(vocab_size=VOCAB, num_mel_bins=16, d_model=32, encoder_layers=2,
+                        encoder_attention_heads=4, decoder_layers=2, decoder_attention_heads=4,
+                        encoder_ffn_dim=64, decoder_ffn_dim=64, max_source_positions=12,
+                        max_target_positions=16)
+    model = _hf_model(WhisperEncoder, cfg, impl)
+    g = torch.Generator().manual_seed(4)
+    feats = torch.randn(BATCH, 16, 24, generator=g)  # 24 frames -> 12 tokens after the stride-2 conv
+    return Built(HFWrapper(model, ["input_features"]), (feats,), ["input_features"], ["last_hidden_state"])
+
+
+def clip_vision(impl: str) -> Built:
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    _hf_quiet()
+    cfg = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_attention_heads=2, num_hidden_layers=2,
+                           image_size=16, patch_size=4, projection_dim=32)
+    model = _hf_model(CLIPVisionModel, cfg, impl)
+    return Built(HFWrapper(model, ["pixel_values"]), (_pixels(),), ["pixel_values"], ["last_hidden_state"])
+
+
+# ---------------------------------------------------------------------------
+# torch.nn families.
+
+
+class TorchEncoder(nn.Module):
+    def __init__(self, with_mask: bool):
+        super().__init__()
+        torch.manual_seed(0)
+        layer = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True)
+        # Nested tensors turn a padding mask into a ragged batch, which neither export supports.
+        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.with_mask = with_mask
+
+    def forward(self, x, padding_mask=None):
+        return (self.encoder(x, src_key_padding_mask=padding_mask),)
+
+
+def _hidden(seq: int = SEQ, dim: int = 32, seed: int = 5):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(BATCH, seq, dim, generator=g)
+
+
+def torch_encoder(with_mask: bool) -> Built:
+    module = TorchEncoder(with_mask).eval()
+    if not with_mask:
+        return Built(module, (_hidden(),), ["x"], ["output"])
+    pad = torch.zeros(BATCH, SEQ, dtype=torch.bool)
+    pad[1, SEQ - 3:] = True  # True = padding (ignored key)
+    return Built(module, (_hidden(), pad), ["x", "padding_mask"], ["output"])
+
+
+class TorchMHA(nn.Module):
+    def __init__(self, need_weights: bool):
+        super().__init__()
+        torch.manual_seed(0)
+        self.attn = nn.MultiheadAttention(32, 4, batch_first=True)
+        self.need_weights = need_weights
+
+    def forward(self, x):
+        # need_weights=True computes softmax(q k^T) explicitly (bmm), need_weights=False calls SDPA.
+        out, _ = self.attn(x, x, x, need_weights=self.need_weights)
+        return (out,)
+
+
+def torch_mha(need_weights: bool) -> Built:
+    return Built(TorchMHA(need_weights).eval(), (_hidden(),), ["x"], ["output"])
+
+
+# ---------------------------------------------------------------------------
+# Hand-written attention: one way of writing the same math per module.
+
+
+class HandAttention(nn.Module):
+    """Multi-head self-attention over (batch, seq, 32) with 4 heads of 8; subclasses write the core."""
+
+    heads = 4
+    head_dim = 8
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        d = self.heads * self.head_dim
+        self.qkv = nn.Linear(d, 3 * d)
+        self.out = nn.Linear(d, d)
+        # Sized to the example sequence: slicing a buffer by a traced length does not symbolic_trace.
+        self.register_buffer("tril", torch.tril(torch.ones(SEQ, SEQ, dtype=torch.bool)), persistent=False)
+
+    def split(self, t):
+        b, s = t.shape[0], t.shape[1]
+        return t.view(b, s, self.heads, self.head_dim).transpose(1, 2)
+
+    def forward(self, x):
+        b, s, d = x.shape[0], x.shape[1], x.shape[2]
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        o = self.core(self.split(q), self.split(k), self.split(v))
+        return (self.out(o.transpose(1, 2).reshape(b, s, d)),)
+
+    def core(self, q, k, v):
+        raise NotImplementedError
+
+
+class ScaleQ(HandAttention):
+    def core(self, q, k, v):
+        q = q * (1.0 / math.sqrt(self.head_dim))
+        return torch.softmax(q @ k.transpose(-2, -1), dim=-1) @ v
+
+
+class DivSqrt(HandAttention):
+    def core(self, q, k, v):
+        scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.head_dim)
+        return torch.matmul(F.softmax(scores, dim=-1), v)
+
+
+class CausalTrilFill(HandAttention):
+    def core(self, q, k, v):
+        scores = (q @ k.transpose(-2, -1)) * self.head_dim**-0.5
+        scores = scores.masked_fill(~self.tril, float("-inf"))
+        return scores.softmax(-1) @ v
+
+
+class CausalTriuFill(HandAttention):
+    def core(self, q, k, v):
+        scores = (q @ k.transpose(-2, -1)) * self.head_dim**-0.5
+        blocked = torch.triu(torch.ones_like(scores, dtype=torch.bool), diagonal=1)
+        scores = scores.masked_fill(blocked, float("-inf"))
+        return F.softmax(scores, dim=-1) @ v
+
+
+class HalfSoftmax(HandAttention):
+    """fp16-style: softmax in float32, probabilities stored in float16, matmul back in the model dtype."""
+
+    def core(self, q, k, v):
+        scores = (q @ k.transpose(-2, -1)) * self.head_dim**-0.5
+        probs = F.softmax(scores.float(), dim=-1).to(torch.float16)
+        return probs.to(q.dtype) @ v
+
+
+class SdpaCausal(HandAttention):
+    def core(self, q, k, v):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+
+class SqrtScaleQK(HandAttention):
+    def core(self, q, k, v):
+        r = self.head_dim**-0.25
+        return torch.softmax((q * r) @ (k * r).transpose(-2, -1), dim=-1) @ v
+
+
+class AdditiveMaskCross(nn.Module):
+    """Cross attention (6 queries over 10 keys) with a float additive mask input (batch, 1, 6, 10)."""
+
+    heads = 4
+    head_dim = 8
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        d = self.heads * self.head_dim
+        self.q = nn.Linear(d, d)
+        self.kv = nn.Linear(d, 2 * d)
+        self.out = nn.Linear(d, d)
+
+    def forward(self, x, memory, mask):
+        b, t, d = x.shape[0], x.shape[1], x.shape[2]
+        s = memory.shape[1]
+        q = self.q(x).view(b, t, self.heads, self.head_dim).permute(0, 2, 1, 3)
+        k, v = self.kv(memory).view(b, s, 2, self.heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        scores = torch.einsum("bhqd,bhkd->bhqk", q, k) * self.head_dim**-0.5 + mask
+        o = torch.einsum("bhqk,bhkd->bhqd", scores.softmax(-1), v)
+        return (self.out(o.permute(0, 2, 1, 3).reshape(b, t, d)),)
+
+
+def hand(cls, dynamic: bool = False) -> Callable[[], Built]:
+    def factory() -> Built:
+        dyn = {"x": {0: "batch", 1: "seq"}} if dynamic else None
+        return Built(cls().eval(), (_hidden(),), ["x"], ["output"], dyn)
+
+    factory.__name__ = f"hand_{cls.__name__}"
+    return factory
+
+
+def additive_mask_cross() -> Built:
+    x = _hidden(DEC_SEQ, seed=6)
+    memory = _hidden(SEQ, seed=7)
+    mask = torch.zeros(BATCH, 1, DEC_SEQ, SEQ)
+    mask[1, :, :, SEQ - 3:] = -1e4
+    return Built(AdditiveMaskCross().eval(), (x, memory, mask), ["x", "memory", "mask"], ["output"])
+
+
+# ---------------------------------------------------------------------------
+# Negatives: softmax that is not attention.
+
+
+class ClassifierHead(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc1 = nn.Linear(32, 16)
+        self.fc2 = nn.Linear(16, 5)
+
+    def forward(self, x):
+        return (torch.softmax(self.fc2(torch.relu(self.fc1(x.mean(1)))), dim=-1),)
+
+
+class SoftLookup(nn.Module):
+    """Softmax(x K^T) V with K and V learned tables: a memory lookup, not attention between tokens."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.keys = nn.Parameter(torch.randn(32, 24))
+        self.values = nn.Parameter(torch.randn(24, 32))
+
+    def forward(self, x):
+        return (torch.softmax(x @ self.keys, dim=-1) @ self.values,)
+
+
+class SoftmaxPooling(nn.Module):
+    """Attention pooling: softmax over the sequence axis (dim=1), used elementwise then summed."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.score = nn.Linear(32, 1)
+
+    def forward(self, x):
+        w = torch.softmax(self.score(x), dim=1)  # (batch, seq, 1)
+        return ((w * x).sum(dim=1),)
+
+
+def plain(cls) -> Callable[[], Built]:
+    def factory() -> Built:
+        return Built(cls().eval(), (_hidden(),), ["x"], ["output"])
+
+    factory.__name__ = f"plain_{cls.__name__}"
+    return factory
+
+
+# ---------------------------------------------------------------------------
+# The cases.
+
+_HF_NO_SYMTRACE = ("HF models are not torch.fx.symbolic_trace-able (data-dependent Python control flow on "
+                   "proxies in the mask and embedding code); torch.export covers them")
+
+
+def _impl_cases(family: str, make: Callable[[str], Built], **kw) -> list[ZooCase]:
+    out = []
+    for impl in ("eager", "sdpa"):
+        extra = dict(kw)
+        excluded = dict(extra.pop("excluded", {}))
+        excluded.update(extra.pop(f"excluded_{impl}", {}))
+        out.append(ZooCase(name=f"{family}-{impl}", family=family, factory=_bind(make, impl),
+                           excluded=excluded, **extra))
+    return out
+
+
+def _bind(fn, *args, **kwargs):
+    def factory() -> Built:
+        return fn(*args, **kwargs)
+
+    factory.__name__ = f"{fn.__name__}{args}{kwargs or ''}"
+    return factory
+
+
+_HAND = dict(family="hand", heads=4, head_dim=8, fx_tracers=FX_TRACERS)
+
+CASES: list[ZooCase] = [
+    *_impl_cases("bert", bert, expected_sites=2, heads=2, head_dim=16, self_attention_sites=2, causal_sites=0,
+                 onnx_exporters=(*ONNX_EXPORTERS, ORT_FUSED)),
+    ZooCase("bert-sdpa-dynamic", "bert", _bind(bert, "sdpa", dynamic=True), expected_sites=2, heads=2,
+            head_dim=16, causal_sites=0),
+    *_impl_cases("distilbert", distilbert, expected_sites=2, heads=4, head_dim=8, self_attention_sites=2,
+                 causal_sites=0),
+    *_impl_cases("gpt2", gpt2, expected_sites=2, heads=4, head_dim=8, self_attention_sites=2, causal_sites=2),
+    *_impl_cases("vit", vit, expected_sites=2, heads=2, head_dim=16, self_attention_sites=2, causal_sites=0,
+                 onnx_exporters=(*ONNX_EXPORTERS, ORT_FUSED)),
+    # T5 does not scale q.k at all.
+    *_impl_cases("t5-encoder", t5_encoder, expected_sites=2, heads=4, head_dim=8, scales=(1.0,),
+                 self_attention_sites=2, causal_sites=0),
+    *_impl_cases("t5", t5, expected_sites=6, heads=4, head_dim=8, scales=(1.0,), self_attention_sites=4,
+                 causal_sites=2),
+    *_impl_cases("bart", bart, expected_sites=6, heads=4, head_dim=8, self_attention_sites=4, causal_sites=2),
+    *_impl_cases("llama-gqa", llama, expected_sites=2, heads=4, kv_heads=2, head_dim=16,
+                 self_attention_sites=2, causal_sites=2),
+    ZooCase("llama-gqa-sdpa-dynamic", "llama-gqa", _bind(llama, "sdpa", dynamic=True), expected_sites=2,
+            heads=4, kv_heads=2, head_dim=16, causal_sites=2),
+    # Whisper multiplies q_proj's output by 1/sqrt(d) before splitting heads and then attends with scale 1:
+    # a site whose query is taken after that Mul has scale 1, one that folds the Mul in has 1/sqrt(d).
+    *_impl_cases("whisper-encoder", whisper_encoder, expected_sites=2, heads=4, head_dim=8,
+                 scales=(1 / math.sqrt(8), 1.0), self_attention_sites=2, causal_sites=0),
+    *_impl_cases("clip-vision", clip_vision, expected_sites=2, heads=2, head_dim=16, self_attention_sites=2,
+                 causal_sites=0),
+    ZooCase("torch-encoder", "torch", _bind(torch_encoder, False), expected_sites=2, heads=4, head_dim=8,
+            self_attention_sites=2, causal_sites=0, fx_tracers=FX_TRACERS,
+            excluded={SYMBOLIC_TRACE: "the default fx Tracer keeps nn.TransformerEncoder as one leaf "
+                                      "call_module: the graph holds no attention to find"}),
+    ZooCase("torch-encoder-padmask", "torch", _bind(torch_encoder, True), expected_sites=2, heads=4, head_dim=8,
+            self_attention_sites=2, causal_sites=0, fx_tracers=FX_TRACERS,
+            excluded={SYMBOLIC_TRACE: "the default fx Tracer keeps nn.TransformerEncoder as one leaf "
+                                      "call_module: the graph holds no attention to find"}),
+    # symbolic_trace keeps nn.MultiheadAttention as a leaf call_module, which is itself an attention op.
+    ZooCase("torch-mha", "torch", _bind(torch_mha, False), expected_sites=1, heads=4, head_dim=8,
+            self_attention_sites=1, causal_sites=0, fx_tracers=FX_TRACERS),
+    ZooCase("torch-mha-weights", "torch", _bind(torch_mha, True), expected_sites=1, heads=4, head_dim=8,
+            self_attention_sites=1, causal_sites=0, fx_tracers=FX_TRACERS),
+    ZooCase("hand-scale-q", factory=hand(ScaleQ), expected_sites=1, causal_sites=0, self_attention_sites=1, **_HAND),
+    ZooCase("hand-scale-q-dynamic", factory=hand(ScaleQ, dynamic=True), expected_sites=1, causal_sites=0,
+            **_HAND),
+    ZooCase("hand-div-sqrt", factory=hand(DivSqrt), expected_sites=1, causal_sites=0, self_attention_sites=1,
+            **_HAND),
+    ZooCase("hand-causal-tril", factory=hand(CausalTrilFill), expected_sites=1, causal_sites=1,
+            self_attention_sites=1, **_HAND),
+    ZooCase("hand-causal-triu", factory=hand(CausalTriuFill), expected_sites=1, causal_sites=1,
+            self_attention_sites=1, **_HAND),
+    ZooCase("hand-half-softmax", factory=hand(HalfSoftmax), expected_sites=1, causal_sites=0,
+            self_attention_sites=1, atol=5e-3, **_HAND),
+    ZooCase("hand-sdpa-causal", factory=hand(SdpaCausal), expected_sites=1, causal_sites=1,
+            self_attention_sites=1, **_HAND),
+    ZooCase("hand-sqrt-scale-qk", factory=hand(SqrtScaleQK), expected_sites=1, causal_sites=0,
+            self_attention_sites=1, **_HAND),
+    ZooCase("hand-additive-mask-cross", factory=additive_mask_cross, expected_sites=1, causal_sites=0,
+            self_attention_sites=0, **_HAND),
+    ZooCase("neg-classifier", "negative", plain(ClassifierHead), expected_sites=0, fx_tracers=FX_TRACERS),
+    ZooCase("neg-soft-lookup", "negative", plain(SoftLookup), expected_sites=0, fx_tracers=FX_TRACERS),
+    ZooCase("neg-softmax-pooling", "negative", plain(SoftmaxPooling), expected_sites=0, fx_tracers=FX_TRACERS),
+]
+
+CASES_BY_NAME: dict[str, ZooCase] = {c.name: c for c in CASES}
+assert len(CASES_BY_NAME) == len(CASES), "duplicate zoo case names"
+
+
+def onnx_combos(cases: Sequence[ZooCase] = CASES) -> list[tuple[str, str]]:
+    return [(c.name, e) for c in cases for e in c.active_onnx_exporters]
+
+
+def fx_combos(cases: Sequence[ZooCase] = CASES) -> list[tuple[str, str]]:
+    return [(c.name, t) for c in cases for t in c.active_fx_tracers]
+
+
+def excluded_combos(cases: Sequence[ZooCase] = CASES) -> list[tuple[str, str, str]]:
+    return [(c.name, k, why) for c in cases for k, why in c.excluded.items()]
+
+
+# ---------------------------------------------------------------------------
+# Building, exporting, caching.
+
+
+class ZooBuildError(RuntimeError):
+    """An export of a case failed or disagrees with torch: a bug in the zoo (or the exporter)."""
+
+
+def _versions() -> str:
+    import onnx
+    import onnxruntime
+    import onnxscript
+    import transformers
+
+    parts = [f"torch{torch.__version__}", f"tf{transformers.__version__}", f"onnx{onnx.__version__}",
+             f"os{onnxscript.__version__}", f"ort{onnxruntime.__version__}"]
+    return "-".join(p.replace("+", "_") for p in parts)
+
+
+def cache_dir() -> Path:
+    """The cache folder for this zoo.py and these library versions."""
+    digest = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:10]
+    return CACHE_ROOT / f"{_versions()}-zoo{digest}"
+
+
+@contextlib.contextmanager
+def quiet():
+    """Silence exporters (prints, warnings, logging) at the file-descriptor level; keep the text."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    with tempfile.TemporaryFile(mode="w+b") as sink, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        saved = os.dup(1), os.dup(2)
+        levels = {}
+        for name in ("torch", "torch.onnx", "torch.export", "torch._dynamo", "onnxscript", "transformers"):
+            lg = logging.getLogger(name)
+            levels[name] = lg.level
+            lg.setLevel(logging.ERROR)
+        captured = []
+        try:
+            os.dup2(sink.fileno(), 1)
+            os.dup2(sink.fileno(), 2)
+            yield captured
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+            for name, lvl in levels.items():
+                logging.getLogger(name).setLevel(lvl)
+            sink.seek(0)
+            captured.append(sink.read().decode(errors="replace"))
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def _torch_outputs(built: Built) -> list[torch.Tensor]:
+    with torch.no_grad():
+        out = built.module(*built.inputs)
+    return [t.detach() for t in (out if isinstance(out, (tuple, list)) else (out,))]
+
+
+def _check_in_ort(path_or_bytes, built: Built, expected: list[torch.Tensor], atol: float) -> float:
+    """Run the ONNX model in onnxruntime (CPU EP) on the example inputs; return max |ort - torch|."""
+    import numpy as np
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.intra_op_num_threads = 1
+    sess = ort.InferenceSession(path_or_bytes, so, providers=["CPUExecutionProvider"])
+    feeds_in = sess.get_inputs()
+    if len(feeds_in) != len(built.inputs):
+        raise ZooBuildError(f"ONNX graph has {len(feeds_in)} inputs, the module takes {len(built.inputs)}")
+    feeds = {i.name: t.numpy() for i, t in zip(feeds_in, built.inputs)}
+    got = sess.run(None, feeds)
+    if len(got) != len(expected):
+        raise ZooBuildError(f"ONNX graph has {len(got)} outputs, torch gives {len(expected)}")
+    worst = 0.0
+    for g, e in zip(got, expected):
+        e = e.numpy()
+        if g.shape != e.shape:
+            raise ZooBuildError(f"output shape {g.shape} != torch {e.shape}")
+        diff = float(np.max(np.abs(g.astype(np.float64) - e.astype(np.float64)))) if g.size else 0.0
+        worst = max(worst, diff)
+    if not worst <= atol:
+        raise ZooBuildError(f"onnxruntime disagrees with torch: max abs diff {worst:.3g} > {atol:g}")
+    return worst
+
+
+def _dynamic_shapes_for_export(built: Built):
+    if not built.dynamic_axes:
+        return None
+    names = list(built.input_names or [])
+    return tuple({ax: torch.export.Dim.AUTO for ax in built.dynamic_axes.get(n, {})} or None for n in names)
+
+
+def _export_onnx(zoo: "Zoo", case: ZooCase, exporter: str, built: Built, path: Path) -> None:
+    common = dict(input_names=list(built.input_names) if built.input_names else None,
+                  output_names=list(built.output_names) if built.output_names else None, verbose=False)
+    if exporter in (DYNAMO, DYNAMO_OPSET23):
+        kw = dict(dynamo=True, external_data=False, **common)
+        if exporter == DYNAMO_OPSET23:
+            kw["opset_version"] = 23
+        if built.dynamic_axes:
+            kw["dynamic_shapes"] = _dynamic_shapes_for_export(built)
+        torch.onnx.export(built.module, built.inputs, str(path), **kw)
+    elif exporter == TORCHSCRIPT:
+        torch.onnx.export(built.module, built.inputs, str(path), dynamo=False, opset_version=TORCHSCRIPT_OPSET,
+                          dynamic_axes=dict(built.dynamic_axes) if built.dynamic_axes else None,
+                          do_constant_folding=True, **common)
+    elif exporter == ORT_FUSED:
+        import onnx_ir as ir
+        from onnxscript.rewriter.ort_fusions import optimize_for_ort
+
+        base = zoo.onnx_path(case.name, DYNAMO)
+        model = ir.load(str(base))
+        model, _counts = optimize_for_ort(model)
+        ir.save(model, str(path))
+    else:
+        raise ValueError(f"unknown exporter {exporter!r}")
+
+
+@dataclass
+class BuildRecord:
+    case: str
+    exporter: str
+    ok: bool
+    seconds: float
+    path: str
+    error: str = ""
+    ort_max_abs_diff: float | None = None
+
+
+class Zoo:
+    """Builds cases lazily and caches their exports on disk. One per process is enough."""
+
+    _default: "Zoo | None" = None
+
+    def __init__(self, root: Path | None = None):
+        self.root = Path(root) if root is not None else cache_dir()
+        self._built: dict[str, Built] = {}
+        self._expected: dict[str, list[torch.Tensor]] = {}
+        self._fx: dict[tuple[str, str], Any] = {}
+
+    @classmethod
+    def default(cls) -> "Zoo":
+        if cls._default is None:
+            cls._default = cls()
+        return cls._default
+
+    # -- modules -------------------------------------------------------------
+
+    def build(self, name: str) -> Built:
+        """The case's module (eval mode) and example inputs; built once per process."""
+        if name not in self._built:
+            case = CASES_BY_NAME[name]
+            with quiet():
+                built = case.factory()
+            built.module.eval()
+            self._built[name] = built
+        return self._built[name]
+
+    def torch_outputs(self, name: str) -> list[torch.Tensor]:
+        if name not in self._expected:
+            self._expected[name] = _torch_outputs(self.build(name))
+        return self._expected[name]
+
+    # -- ONNX ------------------------------------------------------------------
+
+    def _paths(self, name: str, exporter: str) -> tuple[Path, Path]:
+        d = self.root / name
+        return d / f"{exporter}.onnx", d / f"{exporter}.json"
+
+    def record(self, name: str, exporter: str) -> BuildRecord | None:
+        _, meta = self._paths(name, exporter)
+        if not meta.exists():
+            return None
+        return BuildRecord(**json.loads(meta.read_text()))
+
+    def onnx_record(self, name: str, exporter: str) -> BuildRecord:
+        """Export (or reuse the cached export of) one case; never raises for a failed export."""
+        rec = self.record(name, exporter)
+        if rec is not None:
+            return rec
+        case = CASES_BY_NAME[name]
+        path, meta = self._paths(name, exporter)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        ok, error, diff = False, "", None
+        # Export to a private name, verify, then publish: a concurrent reader never sees a half file.
+        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.onnx")
+        log: list[str] = []
+        try:
+            built = self.build(name)
+            expected = self.torch_outputs(name)
+            with quiet() as log:
+                _export_onnx(self, case, exporter, built, tmp)
+            diff = _check_in_ort(str(tmp), built, expected, case.atol)
+            os.replace(tmp, path)
+            ok = True
+        except Exception as e:  # recorded: a failed export is reported per combination, not fatal to the zoo
+            tail = (log[0] if log else "")[-2000:]
+            error = f"{type(e).__name__}: {e}".strip()
+            error = error[:4000] + ("\n--- exporter output ---\n" + tail if tail.strip() else "")
+            error += "\n--- traceback ---\n" + traceback.format_exc()[-3000:]
+        finally:
+            for leftover in (tmp, tmp.with_name(tmp.name + ".data")):
+                if leftover.exists():
+                    leftover.unlink()
+        rec = BuildRecord(name, exporter, ok, round(time.perf_counter() - t0, 2), str(path), error, diff)
+        _atomic_write_bytes(meta, json.dumps(rec.__dict__, indent=1).encode())
+        return rec
+
+    def onnx_path(self, name: str, exporter: str) -> Path:
+        """Path of a verified export; raises ZooBuildError if this combination failed to export."""
+        rec = self.onnx_record(name, exporter)
+        if not rec.ok:
+            raise ZooBuildError(f"zoo export {name}/{exporter} failed: {rec.error.splitlines()[0]}\n"
+                                f"(details in {self._paths(name, exporter)[1]})")
+        return Path(rec.path)
+
+    # -- torch graphs -------------------------------------------------------------
+
+    def exported_program(self, name: str) -> torch.export.ExportedProgram:
+        key = (name, EXPORT)
+        if key in self._fx:
+            return self._fx[key]
+        built = self.build(name)
+        pt2 = self.root / name / "export.pt2"
+        ep = None
+        if pt2.exists():
+            try:
+                with quiet():
+                    ep = torch.export.load(str(pt2))
+            except Exception:
+                ep = None
+        if ep is None:
+            with quiet():
+                ep = torch.export.export(built.module, built.inputs,
+                                         dynamic_shapes=_dynamic_shapes_for_export(built))
+            try:
+                buf = tempfile.NamedTemporaryFile(dir=pt2.parent if pt2.parent.exists() else None, delete=False,
+                                                  suffix=".pt2.tmp")
+                buf.close()
+                pt2.parent.mkdir(parents=True, exist_ok=True)
+                with quiet():
+                    torch.export.save(ep, buf.name)
+                os.replace(buf.name, pt2)
+            except Exception:
+                with contextlib.suppress(OSError):
+                    os.unlink(buf.name)
+        self._fx[key] = ep
+        return ep
+
+    def symbolic_trace(self, name: str) -> torch.fx.GraphModule:
+        key = (name, SYMBOLIC_TRACE)
+        if key not in self._fx:
+            with quiet():
+                self._fx[key] = torch.fx.symbolic_trace(self.build(name).module)
+        return self._fx[key]
+
+    def fx_graph(self, name: str, tracer: str):
+        """(graph-or-module, example_inputs) as attnopt.detect takes them for this tracer."""
+        built = self.build(name)
+        if tracer == EXPORT:
+            return self.exported_program(name), None
+        if tracer == SYMBOLIC_TRACE:
+            return self.symbolic_trace(name), built.inputs
+        if tracer == MODULE:
+            return built.module, built.inputs
+        raise ValueError(f"unknown tracer {tracer!r}")
+
+    def fx_record(self, name: str, tracer: str) -> BuildRecord:
+        t0 = time.perf_counter()
+        try:
+            if tracer == MODULE:
+                # What detect() will do with the module: check that torch.export accepts it.
+                self.exported_program(name)
+            else:
+                self.fx_graph(name, tracer)
+            return BuildRecord(name, tracer, True, round(time.perf_counter() - t0, 2), "")
+        except Exception as e:
+            return BuildRecord(name, tracer, False, round(time.perf_counter() - t0, 2), "",
+                               f"{type(e).__name__}: {e}"[:2000])
+
+    # -- everything ------------------------------------------------------------------
+
+    def build_all(self, cases: Sequence[ZooCase] = CASES, progress: Callable[[BuildRecord], None] | None = None
+                  ) -> list[BuildRecord]:
+        out = []
+        for case in cases:
+            order = sorted(case.active_onnx_exporters, key=lambda e: e == ORT_FUSED)  # fused needs dynamo
+            for exporter in order:
+                rec = self.onnx_record(case.name, exporter)
+                out.append(rec)
+                if progress:
+                    progress(rec)
+            for tracer in case.active_fx_tracers:
+                rec = self.fx_record(case.name, tracer)
+                out.append(rec)
+                if progress:
+                    progress(rec)
+            # Free the module: the zoo is built once, the tests rebuild what they need lazily.
+            self._built.pop(case.name, None)
+            self._expected.pop(case.name, None)
+            for k in [k for k in self._fx if k[0] == case.name]:
+                del self._fx[k]
+        return out
+
+
+# ---------------------------------------------------------------------------
+# CLI
+
+
+def _build_worker(names: list[str]) -> list[dict]:
+    torch.set_num_threads(1)
+    zoo = Zoo()
+    return [r.__dict__ for r in zoo.build_all([CASES_BY_NAME[n] for n in names])]
+
+
+def _print_row(r: BuildRecord, t_start: float) -> None:
+    status = "ok" if r.ok else "FAILED"
+    where = os.path.relpath(r.path, REPO_ROOT) if r.path else "(in memory)"
+    print(f"{r.case:28s} {r.exporter:16s} {status:6s} {r.seconds:7.2f}s  {where}", flush=True)
+    if not r.ok:
+        print("    " + r.error.splitlines()[0][:300], flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m tests.zoo", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--build", action="store_true", help="build every export into the cache and print a table")
+    ap.add_argument("--list", action="store_true", help="list cases, expected sites and combinations")
+    ap.add_argument("--only", action="append", default=[], help="glob or substring of case names (repeatable)")
+    ap.add_argument("-j", "--jobs", type=int, default=1, help="worker processes for --build")
+    ap.add_argument("--clean", action="store_true", help="delete this zoo's cache folder first")
+    args = ap.parse_args(argv)
+
+    cases = CASES
+    if args.only:
+        cases = [c for c in CASES if any(fnmatch.fnmatch(c.name, p) or p in c.name for p in args.only)]
+    if args.list or not args.build:
+        for c in cases:
+            print(f"{c.name:28s} sites={c.expected_sites} heads={c.heads} kv={c.expected_kv_heads} "
+                  f"d={c.head_dim} onnx={','.join(c.active_onnx_exporters)} fx={','.join(c.active_fx_tracers)}")
+        for name, k, why in excluded_combos(cases):
+            print(f"excluded {name}/{k}: {why}")
+        if not args.build:
+            return 0
+    if args.clean:
+        import shutil
+
+        shutil.rmtree(cache_dir(), ignore_errors=True)
+
+    print(f"cache: {cache_dir()}", flush=True)
+    t0 = time.perf_counter()
+    records: list[BuildRecord] = []
+    if args.jobs <= 1:
+        records = Zoo().build_all(cases, progress=lambda r: _print_row(r, t0))
+    else:
+        import multiprocessing as mp
+
+        # Balance by rough cost: HF cases are the heavy ones; deal them round-robin.
+        buckets: list[list[str]] = [[] for _ in range(args.jobs)]
+        for i, c in enumerate(sorted(cases, key=lambda c: c.family in ("hand", "torch", "negative"))):
+            buckets[i % args.jobs].append(c.name)
+        with mp.get_context("spawn").Pool(args.jobs) as pool:
+            for chunk in pool.imap_unordered(_build_worker, buckets):
+                for d in chunk:
+                    r = BuildRecord(**d)
+                    records.append(r)
+                    _print_row(r, t0)
+    total = time.perf_counter() - t0
+    failed = [r for r in records if not r.ok]
+    print(f"\n{len(records)} combinations, {len(failed)} failed, {total:.1f}s wall")
+    for r in failed:
+        print(f"FAILED {r.case}/{r.exporter}: {r.error.splitlines()[0][:300]}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
