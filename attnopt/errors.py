@@ -19,3 +19,7 @@ class NoSitesError(AttnoptError):
 
 class InvalidParamsError(AttnoptError):
     """Pass parameters that do not validate."""
+
+
+class SiteNotApplicable(AttnoptError):
+    """A frontend cannot express this site through the op (e.g. an unknown head count); it stays dense."""

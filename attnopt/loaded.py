@@ -34,17 +34,26 @@ def is_onnx_handle(model) -> bool:
     return mod.startswith("onnx") or mod.startswith("onnx_ir")
 
 
-def open_model(model, example_inputs=None) -> LoadedModel:
+def open_model(model, example_inputs=None, *, mutable: bool = False) -> LoadedModel:
+    """Load ``model`` and detect its sites.
+
+    ``mutable=True`` prepares a private copy for graph surgery: the caller's
+    object is never modified, and an ExportedProgram becomes its runnable
+    GraphModule (``ep.module()``), which is what fx rewrites edit.
+    """
     if is_onnx_handle(model):
         from .frontends import onnx as onnx_frontend
+        if mutable and type(model).__module__.startswith("onnx_ir"):
+            import onnx_ir as ir
+            model = ir.from_proto(ir.to_proto(model))
         ir_model = onnx_frontend.infer_shapes(onnx_frontend.load(model))
         view = onnx_frontend.lift(ir_model)
         source = str(model) if isinstance(model, (str, os.PathLike)) else (ir_model.graph.name or "model")
         return LoadedModel("onnx", ir_model, view, detect_sites(view), source=source)
-    return _open_torch(model, example_inputs)
+    return _open_torch(model, example_inputs, mutable)
 
 
-def _open_torch(model, example_inputs) -> LoadedModel:
+def _open_torch(model, example_inputs, mutable: bool = False) -> LoadedModel:
     import torch
     from .frontends import fx as fx_frontend
     if isinstance(model, torch.export.ExportedProgram):
@@ -63,6 +72,9 @@ def _open_torch(model, example_inputs) -> LoadedModel:
                                f"{str(e).splitlines()[0][:200]}") from None
     else:
         raise AttnoptError(f"cannot read a model of type {type(model).__name__}")
+    if mutable:
+        import copy
+        graph = graph.module() if isinstance(graph, torch.export.ExportedProgram) else copy.deepcopy(graph)
     view = fx_frontend.lift(graph)
     return LoadedModel("fx", graph, view, detect_sites(view), source=type(model).__name__,
                        example_inputs=tuple(example_inputs) if example_inputs is not None else None)

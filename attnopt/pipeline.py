@@ -10,7 +10,7 @@ import fnmatch
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .errors import AttnoptError, InvalidParamsError, NoSitesError
+from .errors import AttnoptError, InvalidParamsError, NoSitesError, SiteNotApplicable
 from .loaded import LoadedModel, open_model
 from .site import AttentionSite
 
@@ -107,7 +107,7 @@ class Pipeline:
         return self
 
     def run(self, model, example_inputs=None, *, require_rewrite: bool = True) -> RewriteResult:
-        loaded = model if isinstance(model, LoadedModel) else open_model(model, example_inputs)
+        loaded = model if isinstance(model, LoadedModel) else open_model(model, example_inputs, mutable=True)
         if not loaded.sites:
             raise NoSitesError("no attention sites found in the model")
         frontend = _frontend(loaded)
@@ -138,7 +138,7 @@ class Pipeline:
             try:
                 frontend.apply(loaded, call)
                 applied.append(call)
-            except frontend.SiteNotApplicable as e:
+            except SiteNotApplicable as e:
                 outcomes[call.site.name] = SiteOutcome(call.site.name, call.site.layer, call.site.form, REFUSED,
                                                        str(e), outcomes[call.site.name].pass_name)
         if require_rewrite and not applied:

@@ -30,18 +30,17 @@ _SCHEMA = (
 )
 
 
-def _user_mask_blocks(mask: Tensor, qpos: Tensor, kpos: Tensor, sink_pos: Tensor) -> tuple[Tensor, Tensor]:
-    """The (…, nseg, S, S) diagonal blocks and (…, nseg, S, G) sink columns of a 4-D mask.
+def _user_mask_blocks(mask: Tensor, pos: Tensor, sink_pos: Tensor) -> Tensor:
+    """The (…, nseg, S, S+G) diagonal blocks and sink columns of a 4-D mask.
 
     Advanced indexing with broadcast row/column indices reads only O(N·(S+G))
     entries and works on stride-0 (expanded) masks without copying them. Rows
     and columns of size 1 broadcast; clamping maps the padded positions onto
     real ones (their values are discarded or masked anyway).
     """
-    rows = qpos.clamp(max=mask.shape[2] - 1)[:, :, None]  # (nseg, S, 1)
-    local = mask[:, :, rows, kpos.clamp(max=mask.shape[3] - 1)[:, None, :]]
-    sinks = mask[:, :, rows, sink_pos.clamp(max=mask.shape[3] - 1)]
-    return local, sinks
+    rows = pos.clamp(max=mask.shape[2] - 1)[:, :, None]  # (nseg, S, 1)
+    cols = torch.cat([pos, sink_pos.expand(pos.shape[0], -1)], dim=1).clamp(max=mask.shape[3] - 1)
+    return mask[:, :, rows, cols[:, None, :]]
 
 
 def _segmented_attention_impl(
@@ -100,8 +99,8 @@ def _segmented_attention_impl(
         sink_scores = sink_scores.masked_fill(~sink_ok, neg_inf).view(B, H, nseg, S, G)
         scores = torch.cat([scores, sink_scores], dim=-1)
     if mask is not None:
-        local_mask, sink_mask = _user_mask_blocks(mask.to(compute), pos, pos, j)
-        scores = scores + torch.cat([local_mask, sink_mask], dim=-1)  # (Bm, Hm, nseg, S, S+G) broadcasts
+        # Cast after the gather, so a half-precision N×N mask is never copied whole.
+        scores = scores + _user_mask_blocks(mask, pos, j).to(compute)  # (Bm, Hm, nseg, S, S+G) broadcasts
 
     p = torch.softmax(scores, dim=-1)
     p = torch.where(torch.isnan(p), 0.0, p).view(B, Hkv, rep, nseg, S, S + G)

@@ -10,25 +10,18 @@ keeps its name so validation can compare it per site.
 
 from __future__ import annotations
 
-import os
-import tempfile
-from pathlib import Path
-
 import numpy as np
 import onnx_ir as ir
 from onnx_ir import tape as ir_tape
 
-from ..errors import AttnoptError
+from ..atomic import write_atomic
+from ..errors import SiteNotApplicable
 from ..site import (LAYOUT_BHSD, LAYOUT_BSD, LAYOUT_FLAT, MASK_ADDITIVE, MASK_BOOLEAN,
                     MASK_BOOLEAN_BLOCKED, AttentionSite)
 
 # ONNX Runtime 1.30 rejects IR version 14, which onnx 1.23's helpers write.
 IR_VERSION = 10
 MIN_OPSET = 17  # the ai.attnopt bodies use opset-17 ops
-
-
-class SiteNotApplicable(AttnoptError):
-    """This site's graph shape can't be expressed through the op; the site stays dense."""
 
 
 def apply(loaded, call) -> None:
@@ -98,17 +91,7 @@ def _refresh(loaded) -> None:
 
 
 def save_atomic(model: ir.Model, path) -> None:
-    """Write to a temp file beside the target, then rename: never a partial model."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        ir.save(model, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda tmp: ir.save(model, tmp))
 
 
 class _Builder:
