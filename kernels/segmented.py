@@ -13,7 +13,6 @@ counted twice.
 
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch

@@ -413,11 +413,12 @@ class MaxNumel(TorchDispatchMode):
         return out
 
 
-def test_cpu_op_builds_nothing_quadratic():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_cpu_op_builds_nothing_quadratic(dtype):
     n, seg = 4096, 64
     gen = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(1, 1, n, 16, generator=gen) for _ in range(3))
-    mask = torch.randn(1, 1, n, n, generator=gen)  # a full mask is input, not intermediate
+    q, k, v = (torch.randn(1, 1, n, 16, generator=gen).to(dtype) for _ in range(3))
+    mask = torch.randn(1, 1, n, n, generator=gen).to(dtype)  # a full mask is input, not intermediate
     with MaxNumel() as seen:
         run_op(q, k, v, mask, seg, 4, True)
     assert seen.max_numel < n * n // 16

@@ -236,19 +236,24 @@ def _fold_lazily(view: View, refs: dict, node: fx.Node, shape):
     if node.op not in ("call_function", "call_method"):
         return None
     target = node.target
+    shape_of = _static_shape_query(node)
+    if shape_of is not None:
+        return shape_of
     if isinstance(target, torch._ops.OpOverload) and torch.Tag.nondeterministic_seeded in target.tags:
         return None
     if target in (F.dropout,) or node.target in ("uniform_", "normal_"):
         return None
     inputs = [a for a in node.all_input_nodes]
-    if not inputs or any(view.info(refs[a].node).op != "constant" and view.info(refs[a].node).consts[0] is None
+    if not inputs and not isinstance(target, torch._ops.OpOverload):
+        return None  # only aten factories (ones, arange, full) fold without inputs
+    if any(view.info(refs[a].node).op != "constant" and view.info(refs[a].node).consts[0] is None
                          for a in inputs if a in refs):
         return None
     if shape is not None and all(isinstance(d, int) for d in shape) and int(np.prod(shape)) > MAX_FOLD_ELEMENTS:
         return None
 
     def compute():
-        env = {a: torch.from_numpy(np.ascontiguousarray(view.const(refs[a]))) for a in inputs}
+        env = {a: _as_torch(view.const(refs[a])) for a in inputs}
         if any(v is None for v in env.values()):
             return None
         args = fx.node.map_arg(node.args, lambda n: env[n])
@@ -258,6 +263,30 @@ def _fold_lazily(view: View, refs: dict, node: fx.Node, shape):
                 else target(*args, **kwargs)
         return out.numpy() if isinstance(out, torch.Tensor) else np.asarray(out)
     return compute
+
+
+def _as_torch(c):
+    """Folded values back to what the op expects: 0-d integers as Python ints (sizes)."""
+    if c is None:
+        return None
+    c = np.asarray(c)
+    if c.ndim == 0 and np.issubdtype(c.dtype, np.integer):
+        return int(c)
+    return torch.from_numpy(np.ascontiguousarray(c))
+
+
+def _static_shape_query(node: fx.Node):
+    """x.shape / x.size() / x.size(d) on a tensor of static shape folds to numbers."""
+    is_shape = node.op == "call_function" and node.target is getattr and node.args[1:] == ("shape",)
+    is_size = node.op == "call_method" and node.target == "size"
+    if not (is_shape or is_size) or not isinstance(node.args[0], fx.Node):
+        return None
+    shape, _ = _meta(node.args[0])
+    if shape is None or not all(isinstance(d, int) for d in shape):
+        return None
+    if is_size and len(node.args) > 1 and isinstance(node.args[1], int):
+        return np.asarray(shape[node.args[1]])
+    return np.asarray(shape, dtype=np.int64)
 
 
 _QUAL = re.compile(r"L\['self'\]\.?|\[(\d+)\]")
