@@ -161,9 +161,6 @@ def _default_output(model: str, pass_name: str) -> Path:
 
 
 def _check_writable(path: Path, model: str | None = None) -> None:
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise AttnoptError(f"{path}: the directory {parent} does not exist")
     if path.is_dir():
         raise AttnoptError(f"{path}: is a directory")
     if model is not None and Path(model).exists() and path.exists() and path.resolve() == Path(model).resolve():
@@ -315,8 +312,7 @@ def validate(original, rewritten, inputs_path, seq_len, as_json):
     _require_file(rewritten)
     if seq_len is not None and seq_len < 1:
         raise AttnoptError(f"--seq-len must be >= 1, got {seq_len}")
-    inputs = _load_npz(inputs_path) if inputs_path else None
-    report = attnopt.validate(original, rewritten, inputs=inputs, seq_len=seq_len)
+    report = attnopt.validate(original, rewritten, inputs=inputs_path, seq_len=seq_len)
     d = report.to_dict()
     if as_json:
         _print_json({"original": original, "rewritten": rewritten, **d})
@@ -324,22 +320,6 @@ def validate(original, rewritten, inputs_path, seq_len, as_json):
     rows = [["output", r.get("name"), r.get("max_abs"), r.get("rel_l2"), r.get("cosine")] for r in d.get("outputs", [])]
     rows += [["site", r.get("name"), r.get("max_abs"), r.get("rel_l2"), r.get("cosine")] for r in d.get("sites", [])]
     _console().print(_table(f"{rewritten} vs {original}", ["", "name", "max abs", "rel L2", "cosine"], rows))
-
-
-def _load_npz(path: str) -> dict:
-    import numpy as np
-    p = Path(path)
-    if not p.exists():
-        raise AttnoptError(f"{path}: no such file")
-    try:
-        with np.load(p, allow_pickle=False) as data:
-            if not hasattr(data, "files"):
-                raise AttnoptError(f"{path}: a single array; --inputs wants an .npz with one array per input name")
-            return {k: data[k] for k in data.files}
-    except AttnoptError:
-        raise
-    except Exception as e:  # noqa: BLE001 - zipfile/pickle/value errors all mean "not an npz"
-        raise AttnoptError(f"{path}: not a readable .npz file ({type(e).__name__}: {e})") from None
 
 
 @main.command()
@@ -389,7 +369,7 @@ def bench(model, pass_name, params, seq_lens, provider, repeats, plot_path, as_j
         _print_json(d)
         return
     con = _console()
-    con.print(_bench_table(f"{model}: {pass_name} {_fmt_params(parsed)} on {provider}", d))
+    con.print(report.table())
     if plot_path:
         con.print(f"wrote {plot_path}")
 
@@ -399,24 +379,6 @@ def _require_matplotlib() -> None:
         import matplotlib  # noqa: F401
     except ImportError:
         raise AttnoptError("--plot needs matplotlib: pip install 'attnopt[plot]'") from None
-
-
-# Bench row keys -> column titles, in order; columns the report lacks are left out.
-_BENCH_COLUMNS = (
-    ("seq_len", "N"), ("original_ms", "original ms"), ("original_spread_ms", "±"),
-    ("rewritten_ms", "rewritten ms"), ("rewritten_spread_ms", "±"), ("speedup", "speedup"),
-    ("original_peak_mb", "orig peak MB"), ("rewritten_peak_mb", "new peak MB"),
-    ("memory_ratio", "memory ×"), ("max_abs", "max abs err"), ("note", "note"),
-)
-
-
-def _bench_table(title: str, d: dict):
-    rows = d.get("rows", [])
-    keys = [(k, t) for k, t in _BENCH_COLUMNS if any(k in r for r in rows)]
-    known = {k for k, _ in _BENCH_COLUMNS}
-    extra = sorted({k for r in rows for k in r if k not in known and not isinstance(r[k], (dict, list))})
-    keys += [(k, k.replace("_", " ")) for k in extra]
-    return _table(title, [t for _, t in keys], [[r.get(k) for k, _ in keys] for r in rows])
 
 
 class _Progress:
@@ -459,7 +421,10 @@ class _Progress:
 def passes(as_json):
     """List every registered pass with what it does and its parameters (name=default).
 
-    Parameters are given to `rewrite` and `bench` as -p name=value.
+    A pass is one long-sequence variant of attention (VARIANTS.md has the exact
+    math). Its parameters are given to `rewrite` and `bench` as -p name=value;
+    a value that does not validate is refused with the rule it broke, before
+    the model is read.
 
     \b
     Example:

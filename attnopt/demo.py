@@ -88,7 +88,13 @@ def run_demo(quick: bool = False, progress: Progress | None = None, workdir=None
                 row.update(_worst(attnopt.validate(str(model), str(out), seq_len=VALIDATE_SEQ_LEN).to_dict()))
                 step += 1
                 say(f"{name}: benchmarking at N={','.join(map(str, seq_lens))}", step, total)
-                report = attnopt.bench(str(model), name, params, list(seq_lens), provider="cpu", repeats=repeats)
+                at = step
+
+                def bench_progress(done, of, desc, name=name, at=at):
+                    say(f"{name}: benchmarking, {desc} ({done}/{of})", at, total)
+
+                report = attnopt.bench(str(model), name, params, list(seq_lens), provider="cpu", repeats=repeats,
+                                       progress=bench_progress)
                 row.update(_largest(report.to_dict()))
                 step += 1
             except Exception as e:  # noqa: BLE001 - one broken variant must not hide the others

@@ -14,8 +14,6 @@ exported model takes any sequence length (the benchmark varies N).
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -23,6 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from .atomic import write_atomic
 from .errors import AttnoptError
 
 # Additive value for padded keys. Large enough to zero their weight, small
@@ -177,21 +176,12 @@ def export_example(name: str, path, seq_len: int = 128, *, opset: int = 17, **kw
     demo and the tests quick.
     """
     module, inputs, names = build_example(name, seq_len=seq_len, **kw)
-    path = Path(path)
-    if path.parent and not path.parent.exists():
-        raise AttnoptError(f"{path.parent}: no such directory")
-    axes = {n: {0: "batch", 1: "seq"} for n in names}
-    axes[OUTPUT_NAMES[0]] = {0: "batch", 1: "seq"}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    os.close(fd)
-    try:
+    axes = {n: {0: "batch", 1: "seq"} for n in [*names, *OUTPUT_NAMES]}
+
+    def write(tmp: str) -> None:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             torch.onnx.export(module, inputs, tmp, input_names=names, output_names=list(OUTPUT_NAMES),
-                              dynamic_axes=axes, opset_version=opset, dynamo=False,
-                              do_constant_folding=True)
-        os.replace(tmp, path)  # atomic: never a half-written model at ``path``
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+                              dynamic_axes=axes, opset_version=opset, dynamo=False, do_constant_folding=True)
+
+    return write_atomic(path, write)

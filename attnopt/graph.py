@@ -172,3 +172,46 @@ class View:
 
     def __repr__(self) -> str:
         return f"View({self.source!r}, {len(self)} nodes)"
+
+
+def einsum_as_matmul(equation: str) -> str | None:
+    """'bhqd,bhkd->bhqk' -> 'nt' (A @ Bᵀ); 'bhqk,bhkd->bhqd' -> 'nn' (A @ B); else None.
+
+    Hand-written attention often uses einsum; both frontends show these two
+    forms as a ``matmul`` (with a transpose in front of B for 'nt').
+    """
+    eq = equation.replace(" ", "")
+    if "->" not in eq or "..." in eq:
+        return None
+    lhs, out = eq.split("->")
+    ops = lhs.split(",")
+    if len(ops) != 2:
+        return None
+    a, b = ops
+    if not (len(a) == len(b) == len(out) >= 2) or len(set(a)) != len(a) or len(set(b)) != len(b):
+        return None
+    batch = a[:-2]
+    if b[:-2] != batch or out[:-2] != batch:
+        return None
+    i, k = a[-2:]
+    if out[-2] != i:
+        return None
+    j = out[-1]
+    if len({i, j, k}) != 3:
+        return None
+    if b[-2:] == k + j:
+        return "nn"
+    if b[-2:] == j + k:
+        return "nt"
+    return None
+
+
+def virtual_transpose(view: View, ref: ValueRef, nid: str) -> ValueRef:
+    """A View-only transpose of the last two axes (an einsum's 'nt' B operand); no frontend node behind it."""
+    shape = view.shape(ref)
+    rank = len(shape) if shape is not None else None
+    view.add_node(nid, "transpose", attrs={"perm": list(range(rank - 2)) + [rank - 1, rank - 2]} if rank else {},
+                  shapes=[None if shape is None else tuple(shape[:-2]) + (shape[-1], shape[-2])],
+                  dtypes=[view.dtype(ref)])
+    view.connect(ref, nid, 0)
+    return ValueRef(nid)

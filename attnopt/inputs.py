@@ -6,7 +6,8 @@ Random inputs follow what each input *means*, judged by name and dtype:
   embedding table the first Gather on the input reads (else 100);
 - ``token_type_ids``: zeros; ``position_ids``: arange;
 - ``*mask*`` (integer, bool or float): ones, with trailing padding zeros in batch
-  rows > 0 but never a fully masked row;
+  rows > 0 but never a fully masked row; ``*padding_mask*`` is the inverse
+  (1/True marks padding, as torch's ``src_key_padding_mask``);
 - float inputs: standard normal.
 
 Symbolic dims whose name or position says "batch" get ``batch``; every other
@@ -49,10 +50,10 @@ class InputSpec:
 
     @property
     def kind(self) -> str:
-        """What the input means: ids | token_type | position | mask | float | int | bool."""
+        """What the input means: ids | token_type | position | mask | padding_mask | float | int | bool."""
         name = self.name.lower()
         if "mask" in name:
-            return "mask"
+            return "padding_mask" if "padding" in name or "pad_mask" in name else "mask"
         if self.dtype == np.bool_:
             return "bool"
         if np.issubdtype(self.dtype, np.integer):
@@ -207,6 +208,8 @@ def make_array(spec: InputSpec, shape: tuple[int, ...], rng: np.random.Generator
     dtype = spec.dtype
     if kind == "mask":
         return padding_mask(shape, rng).astype(dtype)
+    if kind == "padding_mask":
+        return (1 - padding_mask(shape, rng)).astype(dtype)
     if kind == "token_type":
         return np.zeros(shape, dtype)
     if kind == "position":
@@ -418,6 +421,6 @@ def _torch_kind(spec: InputSpec, t) -> str:
 
 def _with_kind(spec: InputSpec, kind: str) -> InputSpec:
     """A spec whose name makes ``kind`` come out of InputSpec.kind."""
-    name = {"mask": "mask", "token_type": "token_type_ids", "position": "position_ids", "ids": "input_ids",
+    name = {"mask": "mask", "padding_mask": "padding_mask", "token_type": "token_type_ids", "position": "position_ids", "ids": "input_ids",
             "int": "value", "float": "x", "bool": "flag"}[kind]
     return InputSpec(name, spec.dtype, spec.shape, spec.vocab)

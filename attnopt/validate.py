@@ -148,14 +148,14 @@ def validate(original, rewritten, inputs=None, seq_len: int | None = None, *, si
     orig = _loaded(original, example_inputs)
     rew_kind = _kind(rewritten)
     if orig.kind != rew_kind:
-        raise AttnoptError(f"cannot compare a {_KIND_WORDS[orig.kind]} with a {_KIND_WORDS[rew_kind]}")
+        raise AttnoptError(f"cannot compare {_KIND_WORDS[orig.kind]} with {_KIND_WORDS[rew_kind]}")
     chosen = _select_sites(orig, sites)
     if orig.kind == "onnx":
         return _validate_onnx(orig, rewritten, chosen, inputs, seq_len, provider, batch, seed)
     return _validate_fx(orig, rewritten, chosen, inputs, seq_len, example_inputs, seed)
 
 
-_KIND_WORDS = {"onnx": "ONNX model", "fx": "torch model"}
+_KIND_WORDS = {"onnx": "an ONNX model", "fx": "a torch model"}
 
 
 def _loaded(model, example_inputs=None):

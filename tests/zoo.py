@@ -452,9 +452,17 @@ class AdditiveMaskCross(nn.Module):
         s = memory.shape[1]
         q = self.q(x).view(b, t, self.heads, self.head_dim).permute(0, 2, 1, 3)
         k, v = self.kv(memory).view(b, s, 2, self.heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        scores = torch.einsum("bhqd,bhkd->bhqk", q, k) * self.head_dim**-0.5 + mask
-        o = torch.einsum("bhqk,bhkd->bhqd", scores.softmax(-1), v)
+        scores = q @ k.transpose(-2, -1) * self.head_dim**-0.5 + mask
+        o = scores.softmax(-1) @ v
         return (self.out(o.permute(0, 2, 1, 3).reshape(b, t, d)),)
+
+
+class EinsumAttention(HandAttention):
+    """Both products as einsum: exporters keep ONNX Einsum / aten.einsum rather than MatMul."""
+
+    def core(self, q, k, v):
+        scores = torch.einsum("bhqd,bhkd->bhqk", q, k) * self.head_dim**-0.5
+        return torch.einsum("bhqk,bhkd->bhqd", scores.softmax(-1), v)
 
 
 def hand(cls, dynamic: bool = False) -> Callable[[], Built]:
@@ -631,6 +639,8 @@ CASES: list[ZooCase] = [
             self_attention_sites=1, **_HAND),
     ZooCase("hand-additive-mask-cross", factory=additive_mask_cross, expected_sites=1, causal_sites=0,
             self_attention_sites=0, **_HAND),
+    ZooCase("hand-einsum", factory=hand(EinsumAttention), expected_sites=1, causal_sites=0,
+            self_attention_sites=1, **_HAND),
     ZooCase("neg-classifier", "negative", plain(ClassifierHead), expected_sites=0, fx_tracers=FX_TRACERS),
     ZooCase("neg-soft-lookup", "negative", plain(SoftLookup), expected_sites=0, fx_tracers=FX_TRACERS),
     ZooCase("neg-softmax-pooling", "negative", plain(SoftmaxPooling), expected_sites=0, fx_tracers=FX_TRACERS),

@@ -16,7 +16,7 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 
-from ..graph import View
+from ..graph import View, einsum_as_matmul, virtual_transpose
 from ..site import LAYOUT_BHSD, LAYOUT_BSD, ValueRef
 
 MAX_FOLD_ELEMENTS = 1 << 22
@@ -30,7 +30,7 @@ FUNCTION_TABLE = {
     torch.reshape: "reshape", torch.where: "where", torch.masked_fill: "masked_fill",
     F.dropout: "dropout", torch.unsqueeze: "unsqueeze", torch.sqrt: "sqrt", torch.isnan: "isnan",
     F.scaled_dot_product_attention: "sdpa", operator.invert: "not", torch.logical_not: "not",
-    operator.getitem: "getitem",
+    operator.getitem: "getitem", torch.einsum: "einsum",
 }
 # Tensor methods -> canonical op.
 METHOD_TABLE = {
@@ -51,7 +51,7 @@ ATEN_TABLE = {
     "_to_copy": "cast", "to": "cast", "type_as": "cast", "clone": "identity", "contiguous": "identity",
     "alias": "identity", "detach": "identity", "lift_fresh_copy": "identity", "dropout": "dropout",
     "native_dropout": "dropout", "isnan": "isnan", "logical_not": "not", "bitwise_not": "not",
-    "scaled_dot_product_attention": "sdpa",
+    "scaled_dot_product_attention": "sdpa", "einsum": "einsum",
 }
 
 
@@ -101,12 +101,16 @@ def lift(model) -> View:
             op, const = "constant", _tensor_const(_fetch_attr(gm, node.target))
         elif op not in ("sdpa", "mha"):
             const = _fold_lazily(view, refs, node, shape)
+        transpose_b = attrs.pop("transpose_b", False)
         view.add_node(node.name, op, attrs=attrs, ref=node, shapes=[shape], dtypes=[dtype],
                       consts=[const], name=_scope(node))
         for port, arg in enumerate(ports):
             if isinstance(arg, fx.Node):
                 if arg in refs:
-                    view.connect(refs[arg], node.name, port)
+                    src = refs[arg]
+                    if transpose_b and port == 1:
+                        src = virtual_transpose(view, src, f"{node.name}.bT")
+                    view.connect(src, node.name, port)
             elif isinstance(arg, (int, float, bool)) and not isinstance(arg, torch.SymInt):
                 view.connect(literal(arg), node.name, port)
         refs[node] = ValueRef(node.name)
@@ -152,6 +156,12 @@ def _canonical(gm: fx.GraphModule, node: fx.Node) -> tuple[str, dict, list]:
     elif op == "getitem":
         op, attrs = ("unsqueeze", {}) if _is_none_index(args[1]) else ("other:getitem", {})
         args = args[:1]
+    elif op == "einsum":
+        operands = list(args[1]) if len(args) == 2 and isinstance(args[1], (list, tuple)) else args[1:]
+        form = einsum_as_matmul(str(args[0])) if len(operands) == 2 else None
+        if form is None:
+            return "other:einsum", {}, operands
+        return "matmul", {"transpose_b": form == "nt"}, operands
     elif op == "sdpa":
         return "sdpa", _sdpa_attrs(args, kwargs), args[:3] + [args[3] if len(args) > 3 else kwargs.get("attn_mask")]
     return op, attrs, args

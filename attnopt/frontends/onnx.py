@@ -18,7 +18,7 @@ import onnx
 import onnx_ir as ir
 
 from ..errors import ModelLoadError, UnsupportedModelError
-from ..graph import View
+from ..graph import View, einsum_as_matmul, virtual_transpose
 from ..site import LAYOUT_BHSD, LAYOUT_BSD, MASK_ADDITIVE, MASK_BOOLEAN, ValueRef
 from .onnx_fold import MAX_FOLD_ELEMENTS, fold
 
@@ -135,12 +135,16 @@ def lift(model: ir.Model) -> View:
         nid = f"n{k}"
         args = [view.info(ids[v].node).consts[ids[v].port] if v is not None and v in ids else None
                 for v in node.inputs]
+        consts = _shape_lazily(view, ids, node) or _fold_lazily(node, args)
         view.add_node(nid, op, attrs=attrs, ref=node, outputs=len(node.outputs), name=_scope(node),
                       shapes=[_shape(v) for v in node.outputs], dtypes=[_dtype(v) for v in node.outputs],
-                      consts=_fold_lazily(node, args))
-        for port, v in enumerate(node.inputs):
-            if v is not None and v in ids:
-                view.connect(ids[v], nid, port)
+                      consts=consts)
+        inputs = [ids[v] if v is not None and v in ids else None for v in node.inputs]
+        if attrs.pop("transpose_b", False):
+            inputs[1] = virtual_transpose(view, inputs[1], f"{nid}.bT")
+        for port, ref in enumerate(inputs):
+            if ref is not None:
+                view.connect(ref, nid, port)
         for port, v in enumerate(node.outputs):
             ids[v] = ValueRef(nid, port)
     view.value_of = {ref: v for v, ref in ids.items()}  # for the rewrite half
@@ -172,6 +176,12 @@ def _refine_shapes(view: View) -> None:
         elif info.op == "transpose" and ins and view.shape(ins[0]) is not None and info.attrs.get("perm"):
             src = view.shape(ins[0])
             derived = tuple(src[p] for p in info.attrs["perm"])
+        elif info.op == "slice" and ins and view.shape(ins[0]) is not None:
+            src = view.shape(ins[0])
+            axes = view.const(ins[3]) if len(ins) > 3 and ins[3] is not None else None
+            if axes is not None or (len(ins) > 1 and view.shape(ins[1]) == (len(src),)):
+                cut = {int(a) % len(src) for a in np.ravel(axes)} if axes is not None else set(range(len(src)))
+                derived = tuple(None if i in cut else d for i, d in enumerate(src))
         elif info.op in _ELEMENTWISE:
             derived = _broadcast([view.shape(v) for v in ins if v is not None and view.const(v) is None])
         elif info.op == "matmul" and len(ins) == 2:
@@ -211,9 +221,17 @@ def _complete(shape) -> bool:
 
 
 def _merge(have, derived):
+    """Known ints win; then symbols the graph structure implies over ones inference invented."""
     if have is None or len(have) != len(derived):
-        return tuple(d for d in derived)
-    return tuple(h if isinstance(h, int) or not isinstance(d, int) else d for h, d in zip(have, derived))
+        return tuple(derived)
+
+    def pick(h, d):
+        if isinstance(h, int) or d is None:
+            return h
+        if isinstance(d, int) or h is None or str(h).startswith("unk__"):
+            return d
+        return h
+    return tuple(pick(h, d) for h, d in zip(have, derived))
 
 
 def _broadcast(shapes):
@@ -236,6 +254,26 @@ def _lazy_tensor(value: ir.Value):
     return lambda: tensor.numpy()
 
 
+def _shape_lazily(view: View, ids: dict, node: ir.Node):
+    """Shape(x) folds from the View's shape of x, which _refine_shapes may improve before it is read."""
+    if node.op_type != "Shape" or node.domain not in ("", "ai.onnx") or not node.inputs or node.inputs[0] not in ids:
+        return None
+    ref = ids[node.inputs[0]]
+
+    def compute():
+        dims = view.shape(ref)
+        if dims is None:
+            return None
+        start, end = _attr(node, "start", 0), _attr(node, "end", None)
+        out = list(dims)[start:end]
+        if all(isinstance(d, int) for d in out):
+            return np.array(out, dtype=np.int64)
+        arr = np.empty(len(out), dtype=object)
+        arr[:] = out
+        return arr
+    return [compute]
+
+
 def _fold_lazily(node: ir.Node, args: list):
     """Per output, a closure folding the node, or None when an input is not constant."""
     if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
@@ -251,7 +289,7 @@ def _fold_lazily(node: ir.Node, args: list):
         return [const]
     if len(node.outputs) != 1 or node.op_type not in _FOLDABLE:
         return [None] * len(node.outputs)
-    if node.op_type != "Shape" and any(v is not None and a is None for a, v in zip(args, node.inputs)):
+    if any(v is not None and a is None for a, v in zip(args, node.inputs)):
         return [None]
     out_shape = node.outputs[0].shape
     if out_shape is not None and out_shape.is_static() and int(np.prod(out_shape.numpy())) > MAX_FOLD_ELEMENTS:
@@ -263,7 +301,7 @@ def _fold_lazily(node: ir.Node, args: list):
     return [compute]
 
 
-_FOLDABLE = {"Shape", "Identity", "Gather", "Slice", "Concat", "Unsqueeze", "Squeeze", "Cast", "Add", "Sub",
+_FOLDABLE = {"Identity", "Gather", "Slice", "Concat", "Unsqueeze", "Squeeze", "Cast", "Add", "Sub",
              "Mul", "Div", "Neg", "Sqrt", "Reciprocal", "Pow", "Not", "Equal", "Less", "Greater",
              "LessOrEqual", "GreaterOrEqual", "And", "Or", "Where", "Reshape", "Transpose", "Expand",
              "ConstantOfShape", "Trilu", "Range", "Sum"}
@@ -305,6 +343,10 @@ def _canonical(node: ir.Node, opset: int) -> tuple[str, dict]:
             return "transpose", {"perm": _attr(node, "perm")}
         if node.op_type == "Attention":
             return _onnx_attention(node)
+        if node.op_type == "Einsum" and len(node.inputs) == 2:
+            form = einsum_as_matmul(str(_attr(node, "equation", "")))
+            if form is not None:
+                return "matmul", {"transpose_b": form == "nt"}
         return OP_TABLE.get(node.op_type, f"other:{node.op_type}"), {}
     if domain == "com.microsoft":
         if node.op_type == "MultiHeadAttention":

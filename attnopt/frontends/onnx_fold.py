@@ -2,9 +2,10 @@
 
 Exporters compute the attention scale and causal masks from shapes at run time
 (TorchScript: Sqrt(Cast(Shape(q)[-1]))). The matcher needs those as numbers, so
-this folds the ops that such subgraphs use. ``Shape`` of a partly symbolic tensor
-folds to an object array holding None for unknown dims; only structural ops
-(Gather, Slice, Concat, ...) may carry those, arithmetic on them yields None.
+this folds the ops that such subgraphs use. ``Shape`` (folded by the frontend
+from the View's shapes) of a partly symbolic tensor is an object array holding
+symbol names or None; only structural ops (Gather, Slice, Concat, ...) may carry
+those, arithmetic on them yields None.
 """
 
 from __future__ import annotations
@@ -27,18 +28,6 @@ def _num(a):
 def _attr(node: ir.Node, name: str, default=None):
     a = node.attributes.get(name)
     return default if a is None else a.value
-
-
-def _shape(node, x):
-    # Symbolic dims stay as their names so a later Reshape can cancel them.
-    dims = [d if isinstance(d, int) else (str(d.value) if d.value is not None else None) for d in x]
-    start, end = _attr(node, "start", 0), _attr(node, "end", None)
-    out = dims[start:end]
-    if all(isinstance(d, int) for d in out):
-        return np.array(out, dtype=np.int64)
-    arr = np.empty(len(out), dtype=object)
-    arr[:] = out
-    return arr
 
 
 def _slice(node, data, starts, ends, axes=None, steps=None):
@@ -143,9 +132,6 @@ ARITHMETIC = {
 def fold(node: ir.Node, args: list):
     """Fold one node given its inputs' constants (arrays or None); returns an array or None."""
     op = node.op_type if node.domain in ("", "ai.onnx") else None
-    if op == "Shape":
-        x = node.inputs[0]
-        return _shape(node, x.shape) if x is not None and x.shape is not None else None
     if op in STRUCTURAL:
         if any(a is None for a, v in zip(args, node.inputs) if v is not None):
             return None
