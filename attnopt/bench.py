@@ -59,14 +59,16 @@ class BenchReport:
 
         t = Table(title=f"{self.pass_name} {_params_text(self.params)} on {self.runtime} ({self.provider}): "
                         f"{self.model}")
+        notes = any(r.get("note") for r in self.rows)
         for col in ("N", "original ms", "rewritten ms", "speedup", "orig peak MB", "new peak MB", "memory ×",
-                    "max abs err", "note"):
+                    "max abs err") + (("note",) if notes else ()):
             t.add_column(col, justify="right" if col != "note" else "left")
         for r in self.rows:
-            t.add_row(str(r["seq_len"]), _fmt_time(r, ORIGINAL), _fmt_time(r, REWRITTEN),
-                      _fmt(r.get("speedup"), "{:.2f}x"), _fmt(r.get("original_peak_mb"), "{:.0f}"),
-                      _fmt(r.get("rewritten_peak_mb"), "{:.0f}"), _fmt(r.get("memory_ratio"), "{:.2f}x"),
-                      _fmt(r.get("max_abs"), "{:.2e}"), r.get("note", ""))
+            cells = [str(r["seq_len"]), _fmt_time(r, ORIGINAL), _fmt_time(r, REWRITTEN),
+                     _fmt(r.get("speedup"), "{:.2f}x"), _fmt(r.get("original_peak_mb"), "{:.0f}"),
+                     _fmt(r.get("rewritten_peak_mb"), "{:.0f}"), _fmt(r.get("memory_ratio"), "{:.2f}x"),
+                     _fmt(r.get("max_abs"), "{:.2e}")]
+            t.add_row(*cells, *((r.get("note", ""),) if notes else ()))
         return t
 
 
@@ -214,6 +216,21 @@ def _bench_onnx(model, pass_name, params, seq_lens, provider, repeats, warmup, b
 def _run_grid(report: BenchReport, seq_lens, tmp: Path, make_inputs, measure, progress,
               output_names=None) -> None:
     """Per N: inputs, then each model in its own process; errors and speedups into report.rows."""
+    report.machine["load_avg_start"] = _load_avg()  # other work on the machine skews the timings
+    try:
+        _run_rows(report, seq_lens, tmp, make_inputs, measure, progress, output_names)
+    finally:
+        report.machine["load_avg_end"] = _load_avg()
+
+
+def _load_avg() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
+def _run_rows(report: BenchReport, seq_lens, tmp: Path, make_inputs, measure, progress, output_names) -> None:
     total = 2 * len(seq_lens)
     with _Progress(progress, total) as tick:
         done = 0

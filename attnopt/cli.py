@@ -1,7 +1,8 @@
 """The `attnopt` command line: parse, call the public API in attnopt/__init__.py, print.
 
 Every user error surfaces as one line, ``error: <message>``, on stderr and exit
-code 2; nothing here prints a traceback unless ATTNOPT_DEBUG=1.
+code 2. A bug gets one line too, with exit code 1; ATTNOPT_DEBUG=1 shows its
+traceback instead.
 """
 
 from __future__ import annotations
@@ -61,12 +62,13 @@ class AttnoptGroup(click.Group):
         except OSError as e:  # unreadable input, unwritable output, disk full: the user's to fix
             if _debug():
                 raise
-            return _fail(f"{e.filename + ': ' if getattr(e, 'filename', None) else ''}{e.strerror or e}")
+            where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+            return _fail(f"{where}{e.strerror or e}")
         except Exception as e:  # noqa: BLE001 - the boundary: a bug still gets one line, not a traceback
             if _debug():
                 raise
-            return _fail(f"internal error: {type(e).__name__}: {e} (rerun with ATTNOPT_DEBUG=1 for the traceback)",
-                         EXIT_INTERNAL_ERROR)
+            return _fail(f"internal error: {type(e).__name__}: {_one_line(e)[:300]} "
+                         "(rerun with ATTNOPT_DEBUG=1 for the traceback)", EXIT_INTERNAL_ERROR)
 
 
 # ----------------------------------------------------------------------------- output helpers
@@ -75,7 +77,8 @@ def _console(stderr: bool = False):
     from rich.console import Console
     # A pipe or CliRunner reports 80 columns; tables of nine columns then wrap every cell.
     width = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 140
-    return Console(stderr=stderr, width=width, highlight=False, soft_wrap=False)
+    # markup=False: model paths and reasons are printed as they are, '[' and all.
+    return Console(stderr=stderr, width=width, highlight=False, soft_wrap=False, markup=False)
 
 
 def _print_json(obj) -> None:
@@ -109,14 +112,13 @@ def _table(title: str, columns: list[str], rows: list[list], caption: str | None
 
 
 def _cell(x) -> str:
-    from rich.markup import escape
     if x is None:
         return "-"
     if isinstance(x, bool):
         return "yes" if x else "no"
     if isinstance(x, float):
         return f"{x:.4g}"
-    return escape(str(x))
+    return str(x)
 
 
 def _quiet_libraries() -> None:

@@ -159,9 +159,9 @@ def print_summary(summary: dict, console) -> None:
                       f"latency on onnxruntime CPU, median of {summary['repeats']}. "
                       f"{summary['seconds']} s in all.",
               title_justify="left", caption_justify="left")
-    for col in ("pass", "params", "rewritten", "max abs err", "rel L2", "cosine",
-                f"original ms @{n}", f"rewritten ms @{n}", "speedup", "note"):
-        t.add_column(col, overflow="fold")
+    for col in ("pass", "params", "sites rewritten", "max abs err", "rel L2", "cosine",
+                f"orig ms @{n}", f"new ms @{n}", f"speedup @{n}", "note"):
+        t.add_column(col, overflow="fold", no_wrap=col in ("pass", "params"))
     for r in summary["passes"]:
         note = r["error"] or "; ".join(r["refused"])
         t.add_row(r["pass"], " ".join(f"{k}={v}" for k, v in r["params"].items()) or "defaults",
@@ -175,6 +175,6 @@ def _g(x, digits: int = 3) -> str:
     return "-" if x is None else f"{x:.{digits}g}"
 
 
-def _esc(s: str) -> str:
-    from rich.markup import escape
-    return escape(s or "")
+def _esc(s: str):
+    from rich.text import Text
+    return Text(s or "")  # plain text: reasons may hold '[' that rich would read as markup

@@ -312,12 +312,6 @@ def onnx_inputs(model, inputs=None, seq_len: int | None = None, *, batch: int = 
 
 # ----------------------------------------------------------------------------- torch
 
-def torch_input_names(gm, count: int) -> list[str]:
-    """Names of the first ``count`` user placeholders of a GraphModule."""
-    names = [n.target if isinstance(n.target, str) else n.name for n in gm.graph.nodes if n.op == "placeholder"]
-    return [str(n) for n in names[:count]] + [f"input{i}" for i in range(len(names), count)]
-
-
 def torch_vocab(gm, placeholder_name: str) -> int | None:
     """Rows of the embedding the placeholder feeds (aten.embedding, F.embedding or nn.Embedding)."""
     import torch
@@ -397,8 +391,9 @@ def torch_inputs(example_inputs: Sequence, names: Sequence[str], seq_len: int | 
                 raise AttnoptError(f"model input '{names[i]}' has static shape {format_shape(tuple(t.shape))}; "
                                    f"--seq-len {seq_len} is not possible")
         shape = tuple(seq_len if a in axes else int(d) for a, d in enumerate(t.shape))
-        spec = InputSpec(names[i], np.dtype(str(t.dtype).replace("torch.", "")) if t.dtype != torch.bool
-                         else np.dtype(np.bool_), tuple(t.shape))
+        # Generated in a numpy dtype of the same kind, then cast (numpy has no bfloat16).
+        np_dtype = np.float32 if t.is_floating_point() else (np.bool_ if t.dtype == torch.bool else np.int64)
+        spec = InputSpec(names[i], np.dtype(np_dtype), tuple(t.shape))
         vocab = vocabs[i] if vocabs else None
         kind = _torch_kind(spec, t)
         if kind in ("ids", "int") and vocab is None:

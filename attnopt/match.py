@@ -119,6 +119,9 @@ def _unflatten_up(view: View, v: ValueRef) -> tuple[ValueRef, list[str]]:
         return v, []
     passed, cur = [], v
     while view.op(cur.node) in ("reshape", "expand", "identity") and view.input(cur.node, 0) is not None:
+        kv, gqa = _strip_gqa(view, cur)
+        if kv != cur:  # flattened straight from the GQA repeat: the kv tensor itself
+            return kv, passed + gqa
         passed.append(cur.node)
         cur = view.input(cur.node, 0)
         s, s3 = view.shape(cur), view.shape(v)
@@ -158,6 +161,11 @@ def _strip_transpose(view: View, v: ValueRef) -> tuple[ValueRef, str, list[str]]
         inner = _skip_up(view, view.input(nid, 0))
         if view.op(inner.node) == "transpose" and _is_swap_last2(view, inner.node, view.rank(view.input(inner.node, 0))):
             flat = view.input(inner.node, 0)
+            kv, gqa = _strip_gqa(view, flat)
+            s_kv, s_out = view.shape(kv), view.shape(v)
+            if kv != flat and s_kv is not None and s_out is not None and len(s_out) == 4 \
+                    and s_kv[0] == s_out[0] and s_kv[2:] == (s_out[3], s_out[2]):
+                return kv, LAYOUT_BHSD, [nid, inner.node] + gqa
             if view.op(flat.node) == "reshape":
                 src = view.input(flat.node, 0)
                 s_src, s_out = view.shape(src), view.shape(v)
@@ -173,22 +181,25 @@ def _dim_of(shape, layout: str, letter: str):
     return shape[layout.replace("(bh)", "b").index(letter)]
 
 
-def _strip_gqa(view: View, v: ValueRef) -> tuple[ValueRef, list[str]]:
-    """reshape(expand(unsqueeze(x, 2))) repeating kv heads -> x, the (B, Hkv, M, D) value."""
-    if view.rank(v) not in (4, None) or view.op(v.node) != "reshape":
-        return v, []
-    passed = [v.node]
-    x = _skip_up(view, view.input(v.node, 0), TRANSPARENT | {"identity"})
+def _repeat_source(view: View, x: ValueRef) -> tuple[ValueRef | None, list[str]]:
+    """expand(unsqueeze(k, 2)) to (B, Hkv, rep, M, D) -> k, the (B, Hkv, M, D) kv tensor."""
+    x = _skip_up(view, x)
     if view.op(x.node) != "expand" or view.rank(x) != 5:
-        return v, []
-    passed.append(x.node)
+        return None, []
+    passed = [x.node]
     y = _skip_up(view, view.input(x.node, 0))
     while view.op(y.node) in ("unsqueeze", "reshape", "slice") and view.rank(y) == 5:
         passed.append(y.node)
         y = _skip_up(view, view.input(y.node, 0))
-    if view.rank(y) == 4:
-        return y, passed
-    return v, []
+    return (y, passed) if view.rank(y) == 4 else (None, [])
+
+
+def _strip_gqa(view: View, v: ValueRef) -> tuple[ValueRef, list[str]]:
+    """GQA repetition, reshape(expand(unsqueeze(k, 2))) to (B, H, M, D) or (B*H, M, D) -> k."""
+    if view.op(v.node) != "reshape" or view.rank(v) not in (3, 4, None):
+        return v, []
+    src, passed = _repeat_source(view, view.input(v.node, 0))
+    return (src, [v.node] + passed) if src is not None else (v, [])
 
 
 def _is_neg_fill(view: View, v: ValueRef | None) -> bool:
@@ -496,10 +507,14 @@ def _match_fused(view: View, nid: str) -> AttentionSite | None:
     k = k if k is not None else q
     v = v if v is not None else k
     layout = a.get("layout", LAYOUT_BHSD)
+    if layout == LAYOUT_BHSD:
+        # Exporters repeat kv heads before a fused op that could have taken them as they were.
+        k, _ = _strip_gqa(view, k)
+        v, _ = _strip_gqa(view, v)
     qs, ks = view.shape(q), view.shape(k)
     if layout == LAYOUT_BHSD:
         heads = a.get("num_heads") or _dim(qs, 1)
-        kv_heads = a.get("kv_num_heads") or _dim(ks, 1)
+        kv_heads = _dim(ks, 1) or a.get("kv_num_heads")
         head_dim = a.get("head_dim") or _dim(qs, -1)
         q_len, kv_len = _dim(qs, 2), _dim(ks, 2)
     else:

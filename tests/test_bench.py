@@ -36,18 +36,19 @@ class _CopyResult:
         ir.save(self.loaded.model, str(path))
 
 
-def check_rows(report: BenchReport, seq_lens, repeats):
+def check_rows(report: BenchReport, seq_lens, repeats, memory=True):
     assert [r["seq_len"] for r in report.rows] == list(seq_lens)
     for row in report.rows:
         assert SUMMARY_KEYS <= set(row) and "note" not in row, row
         for which in ("original", "rewritten"):
             stats = row[which]
-            assert STATS_KEYS <= set(stats)
+            assert STATS_KEYS - ({"peak_rss_mb", "baseline_rss_mb"} if not memory else set()) <= set(stats)
             assert len(stats["times_ms"]) == repeats and all(t > 0 for t in stats["times_ms"])
             assert stats["min_ms"] <= stats["p25_ms"] <= stats["median_ms"] <= stats["p75_ms"] <= stats["max_ms"]
             assert row[f"{which}_ms"] == stats["median_ms"] > 0
-            assert stats["peak_rss_mb"] >= stats["baseline_rss_mb"] > 0
-        assert row["speedup"] > 0 and row["memory_ratio"] > 0
+            if memory:
+                assert stats["peak_rss_mb"] >= stats["baseline_rss_mb"] > 0
+        assert row["speedup"] > 0 and (row["memory_ratio"] > 0 if memory else True)
 
 
 def test_bench_rows_on_a_copy_have_positive_timings_and_no_error(bert, monkeypatch):
@@ -85,7 +86,8 @@ def test_bench_torch_graph_module():
     except ImportError as e:
         pytest.xfail(f"attnopt.rewrite is not available yet: {e}")
     assert report.runtime == "torch"
-    check_rows(report, [10, 20], 1)
+    # A rewritten GraphModule that does not survive pickling is timed in-process, without peak memory.
+    check_rows(report, [10, 20], 1, memory="note" not in report.machine)
     assert report.rows[0]["rel_l2"] < 1e-5
 
 

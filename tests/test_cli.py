@@ -326,6 +326,23 @@ def test_top_level_help_and_unknown_command():
     assert_one_line_error(run("detect", ok=False), contains="MODEL")
 
 
+def test_a_bug_is_one_line_with_exit_1(bert, monkeypatch):
+    import attnopt
+
+    def broken(*a, **k):
+        raise RuntimeError("boom\nsecond line")
+    monkeypatch.setattr(attnopt, "detect", broken)
+    line = assert_one_line_error(run("detect", bert, ok=False), code=1, contains="internal error")
+    assert "boom second line" in line
+
+
+def test_unwritable_output_is_one_line(bert, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert_one_line_error(run("rewrite", bert, "--pass", "segmented", "-o", blocker / "out.onnx", ok=False))
+    assert files_in(tmp_path) == {"file"}
+
+
 # ----------------------------------------------------------------------------- demo
 
 def test_demo_quick_json(monkeypatch):

@@ -182,6 +182,15 @@ def _refine_shapes(view: View) -> None:
             if axes is not None or (len(ins) > 1 and view.shape(ins[1]) == (len(src),)):
                 cut = {int(a) % len(src) for a in np.ravel(axes)} if axes is not None else set(range(len(src)))
                 derived = tuple(None if i in cut else d for i, d in enumerate(src))
+        elif info.op in ("unsqueeze", "squeeze") and ins and view.shape(ins[0]) is not None:
+            derived = _unsqueeze_dims(info, view.shape(ins[0]), view.const(ins[1]) if len(ins) > 1 else None)
+        elif info.op == "other:Gather" and len(ins) == 2 and view.shape(ins[0]) is not None:
+            idx = view.const(ins[1])
+            if idx is not None and np.ndim(idx) == 0:
+                src = view.shape(ins[0])
+                axis = info.ref.attributes.get("axis")
+                axis = (axis.value if axis is not None else 0) % len(src)
+                derived = tuple(src[:axis]) + tuple(src[axis + 1:])
         elif info.op in _ELEMENTWISE:
             derived = _broadcast([view.shape(v) for v in ins if v is not None and view.const(v) is None])
         elif info.op == "matmul" and len(ins) == 2:
@@ -191,6 +200,23 @@ def _refine_shapes(view: View) -> None:
                 derived = None if batch is None else batch + (a[-2], b[-1])
         if derived is not None:
             info.shapes[0] = _merge(info.shapes[0], derived)
+
+
+def _unsqueeze_dims(info, src, axes):
+    if axes is None:
+        a = info.ref.attributes.get("axes")
+        axes = a.value if a is not None else None
+    if axes is None:
+        return None
+    axes = [int(x) for x in np.ravel(axes)]
+    if info.op == "squeeze":
+        cut = {a % len(src) for a in axes}
+        return tuple(d for i, d in enumerate(src) if i not in cut)
+    out = list(src)
+    rank = len(src) + len(axes)
+    for a in sorted(x % rank for x in axes):
+        out.insert(a, 1)
+    return tuple(out)
 
 
 def _reshape_dims(src, target: list):
@@ -304,7 +330,7 @@ def _fold_lazily(node: ir.Node, args: list):
 _FOLDABLE = {"Identity", "Gather", "Slice", "Concat", "Unsqueeze", "Squeeze", "Cast", "Add", "Sub",
              "Mul", "Div", "Neg", "Sqrt", "Reciprocal", "Pow", "Not", "Equal", "Less", "Greater",
              "LessOrEqual", "GreaterOrEqual", "And", "Or", "Where", "Reshape", "Transpose", "Expand",
-             "ConstantOfShape", "Trilu", "Range", "Sum"}
+             "ConstantOfShape", "Trilu", "Range", "Sum", "Mod", "Max", "Min", "Floor", "Ceil", "Abs"}
 
 
 def _shape(value: ir.Value):

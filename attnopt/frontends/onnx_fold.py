@@ -126,6 +126,12 @@ ARITHMETIC = {
     "Trilu": _trilu,
     "Range": _range,
     "Sum": lambda n, *xs: sum(xs),
+    "Mod": lambda n, a, b: np.fmod(a, b) if _attr(n, "fmod", 0) else np.mod(a, b),
+    "Max": lambda n, *xs: np.maximum.reduce(xs),
+    "Min": lambda n, *xs: np.minimum.reduce(xs),
+    "Floor": lambda n, a: np.floor(a),
+    "Ceil": lambda n, a: np.ceil(a),
+    "Abs": lambda n, a: np.abs(a),
 }
 
 
