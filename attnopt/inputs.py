@@ -202,9 +202,9 @@ def make_onnx_inputs(model, seq_len: int | None = None, *, batch: int = 2, seed:
 
 
 def make_array(spec: InputSpec, shape: tuple[int, ...], rng: np.random.Generator,
-               vocab: int | None = None) -> np.ndarray:
-    """One input array with the semantics of ``spec.kind``."""
-    kind = spec.kind
+               vocab: int | None = None, kind: str | None = None) -> np.ndarray:
+    """One input array with the semantics of ``kind`` (default ``spec.kind``)."""
+    kind = kind or spec.kind
     dtype = spec.dtype
     if kind == "mask":
         return padding_mask(shape, rng).astype(dtype)
@@ -249,18 +249,20 @@ def load_npz(path) -> dict[str, np.ndarray]:
                            f"{str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")) from None
 
 
-def check_inputs(arrays: Mapping[str, Any], specs: Sequence[InputSpec], source: str = "inputs") -> dict[str, np.ndarray]:
-    """Match given arrays to the model inputs by name; cast within a dtype kind; clear errors otherwise."""
-    expected = [s.name for s in specs]
-    missing = [n for n in expected if n not in arrays]
-    extra = [n for n in arrays if n not in expected]
+def check_names(given: Sequence[str], expected: Sequence[str], source: str = "inputs") -> None:
+    """Raise unless ``given`` names exactly the model inputs ``expected``."""
+    missing = [n for n in expected if n not in given]
+    extra = [n for n in given if n not in expected]
     if missing or extra:
-        parts = []
-        if missing:
-            parts.append(f"missing {', '.join(map(repr, missing))}")
-        if extra:
-            parts.append(f"unknown {', '.join(map(repr, extra))}")
+        parts = ([f"missing {', '.join(map(repr, missing))}"] if missing else []) + \
+                ([f"unknown {', '.join(map(repr, extra))}"] if extra else [])
         raise AttnoptError(f"{source} do not match the model inputs ({', '.join(expected)}): {'; '.join(parts)}")
+
+
+def check_inputs(arrays: Mapping[str, Any], specs: Sequence[InputSpec],
+                 source: str = "inputs") -> dict[str, np.ndarray]:
+    """Match given arrays to the model inputs by name; cast within a dtype kind; clear errors otherwise."""
+    check_names(list(arrays), [s.name for s in specs], source)
     out = {}
     for s in specs:
         a = _to_numpy(arrays[s.name])
@@ -398,7 +400,7 @@ def torch_inputs(example_inputs: Sequence, names: Sequence[str], seq_len: int | 
         kind = _torch_kind(spec, t)
         if kind in ("ids", "int") and vocab is None:
             vocab = int(t.max()) + 1 if t.numel() else DEFAULT_VOCAB
-        arr = make_array(_with_kind(spec, kind), shape, rng, vocab)
+        arr = make_array(spec, shape, rng, vocab, kind)
         out[i] = torch.from_numpy(np.ascontiguousarray(arr)).to(t.dtype)
     return tuple(out)
 
@@ -412,10 +414,3 @@ def _torch_kind(spec: InputSpec, t) -> str:
     if kind == "int" and t.numel() and int(t.min()) >= 0:
         return "ids"
     return kind
-
-
-def _with_kind(spec: InputSpec, kind: str) -> InputSpec:
-    """A spec whose name makes ``kind`` come out of InputSpec.kind."""
-    name = {"mask": "mask", "padding_mask": "padding_mask", "token_type": "token_type_ids", "position": "position_ids", "ids": "input_ids",
-            "int": "value", "float": "x", "bool": "flag"}[kind]
-    return InputSpec(name, spec.dtype, spec.shape, spec.vocab)

@@ -305,22 +305,11 @@ def _walk_up(view: View, v: ValueRef) -> _Up | None:
     return None
 
 
-_DOWN_OPS = TRANSPARENT | {"dropout", "expand", "reshape", "matmul"}
-
-
-def _walk_down(view: View, p: ValueRef):
+def _walk_down(view: View, p: ValueRef, depth: int = 16):
     """softmax output -> (value matmul node, nodes passed, flattened?, probabilities escape?)."""
     nodes, flattened, escapes = [], False, False
-    for _ in range(16):
+    for _ in range(depth):
         users = view.users(p)
-        if len(users) > 1 and sorted(view.op(u) for u, _ in users) != ["isnan", "where"]:
-            # Probabilities also leave the site (need_weights=True): follow the one path
-            # that continues the attention, remember that the rest can't be rewritten.
-            onward = [(u, port) for u, port in users if view.op(u) in _DOWN_OPS
-                      and (view.op(u) != "matmul" or port == 0)]
-            if len(onward) != 1:
-                return None
-            escapes, users = True, onward
         ops = sorted(view.op(u) for u, _ in users)
         if ops == ["isnan", "where"]:
             # where(isnan(p), 0, p): torch's SDPA decomposition guards fully masked rows.
@@ -332,7 +321,14 @@ def _walk_down(view: View, p: ValueRef):
             nodes += [isnan, where]
             p = ValueRef(where, 0)
             continue
-        if len(users) != 1:
+        if len(users) > 1:
+            # The probabilities also leave the site (need_weights=True): follow the one
+            # path that goes on to the value matmul; the site then can't be rewritten.
+            onward = [(u, port) for u, port in users if _leads_to_value_matmul(view, u, port, depth - 1)]
+            if len(onward) != 1:
+                return None
+            escapes, users = True, onward
+        if not users:
             return None
         u, port = users[0]
         op = view.op(u)
@@ -340,14 +336,22 @@ def _walk_down(view: View, p: ValueRef):
             return (u, nodes, flattened, escapes) if port == 0 else None
         if op in TRANSPARENT or op in ("dropout", "expand"):
             nodes.append(u)
-            p = ValueRef(u, 0)
         elif op == "reshape":
             flattened = flattened or view.rank(ValueRef(u, 0)) == 3
             nodes.append(u)
-            p = ValueRef(u, 0)
         else:
             return None
+        p = ValueRef(u, 0)
     return None
+
+
+def _leads_to_value_matmul(view: View, user: str, port: int, depth: int) -> bool:
+    if view.op(user) == "matmul":
+        return port == 0
+    if depth <= 0 or view.op(user) not in TRANSPARENT | {"dropout", "expand", "reshape"}:
+        return False
+    found = _walk_down(view, ValueRef(user, 0), depth)
+    return found is not None and not found[3]
 
 
 def _match_decomposed(view: View, sm: str) -> AttentionSite | None:
@@ -385,7 +389,9 @@ def _match_decomposed(view: View, sm: str) -> AttentionSite | None:
     kt, k_scale, ks = _strip_scale(view, kt)
     removed += qs + ks
     key, key_layout, tn = _strip_transpose(view, kt)
-    removed += tn
+    key, k_scale2, ks2 = _strip_scale(view, key)  # (k·c)ᵀ: the scale may sit before the transpose
+    k_scale *= k_scale2
+    removed += tn + ks2
     key, gk = _strip_gqa(view, key) if key_layout == LAYOUT_BHSD else (key, [])
     value, gv = _strip_gqa(view, value)
     removed += gk + gv

@@ -158,21 +158,25 @@ def validate(original, rewritten, inputs=None, seq_len: int | None = None, *, si
 _KIND_WORDS = {"onnx": "an ONNX model", "fx": "a torch model"}
 
 
+def _unwrap(model):
+    """A RewriteResult -> its LoadedModel; anything else as it is."""
+    from .loaded import LoadedModel
+
+    loaded = getattr(model, "loaded", None)
+    return loaded if isinstance(loaded, LoadedModel) else model
+
+
 def _loaded(model, example_inputs=None):
     from .loaded import LoadedModel, open_model
 
-    if isinstance(model, LoadedModel):
-        return model
-    if hasattr(model, "loaded") and isinstance(getattr(model, "loaded"), LoadedModel):
-        return model.loaded
-    return open_model(model, example_inputs)
+    model = _unwrap(model)
+    return model if isinstance(model, LoadedModel) else open_model(model, example_inputs)
 
 
 def _kind(model) -> str:
     from .loaded import LoadedModel, is_onnx_handle
 
-    if hasattr(model, "loaded") and isinstance(getattr(model, "loaded"), LoadedModel):
-        model = model.loaded
+    model = _unwrap(model)
     if isinstance(model, LoadedModel):
         return model.kind
     return "onnx" if is_onnx_handle(model) else "fx"
@@ -181,16 +185,14 @@ def _kind(model) -> str:
 def _underlying(model):
     from .loaded import LoadedModel
 
-    if hasattr(model, "loaded") and isinstance(getattr(model, "loaded"), LoadedModel):
-        model = model.loaded
+    model = _unwrap(model)
     return model.model if isinstance(model, LoadedModel) else model
 
 
 def _source(model) -> str:
     from .loaded import LoadedModel
 
-    if hasattr(model, "loaded") and isinstance(getattr(model, "loaded"), LoadedModel):
-        model = model.loaded
+    model = _unwrap(model)
     if isinstance(model, LoadedModel):
         return model.source
     if isinstance(model, (str, os.PathLike)):
@@ -393,12 +395,7 @@ def _validate_onnx(orig, rewritten, chosen, inputs, seq_len, provider, batch, se
             metrics.append(Metric(site_name, None, None, None, tuple(out_a[value].shape), value, NOT_FOUND))
         else:
             metrics.append(compare(site_name, out_a[value], out_b[value], value))
-    return ValidationReport("onnx", _source_of(orig), _source(rewritten), outputs, metrics,
-                            _describe(feeds), provider)
-
-
-def _source_of(loaded) -> str:
-    return loaded.source
+    return ValidationReport("onnx", orig.source, _source(rewritten), outputs, metrics, _describe(feeds), provider)
 
 
 def _describe(feeds) -> dict:
@@ -534,20 +531,14 @@ def fx_inputs(loaded, runner: TorchRunner, inputs, seq_len, example_inputs, seed
     """User inputs for a torch model: given ones, or the examples resized to ``seq_len``."""
     import torch
 
-    from .inputs import load_npz, torch_inputs, torch_vocab
+    from .inputs import check_names, load_npz, torch_inputs, torch_vocab
 
     names = runner.input_names()
     if inputs is not None:
         if isinstance(inputs, (str, os.PathLike)):
             inputs = load_npz(inputs)
         if isinstance(inputs, dict):
-            missing = [n for n in names if n not in inputs]
-            extra = [n for n in inputs if n not in names]
-            if missing or extra:
-                raise AttnoptError(f"inputs do not match the model inputs ({', '.join(names)}): "
-                                   + "; ".join(p for p in (f"missing {', '.join(map(repr, missing))}" if missing else "",
-                                                           f"unknown {', '.join(map(repr, extra))}" if extra else "")
-                                               if p))
+            check_names(list(inputs), names)
             inputs = [inputs[n] for n in names]
         out = tuple(torch.as_tensor(np.asarray(x)) if not isinstance(x, torch.Tensor) else x for x in inputs)
         if len(out) != len(names):

@@ -92,7 +92,8 @@ def tiny_bert_onnx(path, *, vocab=VOCAB, hidden=16, heads=2, seq="seq", batch="b
 def named_inputs_onnx(path):
     """No embedding: token types, positions, two bool masks, ids and a float input, all echoed."""
     names = [("token_type_ids", TensorProto.INT64), ("position_ids", TensorProto.INT64),
-             ("key_mask", TensorProto.BOOL), ("key_padding_mask", TensorProto.BOOL), ("input_ids", TensorProto.INT64), ("pixel_values", TensorProto.FLOAT)]
+             ("key_mask", TensorProto.BOOL), ("key_padding_mask", TensorProto.BOOL),
+             ("input_ids", TensorProto.INT64), ("pixel_values", TensorProto.FLOAT)]
     ins = [helper.make_tensor_value_info(n, t, ["batch", "seq"]) for n, t in names]
     outs = [helper.make_tensor_value_info(f"{n}_out", t, ["batch", "seq"]) for n, t in names]
     nodes = [helper.make_node("Identity", [n], [f"{n}_out"]) for n, _ in names]

@@ -1001,7 +1001,7 @@ def _build_worker(names: list[str]) -> list[dict]:
     return [r.__dict__ for r in zoo.build_all([CASES_BY_NAME[n] for n in names])]
 
 
-def _print_row(r: BuildRecord, t_start: float) -> None:
+def _print_row(r: BuildRecord) -> None:
     status = ("ok" if r.verified else "ok*") if r.ok else "FAILED"
     where = os.path.relpath(r.path, REPO_ROOT) if r.path else "(in memory)"
     print(f"{r.case:28s} {r.exporter:16s} {status:6s} {r.seconds:7.2f}s  {where}", flush=True)
@@ -1017,7 +1017,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--list", action="store_true", help="list cases, expected sites and combinations")
     ap.add_argument("--only", action="append", default=[], help="glob or substring of case names (repeatable)")
     ap.add_argument("-j", "--jobs", type=int, default=1, help="worker processes for --build")
-    ap.add_argument("--clean", action="store_true", help="delete this zoo's cache folder first")
+    ap.add_argument("--clean", action="store_true",
+                    help="delete all of .zoo_cache/ first (including folders of older zoo.py versions)")
     args = ap.parse_args(argv)
 
     cases = CASES
@@ -1034,13 +1035,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.clean:
         import shutil
 
-        shutil.rmtree(cache_dir(), ignore_errors=True)
+        shutil.rmtree(CACHE_ROOT, ignore_errors=True)
 
     print(f"cache: {cache_dir()}", flush=True)
     t0 = time.perf_counter()
     records: list[BuildRecord] = []
     if args.jobs <= 1:
-        records = Zoo().build_all(cases, progress=lambda r: _print_row(r, t0))
+        records = Zoo().build_all(cases, progress=_print_row)
     else:
         import multiprocessing as mp
 
@@ -1053,10 +1054,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for d in chunk:
                     r = BuildRecord(**d)
                     records.append(r)
-                    _print_row(r, t0)
+                    _print_row(r)
     total = time.perf_counter() - t0
     failed = [r for r in records if not r.ok]
-    print(f"\n{len(records)} combinations, {len(failed)} failed, {total:.1f}s wall")
+    unverified = [r for r in records if r.ok and not r.verified]
+    print(f"\n{len(records)} combinations, {len(failed)} failed, {len(unverified)} not runnable in "
+          f"onnxruntime (known, marked ok*), {len(excluded_combos(cases))} excluded, {total:.1f}s wall")
     for r in failed:
         print(f"FAILED {r.case}/{r.exporter}: {r.error.splitlines()[0][:300]}")
     return 1 if failed else 0

@@ -86,8 +86,9 @@ def lift(model) -> View:
         view.add_node(nid, "constant", consts=[np.asarray(value)], shapes=[()], name=repr(value))
         return ValueRef(nid)
 
+    live = _live_nodes(gm.graph)
     for node in gm.graph.nodes:
-        if node.op == "output":
+        if node.op == "output" or _is_assertion(node) or (node not in live and node.op != "placeholder"):
             continue
         op, attrs, ports = _canonical(gm, node)
         shape, dtype = _meta(node)
@@ -104,6 +105,11 @@ def lift(model) -> View:
         transpose_b = attrs.pop("transpose_b", False)
         view.add_node(node.name, op, attrs=attrs, ref=node, shapes=[shape], dtypes=[dtype],
                       consts=[const], name=_scope(node))
+        # Nodes nested in list arguments (sizes, cat's inputs) are dependencies: ports 100+.
+        nested = [a for arg in ports if isinstance(arg, (list, tuple)) for a in arg if isinstance(a, fx.Node)]
+        for k, arg in enumerate(nested):
+            if arg in refs:
+                view.connect(refs[arg], node.name, 100 + k)
         for port, arg in enumerate(ports):
             if isinstance(arg, fx.Node):
                 if arg in refs:
@@ -125,6 +131,8 @@ def _canonical(gm: fx.GraphModule, node: fx.Node) -> tuple[str, dict, list]:
     args, kwargs = list(node.args), dict(node.kwargs)
     if node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload):
         name = node.target.overloadpacket.__name__
+        if name == "cat":
+            return "concat", {"axis": args[1] if len(args) > 1 else kwargs.get("dim", 0)}, list(args[0])
         op = ATEN_TABLE.get(name, f"other:aten.{name}")
     elif node.op == "call_function":
         op = FUNCTION_TABLE.get(node.target, f"other:{getattr(node.target, '__name__', node.target)}")
@@ -165,6 +173,24 @@ def _canonical(gm: fx.GraphModule, node: fx.Node) -> tuple[str, dict, list]:
     elif op == "sdpa":
         return "sdpa", _sdpa_attrs(args, kwargs), args[:3] + [args[3] if len(args) > 3 else kwargs.get("attn_mask")]
     return op, attrs, args
+
+
+def _live_nodes(graph: fx.Graph) -> set:
+    """Nodes the outputs depend on. Export leaves dead code (nn.MultiheadAttention's unused
+    head-averaged weights); a dead reader must not make probabilities look escaped."""
+    live, stack = set(), [n for n in graph.nodes if n.op == "output"]
+    while stack:
+        n = stack.pop()
+        if n not in live:
+            live.add(n)
+            stack.extend(n.all_input_nodes)
+    return live
+
+
+def _is_assertion(node: fx.Node) -> bool:
+    """Export's runtime checks (_assert_tensor_metadata, ...) only read a value; they are not users."""
+    name = getattr(getattr(node.target, "overloadpacket", None), "__name__", "") or getattr(node.target, "__name__", "")
+    return node.op == "call_function" and name.startswith(("_assert", "sym_constrain")) and not node.users
 
 
 def _is_none_index(idx) -> bool:
