@@ -101,7 +101,11 @@ def bench(model, pass_name: str, params: dict | None, seq_lens: Sequence[int], *
     ``progress``: True draws a rich bar on stderr, a callable gets ``(done, total,
     description)``, False is silent.
     """
-    params = dict(params or {})
+    from .passes import pass_class
+
+    given = dict(params or {})
+    typed = pass_class(pass_name).parse_params(given)  # bad params fail here, before any work
+    params = {k: getattr(typed, k) for k in given}
     seq_lens = _check_args(seq_lens, repeats, warmup, batch, threads)
     from .loaded import is_onnx_handle
 
@@ -167,9 +171,9 @@ def _bench_onnx(model, pass_name, params, seq_lens, provider, repeats, warmup, b
 
     from .inputs import make_onnx_inputs, onnx_input_specs, resolve_shapes
     from .loaded import open_model
-    from .validate import ort_providers, seq_hint
+    from .validate import probe_provider, seq_hint
 
-    ort_providers(provider)  # fails now, not after the rewrite, when the provider is missing
+    probe_provider(provider)  # fails now, not after the rewrite, when the provider cannot run
     loaded = open_model(model)
     specs = onnx_input_specs(loaded.model)
     hint = seq_hint(loaded)

@@ -275,6 +275,19 @@ def ort_session(model_or_path, provider: str = "cpu", threads: int | None = None
     return sess
 
 
+def probe_provider(provider: str) -> None:
+    """Fail now, with the reason, if onnxruntime cannot run on ``provider`` (a one-node model)."""
+    if ort_providers(provider)[0] == "CPUExecutionProvider":
+        return
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    model = helper.make_model(helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe", [x], [y]),
+                              opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+    ort_session(model.SerializeToString(), provider)
+
+
 def _one_line(e: BaseException) -> str:
     lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
     return lines[0][:300] if lines else ""

@@ -681,9 +681,13 @@ def _versions() -> str:
     return "-".join(p.replace("+", "_") for p in parts)
 
 
+_CLI_MARKER = "# " + "CLI (not part of the cache key)"
+
+
 def cache_dir() -> Path:
-    """The cache folder for this zoo.py and these library versions."""
-    digest = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:10]
+    """The cache folder for these library versions and this file's cases and build code (CLI excluded)."""
+    text = Path(__file__).read_text()
+    digest = hashlib.sha256(text.split(_CLI_MARKER)[0].encode()).hexdigest()[:10]
     return CACHE_ROOT / f"{_versions()}-zoo{digest}"
 
 
@@ -992,7 +996,7 @@ class Zoo:
 
 
 # ---------------------------------------------------------------------------
-# CLI
+# CLI (not part of the cache key)
 
 
 def _build_worker(names: list[str]) -> list[dict]:
@@ -1055,6 +1059,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     r = BuildRecord(**d)
                     records.append(r)
                     _print_row(r)
+            pool.close()
+            pool.join()
     total = time.perf_counter() - t0
     failed = [r for r in records if not r.ok]
     unverified = [r for r in records if r.ok and not r.verified]
