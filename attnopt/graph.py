@@ -156,7 +156,9 @@ class View:
         return self._dynamic.get(value, True)
 
     def _compute_dynamic(self) -> None:
-        for nid in nx.topological_sort(self.g):
+        # Frontends add nodes in a topological order (the source graph's), except View-only
+        # helper nodes, which come right before their consumer; `order` is that order.
+        for nid in sorted(self.g.nodes, key=lambda n: self.info(n).order):
             info = self.info(nid)
             if info.op == "input":
                 dyn = True

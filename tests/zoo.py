@@ -3,13 +3,15 @@
 Every case builds a small model from a config with seeded random weights (no
 downloads), wraps it so it takes tensors positionally and returns a tuple of
 tensors, and states exactly how many dense attention sites it contains and
-their geometry. The exports are cached on disk under ``<repo>/.zoo_cache/``,
-keyed by the library versions and by this file's content, so a second run
-reuses them.
+their geometry. The exports are cached on disk under ``<repo>/.zoo_cache/``
+(or $ATTNOPT_ZOO_CACHE), keyed by the library versions and by this file's
+content above the CLI section, so a second run reuses them. Every ONNX export
+is run once in onnxruntime (CPU EP) against torch when it is built.
 
 Plain module: importable without pytest. Build everything and print a table with
 
-    python -m tests.zoo --build [-j 2] [--only SUBSTRING]
+    python -m tests.zoo --build [-j 2] [--only SUBSTRING] [--clean]
+    python -m tests.zoo --list
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-CACHE_ROOT = REPO_ROOT / ".zoo_cache"
+CACHE_ROOT = Path(os.environ.get("ATTNOPT_ZOO_CACHE") or REPO_ROOT / ".zoo_cache")  # env: e.g. a scratch dir
 
 # ONNX exporters. Every case is exported by each of these unless it lists the
 # exporter in ``excluded`` (with the exact error as the reason).
@@ -593,8 +595,9 @@ CASES: list[ZooCase] = [
     *_impl_cases("bart", bart, expected_sites=6, heads=4, head_dim=8, self_attention_sites=4, causal_sites=2),
     *_impl_cases("llama-gqa", llama, expected_sites=2, heads=4, kv_heads=2, head_dim=16,
                  self_attention_sites=2, causal_sites=2),
-    # With a dynamic sequence the opset-23 export emits RotaryEmbedding with (1, seq, d/2) cos/sin caches,
-    # which onnxruntime 1.31 rejects for batch 2 (the static export keeps rotary decomposed).
+    # With a dynamic sequence the opset-23 export emits RotaryEmbedding (the static one keeps rotary
+    # decomposed), and onnxruntime 1.31 rejects its cos/sin caches at run time: "Inputs 'cos_cache' and
+    # 'sin_cache' are expected to have the same shape as input 'x', got 1 and 10".
     ZooCase("llama-gqa-sdpa-dynamic", "llama-gqa", _bind(llama, "sdpa", dynamic=True), expected_sites=2,
             heads=4, kv_heads=2, head_dim=16, causal_sites=2, fx_tracers=(EXPORT, SYMBOLIC_TRACE),
             excluded={SYMBOLIC_TRACE: _HF_SYMTRACE_CONTROL_FLOW},

@@ -102,12 +102,30 @@ def check_supported(model: ir.Model) -> None:
 
 
 def infer_shapes(model: ir.Model) -> ir.Model:
-    """ONNX shape inference into the model's values (TorchScript exports carry few shapes)."""
+    """ONNX shape inference, written into the model's values (TorchScript exports carry few shapes).
+
+    Only shapes and dtypes are copied back, by value name: deserialising the whole
+    inferred model (as onnx_ir's ShapeInferencePass does) costs more than inference.
+    """
+    values = {v.name: v for node in model.graph for v in node.outputs if v.name}
+    if all(v.shape is not None and v.dtype is not None for v in values.values()):
+        return model
     try:
-        from onnx_ir.passes.common import ShapeInferencePass
-        return ShapeInferencePass()(model).model
+        proto = ir.serde.serialize_model(model)
+        inferred = onnx.shape_inference.infer_shapes(proto, data_prop=True)
     except Exception:
         return model  # shapes stay unknown; the matcher copes with fewer facts
+    for info in inferred.graph.value_info:
+        value = values.get(info.name)
+        if value is None or not info.type.HasField("tensor_type"):
+            continue
+        tensor_type = info.type.tensor_type
+        if value.dtype is None and tensor_type.elem_type:
+            value.dtype = ir.DataType(tensor_type.elem_type)
+        if value.shape is None and tensor_type.HasField("shape"):
+            value.shape = ir.Shape([d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                                    for d in tensor_type.shape.dim])
+    return model
 
 
 # ----------------------------------------------------------------------------- lift
@@ -309,9 +327,8 @@ def _fold_lazily(node: ir.Node, args: list):
         val = attr.value
 
         def const():
-            if isinstance(val, (ir.TensorProtocol,)) or hasattr(val, "numpy"):
-                return val.numpy()
-            return np.asarray(val)
+            # hasattr, not isinstance(ir.TensorProtocol): Protocol checks are slow at scale.
+            return val.numpy() if hasattr(val, "numpy") else np.asarray(val)
         return [const]
     if len(node.outputs) != 1 or node.op_type not in _FOLDABLE:
         return [None] * len(node.outputs)
