@@ -86,7 +86,7 @@ def _fmt_time(row: dict, which: str) -> str:
 
 def bench(model, pass_name: str, params: dict | None, seq_lens: Sequence[int], *, provider: str = "cpu",
           repeats: int = 5, warmup: int = 2, batch: int = 1, threads: int | None = None, progress=True,
-          example_inputs=None, seed: int = 0, memory: bool = True) -> BenchReport:
+          example_inputs=None, seed: int = 0) -> BenchReport:
     """Rewrite ``model`` once with ``pass_name`` and time original vs rewritten at every N in ``seq_lens``.
 
     Per N: median and spread (min/max, quartiles) of ``repeats`` timed runs after ``warmup``

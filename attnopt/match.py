@@ -562,7 +562,3 @@ def _name_sites(view: View, sites: list[AttentionSite]) -> list[AttentionSite]:
         layer = int(m.group(1)) if m else None
         out.append(replace(site, name=name, layer=layer))
     return out
-
-
-def default_scale(head_dim) -> float | None:
-    return 1.0 / math.sqrt(head_dim) if isinstance(head_dim, int) else None

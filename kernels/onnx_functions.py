@@ -47,6 +47,7 @@ _FLOAT = onnx.TensorProto.FLOAT
 _BOOL = onnx.TensorProto.BOOL
 _NEG_INF = float("-inf")
 _LAST = 9223372036854775807  # Slice "to the end"
+_KT_PERM = [0, 1, 2, 3, 5, 4]  # kᵀ of the (B, Hkv, 1, nseg, S, D) segment view
 
 
 @onnxscript.script(attnopt_opset, default_opset=op)
@@ -78,62 +79,105 @@ def SegmentedAttention(Q, K, V, Mask, segment_size: int, sinks: int, scale: floa
     nseg = op.Div(op.Sub(op.Add(n, seg), one), seg)
     n_pad = op.Mul(nseg, seg)
 
-    # Pad the sequence axis to nseg*S; view q as (B, Hkv, rep, nseg, S, D) and
-    # k, v as (B, Hkv, 1, nseg, S, D) so GQA is a MatMul broadcast.
-    pads = op.Concat(op.Constant(value_ints=[0, 0, 0, 0, 0, 0]), op.Sub(n_pad, n), zero, axis=0)
-    qs = op.Reshape(op.Pad(q, pads), op.Concat(b, hkv, rep, nseg, seg, d, axis=0))
-    kv_shape = op.Concat(b, hkv, one, nseg, seg, d, axis=0)
-    ks = op.Reshape(op.Pad(k, pads), kv_shape)
-    vs = op.Reshape(op.Pad(v, pads), kv_shape)
-    k_sink = op.Unsqueeze(op.Slice(k, zero, g_n, op.Constant(value_ints=[2])), op.Constant(value_ints=[2, 3]))
-    v_sink = op.Unsqueeze(op.Slice(v, zero, g_n, op.Constant(value_ints=[2])), op.Constant(value_ints=[2, 3]))
-
-    # Positions: r within a segment, g the segment, pos = g*S + r, j a sink key.
-    seg_scalar = op.Squeeze(seg)
-    r = op.Range(0, seg_scalar, 1)
-    g = op.Range(0, op.Squeeze(nseg), 1)
-    j = op.Range(0, op.Squeeze(g_n), 1)
-    pos = op.Add(op.Unsqueeze(op.Mul(g, seg_scalar), one), op.Unsqueeze(r, zero))  # (nseg, S)
+    # Scale q once, (B, H, N, D), rather than the (.., N, S+G) scores.
+    q = op.Mul(q, op.CastLike(op.Constant(value_float=scale), q))
+    two = op.Constant(value_ints=[2])
     not_causal = op.Not(op.Cast(op.Constant(value_int=causal), to=_BOOL))
 
-    # Allowed masks broadcasting over (nseg, S_query, columns).
-    local_ok = op.And(
-        op.Unsqueeze(op.Less(pos, n), one),  # padded keys
-        op.Or(op.LessOrEqual(op.Unsqueeze(r, zero), op.Unsqueeze(r, one)), not_causal),
-    )
-    sink_ok = op.And(
-        # a sink key inside this segment is already a local column
-        op.Unsqueeze(op.Not(op.Equal(op.Unsqueeze(op.Div(j, seg_scalar), zero), op.Unsqueeze(g, one))), one),
-        op.Or(op.LessOrEqual(j, op.Unsqueeze(pos, op.Constant(value_ints=[2]))), not_causal),
-    )
+    # Run-time facts pick cheaper paths (If): on a CPU every pass over the
+    # (.., N, S+G) scores costs about as much as a MatMul, so the common cases
+    # (no mask, whole segments, not causal) run with no bias at all.
+    ragged = op.Squeeze(op.Less(n, n_pad))
+    # "No mask" is the (1,1,1,1) zero; read one element, never the whole mask.
+    first = op.Cast(op.Slice(op.Reshape(Mask, last_axis), zero, one), to=_FLOAT)
+    no_mask = op.And(op.Equal(op.Size(Mask), op.Constant(value_int=1)), op.Squeeze(op.Equal(first, 0.0)))
+    unmasked = op.And(op.And(no_mask, op.Not(ragged)), op.Squeeze(not_causal))
+    # Sinks add nothing when there are none or when every sink is in the only segment.
+    sinks_inside = op.Squeeze(op.Or(op.Equal(g_n, zero), op.Equal(nseg, one)))
+    plain_local = op.And(unmasked, sinks_inside)
+    # Sinks fit in segment 0: segment 0 attends locally (it holds them), the rest to S+G keys.
+    plain_split = op.And(unmasked, op.Squeeze(op.LessOrEqual(g_n, seg)))
 
-    scores_shape = op.Concat(b, h, nseg, seg, last_axis, axis=0)
-    local = op.Reshape(op.Mul(op.MatMul(qs, op.Transpose(ks, perm=[0, 1, 2, 3, 5, 4])), scale), scores_shape)
-    sink = op.Reshape(op.Mul(op.MatMul(qs, op.Transpose(k_sink, perm=[0, 1, 2, 3, 5, 4])), scale), scores_shape)
-    scores = op.Concat(op.Where(local_ok, local, _NEG_INF), op.Where(sink_ok, sink, _NEG_INF), axis=-1)
+    # Pad the sequence axis to nseg*S; view q as (B, Hkv, rep, nseg, S, D) and
+    # k, v as (B, Hkv, 1, nseg, S, D) so GQA is a MatMul broadcast.
+    if ragged:
+        pads = op.Concat(op.Constant(value_ints=[0, 0, 0, 0, 0, 0]), op.Sub(n_pad, n), zero, axis=0)
+        qp = op.Pad(q, pads)
+        kp = op.Pad(k, pads)
+        vp = op.Pad(v, pads)
+    else:
+        qp = op.Identity(q)
+        kp = op.Identity(k)
+        vp = op.Identity(v)
+    qs = op.Reshape(qp, op.Concat(b, hkv, rep, nseg, seg, d, axis=0))
+    kv_shape = op.Concat(b, hkv, one, nseg, seg, d, axis=0)
+    ks = op.Reshape(kp, kv_shape)
+    vs = op.Reshape(vp, kv_shape)
 
-    # The user mask's diagonal blocks and sink columns, read with one Gather
-    # from the flattened (Nm*Mm) axis: O(N·(S+G)) entries, never N×N (the
-    # Reshape aliases the input). Size-1 rows/columns broadcast; clamping maps
-    # padded positions onto real ones. Cast after the Gather, not before, so a
-    # half-precision mask is never copied whole.
-    m_rows = op.Shape(Mask, start=2, end=3)
-    m_cols = op.Shape(Mask, start=3, end=4)
-    row_base = op.Unsqueeze(op.Mul(op.Min(pos, op.Sub(m_rows, one)), m_cols), op.Constant(value_ints=[2]))
-    local_idx = op.Add(row_base, op.Unsqueeze(op.Min(pos, op.Sub(m_cols, one)), one))
-    sink_idx = op.Add(row_base, op.Min(j, op.Sub(m_cols, one)))
-    flat_mask = op.Reshape(Mask, op.Concat(op.Shape(Mask, start=0, end=2), last_axis, axis=0))
-    mask_blocks = op.Gather(flat_mask, op.Concat(local_idx, sink_idx, axis=-1), axis=2)
-    scores = op.Add(scores, op.Cast(mask_blocks, to=_FLOAT))
-
-    p = op.Softmax(scores, axis=-1)
-    p = op.Where(op.IsNaN(p), 0.0, p)  # rows with no allowed key -> 0
-    p = op.Reshape(p, op.Concat(b, hkv, rep, nseg, seg, last_axis, axis=0))
-    out = op.Add(
-        op.MatMul(op.Slice(p, zero, seg, last_axis), vs),
-        op.MatMul(op.Slice(p, seg, op.Constant(value_ints=[_LAST]), last_axis), v_sink),
-    )
-    out = op.Slice(op.Reshape(out, op.Concat(b, h, n_pad, d, axis=0)), zero, n, op.Constant(value_ints=[2]))
+    if plain_local:
+        out = op.MatMul(op.Softmax(op.MatMul(qs, op.Transpose(ks, perm=_KT_PERM)), axis=-1), vs)
+    else:
+        # Each segment's keys are its own S keys followed by the G sinks: concatenating
+        # the (small) keys, not the (large) scores, keeps one MatMul / Softmax / MatMul.
+        sink_shape = op.Concat(b, hkv, one, nseg, g_n, d, axis=0)
+        k_sink = op.Expand(op.Unsqueeze(op.Slice(k, zero, g_n, two), op.Constant(value_ints=[2, 3])), sink_shape)
+        v_sink = op.Expand(op.Unsqueeze(op.Slice(v, zero, g_n, two), op.Constant(value_ints=[2, 3])), sink_shape)
+        k_all = op.Concat(ks, k_sink, axis=4)  # (B, Hkv, 1, nseg, S+G, D)
+        v_all = op.Concat(vs, v_sink, axis=4)
+        if plain_split:
+            three = op.Constant(value_ints=[3])
+            end = op.Constant(value_ints=[_LAST])
+            q0 = op.Slice(qs, zero, one, three)
+            k0 = op.Slice(ks, zero, one, three)
+            v0 = op.Slice(vs, zero, one, three)
+            q1 = op.Slice(qs, one, end, three)
+            k1 = op.Slice(k_all, one, end, three)
+            v1 = op.Slice(v_all, one, end, three)
+            first = op.MatMul(op.Softmax(op.MatMul(q0, op.Transpose(k0, perm=_KT_PERM)), axis=-1), v0)
+            rest = op.MatMul(op.Softmax(op.MatMul(q1, op.Transpose(k1, perm=_KT_PERM)), axis=-1), v1)
+            out = op.Concat(first, rest, axis=3)
+        else:
+            # Positions: r within a segment, g the segment, pos = g*S + r, j a sink key.
+            seg_scalar = op.Squeeze(seg)
+            r = op.Range(0, seg_scalar, 1)
+            g = op.Range(0, op.Squeeze(nseg), 1)
+            j = op.Range(0, op.Squeeze(g_n), 1)
+            pos = op.Add(op.Unsqueeze(op.Mul(g, seg_scalar), one), op.Unsqueeze(r, zero))  # (nseg, S)
+            # Allowed keys, (nseg, S_query, S+G): local columns then sink columns.
+            local_ok = op.And(
+                op.Unsqueeze(op.Less(pos, n), one),  # padded keys
+                op.Or(op.LessOrEqual(op.Unsqueeze(r, zero), op.Unsqueeze(r, one)), not_causal),
+            )
+            sink_ok = op.And(
+                # a sink key inside this segment is already a local column
+                op.Unsqueeze(op.Not(op.Equal(op.Unsqueeze(op.Div(j, seg_scalar), zero), op.Unsqueeze(g, one))), one),
+                op.Or(op.LessOrEqual(j, op.Unsqueeze(pos, two)), not_causal),
+            )
+            allowed = op.Concat(op.Expand(local_ok, op.Concat(nseg, seg, seg, axis=0)),
+                                op.Expand(sink_ok, op.Concat(nseg, seg, g_n, axis=0)), axis=-1)
+            # The user mask's diagonal blocks and sink columns, read with one Gather
+            # from the flattened (Nm*Mm) axis: O(N·(S+G)) entries, never N×N (the
+            # Reshape aliases the input). Size-1 rows/columns broadcast; clamping maps
+            # padded positions onto real ones. Cast after the Gather, so a half-precision
+            # mask is never copied whole. Folding `allowed` in gives one bias of at most
+            # the mask's own batch x heads x N x (S+G).
+            m_rows = op.Shape(Mask, start=2, end=3)
+            m_cols = op.Shape(Mask, start=3, end=4)
+            row_base = op.Unsqueeze(op.Mul(op.Min(pos, op.Sub(m_rows, one)), m_cols), two)
+            local_idx = op.Add(row_base, op.Unsqueeze(op.Min(pos, op.Sub(m_cols, one)), one))
+            sink_idx = op.Add(row_base, op.Min(j, op.Sub(m_cols, one)))
+            flat_mask = op.Reshape(Mask, op.Concat(op.Shape(Mask, start=0, end=2), last_axis, axis=0))
+            mask_blocks = op.Cast(op.Gather(flat_mask, op.Concat(local_idx, sink_idx, axis=-1), axis=2), to=_FLOAT)
+            bias = op.Where(allowed, mask_blocks, _NEG_INF)  # (Bm, Hm, nseg, S, S+G)
+            # The mask's heads Hm are 1 or H; split them like the scores' (Hkv, rep) to broadcast.
+            hm = op.Shape(Mask, start=1, end=2)
+            hm_kv = op.Min(hm, hkv)
+            bias = op.Reshape(bias, op.Concat(op.Shape(Mask, start=0, end=1), hm_kv, op.Div(hm, hm_kv),
+                                              nseg, seg, op.Add(seg, g_n), axis=0))
+            scores = op.Add(op.MatMul(qs, op.Transpose(k_all, perm=_KT_PERM)), bias)
+            masked = op.MatMul(op.Softmax(scores, axis=-1), v_all)
+            out = op.Where(op.IsNaN(masked), 0.0, masked)  # rows with no allowed key -> 0 (N×D, not scores)
+    out = op.Slice(op.Reshape(out, op.Concat(b, h, n_pad, d, axis=0)), zero, n, two)
     Y = op.CastLike(out, Q)
     return Y
 

@@ -140,6 +140,16 @@ def test_plot_writes_a_png_and_refuses_without_matplotlib(tmp_path, monkeypatch)
         plot(report, tmp_path / "c.png")
 
 
+def test_cuda_runs_or_fails_with_a_clear_message(bert):
+    try:
+        report = bench(bert, "segmented", {"segment_size": 8}, [16], provider="cuda", repeats=1, warmup=0,
+                       progress=False)
+    except AttnoptError as e:  # no GPU, or no CUDA libraries: say so, never fall back to the CPU silently
+        assert "CUDAExecutionProvider" in str(e) or "cuda" in str(e)
+    else:
+        assert report.provider == "cuda" and report.rows
+
+
 def test_attnopt_bench_stays_callable_after_the_module_is_imported():
     assert callable(bench_module) and attnopt.bench is not None and callable(attnopt.bench)
 

@@ -19,7 +19,7 @@ import onnx_ir as ir
 
 from ..errors import ModelLoadError, UnsupportedModelError
 from ..graph import View, einsum_as_matmul, virtual_transpose
-from ..site import LAYOUT_BHSD, LAYOUT_BSD, MASK_ADDITIVE, MASK_BOOLEAN, ValueRef
+from ..site import LAYOUT_BHSD, LAYOUT_BSD, MASK_ADDITIVE, ValueRef
 from .onnx_fold import MAX_FOLD_ELEMENTS, fold
 
 # Default-domain opsets we understand; older models predate Softmax's last-axis semantics.

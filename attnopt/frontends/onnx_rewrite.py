@@ -71,7 +71,7 @@ def apply(loaded, call) -> None:
 
 def finalize(loaded, kernels: set[str]) -> None:
     """Drop dead dense nodes, attach the op bodies, keep the model loadable by stock onnxruntime."""
-    from onnx_ir.passes.common import RemoveUnusedNodesPass, RemoveUnusedOpsetsPass  # noqa: F401
+    from onnx_ir.passes.common import RemoveUnusedNodesPass
     from attnopt.kernels.onnx_functions import attach_functions
     from attnopt.kernels.registry import get_kernel
 
