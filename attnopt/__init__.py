@@ -15,6 +15,11 @@ from __future__ import annotations
 from .errors import AttnoptError
 from .site import AttentionSite
 
+# Imported eagerly: importing the submodule attnopt.validate (or .bench) would
+# otherwise rebind the package attribute from the function to the module.
+from .bench import bench  # noqa: E402
+from .validate import validate  # noqa: E402
+
 __version__ = "0.1.0"
 
 
@@ -34,18 +39,6 @@ def rewrite(model, pass_name: str, *, layers=None, names=(), example_inputs=None
     """Rewrite the selected sites with one pass; returns a RewriteResult (see attnopt.pipeline)."""
     from .pipeline import rewrite as _rewrite
     return _rewrite(model, pass_name, layers=layers, names=names, example_inputs=example_inputs, **params)
-
-
-def validate(original, rewritten, inputs=None, seq_len=None, **kwargs):
-    """Compare original and rewritten on identical inputs, per output and per site (see attnopt.validate)."""
-    from .validate import validate as _validate
-    return _validate(original, rewritten, inputs=inputs, seq_len=seq_len, **kwargs)
-
-
-def bench(model, pass_name: str, params=None, seq_lens=(512, 1024), **kwargs):
-    """Time original vs rewritten across sequence lengths (see attnopt.bench)."""
-    from .bench import bench as _bench
-    return _bench(model, pass_name, params or {}, seq_lens, **kwargs)
 
 
 def export_onnx(graph_module, example_inputs, path, **kwargs):

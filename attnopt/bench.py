@@ -564,16 +564,3 @@ def plot(report: BenchReport, path) -> None:
 
 def _params_text(params: dict) -> str:
     return " ".join(f"{k}={v}" for k, v in params.items())
-
-
-class _CallableModule(type(os)):
-    """Importing ``attnopt.bench`` (the module) rebinds the package attribute ``attnopt.bench``
-    from the function to this module; calling the module keeps ``attnopt.bench(...)`` working."""
-
-    def __call__(self, model, pass_name, params=None, seq_lens=(512, 1024), **kwargs):
-        return bench(model, pass_name, params or {}, seq_lens, **kwargs)
-
-
-import sys as _sys  # noqa: E402
-
-_sys.modules[__name__].__class__ = _CallableModule

@@ -596,16 +596,3 @@ def _validate_fx(orig, rewritten, chosen, inputs, seq_len, example_inputs, seed)
             metrics.append(compare(site_name, seen_a[name], seen_b[name], name))
     feeds = dict(zip(ra.input_names(), user))
     return ValidationReport("fx", orig.source, _source(rewritten), outputs, metrics, _describe(feeds), "torch-cpu")
-
-
-class _CallableModule(type(os)):
-    """Importing ``attnopt.validate`` (the module) rebinds the package attribute ``attnopt.validate``
-    from the function to this module; calling the module keeps ``attnopt.validate(...)`` working."""
-
-    def __call__(self, *args, **kwargs):
-        return validate(*args, **kwargs)
-
-
-import sys as _sys  # noqa: E402
-
-_sys.modules[__name__].__class__ = _CallableModule

@@ -65,11 +65,8 @@ def test_bench_rows_on_a_copy_have_positive_timings_and_no_error(bert, monkeypat
 
 def test_bench_with_the_real_rewrite(bert):
     calls = []
-    try:
-        report = bench(bert, "segmented", {"segment_size": 8}, [8, 24], repeats=1, warmup=0,
-                       progress=lambda done, total, desc: calls.append((done, total)))
-    except ImportError as e:
-        pytest.xfail(f"attnopt.rewrite is not available yet: {e}")
+    report = bench(bert, "segmented", {"segment_size": 8}, [8, 24], repeats=1, warmup=0,
+                   progress=lambda done, total, desc: calls.append((done, total)))
     check_rows(report, [8, 24], 1)
     assert [o["status"] for o in report.rewrite] == ["rewritten", "rewritten"]
     small, large = report.rows
@@ -80,14 +77,10 @@ def test_bench_with_the_real_rewrite(bert):
 
 def test_bench_torch_graph_module():
     gm = torch.fx.symbolic_trace(TinyTorchAttention())
-    try:
-        report = bench(gm, "segmented", {"segment_size": 16}, [10, 20], repeats=1, warmup=0, progress=False,
-                       example_inputs=torch_example())
-    except ImportError as e:
-        pytest.xfail(f"attnopt.rewrite is not available yet: {e}")
+    report = bench(gm, "segmented", {"segment_size": 16}, [10, 20], repeats=1, warmup=0, progress=False,
+                   example_inputs=torch_example())
     assert report.runtime == "torch"
-    # A rewritten GraphModule that does not survive pickling is timed in-process, without peak memory.
-    check_rows(report, [10, 20], 1, memory="note" not in report.machine)
+    check_rows(report, [10, 20], 1)
     assert report.rows[0]["rel_l2"] < 1e-5
 
 

@@ -14,9 +14,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 import attnopt
 from attnopt.errors import AttnoptError
-from attnopt.site import ValueRef
 from attnopt.loaded import open_model
-from attnopt.inputs import dim_roles, make_onnx_inputs, onnx_input_specs, resolve_shapes
+from attnopt.inputs import make_onnx_inputs, onnx_input_specs, resolve_shapes
 from attnopt.validate import ValidationReport, compare, validate
 
 VOCAB = 37
@@ -132,14 +131,6 @@ def torch_example(n: int = 10):
 @pytest.fixture(scope="module")
 def bert(tmp_path_factory):
     return tiny_bert_onnx(tmp_path_factory.mktemp("m") / "tiny.onnx")
-
-
-def rewrite_or_xfail(*args, **kwargs):
-    """attnopt.rewrite, or xfail while the graph surgery it needs has not landed."""
-    try:
-        return attnopt.rewrite(*args, **kwargs)
-    except ImportError as e:
-        pytest.xfail(f"attnopt.rewrite is not available yet: {e}")
 
 
 # --- inputs ------------------------------------------------------------------------
@@ -312,11 +303,11 @@ def test_exported_program_with_a_static_length_refuses_another():
 
 def test_segmented_at_the_limit_is_exact_and_below_it_is_not(bert, tmp_path):
     n = 24
-    exact = rewrite_or_xfail(bert, "segmented", segment_size=n)
+    exact = attnopt.rewrite(bert, "segmented", segment_size=n)
     report = validate(bert, exact, seq_len=n)
     assert report.is_exact(), report.to_dict()
     assert all(m.comparable for m in report.sites) and len(report.sites) == 2
-    approx = rewrite_or_xfail(bert, "segmented", segment_size=8)
+    approx = attnopt.rewrite(bert, "segmented", segment_size=8)
     path = tmp_path / "seg8.onnx"
     approx.save(path)
     report = validate(bert, str(path), seq_len=n)
@@ -327,50 +318,7 @@ def test_segmented_at_the_limit_is_exact_and_below_it_is_not(bert, tmp_path):
 def test_fx_segmented_at_the_limit_is_exact():
     example = torch_example()
     gm = torch.fx.symbolic_trace(TinyTorchAttention())
-    result = rewrite_or_xfail(copy.deepcopy(gm), "segmented", segment_size=16, example_inputs=example)
+    result = attnopt.rewrite(copy.deepcopy(gm), "segmented", segment_size=16, example_inputs=example)
     report = validate(gm, result, example_inputs=example)
     assert report.is_exact(), report.to_dict()
     assert report.sites and all(m.comparable for m in report.sites)
-
-
-def _self_attention(case) -> bool:
-    return case.self_attention_sites is None or case.self_attention_sites > 0
-
-
-def _exact_tol(loaded) -> float:
-    """1e-5 in fp32; a site that rounds its probabilities to fp16 (the rewrite does not) gets 1e-3."""
-    halves = {"float16", "bfloat16"}
-    return 1e-3 if any(loaded.view.dtype(ValueRef(n)) in halves for s in loaded.sites for n in s.nodes) else 1e-5
-
-
-@pytest.mark.zoo(select=lambda case, how: not case.negative and _self_attention(case))
-def test_zoo_onnx_segmented_at_the_limit_validates_exact(zoo_onnx_case):
-    if not zoo_onnx_case.record.verified:
-        pytest.skip(f"onnxruntime cannot run the original: {zoo_onnx_case.record.note}")
-    try:
-        result = attnopt.rewrite(str(zoo_onnx_case.path), "segmented", segment_size=4096)
-    except ImportError as e:
-        pytest.xfail(f"attnopt.rewrite is not available yet: {e}")
-    except attnopt.errors.NoSitesError as e:
-        pytest.skip(f"no site the pass serves: {e}")
-    # Dynamic exports get a length inside the zoo's position tables (64); static ones keep theirs.
-    specs = onnx_input_specs(open_model(str(zoo_onnx_case.path)).model)
-    dynamic = any(r == "seq" for s in specs for r in dim_roles(s.shape))
-    original = open_model(str(zoo_onnx_case.path))
-    report = validate(original, result, seq_len=16 if dynamic else None)
-    assert report.worst_rel_l2 < _exact_tol(original), report.to_dict()
-
-
-@pytest.mark.zoo(select=lambda case, how: not case.negative and _self_attention(case))
-def test_zoo_fx_segmented_at_the_limit_validates_exact(zoo_fx_case):
-    graph = zoo_fx_case.graph
-    example = zoo_fx_case.example_inputs
-    try:
-        result = attnopt.rewrite(copy.deepcopy(graph), "segmented", segment_size=4096, example_inputs=example)
-    except ImportError as e:
-        pytest.xfail(f"attnopt.rewrite is not available yet: {e}")
-    except attnopt.errors.NoSitesError as e:
-        pytest.skip(f"no site the pass serves: {e}")
-    original = open_model(graph, example or zoo_fx_case.inputs)
-    report = validate(original, result, example_inputs=example or zoo_fx_case.inputs)
-    assert report.worst_rel_l2 < _exact_tol(original), report.to_dict()

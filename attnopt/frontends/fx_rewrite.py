@@ -45,7 +45,7 @@ def apply(loaded, call) -> None:
         for ref, kind in site.mask_terms:
             term = node[ref]
             if kind == MASK_ADDITIVE:
-                term = g.call_function(torch.Tensor.to, (term, _dtype_of(node[site.query])))
+                term = g.call_method("to", (term, _dtype_of(node[site.query])))  # picklable, unlike Tensor.to
             else:
                 term = g.call_function(boolean_to_additive, (term, q, kind == MASK_BOOLEAN))
             term = _mask_to_4d(g, term, view.rank(ref), site)
