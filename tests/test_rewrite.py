@@ -219,3 +219,16 @@ def test_fx_rewrite_exports_to_onnx_and_runs_in_onnxruntime(tmp_path):
     with torch.no_grad():
         expected = result.model(*inputs).numpy()
     np.testing.assert_allclose(_run(path, inputs), expected, atol=1e-5)
+
+
+def test_external_data_models_are_read_and_rewritten(two_layer_onnx, tmp_path):
+    model = onnx.load(str(two_layer_onnx))
+    path = tmp_path / "ext.onnx"
+    onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+              location="ext.onnx.data", size_threshold=0)
+    assert (tmp_path / "ext.onnx.data").exists()
+    assert len(attnopt.detect(path)) == 2
+    out = tmp_path / "seg.onnx"
+    attnopt.rewrite(path, "segmented", segment_size=64).save(out)
+    x = _inputs()
+    np.testing.assert_allclose(_run(out, x), _run(two_layer_onnx, x), atol=1e-5)
