@@ -95,8 +95,6 @@ def SegmentedAttention(Q, K, V, Mask, segment_size: int, sinks: int, scale: floa
     # Sinks add nothing when there are none or when every sink is in the only segment.
     sinks_inside = op.Squeeze(op.Or(op.Equal(g_n, zero), op.Equal(nseg, one)))
     plain_local = op.And(unmasked, sinks_inside)
-    # Sinks fit in segment 0: segment 0 attends locally (it holds them), the rest to S+G keys.
-    plain_split = op.And(unmasked, op.Squeeze(op.LessOrEqual(g_n, seg)))
 
     # Pad the sequence axis to nseg*S; view q as (B, Hkv, rep, nseg, S, D) and
     # k, v as (B, Hkv, 1, nseg, S, D) so GQA is a MatMul broadcast.
@@ -124,77 +122,64 @@ def SegmentedAttention(Q, K, V, Mask, segment_size: int, sinks: int, scale: floa
         v_sink = op.Expand(op.Unsqueeze(op.Slice(v, zero, g_n, two), op.Constant(value_ints=[2, 3])), sink_shape)
         k_all = op.Concat(ks, k_sink, axis=4)  # (B, Hkv, 1, nseg, S+G, D)
         v_all = op.Concat(vs, v_sink, axis=4)
-        if plain_split:
-            three = op.Constant(value_ints=[3])
-            end = op.Constant(value_ints=[_LAST])
-            q0 = op.Slice(qs, zero, one, three)
-            k0 = op.Slice(ks, zero, one, three)
-            v0 = op.Slice(vs, zero, one, three)
-            q1 = op.Slice(qs, one, end, three)
-            k1 = op.Slice(k_all, one, end, three)
-            v1 = op.Slice(v_all, one, end, three)
-            first = op.MatMul(op.Softmax(op.MatMul(q0, op.Transpose(k0, perm=_KT_PERM)), axis=-1), v0)
-            rest = op.MatMul(op.Softmax(op.MatMul(q1, op.Transpose(k1, perm=_KT_PERM)), axis=-1), v1)
-            out = op.Concat(first, rest, axis=3)
+        # Positions: r within a segment, g the segment, pos = g*S + r, j a sink key.
+        seg_scalar = op.Squeeze(seg)
+        r = op.Range(0, seg_scalar, 1)
+        g = op.Range(0, op.Squeeze(nseg), 1)
+        j = op.Range(0, op.Squeeze(g_n), 1)
+        pos = op.Add(op.Unsqueeze(op.Mul(g, seg_scalar), one), op.Unsqueeze(r, zero))  # (nseg, S)
+        # A sink key inside this segment is already a local column: (nseg, G).
+        sink_new = op.Not(op.Equal(op.Unsqueeze(op.Div(j, seg_scalar), zero), op.Unsqueeze(g, one)))
+        m_rows = op.Shape(Mask, start=2, end=3)
+        m_cols = op.Shape(Mask, start=3, end=4)
+        hm = op.Shape(Mask, start=1, end=2)
+        bm = op.Shape(Mask, start=0, end=1)
+        flat_mask = op.Reshape(Mask, op.Concat(bm, hm, last_axis, axis=0))
+        keys = op.Add(seg, g_n)
+        # A mask that varies by key only (key padding, (B|1, 1, 1, M)) with no causality
+        # is a per-key bias: carried as an extra q·k column ([q, 1]·[k, bias]) it costs
+        # no pass over the scores.
+        per_key = op.Squeeze(op.And(op.And(op.Equal(m_rows, one), op.Equal(hm, one)), not_causal))
+        if per_key:
+            key_ok = op.Concat(op.Less(pos, n), op.Expand(sink_new, op.Concat(nseg, g_n, axis=0)), axis=-1)
+            key_idx = op.Concat(op.Min(pos, op.Sub(m_cols, one)),
+                                op.Expand(op.Unsqueeze(op.Min(j, op.Sub(m_cols, one)), zero),
+                                          op.Concat(nseg, g_n, axis=0)), axis=-1)  # (nseg, S+G)
+            key_bias = op.Where(key_ok, op.Cast(op.Gather(flat_mask, key_idx, axis=2), to=_FLOAT), _NEG_INF)
+            column = op.Expand(op.Reshape(key_bias, op.Concat(bm, one, one, nseg, keys, one, axis=0)),
+                               op.Concat(b, hkv, one, nseg, keys, one, axis=0))
+            ones = op.Expand(op.Constant(value_float=1.0), op.Concat(b, hkv, rep, nseg, seg, one, axis=0))
+            q_ext = op.Concat(qs, ones, axis=5)
+            k_ext = op.Concat(k_all, column, axis=5)
+            scores = op.MatMul(q_ext, op.Transpose(k_ext, perm=_KT_PERM))
         else:
-            # Positions: r within a segment, g the segment, pos = g*S + r, j a sink key.
-            seg_scalar = op.Squeeze(seg)
-            r = op.Range(0, seg_scalar, 1)
-            g = op.Range(0, op.Squeeze(nseg), 1)
-            j = op.Range(0, op.Squeeze(g_n), 1)
-            pos = op.Add(op.Unsqueeze(op.Mul(g, seg_scalar), one), op.Unsqueeze(r, zero))  # (nseg, S)
-            # A sink key inside this segment is already a local column: (nseg, G).
-            sink_new = op.Not(op.Equal(op.Unsqueeze(op.Div(j, seg_scalar), zero), op.Unsqueeze(g, one)))
-            m_rows = op.Shape(Mask, start=2, end=3)
-            m_cols = op.Shape(Mask, start=3, end=4)
-            hm = op.Shape(Mask, start=1, end=2)
-            bm = op.Shape(Mask, start=0, end=1)
-            flat_mask = op.Reshape(Mask, op.Concat(bm, hm, last_axis, axis=0))
-            keys = op.Add(seg, g_n)
-            # A mask that varies by key only (key padding, (B|1, 1, 1, M)) with no causality
-            # is a per-key bias: carried as an extra q·k column ([q, 1]·[k, bias]) it costs
-            # no pass over the scores.
-            per_key = op.Squeeze(op.And(op.And(op.Equal(m_rows, one), op.Equal(hm, one)), not_causal))
-            if per_key:
-                key_ok = op.Concat(op.Less(pos, n), op.Expand(sink_new, op.Concat(nseg, g_n, axis=0)), axis=-1)
-                key_idx = op.Concat(op.Min(pos, op.Sub(m_cols, one)),
-                                    op.Expand(op.Unsqueeze(op.Min(j, op.Sub(m_cols, one)), zero),
-                                              op.Concat(nseg, g_n, axis=0)), axis=-1)  # (nseg, S+G)
-                key_bias = op.Where(key_ok, op.Cast(op.Gather(flat_mask, key_idx, axis=2), to=_FLOAT), _NEG_INF)
-                column = op.Expand(op.Reshape(key_bias, op.Concat(bm, one, one, nseg, keys, one, axis=0)),
-                                   op.Concat(b, hkv, one, nseg, keys, one, axis=0))
-                ones = op.Expand(op.Constant(value_float=1.0), op.Concat(b, hkv, rep, nseg, seg, one, axis=0))
-                q_ext = op.Concat(qs, ones, axis=5)
-                k_ext = op.Concat(k_all, column, axis=5)
-                scores = op.MatMul(q_ext, op.Transpose(k_ext, perm=_KT_PERM))
-            else:
-                # Allowed keys, (nseg, S_query, S+G): local columns then sink columns.
-                local_ok = op.And(
-                    op.Unsqueeze(op.Less(pos, n), one),  # padded keys
-                    op.Or(op.LessOrEqual(op.Unsqueeze(r, zero), op.Unsqueeze(r, one)), not_causal),
-                )
-                sink_ok = op.And(op.Unsqueeze(sink_new, one),
-                                 op.Or(op.LessOrEqual(j, op.Unsqueeze(pos, two)), not_causal))
-                allowed = op.Concat(op.Expand(local_ok, op.Concat(nseg, seg, seg, axis=0)),
-                                    op.Expand(sink_ok, op.Concat(nseg, seg, g_n, axis=0)), axis=-1)
-                # The user mask's diagonal blocks and sink columns, read with one Gather
-                # from the flattened (Nm*Mm) axis: O(N·(S+G)) entries, never N×N (the
-                # Reshape aliases the input). Size-1 rows/columns broadcast; clamping maps
-                # padded positions onto real ones. Cast after the Gather, so a half-precision
-                # mask is never copied whole. Folding `allowed` in gives one bias of at most
-                # the mask's own batch x heads x N x (S+G).
-                row_base = op.Unsqueeze(op.Mul(op.Min(pos, op.Sub(m_rows, one)), m_cols), two)
-                local_idx = op.Add(row_base, op.Unsqueeze(op.Min(pos, op.Sub(m_cols, one)), one))
-                sink_idx = op.Add(row_base, op.Min(j, op.Sub(m_cols, one)))
-                mask_blocks = op.Cast(op.Gather(flat_mask, op.Concat(local_idx, sink_idx, axis=-1), axis=2),
-                                      to=_FLOAT)
-                bias = op.Where(allowed, mask_blocks, _NEG_INF)  # (Bm, Hm, nseg, S, S+G)
-                # The mask's heads Hm are 1 or H; split them like the scores' (Hkv, rep) to broadcast.
-                hm_kv = op.Min(hm, hkv)
-                bias = op.Reshape(bias, op.Concat(bm, hm_kv, op.Div(hm, hm_kv), nseg, seg, keys, axis=0))
-                scores = op.Add(op.MatMul(qs, op.Transpose(k_all, perm=_KT_PERM)), bias)
-            masked = op.MatMul(op.Softmax(scores, axis=-1), v_all)
-            out = op.Where(op.IsNaN(masked), 0.0, masked)  # rows with no allowed key -> 0 (N×D, not scores)
+            # Allowed keys, (nseg, S_query, S+G): local columns then sink columns.
+            local_ok = op.And(
+                op.Unsqueeze(op.Less(pos, n), one),  # padded keys
+                op.Or(op.LessOrEqual(op.Unsqueeze(r, zero), op.Unsqueeze(r, one)), not_causal),
+            )
+            sink_ok = op.And(op.Unsqueeze(sink_new, one),
+                             op.Or(op.LessOrEqual(j, op.Unsqueeze(pos, two)), not_causal))
+            allowed = op.Concat(op.Expand(local_ok, op.Concat(nseg, seg, seg, axis=0)),
+                                op.Expand(sink_ok, op.Concat(nseg, seg, g_n, axis=0)), axis=-1)
+            # The user mask's diagonal blocks and sink columns, read with one Gather
+            # from the flattened (Nm*Mm) axis: O(N·(S+G)) entries, never N×N (the
+            # Reshape aliases the input). Size-1 rows/columns broadcast; clamping maps
+            # padded positions onto real ones. Cast after the Gather, so a half-precision
+            # mask is never copied whole. Folding `allowed` in gives one bias of at most
+            # the mask's own batch x heads x N x (S+G).
+            row_base = op.Unsqueeze(op.Mul(op.Min(pos, op.Sub(m_rows, one)), m_cols), two)
+            local_idx = op.Add(row_base, op.Unsqueeze(op.Min(pos, op.Sub(m_cols, one)), one))
+            sink_idx = op.Add(row_base, op.Min(j, op.Sub(m_cols, one)))
+            mask_blocks = op.Cast(op.Gather(flat_mask, op.Concat(local_idx, sink_idx, axis=-1), axis=2),
+                                  to=_FLOAT)
+            bias = op.Where(allowed, mask_blocks, _NEG_INF)  # (Bm, Hm, nseg, S, S+G)
+            # The mask's heads Hm are 1 or H; split them like the scores' (Hkv, rep) to broadcast.
+            hm_kv = op.Min(hm, hkv)
+            bias = op.Reshape(bias, op.Concat(bm, hm_kv, op.Div(hm, hm_kv), nseg, seg, keys, axis=0))
+            scores = op.Add(op.MatMul(qs, op.Transpose(k_all, perm=_KT_PERM)), bias)
+        masked = op.MatMul(op.Softmax(scores, axis=-1), v_all)
+        out = op.Where(op.IsNaN(masked), 0.0, masked)  # rows with no allowed key -> 0 (N×D, not scores)
     out = op.Slice(op.Reshape(out, op.Concat(b, h, n_pad, d, axis=0)), zero, n, two)
     Y = op.CastLike(out, Q)
     return Y
