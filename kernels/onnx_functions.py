@@ -96,25 +96,21 @@ def SegmentedAttention(Q, K, V, Mask, segment_size: int, sinks: int, scale: floa
     sinks_inside = op.Squeeze(op.Or(op.Equal(g_n, zero), op.Equal(nseg, one)))
     plain_local = op.And(unmasked, sinks_inside)
 
-    # Pad the sequence axis to nseg*S; view q as (B, Hkv, rep, nseg, S, D) and
-    # k, v as (B, Hkv, 1, nseg, S, D) so GQA is a MatMul broadcast.
-    if ragged:
-        pads = op.Concat(op.Constant(value_ints=[0, 0, 0, 0, 0, 0]), op.Sub(n_pad, n), zero, axis=0)
-        qp = op.Pad(q, pads)
-        kp = op.Pad(k, pads)
-        vp = op.Pad(v, pads)
-    else:
-        qp = op.Identity(q)
-        kp = op.Identity(k)
-        vp = op.Identity(v)
-    qs = op.Reshape(qp, op.Concat(b, hkv, rep, nseg, seg, d, axis=0))
+    # View q as (B, Hkv, rep, nseg, S, D) and k, v as (B, Hkv, 1, nseg, S, D), so GQA
+    # is a MatMul broadcast. Only the masked path pads a ragged tail: the plain path
+    # has whole segments and takes these views without a copy.
+    q_shape = op.Concat(b, hkv, rep, nseg, seg, d, axis=0)
     kv_shape = op.Concat(b, hkv, one, nseg, seg, d, axis=0)
-    ks = op.Reshape(kp, kv_shape)
-    vs = op.Reshape(vp, kv_shape)
 
     if plain_local:
-        out = op.MatMul(op.Softmax(op.MatMul(qs, op.Transpose(ks, perm=_KT_PERM)), axis=-1), vs)
+        qs = op.Reshape(q, q_shape)
+        out = op.MatMul(op.Softmax(op.MatMul(qs, op.Transpose(op.Reshape(k, kv_shape), perm=_KT_PERM)), axis=-1),
+                        op.Reshape(v, kv_shape))
     else:
+        pads = op.Concat(op.Constant(value_ints=[0, 0, 0, 0, 0, 0]), op.Sub(n_pad, n), zero, axis=0)
+        qs = op.Reshape(op.Pad(q, pads), q_shape)
+        ks = op.Reshape(op.Pad(k, pads), kv_shape)
+        vs = op.Reshape(op.Pad(v, pads), kv_shape)
         # Each segment's keys are its own S keys followed by the G sinks: concatenating
         # the (small) keys, not the (large) scores, keeps one MatMul / Softmax / MatMul.
         sink_shape = op.Concat(b, hkv, one, nseg, g_n, d, axis=0)
