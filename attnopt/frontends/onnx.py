@@ -20,7 +20,7 @@ import onnx_ir as ir
 from ..errors import ModelLoadError, UnsupportedModelError
 from ..graph import View, einsum_as_matmul, virtual_transpose
 from ..site import LAYOUT_BHSD, LAYOUT_BSD, MASK_ADDITIVE, ValueRef
-from .onnx_fold import MAX_FOLD_ELEMENTS, fold
+from .onnx_fold import MAX_FOLD_ELEMENTS, dims_array, fold
 
 # Default-domain opsets we understand; older models predate Softmax's last-axis semantics.
 MIN_OPSET, MAX_OPSET = 7, 25
@@ -308,13 +308,7 @@ def _shape_lazily(view: View, ids: dict, node: ir.Node):
         dims = view.shape(ref)
         if dims is None:
             return None
-        start, end = _attr(node, "start", 0), _attr(node, "end", None)
-        out = list(dims)[start:end]
-        if all(isinstance(d, int) for d in out):
-            return np.array(out, dtype=np.int64)
-        arr = np.empty(len(out), dtype=object)
-        arr[:] = out
-        return arr
+        return dims_array(list(dims)[_attr(node, "start", 0):_attr(node, "end", None)])
     return [compute]
 
 

@@ -16,6 +16,15 @@ import onnx_ir as ir
 MAX_FOLD_ELEMENTS = 1 << 22
 
 
+def dims_array(dims: list) -> np.ndarray:
+    """Shape dims as an array: int64 when all known, else objects (ints, symbol names, None)."""
+    if all(isinstance(d, int) for d in dims):
+        return np.array(dims, dtype=np.int64)
+    arr = np.empty(len(dims), dtype=object)
+    arr[:] = dims
+    return arr
+
+
 def _known(a) -> bool:
     """Fully numeric: no unknown (None) or symbolic (str) entries from a partly known Shape."""
     return a is not None and (a.dtype != object or all(isinstance(x, (int, np.integer)) for x in a.flat))
