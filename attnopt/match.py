@@ -20,7 +20,7 @@ import numpy as np
 
 from .graph import View
 from .site import (LAYOUT_BHDS, LAYOUT_BHSD, LAYOUT_FLAT, MASK_ADDITIVE, MASK_BOOLEAN,
-                   MASK_BOOLEAN_BLOCKED, AttentionSite, ValueRef)
+                   MASK_BOOLEAN_BLOCKED, AttentionSite, MaskTerm, ValueRef)
 
 # Ops that do not change the values the matcher cares about (dtype casts aside).
 TRANSPARENT = frozenset({"cast", "identity"})
@@ -420,14 +420,13 @@ def _match_decomposed(view: View, sm: str) -> AttentionSite | None:
 
     scale = up.scale * q_scale * k_scale
     terms, causal = _classify_masks(view, reversed(up.masks))  # graph order: innermost add first
-    mask, mask_kind = terms[0] if terms else (None, None)
     return AttentionSite(
         name="", form="decomposed", query=q, key=key, value=value, output=output,
         query_layout=layout, key_layout=key_layout,
         value_layout=layout, output_layout=layout,
         num_heads=heads, kv_num_heads=kv_heads if kv_heads is not None else heads,
         head_dim=head_dim, q_len=q_len, kv_len=kv_len, scale=_clean(scale, head_dim),
-        mask=mask, mask_kind=mask_kind, causal=causal, extra_masks=terms[1:],
+        masks=tuple(MaskTerm(m, k) for m, k in terms), causal=causal,
         nodes=tuple(dict.fromkeys(removed)), anchor=sm,
         unsupported="the attention probabilities are also used outside the site" if escapes else None,
     )
@@ -538,8 +537,8 @@ def _match_fused(view: View, nid: str) -> AttentionSite | None:
         output=ValueRef(nid, 0), query_layout=layout, key_layout=layout, value_layout=layout,
         output_layout=a.get("output_layout", layout),
         num_heads=heads, kv_num_heads=kv_heads or heads, head_dim=head_dim, q_len=q_len, kv_len=kv_len,
-        scale=_clean(a["scale"], head_dim) if a.get("scale") else None, mask=mask,
-        mask_kind=mask_kind if mask is not None else None, causal=bool(a.get("causal", False)),
+        scale=_clean(a["scale"], head_dim) if a.get("scale") else None,
+        masks=(MaskTerm(mask, mask_kind),) if mask is not None else (), causal=bool(a.get("causal", False)),
         nodes=(nid,), anchor=nid, unsupported=a.get("unsupported"),
     )
 

@@ -33,6 +33,23 @@ LAYOUT_BHDS = "bhds"  # key only: already transposed, (batch, heads, head_dim, s
 LAYOUT_FLAT = "(bh)sd"  # (batch*heads, seq, head_dim), as nn.MultiheadAttention's bmm
 
 
+# Numeric key-padding vector (B, M): nonzero = may attend (HF's attention_mask convention).
+MASK_NONZERO_KEEP = "nonzero-keep"
+
+
+@dataclass(frozen=True)
+class MaskTerm:
+    """One term added to the scores: ``factor`` times the value read as ``kind``.
+
+    ``factor`` is 1 except where the exporter added the term before the scale,
+    (s + b)·c = c·s + c·b (Falcon's ALiBi), so the term the ops see is c·b.
+    """
+
+    value: ValueRef
+    kind: str
+    factor: float = 1.0
+
+
 @dataclass(frozen=True)
 class AttentionSite:
     name: str
@@ -52,11 +69,17 @@ class AttentionSite:
     kv_len: Dim = None
     # The effective scale applied to q·kᵀ; None means the op's default 1/sqrt(head_dim).
     scale: float | None = None
-    mask: ValueRef | None = None
-    mask_kind: str | None = None
+    # Every term added to the scores that nothing structured describes (T5: position bias
+    # + padding mask); the op receives their sum as one dense remainder mask.
+    masks: tuple[MaskTerm, ...] = ()
     causal: bool = False
-    # Further mask terms added to the scores besides ``mask`` (T5: position bias + padding mask).
-    extra_masks: tuple[tuple[ValueRef, str], ...] = ()
+    # Key padding in structured form: a (B, M) (or (B, 1, 1, M)) term, handed to the op as a
+    # vector instead of an N×M mask (VARIANTS.md, "Structured masks").
+    key_padding: MaskTerm | None = None
+    # tanh softcapping of the scores, c·tanh(s/c) before the mask (Gemma-2); None = none.
+    softcap: float | None = None
+    # KV-cache step: keys are past_len cached tokens followed by the q_len new ones.
+    past_len: Dim = None
     # View nodes that compute the attention and die once the output is rewired.
     nodes: tuple[str, ...] = field(default=(), repr=False)
     # The View node whose outputs the site replaces (anchor of the rewrite).
@@ -80,19 +103,24 @@ class AttentionSite:
             return None
         return self.q_len == self.kv_len
 
+    @property
+    def mask(self) -> ValueRef | None:
+        """The first dense mask term's value (None when the site has no dense mask)."""
+        return self.masks[0].value if self.masks else None
+
+    @property
+    def mask_kind(self) -> str | None:
+        """The dense mask terms' kinds, '+'-joined (None when there are none)."""
+        return "+".join(t.kind for t in self.masks) if self.masks else None
+
     def summary(self) -> dict:
         """The JSON-friendly description printed by `attnopt detect --json`."""
         keep = ("name", "form", "num_heads", "kv_num_heads", "head_dim", "q_len", "kv_len",
-                "scale", "mask_kind", "causal", "layer")
+                "causal", "layer", "softcap", "past_len")
         d = {k: v for k, v in asdict(self).items() if k in keep}
         d["scale"] = self.effective_scale
-        if self.extra_masks:
-            d["mask_kind"] = "+".join([self.mask_kind] + [k for _, k in self.extra_masks])
+        d["mask_kind"] = self.mask_kind
+        d["key_padding"] = self.key_padding.kind if self.key_padding is not None else None
         if self.unsupported:
             d["unsupported"] = self.unsupported
         return d
-
-    @property
-    def mask_terms(self) -> tuple[tuple[ValueRef, str], ...]:
-        """Every mask term, each (value, kind); their sum (booleans as 0/-inf) is the site's mask."""
-        return (((self.mask, self.mask_kind),) if self.mask is not None else ()) + self.extra_masks

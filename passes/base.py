@@ -8,7 +8,7 @@ kernel from ``attnopt.kernels.registry`` with its attributes, or a
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from attnopt.errors import InvalidParamsError
@@ -16,11 +16,36 @@ from attnopt.site import AttentionSite
 
 
 @dataclass(frozen=True)
-class OpCall:
-    """Replace ``site`` by kernel ``kernel`` with variant attributes ``attrs`` (in kernel order)."""
-    site: AttentionSite
+class HeadGroup:
+    """Query heads ``[start, stop)`` of a site, served by one kernel call.
+
+    ``stop=None`` means "to the last head": a one-group plan slices nothing.
+    ``kernel`` is a registered variant name; ``"dense"`` keeps the heads exact.
+    ``tensors`` are constant inputs the pass supplies (lsh rotations, a relbias
+    table), by the names the variant's spec declares; frontends store them as
+    ONNX initializers or fx buffers.
+    """
     kernel: str
     attrs: dict
+    start: int = 0
+    stop: int | None = None
+    tensors: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class OpCall:
+    """Replace ``site`` by one kernel call per head group, concatenated over heads."""
+    site: AttentionSite
+    groups: tuple[HeadGroup, ...]
+
+    @classmethod
+    def whole(cls, site: AttentionSite, kernel: str, attrs: dict, tensors: dict | None = None) -> "OpCall":
+        """Every head through one kernel: the common plan."""
+        return cls(site, (HeadGroup(kernel, dict(attrs), tensors=dict(tensors or {})),))
+
+    @property
+    def kernels(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(g.kernel for g in self.groups))
 
 
 @dataclass(frozen=True)
