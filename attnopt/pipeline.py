@@ -123,10 +123,11 @@ class Pipeline:
                     outcomes.setdefault(site.name, SiteOutcome(site.name, site.layer, site.form, SKIPPED, reason))
                     continue
                 plan = pass_.plan(site)
-                if hasattr(plan, "kernel"):
+                if hasattr(plan, "groups"):
                     calls.append(plan)
                     outcomes[site.name] = SiteOutcome(site.name, site.layer, site.form, REWRITTEN, "",
-                                                      pass_.name, plan.kernel, dict(plan.attrs))
+                                                      pass_.name, ",".join(plan.kernels),
+                                                      dict(plan.groups[0].attrs))
                     break
                 outcomes[site.name] = SiteOutcome(site.name, site.layer, site.form, REFUSED, plan.reason, pass_.name)
         if require_rewrite and not calls:
@@ -145,7 +146,7 @@ class Pipeline:
             reasons = sorted({o.reason for o in outcomes.values()})
             raise NoSitesError(f"no attention site could be rewritten: {'; '.join(reasons)}")
         if applied:
-            frontend.finalize(loaded, {c.kernel for c in applied})
+            frontend.finalize(loaded, {k for c in applied for k in c.kernels})
         return RewriteResult(loaded, [outcomes[name] for name in site_names])
 
 

@@ -33,5 +33,5 @@ class SegmentedPass(AttentionPass):
                                  "segmented needs self-attention")
         if site.is_self_attention is None:
             return Refusal(site, "query and key lengths are unknown: cannot prove self-attention")
-        return OpCall(site, "segmented_attention",
-                      {"segment_size": self.params.segment_size, "sinks": self.params.sinks})
+        return OpCall.whole(site, "segmented_attention",
+                            {"segment_size": self.params.segment_size, "sinks": self.params.sinks})

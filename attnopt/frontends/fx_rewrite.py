@@ -29,7 +29,7 @@ def apply(loaded, call) -> None:
     site: AttentionSite = call.site
     gm: fx.GraphModule = loaded.model
     view = loaded.view
-    spec = get_kernel(call.kernel)
+    spec = get_kernel(call.groups[0].kernel)
     scale = site.effective_scale
     if scale is None:
         raise SiteNotApplicable("the head dim (and so the default scale) is unknown")
@@ -42,7 +42,7 @@ def apply(loaded, call) -> None:
         k = _to_bhsd(g, node[site.key], site.key_layout, site.kv_num_heads)
         v = _to_bhsd(g, node[site.value], site.value_layout, site.kv_num_heads)
         mask = None
-        for ref, kind in site.mask_terms:
+        for ref, kind in ((t.value, t.kind) for t in site.masks):
             term = node[ref]
             if kind == MASK_ADDITIVE:
                 term = g.call_method("to", (term, _dtype_of(node[site.query])))  # picklable, unlike Tensor.to
@@ -50,7 +50,7 @@ def apply(loaded, call) -> None:
                 term = g.call_function(boolean_to_additive, (term, q, kind == MASK_BOOLEAN))
             term = _mask_to_4d(g, term, view.rank(ref), site)
             mask = term if mask is None else g.call_function(operator.add, (mask, term))
-        args = [call.attrs[a] for a in spec.attrs]
+        args = [call.groups[0].attrs[a] for a in spec.attrs]
         y = g.call_function(spec.torch_op.default, (q, k, v, mask, *args, float(scale), bool(site.causal)))
         y = _from_bhsd(g, y, site.output_layout)
     name = out_old.name

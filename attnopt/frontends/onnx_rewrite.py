@@ -29,7 +29,7 @@ def apply(loaded, call) -> None:
     model: ir.Model = loaded.model
     view = loaded.view
     from attnopt.kernels.registry import COMMON_ATTRS, get_kernel
-    spec = get_kernel(call.kernel)
+    spec = get_kernel(call.groups[0].kernel)
 
     opset = model.opset_imports.get("", 0)
     if opset < MIN_OPSET:
@@ -48,13 +48,13 @@ def apply(loaded, call) -> None:
     v = b.to_bhsd(value[site.value], site.value_layout, site.kv_num_heads, site.head_dim)
     dtype = value[site.query].dtype or ir.DataType.FLOAT
     mask = None
-    for ref, kind in site.mask_terms:
+    for ref, kind in ((t.value, t.kind) for t in site.masks):
         term = b.additive_mask(value[ref], kind, view.rank(ref), site, dtype)
         mask = term if mask is None else b.op("Add", [mask, term])
     if mask is None:
         mask = b.const(np.zeros((1, 1, 1, 1), dtype.numpy()))
 
-    attrs = dict(call.attrs)
+    attrs = dict(call.groups[0].attrs)
     attrs.update(scale=float(scale), causal=int(bool(site.causal)))
     ordered = {name: attrs[name] for name in spec.attrs + COMMON_ATTRS}
     y = b.tape.op(spec.onnx_op_type, [q, k, v, mask], ordered, domain="ai.attnopt", name=b.name("attn"))
