@@ -282,6 +282,30 @@ def llama(impl: str, dynamic: bool = False) -> Built:
     return Built(HFWrapper(model, names, {"use_cache": False}), _text_inputs(), names, ["last_hidden_state"], dyn)
 
 
+def mistral(impl: str) -> Built:
+    from transformers import MistralConfig, MistralModel
+
+    _hf_quiet()
+    # sliding_window=None, as Mistral 7B v0.2+: a window wider than SEQ would be plain causal here anyway.
+    cfg = MistralConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                        sliding_window=None)
+    model = _hf_model(MistralModel, cfg, impl)
+    names = ["input_ids", "attention_mask"]
+    return Built(HFWrapper(model, names, {"use_cache": False}), _text_inputs(), names, ["last_hidden_state"])
+
+
+def qwen2(impl: str) -> Built:
+    from transformers import Qwen2Config, Qwen2Model
+
+    _hf_quiet()
+    cfg = Qwen2Config(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    model = _hf_model(Qwen2Model, cfg, impl)
+    names = ["input_ids", "attention_mask"]
+    return Built(HFWrapper(model, names, {"use_cache": False}), _text_inputs(), names, ["last_hidden_state"])
+
+
 def whisper_encoder(impl: str) -> Built:
     from transformers import WhisperConfig
     from transformers.models.whisper.modeling_whisper import WhisperEncoder
@@ -594,6 +618,10 @@ CASES: list[ZooCase] = [
                  causal_sites=2, excluded_sdpa=_T5_SDPA_DYNAMO),
     *_impl_cases("bart", bart, expected_sites=6, heads=4, head_dim=8, self_attention_sites=4, causal_sites=2),
     *_impl_cases("llama-gqa", llama, expected_sites=2, heads=4, kv_heads=2, head_dim=16,
+                 self_attention_sites=2, causal_sites=2),
+    *_impl_cases("mistral-gqa", mistral, expected_sites=2, heads=4, kv_heads=2, head_dim=16,
+                 self_attention_sites=2, causal_sites=2),
+    *_impl_cases("qwen2-gqa", qwen2, expected_sites=2, heads=4, kv_heads=2, head_dim=16,
                  self_attention_sites=2, causal_sites=2),
     # With a dynamic sequence the opset-23 export emits RotaryEmbedding (the static one keeps rotary
     # decomposed), and onnxruntime 1.31 rejects its cos/sin caches at run time: "Inputs 'cos_cache' and
