@@ -1,20 +1,12 @@
-"""ONNX bodies for the ``ai.attnopt`` ops, as model-local functions.
+"""ONNX bodies for the ``ai.attnopt`` ops, attached to models as model-local functions.
 
 A rewritten model carries these FunctionProtos in ``model.functions``; stock
-onnxruntime inlines them at load and runs them on any execution provider, with
-no custom-op library. Each body has its variant's cost (no N×N tensor).
-
-Op contract (the same for every ai.attnopt attention op):
-
-- inputs ``(Q, K, V, Mask)``: Q (B, H, N, D), K and V (B, Hkv, M, D), H a
-  multiple of Hkv. ``Mask`` is additive float, 4-D, broadcastable to
-  (B, H, N, M), and always present: a site without a mask passes a zero
-  (1, 1, 1, 1) constant (see ``zero_mask``). A function input that is left
-  empty ("") cannot be tested for presence inside an ONNX function body, so a
-  required, broadcastable input is the form that works everywhere.
-- attributes: the variant's own (``registry.KernelSpec.attrs``), then
-  ``scale`` (float) and ``causal`` (int 0/1).
-- output ``Y`` (B, H, N, D), the type of Q. The body computes in float32.
+onnxruntime inlines them at load and runs them on any execution provider,
+with no custom-op library. Each variant's body lives in its folder
+(``kernels/<variant>/onnx_body.py``, ``BODY`` plus the functions it calls in
+``CALLS``); the op contract is ``kernels.spec``'s. Inputs are always present:
+a function cannot test an empty optional input, so "no mask" is a
+(1, 1, 1, 1) zero and "no key padding" a (1, 1) zero, which broadcast.
 
 Three facts make an attached function load in onnxruntime: the model imports
 (``ai.attnopt``, 1); the function's default-domain opset equals the model's
@@ -30,180 +22,54 @@ from collections.abc import Iterable
 from functools import lru_cache
 
 import onnx
-import onnxscript
-from onnxscript import opset18 as op
 from onnxscript.values import Opset
 
-from .registry import COMMON_ATTRS, KERNELS, get_kernel
+from attnopt.onnx_compat import DOMAIN, DOMAIN_VERSION, MIN_OPSET
 
-DOMAIN = "ai.attnopt"
-VERSION = 1
-MIN_OPSET = 17
-
-attnopt_opset = Opset(DOMAIN, VERSION)
-
-# Python globals are embedded by onnxscript as constants / attribute values.
-_FLOAT = onnx.TensorProto.FLOAT
-_BOOL = onnx.TensorProto.BOOL
-_NEG_INF = float("-inf")
-_LAST = 9223372036854775807  # Slice "to the end"
-_KT_PERM = [0, 1, 2, 3, 5, 4]  # kᵀ of the (B, Hkv, 1, nseg, S, D) segment view
+attnopt_opset = Opset(DOMAIN, DOMAIN_VERSION)
 
 
-@onnxscript.script(attnopt_opset, default_opset=op)
-def SegmentedAttention(Q, K, V, Mask, segment_size: int, sinks: int, scale: float, causal: int):
-    """allowed(i, j) = i // S == j // S or j < sinks; cost O(N·(S+G)·D).
+def _bodies() -> dict:
+    """op_type -> onnxscript function, for every variant's body and the functions they call."""
+    from .registry import all_variants
 
-    N may be symbolic: the padding of a ragged last segment is computed from
-    Shape at run time (padded keys are masked). Requires N == M (the frontend
-    refuses other sites). Mask is required; pass a zero (1, 1, 1, 1) tensor
-    for "no mask". Rows with no allowed key output 0.
-    """
-    zero = op.Constant(value_ints=[0])
-    one = op.Constant(value_ints=[1])
-    last_axis = op.Constant(value_ints=[-1])
-    q = op.Cast(Q, to=_FLOAT)
-    k = op.Cast(K, to=_FLOAT)
-    v = op.Cast(V, to=_FLOAT)
-
-    # Sizes as 1-element int64 tensors (they feed Concat'ed shapes).
-    b = op.Shape(Q, start=0, end=1)
-    h = op.Shape(Q, start=1, end=2)
-    n = op.Shape(Q, start=2, end=3)
-    d = op.Shape(Q, start=3, end=4)
-    hkv = op.Shape(K, start=1, end=2)
-    rep = op.Div(h, hkv)
-    # seg(i) is the same for S >= N, and G >= N already allows every key.
-    seg = op.Min(op.Reshape(op.Constant(value_int=segment_size), one), n)
-    g_n = op.Min(op.Reshape(op.Constant(value_int=sinks), one), n)
-    nseg = op.Div(op.Sub(op.Add(n, seg), one), seg)
-    n_pad = op.Mul(nseg, seg)
-
-    # Scale q once, (B, H, N, D), rather than the (.., N, S+G) scores.
-    q = op.Mul(q, op.CastLike(op.Constant(value_float=scale), q))
-    two = op.Constant(value_ints=[2])
-    not_causal = op.Not(op.Cast(op.Constant(value_int=causal), to=_BOOL))
-
-    # Run-time facts pick cheaper paths (If): on a CPU every pass over the
-    # (.., N, S+G) scores costs about as much as a MatMul, so the common cases
-    # (no mask, whole segments, not causal) run with no bias at all.
-    ragged = op.Squeeze(op.Less(n, n_pad))
-    # "No mask" is the (1,1,1,1) zero; read one element, never the whole mask.
-    first = op.Cast(op.Slice(op.Reshape(Mask, last_axis), zero, one), to=_FLOAT)
-    no_mask = op.And(op.Equal(op.Size(Mask), op.Constant(value_int=1)), op.Squeeze(op.Equal(first, 0.0)))
-    unmasked = op.And(op.And(no_mask, op.Not(ragged)), op.Squeeze(not_causal))
-    # Sinks add nothing when there are none or when every sink is in the only segment.
-    sinks_inside = op.Squeeze(op.Or(op.Equal(g_n, zero), op.Equal(nseg, one)))
-    plain_local = op.And(unmasked, sinks_inside)
-
-    # View q as (B, Hkv, rep, nseg, S, D) and k, v as (B, Hkv, 1, nseg, S, D), so GQA
-    # is a MatMul broadcast. Only the masked path pads a ragged tail: the plain path
-    # has whole segments and takes these views without a copy.
-    q_shape = op.Concat(b, hkv, rep, nseg, seg, d, axis=0)
-    kv_shape = op.Concat(b, hkv, one, nseg, seg, d, axis=0)
-
-    if plain_local:
-        qs = op.Reshape(q, q_shape)
-        out = op.MatMul(op.Softmax(op.MatMul(qs, op.Transpose(op.Reshape(k, kv_shape), perm=_KT_PERM)), axis=-1),
-                        op.Reshape(v, kv_shape))
-    else:
-        pads = op.Concat(op.Constant(value_ints=[0, 0, 0, 0, 0, 0]), op.Sub(n_pad, n), zero, axis=0)
-        qs = op.Reshape(op.Pad(q, pads), q_shape)
-        ks = op.Reshape(op.Pad(k, pads), kv_shape)
-        vs = op.Reshape(op.Pad(v, pads), kv_shape)
-        # Each segment's keys are its own S keys followed by the G sinks: concatenating
-        # the (small) keys, not the (large) scores, keeps one MatMul / Softmax / MatMul.
-        sink_shape = op.Concat(b, hkv, one, nseg, g_n, d, axis=0)
-        k_sink = op.Expand(op.Unsqueeze(op.Slice(k, zero, g_n, two), op.Constant(value_ints=[2, 3])), sink_shape)
-        v_sink = op.Expand(op.Unsqueeze(op.Slice(v, zero, g_n, two), op.Constant(value_ints=[2, 3])), sink_shape)
-        k_all = op.Concat(ks, k_sink, axis=4)  # (B, Hkv, 1, nseg, S+G, D)
-        v_all = op.Concat(vs, v_sink, axis=4)
-        # Positions: r within a segment, g the segment, pos = g*S + r, j a sink key.
-        seg_scalar = op.Squeeze(seg)
-        r = op.Range(0, seg_scalar, 1)
-        g = op.Range(0, op.Squeeze(nseg), 1)
-        j = op.Range(0, op.Squeeze(g_n), 1)
-        pos = op.Add(op.Unsqueeze(op.Mul(g, seg_scalar), one), op.Unsqueeze(r, zero))  # (nseg, S)
-        # A sink key inside this segment is already a local column: (nseg, G).
-        sink_new = op.Not(op.Equal(op.Unsqueeze(op.Div(j, seg_scalar), zero), op.Unsqueeze(g, one)))
-        m_rows = op.Shape(Mask, start=2, end=3)
-        m_cols = op.Shape(Mask, start=3, end=4)
-        hm = op.Shape(Mask, start=1, end=2)
-        bm = op.Shape(Mask, start=0, end=1)
-        flat_mask = op.Reshape(Mask, op.Concat(bm, hm, last_axis, axis=0))
-        keys = op.Add(seg, g_n)
-        # A mask that varies by key only (key padding, (B|1, 1, 1, M)) with no causality
-        # is a per-key bias: carried as an extra q·k column ([q, 1]·[k, bias]) it costs
-        # no pass over the scores.
-        per_key = op.Squeeze(op.And(op.And(op.Equal(m_rows, one), op.Equal(hm, one)), not_causal))
-        if per_key:
-            key_ok = op.Concat(op.Less(pos, n), op.Expand(sink_new, op.Concat(nseg, g_n, axis=0)), axis=-1)
-            key_idx = op.Concat(op.Min(pos, op.Sub(m_cols, one)),
-                                op.Expand(op.Unsqueeze(op.Min(j, op.Sub(m_cols, one)), zero),
-                                          op.Concat(nseg, g_n, axis=0)), axis=-1)  # (nseg, S+G)
-            key_bias = op.Where(key_ok, op.Cast(op.Gather(flat_mask, key_idx, axis=2), to=_FLOAT), _NEG_INF)
-            column = op.Expand(op.Reshape(key_bias, op.Concat(bm, one, one, nseg, keys, one, axis=0)),
-                               op.Concat(b, hkv, one, nseg, keys, one, axis=0))
-            ones = op.Expand(op.Constant(value_float=1.0), op.Concat(b, hkv, rep, nseg, seg, one, axis=0))
-            q_ext = op.Concat(qs, ones, axis=5)
-            k_ext = op.Concat(k_all, column, axis=5)
-            scores = op.MatMul(q_ext, op.Transpose(k_ext, perm=_KT_PERM))
-        else:
-            # Allowed keys, (nseg, S_query, S+G): local columns then sink columns.
-            local_ok = op.And(
-                op.Unsqueeze(op.Less(pos, n), one),  # padded keys
-                op.Or(op.LessOrEqual(op.Unsqueeze(r, zero), op.Unsqueeze(r, one)), not_causal),
-            )
-            sink_ok = op.And(op.Unsqueeze(sink_new, one),
-                             op.Or(op.LessOrEqual(j, op.Unsqueeze(pos, two)), not_causal))
-            allowed = op.Concat(op.Expand(local_ok, op.Concat(nseg, seg, seg, axis=0)),
-                                op.Expand(sink_ok, op.Concat(nseg, seg, g_n, axis=0)), axis=-1)
-            # The user mask's diagonal blocks and sink columns, read with one Gather
-            # from the flattened (Nm*Mm) axis: O(N·(S+G)) entries, never N×N (the
-            # Reshape aliases the input). Size-1 rows/columns broadcast; clamping maps
-            # padded positions onto real ones. Cast after the Gather, so a half-precision
-            # mask is never copied whole. Folding `allowed` in gives one bias of at most
-            # the mask's own batch x heads x N x (S+G).
-            row_base = op.Unsqueeze(op.Mul(op.Min(pos, op.Sub(m_rows, one)), m_cols), two)
-            local_idx = op.Add(row_base, op.Unsqueeze(op.Min(pos, op.Sub(m_cols, one)), one))
-            sink_idx = op.Add(row_base, op.Min(j, op.Sub(m_cols, one)))
-            mask_blocks = op.Cast(op.Gather(flat_mask, op.Concat(local_idx, sink_idx, axis=-1), axis=2),
-                                  to=_FLOAT)
-            bias = op.Where(allowed, mask_blocks, _NEG_INF)  # (Bm, Hm, nseg, S, S+G)
-            # The mask's heads Hm are 1 or H; split them like the scores' (Hkv, rep) to broadcast.
-            hm_kv = op.Min(hm, hkv)
-            bias = op.Reshape(bias, op.Concat(bm, hm_kv, op.Div(hm, hm_kv), nseg, seg, keys, axis=0))
-            scores = op.Add(op.MatMul(qs, op.Transpose(k_all, perm=_KT_PERM)), bias)
-        masked = op.MatMul(op.Softmax(scores, axis=-1), v_all)
-        out = op.Where(op.IsNaN(masked), 0.0, masked)  # rows with no allowed key -> 0 (N×D, not scores)
-    out = op.Slice(op.Reshape(out, op.Concat(b, h, n_pad, d, axis=0)), zero, n, two)
-    Y = op.CastLike(out, Q)
-    return Y
+    found = {}
+    for spec in all_variants():
+        for fn in (spec.onnx_function, *spec.onnx_helpers):
+            found[fn.name] = fn
+    return found
 
 
-# op_type -> onnxscript function; the op_type of each kernel is in the registry.
-FUNCTIONS = {"SegmentedAttention": SegmentedAttention}
+def functions_for(op_types: Iterable[str]) -> list[str]:
+    """``op_types`` plus every function their bodies call, callees first."""
+    bodies = _bodies()
+    out: list[str] = []
 
+    def visit(name: str) -> None:
+        if name in out:
+            return
+        if name not in bodies:
+            raise KeyError(f"no ONNX body for op type {name!r}; known: {sorted(bodies)}")
+        for node in bodies[name].to_function_proto().node:
+            if node.domain == DOMAIN:
+                visit(node.op_type)
+        out.append(name)
 
-def onnx_op_type(variant: str) -> str:
-    """'segmented_attention' -> 'SegmentedAttention'."""
-    return get_kernel(variant).onnx_op_type
-
-
-def zero_mask(elem_type: int = onnx.TensorProto.FLOAT) -> onnx.TensorProto:
-    """The (1, 1, 1, 1) zero tensor that stands for "no mask" in the Mask input."""
-    return onnx.helper.make_tensor("attnopt_no_mask", elem_type, [1, 1, 1, 1], [0])
+    for name in op_types:
+        visit(name)
+    return out
 
 
 @lru_cache(maxsize=None)
 def _function_bytes(op_type: str, opset_version: int) -> bytes:
-    if op_type not in FUNCTIONS:
-        raise KeyError(f"no ONNX body for op type {op_type!r}; known: {sorted(FUNCTIONS)}")
     if opset_version < MIN_OPSET:
         raise ValueError(
             f"ai.attnopt bodies need default opset >= {MIN_OPSET}; the model uses opset {opset_version}"
         )
-    proto = FUNCTIONS[op_type].to_function_proto()
+    bodies = _bodies()
+    if op_type not in bodies:
+        raise KeyError(f"no ONNX body for op type {op_type!r}; known: {sorted(bodies)}")
+    proto = bodies[op_type].to_function_proto()
     for entry in proto.opset_import:
         if entry.domain == "":
             entry.version = opset_version
@@ -222,17 +88,18 @@ def _default_opset(opsets: dict[str, int]) -> int:
 
 
 def attach_functions(model, op_types: Iterable[str]) -> None:
-    """Attach the bodies of ``op_types`` to ``model`` (an onnx_ir.Model or onnx.ModelProto), in place.
+    """Attach the bodies of ``op_types`` (and of what they call) to ``model``, in place.
 
-    Also imports (ai.attnopt, 1). Each body imports the model's default opset;
-    an already attached body is replaced, so calling this twice is harmless.
+    ``model`` is an onnx_ir.Model or onnx.ModelProto. Also imports (ai.attnopt, 1).
+    Each body imports the model's default opset; an already attached body is
+    replaced, so calling this twice is harmless.
     """
-    op_types = list(dict.fromkeys(op_types))
+    op_types = functions_for(dict.fromkeys(op_types))
     if isinstance(model, onnx.ModelProto):
         opsets = {o.domain: o.version for o in model.opset_import}
         version = _default_opset(opsets)
         if DOMAIN not in opsets:
-            model.opset_import.append(onnx.helper.make_opsetid(DOMAIN, VERSION))
+            model.opset_import.append(onnx.helper.make_opsetid(DOMAIN, DOMAIN_VERSION))
         for op_type in op_types:
             proto = function_proto(op_type, version)
             for i, existing in enumerate(model.functions):
@@ -248,7 +115,7 @@ def attach_functions(model, op_types: Iterable[str]) -> None:
     if not isinstance(model, ir.Model):
         raise TypeError(f"attach_functions takes an onnx_ir.Model or onnx.ModelProto, not {type(model).__name__}")
     version = _default_opset(dict(model.opset_imports))
-    model.opset_imports.setdefault(DOMAIN, VERSION)
+    model.opset_imports.setdefault(DOMAIN, DOMAIN_VERSION)
     for op_type in op_types:
         fn = ir.serde.deserialize_function(function_proto(op_type, version))
         model.functions[fn.identifier()] = fn
@@ -257,40 +124,37 @@ def attach_functions(model, op_types: Iterable[str]) -> None:
 # --- schemas, so onnx.checker (full_check) accepts ai.attnopt nodes -----------------
 
 _FLOAT_TYPES = ["tensor(float)", "tensor(float16)", "tensor(bfloat16)", "tensor(double)"]
+_ATTR_TYPES = {"int": onnx.defs.OpSchema.AttrType.INT, "float": onnx.defs.OpSchema.AttrType.FLOAT,
+               "string": onnx.defs.OpSchema.AttrType.STRING}
+_INPUT_DOCS = {
+    "Q": ("T", "queries (B, H, N, D)"),
+    "K": ("T", "keys (B, Hkv, M, D)"),
+    "V": ("T", "values (B, Hkv, M, D)"),
+    "Mask": ("TM", "dense remainder mask, additive, 4-D, broadcastable to (B, H, N, M); a (1,1,1,1) zero for none"),
+    "KeyPadding": ("TM", "key padding, additive, (B | 1, M); a (1, 1) zero for none"),
+}
 
 
-def _schema(op_type: str, attr_names: tuple[str, ...]) -> onnx.defs.OpSchema:
-    fn = FUNCTIONS[op_type]
-    attr_types = {p.name: p.type for p in fn.op_signature.params if not hasattr(p, "type_constraint")}
+def _schema(spec) -> onnx.defs.OpSchema:
     Param = onnx.defs.OpSchema.FormalParameter
+    inputs = [Param(name, *_INPUT_DOCS[name]) if name in _INPUT_DOCS else
+              Param(name, "TC", next(t.help for t in spec.tensor_inputs if t.name == name))
+              for name in spec.onnx_inputs]
+    constraints = [("T", _FLOAT_TYPES, "query/key/value/output type"), ("TM", _FLOAT_TYPES, "mask type")]
+    if spec.tensor_inputs:
+        constraints.append(("TC", _FLOAT_TYPES + ["tensor(int64)"], "constant inputs the pass supplies"))
     return onnx.defs.OpSchema(
-        op_type,
-        DOMAIN,
-        VERSION,
-        doc=(fn.__doc__ or "").strip(),
-        inputs=[
-            Param("Q", "T", "queries (B, H, N, D)"),
-            Param("K", "T", "keys (B, Hkv, M, D)"),
-            Param("V", "T", "values (B, Hkv, M, D)"),
-            Param("Mask", "TM", "additive mask, 4-D, broadcastable to (B, H, N, M); zeros for none"),
-        ],
-        outputs=[Param("Y", "T", "(B, H, N, D)")],
-        type_constraints=[
-            ("T", _FLOAT_TYPES, "query/key/value/output type"),
-            ("TM", _FLOAT_TYPES, "mask type"),
-        ],
-        attributes=[
-            onnx.defs.OpSchema.Attribute(name, onnx.defs.OpSchema.AttrType(int(attr_types[name])), "", required=True)
-            for name in attr_names
-        ],
+        spec.onnx_op_type, DOMAIN, DOMAIN_VERSION, doc=spec.summary, inputs=inputs,
+        outputs=[Param("Y", "T", "(B, H, N, D)")], type_constraints=constraints,
+        attributes=[onnx.defs.OpSchema.Attribute(name, _ATTR_TYPES[spec.onnx_attr_type(name)], "", required=True)
+                    for name in spec.attr_names],
     )
 
 
 def register_schemas() -> None:
-    """Register an OpSchema per ai.attnopt op (once per process)."""
-    for spec in KERNELS.values():
+    """Register an OpSchema per variant op (once per process); helper functions need none."""
+    from .registry import all_variants
+
+    for spec in all_variants():
         if not onnx.defs.has(spec.onnx_op_type, DOMAIN):
-            onnx.defs.register_schema(_schema(spec.onnx_op_type, spec.attrs + COMMON_ATTRS))
-
-
-register_schemas()
+            onnx.defs.register_schema(_schema(spec))

@@ -1,16 +1,22 @@
-"""Executable spec: one plain-torch function per attention variant.
+"""Executable spec, the shared part: restricted attention and the machinery every variant uses.
 
 Readable first. These functions may build explicit (N, M) masks; every fast
-implementation (CPU op, Triton kernel, ONNX body) is tested against them.
+implementation (CPU op, Triton kernel, ONNX body) is tested against them. Each
+variant's own reference (``kernels/<variant>/reference.py``) says which keys a
+query may see and calls ``restricted_attention``.
 
-Conventions shared by every implementation (see VARIANTS.md, "Common notation"):
+Conventions shared by every implementation (see VARIANTS.md, "Common notation",
+and the op contract in ``kernels.spec``):
 
 - q is (B, H, N, D); k and v are (B, Hkv, M, D) with H % Hkv == 0. kv head
   ``h // (H // Hkv)`` serves query head ``h`` (GQA).
-- ``scale`` None means 1/sqrt(D).
+- Query i sits at absolute position i + (M − N): a KV-cache step's queries
+  follow the cached keys. ``causal`` allows j <= i + (M − N).
+- ``scale`` None means 1/sqrt(D). ``softcap`` c > 0 turns scores s into
+  c·tanh(s / c) before any mask is added (Gemma-2).
 - ``mask`` is additive (float) or boolean (True = may attend), broadcastable to
-  (B, H, N, M). ``causal`` allows j <= i + (M - N). Both apply on top of the
-  variant's own restriction.
+  (B, H, N, M); ``key_padding`` is additive (float) or boolean, (B | 1, M).
+  Both apply on top of the variant's own restriction.
 - A row with no allowed key outputs exactly 0 (as torch's SDPA decomposition,
   which emits Where(IsNaN(p), 0, p)). Finite very negative masks (HF's
   finfo.min) are ordinary softmax inputs.
@@ -25,11 +31,12 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "band_allowed",
     "check_qkv",
-    "check_segmented",
+    "check_self_attention",
     "dense_attention",
-    "segment_allowed",
-    "segmented_attention",
+    "positions",
+    "restricted_attention",
     "with_sinks",
 ]
 
@@ -56,17 +63,11 @@ def check_qkv(q: Tensor, k: Tensor, v: Tensor) -> None:
         )
 
 
-def check_segmented(n: int, m: int, segment_size: int, sinks: int) -> None:
-    """Raise ValueError for parameters segmented attention cannot honour."""
-    if n != m:
-        raise ValueError(
-            "segmented attention needs self-attention (query length == key length); "
-            f"got query length {n} and key length {m}"
-        )
-    if segment_size < 1:
-        raise ValueError(f"segment_size must be >= 1; got {segment_size}")
-    if sinks < 0:
-        raise ValueError(f"sinks must be >= 0; got {sinks}")
+def check_self_attention(variant: str, n: int, m: int) -> None:
+    """Raise ValueError unless the keys are the queries' own sequence, or a KV cache ending with it (m >= n)."""
+    if m < n:
+        raise ValueError(f"{variant} attention needs self-attention or a KV-cache step (key length >= query "
+                         f"length); got query length {n} and key length {m}")
 
 
 # --- shared machinery ---------------------------------------------------------
@@ -80,15 +81,33 @@ def with_sinks(allowed: Tensor, sinks: int) -> Tensor:
     return allowed | is_sink
 
 
-def _restricted_attention(
+def positions(n: int, m: int, device=None) -> tuple[Tensor, Tensor]:
+    """(query positions (n, 1), key positions (1, m)); query i sits at i + m − n."""
+    return (torch.arange(n, device=device) + (m - n))[:, None], torch.arange(m, device=device)[None, :]
+
+
+def band_allowed(n: int, m: int, unit: int, before: int, after: int, device=None) -> Tensor:
+    """(n, m) bool: base(p) − before <= j < base(p) + unit + after, with base(p) = ⌊p / unit⌋·unit.
+
+    The shape of every local variant: segmented is (S, 0, 0), window (1, W − 1, W − 1),
+    memory (S, M_mem, 0), hierarchical's fine level (B, B, B).
+    """
+    p, j = positions(n, m, device)
+    base = torch.div(p, unit, rounding_mode="floor") * unit
+    return (j >= base - before) & (j < base + unit + after)
+
+
+def restricted_attention(
     q: Tensor,
     k: Tensor,
     v: Tensor,
     allowed: Tensor | None,
     *,
     scale: float | None,
-    mask: Tensor | None,
-    causal: bool,
+    mask: Tensor | None = None,
+    key_padding: Tensor | None = None,
+    causal: bool = False,
+    softcap: float = 0.0,
 ) -> Tensor:
     """softmax(s·QKᵀ + A) V over the keys a variant allows.
 
@@ -108,22 +127,28 @@ def _restricted_attention(
     v = v.repeat_interleave(rep, dim=1)
 
     scores = (q @ k.transpose(-1, -2)) * scale  # (B, H, N, M)
+    if softcap:
+        scores = softcap * torch.tanh(scores / softcap)
     neg_inf = float("-inf")
     if allowed is not None:
         scores = scores.masked_fill(~allowed, neg_inf)
     if causal:
-        i = torch.arange(n, device=q.device)[:, None]
-        j = torch.arange(m, device=q.device)[None, :]
-        scores = scores.masked_fill(j > i + (m - n), neg_inf)
+        p, j = positions(n, m, q.device)
+        scores = scores.masked_fill(j > p, neg_inf)
+    if key_padding is not None:
+        scores = _add_mask(scores, key_padding.reshape(key_padding.shape[0], 1, 1, key_padding.shape[-1]), compute)
     if mask is not None:
-        if mask.dtype == torch.bool:
-            scores = scores.masked_fill(~mask, neg_inf)
-        else:
-            scores = scores + mask.to(compute)
+        scores = _add_mask(scores, mask, compute)
 
-    p = torch.softmax(scores, dim=-1)
-    p = torch.where(torch.isnan(p), 0.0, p)  # rows with no allowed key -> 0
-    return (p @ v).to(out_dtype)
+    probs = torch.softmax(scores, dim=-1)
+    probs = torch.where(torch.isnan(probs), 0.0, probs)  # rows with no allowed key -> 0
+    return (probs @ v).to(out_dtype)
+
+
+def _add_mask(scores: Tensor, mask: Tensor, compute) -> Tensor:
+    if mask.dtype == torch.bool:
+        return scores.masked_fill(~mask, float("-inf"))
+    return scores + mask.to(compute)
 
 
 # --- variants -------------------------------------------------------------------
@@ -136,31 +161,10 @@ def dense_attention(
     *,
     scale: float | None = None,
     mask: Tensor | None = None,
+    key_padding: Tensor | None = None,
     causal: bool = False,
+    softcap: float = 0.0,
 ) -> Tensor:
     """Plain scaled-dot-product attention: every variant's exact limit."""
-    return _restricted_attention(q, k, v, None, scale=scale, mask=mask, causal=causal)
-
-
-def segment_allowed(n: int, segment_size: int, device: torch.device | str | None = None) -> Tensor:
-    """(n, n) bool: seg(i) == seg(j) with seg(i) = i // segment_size."""
-    seg = torch.arange(n, device=device) // segment_size
-    return seg[:, None] == seg[None, :]
-
-
-def segmented_attention(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    *,
-    segment_size: int,
-    sinks: int = 0,
-    scale: float | None = None,
-    mask: Tensor | None = None,
-    causal: bool = False,
-) -> Tensor:
-    """allowed(i, j) = seg(i) == seg(j) or j < sinks. Exact limit: segment_size >= N."""
-    check_qkv(q, k, v)
-    check_segmented(q.shape[2], k.shape[2], segment_size, sinks)
-    allowed = with_sinks(segment_allowed(q.shape[2], segment_size, q.device), sinks)
-    return _restricted_attention(q, k, v, allowed, scale=scale, mask=mask, causal=causal)
+    return restricted_attention(q, k, v, None, scale=scale, mask=mask, key_padding=key_padding, causal=causal,
+                                softcap=softcap)

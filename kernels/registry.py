@@ -1,57 +1,57 @@
-"""What frontends need to call an attention kernel, without knowing variants.
+"""The variants: every folder under ``kernels/`` whose ``__init__`` declares a ``SPEC``.
 
-The torch op is called as ``op(q, k, v, mask, *[params[a] for a in spec.attrs],
-scale, causal)``; the ONNX node has inputs (Q, K, V, Mask) and attributes
-``spec.attrs + COMMON_ATTRS``. ``attrs`` here is the one place that orders a
-variant's parameters; the op schemas and ONNX bodies are tested against it.
-
-Importing this module is cheap: torch ops and onnxscript bodies load on first use.
+Found by looking, so a new variant is registered by existing. Importing this
+module is cheap: specs are plain data, and torch ops and ONNX bodies load on
+first use (``VariantSpec.torch_op`` / ``onnx_function``).
 """
 
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+import pkgutil
+from functools import lru_cache
 
-__all__ = ["COMMON_ATTRS", "KERNELS", "KernelSpec", "get_kernel"]
+from .spec import VariantSpec
 
-# Trailing arguments every attention kernel takes after its own attrs.
-COMMON_ATTRS = ("scale", "causal")
-
-
-@dataclass(frozen=True)
-class KernelSpec:
-    name: str  # torch.ops.attnopt.<name>, also the variant's name
-    onnx_op_type: str  # ai.attnopt::<onnx_op_type>
-    attrs: tuple[str, ...]  # the variant's own parameters, in call order
-    module: str  # the attnopt.kernels module that defines the torch op
-
-    @property
-    def torch_op(self):
-        """torch.ops.attnopt.<name> (imports torch and registers the op)."""
-        importlib.import_module(f"{__package__}.{self.module}")
-        import torch
-
-        return getattr(torch.ops.attnopt, self.name)
-
-    @property
-    def onnx_function(self):
-        """The onnxscript function that is the ONNX body (imports onnxscript)."""
-        from .onnx_functions import FUNCTIONS
-
-        return FUNCTIONS[self.onnx_op_type]
+__all__ = ["all_variants", "get_variant", "register_torch_ops", "variant_names"]
 
 
-KERNELS: dict[str, KernelSpec] = {
-    spec.name: spec
-    for spec in (
-        KernelSpec("segmented_attention", "SegmentedAttention", ("segment_size", "sinks"), "segmented"),
-    )
-}
+@lru_cache(maxsize=None)
+def _discover() -> dict[str, VariantSpec]:
+    from dataclasses import replace
+
+    found = {}
+    for info in sorted(pkgutil.iter_modules(_package_path()), key=lambda i: i.name):
+        if not info.ispkg:
+            continue
+        module = importlib.import_module(f"{__package__}.{info.name}")
+        spec = getattr(module, "SPEC", None)
+        if isinstance(spec, VariantSpec):
+            found[spec.name] = replace(spec, package=module.__name__)
+    return found
 
 
-def get_kernel(name: str) -> KernelSpec:
+def _package_path() -> list[str]:
+    return list(importlib.import_module(__package__).__path__)
+
+
+def all_variants() -> list[VariantSpec]:
+    return list(_discover().values())
+
+
+def variant_names() -> list[str]:
+    return sorted(_discover())
+
+
+def get_variant(name: str) -> VariantSpec:
+    variants = _discover()
     try:
-        return KERNELS[name]
+        return variants[name]
     except KeyError:
-        raise KeyError(f"no attnopt kernel named {name!r}; known: {sorted(KERNELS)}") from None
+        raise KeyError(f"no attnopt variant named {name!r}; known: {sorted(variants)}") from None
+
+
+def register_torch_ops() -> None:
+    """Define every torch.ops.attnopt.* op (a fresh process unpickling a rewritten module needs them)."""
+    for spec in all_variants():
+        spec.torch_op

@@ -1,7 +1,7 @@
 """torch.ops.attnopt.segmented_attention: block-diagonal attention plus sinks.
 
 Cost O(N·(S+G)·D); nothing of size N×N is ever built. The spec is
-``attnopt.kernels.reference.segmented_attention``.
+``attnopt.kernels.segmented.reference``.
 
 Layout: N is padded up to nseg·S (the padded keys are masked, so a ragged last
 segment is exact) and the queries are viewed as (B, Hkv, rep, nseg, S, D) and
@@ -18,15 +18,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .reference import check_qkv, check_segmented
-
-__all__ = ["segmented_attention"]
-
-_NAME = "attnopt::segmented_attention"
-_SCHEMA = (
-    "(Tensor q, Tensor k, Tensor v, Tensor? mask, int segment_size, int sinks, float scale, bool causal)"
-    " -> Tensor"
-)
+from ..reference import check_qkv
+from ..torch_ops import combined_mask, define_op
 
 
 def _user_mask_blocks(mask: Tensor, pos: Tensor, sink_pos: Tensor) -> Tensor:
@@ -42,25 +35,29 @@ def _user_mask_blocks(mask: Tensor, pos: Tensor, sink_pos: Tensor) -> Tensor:
     return mask[:, :, rows, cols[:, None, :]]
 
 
-def _segmented_attention_impl(
+def forward(
     q: Tensor,
     k: Tensor,
     v: Tensor,
     mask: Optional[Tensor],
+    key_padding: Optional[Tensor],
     segment_size: int,
     sinks: int,
     scale: float,
     causal: bool,
+    softcap: float,
 ) -> Tensor:
     check_qkv(q, k, v)
     B, H, N, D = q.shape
     Hkv = k.shape[1]
-    check_segmented(N, k.shape[2], segment_size, sinks)
+    if N != k.shape[2]:
+        raise ValueError(f"segmented_attention needs query length == key length; got {N} and {k.shape[2]}")
     if mask is not None and (mask.dim() != 4 or mask.dtype == torch.bool):
         raise ValueError(
             "segmented_attention takes a 4-D additive float mask; "
             f"got dtype {mask.dtype} with shape {tuple(mask.shape)}"
         )
+    mask = combined_mask(mask, key_padding)
     if N == 0:
         return q.new_zeros(q.shape)
     # seg(i) is the same for S >= N, and G >= N already allows every key.
@@ -90,11 +87,11 @@ def _segmented_attention_impl(
         sink_ok = sink_ok & (j[None, None, :] <= pos[:, :, None])
 
     neg_inf = float("-inf")
-    scores = (qs @ ks.transpose(-1, -2)) * scale  # (B, Hkv, rep, nseg, S, S)
+    scores = _capped((qs @ ks.transpose(-1, -2)) * scale, softcap)  # (B, Hkv, rep, nseg, S, S)
     scores = scores.masked_fill(~local_ok, neg_inf).view(B, H, nseg, S, S)
     if G:
         k_sink = k[:, :, None, None, :G]  # (B, Hkv, 1, 1, G, D)
-        sink_scores = (qs @ k_sink.transpose(-1, -2)) * scale
+        sink_scores = _capped((qs @ k_sink.transpose(-1, -2)) * scale, softcap)
         sink_scores = sink_scores.masked_fill(~sink_ok, neg_inf).view(B, H, nseg, S, G)
         scores = torch.cat([scores, sink_scores], dim=-1)
     if mask is not None:
@@ -109,28 +106,9 @@ def _segmented_attention_impl(
     return out.reshape(B, H, Np, D)[:, :, :N].to(out_dtype).contiguous()
 
 
-def _segmented_attention_fake(q, k, v, mask, segment_size, sinks, scale, causal):
-    return q.new_empty(q.shape)
+def _capped(scores: Tensor, softcap: float) -> Tensor:
+    return softcap * torch.tanh(scores / softcap) if softcap else scores
 
 
-def _define() -> None:
-    # A module may be executed twice (importlib.reload, or imported under two
-    # names); torch.library refuses to define the same op twice.
-    if hasattr(torch.ops.attnopt, "segmented_attention"):
-        return
-    # The CUDA kernel is the same torch code for now; a Triton kernel
-    # (torch.library.triton_op) replaces it in a later issue.
-    op = torch.library.custom_op(
-        _NAME,
-        _segmented_attention_impl,
-        mutates_args=(),
-        device_types=("cpu", "cuda"),
-        # Plain ints, not SymInt: the segment layout is fixed when a graph is traced.
-        schema=_SCHEMA,
-    )
-    op.register_fake(_segmented_attention_fake)
-
-
-_define()
-
-segmented_attention = torch.ops.attnopt.segmented_attention
+# The CUDA kernel is the same torch code for now; a Triton kernel replaces it (the GPU kernels issue).
+segmented_attention = define_op("segmented", forward)

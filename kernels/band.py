@@ -1,0 +1,101 @@
+"""The band machinery, torch: blocked attention for every variant whose keys form a band plus sinks.
+
+A band is (unit U, before P, after A): query i, at position p = i + (M − N),
+sees keys base(p) − P <= j < base(p) + U + A with base(p) = ⌊p / U⌋·U, plus the
+first G keys (sinks). segmented is (S, 0, 0), window (1, W − 1, W − 1), memory
+(S, M_mem, 0), hierarchical's fine level (B, B, B); the spec is
+``reference.band_allowed``.
+
+Queries go in blocks of Bq rows aligned to the unit, so each block reads one
+contiguous key range of L = (Bq rounded to units) + P + A keys: cost
+O(N·(L + G)·D), never N×M. A sink key that the band already allows is masked
+in the sink columns, so no key counts twice.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .reference import check_qkv
+
+MAX_BLOCK = 256
+
+
+def query_block(unit: int, before: int, after: int) -> int:
+    """Rows per query block: one unit, or for unit 1 about a quarter of the band (less waste, few blocks)."""
+    if unit > 1:
+        return unit
+    return max(16, min(MAX_BLOCK, (before + after + 2) // 4))
+
+
+def band_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, key_padding: Tensor | None, *,
+                   unit: int, before: int, after: int, sinks: int, scale: float, causal: bool,
+                   softcap: float = 0.0, block: int | None = None) -> Tensor:
+    check_qkv(q, k, v)
+    B, H, N, D = q.shape
+    Hkv, M = k.shape[1], k.shape[2]
+    if M < N:
+        raise ValueError(f"band attention needs key length >= query length (self-attention or a KV-cache step); "
+                         f"got {N} queries and {M} keys")
+    if mask is not None and (mask.dim() != 4 or mask.dtype == torch.bool):
+        raise ValueError(f"the mask must be 4-D additive float; got {mask.dtype} {tuple(mask.shape)}")
+    if N == 0:
+        return q.new_zeros(q.shape)
+    rep, off, dev = H // Hkv, M - N, q.device
+    bq = min(block or query_block(unit, before, after), max(unit, N + unit))
+    if unit > 1 and bq % unit:
+        bq = unit
+    out_dtype = q.dtype
+    compute = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
+    neg_inf = float("-inf")
+
+    # Query blocks in position space: block b holds positions first + b·bq + r.
+    first = (off // bq) * bq
+    front = off - first
+    nblk = -(-(front + N) // bq)
+    pos = first + torch.arange(nblk, device=dev)[:, None] * bq + torch.arange(bq, device=dev)[None, :]
+    base = torch.div(pos, unit, rounding_mode="floor") * unit  # (nblk, bq)
+    lo_row, hi_row = base - before, base + unit + after  # each row's band [lo, hi)
+    lo = lo_row[:, 0]  # rows are increasing, so a block's range is [lo of its first row, hi of its last)
+    span = int((hi_row[:, -1] - lo).max())
+    idx = lo[:, None] + torch.arange(span, device=dev)[None, :]  # (nblk, L) key positions
+    idx_c = idx.clamp(0, M - 1)
+    ok = (idx[:, None, :] >= lo_row[:, :, None]) & (idx[:, None, :] < hi_row[:, :, None])
+    ok &= ((idx >= 0) & (idx < M))[:, None, :]
+    if causal:
+        ok &= idx[:, None, :] <= pos[:, :, None]
+
+    qp = F.pad(q.to(compute), (0, 0, front, nblk * bq - front - N)).view(B, Hkv, rep, nblk, bq, D)
+    kb = k.to(compute)[:, :, idx_c].unsqueeze(2)  # (B, Hkv, 1, nblk, L, D)
+    vb = v.to(compute)[:, :, idx_c].unsqueeze(2)
+    scores = _capped((qp @ kb.transpose(-1, -2)) * scale, softcap).masked_fill(~ok, neg_inf)
+    cols = idx_c
+    G = min(sinks, M)
+    if G:
+        j = torch.arange(G, device=dev)
+        in_band = (j[None, None, :] >= lo_row[:, :, None]) & (j[None, None, :] < hi_row[:, :, None])
+        sink_ok = ~in_band if not causal else ~in_band & (j[None, None, :] <= pos[:, :, None])
+        k_sink = k[:, :, None, None, :G].to(compute)  # (B, Hkv, 1, 1, G, D)
+        sink_scores = _capped((qp @ k_sink.transpose(-1, -2)) * scale, softcap).masked_fill(~sink_ok, neg_inf)
+        scores = torch.cat([scores, sink_scores], dim=-1)
+        cols = torch.cat([idx_c, j.expand(nblk, G)], dim=1)
+    if key_padding is not None:
+        kp = key_padding.to(compute)[:, cols]  # (Bk, nblk, L + G)
+        scores = scores + kp[:, None, None, :, None, :]
+    if mask is not None:
+        rows = (pos - off).clamp(0, N - 1).clamp(max=mask.shape[2] - 1)
+        blocks = mask[:, :, rows[:, :, None], cols.clamp(max=mask.shape[3] - 1)[:, None, :]].to(compute)
+        hm = blocks.shape[1]  # 1 or H: split like the scores' (Hkv, rep) to broadcast
+        scores = scores + blocks.reshape(blocks.shape[0], min(hm, Hkv), hm // min(hm, Hkv), *blocks.shape[2:])
+    p = torch.softmax(scores, dim=-1)
+    p = torch.where(torch.isnan(p), 0.0, p)
+    out = p[..., :span] @ vb
+    if G:
+        out = out + p[..., span:] @ v[:, :, None, None, :G].to(compute)
+    return out.reshape(B, H, nblk * bq, D)[:, :, front:front + N].to(out_dtype).contiguous()
+
+
+def _capped(scores: Tensor, softcap: float) -> Tensor:
+    return softcap * torch.tanh(scores / softcap) if softcap else scores

@@ -1,0 +1,165 @@
+"""segmented's ONNX body: ai.attnopt::SegmentedAttention, cost O(N·(S+G)·D).
+
+The op contract is ``kernels.spec``'s; the body computes in float32 and picks
+its path at run time with ``If`` (keep the nesting at two levels: onnxruntime
+1.31 crashed in constant folding on a third).
+"""
+
+from __future__ import annotations
+
+import onnx
+import onnxscript
+from onnxscript import opset18 as op
+
+from ..onnx_functions import attnopt_opset
+
+# Python globals are embedded by onnxscript as constants / attribute values.
+_FLOAT = onnx.TensorProto.FLOAT
+_BOOL = onnx.TensorProto.BOOL
+_NEG_INF = float("-inf")
+_KT_PERM = [0, 1, 2, 3, 5, 4]  # kᵀ of the (B, Hkv, 1, nseg, S, D) segment view
+
+
+@onnxscript.script(attnopt_opset, default_opset=op)
+def SegmentedAttention(Q, K, V, Mask, KeyPadding, segment_size: int, sinks: int, scale: float, causal: int,
+                       softcap: float):
+    """allowed(i, j) = i // S == j // S or j < sinks; cost O(N·(S+G)·D).
+
+    N may be symbolic: the padding of a ragged last segment is computed from
+    Shape at run time (padded keys are masked). Requires N == M (the frontend
+    refuses other sites). Mask is required; pass a zero (1, 1, 1, 1) tensor
+    for "no mask". Rows with no allowed key output 0.
+    """
+    zero = op.Constant(value_ints=[0])
+    one = op.Constant(value_ints=[1])
+    last_axis = op.Constant(value_ints=[-1])
+    # Key padding joins the mask as a (B, 1, 1, M) term: the per-key path below reads it as one column.
+    kp_shape = op.Concat(op.Shape(KeyPadding, start=0, end=1), one, one, op.Shape(KeyPadding, start=1, end=2), axis=0)
+    Mask = op.Add(Mask, op.Reshape(op.CastLike(KeyPadding, Mask), kp_shape))
+    # Softcapping (c·tanh(s / c)) has to see the raw scores, so it only runs on the general path.
+    cap = op.Constant(value_float=softcap)
+    capped = op.Greater(cap, op.Constant(value_float=0.0))
+    q = op.Cast(Q, to=_FLOAT)
+    k = op.Cast(K, to=_FLOAT)
+    v = op.Cast(V, to=_FLOAT)
+
+    # Sizes as 1-element int64 tensors (they feed Concat'ed shapes).
+    b = op.Shape(Q, start=0, end=1)
+    h = op.Shape(Q, start=1, end=2)
+    n = op.Shape(Q, start=2, end=3)
+    d = op.Shape(Q, start=3, end=4)
+    hkv = op.Shape(K, start=1, end=2)
+    rep = op.Div(h, hkv)
+    # seg(i) is the same for S >= N, and G >= N already allows every key.
+    seg = op.Min(op.Reshape(op.Constant(value_int=segment_size), one), n)
+    g_n = op.Min(op.Reshape(op.Constant(value_int=sinks), one), n)
+    nseg = op.Div(op.Sub(op.Add(n, seg), one), seg)
+    n_pad = op.Mul(nseg, seg)
+
+    # Scale q once, (B, H, N, D), rather than the (.., N, S+G) scores.
+    q = op.Mul(q, op.CastLike(op.Constant(value_float=scale), q))
+    two = op.Constant(value_ints=[2])
+    not_causal = op.Not(op.Cast(op.Constant(value_int=causal), to=_BOOL))
+
+    # Run-time facts pick cheaper paths (If): on a CPU every pass over the
+    # (.., N, S+G) scores costs about as much as a MatMul, so the common cases
+    # (no mask, whole segments, not causal) run with no bias at all.
+    ragged = op.Squeeze(op.Less(n, n_pad))
+    # "No mask" is the (1,1,1,1) zero; read one element, never the whole mask.
+    first = op.Cast(op.Slice(op.Reshape(Mask, last_axis), zero, one), to=_FLOAT)
+    no_mask = op.And(op.Equal(op.Size(Mask), op.Constant(value_int=1)), op.Squeeze(op.Equal(first, 0.0)))
+    unmasked = op.And(op.And(op.And(no_mask, op.Not(ragged)), op.Squeeze(not_causal)), op.Not(capped))
+    # Sinks add nothing when there are none or when every sink is in the only segment.
+    sinks_inside = op.Squeeze(op.Or(op.Equal(g_n, zero), op.Equal(nseg, one)))
+    plain_local = op.And(unmasked, sinks_inside)
+
+    # View q as (B, Hkv, rep, nseg, S, D) and k, v as (B, Hkv, 1, nseg, S, D), so GQA
+    # is a MatMul broadcast. Only the masked path pads a ragged tail: the plain path
+    # has whole segments and takes these views without a copy.
+    q_shape = op.Concat(b, hkv, rep, nseg, seg, d, axis=0)
+    kv_shape = op.Concat(b, hkv, one, nseg, seg, d, axis=0)
+
+    if plain_local:
+        qs = op.Reshape(q, q_shape)
+        out = op.MatMul(op.Softmax(op.MatMul(qs, op.Transpose(op.Reshape(k, kv_shape), perm=_KT_PERM)), axis=-1),
+                        op.Reshape(v, kv_shape))
+    else:
+        pads = op.Concat(op.Constant(value_ints=[0, 0, 0, 0, 0, 0]), op.Sub(n_pad, n), zero, axis=0)
+        qs = op.Reshape(op.Pad(q, pads), q_shape)
+        ks = op.Reshape(op.Pad(k, pads), kv_shape)
+        vs = op.Reshape(op.Pad(v, pads), kv_shape)
+        # Each segment's keys are its own S keys followed by the G sinks: concatenating
+        # the (small) keys, not the (large) scores, keeps one MatMul / Softmax / MatMul.
+        sink_shape = op.Concat(b, hkv, one, nseg, g_n, d, axis=0)
+        k_sink = op.Expand(op.Unsqueeze(op.Slice(k, zero, g_n, two), op.Constant(value_ints=[2, 3])), sink_shape)
+        v_sink = op.Expand(op.Unsqueeze(op.Slice(v, zero, g_n, two), op.Constant(value_ints=[2, 3])), sink_shape)
+        k_all = op.Concat(ks, k_sink, axis=4)  # (B, Hkv, 1, nseg, S+G, D)
+        v_all = op.Concat(vs, v_sink, axis=4)
+        # Positions: r within a segment, g the segment, pos = g*S + r, j a sink key.
+        seg_scalar = op.Squeeze(seg)
+        r = op.Range(0, seg_scalar, 1)
+        g = op.Range(0, op.Squeeze(nseg), 1)
+        j = op.Range(0, op.Squeeze(g_n), 1)
+        pos = op.Add(op.Unsqueeze(op.Mul(g, seg_scalar), one), op.Unsqueeze(r, zero))  # (nseg, S)
+        # A sink key inside this segment is already a local column: (nseg, G).
+        sink_new = op.Not(op.Equal(op.Unsqueeze(op.Div(j, seg_scalar), zero), op.Unsqueeze(g, one)))
+        m_rows = op.Shape(Mask, start=2, end=3)
+        m_cols = op.Shape(Mask, start=3, end=4)
+        hm = op.Shape(Mask, start=1, end=2)
+        bm = op.Shape(Mask, start=0, end=1)
+        flat_mask = op.Reshape(Mask, op.Concat(bm, hm, last_axis, axis=0))
+        keys = op.Add(seg, g_n)
+        # A mask that varies by key only (key padding, (B|1, 1, 1, M)) with no causality
+        # is a per-key bias: carried as an extra q·k column ([q, 1]·[k, bias]) it costs
+        # no pass over the scores.
+        per_key = op.And(op.Squeeze(op.And(op.And(op.Equal(m_rows, one), op.Equal(hm, one)), not_causal)),
+                         op.Not(capped))
+        if per_key:
+            key_ok = op.Concat(op.Less(pos, n), op.Expand(sink_new, op.Concat(nseg, g_n, axis=0)), axis=-1)
+            key_idx = op.Concat(op.Min(pos, op.Sub(m_cols, one)),
+                                op.Expand(op.Unsqueeze(op.Min(j, op.Sub(m_cols, one)), zero),
+                                          op.Concat(nseg, g_n, axis=0)), axis=-1)  # (nseg, S+G)
+            key_bias = op.Where(key_ok, op.Cast(op.Gather(flat_mask, key_idx, axis=2), to=_FLOAT), _NEG_INF)
+            column = op.Expand(op.Reshape(key_bias, op.Concat(bm, one, one, nseg, keys, one, axis=0)),
+                               op.Concat(b, hkv, one, nseg, keys, one, axis=0))
+            ones = op.Expand(op.Constant(value_float=1.0), op.Concat(b, hkv, rep, nseg, seg, one, axis=0))
+            q_ext = op.Concat(qs, ones, axis=5)
+            k_ext = op.Concat(k_all, column, axis=5)
+            scores = op.MatMul(q_ext, op.Transpose(k_ext, perm=_KT_PERM))
+        else:
+            # Allowed keys, (nseg, S_query, S+G): local columns then sink columns.
+            local_ok = op.And(
+                op.Unsqueeze(op.Less(pos, n), one),  # padded keys
+                op.Or(op.LessOrEqual(op.Unsqueeze(r, zero), op.Unsqueeze(r, one)), not_causal),
+            )
+            sink_ok = op.And(op.Unsqueeze(sink_new, one),
+                             op.Or(op.LessOrEqual(j, op.Unsqueeze(pos, two)), not_causal))
+            allowed = op.Concat(op.Expand(local_ok, op.Concat(nseg, seg, seg, axis=0)),
+                                op.Expand(sink_ok, op.Concat(nseg, seg, g_n, axis=0)), axis=-1)
+            # The user mask's diagonal blocks and sink columns, read with one Gather
+            # from the flattened (Nm*Mm) axis: O(N·(S+G)) entries, never N×N (the
+            # Reshape aliases the input). Size-1 rows/columns broadcast; clamping maps
+            # padded positions onto real ones. Cast after the Gather, so a half-precision
+            # mask is never copied whole. Folding `allowed` in gives one bias of at most
+            # the mask's own batch x heads x N x (S+G).
+            row_base = op.Unsqueeze(op.Mul(op.Min(pos, op.Sub(m_rows, one)), m_cols), two)
+            local_idx = op.Add(row_base, op.Unsqueeze(op.Min(pos, op.Sub(m_cols, one)), one))
+            sink_idx = op.Add(row_base, op.Min(j, op.Sub(m_cols, one)))
+            mask_blocks = op.Cast(op.Gather(flat_mask, op.Concat(local_idx, sink_idx, axis=-1), axis=2),
+                                  to=_FLOAT)
+            bias = op.Where(allowed, mask_blocks, _NEG_INF)  # (Bm, Hm, nseg, S, S+G)
+            # The mask's heads Hm are 1 or H; split them like the scores' (Hkv, rep) to broadcast.
+            hm_kv = op.Min(hm, hkv)
+            bias = op.Reshape(bias, op.Concat(bm, hm_kv, op.Div(hm, hm_kv), nseg, seg, keys, axis=0))
+            raw = op.MatMul(qs, op.Transpose(k_all, perm=_KT_PERM))
+            raw = op.Where(capped, op.Mul(op.Tanh(op.Div(raw, op.Max(cap, op.Constant(value_float=1e-30)))), cap), raw)
+            scores = op.Add(raw, bias)
+        masked = op.MatMul(op.Softmax(scores, axis=-1), v_all)
+        out = op.Where(op.IsNaN(masked), 0.0, masked)  # rows with no allowed key -> 0 (N×D, not scores)
+    out = op.Slice(op.Reshape(out, op.Concat(b, h, n_pad, d, axis=0)), zero, n, two)
+    Y = op.CastLike(out, Q)
+    return Y
+
+
+
+BODY = SegmentedAttention

@@ -1,0 +1,435 @@
+"""Block-sparse flash attention over a *band* of keys, in Triton.
+
+One kernel serves every local variant. A band is (unit U, before P, after A)
+plus G sink keys; query i sits at absolute position p = i + (M − N):
+
+    base(p) = ⌊p / U⌋·U
+    allowed(i, j) = base(p) − P <= j < base(p) + U + A   or   j < G
+
+segmented(S, G) is (S, 0, 0), window(W, G) is (1, W − 1, W − 1), memory(S, Mm, G)
+is (S, Mm, 0), dense is (U >= M, 0, 0). Causal, a key-padding vector, a dense
+additive (or boolean) mask and a softcap apply on top.
+
+How the kernel stays block sparse:
+
+- Each program owns BLOCK_M queries. Since base() is monotonic, the union of its
+  rows' bands is [base(p_first) − P, base(p_last) + U + A), and the keys every
+  row allows are [base(p_last) − P, base(p_first) + U + A) (both clipped by
+  causality at p_last / p_first). The program visits the first range in
+  BLOCK_N-aligned key blocks: blocks inside the second range run with no
+  per-element mask math; only the edge blocks evaluate the band formula.
+- Sinks are extra key blocks: those below the band's first block and those past
+  its last, never a mask over the whole row. A sink inside the band is visited
+  once, by the band loop.
+- Online softmax in fp32 in the exp2 domain; a row with no allowed key ends
+  with l = 0 and writes exactly 0.
+- Segmented attention with whole segments, no sinks and no masks is exactly
+  flash SDPA over the segments folded into the head dimension (a view, no
+  copy), and takes that path.
+
+Imports only torch, triton and the standard library, so the op layer can
+register ``band_attention`` as the CUDA implementation of every band variant.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+from torch import Tensor
+
+__all__ = ["BandConfig", "band_attention", "default_config"]
+
+_LOG2E = 1.4426950408889634
+_FLT_MAX = 3.4028234663852886e38
+
+
+# --- kernel -------------------------------------------------------------------
+
+
+@triton.jit
+def _floor_base(p, unit):
+    """⌊p / unit⌋·unit for any sign of p (Triton's % follows C, not Python)."""
+    r = p % unit
+    r = tl.where(r < 0, r + unit, r)
+    return p - r
+
+
+@triton.jit
+def _to_log2_additive(x):
+    """An additive mask value in log2 units; finite stays finite (finfo.min rows stay uniform), -inf stays -inf."""
+    x = x.to(tl.float32)
+    return tl.where(x == float("-inf"), x, tl.maximum(x * 1.4426950408889634, -3.4028234663852886e38))
+
+
+@triton.jit
+def _attend_blocks(
+    acc, l_i, m_i, q,
+    K, V, desc_k, desc_v, b, hk, stride_kn, stride_vn,
+    KP, stride_kpn, MSK, stride_mn, stride_mm,
+    rows, pos, band_lo, band_hi, offs_n, offs_d,
+    start, stop, N, M, G, scale2, cap2, cap_in,
+    MASKED: tl.constexpr, CAUSAL: tl.constexpr, HAS_KP: tl.constexpr, HAS_MASK: tl.constexpr,
+    MASK_BOOL: tl.constexpr, SOFTCAP: tl.constexpr, USE_TMA: tl.constexpr, D_TRUE: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
+):
+    """Fold key blocks [start, stop) (BLOCK_N-aligned) into the online softmax.
+
+    MASKED blocks evaluate the band/sink/causal/bounds formula per element; the
+    others are known to be fully allowed and in bounds.
+    """
+    EVEN_D: tl.constexpr = HEAD_DIM == D_TRUE
+    d_ok = offs_d[None, :] < D_TRUE
+    for start_n in range(start, stop, BLOCK_N):
+        start_n = tl.multiple_of(start_n, BLOCK_N)
+        cols = start_n + offs_n
+        if USE_TMA:
+            k = desc_k.load([b, hk, start_n, 0]).reshape(BLOCK_N, HEAD_DIM)
+        elif MASKED or not EVEN_D:
+            k = tl.load(K + cols[:, None] * stride_kn + offs_d[None, :],
+                        mask=(cols[:, None] < M) & d_ok, other=0.0)
+        else:
+            k = tl.load(K + cols[:, None] * stride_kn + offs_d[None, :])
+        if UPCAST:
+            k = k.to(tl.float32)
+        qk = tl.dot(q, tl.trans(k), input_precision=PREC)
+
+        PLAIN: tl.constexpr = not (MASKED or HAS_KP or HAS_MASK or SOFTCAP)
+        if PLAIN:
+            # exact fully-allowed block: scale folded into one FMA with the max
+            m_new = tl.maximum(m_i, tl.max(qk, 1) * scale2)
+            p = tl.math.exp2(qk * scale2 - m_new[:, None])
+            alpha = tl.math.exp2(m_i - m_new)
+        else:
+            if SOFTCAP:
+                # c·tanh(s·qk / c) in log2 units; tanh(x) = 1 − 2 / (e^{2x} + 1) saturates without NaN
+                t = tl.math.exp2(qk * cap_in)
+                s = cap2 - (2.0 * cap2) / (t + 1.0)
+            else:
+                s = qk * scale2
+            if HAS_KP:
+                kpv = tl.load(KP + cols * stride_kpn, mask=cols < M, other=0.0)
+                s = s + _to_log2_additive(kpv)[None, :]
+            if HAS_MASK:
+                mptr = MSK + rows.to(tl.int64)[:, None] * stride_mn + cols[None, :] * stride_mm
+                mv = tl.load(mptr, mask=(rows[:, None] < N) & (cols[None, :] < M), other=0)
+                if MASK_BOOL:
+                    s = tl.where(mv != 0, s, float("-inf"))
+                else:
+                    s = s + _to_log2_additive(mv)
+            if MASKED:
+                c = cols[None, :]
+                ok = ((c >= band_lo[:, None]) & (c < band_hi[:, None])) | (c < G)
+                if CAUSAL:
+                    ok = ok & (c <= pos[:, None])
+                ok = ok & (c < M)
+                s = tl.where(ok, s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            p = tl.math.exp2(s - m_safe[:, None])
+            alpha = tl.math.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None]
+        if USE_TMA:
+            v = desc_v.load([b, hk, start_n, 0]).reshape(BLOCK_N, HEAD_DIM)
+        elif MASKED or not EVEN_D:
+            v = tl.load(V + cols[:, None] * stride_vn + offs_d[None, :],
+                        mask=(cols[:, None] < M) & d_ok, other=0.0)
+        else:
+            v = tl.load(V + cols[:, None] * stride_vn + offs_d[None, :])
+        if UPCAST:
+            v = v.to(tl.float32)
+        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=PREC)
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+@triton.jit
+def _band_fwd(
+    Q, K, V, O, KP, MSK, desc_q, desc_k, desc_v, desc_o,
+    stride_qb, stride_qh, stride_qn,
+    stride_kb, stride_kh, stride_kn,
+    stride_vb, stride_vh, stride_vn,
+    stride_ob, stride_oh, stride_on,
+    stride_kpb, stride_kpn,
+    stride_mb, stride_mh, stride_mn, stride_mm,
+    H, N, M, GROUP, UNIT, BEFORE, AFTER, G, scale2, cap2, cap_in,
+    HEAD_DIM: tl.constexpr, D_TRUE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    CAUSAL: tl.constexpr, HAS_KP: tl.constexpr, HAS_MASK: tl.constexpr, MASK_BOOL: tl.constexpr,
+    SOFTCAP: tl.constexpr, USE_TMA: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    hk = h // GROUP
+    m0 = pid_m * BLOCK_M
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    rows = m0 + offs_m
+    d_ok = offs_d[None, :] < D_TRUE
+
+    Kb = K + b.to(tl.int64) * stride_kb + hk.to(tl.int64) * stride_kh
+    Vb = V + b.to(tl.int64) * stride_vb + hk.to(tl.int64) * stride_vh
+    KPb = KP + b.to(tl.int64) * stride_kpb
+    MSKb = MSK + b.to(tl.int64) * stride_mb + h.to(tl.int64) * stride_mh
+
+    if USE_TMA:
+        q = desc_q.load([b, h, m0, 0]).reshape(BLOCK_M, HEAD_DIM)
+    else:
+        Qb = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
+        q = tl.load(Qb + rows[:, None] * stride_qn + offs_d[None, :], mask=(rows[:, None] < N) & d_ok, other=0.0)
+    if UPCAST:
+        q = q.to(tl.float32)
+
+    # --- which key blocks this query block can reach ---------------------------
+    off = M - N
+    p_first = m0 + off
+    p_last = tl.minimum(m0 + BLOCK_M, N) - 1 + off
+    base_first = _floor_base(p_first, UNIT)
+    base_last = _floor_base(p_last, UNIT)
+    lo = tl.maximum(base_first - BEFORE, 0)  # union of the rows' bands
+    hi = tl.minimum(base_last + UNIT + AFTER, M)
+    full_lo = tl.maximum(base_last - BEFORE, 0)  # keys every row allows
+    full_hi = tl.minimum(base_first + UNIT + AFTER, M)
+    g_end = tl.minimum(G, M)
+    if CAUSAL:
+        hi = tl.minimum(hi, p_last + 1)
+        full_hi = tl.minimum(full_hi, p_first + 1)
+        g_end = tl.minimum(g_end, p_last + 1)
+    blk_lo = (lo // BLOCK_N) * BLOCK_N
+    blk_hi = tl.where(hi > lo, tl.cdiv(hi, BLOCK_N) * BLOCK_N, blk_lo)
+    full_lo = tl.minimum(tl.maximum(tl.cdiv(full_lo, BLOCK_N) * BLOCK_N, blk_lo), blk_hi)
+    full_hi = tl.maximum(tl.minimum((tl.maximum(full_hi, 0) // BLOCK_N) * BLOCK_N, blk_hi), full_lo)
+
+    # per-row band edges, for the masked blocks only
+    pos = rows + off
+    base = _floor_base(pos, UNIT)
+    band_lo = base - BEFORE
+    band_hi = base + UNIT + AFTER
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+
+    # fully allowed blocks first (the bulk of the work), then the edges, then sinks
+    acc, l_i, m_i = _attend_blocks(
+        acc, l_i, m_i, q, Kb, Vb, desc_k, desc_v, b, hk, stride_kn, stride_vn, KPb, stride_kpn, MSKb,
+        stride_mn, stride_mm, rows, pos, band_lo, band_hi, offs_n, offs_d, full_lo, full_hi, N, M, G,
+        scale2, cap2, cap_in, False, CAUSAL, HAS_KP, HAS_MASK, MASK_BOOL, SOFTCAP, USE_TMA, D_TRUE,
+        HEAD_DIM, BLOCK_N, PREC, UPCAST)
+    acc, l_i, m_i = _attend_blocks(
+        acc, l_i, m_i, q, Kb, Vb, desc_k, desc_v, b, hk, stride_kn, stride_vn, KPb, stride_kpn, MSKb,
+        stride_mn, stride_mm, rows, pos, band_lo, band_hi, offs_n, offs_d, blk_lo, full_lo, N, M, G,
+        scale2, cap2, cap_in, True, CAUSAL, HAS_KP, HAS_MASK, MASK_BOOL, SOFTCAP, USE_TMA, D_TRUE,
+        HEAD_DIM, BLOCK_N, PREC, UPCAST)
+    acc, l_i, m_i = _attend_blocks(
+        acc, l_i, m_i, q, Kb, Vb, desc_k, desc_v, b, hk, stride_kn, stride_vn, KPb, stride_kpn, MSKb,
+        stride_mn, stride_mm, rows, pos, band_lo, band_hi, offs_n, offs_d, full_hi, blk_hi, N, M, G,
+        scale2, cap2, cap_in, True, CAUSAL, HAS_KP, HAS_MASK, MASK_BOOL, SOFTCAP, USE_TMA, D_TRUE,
+        HEAD_DIM, BLOCK_N, PREC, UPCAST)
+    # sinks below the band (blocks end at or before blk_lo) and past it (start at blk_hi)
+    acc, l_i, m_i = _attend_blocks(
+        acc, l_i, m_i, q, Kb, Vb, desc_k, desc_v, b, hk, stride_kn, stride_vn, KPb, stride_kpn, MSKb,
+        stride_mn, stride_mm, rows, pos, band_lo, band_hi, offs_n, offs_d, 0, tl.minimum(g_end, blk_lo), N, M,
+        G, scale2, cap2, cap_in, True, CAUSAL, HAS_KP, HAS_MASK, MASK_BOOL, SOFTCAP, USE_TMA, D_TRUE,
+        HEAD_DIM, BLOCK_N, PREC, UPCAST)
+    acc, l_i, m_i = _attend_blocks(
+        acc, l_i, m_i, q, Kb, Vb, desc_k, desc_v, b, hk, stride_kn, stride_vn, KPb, stride_kpn, MSKb,
+        stride_mn, stride_mm, rows, pos, band_lo, band_hi, offs_n, offs_d, blk_hi, g_end, N, M, G,
+        scale2, cap2, cap_in, True, CAUSAL, HAS_KP, HAS_MASK, MASK_BOOL, SOFTCAP, USE_TMA, D_TRUE,
+        HEAD_DIM, BLOCK_N, PREC, UPCAST)
+
+    has_any = l_i > 0.0
+    out = acc / tl.where(has_any, l_i, 1.0)[:, None]
+    out = tl.where(has_any[:, None], out, 0.0)
+    if USE_TMA:
+        desc_o.store([b, h, m0, 0], out.to(O.dtype.element_ty).reshape(1, 1, BLOCK_M, HEAD_DIM))
+    else:
+        Ob = O + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh
+        tl.store(Ob + rows[:, None] * stride_on + offs_d[None, :], out.to(O.dtype.element_ty),
+                 mask=(rows[:, None] < N) & d_ok)
+
+
+# --- launcher -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BandConfig:
+    """Tile shape and pipelining of one launch; ``default_config`` picks it per head dim."""
+
+    block_m: int = 128
+    block_n: int = 64
+    num_warps: int = 8
+    num_stages: int = 3
+    use_tma: bool = False
+
+
+def default_config(head_dim: int, dtype: torch.dtype, device: torch.device) -> BandConfig:
+    """A fixed table (no autotuning: compile time matters more than the last few percent)."""
+    if device.type != "cuda":  # interpreter: small tiles keep the Python loops short
+        return BandConfig(block_m=16, block_n=16, num_warps=4, num_stages=1)
+    if dtype == torch.float32:
+        return BandConfig(block_m=64, block_n=32, num_warps=4, num_stages=2)
+    if head_dim <= 64:
+        return BandConfig(block_m=128, block_n=64, num_warps=4, num_stages=3)
+    if head_dim <= 128:
+        return BandConfig(block_m=128, block_n=64, num_warps=8, num_stages=3)
+    return BandConfig(block_m=64, block_n=32, num_warps=4, num_stages=2)
+
+
+def band_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    unit: int,
+    before: int,
+    after: int,
+    sinks: int,
+    scale: float,
+    causal: bool,
+    softcap: float = 0.0,
+    key_padding: Tensor | None = None,
+    mask: Tensor | None = None,
+) -> Tensor:
+    """softmax over the band's keys (plus sinks), with causal / key padding / mask / softcap on top.
+
+    q (B, H, N, D); k, v (B, Hkv, M, D); key_padding (B, M) additive float (stride-0
+    batch allowed); mask (B|1, H|1, N, M) additive float or bool (True = keep).
+    Returns (B, H, N, D) in q's dtype.
+    """
+    return _band_attention(q, k, v, unit=unit, before=before, after=after, sinks=sinks, scale=scale,
+                           causal=causal, softcap=softcap, key_padding=key_padding, mask=mask)
+
+
+def _check(q: Tensor, k: Tensor, v: Tensor, unit: int, before: int, after: int, sinks: int, softcap: float,
+           key_padding: Tensor | None, mask: Tensor | None) -> None:
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError(f"band_attention expects 4-D q, k, v; got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    if k.shape != v.shape:
+        raise ValueError(f"k and v must have the same shape; got {tuple(k.shape)} and {tuple(v.shape)}")
+    if q.shape[0] != k.shape[0] or q.shape[3] != k.shape[3]:
+        raise ValueError(f"q and k must agree on batch and head_dim; got {tuple(q.shape)} and {tuple(k.shape)}")
+    if k.shape[1] == 0 or q.shape[1] % k.shape[1]:
+        raise ValueError(f"query heads ({q.shape[1]}) must be a multiple of key/value heads ({k.shape[1]})")
+    if not (q.dtype == k.dtype == v.dtype) or q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise TypeError(f"q, k, v must share one of float16/bfloat16/float32; got {q.dtype}, {k.dtype}, {v.dtype}")
+    if q.shape[3] > 256:
+        raise ValueError(f"head_dim must be <= 256; got {q.shape[3]}")
+    if unit < 1 or before < 0 or after < 0 or sinks < 0:
+        raise ValueError(f"band needs unit >= 1, before >= 0, after >= 0, sinks >= 0; got "
+                         f"{unit}, {before}, {after}, {sinks}")
+    if softcap < 0:
+        raise ValueError(f"softcap must be >= 0; got {softcap}")
+    B, _, N, _ = q.shape
+    M = k.shape[2]
+    if key_padding is not None:
+        if key_padding.dim() != 2 or key_padding.shape[1] != M or key_padding.shape[0] not in (1, B):
+            raise ValueError(f"key_padding must be (B, M) = ({B}, {M}); got {tuple(key_padding.shape)}")
+        if not key_padding.is_floating_point():
+            raise TypeError(f"key_padding must be an additive float vector; got {key_padding.dtype}")
+    if mask is not None:
+        if mask.dim() != 4 or mask.shape[2:] != (N, M) or mask.shape[0] not in (1, B) or mask.shape[1] not in (1, q.shape[1]):
+            raise ValueError(f"mask must be (B|1, H|1, N, M) with N={N}, M={M}; got {tuple(mask.shape)}")
+        if not (mask.is_floating_point() or mask.dtype == torch.bool):
+            raise TypeError(f"mask must be additive float or bool; got {mask.dtype}")
+
+
+def _segment_fast_path(q, k, v, *, unit, before, after, sinks, scale, causal, softcap, key_padding, mask):
+    """Whole segments, no sinks, no masks: flash SDPA with the segments folded into the head dim.
+
+    (B, H, N, D) viewed as (B, H·N/S, S, D) is a view of a contiguous tensor, so
+    nothing is copied; causal inside a square segment is SDPA's is_causal.
+    """
+    B, H, N, D = q.shape
+    M = k.shape[2]
+    if not (q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and before == 0 and after == 0 and sinks == 0
+            and softcap == 0 and key_padding is None and mask is None and N == M and unit < N and N % unit == 0
+            and k.shape[1] == H and q.is_contiguous() and k.is_contiguous() and v.is_contiguous()
+            and D % 8 == 0 and D <= 256):
+        return None
+    nseg = N // unit
+    out = F.scaled_dot_product_attention(
+        q.view(B, H * nseg, unit, D), k.view(B, H * nseg, unit, D), v.view(B, H * nseg, unit, D),
+        is_causal=causal, scale=scale)
+    return out.view(B, H, N, D)
+
+
+def _band_attention(q, k, v, *, unit, before, after, sinks, scale, causal, softcap=0.0, key_padding=None,
+                    mask=None, config: BandConfig | None = None, fast_path: bool = True) -> Tensor:
+    _check(q, k, v, unit, before, after, sinks, softcap, key_padding, mask)
+    if fast_path:
+        out = _segment_fast_path(q, k, v, unit=unit, before=before, after=after, sinks=sinks, scale=scale,
+                                 causal=causal, softcap=softcap, key_padding=key_padding, mask=mask)
+        if out is not None:
+            return out
+    B, H, N, D = q.shape
+    Hkv, M = k.shape[1], k.shape[2]
+    out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    if B == 0 or H == 0 or N == 0 or D == 0:
+        return out
+    if M == 0:
+        return out.zero_()
+    # Any unit/before/after beyond M + N + 1 selects the same keys; capping keeps int32 math exact.
+    cap = M + N + 1
+    unit, before, after = min(unit, cap), min(before, cap), min(after, cap)
+    sinks = min(sinks, M)
+    cfg = config or default_config(D, q.dtype, q.device)
+    head_dim = max(16, triton.next_power_of_2(D))
+    # stride-1 head dim for the loads; other strides are free
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+
+    if key_padding is not None:
+        kp = key_padding if key_padding.stride(-1) == 1 or key_padding.shape[1] == 1 else key_padding.contiguous()
+        kp_strides = (kp.stride(0) if kp.shape[0] == B else 0, kp.stride(1))
+    else:
+        kp, kp_strides = q, (0, 0)
+    if mask is not None:
+        msk = mask.view(torch.uint8) if mask.dtype == torch.bool else mask
+        m_strides = (msk.stride(0) if msk.shape[0] == B else 0, msk.stride(1) if msk.shape[1] == H else 0,
+                     msk.stride(2), msk.stride(3))
+    else:
+        msk, m_strides = q, (0, 0, 0, 0)
+
+    use_tma = bool(cfg.use_tma and head_dim == D and all(
+        t.data_ptr() % 16 == 0 and all(st * t.element_size() % 16 == 0 for st in t.stride()[:3])
+        for t in (q, k, v, out)))
+    if use_tma:
+        from triton.tools.tensor_descriptor import TensorDescriptor
+
+        def desc(t, rows_block):
+            return TensorDescriptor(t, list(t.shape), list(t.stride()), [1, 1, rows_block, D])
+
+        descs = (desc(q, cfg.block_m), desc(k, cfg.block_n), desc(v, cfg.block_n), desc(out, cfg.block_m))
+    else:
+        descs = (None, None, None, None)
+
+    scale2 = float(scale) * _LOG2E
+    cap2 = float(softcap) * _LOG2E if softcap else 0.0
+    cap_in = 2.0 * float(scale) / float(softcap) * _LOG2E if softcap else 0.0  # exp2 argument for e^{2x}
+    # Triton's interpreter multiplies bf16 tiles as raw integers (3.9); it gets fp32 tiles instead.
+    upcast = q.dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1"
+    precision = "ieee" if q.dtype == torch.float32 or upcast else "tf32"
+
+    grid = (triton.cdiv(N, cfg.block_m), B * H)
+    _band_fwd[grid](
+        q, k, v, out, kp, msk, *descs,
+        q.stride(0), q.stride(1), q.stride(2),
+        k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2),
+        out.stride(0), out.stride(1), out.stride(2),
+        *kp_strides, *m_strides,
+        H, N, M, H // Hkv, unit, before, after, sinks, scale2, cap2, cap_in,
+        HEAD_DIM=head_dim, D_TRUE=D, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+        CAUSAL=bool(causal), HAS_KP=key_padding is not None, HAS_MASK=mask is not None,
+        MASK_BOOL=mask is not None and mask.dtype == torch.bool, SOFTCAP=bool(softcap), USE_TMA=use_tma,
+        PREC=precision, UPCAST=upcast, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    return out
