@@ -1,0 +1,251 @@
+"""Band kernels on the GPU against dense SDPA and compiled FlexAttention, in one run.
+
+    PYTHONUNBUFFERED=1 python3 benchmarks/kernels.py --json out.json [--md table.md] [--n 4096 16384 65536]
+
+bf16, B=1, H=16, D=128. For each variant and N: time (median of
+triton.testing.do_bench), useful TFLOP/s (4·N·keys_per_query·D·H, counting only
+allowed keys), peak extra memory (max_memory_allocated above the inputs), and in
+the same run dense F.scaled_dot_product_attention and torch.compile'd
+flex_attention with a create_block_mask expressing the same sparsity.
+
+Targets (issue 9): segmented, segmented + 4 sinks and memory >= 1.5x faster than
+FlexAttention; window >= 1.3x; every variant >= 50% of dense SDPA's TFLOP/s.
+
+``--sweep`` times a few tile configurations of the kernel itself (no fast path).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+BIG = 2**30
+H, D = 16, 128
+
+# name: (unit, before, after, sinks, causal, flex target ratio)
+VARIANTS = {
+    "segmented S=1024": (1024, 0, 0, 0, False, 1.5),
+    "segmented S=1024 (kernel, no fast path)": (1024, 0, 0, 0, False, 1.5),
+    "segmented S=1024 + 4 sinks": (1024, 0, 0, 4, False, 1.5),
+    "window W=1024": (1, 1023, 1023, 0, False, 1.3),
+    "window W=1024 causal": (1, 1023, 1023, 0, True, 1.3),
+    "memory S=M=1024": (1024, 1024, 0, 0, False, 1.5),
+    "memory S=M=1024 causal": (1024, 1024, 0, 0, True, 1.5),
+    "dense": (BIG, 0, 0, 0, False, None),
+    "dense causal": (BIG, 0, 0, 0, True, None),
+}
+
+
+def keys_per_query(n: int, m: int, unit: int, before: int, after: int, sinks: int, causal: bool) -> float:
+    """Mean number of allowed keys per query, from the band formula in O(N)."""
+    p = torch.arange(n, dtype=torch.int64) + (m - n)
+    base = torch.div(p, unit, rounding_mode="floor") * unit
+    c = torch.minimum(p + 1, torch.tensor(m)) if causal else torch.full_like(p, m)
+    lo = (base - before).clamp(min=0)
+    hi = torch.minimum(base + unit + after, c)
+    band = (hi - lo).clamp(min=0)
+    g = torch.minimum(torch.tensor(sinks), c).clamp(min=0)
+    sink_outside = g - (torch.minimum(g, hi) - torch.minimum(g, lo)).clamp(min=0)  # sinks not inside [lo, hi)
+    return float((band + sink_outside).double().mean())
+
+
+def bench(fn, rep_ms: float) -> float:
+    import triton.testing
+
+    return float(triton.testing.do_bench(fn, warmup=max(25, rep_ms / 4), rep=rep_ms, return_mode="median"))
+
+
+def peak_extra_mib(fn) -> float:
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    out = fn()
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() - before
+    del out
+    return peak / 2**20
+
+
+def flex_fns(q, k, v, unit, before, after, sinks, causal, scale):
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    n, m = q.shape[2], k.shape[2]
+    off = m - n
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        p = q_idx + off
+        base = (p // unit) * unit
+        ok = ((kv_idx >= base - before) & (kv_idx < base + unit + after)) | (kv_idx < sinks)
+        if causal:
+            ok = ok & (kv_idx <= p)
+        return ok
+
+    if unit >= BIG and not causal:
+        block_mask = None  # dense: flex with no block mask
+    else:
+        block_mask = create_block_mask(mask_mod, 1, 1, n, m, device=q.device, _compile=True)
+    flex = torch.compile(flex_attention, dynamic=False)
+    return lambda: flex(q, k, v, block_mask=block_mask, scale=scale)
+
+
+def run(ns, rep_ms, variants, log) -> list[dict]:
+    from attnopt.kernels import triton_band
+
+    rows = []
+    scale = 1.0 / math.sqrt(D)
+    for n in ns:
+        torch.manual_seed(0)
+        q = torch.randn(1, H, n, D, device="cuda", dtype=torch.bfloat16)
+        k = torch.randn(1, H, n, D, device="cuda", dtype=torch.bfloat16)
+        v = torch.randn(1, H, n, D, device="cuda", dtype=torch.bfloat16)
+        sdpa = {}
+        for causal in (False, True):
+            fn = lambda c=causal: F.scaled_dot_product_attention(q, k, v, is_causal=c, scale=scale)
+            kpq = keys_per_query(n, n, BIG, 0, 0, 0, causal)
+            ms = bench(fn, rep_ms)
+            sdpa[causal] = dict(ms=ms, tflops=4 * n * kpq * D * H / ms / 1e9)
+            log(f"N={n} sdpa causal={causal}: {ms:.3f} ms {sdpa[causal]['tflops']:.0f} TFLOP/s")
+        for name in variants:
+            unit, before, after, sinks, causal, target = VARIANTS[name]
+            fast = "no fast path" not in name
+            kw = dict(unit=unit, before=before, after=after, sinks=sinks, scale=scale, causal=causal)
+            ours = lambda: triton_band._band_attention(q, k, v, **kw, fast_path=fast)
+            t0 = time.time()
+            ours()
+            torch.cuda.synchronize()
+            ms = bench(ours, rep_ms)
+            mem = peak_extra_mib(ours)
+            kpq = keys_per_query(n, n, unit, before, after, sinks, causal)
+            flops = 4 * n * kpq * D * H
+            tf = flops / ms / 1e9
+            try:
+                t1 = time.time()
+                flex = flex_fns(q, k, v, unit, before, after, sinks, causal, scale)
+                flex()
+                torch.cuda.synchronize()
+                flex_compile_s = time.time() - t1
+                flex_ms = bench(flex, rep_ms)
+                flex_mem = peak_extra_mib(flex)
+                # the same function, so the speed comparison is not between two different answers
+                err = (ours().float() - flex().float()).abs().max().item()
+            except Exception as exc:  # report, keep going
+                log(f"  flex failed: {type(exc).__name__}: {exc}")
+                flex_ms, flex_mem, err, flex_compile_s = float("nan"), float("nan"), float("nan"), 0.0
+            row = dict(
+                variant=name, n=n, keys_per_query=kpq, ms=ms, tflops=tf, peak_mib=mem,
+                sdpa_ms=sdpa[False]["ms"], sdpa_tflops=sdpa[False]["tflops"], sdpa_causal_ms=sdpa[True]["ms"],
+                flex_ms=flex_ms, flex_peak_mib=flex_mem, max_abs_diff_vs_flex=err,
+                speedup_vs_flex=flex_ms / ms, speedup_vs_sdpa=sdpa[causal]["ms"] / ms,
+                frac_sdpa_tflops=tf / sdpa[False]["tflops"], flex_target=target,
+            )
+            row["meets_flex_target"] = None if target is None else bool(row["speedup_vs_flex"] >= target)
+            row["meets_tflops_target"] = bool(row["frac_sdpa_tflops"] >= 0.5)
+            rows.append(row)
+            log(f"N={n} {name}: {ms:.3f} ms {tf:.0f} TFLOP/s peak {mem:.0f} MiB | flex {flex_ms:.3f} ms "
+                f"(x{row['speedup_vs_flex']:.2f}, compile {flex_compile_s:.0f}s) | "
+                f"{row['frac_sdpa_tflops'] * 100:.0f}% of SDPA TFLOP/s | diff {err:.3g} | {time.time() - t0:.0f}s")
+        del q, k, v
+        torch.cuda.empty_cache()
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    head = ("| variant | N | keys/query | ms | useful TFLOP/s | % dense SDPA TFLOP/s | peak extra MiB | "
+            "FlexAttention ms | × vs Flex (target) | dense SDPA ms | × vs dense SDPA |")
+    lines = [head, "|" + "---|" * 11]
+    for r in rows:
+        tgt = "" if r["flex_target"] is None else f" (≥{r['flex_target']}: {'ok' if r['meets_flex_target'] else 'MISS'})"
+        frac = f"{r['frac_sdpa_tflops'] * 100:.0f}%" + ("" if r["meets_tflops_target"] else " MISS")
+        sdpa_ms = r["sdpa_causal_ms"] if "causal" in r["variant"] else r["sdpa_ms"]
+        lines.append(
+            f"| {r['variant']} | {r['n']} | {r['keys_per_query']:.0f} | {r['ms']:.3f} | {r['tflops']:.0f} | {frac} | "
+            f"{r['peak_mib']:.0f} | {r['flex_ms']:.3f} | {r['speedup_vs_flex']:.2f}{tgt} | {sdpa_ms:.3f} | "
+            f"{r['speedup_vs_sdpa']:.1f} |")
+    return "\n".join(lines)
+
+
+def sweep(n: int, rep_ms: float, log) -> list[dict]:
+    """Kernel-only timings of a few tile configurations (fast path off)."""
+    from attnopt.kernels import triton_band
+
+    torch.manual_seed(0)
+    q = torch.randn(1, H, n, D, device="cuda", dtype=torch.bfloat16)
+    k = torch.randn(1, H, n, D, device="cuda", dtype=torch.bfloat16)
+    v = torch.randn(1, H, n, D, device="cuda", dtype=torch.bfloat16)
+    configs = [
+        triton_band.BandConfig(128, 64, 8, 3), triton_band.BandConfig(128, 128, 8, 3),
+        triton_band.BandConfig(128, 64, 4, 3), triton_band.BandConfig(128, 128, 8, 2),
+        triton_band.BandConfig(64, 64, 4, 3), triton_band.BandConfig(128, 64, 8, 4),
+        triton_band.BandConfig(128, 64, 8, 3, True), triton_band.BandConfig(128, 128, 8, 3, True),
+        triton_band.BandConfig(128, 128, 8, 2, True), triton_band.BandConfig(128, 64, 8, 4, True),
+    ]
+    out = []
+    for name in ("segmented S=1024 + 4 sinks", "window W=1024", "memory S=M=1024 causal"):
+        unit, before, after, sinks, causal, _ = VARIANTS[name]
+        kw = dict(unit=unit, before=before, after=after, sinks=sinks, scale=D ** -0.5, causal=causal)
+        flops = 4 * n * keys_per_query(n, n, unit, before, after, sinks, causal) * D * H
+        ref = None
+        for cfg in configs:
+            try:
+                fn = lambda: triton_band._band_attention(q, k, v, **kw, config=cfg, fast_path=False)
+                o = fn()
+                ref = o if ref is None else ref
+                diff = (o.float() - ref.float()).abs().max().item()
+                ms = bench(fn, rep_ms)
+                out.append(dict(variant=name, config=cfg.__dict__, ms=ms, tflops=flops / ms / 1e9, diff=diff))
+                log(f"sweep {name} {cfg}: {ms:.3f} ms {flops / ms / 1e9:.0f} TFLOP/s diff {diff:.3g}")
+            except Exception as exc:
+                log(f"sweep {name} {cfg}: failed {type(exc).__name__}: {str(exc)[:200]}")
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, nargs="+", default=[4096, 16384, 65536])
+    ap.add_argument("--json", help="write all rows here")
+    ap.add_argument("--md", help="also write the markdown table here")
+    ap.add_argument("--rep-ms", type=float, default=200.0, help="do_bench repetition time per measurement")
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), help="subset of: " + ", ".join(VARIANTS))
+    ap.add_argument("--sweep", type=int, default=0, help="N for a tile-configuration sweep first (0: none)")
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("benchmarks/kernels.py needs a CUDA GPU", file=sys.stderr)
+        return 2
+    import torch._dynamo
+
+    torch._dynamo.config.cache_size_limit = 256
+    torch._dynamo.config.accumulated_cache_size_limit = 4096
+
+    def log(msg):
+        print(msg, flush=True)
+
+    import triton
+
+    meta = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
+                dtype="bfloat16", B=1, H=H, D=D)
+    log(json.dumps(meta))
+    result = dict(meta=meta)
+    if args.sweep:
+        result["sweep"] = sweep(args.sweep, args.rep_ms, log)
+    rows = run(args.n, args.rep_ms, args.variants, log)
+    result["rows"] = rows
+    table = markdown(rows)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+    if args.md:
+        with open(args.md, "w") as f:
+            f.write(table + "\n")
+    print()
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
