@@ -83,7 +83,9 @@ class VariantSpec:
     # Small settings that make the variant do real work on a few dozen tokens (conformance tests).
     test_params: tuple[dict, ...] = ()
     demo_params: dict = field(default_factory=dict)  # `attnopt demo`'s setting (N = 128 validation)
-    needs_self_attention: bool = True  # N == M, or a KV-cache step
+    needs_self_attention: bool = True  # N == M (or a KV-cache step, where kv_cache says so)
+    kv_cache: bool = False  # serves KV-cache steps: M > N with query i at position i + M − N
+    subquadratic: bool = True  # no N×M tensor anywhere (False only for dense)
     tensor_inputs: tuple[TensorInput, ...] = ()
     # (params, q shape, k shape, seed) -> {tensor input name: array}; required when tensor_inputs is set.
     make_tensors: Callable[..., dict] | None = None

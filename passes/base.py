@@ -11,7 +11,6 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from attnopt.errors import InvalidParamsError
 from attnopt.site import AttentionSite
 
 
@@ -55,64 +54,67 @@ class Refusal:
 
 
 class AttentionPass:
-    """Base class. Subclasses set ``name``, ``summary``, ``Params`` and implement ``plan_site``."""
+    """Base class. A subclass names its ``variant`` (a folder under kernels/); its name, summary
+    and parameters come from that variant's spec. ``plan_site`` may be overridden to refuse
+    sites or to plan head groups; the default runs every head through the variant.
+    """
 
+    variant: ClassVar[str]
     name: ClassVar[str]
     summary: ClassVar[str]
     Params: ClassVar[type]
-    # Whether the rewrite changes the math (False only for exact reformulations).
-    approximate: ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "variant" in cls.__dict__:
+            spec = cls.spec()
+            cls.name, cls.summary = spec.name, spec.summary
+            cls.Params = _params_class(cls.variant)
 
     def __init__(self, **params: Any):
         self.params = self.parse_params(params)
 
     @classmethod
+    def spec(cls):
+        from attnopt.kernels.registry import get_variant
+        return get_variant(cls.variant)
+
+    @classmethod
     def parse_params(cls, params: dict):
-        fields = {f.name: f for f in dataclasses.fields(cls.Params)}
-        unknown = sorted(set(params) - set(fields))
-        if unknown:
-            raise InvalidParamsError(
-                f"pass '{cls.name}' has no parameter {', '.join(map(repr, unknown))}; "
-                f"it takes: {', '.join(fields) or 'nothing'}")
-        typed = {k: _coerce(cls.name, k, v, fields[k].type) for k, v in params.items()}
-        try:
-            p = cls.Params(**typed)
-        except TypeError as e:
-            raise InvalidParamsError(f"pass '{cls.name}': {e}") from None
-        p.validate()
-        return p
+        return cls.Params(**cls.spec().parse_params(params))
 
     def plan(self, site: AttentionSite) -> OpCall | Refusal:
         if site.unsupported:
             return Refusal(site, site.unsupported)
+        if self.spec().needs_self_attention:
+            reason = self_attention_refusal(site, self.name)
+            if reason:
+                return Refusal(site, reason)
         return self.plan_site(site)
 
-    def plan_site(self, site: AttentionSite) -> OpCall | Refusal:  # pragma: no cover - abstract
-        raise NotImplementedError
+    def plan_site(self, site: AttentionSite) -> OpCall | Refusal:
+        return OpCall.whole(site, self.variant, dataclasses.asdict(self.params))
 
 
-def _coerce(pass_name: str, key: str, value, annotation):
-    """CLI values arrive as strings ('512'); dataclass annotations say what they should be."""
-    kind = annotation if isinstance(annotation, type) else {"int": int, "float": float, "str": str,
-                                                           "bool": bool}.get(str(annotation), None)
-    if kind is None or isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
-        return value
-    try:
-        if kind is bool:
-            if str(value).lower() in ("1", "true", "yes", "on"):
-                return True
-            if str(value).lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError
-        if kind is int and isinstance(value, float) and not value.is_integer():
-            raise ValueError
-        return kind(value)
-    except (TypeError, ValueError):
-        raise InvalidParamsError(
-            f"pass '{pass_name}': {key}={value!r} is not a valid {kind.__name__}") from None
+def self_attention_refusal(site: AttentionSite, variant: str) -> str | None:
+    """Why a variant that needs self-attention (or a KV-cache step) can't serve ``site``, or None."""
+    from attnopt.kernels.registry import get_variant
+    if site.past_len is not None:  # a KV-cache step: keys are the cache followed by the queries' own tokens
+        spec = get_variant(variant)
+        return None if spec.kv_cache else f"a KV-cache step (past length {site.past_len}): {variant} serves none yet"
+    if site.is_self_attention is False:
+        return f"cross-attention (N={site.q_len}, M={site.kv_len}): {variant} needs self-attention"
+    if site.is_self_attention is None:
+        return "query and key lengths are unknown: cannot prove self-attention"
+    return None
 
 
-def require(condition: bool, message: str) -> None:
-    """Param validation helper: one clear sentence per broken rule."""
-    if not condition:
-        raise InvalidParamsError(message)
+def _params_class(variant: str) -> type:
+    """The frozen params dataclass of a variant, derived from its spec (fields in spec order)."""
+    from attnopt.kernels.registry import get_variant
+    spec = get_variant(variant)
+    cls = dataclasses.make_dataclass(
+        "".join(w.capitalize() for w in variant.split("_")) + "Params",
+        [(p.name, p.type, field(default=p.default)) for p in spec.params], frozen=True)
+    cls.__doc__ = f"Parameters of the {variant} pass (from kernels/{variant}/__init__.py's spec)."
+    return cls

@@ -1,14 +1,15 @@
-"""The registry of passes: name -> class. A new variant registers itself here."""
+"""The registry of passes: name -> class. A pass module registers itself by existing in passes/."""
 
 from __future__ import annotations
 
 import importlib
+import pkgutil
 
 from attnopt.errors import InvalidParamsError
 
 PASSES: dict[str, type] = {}
-# Modules that define passes; imported on first use so `import attnopt` stays cheap.
-PASS_MODULES = ("segmented",)
+# Modules in passes/ that hold machinery, not passes.
+_NOT_PASSES = {"base", "registry"}
 
 
 def register(cls):
@@ -17,8 +18,10 @@ def register(cls):
 
 
 def _load_all() -> None:
-    for mod in PASS_MODULES:
-        importlib.import_module(f"attnopt.passes.{mod}")
+    # Imported on first use so `import attnopt` stays cheap.
+    for info in pkgutil.iter_modules(importlib.import_module(__package__).__path__):
+        if info.name not in _NOT_PASSES:
+            importlib.import_module(f"{__package__}.{info.name}")
 
 
 def pass_names() -> list[str]:
@@ -35,3 +38,16 @@ def pass_class(name: str) -> type:
 
 def make_pass(name: str, **params):
     return pass_class(name)(**params)
+
+
+def describe(name: str) -> dict:
+    """What `attnopt passes [NAME]` shows: summary, parameters (default, help, rule), exact limit, refusals."""
+    spec = pass_class(name).spec()
+    return {
+        "name": spec.name, "summary": spec.summary,
+        "params": {p.name: p.default for p in spec.params},
+        "parameters": [{"name": p.name, "type": p.type.__name__, "default": p.default, "help": p.help,
+                        "rule": p.rule, **({"choices": list(p.choices)} if p.choices else {})} for p in spec.params],
+        "exact_limit": spec.exact_limit, "cost": spec.cost, "refuses": list(spec.refuses),
+        "needs_self_attention": spec.needs_self_attention,
+    }

@@ -14,7 +14,7 @@ import torch.nn as nn
 
 import attnopt
 from attnopt.errors import InvalidParamsError, NoSitesError
-from attnopt.kernels.reference import segmented_attention
+from attnopt.kernels.segmented.reference import reference as segmented_attention
 
 N, E, H = 12, 32, 4
 D = E // H

@@ -1,8 +1,11 @@
 """fx graph surgery: replace a site with a call to ``torch.ops.attnopt.<kernel>``.
 
 Same contract as the ONNX half: q/k/v are brought to (B, H, N, D) and
-(B, Hkv, M, D), the mask terms are summed into one additive 4-D mask, the op
-is called, and its result is laid out like the site's output. The new node
+(B, Hkv, M, D), the dense mask terms are summed into one additive 4-D
+remainder and the key padding becomes an additive (B, M) vector, the op is
+called once per head group (attnopt.frontends.lowering decides the calls) and
+the groups are concatenated over heads; the result is laid out like the
+site's output. The new node
 takes over the output node's name so validation can compare it per site.
 """
 
@@ -10,11 +13,14 @@ from __future__ import annotations
 
 import operator
 
+import numpy as np
 import torch
 import torch.fx as fx
 
 from ..errors import SiteNotApplicable
-from ..site import LAYOUT_BHSD, LAYOUT_BSD, LAYOUT_FLAT, MASK_ADDITIVE, MASK_BOOLEAN, AttentionSite
+from ..site import (LAYOUT_BHSD, LAYOUT_BSD, LAYOUT_FLAT, MASK_BOOLEAN, MASK_BOOLEAN_BLOCKED, MASK_NONZERO_KEEP,
+                    AttentionSite)
+from .lowering import lower
 
 
 def boolean_to_additive(mask: torch.Tensor, like: torch.Tensor, keep_when_true: bool) -> torch.Tensor:
@@ -24,15 +30,26 @@ def boolean_to_additive(mask: torch.Tensor, like: torch.Tensor, keep_when_true: 
     return torch.where(mask, zero, neg) if keep_when_true else torch.where(mask, neg, zero)
 
 
+def additive(term: torch.Tensor, like: torch.Tensor, kind: str, factor: float = 1.0) -> torch.Tensor:
+    """One mask term as an additive mask in ``like``'s dtype (booleans and nonzero-keep vectors become 0/-inf)."""
+    if kind == MASK_NONZERO_KEEP:
+        term, kind = term != 0, MASK_BOOLEAN
+    if kind in (MASK_BOOLEAN, MASK_BOOLEAN_BLOCKED):
+        return boolean_to_additive(term, like, kind == MASK_BOOLEAN)
+    term = term.to(like.dtype)
+    return term * factor if factor != 1.0 else term
+
+
+def heads_if_many(mask: torch.Tensor, start: int, stop: int, heads: int) -> torch.Tensor:
+    """A 4-D mask's rows for heads [start, stop) when it has one per head; a shared one as it is."""
+    return mask[:, start:stop] if mask.shape[1] == heads else mask
+
+
 def apply(loaded, call) -> None:
-    from attnopt.kernels.registry import get_kernel
     site: AttentionSite = call.site
     gm: fx.GraphModule = loaded.model
     view = loaded.view
-    spec = get_kernel(call.groups[0].kernel)
-    scale = site.effective_scale
-    if scale is None:
-        raise SiteNotApplicable("the head dim (and so the default scale) is unknown")
+    groups = lower(call)
     node = view.value_of
     out_old: fx.Node = node[site.output]
     _check_layouts(site)
@@ -42,21 +59,44 @@ def apply(loaded, call) -> None:
         k = _to_bhsd(g, node[site.key], site.key_layout, site.kv_num_heads)
         v = _to_bhsd(g, node[site.value], site.value_layout, site.kv_num_heads)
         mask = None
-        for ref, kind in ((t.value, t.kind) for t in site.masks):
-            term = node[ref]
-            if kind == MASK_ADDITIVE:
-                term = g.call_method("to", (term, _dtype_of(node[site.query])))  # picklable, unlike Tensor.to
-            else:
-                term = g.call_function(boolean_to_additive, (term, q, kind == MASK_BOOLEAN))
-            term = _mask_to_4d(g, term, view.rank(ref), site)
+        for t in site.masks:
+            term = g.call_function(additive, (node[t.value], q, t.kind, t.factor))
+            term = _mask_to_4d(g, term, view.rank(t.value), site)
             mask = term if mask is None else g.call_function(operator.add, (mask, term))
-        args = [call.groups[0].attrs[a] for a in spec.attrs]
-        y = g.call_function(spec.torch_op.default, (q, k, v, mask, *args, float(scale), bool(site.causal)))
+        key_padding = None
+        if site.key_padding is not None:
+            kp = site.key_padding
+            key_padding = g.call_function(torch.flatten, (g.call_function(additive, (node[kp.value], q, kp.kind,
+                                                                                       kp.factor)), 1))
+        outputs = []
+        for group in groups:
+            gq, gk, gv, gmask = q, k, v, mask
+            if group.q_heads is not None:
+                gq = g.call_function(operator.getitem, (q, (slice(None), slice(*group.q_heads))))
+                gk = g.call_function(operator.getitem, (k, (slice(None), slice(*group.kv_heads))))
+                gv = g.call_function(operator.getitem, (v, (slice(None), slice(*group.kv_heads))))
+                if mask is not None:
+                    gmask = g.call_function(heads_if_many, (mask, *group.q_heads, site.num_heads))
+            tensors = [_constant(gm, g, arr, f"{group.spec.name}_{name}") for name, arr in group.tensors]
+            outputs.append(g.call_function(group.spec.torch_op.default,
+                                           (gq, gk, gv, gmask, key_padding, *tensors, *group.attrs.values())))
+        y = outputs[0] if len(outputs) == 1 else g.call_function(torch.cat, (outputs, 1))
         y = _from_bhsd(g, y, site.output_layout)
     name = out_old.name
     out_old.replace_all_uses_with(y)
     g.erase_node(out_old)
     y.name = name  # the fx namespace is freed by the erase above
+
+
+def _constant(gm: fx.GraphModule, g: fx.Graph, array, what: str) -> fx.Node:
+    """A pass's constant tensor as a buffer of the module (saved and exported with it)."""
+    base = "attnopt_" + "".join(c if c.isalnum() else "_" for c in what)
+    name, i = base, 0
+    while hasattr(gm, name):
+        i += 1
+        name = f"{base}_{i}"
+    gm.register_buffer(name, torch.as_tensor(np.ascontiguousarray(array)))
+    return g.get_attr(name)
 
 
 def finalize(loaded, kernels: set[str]) -> None:
@@ -68,14 +108,6 @@ def finalize(loaded, kernels: set[str]) -> None:
     from ..match import detect_sites
     loaded.view = fx_frontend.lift(gm)
     loaded.sites = detect_sites(loaded.view)
-
-
-def _dtype_of(n: fx.Node):
-    val = n.meta.get("val")
-    if isinstance(val, torch.Tensor):
-        return val.dtype
-    tm = n.meta.get("tensor_meta")
-    return tm.dtype if tm is not None else torch.float32
 
 
 def _check_layouts(site: AttentionSite) -> None:

@@ -2,10 +2,12 @@
 
 A site's q/k/v arrive in whatever layout the exporter left them (bhsd, bshd,
 (b·h)sd, bsd with heads folded into the hidden size...). Every ai.attnopt op
-takes (B, H, N, D) q and (B, Hkv, M, D) k/v plus a 4-D additive mask, so the
-surgery is: bring q/k/v/mask into that form, call the op, bring the result
-back into the site's output layout, and rewire the site's output value, which
-keeps its name so validation can compare it per site.
+takes (B, H, N, D) q and (B, Hkv, M, D) k/v, a 4-D additive remainder mask and
+an additive (B, M) key padding (the op contract in kernels/spec.py), so the
+surgery is: bring q/k/v/masks into that form, call the op once per head group
+(attnopt.frontends.lowering decides the calls), concatenate over heads, bring
+the result back into the site's output layout, and rewire the site's output
+value, which keeps its name so validation can compare it per site.
 """
 
 from __future__ import annotations
@@ -16,27 +18,21 @@ from onnx_ir import tape as ir_tape
 
 from ..atomic import write_atomic
 from ..errors import SiteNotApplicable
+from ..onnx_compat import DOMAIN, IR_VERSION, MIN_OPSET
 from ..site import (LAYOUT_BHSD, LAYOUT_BSD, LAYOUT_FLAT, MASK_ADDITIVE, MASK_BOOLEAN,
-                    MASK_BOOLEAN_BLOCKED, AttentionSite)
-
-# ONNX Runtime 1.30 rejects IR version 14, which onnx 1.23's helpers write.
-IR_VERSION = 10
-MIN_OPSET = 17  # the ai.attnopt bodies use opset-17 ops
+                    MASK_BOOLEAN_BLOCKED, MASK_NONZERO_KEEP, AttentionSite)
+from .lowering import lower
 
 
 def apply(loaded, call) -> None:
     site: AttentionSite = call.site
     model: ir.Model = loaded.model
     view = loaded.view
-    from attnopt.kernels.registry import COMMON_ATTRS, get_kernel
-    spec = get_kernel(call.groups[0].kernel)
 
     opset = model.opset_imports.get("", 0)
     if opset < MIN_OPSET:
         raise SiteNotApplicable(f"the model's opset {opset} is below {MIN_OPSET}, which ai.attnopt ops need")
-    scale = site.effective_scale
-    if scale is None:
-        raise SiteNotApplicable("the head dim (and so the default scale) is unknown")
+    groups = lower(call)
 
     value = view.value_of
     out_old: ir.Value = value[site.output]
@@ -48,17 +44,34 @@ def apply(loaded, call) -> None:
     v = b.to_bhsd(value[site.value], site.value_layout, site.kv_num_heads, site.head_dim)
     dtype = value[site.query].dtype or ir.DataType.FLOAT
     mask = None
-    for ref, kind in ((t.value, t.kind) for t in site.masks):
-        term = b.additive_mask(value[ref], kind, view.rank(ref), site, dtype)
-        mask = term if mask is None else b.op("Add", [mask, term])
+    for term in site.masks:
+        t = b.additive(value[term.value], term.kind, dtype, term.factor)
+        t = b.mask_to_4d(t, view.rank(term.value), site)
+        mask = t if mask is None else b.op("Add", [mask, t])
     if mask is None:
         mask = b.const(np.zeros((1, 1, 1, 1), dtype.numpy()))
+    if site.key_padding is not None:
+        kp = site.key_padding
+        key_padding = b.op("Reshape", [b.additive(value[kp.value], kp.kind, dtype, kp.factor),
+                                       b.const(np.array([0, -1], np.int64))])  # (B, M) or (B, 1, 1, M) -> (B, M)
+    else:
+        key_padding = b.const(np.zeros((1, 1), dtype.numpy()))
 
-    attrs = dict(call.groups[0].attrs)
-    attrs.update(scale=float(scale), causal=int(bool(site.causal)))
-    ordered = {name: attrs[name] for name in spec.attrs + COMMON_ATTRS}
-    y = b.tape.op(spec.onnx_op_type, [q, k, v, mask], ordered, domain="ai.attnopt", name=b.name("attn"))
-    y.name = b.name("y")
+    outputs = []
+    for g in groups:
+        gq, gk, gv, gmask = q, k, v, mask
+        if g.q_heads is not None:
+            gq = b.heads(q, *g.q_heads)
+            gk, gv = b.heads(k, *g.kv_heads), b.heads(v, *g.kv_heads)
+            if site.masks:
+                gmask = b.heads_if_many(mask, *g.q_heads, site.num_heads)
+        tensors = [b.initializer(model, arr, f"{g.spec.name}_{name}") for name, arr in g.tensors]
+        attrs = {n: int(x) if isinstance(x, bool) else x for n, x in g.attrs.items()}
+        y = b.tape.op(g.spec.onnx_op_type, [gq, gk, gv, gmask, key_padding, *tensors], attrs, domain=DOMAIN,
+                      name=b.name("attn"))
+        y.name = b.name("y")
+        outputs.append(y)
+    y = outputs[0] if len(outputs) == 1 else b.op("Concat", outputs, {"axis": 1})
     y = b.from_bhsd(y, site.output_layout, site.num_heads, site.head_dim)
 
     anchor.graph.insert_before(anchor, b.tape.nodes)
@@ -73,11 +86,11 @@ def finalize(loaded, kernels: set[str]) -> None:
     """Drop dead dense nodes, attach the op bodies, keep the model loadable by stock onnxruntime."""
     from onnx_ir.passes.common import RemoveUnusedNodesPass
     from attnopt.kernels.onnx_functions import attach_functions
-    from attnopt.kernels.registry import get_kernel
+    from attnopt.kernels.registry import get_variant
 
     model: ir.Model = loaded.model
     RemoveUnusedNodesPass()(model)
-    attach_functions(model, sorted(get_kernel(k).onnx_op_type for k in kernels))
+    attach_functions(model, sorted(get_variant(k).onnx_op_type for k in kernels))
     model.ir_version = min(model.ir_version or IR_VERSION, IR_VERSION)
     _refresh(loaded)
 
@@ -147,18 +160,23 @@ class _Builder:
             return self.op("Reshape", [y, shape])
         raise SiteNotApplicable(f"unsupported output layout {layout!r}")
 
-    def additive_mask(self, mask: ir.Value, kind: str, rank, site: AttentionSite,
-                      dtype: ir.DataType) -> ir.Value:
-        """One mask term as a 4-D additive float mask in the query's dtype."""
+    def additive(self, mask: ir.Value, kind: str, dtype: ir.DataType, factor: float = 1.0) -> ir.Value:
+        """One mask term as an additive float mask in ``dtype`` (booleans become 0/-inf)."""
         np_dtype = dtype.numpy()
+        zero, neg = self.const(np.zeros((), np_dtype)), self.const(np.array(-np.inf, np_dtype))
+        if kind == MASK_NONZERO_KEEP:
+            mask, kind = self.op("Cast", [mask], {"to": ir.DataType.BOOL}), MASK_BOOLEAN
         if kind in (MASK_BOOLEAN, MASK_BOOLEAN_BLOCKED):
-            zero, neg = self.const(np.zeros((), np_dtype)), self.const(np.array(-np.inf, np_dtype))
-            mask = self.op("Where", [mask, zero, neg] if kind == MASK_BOOLEAN else [mask, neg, zero])
-        elif kind == MASK_ADDITIVE:
-            if mask.dtype is not None and mask.dtype != dtype:
-                mask = self.op("Cast", [mask], {"to": dtype})
-        else:
+            return self.op("Where", [mask, zero, neg] if kind == MASK_BOOLEAN else [mask, neg, zero])
+        if kind != MASK_ADDITIVE:
             raise SiteNotApplicable(f"unknown mask kind {kind!r}")
+        if mask.dtype is not None and mask.dtype != dtype:
+            mask = self.op("Cast", [mask], {"to": dtype})
+        if factor != 1.0:
+            mask = self.op("Mul", [mask, self.const(np.array(factor, np_dtype))])
+        return mask
+
+    def mask_to_4d(self, mask: ir.Value, rank, site: AttentionSite) -> ir.Value:
         if rank is None:
             raise SiteNotApplicable("the mask's rank is unknown")
         if site.query_layout == LAYOUT_FLAT and rank == 3:
@@ -173,6 +191,27 @@ class _Builder:
         if rank > 4:
             raise SiteNotApplicable(f"a {rank}-D mask")
         return mask
+
+    def heads(self, x: ir.Value, start: int, stop: int) -> ir.Value:
+        """x[:, start:stop] (the head axis of a bhsd tensor)."""
+        return self.op("Slice", [x, self.const(np.array([start], np.int64)), self.const(np.array([stop], np.int64)),
+                                 self.const(np.array([1], np.int64))])
+
+    def heads_if_many(self, mask: ir.Value, start: int, stop: int, heads: int) -> ir.Value:
+        """A 4-D mask's rows for heads [start, stop) when it has one per head; a shared one as it is."""
+        h = self.op("Shape", [mask], {"start": 1, "end": 2})
+        # Slice end = stop for H heads, 1 for a broadcast head axis; start likewise 0.
+        many = self.op("Equal", [h, self.const(np.array([heads], np.int64))])
+        starts = self.op("Where", [many, self.const(np.array([start], np.int64)), self.const(np.array([0], np.int64))])
+        ends = self.op("Where", [many, self.const(np.array([stop], np.int64)), self.const(np.array([1], np.int64))])
+        return self.op("Slice", [mask, starts, ends, self.const(np.array([1], np.int64))])
+
+    def initializer(self, model: ir.Model, array: np.ndarray, what: str) -> ir.Value:
+        """A constant tensor input stored as a graph initializer (a pass's rotations or table)."""
+        name = self.name(what)
+        value = ir.Value(name=name, const_value=ir.tensor(np.ascontiguousarray(array), name=name))
+        model.graph.register_initializer(value)
+        return value
 
 
 def _need_int(value, what: str) -> None:

@@ -11,4 +11,6 @@ SPEC = VariantSpec(
     cost="O(N·M·D)",
     test_params=({},),
     needs_self_attention=False,
+    kv_cache=True,
+    subquadratic=False,
 )

@@ -1,0 +1,82 @@
+"""What a frontend emits for one OpCall, decided once for both backends.
+
+A frontend's surgery is: bring q/k/v to (B, H, N, D) / (B, Hkv, M, D), turn
+the site's dense mask terms into one additive 4-D remainder and its key
+padding into an additive (B | 1, M) vector, then for each head group slice the
+heads, call the group's kernel with its constant tensors and attributes, and
+concatenate the groups over heads. This module computes everything in that
+recipe that does not depend on the backend: which kernel, which head ranges,
+which attribute values in which order, which tensors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import SiteNotApplicable
+from ..site import AttentionSite
+
+
+@dataclass(frozen=True)
+class GroupCall:
+    """One kernel call: query heads [q_start, q_stop) against kv heads [kv_start, kv_stop) (None = all)."""
+
+    spec: object  # kernels.spec.VariantSpec
+    q_heads: tuple[int, int] | None
+    kv_heads: tuple[int, int] | None
+    attrs: dict  # every attribute of the op, in spec.attr_names order
+    tensors: tuple[tuple[str, np.ndarray], ...]  # constant inputs, in spec.tensor_inputs order
+
+
+def lower(call) -> list[GroupCall]:
+    """The kernel calls that replace ``call.site``, checked against each variant's spec."""
+    from attnopt.kernels.registry import get_variant
+
+    site: AttentionSite = call.site
+    scale = site.effective_scale
+    if scale is None:
+        raise SiteNotApplicable("the head dim (and so the default scale) is unknown")
+    common = {"scale": float(scale), "causal": bool(site.causal), "softcap": float(site.softcap or 0.0)}
+    groups = list(call.groups)
+    whole = len(groups) == 1 and groups[0].start == 0 and groups[0].stop is None
+    if not whole:
+        _check_cover(site, groups)
+    out = []
+    for g in groups:
+        spec = get_variant(g.kernel)
+        missing = [n for n in spec.param_names if n not in g.attrs]
+        if missing:
+            raise SiteNotApplicable(f"the plan for {g.kernel} lacks {', '.join(missing)}")
+        attrs = {**{n: g.attrs[n] for n in spec.param_names}, **common}
+        names = [t.name for t in spec.tensor_inputs]
+        if sorted(g.tensors) != sorted(names):
+            raise SiteNotApplicable(f"{g.kernel} takes tensors {names}, the plan gave {sorted(g.tensors)}")
+        tensors = tuple((n, np.asarray(g.tensors[n])) for n in names)
+        if whole:
+            out.append(GroupCall(spec, None, None, attrs, tensors))
+        else:
+            rep = site.num_heads // site.kv_num_heads
+            stop = site.num_heads if g.stop is None else g.stop
+            out.append(GroupCall(spec, (g.start, stop), (g.start // rep, stop // rep), attrs, tensors))
+    return out
+
+
+def _check_cover(site: AttentionSite, groups) -> None:
+    """Head groups must tile [0, H) in order, each a whole number of GQA groups."""
+    heads, kv = site.num_heads, site.kv_num_heads
+    if not isinstance(heads, int) or not isinstance(kv, int):
+        raise SiteNotApplicable("head groups need the head counts known statically")
+    rep = heads // kv
+    at = 0
+    for g in groups:
+        stop = heads if g.stop is None else g.stop
+        if g.start != at or stop <= g.start or stop > heads:
+            raise SiteNotApplicable(f"head groups must tile heads 0..{heads} in order; got [{g.start}, {stop}) "
+                                    f"after head {at}")
+        if g.start % rep or stop % rep:
+            raise SiteNotApplicable(f"head group [{g.start}, {stop}) splits a GQA group of {rep} query heads")
+        at = stop
+    if at != heads:
+        raise SiteNotApplicable(f"head groups cover heads 0..{at}, not all {heads}")
