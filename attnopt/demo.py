@@ -9,7 +9,6 @@ demo doubles as a smoke test of every variant.
 
 from __future__ import annotations
 
-import dataclasses
 import tempfile
 import time
 from pathlib import Path
@@ -23,26 +22,13 @@ BENCH_SEQ_LENS = (512, 1024, 2048)
 QUICK_BENCH_SEQ_LENS = (256, 1024)
 REPEATS, QUICK_REPEATS = 3, 2
 
-# Parameters that make each variant do real work at N = 128 (validation) and
-# still pay off at the benchmark lengths. Keys a pass does not define are
-# dropped, and a pass not listed here runs with its defaults.
-DEMO_PARAMS: dict[str, dict] = {
-    "segmented": {"segment_size": 32, "sinks": 2},
-    "memory": {"segment_size": 32, "memory": 32, "sinks": 2},
-    "hierarchical": {"block": 16, "levels": 1, "sinks": 2},
-    "lsh": {"n_buckets": 4, "n_rounds": 1, "chunk": 32, "sinks": 2},
-    "routed": {"n_clusters": 4, "top_k": 1, "chunk": 32, "sinks": 2},
-    "lowrank": {"rank": 32},
-    "relbias": {},
-}
-
 Progress = Callable[..., None]
 
 
 def demo_params(pass_name: str) -> dict:
+    """The variant's own demo setting (its spec's ``demo_params``): real work at N = 128, still paying off later."""
     from .passes import pass_class
-    fields = {f.name for f in dataclasses.fields(pass_class(pass_name).Params)}
-    return {k: v for k, v in DEMO_PARAMS.get(pass_name, {}).items() if k in fields}
+    return dict(pass_class(pass_name).spec().demo_params)
 
 
 def run_demo(quick: bool = False, progress: Progress | None = None, workdir=None) -> dict:

@@ -15,32 +15,31 @@ import warnings
 
 from .atomic import write_atomic
 from .errors import AttnoptError
+from .onnx_compat import DOMAIN, IR_VERSION
 
-IR_VERSION = 10
 
 
 def _translation(spec):
-    """A custom_translation_table entry for one kernel: q, k, v, mask, *attrs, scale, causal."""
-    import onnxscript
+    """A custom_translation_table entry for one variant: the op's arguments in ``spec.torch_schema`` order."""
     from onnxscript import opset18 as op
 
-    from attnopt.kernels.onnx_functions import DOMAIN, VERSION
-    from attnopt.kernels.registry import COMMON_ATTRS
+    from attnopt.kernels.onnx_functions import attnopt_opset
 
-    attnopt_ops = onnxscript.values.Opset(DOMAIN, VERSION)
-    names = spec.attrs + COMMON_ATTRS
+    tensor_names = [t.name for t in spec.tensor_inputs]
+    attr_types = {name: spec.onnx_attr_type(name) for name in spec.attr_names}
 
-    def translate(q, k, v, mask, *attrs):
-        values = dict(zip(names, attrs))
-        values["causal"] = int(bool(values["causal"]))
-        values["scale"] = float(values["scale"])
-        if mask is None:
-            # "No mask" is a (1,1,1,1) zero in the query's dtype (see kernels.onnx_functions).
-            mask = op.Expand(op.CastLike(op.Constant(value_float=0.0), q),
-                             op.Constant(value_ints=[1, 1, 1, 1]))
-        return getattr(attnopt_ops, spec.onnx_op_type)(q, k, v, mask, **values)
+    def translate(q, k, v, mask, key_padding, *rest):
+        tensors, attrs = rest[:len(tensor_names)], dict(zip(spec.attr_names, rest[len(tensor_names):]))
+        attrs = {n: int(x) if attr_types[n] == "int" else float(x) if attr_types[n] == "float" else x
+                 for n, x in attrs.items()}
+        zero = op.CastLike(op.Constant(value_float=0.0), q)
+        if mask is None:  # "no mask" and "no key padding" are broadcast zeros (kernels.onnx_functions)
+            mask = op.Expand(zero, op.Constant(value_ints=[1, 1, 1, 1]))
+        if key_padding is None:
+            key_padding = op.Expand(zero, op.Constant(value_ints=[1, 1]))
+        return getattr(attnopt_opset, spec.onnx_op_type)(q, k, v, mask, key_padding, *tensors, **attrs)
 
-    translate.__name__ = f"attnopt_{spec.name}"
+    translate.__name__ = f"attnopt_{spec.op_name}"
     return translate
 
 
@@ -55,10 +54,10 @@ def export_onnx(graph_module, example_inputs, path, *, dynamic_shapes=None, inpu
     import torch
 
     from attnopt.kernels.onnx_functions import attach_functions, register_schemas
-    from attnopt.kernels.registry import KERNELS
+    from attnopt.kernels.registry import all_variants
 
     register_schemas()
-    table = {spec.torch_op.default: _translation(spec) for spec in KERNELS.values()}
+    table = {spec.torch_op.default: _translation(spec) for spec in all_variants()}
     sink = io.StringIO()
     # The exporter logs a warning per missing optional library (torchvision) on every export.
     logging.getLogger("torch.onnx").setLevel(logging.WARNING if verbose else logging.ERROR)
@@ -73,7 +72,7 @@ def export_onnx(graph_module, example_inputs, path, *, dynamic_shapes=None, inpu
     except Exception as e:
         raise AttnoptError(f"ONNX export failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}") from None
     proto = program.model_proto
-    used = {n.op_type for n in _all_nodes(proto) if n.domain == "ai.attnopt"}
+    used = {n.op_type for n in _all_nodes(proto) if n.domain == DOMAIN}
     if used:
         attach_functions(proto, sorted(used))
     proto.ir_version = min(proto.ir_version, IR_VERSION)
