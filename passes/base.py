@@ -87,21 +87,24 @@ class AttentionPass:
         if site.unsupported:
             return Refusal(site, site.unsupported)
         if self.spec().needs_self_attention:
-            reason = self_attention_refusal(site, self.name)
+            reason = self_attention_refusal(site, self.name, self.serves_kv_cache())
             if reason:
                 return Refusal(site, reason)
         return self.plan_site(site)
+
+    @classmethod
+    def serves_kv_cache(cls) -> bool:
+        """Whether KV-cache steps are planned (by default, when the variant's kernel serves them)."""
+        return cls.spec().kv_cache
 
     def plan_site(self, site: AttentionSite) -> OpCall | Refusal:
         return OpCall.whole(site, self.variant, dataclasses.asdict(self.params))
 
 
-def self_attention_refusal(site: AttentionSite, variant: str) -> str | None:
+def self_attention_refusal(site: AttentionSite, variant: str, kv_cache: bool) -> str | None:
     """Why a variant that needs self-attention (or a KV-cache step) can't serve ``site``, or None."""
-    from attnopt.kernels.registry import get_variant
     if site.past_len is not None:  # a KV-cache step: keys are the cache followed by the queries' own tokens
-        spec = get_variant(variant)
-        return None if spec.kv_cache else f"a KV-cache step (past length {site.past_len}): {variant} serves none yet"
+        return None if kv_cache else f"a KV-cache step (past length {site.past_len}): {variant} serves none yet"
     if site.is_self_attention is False:
         return f"cross-attention (N={site.q_len}, M={site.kv_len}): {variant} needs self-attention"
     if site.is_self_attention is None:

@@ -1,0 +1,17 @@
+"""torch.ops.attnopt.memory_attention: the band machinery with band (S, M_mem, 0)."""
+
+from __future__ import annotations
+
+from ..band import band_attention
+from ..torch_ops import define_op
+from . import band
+
+
+def forward(q, k, v, mask, key_padding, segment_size: int, memory: int, sinks: int, scale: float, causal: bool,
+            softcap: float):
+    unit, before, after = band(segment_size, memory)
+    return band_attention(q, k, v, mask, key_padding, unit=unit, before=before, after=after, sinks=sinks,
+                          scale=scale, causal=causal, softcap=softcap)
+
+
+memory_attention = define_op("memory", forward)
