@@ -94,7 +94,7 @@ def flex_fns(q, k, v, unit, before, after, sinks, causal, scale):
     return lambda: flex(q, k, v, block_mask=block_mask, scale=scale)
 
 
-def run(ns, rep_ms, variants, log) -> list[dict]:
+def run(ns, rep_ms, variants, log, no_flex=False) -> list[dict]:
     from attnopt.kernels import triton_band
 
     rows = []
@@ -125,6 +125,8 @@ def run(ns, rep_ms, variants, log) -> list[dict]:
             flops = 4 * n * kpq * D * H
             tf = flops / ms / 1e9
             try:
+                if no_flex:
+                    raise RuntimeError("--no-flex")
                 t1 = time.time()
                 flex = flex_fns(q, k, v, unit, before, after, sinks, causal, scale)
                 flex()
@@ -178,12 +180,11 @@ def sweep(n: int, rep_ms: float, log) -> list[dict]:
     q = torch.randn(1, H, n, D, device="cuda", dtype=torch.bfloat16)
     k = torch.randn(1, H, n, D, device="cuda", dtype=torch.bfloat16)
     v = torch.randn(1, H, n, D, device="cuda", dtype=torch.bfloat16)
+    C = triton_band.BandConfig
     configs = [
-        triton_band.BandConfig(128, 64, 8, 3), triton_band.BandConfig(128, 128, 8, 3),
-        triton_band.BandConfig(128, 64, 4, 3), triton_band.BandConfig(128, 128, 8, 2),
-        triton_band.BandConfig(64, 64, 4, 3), triton_band.BandConfig(128, 64, 8, 4),
-        triton_band.BandConfig(128, 64, 8, 3, True), triton_band.BandConfig(128, 128, 8, 3, True),
-        triton_band.BandConfig(128, 128, 8, 2, True), triton_band.BandConfig(128, 64, 8, 4, True),
+        C(128, 128, 8, 3, True), C(128, 64, 8, 3, True), C(128, 64, 8, 2, True), C(64, 128, 4, 3, True),
+        C(256, 64, 16, 3, True), C(256, 128, 16, 2, True), C(128, 128, 8, 3, True, True),
+        C(128, 64, 8, 3, True, True),
     ]
     out = []
     for name in ("segmented S=1024 + 4 sinks", "window W=1024", "memory S=M=1024 causal"):
@@ -212,29 +213,33 @@ def main(argv=None) -> int:
     ap.add_argument("--md", help="also write the markdown table here")
     ap.add_argument("--rep-ms", type=float, default=200.0, help="do_bench repetition time per measurement")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), help="subset of: " + ", ".join(VARIANTS))
+    ap.add_argument("--no-flex", action="store_true", help="skip FlexAttention (its compiles take time)")
     ap.add_argument("--sweep", type=int, default=0, help="N for a tile-configuration sweep first (0: none)")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("benchmarks/kernels.py needs a CUDA GPU", file=sys.stderr)
         return 2
-    import torch._dynamo
+    import torch._dynamo as dynamo
 
-    torch._dynamo.config.cache_size_limit = 256
-    torch._dynamo.config.accumulated_cache_size_limit = 4096
+    dynamo.config.cache_size_limit = 256
+    dynamo.config.accumulated_cache_size_limit = 4096
 
     def log(msg):
         print(msg, flush=True)
 
     import triton
 
+    from attnopt.kernels import triton_band
+
     meta = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
-                dtype="bfloat16", B=1, H=H, D=D)
+                dtype="bfloat16", B=1, H=H, D=D, sdpa_backend_setting=triton_band.SDPA_BACKEND)
     log(json.dumps(meta))
     result = dict(meta=meta)
     if args.sweep:
         result["sweep"] = sweep(args.sweep, args.rep_ms, log)
-    rows = run(args.n, args.rep_ms, args.variants, log)
+    rows = run(args.n, args.rep_ms, args.variants, log, args.no_flex)
     result["rows"] = rows
+    result["meta"]["sdpa_backend_used"] = triton_band.SDPA_BACKEND
     table = markdown(rows)
     if args.json:
         with open(args.json, "w") as f:

@@ -77,6 +77,7 @@ def _attend_blocks(
     MASKED: tl.constexpr, CAUSAL: tl.constexpr, HAS_KP: tl.constexpr, HAS_MASK: tl.constexpr,
     MASK_BOOL: tl.constexpr, SOFTCAP: tl.constexpr, USE_TMA: tl.constexpr, D_TRUE: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
+    WS: tl.constexpr = False,
 ):
     """Fold key blocks [start, stop) (BLOCK_N-aligned) into the online softmax.
 
@@ -85,7 +86,7 @@ def _attend_blocks(
     """
     EVEN_D: tl.constexpr = HEAD_DIM == D_TRUE
     d_ok = offs_d[None, :] < D_TRUE
-    for start_n in range(start, stop, BLOCK_N):
+    for start_n in tl.range(start, stop, BLOCK_N, warp_specialize=WS):
         start_n = tl.multiple_of(start_n, BLOCK_N)
         cols = start_n + offs_n
         if USE_TMA:
@@ -162,6 +163,7 @@ def _band_fwd(
     HEAD_DIM: tl.constexpr, D_TRUE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     CAUSAL: tl.constexpr, HAS_KP: tl.constexpr, HAS_MASK: tl.constexpr, MASK_BOOL: tl.constexpr,
     SOFTCAP: tl.constexpr, USE_TMA: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
+    WS: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -223,7 +225,7 @@ def _band_fwd(
         acc, l_i, m_i, q, Kb, Vb, desc_k, desc_v, b, hk, stride_kn, stride_vn, KPb, stride_kpn, MSKb,
         stride_mn, stride_mm, rows, pos, band_lo, band_hi, offs_n, offs_d, full_lo, full_hi, N, M, G,
         scale2, cap2, cap_in, False, CAUSAL, HAS_KP, HAS_MASK, MASK_BOOL, SOFTCAP, USE_TMA, D_TRUE,
-        HEAD_DIM, BLOCK_N, PREC, UPCAST)
+        HEAD_DIM, BLOCK_N, PREC, UPCAST, WS)
     acc, l_i, m_i = _attend_blocks(
         acc, l_i, m_i, q, Kb, Vb, desc_k, desc_v, b, hk, stride_kn, stride_vn, KPb, stride_kpn, MSKb,
         stride_mn, stride_mm, rows, pos, band_lo, band_hi, offs_n, offs_d, blk_lo, full_lo, N, M, G,
@@ -269,6 +271,7 @@ class BandConfig:
     num_warps: int = 8
     num_stages: int = 3
     use_tma: bool = False
+    warp_specialize: bool = False
 
 
 def default_config(head_dim: int, dtype: torch.dtype, device: torch.device) -> BandConfig:
@@ -278,9 +281,9 @@ def default_config(head_dim: int, dtype: torch.dtype, device: torch.device) -> B
     if dtype == torch.float32:
         return BandConfig(block_m=64, block_n=32, num_warps=4, num_stages=2)
     if head_dim <= 64:
-        return BandConfig(block_m=128, block_n=64, num_warps=4, num_stages=3)
+        return BandConfig(block_m=128, block_n=64, num_warps=4, num_stages=3, use_tma=True)
     if head_dim <= 128:
-        return BandConfig(block_m=128, block_n=64, num_warps=8, num_stages=3)
+        return BandConfig(block_m=128, block_n=128, num_warps=8, num_stages=3, use_tma=True)
     return BandConfig(block_m=64, block_n=32, num_warps=4, num_stages=2)
 
 
@@ -342,24 +345,154 @@ def _check(q: Tensor, k: Tensor, v: Tensor, unit: int, before: int, after: int, 
             raise TypeError(f"mask must be additive float or bool; got {mask.dtype}")
 
 
-def _segment_fast_path(q, k, v, *, unit, before, after, sinks, scale, causal, softcap, key_padding, mask):
-    """Whole segments, no sinks, no masks: flash SDPA with the segments folded into the head dim.
+@triton.jit
+def _merge_fwd(
+    O, LSE, O2, LSE2, Q, K, V,
+    stride_lb, stride_ls, stride_li,
+    stride_o2b, stride_o2s, stride_o2i, stride_l2b, stride_l2s, stride_l2i,
+    H, N, SEG, NSEG, G, sinks_from, scale2,
+    HEAD_DIM: tl.constexpr, BLOCK_R: tl.constexpr, G_PAD: tl.constexpr,
+    HAS_PREV: tl.constexpr, HAS_SINKS: tl.constexpr,
+):
+    """Fold a second partial attention (the previous segment) and the sink keys into O, in place.
 
-    (B, H, N, D) viewed as (B, H·N/S, S, D) is a view of a contiguous tensor, so
-    nothing is copied; causal inside a square segment is SDPA's is_causal.
+    Every partial is (output, log-sum-exp): o = Σ_a e^{lse_a − L} o_a with L the
+    log-sum-exp over all parts. O/Q/K/V are contiguous (B, H, ·, D); the LSE
+    tensors and O2 are read through their own strides (segment-folded layouts).
+    """
+    pid = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    rows = pid * BLOCK_R + tl.arange(0, BLOCK_R)
+    offs_d = tl.arange(0, HEAD_DIM)
+    row_ok = rows < N
+    seg = rows // SEG
+    loc = rows % SEG
+    o_ptrs = O + bh.to(tl.int64) * N * HEAD_DIM + rows[:, None] * HEAD_DIM + offs_d[None, :]
+    acc = tl.load(o_ptrs, mask=row_ok[:, None], other=0.0).to(tl.float32)
+    l1 = tl.load(LSE + b.to(tl.int64) * stride_lb + (h * NSEG + seg) * stride_ls + loc * stride_li,
+                 mask=row_ok, other=0.0) * 1.4426950408889634
+    m = l1
+    w_sum = tl.full([BLOCK_R], 1.0, tl.float32)  # weights relative to m
+    if HAS_PREV:
+        ok2 = row_ok & (seg >= 1)
+        l2 = tl.load(LSE2 + bh.to(tl.int64) * stride_l2b + (seg - 1) * stride_l2s + loc * stride_l2i,
+                     mask=ok2, other=float("-inf")) * 1.4426950408889634
+        o2 = tl.load(O2 + bh.to(tl.int64) * stride_o2b + (seg - 1)[:, None] * stride_o2s
+                     + loc[:, None] * stride_o2i + offs_d[None, :], mask=ok2[:, None], other=0.0).to(tl.float32)
+        m_new = tl.maximum(m, l2)
+        a1 = tl.math.exp2(m - m_new)
+        a2 = tl.math.exp2(l2 - m_new)
+        acc = acc * a1[:, None] + o2 * a2[:, None]
+        w_sum = w_sum * a1 + a2
+        m = m_new
+    if HAS_SINKS:
+        # sinks already inside a row's own or previous segment were counted by those parts
+        oks = row_ok & (rows >= sinks_from)
+        q = tl.load(Q + bh.to(tl.int64) * N * HEAD_DIM + rows[:, None] * HEAD_DIM + offs_d[None, :],
+                    mask=oks[:, None], other=0.0)
+        offs_g = tl.arange(0, G_PAD)
+        kv_off = bh.to(tl.int64) * N * HEAD_DIM + offs_g[:, None] * HEAD_DIM + offs_d[None, :]
+        ks = tl.load(K + kv_off, mask=offs_g[:, None] < G, other=0.0)
+        vs = tl.load(V + kv_off, mask=offs_g[:, None] < G, other=0.0)
+        sc = tl.dot(q, tl.trans(ks)) * scale2
+        sc = tl.where((offs_g[None, :] < G) & oks[:, None], sc, float("-inf"))
+        m_new = tl.maximum(m, tl.max(sc, 1))
+        a1 = tl.math.exp2(m - m_new)
+        p = tl.math.exp2(sc - m_new[:, None])
+        acc = acc * a1[:, None] + tl.dot(p.to(vs.dtype), vs)
+        w_sum = w_sum * a1 + tl.sum(p, 1)
+    out = acc / w_sum[:, None]
+    tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=row_ok[:, None])
+
+
+# Which fused SDPA backs the segment fast path ("flash" or "cudnn"); cuDNN's Hopper kernels are the faster
+# ones where the build has them, flash is the fallback.
+SDPA_BACKEND = os.environ.get("ATTNOPT_BAND_SDPA", "auto")
+
+
+def _sdpa_lse(q, k, v, causal: bool, scale: float):
+    """(out, lse) of a fused SDPA kernel; lse in natural-log units, shape (batch, heads, L)."""
+    global SDPA_BACKEND
+    if SDPA_BACKEND in ("auto", "cudnn"):
+        try:
+            r = torch.ops.aten._scaled_dot_product_cudnn_attention(q, k, v, None, True, 0.0, causal, False,
+                                                                   scale=scale)
+            out, lse = r[0], r[1]
+            if lse.dim() == 4:
+                lse = lse.squeeze(-1)
+            if SDPA_BACKEND == "auto":
+                SDPA_BACKEND = "cudnn"
+            return out, lse
+        except RuntimeError:
+            if SDPA_BACKEND == "cudnn":
+                raise
+            SDPA_BACKEND = "flash"
+    r = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, causal, False, scale=scale)
+    return r[0], r[1]
+
+
+def _segment_fast_path(q, k, v, *, unit, before, after, sinks, scale, causal, softcap, key_padding, mask,
+                       sdpa=None):
+    """Segmented and memory (M_mem = S) bands as fused SDPA over segments folded into the batch.
+
+    Exact when segments are whole and nothing but causal/sinks rides on top:
+    own segment: (B, H, N, D) viewed as (B, H·N/S, S, D), a view, causal inside a
+    square segment being SDPA's is_causal; previous segment (memory): the views
+    q[.., S:] and k[.., :N−S] as (B·H, N/S − 1, S, D), all allowed; sinks: G <= S
+    keys folded in per row by ``_merge_fwd``, which also merges the parts by
+    their log-sum-exp. Returns None where it does not apply. ``sdpa`` stands in
+    for the fused kernel (a (q, k, v, causal, scale) -> (out, lse) function;
+    the interpreted tests pass a torch one).
     """
     B, H, N, D = q.shape
     M = k.shape[2]
-    if not (q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and before == 0 and after == 0 and sinks == 0
-            and softcap == 0 and key_padding is None and mask is None and N == M and unit < N and N % unit == 0
-            and k.shape[1] == H and q.is_contiguous() and k.is_contiguous() and v.is_contiguous()
-            and D % 8 == 0 and D <= 256):
+    S = unit
+    if not ((q.is_cuda or sdpa is not None) and q.dtype in (torch.float16, torch.bfloat16) and after == 0
+            and before in (0, S)
+            and sinks <= S and softcap == 0 and key_padding is None and mask is None and N == M and S < N
+            and N % S == 0 and k.shape[1] == H and q.is_contiguous() and k.is_contiguous() and v.is_contiguous()
+            and D % 8 == 0 and D <= 256 and D == triton.next_power_of_2(D)):
         return None
-    nseg = N // unit
-    out = F.scaled_dot_product_attention(
-        q.view(B, H * nseg, unit, D), k.view(B, H * nseg, unit, D), v.view(B, H * nseg, unit, D),
-        is_causal=causal, scale=scale)
-    return out.view(B, H, N, D)
+    nseg = N // S
+    prev = before == S
+    sinks_from = S * (2 if prev else 1)
+    if not prev and (sinks == 0 or sinks_from >= N):
+        if sdpa is not None:
+            out = sdpa(q.view(B, H * nseg, S, D), k.view(B, H * nseg, S, D), v.view(B, H * nseg, S, D),
+                       causal, scale)[0]
+        elif SDPA_BACKEND == "flash":
+            out = F.scaled_dot_product_attention(q.view(B, H * nseg, S, D), k.view(B, H * nseg, S, D),
+                                                 v.view(B, H * nseg, S, D), is_causal=causal, scale=scale)
+        else:
+            out = _sdpa_lse(q.view(B, H * nseg, S, D), k.view(B, H * nseg, S, D), v.view(B, H * nseg, S, D),
+                            causal, scale)[0]
+        return out.reshape(B, H, N, D)
+    sdpa = sdpa or _sdpa_lse
+    out, lse = sdpa(q.view(B, H * nseg, S, D), k.view(B, H * nseg, S, D), v.view(B, H * nseg, S, D),
+                         causal, scale)
+    out = out.reshape(B, H, N, D)
+    if not out.is_contiguous():
+        out = out.contiguous()
+    if prev:
+        qs, ks, vs = (t.view(B * H, nseg, S, D) for t in (q, k, v))
+        o2, lse2 = sdpa(qs[:, 1:], ks[:, :-1], vs[:, :-1], False, scale)
+        o2_strides = (o2.stride(0), o2.stride(1), o2.stride(2))
+        l2_strides = (lse2.stride(0), lse2.stride(1), lse2.stride(2))
+    else:
+        o2, lse2, o2_strides, l2_strides = out, lse, (0, 0, 0), (0, 0, 0)
+    has_sinks = sinks > 0 and sinks_from < N
+    block_r = 64
+    grid = (triton.cdiv(N, block_r), B * H)
+    _merge_fwd[grid](
+        out, lse, o2, lse2, q, k, v,
+        lse.stride(0), lse.stride(1), lse.stride(2), *o2_strides, *l2_strides,
+        H, N, S, nseg, sinks, sinks_from, float(scale) * _LOG2E,
+        HEAD_DIM=D, BLOCK_R=block_r, G_PAD=max(16, triton.next_power_of_2(max(sinks, 1))),
+        HAS_PREV=prev, HAS_SINKS=has_sinks, num_warps=4,
+    )
+    return out
 
 
 def _band_attention(q, k, v, *, unit, before, after, sinks, scale, causal, softcap=0.0, key_padding=None,
@@ -430,6 +563,6 @@ def _band_attention(q, k, v, *, unit, before, after, sinks, scale, causal, softc
         HEAD_DIM=head_dim, D_TRUE=D, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
         CAUSAL=bool(causal), HAS_KP=key_padding is not None, HAS_MASK=mask is not None,
         MASK_BOOL=mask is not None and mask.dtype == torch.bool, SOFTCAP=bool(softcap), USE_TMA=use_tma,
-        PREC=precision, UPCAST=upcast, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        PREC=precision, UPCAST=upcast, WS=bool(cfg.warp_specialize), num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return out

@@ -98,6 +98,11 @@ CASES: dict[str, dict] = {
     "fp32": dict(N=33, D=16, dtype="float32", band=(1, 5, 5, 1)),
     "strided_q": dict(N=40, band=(8, 0, 8, 0), layout="bnhd"),
     "tma_interp": dict(N=40, band=(1, 9, 9, 2), causal=True, tma=True),
+    # the SDPA fast path's merge kernel (previous segment + sinks by log-sum-exp), SDPA stood in by torch
+    "fast_segmented_sinks": dict(N=64, band=(16, 0, 0, 3), fast=True),
+    "fast_segmented_causal_sinks": dict(N=64, band=(16, 0, 0, 16), causal=True, fast=True),
+    "fast_memory": dict(N=64, band=(16, 16, 0, 0), fast=True),
+    "fast_memory_causal_sinks": dict(B=2, N=80, band=(16, 16, 0, 4), causal=True, fast=True),
     "tiles_m32_n16": dict(N=75, M=90, band=(1, 13, 13, 3), causal=True, blocks=(32, 16)),
     "tiles_m16_n32": dict(N=75, band=(16, 16, 0, 5), causal=True, blocks=(16, 32)),
 }
@@ -151,6 +156,15 @@ def tolerance(dtype: torch.dtype) -> float:
     return {torch.float32: 2e-5, torch.float16: 4e-3, torch.bfloat16: 3e-2}[dtype]
 
 
+def torch_sdpa_lse(q, k, v, causal, scale):
+    """(out in q's dtype, natural log-sum-exp in fp32): what the fused SDPA kernels return."""
+    s = (q.float() @ k.float().transpose(-1, -2)) * scale
+    if causal:
+        s = s.masked_fill(torch.ones(s.shape[-2:], dtype=torch.bool).triu(1), float("-inf"))
+    lse = torch.logsumexp(s, -1)
+    return (torch.softmax(s, -1) @ v.float()).to(q.dtype), lse
+
+
 def run_case(name: str) -> dict:
     """Run one case through the kernel; the errors against the reference, as JSON-able numbers."""
     from attnopt.kernels import triton_band
@@ -159,7 +173,11 @@ def run_case(name: str) -> dict:
     q, k, v, kw = make_inputs(spec)
     bm, bn = spec.get("blocks", (16, 16))
     cfg = triton_band.BandConfig(block_m=bm, block_n=bn, num_warps=4, num_stages=1, use_tma=spec.get("tma", False))
-    out = triton_band._band_attention(q, k, v, **kw, config=cfg)
+    if spec.get("fast"):
+        out = triton_band._segment_fast_path(q, k, v, **{"key_padding": None, "mask": None, **kw}, sdpa=torch_sdpa_lse)
+        assert out is not None, "fast path refused"
+    else:
+        out = triton_band._band_attention(q, k, v, **kw, config=cfg)
     ref = reference(q, k, v, **kw)
     err = (out.float() - ref.float()).abs()
     result = dict(max_err=float(err.max()), finite=bool(torch.isfinite(out).all()), dtype=str(q.dtype),
@@ -222,6 +240,10 @@ GPU_CASES = {
     "window": (65536, (1, 1023, 1023, 0), False, {}),
     "window_causal_sinks": (65536, (1, 1023, 1023, 4), True, {}),
     "memory": (65536, (1024, 1024, 0, 0), False, {}),
+    "memory_kernel": (65536, (1024, 1024, 0, 0), False, {"fast_path": False}),
+    "memory_sinks_fast_path": (65536, (1024, 1024, 0, 4), True, {}),
+    "segmented_causal_sinks_fast_path": (16384, (1024, 0, 0, 4), True, {}),
+    "segmented_sinks_kernel": (16384, (1024, 0, 0, 4), False, {"fast_path": False}),
     "memory_causal": (16384, (1024, 1024, 0, 4), True, {}),
     "dense_ragged": (16000, (BIG, 0, 0, 0), False, {}),
     "dense_causal_kv_cache": (4000, (BIG, 0, 0, 0), True, {"M": 9000}),
