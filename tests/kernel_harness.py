@@ -84,15 +84,32 @@ def run_onnx(name, q, k, v, params, *, scale, mask=None, key_padding=None, causa
 
 
 class MaxNumel(TorchDispatchMode):
-    """Records the largest tensor any aten op produces."""
+    """Records the largest tensor any aten op produces, inside attnopt's own ops too.
+
+    A custom op (torch.library.custom_op) reaches a dispatch mode as one call, and
+    its body runs with the mode popped: left alone, the mode would see only the op's
+    output. An ``attnopt`` op is therefore redispatched to its backend kernel with
+    the mode pushed again, so every tensor its implementation builds is seen.
+    """
 
     def __init__(self):
         super().__init__()
         self.max_numel = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
+        kwargs = kwargs or {}
+        if func.namespace == "attnopt":
+            with self:
+                out = func.redispatch(_backend_keys(args), *args, **kwargs)
+        else:
+            out = func(*args, **kwargs)
         for t in out if isinstance(out, (tuple, list)) else (out,):
             if isinstance(t, torch.Tensor):
                 self.max_numel = max(self.max_numel, t.numel())
         return out
+
+
+def _backend_keys(args) -> torch._C.DispatchKeySet:
+    """The backend an op's tensor arguments live on, as the key set to redispatch to."""
+    cuda = any(isinstance(a, torch.Tensor) and a.is_cuda for a in args)
+    return torch._C.DispatchKeySet(torch._C.DispatchKey.CUDA if cuda else torch._C.DispatchKey.CPU)

@@ -1,8 +1,16 @@
-"""segmented attention: reference (spec) vs torch op vs ONNX body in onnxruntime."""
+"""segmented attention: what is specific to it, and the shared machinery that attaches ONNX bodies.
+
+What every variant must satisfy (reference == op == ONNX body over ragged /
+GQA / masks / causal / softcap, exact limit == dense at ``exact_params``,
+fp16/bf16, signatures consistent with the spec, nothing quadratic with key
+padding) is tests/test_variant_conformance.py's. Here: segmented's allowed
+pattern and contract, its edge cases (whole segments, sinks, broadcast and
+expanded masks, empty rows, its key-padding fast path), its refusals, its
+torch integration, and reading a dense mask block by block.
+"""
 
 from __future__ import annotations
 
-import functools
 import math
 import subprocess
 import sys
@@ -14,118 +22,62 @@ import onnxruntime as ort
 import pytest
 import torch
 import torch.nn.functional as F
-from onnx import TensorProto, helper
-from torch.utils._python_dispatch import TorchDispatchMode
+from onnx import helper
 
-import attnopt.kernels.segmented  # noqa: F401  (registers torch.ops.attnopt.segmented_attention)
-from attnopt.kernels import onnx_functions, reference
-from attnopt.kernels.registry import COMMON_ATTRS, get_kernel
+from attnopt.errors import InvalidParamsError
+from attnopt.kernels import onnx_functions
+from attnopt.kernels.reference import band_allowed, dense_attention, with_sinks
+from attnopt.kernels.registry import get_variant
+from attnopt.onnx_compat import DOMAIN, DOMAIN_VERSION
+from attnopt.passes import OpCall, Refusal, make_pass
+from attnopt.site import AttentionSite, ValueRef
+from kernel_harness import MaxNumel, onnx_model, run_onnx, run_op, run_reference
 
+NAME = "segmented"
+SPEC = get_variant(NAME)
 B, H, D, S = 2, 4, 8, 8
 SCALE = 1 / math.sqrt(D)
 TOL = dict(atol=1e-5, rtol=1e-5)
-op = torch.ops.attnopt.segmented_attention
+op = SPEC.torch_op  # torch.ops.attnopt.segmented_attention (registered on first use)
 
 
 # --- helpers -----------------------------------------------------------------------
 
 
-def make_qkv(n, hkv=H, seed=0, dtype=torch.float32):
+def params(segment_size=S, sinks=0):
+    return {"segment_size": segment_size, "sinks": sinks}
+
+
+def make_qkv(n, hkv=H, seed=0, m=None):
     gen = torch.Generator().manual_seed(seed)
-    q = torch.randn(B, H, n, D, generator=gen)
-    k = torch.randn(B, hkv, n, D, generator=gen)
-    v = torch.randn(B, hkv, n, D, generator=gen)
-    return q.to(dtype), k.to(dtype), v.to(dtype)
+    m = n if m is None else m
+    return torch.randn(B, H, n, D, generator=gen), torch.randn(B, hkv, m, D, generator=gen), \
+        torch.randn(B, hkv, m, D, generator=gen)
 
 
-def make_mask(kind, n, seed=1):
-    """(mask for the reference, the same mask as the additive float the op takes)."""
-    gen = torch.Generator().manual_seed(seed)
-    if kind == "none":
-        return None, None
-    if kind == "key-padding":  # (B, 1, 1, N) with -inf holes
-        m = torch.where(torch.rand(B, 1, 1, n, generator=gen) < 0.3, float("-inf"), 0.0)
-        return m, m
-    if kind == "full":  # (B, 1, N, N) arbitrary additive bias
-        m = torch.randn(B, 1, n, n, generator=gen)
-        return m, m
-    if kind == "bool-full":  # True = may attend
-        m = torch.rand(B, 1, n, n, generator=gen) < 0.7
-        return m, as_additive(m)
-    raise AssertionError(kind)
+def three_ways(q, k, v, p, **kw):
+    """The reference; the torch op and the ONNX body must equal it. Returns the reference's output."""
+    kw.setdefault("scale", SCALE)
+    expected = run_reference(NAME, q, k, v, p, **kw)
+    torch.testing.assert_close(run_op(NAME, q, k, v, p, **kw), expected, **TOL, msg=lambda m: f"torch op: {m}")
+    torch.testing.assert_close(run_onnx(NAME, q, k, v, p, **kw), expected, **TOL, msg=lambda m: f"ONNX body: {m}")
+    return expected
 
 
-def as_additive(bool_mask):
-    return torch.where(bool_mask, 0.0, float("-inf"))
+def sdpa(q, k, v, mask=None, causal=False, scale=None):
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=scale, enable_gqa=True)
 
 
-def run_op(q, k, v, mask, segment_size, sinks, causal, scale=SCALE):
-    return op(q, k, v, mask, segment_size, sinks, scale, causal)
-
-
-SYMBOLIC_DIMS = {
-    "Q": ["B", "H", "N", "D"],
-    "K": ["B", "Hkv", "N", "D"],
-    "V": ["B", "Hkv", "N", "D"],
-    "Mask": ["Bm", "Hm", "Nm", "Mm"],
-}
-
-
-def segmented_model(opset, segment_size, sinks, causal, scale=SCALE, dims=SYMBOLIC_DIMS, elem_type=TensorProto.FLOAT):
-    """A model with one ai.attnopt::SegmentedAttention node and no function attached yet.
-
-    Q, K, V and Y have ``elem_type``; the Mask is always float32.
-    """
-    node = helper.make_node(
-        "SegmentedAttention",
-        ["Q", "K", "V", "Mask"],
-        ["Y"],
-        domain=onnx_functions.DOMAIN,
-        segment_size=segment_size,
-        sinks=sinks,
-        scale=scale,
-        causal=int(causal),
-    )
-    graph = helper.make_graph(
-        [node],
-        "segmented",
-        [
-            helper.make_tensor_value_info(name, TensorProto.FLOAT if name == "Mask" else elem_type, shape)
-            for name, shape in dims.items()
-        ],
-        [helper.make_tensor_value_info("Y", elem_type, dims["Q"])],
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=10)
-
-
-@functools.lru_cache(maxsize=None)
-def onnx_session(opset, segment_size, sinks, causal, scale=SCALE):
-    """Every dimension symbolic, N included."""
-    model = segmented_model(opset, segment_size, sinks, causal, scale)
-    onnx_functions.attach_functions(model, ["SegmentedAttention"])
-    onnx.checker.check_model(model, full_check=True)
-    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-
-
-def run_onnx(q, k, v, mask, segment_size, sinks, causal, opset=18, scale=SCALE):
-    if mask is None:  # the documented "no mask" form
-        mask = torch.zeros(1, 1, 1, 1, dtype=q.dtype)
-    sess = onnx_session(opset, segment_size, sinks, causal, scale)
-    feeds = {name: t.numpy() for name, t in zip("QKV", (q, k, v))}
-    feeds["Mask"] = mask.numpy()
-    (y,) = sess.run(None, feeds)
-    return torch.from_numpy(y)
-
-
-def sdpa(q, k, v, mask=None, causal=False):
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=True)
+def site(q_len, kv_len, past_len=None):
+    return AttentionSite(name="attn", form="sdpa", query=ValueRef("q"), key=ValueRef("k"), value=ValueRef("v"),
+                         output=ValueRef("y"), num_heads=H, kv_num_heads=H, head_dim=D, q_len=q_len, kv_len=kv_len,
+                         past_len=past_len)
 
 
 # --- the spec itself -----------------------------------------------------------------
 
 
 def test_allowed_pattern_is_segments_plus_sinks():
-    allowed = reference.with_sinks(reference.segment_allowed(5, 2), 1)
     expected = torch.tensor(
         [
             [1, 1, 0, 0, 0],
@@ -136,87 +88,143 @@ def test_allowed_pattern_is_segments_plus_sinks():
         ],
         dtype=torch.bool,
     )
-    assert torch.equal(allowed, expected)
+    assert torch.equal(with_sinks(band_allowed(5, 5, 2, 0, 0), 1), expected)
+    # The reference attends exactly there: zero queries spread uniformly over the
+    # allowed keys, and one-hot values read that spread back.
+    q = torch.zeros(1, 1, 5, 5)
+    v = torch.eye(5)[None, None]
+    out = SPEC.reference(q, q, v, segment_size=2, sinks=1)
+    torch.testing.assert_close(out[0, 0], expected / expected.sum(-1, keepdim=True))
 
 
-@pytest.mark.parametrize("mask_kind", ["none", "full", "bool-full"])
+def test_segmented_contract():
+    """The op contract, spelled out: names and order (the conformance test checks them against each other)."""
+    assert SPEC.torch_op is op is torch.ops.attnopt.segmented_attention
+    assert SPEC.onnx_op_type == "SegmentedAttention"
+    assert [a.name for a in op.default._schema.arguments] == [
+        "q", "k", "v", "mask", "key_padding", "segment_size", "sinks", "scale", "causal", "softcap"]
+    proto = onnx_functions.function_proto("SegmentedAttention", 18)
+    assert (proto.domain, proto.name) == (DOMAIN, "SegmentedAttention")
+    assert list(proto.input) == ["Q", "K", "V", "Mask", "KeyPadding"]
+    assert list(proto.attribute) == ["segment_size", "sinks", "scale", "causal", "softcap"]
+    assert SPEC.defaults == {"segment_size": 512, "sinks": 0}
+    assert not SPEC.kv_cache and SPEC.needs_self_attention and SPEC.subquadratic
+
+
+@pytest.mark.parametrize("mask_kind", ["none", "full", "bool-full", "key-padding"])
 @pytest.mark.parametrize("causal", [False, True])
 def test_dense_reference_matches_sdpa(mask_kind, causal):
-    q, k, v = make_qkv(20, hkv=2)
-    mask, _ = make_mask(mask_kind, 20)
-    if mask is not None and mask.dtype == torch.bool:
-        mask = mask | torch.eye(20, dtype=torch.bool)  # SDPA's empty-row convention differs
-    sdpa_mask = mask
-    if causal and mask is not None:  # SDPA takes either a mask or is_causal
-        tril = torch.ones(20, 20, dtype=torch.bool).tril()
-        sdpa_mask = mask & tril if mask.dtype == torch.bool else mask.masked_fill(~tril, float("-inf"))
-    expected = sdpa(q, k, v, sdpa_mask, causal and mask is None)
-    torch.testing.assert_close(reference.dense_attention(q, k, v, mask=mask, causal=causal), expected, **TOL)
+    n = 20
+    q, k, v = make_qkv(n, hkv=2)
+    gen = torch.Generator().manual_seed(1)
+    mask = key_padding = None
+    if mask_kind == "full":
+        mask = torch.randn(B, 1, n, n, generator=gen)
+    elif mask_kind == "bool-full":  # True = may attend; the diagonal keeps every row alive (SDPA's empty rows differ)
+        mask = (torch.rand(B, 1, n, n, generator=gen) < 0.7) | torch.eye(n, dtype=torch.bool)
+    elif mask_kind == "key-padding":
+        key_padding = torch.zeros(B, n)
+        key_padding[0, -4:] = float("-inf")
+        key_padding[1, 3] = torch.finfo(torch.float32).min
+    sdpa_mask = mask if key_padding is None else key_padding[:, None, None, :]
+    if causal and sdpa_mask is not None:  # SDPA takes either a mask or is_causal
+        tril = torch.ones(n, n, dtype=torch.bool).tril()
+        sdpa_mask = sdpa_mask & tril if sdpa_mask.dtype == torch.bool else sdpa_mask.masked_fill(~tril, float("-inf"))
+    expected = sdpa(q, k, v, sdpa_mask, causal and sdpa_mask is None)
+    got = dense_attention(q, k, v, mask=mask, key_padding=key_padding, causal=causal)
+    torch.testing.assert_close(got, expected, **TOL)
 
 
-def test_reference_differs_from_dense_below_the_limit():
-    q, k, v = make_qkv(24)
-    dense = reference.dense_attention(q, k, v)
-    assert (reference.segmented_attention(q, k, v, segment_size=8) - dense).abs().max() > 1e-2
-    assert (reference.segmented_attention(q, k, v, segment_size=8, sinks=3) - dense).abs().max() > 1e-2
+# --- exact limits ------------------------------------------------------------------------
 
 
-def test_sinks_covering_every_key_is_dense():
+@pytest.mark.parametrize("segment_size", [20, 25, 1 << 20, (1 << 31) - 1])
+@pytest.mark.parametrize("causal", [False, True])
+def test_exact_limit_with_huge_segments_is_dense(segment_size, causal):
+    n = 20
+    q, k, v = make_qkv(n, hkv=2)
+    gen = torch.Generator().manual_seed(4)
+    mask = torch.randn(B, 1, n, n, generator=gen)
+    key_padding = torch.zeros(B, n)
+    key_padding[1, -3:] = float("-inf")
+    kw = dict(scale=0.3, mask=mask, key_padding=key_padding, causal=causal)
+    dense = dense_attention(q, k, v, **kw)
+    torch.testing.assert_close(three_ways(q, k, v, params(segment_size), **kw), dense, **TOL)
+
+
+@pytest.mark.parametrize("sinks", [20, 21, 1 << 20])
+def test_sinks_covering_every_key_is_dense(sinks):
     q, k, v = make_qkv(20)
-    torch.testing.assert_close(
-        reference.segmented_attention(q, k, v, segment_size=3, sinks=20), reference.dense_attention(q, k, v), **TOL
-    )
+    out = three_ways(q, k, v, params(3, sinks), causal=True)
+    torch.testing.assert_close(out, dense_attention(q, k, v, scale=SCALE, causal=True), **TOL)
 
 
-# --- reference vs op vs ONNX body ----------------------------------------------------
-
-
-@pytest.mark.parametrize("mask_kind", ["none", "key-padding", "full", "bool-full"])
-@pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
-@pytest.mark.parametrize("sinks", [0, 3, S + 2])
-@pytest.mark.parametrize("hkv", [H, 2], ids=["mha", "gqa"])
-@pytest.mark.parametrize("n", [20, 24], ids=["ragged", "whole"])
-def test_implementations_match_reference(n, hkv, sinks, causal, mask_kind):
-    q, k, v = make_qkv(n, hkv)
-    ref_mask, additive = make_mask(mask_kind, n)
-    expected = reference.segmented_attention(q, k, v, segment_size=S, sinks=sinks, mask=ref_mask, causal=causal)
-    torch.testing.assert_close(run_op(q, k, v, additive, S, sinks, causal), expected, **TOL)
-    for opset in (18, 23):
-        torch.testing.assert_close(run_onnx(q, k, v, additive, S, sinks, causal, opset=opset), expected, **TOL)
-
-
-@pytest.mark.parametrize("mask_shape", [(1, 1, 1, 20), (B, H, 20, 20), (1, H, 1, 1), (B, 1, 20, 1)])
-def test_mask_broadcast_shapes(mask_shape):
-    q, k, v = make_qkv(20, hkv=2)
-    mask = torch.randn(mask_shape, generator=torch.Generator().manual_seed(3))
-    expected = reference.segmented_attention(q, k, v, segment_size=S, sinks=3, mask=mask, causal=True)
-    torch.testing.assert_close(run_op(q, k, v, mask, S, 3, True), expected, **TOL)
-    torch.testing.assert_close(run_onnx(q, k, v, mask, S, 3, True), expected, **TOL)
-
-
-def test_expanded_mask_is_read_without_copy():
-    # A stride-0 (expanded) key-padding mask: the op must index it, not reshape it.
-    q, k, v = make_qkv(20)
-    mask = torch.randn(B, 1, 1, 20).expand(B, H, 20, 20)
-    expected = reference.segmented_attention(q, k, v, segment_size=S, mask=mask)
-    torch.testing.assert_close(run_op(q, k, v, mask, S, 0, False), expected, **TOL)
+# --- paths of the ONNX body and of the op ----------------------------------------------------
 
 
 @pytest.mark.parametrize("sinks", [0, 3])
-def test_fully_masked_row_is_zero(sinks):
+@pytest.mark.parametrize("hkv", [H, 2], ids=["mha", "gqa"])
+def test_whole_segments(hkv, sinks):
+    """N a multiple of S with nothing masked: the body's plain path (no bias, no padding) when sinks are 0."""
+    q, k, v = make_qkv(24, hkv=hkv)
+    for causal in (False, True):
+        out = three_ways(q, k, v, params(S, sinks), causal=causal)
+        assert not torch.allclose(out, dense_attention(q, k, v, scale=SCALE, causal=causal))
+
+
+@pytest.mark.parametrize("sinks", [0, 3, S + 2])
+@pytest.mark.parametrize("n", [20, 24], ids=["ragged", "whole"])
+def test_key_padding_fast_path(n, sinks):
+    """A (B, M) KeyPadding with no causality or softcap is the body's per-key path ([q, 1]·[k, bias])."""
+    q, k, v = make_qkv(n, hkv=2)
+    kp = torch.zeros(B, n)
+    kp[0, 8:16] = float("-inf")  # batch 0: the whole second segment is padding
+    kp[0, -2:] = float("-inf")
+    kp[1, 5] = torch.finfo(torch.float32).min
+    kp[1, 1] = float("-inf")  # a padded sink
+    out = three_ways(q, k, v, params(S, sinks), key_padding=kp)
+    if sinks:
+        assert out[0, :, 8:16].abs().min() > 0  # the sinks keep the padded segment's rows alive
+    else:
+        assert torch.equal(out[0, :, 8:16], torch.zeros(H, 8, D))
+    # Broadcast over the batch, and joined by a per-key dense mask: still one column per key.
+    three_ways(q, k, v, params(S, sinks), key_padding=kp[:1])
+    three_ways(q, k, v, params(S, sinks), key_padding=kp, mask=torch.randn(B, 1, 1, n))
+    three_ways(q, k, v, params(S, sinks), key_padding=kp[1:], mask=torch.full((1, 1, 1, 1), 0.5))
+
+
+@pytest.mark.parametrize("mask_shape", [(1, 1, 1, 20), (B, H, 20, 20), (1, H, 1, 1), (B, 1, 20, 1), (B, 1, 1, 1)])
+def test_mask_broadcast_shapes(mask_shape):
+    q, k, v = make_qkv(20, hkv=2)
+    mask = torch.randn(mask_shape, generator=torch.Generator().manual_seed(3))
+    three_ways(q, k, v, params(S, 3), mask=mask, causal=True)
+    three_ways(q, k, v, params(S, 3), mask=mask, key_padding=torch.zeros(B, 20))
+
+
+def test_expanded_mask_is_read_without_copy():
+    # A stride-0 (expanded) mask: the op must index it, not reshape (copy) it.
+    n = 64
+    q, k, v = make_qkv(n)
+    mask = torch.randn(B, 1, 1, n).expand(B, H, n, n)
+    expected = run_reference(NAME, q, k, v, params(), scale=SCALE, mask=mask)
+    with MaxNumel() as seen:
+        out = run_op(NAME, q, k, v, params(), scale=SCALE, mask=mask)
+    torch.testing.assert_close(out, expected, **TOL)
+    assert seen.max_numel < mask.numel() // 4
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("sinks", [0, 3])
+def test_fully_masked_row_is_zero(sinks, causal):
     n, row = 20, 5
     q, k, v = make_qkv(n)
     mask = torch.zeros(1, 1, n, n)
     mask[..., row, :] = float("-inf")
-    outputs = [
-        reference.segmented_attention(q, k, v, segment_size=S, sinks=sinks, mask=mask),
-        run_op(q, k, v, mask, S, sinks, False),
-        run_onnx(q, k, v, mask, S, sinks, False),
-    ]
-    for out in outputs:
-        assert torch.equal(out[:, :, row], torch.zeros(B, H, D))
-        assert out[:, :, row + 1].abs().min() > 0
-        assert not out.isnan().any()
+    for impl in (run_reference, run_op, run_onnx):
+        out = impl(NAME, q, k, v, params(S, sinks), scale=SCALE, mask=mask, causal=causal)
+        assert torch.equal(out[:, :, row], torch.zeros(B, H, D)), impl.__name__
+        assert out[:, :, row + 1].abs().min() > 0, impl.__name__
+        assert not out.isnan().any(), impl.__name__
 
 
 def test_segment_masked_but_sinks_visible_is_not_zero():
@@ -225,10 +233,8 @@ def test_segment_masked_but_sinks_visible_is_not_zero():
     q, k, v = make_qkv(n)
     mask = torch.zeros(1, 1, n, n)
     mask[..., 9, 8:16] = float("-inf")
-    expected = reference.segmented_attention(q, k, v, segment_size=S, sinks=3, mask=mask)
-    assert expected[:, :, 9].abs().min() > 0
-    torch.testing.assert_close(run_op(q, k, v, mask, S, 3, False), expected, **TOL)
-    torch.testing.assert_close(run_onnx(q, k, v, mask, S, 3, False), expected, **TOL)
+    out = three_ways(q, k, v, params(S, 3), mask=mask)
+    assert out[:, :, 9].abs().min() > 0
 
 
 def test_finfo_min_row_is_ordinary_softmax():
@@ -237,78 +243,62 @@ def test_finfo_min_row_is_ordinary_softmax():
     q, k, v = make_qkv(n)
     mask = torch.zeros(1, 1, n, n)
     mask[..., row, :] = torch.finfo(torch.float32).min
-    expected = reference.segmented_attention(q, k, v, segment_size=S, mask=mask)
-    assert expected[:, :, row].abs().max() > 0
-    torch.testing.assert_close(run_op(q, k, v, mask, S, 0, False), expected, **TOL)
-    torch.testing.assert_close(run_onnx(q, k, v, mask, S, 0, False), expected, **TOL)
-
-
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_half_precision_computes_in_float32(dtype):
-    q, k, v = make_qkv(20, hkv=2, dtype=dtype)
-    expected = reference.segmented_attention(q.float(), k.float(), v.float(), segment_size=S, sinks=3, causal=True)
-    out = run_op(q, k, v, None, S, 3, True)
-    assert out.dtype == dtype
-    torch.testing.assert_close(out.float(), expected, atol=1e-2, rtol=1e-2)
-    if dtype == torch.float16:  # numpy has no bfloat16
-        model = segmented_model(18, S, 3, True, elem_type=TensorProto.FLOAT16)
-        onnx_functions.attach_functions(model, ["SegmentedAttention"])
-        sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-        feeds = {name: t.numpy() for name, t in zip("QKV", (q, k, v))}
-        (y,) = sess.run(None, {**feeds, "Mask": np.zeros((1, 1, 1, 1), np.float32)})
-        assert y.dtype == np.float16
-        torch.testing.assert_close(torch.from_numpy(y).float(), expected, atol=1e-2, rtol=1e-2)
-
-
-# --- exact limit -------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("segment_size", [20, 25, 1 << 20])
-@pytest.mark.parametrize("causal", [False, True])
-def test_exact_limit_is_dense(segment_size, causal):
-    n = 20
-    q, k, v = make_qkv(n, hkv=2)
-    mask = torch.randn(B, 1, n, n, generator=torch.Generator().manual_seed(4))
-    scale = 0.3
-    dense = reference.dense_attention(q, k, v, scale=scale, mask=mask, causal=causal)
-    # SDPA takes a mask or is_causal, not both.
-    sdpa_mask = mask.masked_fill(~torch.ones(n, n, dtype=torch.bool).tril(), float("-inf")) if causal else mask
-    expected = F.scaled_dot_product_attention(q, k, v, attn_mask=sdpa_mask, scale=scale, enable_gqa=True)
-    torch.testing.assert_close(dense, expected, **TOL)
-    torch.testing.assert_close(
-        reference.segmented_attention(q, k, v, segment_size=segment_size, scale=scale, mask=mask, causal=causal),
-        dense,
-        **TOL,
-    )
-    torch.testing.assert_close(run_op(q, k, v, mask, segment_size, 0, causal, scale=scale), dense, **TOL)
-    torch.testing.assert_close(run_onnx(q, k, v, mask, segment_size, 0, causal, scale=scale), dense, **TOL)
+    out = three_ways(q, k, v, params(), mask=mask)
+    assert out[:, :, row].abs().max() > 0
+    torch.testing.assert_close(out[:, :, row], v[:, :, 0:8].mean(dim=2), **TOL)
 
 
 # --- refusals --------------------------------------------------------------------------
 
 
-def test_cross_attention_is_refused():
+def test_cross_attention_is_refused_by_the_pass():
+    seg = make_pass(NAME, segment_size=16, sinks=2)
+    for bad, why in ((site(20, 24), "cross-attention"), (site(24, 20), "cross-attention"), (site(20, None), "unknown")):
+        refusal = seg.plan(bad)
+        assert isinstance(refusal, Refusal) and why in refusal.reason, refusal
+        assert "\n" not in refusal.reason
+    plan = seg.plan(site(20, 20))
+    assert isinstance(plan, OpCall)
+    assert [(g.kernel, g.attrs) for g in plan.groups] == [(NAME, {"segment_size": 16, "sinks": 2})]
+    # A KV-cache step (M > N) is not cross-attention: it is planned, on a kernel that serves such steps.
+    step = seg.plan(site(1, 21, past_len=20))
+    assert isinstance(step, OpCall) and all(get_variant(g.kernel).kv_cache for g in step.groups), step
+
+
+def test_cross_attention_is_refused_by_the_op_and_reference():
     q, _, _ = make_qkv(20)
-    _, k, v = make_qkv(24)
+    for m in (16, 24):
+        _, k, v = make_qkv(m, m=m)
+        with pytest.raises(ValueError, match="query length == key length"):
+            run_op(NAME, q, k, v, params(), scale=SCALE)
+    _, k, v = make_qkv(16)
     with pytest.raises(ValueError, match="self-attention"):
-        reference.segmented_attention(q, k, v, segment_size=S)
-    with pytest.raises(ValueError, match="self-attention"):
-        run_op(q, k, v, None, S, 0, False)
+        run_reference(NAME, q, k, v, params(), scale=SCALE)
 
 
-@pytest.mark.parametrize("segment_size, sinks, message", [(0, 0, "segment_size"), (8, -1, "sinks")])
-def test_bad_parameters_are_refused(segment_size, sinks, message):
-    q, k, v = make_qkv(20)
-    with pytest.raises(ValueError, match=message):
-        reference.segmented_attention(q, k, v, segment_size=segment_size, sinks=sinks)
-    with pytest.raises(ValueError, match=message):
-        run_op(q, k, v, None, segment_size, sinks, False)
+@pytest.mark.parametrize("given, message", [
+    ({"segment_size": 0}, "segmented: segment_size must be >= 1, got 0"),
+    ({"segment_size": "-3"}, "segmented: segment_size must be >= 1, got -3"),
+    ({"sinks": -1}, "segmented: sinks must be >= 0, got -1"),
+    ({"segment_size": "8.5"}, "segmented: segment_size='8.5' is not a valid int"),
+    ({"window": 4}, "pass 'segmented' has no parameter 'window'; it takes: segment_size, sinks"),
+])
+def test_bad_parameters_are_refused(given, message):
+    for parse in (SPEC.parse_params, lambda p: make_pass(NAME, **p)):
+        with pytest.raises(InvalidParamsError) as info:
+            parse(given)
+        assert str(info.value) == message
+
+
+def test_parameters_parse_from_cli_strings():
+    assert SPEC.parse_params({"segment_size": "64", "sinks": "4"}) == {"segment_size": 64, "sinks": 4}
+    assert make_pass(NAME, segment_size="64").params == make_pass(NAME, segment_size=64, sinks=0).params
 
 
 def test_op_refuses_boolean_mask():
     q, k, v = make_qkv(20)
     with pytest.raises(ValueError, match="additive"):
-        run_op(q, k, v, torch.ones(1, 1, 20, 20, dtype=torch.bool), S, 0, False)
+        run_op(NAME, q, k, v, params(), scale=SCALE, mask=torch.ones(1, 1, 20, 20, dtype=torch.bool))
 
 
 # --- torch integration ---------------------------------------------------------------------
@@ -317,54 +307,48 @@ def test_op_refuses_boolean_mask():
 def test_opcheck():
     q, k, v = (t[:1] for t in make_qkv(10, hkv=2))
     mask = torch.randn(1, 1, 10, 10)
-    torch.library.opcheck(op, (q, k, v, mask, 4, 2, 0.3, True))
-    torch.library.opcheck(op, (q, k, v, None, 4, 0, 0.3, False))
+    kp = torch.zeros(1, 10)
+    kp[0, -2:] = float("-inf")
+    torch.library.opcheck(op, (q, k, v, mask, kp, 4, 2, 0.3, True, 0.0))
+    torch.library.opcheck(op, (q, k, v, None, kp, 4, 0, 0.3, False, 2.5))
+    torch.library.opcheck(op, (q, k, v, None, None, 4, 0, 0.3, False, 0.0))
 
 
 def test_torch_export_with_symbolic_length():
     class Segmented(torch.nn.Module):
-        def forward(self, q, k, v, mask):
-            return op(q, k, v, mask, S, 3, SCALE, True)
+        def forward(self, q, k, v, mask, key_padding):
+            return op(q, k, v, mask, key_padding, S, 3, SCALE, True, 0.0)
 
-    q, k, v = make_qkv(20, hkv=2)
-    mask = torch.randn(B, 1, 20, 20)
+    def example(n, seed):
+        q, k, v = make_qkv(n, hkv=2, seed=seed)
+        kp = torch.zeros(B, n)
+        kp[0, -3:] = float("-inf")
+        return q, k, v, torch.randn(B, 1, n, n, generator=torch.Generator().manual_seed(seed)), kp
+
     n = torch.export.Dim("N", min=2, max=4096)
     program = torch.export.export(
-        Segmented(), (q, k, v, mask), dynamic_shapes=({2: n}, {2: n}, {2: n}, {2: n, 3: n})
+        Segmented(), example(20, 0), dynamic_shapes=({2: n}, {2: n}, {2: n}, {2: n, 3: n}, {1: n})
     )
     targets = [node.target for node in program.graph.nodes if node.op == "call_function"]
     assert targets == [op.default]
-    q, k, v = make_qkv(27, hkv=2)
-    mask = torch.randn(B, 1, 27, 27)
-    torch.testing.assert_close(program.module()(q, k, v, mask), run_op(q, k, v, mask, S, 3, True))
+    args = example(27, 1)
+    torch.testing.assert_close(program.module()(*args), op(*args, S, 3, SCALE, True, 0.0))
 
 
-# --- the contract is ordered in one place ------------------------------------------------------
-
-
-def test_signatures_follow_the_registry():
-    spec = get_kernel("segmented_attention")
-    assert spec.torch_op is op
-    assert spec.onnx_op_type == onnx_functions.onnx_op_type("segmented_attention") == "SegmentedAttention"
-    torch_args = [a.name for a in op.default._schema.arguments]
-    assert torch_args == ["q", "k", "v", "mask", *spec.attrs, *COMMON_ATTRS]
-    proto = onnx_functions.function_proto(spec.onnx_op_type, 18)
-    assert list(proto.input) == ["Q", "K", "V", "Mask"]
-    assert list(proto.attribute) == [*spec.attrs, *COMMON_ATTRS]
-    schema = onnx.defs.get_schema(spec.onnx_op_type, 1, onnx_functions.DOMAIN)
-    assert set(schema.attributes) == {*spec.attrs, *COMMON_ATTRS}
-
-
-def test_registry_import_does_not_load_onnxscript():
+def test_registry_and_specs_do_not_load_onnxscript():
     code = (
-        "import sys, attnopt; before = 'onnxscript' in sys.modules\n"
-        "import attnopt.kernels, attnopt.kernels.registry\n"
-        "assert before or 'onnxscript' not in sys.modules\n"
+        "import sys\n"
+        "import attnopt.kernels.registry as registry\n"
+        "for spec in registry.all_variants():\n"
+        "    spec.torch_schema, spec.onnx_inputs, spec.onnx_op_type, spec.op_name, spec.parse_params({})\n"
+        "    [spec.onnx_attr_type(a) for a in spec.attr_names]\n"
+        "registry.get_variant('segmented').defaults\n"
+        "assert 'onnxscript' not in sys.modules, 'reading specs imported onnxscript'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-# --- attaching functions -----------------------------------------------------------------------
+# --- attaching functions (shared machinery) -------------------------------------------------------
 
 
 def test_function_proto_takes_the_model_opset():
@@ -375,71 +359,89 @@ def test_function_proto_takes_the_model_opset():
         onnx_functions.function_proto("SegmentedAttention", 13)
 
 
+def bare_model(opset):
+    """A model with one SegmentedAttention node and no function (nor ai.attnopt import) attached."""
+    model = onnx_model(NAME, params(S, 3), scale=SCALE, causal=True, opset=opset)
+    del model.functions[:]
+    keep = [o for o in model.opset_import if o.domain != DOMAIN]
+    del model.opset_import[:]
+    model.opset_import.extend(keep)
+    return model
+
+
+def run_session(model, q, k, v):
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    (y,) = sess.run(None, {"Q": q.numpy(), "K": k.numpy(), "V": v.numpy(),
+                           "Mask": np.zeros((1, 1, 1, 1), np.float32), "KeyPadding": np.zeros((1, 1), np.float32)})
+    return torch.from_numpy(y)
+
+
 def test_attach_functions_to_onnx_ir_model_is_idempotent():
     import onnx_ir as ir
 
-    proto = segmented_model(23, S, 3, True)
-    model = ir.serde.deserialize_model(proto)
+    model = ir.serde.deserialize_model(bare_model(23))
     onnx_functions.attach_functions(model, ["SegmentedAttention"])
     onnx_functions.attach_functions(model, ["SegmentedAttention", "SegmentedAttention"])
     assert len(model.functions) == 1
-    assert model.opset_imports[onnx_functions.DOMAIN] == 1
+    assert model.opset_imports[DOMAIN] == DOMAIN_VERSION
     (fn,) = model.functions.values()
     assert fn.opset_imports[""] == 23
     saved = ir.serde.serialize_model(model)
     onnx.checker.check_model(saved, full_check=True)
-    sess = ort.InferenceSession(saved.SerializeToString(), providers=["CPUExecutionProvider"])
     q, k, v = make_qkv(20, hkv=2)
-    (y,) = sess.run(None, {"Q": q.numpy(), "K": k.numpy(), "V": v.numpy(), "Mask": np.zeros((1, 1, 1, 1), np.float32)})
-    expected = reference.segmented_attention(q, k, v, segment_size=S, sinks=3, causal=True)
-    torch.testing.assert_close(torch.from_numpy(y), expected, **TOL)
+    expected = run_reference(NAME, q, k, v, params(S, 3), scale=SCALE, causal=True)
+    torch.testing.assert_close(run_session(saved, q, k, v), expected, **TOL)
 
 
-# --- cost: no N×N intermediate --------------------------------------------------------------------
+def test_attach_functions_to_model_proto_is_idempotent():
+    model = bare_model(17)
+    for _ in range(2):
+        onnx_functions.attach_functions(model, ["SegmentedAttention"])
+    assert [(f.domain, f.name) for f in model.functions] == [(DOMAIN, "SegmentedAttention")]
+    assert sorted((o.domain, o.version) for o in model.opset_import) == [("", 17), (DOMAIN, DOMAIN_VERSION)]
+    onnx.checker.check_model(model, full_check=True)
+    q, k, v = make_qkv(20, hkv=2)
+    expected = run_reference(NAME, q, k, v, params(S, 3), scale=SCALE, causal=True)
+    torch.testing.assert_close(run_session(model, q, k, v), expected, **TOL)
 
 
-class MaxNumel(TorchDispatchMode):
-    """Records the largest tensor any aten op produces."""
+# --- cost: a dense mask is read block by block, never copied whole ---------------------------------
+# (Nothing quadratic with key padding alone is the conformance test's.)
 
-    def __init__(self):
-        super().__init__()
-        self.max_numel = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(t, torch.Tensor):
-                self.max_numel = max(self.max_numel, t.numel())
-        return out
+MASK_PLUS_KEY_PADDING_BUG = (
+    "kernels bug: the dense mask and the key padding are summed into one (B, Hm, N, M) tensor before the "
+    "blocks are read (op.py: combined_mask(mask, key_padding); onnx_body.py: Mask = Add(Mask, KeyPadding))"
+)
 
 
+@pytest.mark.parametrize("key_padding", [
+    False,
+    pytest.param(True, marks=pytest.mark.xfail(strict=True, reason=MASK_PLUS_KEY_PADDING_BUG)),
+], ids=["mask", "mask+key-padding"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_cpu_op_builds_nothing_quadratic(dtype):
-    n, seg = 4096, 64
+def test_cpu_op_reads_a_dense_mask_block_by_block(dtype, key_padding):
+    n, seg = 2048, 64
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, 1, n, 16, generator=gen).to(dtype) for _ in range(3))
     mask = torch.randn(1, 1, n, n, generator=gen).to(dtype)  # a full mask is input, not intermediate
+    kp = torch.zeros(1, n, dtype=dtype) if key_padding else None
     with MaxNumel() as seen:
-        run_op(q, k, v, mask, seg, 4, True)
+        out = run_op(NAME, q, k, v, params(seg, 4), scale=SCALE, mask=mask, key_padding=kp, causal=True)
+    assert seen.max_numel > out.numel()  # the detector sees the op's own scores, not just its output
     assert seen.max_numel < n * n // 16
 
-    # The detector itself: the reference does build N×N.
-    q, k, v, mask = q[..., :256, :], k[..., :256, :], v[..., :256, :], mask[..., :256, :256]
-    with MaxNumel() as seen:
-        reference.segmented_attention(q, k, v, segment_size=seg, mask=mask)
-    assert seen.max_numel >= 256 * 256
 
-
-def test_onnx_body_builds_nothing_quadratic():
+@pytest.mark.xfail(strict=True, reason=MASK_PLUS_KEY_PADDING_BUG + "; in ONNX even with the (1, 1) zero")
+def test_onnx_body_reads_a_dense_mask_block_by_block():
     # One batch and kv head, so any per-head N×N tensor would have >= N*N elements.
     n, seg, hq = 192, 16, 2
-    dims = {"Q": [1, hq, "N", D], "K": [1, 1, "N", D], "V": [1, 1, "N", D], "Mask": [1, 1, "N", "N"]}
-    model = segmented_model(18, seg, 4, True, dims=dims)
-    onnx_functions.attach_functions(model, ["SegmentedAttention"])
+    dims = {"Q": [1, hq, "N", D], "K": [1, 1, "N", D], "V": [1, 1, "N", D], "Mask": [1, 1, "N", "N"],
+            "KeyPadding": [1, 1]}
+    model = onnx_model(NAME, params(seg, 4), scale=SCALE, causal=True, dims=dims)
     model = onnx.shape_inference.infer_shapes(onnx.inliner.inline_local_functions(model))
     types = {vi.name: vi.type.tensor_type.elem_type for vi in model.graph.value_info}
-    produced = [out for node in model.graph.node for out in node.output if out != "Y"]
-    assert len(produced) > 40 and set(produced) <= set(types)
+    produced = [out for node in model.graph.node for out in node.output if out in types]
+    assert len(produced) > 40
     # A Reshape of a graph input is a view in onnxruntime (it aliases its input).
     views = {node.output[0] for node in model.graph.node if node.op_type == "Reshape" and node.input[0] == "Mask"}
     model.graph.output.extend(helper.make_tensor_value_info(name, types[name], None) for name in produced)
@@ -447,11 +449,10 @@ def test_onnx_body_builds_nothing_quadratic():
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, h, n, D, generator=gen) for h in (hq, 1, 1))
     mask = torch.randn(1, 1, n, n, generator=gen)
-    results = sess.run(None, {"Q": q.numpy(), "K": k.numpy(), "V": v.numpy(), "Mask": mask.numpy()})
-    sizes = {out.name: arr.size for out, arr in zip(model.graph.output, results)}
-    assert not {name: size for name, size in sizes.items() if size >= n * n and name not in views}
+    results = sess.run(None, {"Q": q.numpy(), "K": k.numpy(), "V": v.numpy(), "Mask": mask.numpy(),
+                              "KeyPadding": np.zeros((1, 1), np.float32)})
     torch.testing.assert_close(
         torch.from_numpy(results[0]),
-        reference.segmented_attention(q, k, v, segment_size=seg, sinks=4, mask=mask, causal=True),
-        **TOL,
-    )
+        run_reference(NAME, q, k, v, params(seg, 4), scale=SCALE, mask=mask, causal=True), **TOL)
+    sizes = {out.name: arr.size for out, arr in zip(model.graph.output, results)}
+    assert not {name: size for name, size in sizes.items() if size >= n * n and name not in views}
