@@ -180,16 +180,19 @@ def _ancestry(view, ref: ValueRef) -> tuple[list[ValueRef], int]:
 
 
 def _int_extent(view, ref: ValueRef) -> int:
-    """The largest |integer| in a small integer constant, sentinels aside; 0 otherwise."""
+    """|c| for a one-element integer constant c (a length such as a window), sentinels aside; else 0.
+
+    Tables (a position-id buffer, arange(max_positions)) and shape vectors are not lengths
+    the mask compares against, and are left out.
+    """
     shape, dtype = view.shape(ref), view.dtype(ref)
-    if shape is None or int(np.prod(shape)) > 64 or (dtype is not None and "int" not in str(dtype)):
-        return 0  # unknown or large shapes are weights: never materialised here
-    c = view.const(ref)
-    if c is None or np.size(c) > 64 or not np.issubdtype(np.asarray(c).dtype, np.integer):
+    if shape is None or int(np.prod(shape)) != 1 or (dtype is not None and "int" not in str(dtype)):
         return 0
-    vals = np.abs(np.asarray(c, dtype=np.int64).ravel())
-    vals = vals[vals < _SENTINEL]
-    return int(vals.max()) if vals.size else 0
+    c = view.const(ref)
+    if c is None or np.size(c) != 1 or not np.issubdtype(np.asarray(c).dtype, np.integer):
+        return 0
+    value = abs(int(np.asarray(c).reshape(())))
+    return value if value < _SENTINEL else 0
 
 
 def _is_padding_input(view, ref: ValueRef) -> bool:
