@@ -16,6 +16,9 @@ def define_op(variant: str, forward: Callable, *, cuda: Callable | None = None):
     serves every device unless ``cuda`` is given. Returns the op.
     """
     spec = get_variant(variant)
+    forward = _checked(spec, forward)
+    if cuda is not None:
+        cuda = _checked(spec, cuda)
     # A module may be executed twice (importlib.reload, or imported under two names);
     # torch.library refuses to define the same op twice.
     if hasattr(torch.ops.attnopt, spec.op_name):
@@ -28,16 +31,16 @@ def define_op(variant: str, forward: Callable, *, cuda: Callable | None = None):
     return getattr(torch.ops.attnopt, spec.op_name)
 
 
-def key_padding_as_mask(key_padding: torch.Tensor | None) -> torch.Tensor | None:
-    """(B | 1, M) key padding -> (B | 1, 1, 1, M), a 4-D additive mask term (a view, no copy)."""
-    if key_padding is None:
-        return None
-    return key_padding.reshape(key_padding.shape[0], 1, 1, key_padding.shape[-1])
 
+def _checked(spec, fn: Callable) -> Callable:
+    """``fn`` behind the spec's parameter checks, so a bad value called straight at the op is a clear ValueError."""
+    first = 5 + len(spec.tensor_inputs)  # q, k, v, mask, key_padding, tensors, then the parameters
 
-def combined_mask(mask: torch.Tensor | None, key_padding: torch.Tensor | None) -> torch.Tensor | None:
-    """The dense remainder plus key padding as one broadcastable 4-D additive mask (no N×M unless mask is)."""
-    kp = key_padding_as_mask(key_padding)
-    if mask is None or kp is None:
-        return mask if kp is None else kp
-    return mask + kp
+    def checked(*args):
+        for p, value in zip(spec.params, args[first:first + len(spec.params)]):
+            if p.check is not None and not p.check(value):
+                raise ValueError(f"{spec.op_name}: {p.name} {p.rule}, got {value!r}")
+        return fn(*args)
+
+    checked.__name__ = fn.__name__
+    return checked

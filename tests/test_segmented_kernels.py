@@ -408,16 +408,8 @@ def test_attach_functions_to_model_proto_is_idempotent():
 # --- cost: a dense mask is read block by block, never copied whole ---------------------------------
 # (Nothing quadratic with key padding alone is the conformance test's.)
 
-MASK_PLUS_KEY_PADDING_BUG = (
-    "kernels bug: the dense mask and the key padding are summed into one (B, Hm, N, M) tensor before the "
-    "blocks are read (op.py: combined_mask(mask, key_padding); onnx_body.py: Mask = Add(Mask, KeyPadding))"
-)
 
-
-@pytest.mark.parametrize("key_padding", [
-    False,
-    pytest.param(True, marks=pytest.mark.xfail(strict=True, reason=MASK_PLUS_KEY_PADDING_BUG)),
-], ids=["mask", "mask+key-padding"])
+@pytest.mark.parametrize("key_padding", [False, True], ids=["mask", "mask+key-padding"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_cpu_op_reads_a_dense_mask_block_by_block(dtype, key_padding):
     n, seg = 2048, 64
@@ -431,7 +423,6 @@ def test_cpu_op_reads_a_dense_mask_block_by_block(dtype, key_padding):
     assert seen.max_numel < n * n // 16
 
 
-@pytest.mark.xfail(strict=True, reason=MASK_PLUS_KEY_PADDING_BUG + "; in ONNX even with the (1, 1) zero")
 def test_onnx_body_reads_a_dense_mask_block_by_block():
     # One batch and kv head, so any per-head N×N tensor would have >= N*N elements.
     n, seg, hq = 192, 16, 2

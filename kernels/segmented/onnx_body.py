@@ -26,16 +26,15 @@ def SegmentedAttention(Q, K, V, Mask, KeyPadding, segment_size: int, sinks: int,
     """allowed(i, j) = i // S == j // S or j < sinks; cost O(N·(S+G)·D).
 
     N may be symbolic: the padding of a ragged last segment is computed from
-    Shape at run time (padded keys are masked). Requires N == M (the frontend
-    refuses other sites). Mask is required; pass a zero (1, 1, 1, 1) tensor
-    for "no mask". Rows with no allowed key output 0.
+    Shape at run time (padded keys are masked). Requires N == M (a KV-cache
+    step runs as memory with no memory). Rows with no allowed key output 0.
     """
     zero = op.Constant(value_ints=[0])
     one = op.Constant(value_ints=[1])
     last_axis = op.Constant(value_ints=[-1])
-    # Key padding joins the mask as a (B, 1, 1, M) term: the per-key path below reads it as one column.
-    kp_shape = op.Concat(op.Shape(KeyPadding, start=0, end=1), one, one, op.Shape(KeyPadding, start=1, end=2), axis=0)
-    Mask = op.Add(Mask, op.Reshape(op.CastLike(KeyPadding, Mask), kp_shape))
+    # Key padding, (Bk, 1, Mk), is read at the visited key columns only (never added to a dense mask).
+    flat_kp = op.Reshape(KeyPadding, op.Concat(op.Shape(KeyPadding, start=0, end=1), one, last_axis, axis=0))
+    kp_last = op.Sub(op.Shape(KeyPadding, start=1, end=2), one)
     # Softcapping (c·tanh(s / c)) has to see the raw scores, so it only runs on the general path.
     cap = op.Constant(value_float=softcap)
     capped = op.Greater(cap, op.Constant(value_float=0.0))
@@ -65,9 +64,11 @@ def SegmentedAttention(Q, K, V, Mask, KeyPadding, segment_size: int, sinks: int,
     # (.., N, S+G) scores costs about as much as a MatMul, so the common cases
     # (no mask, whole segments, not causal) run with no bias at all.
     ragged = op.Squeeze(op.Less(n, n_pad))
-    # "No mask" is the (1,1,1,1) zero; read one element, never the whole mask.
+    # "No mask" is the (1,1,1,1) zero and "no key padding" the (1,1) zero; read one element of each.
     first = op.Cast(op.Slice(op.Reshape(Mask, last_axis), zero, one), to=_FLOAT)
-    no_mask = op.And(op.Equal(op.Size(Mask), op.Constant(value_int=1)), op.Squeeze(op.Equal(first, 0.0)))
+    first_kp = op.Cast(op.Slice(op.Reshape(KeyPadding, last_axis), zero, one), to=_FLOAT)
+    no_mask = op.And(op.And(op.Equal(op.Size(Mask), op.Constant(value_int=1)), op.Squeeze(op.Equal(first, 0.0))),
+                     op.And(op.Equal(op.Size(KeyPadding), op.Constant(value_int=1)), op.Squeeze(op.Equal(first_kp, 0.0))))
     unmasked = op.And(op.And(op.And(no_mask, op.Not(ragged)), op.Squeeze(not_causal)), op.Not(capped))
     # Sinks add nothing when there are none or when every sink is in the only segment.
     sinks_inside = op.Squeeze(op.Or(op.Equal(g_n, zero), op.Equal(nseg, one)))
@@ -109,6 +110,10 @@ def SegmentedAttention(Q, K, V, Mask, KeyPadding, segment_size: int, sinks: int,
         bm = op.Shape(Mask, start=0, end=1)
         flat_mask = op.Reshape(Mask, op.Concat(bm, hm, last_axis, axis=0))
         keys = op.Add(seg, g_n)
+        # The key padding at each segment's columns (its own keys, then the sinks): (Bk, 1, nseg, S+G).
+        kp_cols = op.Concat(op.Min(pos, kp_last), op.Expand(op.Unsqueeze(op.Min(j, kp_last), zero),
+                                                            op.Concat(nseg, g_n, axis=0)), axis=-1)
+        kp_bias = op.Cast(op.Gather(flat_kp, kp_cols, axis=2), to=_FLOAT)
         # A mask that varies by key only (key padding, (B|1, 1, 1, M)) with no causality
         # is a per-key bias: carried as an extra q·k column ([q, 1]·[k, bias]) it costs
         # no pass over the scores.
@@ -119,8 +124,9 @@ def SegmentedAttention(Q, K, V, Mask, KeyPadding, segment_size: int, sinks: int,
             key_idx = op.Concat(op.Min(pos, op.Sub(m_cols, one)),
                                 op.Expand(op.Unsqueeze(op.Min(j, op.Sub(m_cols, one)), zero),
                                           op.Concat(nseg, g_n, axis=0)), axis=-1)  # (nseg, S+G)
-            key_bias = op.Where(key_ok, op.Cast(op.Gather(flat_mask, key_idx, axis=2), to=_FLOAT), _NEG_INF)
-            column = op.Expand(op.Reshape(key_bias, op.Concat(bm, one, one, nseg, keys, one, axis=0)),
+            key_bias = op.Where(key_ok, op.Add(op.Cast(op.Gather(flat_mask, key_idx, axis=2), to=_FLOAT), kp_bias),
+                                _NEG_INF)  # (max(Bm, Bk), 1, nseg, S+G)
+            column = op.Expand(op.Unsqueeze(key_bias, op.Constant(value_ints=[2, 5])),
                                op.Concat(b, hkv, one, nseg, keys, one, axis=0))
             ones = op.Expand(op.Constant(value_float=1.0), op.Concat(b, hkv, rep, nseg, seg, one, axis=0))
             q_ext = op.Concat(qs, ones, axis=5)
@@ -153,7 +159,7 @@ def SegmentedAttention(Q, K, V, Mask, KeyPadding, segment_size: int, sinks: int,
             bias = op.Reshape(bias, op.Concat(bm, hm_kv, op.Div(hm, hm_kv), nseg, seg, keys, axis=0))
             raw = op.MatMul(qs, op.Transpose(k_all, perm=_KT_PERM))
             raw = op.Where(capped, op.Mul(op.Tanh(op.Div(raw, op.Max(cap, op.Constant(value_float=1e-30)))), cap), raw)
-            scores = op.Add(raw, bias)
+            scores = op.Add(op.Add(raw, bias), op.Unsqueeze(kp_bias, op.Constant(value_ints=[2, 4])))
         masked = op.MatMul(op.Softmax(scores, axis=-1), v_all)
         out = op.Where(op.IsNaN(masked), 0.0, masked)  # rows with no allowed key -> 0 (N×D, not scores)
     out = op.Slice(op.Reshape(out, op.Concat(b, h, n_pad, d, axis=0)), zero, n, two)

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from ..reference import check_qkv
-from ..torch_ops import combined_mask, define_op
+from ..torch_ops import define_op
 
 
 def _user_mask_blocks(mask: Tensor, pos: Tensor, sink_pos: Tensor) -> Tensor:
@@ -57,7 +57,7 @@ def forward(
             "segmented_attention takes a 4-D additive float mask; "
             f"got dtype {mask.dtype} with shape {tuple(mask.shape)}"
         )
-    mask = combined_mask(mask, key_padding)
+
     if N == 0:
         return q.new_zeros(q.shape)
     # seg(i) is the same for S >= N, and G >= N already allows every key.
@@ -97,6 +97,9 @@ def forward(
     if mask is not None:
         # Cast after the gather, so a half-precision N×N mask is never copied whole.
         scores = scores + _user_mask_blocks(mask, pos, j).to(compute)  # (Bm, Hm, nseg, S, S+G) broadcasts
+    if key_padding is not None:  # read at each segment's columns, (Bk, 1, nseg, 1, S+G)
+        cols = torch.cat([pos, j.expand(nseg, G)], dim=1).clamp(max=key_padding.shape[-1] - 1)
+        scores = scores + key_padding.to(compute)[:, cols][:, None, :, None, :]
 
     p = torch.softmax(scores, dim=-1)
     p = torch.where(torch.isnan(p), 0.0, p).view(B, Hkv, rep, nseg, S, S + G)
