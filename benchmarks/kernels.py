@@ -33,10 +33,12 @@ VARIANTS = {
     "segmented S=1024": (1024, 0, 0, 0, False, 1.5),
     "segmented S=1024 (kernel, no fast path)": (1024, 0, 0, 0, False, 1.5),
     "segmented S=1024 + 4 sinks": (1024, 0, 0, 4, False, 1.5),
+    "segmented S=1024 + 4 sinks (kernel, no fast path)": (1024, 0, 0, 4, False, 1.5),
     "window W=1024": (1, 1023, 1023, 0, False, 1.3),
     "window W=1024 causal": (1, 1023, 1023, 0, True, 1.3),
     "memory S=M=1024": (1024, 1024, 0, 0, False, 1.5),
     "memory S=M=1024 causal": (1024, 1024, 0, 0, True, 1.5),
+    "memory S=M=1024 (kernel, no fast path)": (1024, 1024, 0, 0, False, 1.5),
     "dense": (BIG, 0, 0, 0, False, None),
     "dense causal": (BIG, 0, 0, 0, True, None),
 }
