@@ -39,6 +39,7 @@ VARIANTS = {
     "memory S=M=1024": (1024, 1024, 0, 0, False, 1.5),
     "memory S=M=1024 causal": (1024, 1024, 0, 0, True, 1.5),
     "memory S=M=1024 (kernel, no fast path)": (1024, 1024, 0, 0, False, 1.5),
+    "memory S=M=1024 causal (kernel, no fast path)": (1024, 1024, 0, 0, True, 1.5),
     "dense": (BIG, 0, 0, 0, False, None),
     "dense causal": (BIG, 0, 0, 0, True, None),
 }
