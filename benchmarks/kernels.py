@@ -235,14 +235,14 @@ def main(argv=None) -> int:
     from attnopt.kernels import triton_band
 
     meta = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
-                dtype="bfloat16", B=1, H=H, D=D, sdpa_backend_setting=triton_band.SDPA_BACKEND)
+                dtype="bfloat16", B=1, H=H, D=D, sdpa_lse_setting=triton_band.SDPA_LSE)
     log(json.dumps(meta))
     result = dict(meta=meta)
     if args.sweep:
         result["sweep"] = sweep(args.sweep, args.rep_ms, log)
     rows = run(args.n, args.rep_ms, args.variants, log, args.no_flex)
     result["rows"] = rows
-    result["meta"]["sdpa_backend_used"] = triton_band.SDPA_BACKEND
+    result["meta"]["cudnn_lse_parts_ran"] = triton_band._cudnn_runs
     table = markdown(rows)
     if args.json:
         with open(args.json, "w") as f:

@@ -23,9 +23,12 @@ How the kernel stays block sparse:
   once, by the band loop.
 - Online softmax in fp32 in the exp2 domain; a row with no allowed key ends
   with l = 0 and writes exactly 0.
-- Segmented attention with whole segments, no sinks and no masks is exactly
-  flash SDPA over the segments folded into the head dimension (a view, no
-  copy), and takes that path.
+- Fast path (``_segment_fast_path``): segmented and memory (M_mem = S) bands
+  with whole segments and no masks are fused SDPA over segments folded into
+  the batch (views, no copies); the previous segment (memory) and G <= S sinks
+  are merged in by their log-sum-exp in one memory-bound pass (``_merge_fwd``).
+  Everything else (window, dense, other memories, GQA, masks, softcap, KV-cache
+  offsets) runs the band kernel.
 
 Imports only torch, triton and the standard library, so the op layer can
 register ``band_attention`` as the CUDA implementation of every band variant.
@@ -33,7 +36,6 @@ register ``band_attention`` as the CUDA implementation of every band variant.
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 
@@ -416,30 +418,27 @@ def _merge_fwd(
     tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=row_ok[:, None])
 
 
-# Which fused SDPA backs the segment fast path ("flash" or "cudnn"); cuDNN's Hopper kernels are the faster
-# ones where the build has them, flash is the fallback.
-SDPA_BACKEND = os.environ.get("ATTNOPT_BAND_SDPA", "auto")
+# The segment fast path's parts that need a log-sum-exp (sinks, memory) run on cuDNN's fused attention:
+# measured on the H200 it is as fast as flash on whole segments, while aten's flash op with its LSE output
+# was slower than this module's own kernel (so without cuDNN those bands take the kernel).
+# "auto": cuDNN where it runs; "off": only plain segmented takes SDPA.
+SDPA_LSE = os.environ.get("ATTNOPT_BAND_SDPA", "auto")
+_cudnn_runs: bool | None = None
 
 
-def _sdpa_lse(q, k, v, causal: bool, scale: float):
-    """(out, lse) of a fused SDPA kernel; lse in natural-log units, shape (batch, heads, L)."""
-    global SDPA_BACKEND
-    if SDPA_BACKEND in ("auto", "cudnn"):
-        try:
-            r = torch.ops.aten._scaled_dot_product_cudnn_attention(q, k, v, None, True, 0.0, causal, False,
-                                                                   scale=scale)
-            out, lse = r[0], r[1]
-            if lse.dim() == 4:
-                lse = lse.squeeze(-1)
-            if SDPA_BACKEND == "auto":
-                SDPA_BACKEND = "cudnn"
-            return out, lse
-        except RuntimeError:
-            if SDPA_BACKEND == "cudnn":
-                raise
-            SDPA_BACKEND = "flash"
-    r = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, causal, False, scale=scale)
-    return r[0], r[1]
+def _cudnn_lse(q, k, v, causal: bool, scale: float):
+    """(out, lse) from cuDNN attention, lse in natural-log units (batch, heads, L); None where unavailable."""
+    global _cudnn_runs
+    if SDPA_LSE == "off" or _cudnn_runs is False:
+        return None
+    try:
+        r = torch.ops.aten._scaled_dot_product_cudnn_attention(q, k, v, None, True, 0.0, causal, False, scale=scale)
+    except RuntimeError:
+        _cudnn_runs = False
+        return None
+    _cudnn_runs = True
+    out, lse = r[0], r[1]
+    return out, (lse.squeeze(-1) if lse.dim() == 4 else lse)
 
 
 def _segment_fast_path(q, k, v, *, unit, before, after, sinks, scale, causal, softcap, key_padding, mask,
@@ -467,26 +466,29 @@ def _segment_fast_path(q, k, v, *, unit, before, after, sinks, scale, causal, so
     nseg = N // S
     prev = before == S
     sinks_from = S * (2 if prev else 1)
+    folded = [t.view(B, H * nseg, S, D) for t in (q, k, v)]
     if not prev and (sinks == 0 or sinks_from >= N):
         if sdpa is not None:
-            out = sdpa(q.view(B, H * nseg, S, D), k.view(B, H * nseg, S, D), v.view(B, H * nseg, S, D),
-                       causal, scale)[0]
-        elif SDPA_BACKEND == "flash":
-            out = F.scaled_dot_product_attention(q.view(B, H * nseg, S, D), k.view(B, H * nseg, S, D),
-                                                 v.view(B, H * nseg, S, D), is_causal=causal, scale=scale)
+            out = sdpa(*folded, causal, scale)[0]
         else:
-            out = _sdpa_lse(q.view(B, H * nseg, S, D), k.view(B, H * nseg, S, D), v.view(B, H * nseg, S, D),
-                            causal, scale)[0]
+            part = _cudnn_lse(*folded, causal, scale)
+            out = part[0] if part is not None else F.scaled_dot_product_attention(*folded, is_causal=causal,
+                                                                                   scale=scale)
         return out.reshape(B, H, N, D)
-    sdpa = sdpa or _sdpa_lse
-    out, lse = sdpa(q.view(B, H * nseg, S, D), k.view(B, H * nseg, S, D), v.view(B, H * nseg, S, D),
-                         causal, scale)
+    sdpa = sdpa or _cudnn_lse
+    part = sdpa(*folded, causal, scale)
+    if part is None:
+        return None
+    out, lse = part
     out = out.reshape(B, H, N, D)
     if not out.is_contiguous():
         out = out.contiguous()
     if prev:
         qs, ks, vs = (t.view(B * H, nseg, S, D) for t in (q, k, v))
-        o2, lse2 = sdpa(qs[:, 1:], ks[:, :-1], vs[:, :-1], False, scale)
+        part = sdpa(qs[:, 1:], ks[:, :-1], vs[:, :-1], False, scale)
+        if part is None:
+            return None
+        o2, lse2 = part
         o2_strides = (o2.stride(0), o2.stride(1), o2.stride(2))
         l2_strides = (lse2.stride(0), lse2.stride(1), lse2.stride(2))
     else:
