@@ -99,3 +99,21 @@ def band_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, key_pad
 
 def _capped(scores: Tensor, softcap: float) -> Tensor:
     return softcap * torch.tanh(scores / softcap) if softcap else scores
+
+
+def cuda_forward(to_band):
+    """The CUDA implementation of a band variant's op: the Triton kernel (``kernels.triton_band``).
+
+    ``to_band(*params, causal)`` -> (unit, before, after, sinks) maps the variant's
+    parameters onto the band; the op's arguments arrive as in ``spec.torch_schema``.
+    """
+
+    def forward(q, k, v, mask, key_padding, *args):
+        *params, scale, causal, softcap = args
+        unit, before, after, sinks = to_band(*params, causal)
+        from .triton_band import band_attention as triton_band  # triton loads only where CUDA runs
+
+        return triton_band(q, k, v, unit=unit, before=before, after=after, sinks=sinks, scale=scale, causal=causal,
+                           softcap=softcap, key_padding=key_padding, mask=mask)
+
+    return forward

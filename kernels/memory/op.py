@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..band import band_attention
+from ..band import band_attention, cuda_forward
 from ..torch_ops import define_op
 from . import band
 
@@ -14,4 +14,5 @@ def forward(q, k, v, mask, key_padding, segment_size: int, memory: int, sinks: i
                           scale=scale, causal=causal, softcap=softcap)
 
 
-memory_attention = define_op("memory", forward)
+memory_attention = define_op("memory", forward, cuda=cuda_forward(
+    lambda segment_size, memory, sinks, causal: (*band(segment_size, memory), sinks)))

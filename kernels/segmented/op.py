@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from ..reference import check_qkv
+from ..band import cuda_forward
 from ..torch_ops import define_op
 
 
@@ -113,5 +114,6 @@ def _capped(scores: Tensor, softcap: float) -> Tensor:
     return softcap * torch.tanh(scores / softcap) if softcap else scores
 
 
-# The CUDA kernel is the same torch code for now; a Triton kernel replaces it (the GPU kernels issue).
-segmented_attention = define_op("segmented", forward)
+# On CUDA the Triton band kernel runs it (a segment is the band (S, 0, 0)).
+segmented_attention = define_op("segmented", forward, cuda=cuda_forward(
+    lambda segment_size, sinks, causal: (segment_size, 0, 0, sinks)))

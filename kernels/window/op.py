@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..band import band_attention
+from ..band import band_attention, cuda_forward
 from ..torch_ops import define_op
 from . import band
 
@@ -14,4 +14,5 @@ def forward(q, k, v, mask, key_padding, window: int, sinks: int, scale: float, c
                           sinks=sinks, scale=scale, causal=causal, softcap=softcap)
 
 
-window_attention = define_op("window", forward)
+window_attention = define_op("window", forward, cuda=cuda_forward(
+    lambda window, sinks, causal: (*band(window)[:2], 0 if causal else band(window)[2], sinks)))

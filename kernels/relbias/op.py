@@ -1,0 +1,72 @@
+"""torch.ops.attnopt.relbias_attention: dense attention, a block of queries at a time, the bias built per block.
+
+Each block of ``QUERY_BLOCK`` queries builds its (H, Bq, M) bias from the slopes
+and the table and its (B, H, Bq, M) scores, so memory stays O(Bq·M) per batch
+and head whatever N is; the compute is dense attention's O(N·M·D).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..reference import check_qkv
+from ..torch_ops import define_op
+
+QUERY_BLOCK = 64
+
+
+def check_bias_tensors(slopes: Tensor, table: Tensor, heads: int) -> None:
+    """One row per query head, or one row that every head shares (as a mask with one head broadcasts)."""
+    if slopes.dim() != 1 or slopes.shape[0] not in (1, heads):
+        raise ValueError(f"relbias slopes must be ({heads},) or (1,); got {tuple(slopes.shape)}")
+    if table.dim() != 2 or table.shape[0] not in (1, heads) or table.shape[1] % 2 != 1:
+        raise ValueError(f"relbias table must be ({heads} or 1, 2R + 1); got {tuple(table.shape)}")
+
+
+def forward(q, k, v, mask, key_padding, slopes, table, kind: str, num_buckets: int, max_distance: int,
+            bidirectional: bool, table_file: str, init_std: float, bias_scale: float, scale: float, causal: bool,
+            softcap: float):
+    check_qkv(q, k, v)
+    b, h, n, d = q.shape
+    hkv, m = k.shape[1], k.shape[2]
+    check_bias_tensors(slopes, table, h)
+    if mask is not None and (mask.dim() != 4 or mask.dtype == torch.bool):
+        raise ValueError(f"the mask must be 4-D additive float; got {mask.dtype} {tuple(mask.shape)}")
+    if n == 0:
+        return q.new_zeros(q.shape)
+    rep, off, dev = h // hkv, m - n, q.device
+    out_dtype = q.dtype
+    compute = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
+    r = (table.shape[1] - 1) // 2
+    # Heads split as the scores' (Hkv, rep), so GQA needs no repeated keys.
+    slope = (slopes.to(compute) * bias_scale).expand(h).reshape(hkv, rep, 1, 1)
+    tab = (table.to(compute) * bias_scale).expand(h, -1).reshape(hkv, rep, -1)
+    qg = q.to(compute).view(b, hkv, rep, n, d)
+    kt = k.to(compute).unsqueeze(2).transpose(-1, -2)  # (b, hkv, 1, d, m)
+    vc = v.to(compute).unsqueeze(2)
+    kp = None if key_padding is None else key_padding.to(compute).reshape(key_padding.shape[0], 1, 1, 1, -1)
+    j = torch.arange(m, device=dev)
+    out = qg.new_empty(b, hkv, rep, n, d)
+    for r0 in range(0, n, QUERY_BLOCK):
+        r1 = min(r0 + QUERY_BLOCK, n)
+        delta = j[None, :] - (torch.arange(r0, r1, device=dev) + off)[:, None]  # (rows, M)
+        scores = (qg[:, :, :, r0:r1] @ kt) * scale
+        if softcap:
+            scores = softcap * torch.tanh(scores / softcap)
+        scores = scores - slope * delta.abs() + tab[:, :, delta.clamp(-r, r) + r]
+        if causal:
+            scores = scores.masked_fill(delta > 0, float("-inf"))
+        if kp is not None:
+            scores = scores + kp
+        if mask is not None:
+            rows = mask[:, :, r0:r1] if mask.shape[2] > 1 else mask
+            hm = rows.shape[1]  # 1 or H: split like the scores' (Hkv, rep) to broadcast
+            scores = scores + rows.to(compute).reshape(rows.shape[0], min(hm, hkv), hm // min(hm, hkv),
+                                                       *rows.shape[2:])
+        p = torch.softmax(scores, dim=-1)
+        out[:, :, :, r0:r1] = torch.where(torch.isnan(p), 0.0, p) @ vc
+    return out.view(b, h, n, d).to(out_dtype)
+
+
+relbias_attention = define_op("relbias", forward)

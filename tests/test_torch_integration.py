@@ -1,0 +1,89 @@
+"""attnopt ops inside torch: compiled rewritten modules, and the CUDA implementations (Triton) where a GPU is.
+
+The CUDA class skips without a GPU; it runs on the GPU machine (see BENCHMARKS.md for the command).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+import attnopt
+from attnopt.kernels.registry import all_variants, get_variant
+
+N, E, H = 24, 32, 4
+
+
+class Attention(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.qkv = nn.Linear(E, 3 * E)
+
+    def forward(self, x, pad):
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, H, E // H).permute(2, 0, 3, 1, 4)
+        s = q @ k.transpose(-1, -2) / (E // H) ** 0.5 + (1.0 - pad[:, None, None, :]) * -1e9
+        return torch.softmax(s, dim=-1) @ v
+
+
+def _inputs(device="cpu"):
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(2, N, E, generator=gen)
+    pad = torch.ones(2, N)
+    pad[1, -5:] = 0
+    return x.to(device), pad.to(device)
+
+
+@pytest.mark.parametrize("name, params", [("segmented", {"segment_size": 8, "sinks": 2}),
+                                          ("window", {"window": 5, "sinks": 1})])
+def test_compiled_rewrite_has_no_graph_break(name, params):
+    x, pad = _inputs()
+    result = attnopt.rewrite(torch.export.export(Attention().eval(), (x, pad)), name, **params)
+    gm = result.model
+    with torch.no_grad():  # the ops are forward-only (no autograd formula)
+        eager = gm(x, pad)
+        # fullgraph=True turns any graph break into an error; aot_eager traces through the op's fake.
+        compiled = torch.compile(gm, fullgraph=True, backend="aot_eager")(x, pad)
+    torch.testing.assert_close(compiled, eager)
+
+
+BAND_VARIANTS = ["segmented", "window", "memory", "dense"]
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+class TestCuda:
+    @pytest.mark.parametrize("causal", [False, True])
+    @pytest.mark.parametrize("name", BAND_VARIANTS)
+    def test_cuda_op_equals_the_reference(self, name, causal):
+        spec = get_variant(name)
+        gen = torch.Generator().manual_seed(0)
+        b, h, hkv, n, d = 1, 8, 2, 3000, 64
+        q, k, v = (torch.randn(b, hh, n, d, generator=gen) for hh in (h, hkv, hkv))
+        kp = torch.zeros(b, n)
+        kp[:, -17:] = float("-inf")
+        for params in spec.test_params + ({**spec.test_params[-1], **{p: 256 for p in ("segment_size", "window",
+                                                                                        "memory")
+                                                                       if p in spec.param_names}},):
+            args = [params[p] for p in spec.param_names]
+            want = spec.torch_op(q, k, v, None, kp, *args, 0.125, causal, 0.0)  # the CPU op is tested against the spec
+            got = spec.torch_op(*(t.cuda().bfloat16() for t in (q, k, v)), None, kp.cuda(), *args, 0.125, causal, 0.0)
+            torch.testing.assert_close(got.float().cpu(), want, atol=3e-2, rtol=3e-2)
+
+    def test_compiled_rewrite_on_cuda(self):
+        x, pad = _inputs("cuda")
+        model = Attention().eval().cuda()
+        result = attnopt.rewrite(torch.export.export(model, (x, pad)), "window", window=5, sinks=1)
+        gm = result.model
+        with torch.no_grad():
+            torch.testing.assert_close(torch.compile(gm, fullgraph=True)(x, pad), gm(x, pad), atol=1e-4, rtol=1e-4)
+
+
+def test_every_band_variant_has_a_cuda_kernel():
+    """A guard: the band variants register the Triton kernel for CUDA, not the CPU code."""
+    for name in BAND_VARIANTS:
+        op = get_variant(name).torch_op.default
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(op.name(), "CUDA"), name
+    assert {s.name for s in all_variants()} >= set(BAND_VARIANTS)
