@@ -7,18 +7,24 @@ VARIANTS.md, "Structured masks". Two rules, no per-model op sequences:
 2. **Probing.** Hugging Face decoders build causal-plus-padding N×M masks at run
    time from ``attention_mask`` and positions, and every exporter writes that
    construction differently. So the construction is not read, it is *run*: a
-   dynamic N×M term that depends on a 2-D integer or boolean graph input (or on
-   no float input at all) is evaluated through the frontend's probe on a few
-   probe inputs (random padding patterns, left and right padding, two sequence
-   lengths when the model's shapes are dynamic), and one hypothesis is accepted
-   only if it holds exactly on every probe:
+   term the View could not fold is evaluated through the frontend's probe (only
+   the nodes it depends on) on a few probe inputs: random 0/1 patterns for every
+   2-D integer or boolean input (left and right padding, random keys), two
+   sequence lengths when the model's shapes are symbolic, and one past the
+   largest one-element integer constant of the construction (a sliding window of
+   4096 is plain causal at every small length). One hypothesis is accepted only
+   if it holds exactly on every probe:
 
        allowed(b, h, i, j) == [causal: j <= i + M - N] and [padding: key_mask[b, j] != 0]
 
-   Rows the hypothesis leaves without any allowed key are not compared (HF
-   un-masks them to avoid NaN). Additive terms must be exactly 0 where allowed
+   with ``key_mask`` one of those 2-D inputs (for a boolean one also read as
+   True = padding). Rows the hypothesis leaves without any allowed key are not
+   compared (HF un-masks them to avoid NaN); a term with one row broadcast over
+   the queries is never causal. Additive terms must be exactly 0 where allowed
    and <= MASK_FILL_MAX where blocked. A term that fails every hypothesis, or
-   whose evaluation fails, stays dense.
+   whose evaluation fails, stays dense. A term the View did fold is checked the
+   same way for plain causality, without a probe. Masks that are graph inputs
+   are left as they are.
 
 All candidate terms are evaluated in one probe (one pruned model, a handful of
 runs), and only when a candidate exists; sites whose term is the same value
@@ -88,6 +94,7 @@ class _Candidate:
     num_heads: object
     hypotheses: list
     horizon: int = 0  # largest integer constant the construction reads (0: none above 1)
+    value: np.ndarray | None = None  # the term's value when the View folded it: no probe needed
 
 
 def enabled_by_default() -> bool:
@@ -107,7 +114,13 @@ def refine_structured_masks(loaded, *, enabled: bool | None = None) -> list[Atte
                 cand = _candidate(view, site, term)
                 if cand is not None:
                     candidates[term.value] = cand
-    verdicts = _probe(loaded, list(candidates.values())) if candidates else {}
+    computed = [c for c in candidates.values() if c.value is None]
+    verdicts = _probe(loaded, computed) if computed else {}
+    for cand in candidates.values():
+        if cand.value is not None:
+            hyp = next((h for h in cand.hypotheses if _holds(cand.value, cand, h, None)), None)
+            if hyp is not None:
+                verdicts[cand.ref] = hyp.verdict(None)
     return [_refined(view, site, verdicts) for site in sites]
 
 
@@ -142,16 +155,17 @@ def _is_key_padding_shape(view, site: AttentionSite, term: MaskTerm) -> bool:
 def _candidate(view, site: AttentionSite, term: MaskTerm) -> _Candidate | None:
     if term.factor <= 0 or term.kind not in (MASK_ADDITIVE, MASK_BOOLEAN, MASK_BOOLEAN_BLOCKED):
         return None
-    if not view.is_dynamic(term.value) or view.const(term.value) is not None:
-        return None
     shape = view.shape(term.value)
     if shape is not None and not 2 <= len(shape) <= _scores_rank(site):
         return None
+    rank, heads = _scores_rank(site), site.num_heads
+    const = view.const(term.value)
+    if const is not None:  # a folded constant is its own evidence: is it exactly causal?
+        return _Candidate(term.value, term.kind, rank, heads, [_Hypothesis(True)], value=np.asarray(const))
+    if view.op(term.value.node) == "input":
+        return None  # a mask the caller passes in: its values are whatever the caller gives
     inputs, horizon = _ancestry(view, term.value)
     pads = [r for r in inputs if _is_padding_input(view, r)]
-    floats = [r for r in inputs if _is_float(view.dtype(r))]
-    if not pads and (floats or not inputs):
-        return None
     hyps = []
     for pad in pads:
         for causal in (True, False):
@@ -159,7 +173,7 @@ def _candidate(view, site: AttentionSite, term: MaskTerm) -> _Candidate | None:
             if view.dtype(pad) == "bool":
                 hyps.append(_Hypothesis(causal, pad, inverted=True))
     hyps.append(_Hypothesis(True))
-    return _Candidate(term.value, term.kind, _scores_rank(site), site.num_heads, hyps, horizon)
+    return _Candidate(term.value, term.kind, rank, heads, hyps, horizon)
 
 
 def _ancestry(view, ref: ValueRef) -> tuple[list[ValueRef], int]:
@@ -266,6 +280,8 @@ def _probe_feeds(inputs, symbols: dict[str, str], horizon: int) -> list[dict[str
     Static shapes get one configuration (the model runs at no other size); symbolic ones
     two, plus one past ``horizon`` (batch 1, random keys) when it exceeds the small sizes.
     """
+    if not inputs:
+        return [{}]  # a construction from constants alone: one run says everything
     configs: list[tuple[dict, tuple]] = []
     for c in range(2 if symbols else 1):
         configs.append((_sizes(symbols, _PROBE_BATCH[c], *_PROBE_SEQ[c]), _PATTERNS))
@@ -339,6 +355,8 @@ def _holds(value: np.ndarray, cand: _Candidate, hyp: _Hypothesis, pad: np.ndarra
         else:
             return False
     n, m = a.shape[-2:]
+    if hyp.causal and n == 1:
+        return False  # one row broadcast over every query cannot be causal (at N = 1 causality is moot)
     expected = np.ones((1, 1, n, m), bool)
     if hyp.causal:
         expected &= np.tril(np.ones((n, m), bool), k=m - n)

@@ -1,0 +1,371 @@
+"""Structured masks (VARIANTS.md): causal and key padding recognised, in every exporter form.
+
+HF decoders (GPT-2, Llama, Mistral, Qwen2) build a causal-plus-padding N×M mask at
+run time from ``attention_mask``; detection must report such a site as causal with
+the (B, M) ``attention_mask`` input as key padding and no dense mask left. Encoders
+(BERT) report key padding only. Masks that are something else (a float cross mask,
+T5's position bias, a sliding window, strict or anti-causal rules) stay dense.
+
+After a segmented rewrite at S >= N, no value of the rewritten graph has both an N
+and an M dimension, and the rewrite equals the original with right padding.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import torch.nn as nn
+from click.testing import CliRunner
+
+import attnopt
+from attnopt import mask_analysis
+from attnopt.cli import main
+from attnopt.loaded import open_model
+from attnopt.match import detect_sites
+from attnopt.site import MASK_BOOLEAN, MASK_BOOLEAN_BLOCKED, MASK_NONZERO_KEEP
+
+import zoo as zoo_lib
+
+DECODERS = ("gpt2", "llama-gqa", "mistral-gqa", "qwen2-gqa")
+ENCODERS = ("bert",)
+SEQ = zoo_lib.SEQ
+SEGMENT = 16  # >= every zoo sequence length: segmented's exact limit
+
+
+def _decoder(case, how) -> bool:
+    return case.family in DECODERS
+
+
+def _static_decoder(case, how) -> bool:
+    return case.family in DECODERS and not case.name.endswith("-dynamic")
+
+
+def _encoder(case, how) -> bool:
+    return case.family in ENCODERS and how != zoo_lib.ORT_FUSED
+
+
+def _padding_input(loaded, site) -> str | None:
+    """The name of the graph input a site's key padding reads, or None."""
+    kp = site.key_padding
+    if kp is None:
+        return None
+    view = loaded.view
+    assert view.op(kp.value.node) == "input", f"{site.name}: key padding is not a graph input: {kp}"
+    return view.info(kp.value.node).name or kp.value.node
+
+
+def _fx_input_name(graph, input_name: str, built) -> str:
+    """The placeholder of the case's input ``input_name`` in an ExportedProgram."""
+    index = list(built.input_names).index(input_name)
+    return graph.graph_signature.user_inputs[index]
+
+
+def _check_decoder_sites(loaded, mask_input: str, where: str) -> None:
+    assert loaded.sites, where
+    for s in loaded.sites:
+        detail = f"{where}: {s.summary()} masks={s.masks} key_padding={s.key_padding}"
+        assert s.causal is True, detail
+        assert s.masks == (), detail
+        assert s.key_padding is not None and s.key_padding.kind in (MASK_NONZERO_KEEP, MASK_BOOLEAN), detail
+        assert _padding_input(loaded, s) == mask_input, detail
+
+
+# ----------------------------------------------------------------------------- detect: decoders
+
+@pytest.mark.zoo(select=_decoder)
+def test_onnx_decoder_is_causal_with_key_padding(zoo_onnx_case):
+    where = zoo_onnx_case.id
+    _check_decoder_sites(open_model(zoo_onnx_case.path), "attention_mask", where)
+    for s in attnopt.detect(zoo_onnx_case.path):
+        assert s.causal and not s.masks and s.key_padding.kind == MASK_NONZERO_KEEP, (where, s.summary())
+    data = json.loads(_cli("detect", zoo_onnx_case.path, "--json").stdout)
+    assert len(data["sites"]) == zoo_onnx_case.case.expected_sites
+    for s in data["sites"]:
+        assert s["causal"] is True and s["key_padding"] == MASK_NONZERO_KEEP and s["mask_kind"] is None, (where, s)
+
+
+@pytest.mark.zoo(select=_decoder)
+def test_fx_decoder_is_causal_with_key_padding(zoo_fx_case, zoo):
+    built = zoo.build(zoo_fx_case.case.name)
+    placeholder = _fx_input_name(zoo_fx_case.graph, "attention_mask", built)
+    _check_decoder_sites(open_model(zoo_fx_case.graph), placeholder, zoo_fx_case.id)
+    # The runnable GraphModule (what fx rewrites edit) reads the same.
+    _check_decoder_sites(open_model(zoo_fx_case.graph, mutable=True), placeholder, zoo_fx_case.id + " .module()")
+    for s in attnopt.detect(zoo_fx_case.graph):
+        assert s.causal and not s.masks and s.key_padding is not None, (zoo_fx_case.id, s.summary())
+
+
+# ----------------------------------------------------------------------------- detect: encoders, negatives
+
+@pytest.mark.zoo(select=_encoder)
+def test_onnx_encoder_has_key_padding_and_is_not_causal(zoo_onnx_case):
+    loaded = open_model(zoo_onnx_case.path)
+    for s in loaded.sites:
+        assert s.causal is False and s.masks == () and s.key_padding is not None, (zoo_onnx_case.id, s.summary())
+        if s.key_padding.kind == MASK_NONZERO_KEEP:
+            assert _padding_input(loaded, s) == "attention_mask", s
+    data = json.loads(_cli("detect", zoo_onnx_case.path, "--json").stdout)
+    assert all(s["causal"] is False and s["key_padding"] is not None for s in data["sites"]), data
+
+
+@pytest.mark.zoo(select=_encoder)
+def test_fx_encoder_has_key_padding_and_is_not_causal(zoo_fx_case):
+    for s in attnopt.detect(zoo_fx_case.graph, example_inputs=zoo_fx_case.example_inputs):
+        assert s.causal is False and s.masks == () and s.key_padding is not None, (zoo_fx_case.id, s.summary())
+
+
+def _bart(case, how) -> bool:
+    return case.family == "bart"
+
+
+def _check_bart(loaded, mask_input: str, where: str) -> None:
+    """Encoder self-attention and cross attention: key padding only; decoder self-attention: causal."""
+    for s in loaded.sites:
+        detail = (where, s.summary(), s.masks)
+        assert s.masks == (), detail
+        if ".decoder." in f".{s.name}." and s.is_self_attention:
+            assert s.causal is True and s.key_padding is None, detail  # no decoder_attention_mask input
+        else:
+            assert s.causal is False and _padding_input(loaded, s) == mask_input, detail
+
+
+@pytest.mark.zoo(select=_bart)
+def test_onnx_bart(zoo_onnx_case):
+    _check_bart(open_model(zoo_onnx_case.path), "attention_mask", zoo_onnx_case.id)
+
+
+@pytest.mark.zoo(select=_bart)
+def test_fx_bart(zoo_fx_case, zoo):
+    placeholder = _fx_input_name(zoo_fx_case.graph, "attention_mask", zoo.build(zoo_fx_case.case.name))
+    _check_bart(open_model(zoo_fx_case.graph), placeholder, zoo_fx_case.id)
+
+
+@pytest.mark.zoo(select=lambda case, how: case.name == "torch-encoder-padmask")
+def test_onnx_torch_padding_mask_is_key_padding_not_causal(zoo_onnx_case):
+    """nn.TransformerEncoder expands src_key_padding_mask (True = pad) per head to (B, H, 1, M)."""
+    loaded = open_model(zoo_onnx_case.path)
+    for s in loaded.sites:
+        assert s.causal is False and s.masks == () and s.key_padding.kind == MASK_BOOLEAN_BLOCKED, s.summary()
+        assert _padding_input(loaded, s) == "padding_mask"
+
+
+@pytest.mark.zoo(select=lambda case, how: case.name == "hand-additive-mask-cross")
+def test_onnx_float_cross_mask_stays_dense(zoo_onnx_case):
+    (site,) = attnopt.detect(zoo_onnx_case.path)
+    assert site.causal is False and site.key_padding is None and len(site.masks) == 1, site
+
+
+@pytest.mark.zoo(select=lambda case, how: case.family in ("t5", "t5-encoder") and how != zoo_lib.SYMBOLIC_TRACE)
+def test_onnx_t5_position_bias_is_not_taken_for_causal_or_padding(zoo_onnx_case):
+    _check_t5(zoo_onnx_case.case, attnopt.detect(zoo_onnx_case.path), zoo_onnx_case.id)
+
+
+@pytest.mark.zoo(select=lambda case, how: case.family in ("t5", "t5-encoder"))
+def test_fx_t5_position_bias_is_not_taken_for_causal_or_padding(zoo_fx_case):
+    _check_t5(zoo_fx_case.case, attnopt.detect(zoo_fx_case.graph, example_inputs=zoo_fx_case.example_inputs),
+              zoo_fx_case.id)
+
+
+def _check_t5(case, sites, where: str) -> None:
+    """Self-attention adds a learned position bias: that term stays dense. Encoder sites are never
+    called causal (decoder self-attention is causal); a padding term apart from the bias may be key padding."""
+    selves = [s for s in sites if s.is_self_attention]
+    assert len(selves) == case.self_attention_sites, where
+    assert sum(s.causal for s in sites) <= case.causal_sites, (where, [s.summary() for s in sites])
+    for s in selves:
+        assert s.masks, (where, s.summary())
+        assert s.key_padding is None or s.key_padding.kind == MASK_NONZERO_KEEP, (where, s.key_padding)
+        if ".encoder." in f".{s.name}.":
+            assert s.causal is False, (where, s.summary(), s.masks)
+
+
+def test_refinement_can_be_switched_off(zoo, monkeypatch):
+    path = zoo.onnx_path("gpt2-eager", zoo_lib.DYNAMO)
+    loaded = open_model(path)
+    loaded.sites = detect_sites(loaded.view)  # as the matcher found them, before refinement
+    dense = mask_analysis.refine_structured_masks(loaded, enabled=False)
+    assert dense == loaded.sites and all(not s.causal and s.masks and s.key_padding is None for s in dense)
+    assert all(s.causal and not s.masks for s in mask_analysis.refine_structured_masks(loaded))
+    monkeypatch.setenv(mask_analysis.ENV_SWITCH, "0")
+    assert all(not s.causal and s.masks for s in attnopt.detect(path))
+
+
+def test_one_probe_per_model_and_one_evaluation_per_distinct_mask(zoo, monkeypatch):
+    calls = []
+    make = mask_analysis._make_probe
+
+    def counting(loaded, refs):
+        calls.append(list(refs))
+        return make(loaded, refs)
+
+    monkeypatch.setattr(mask_analysis, "_make_probe", counting)
+    loaded = open_model(zoo.onnx_path("gpt2-sdpa", zoo_lib.TORCHSCRIPT))  # one mask construction per layer
+    loaded.sites = detect_sites(loaded.view)
+    calls.clear()
+    sites = mask_analysis.refine_structured_masks(loaded)
+    distinct = {t.value for s in loaded.sites for t in s.masks}
+    assert len(calls) == 1 and sorted(calls[0]) == sorted(distinct), calls
+    assert all(s.causal for s in sites)
+    calls.clear()
+    mask_analysis.refine_structured_masks(open_model(zoo.onnx_path("hand-scale-q", zoo_lib.DYNAMO)))
+    assert calls == []  # no mask, no probe
+
+
+# ----------------------------------------------------------------------------- hand-built mask rules
+
+class RuleMasked(nn.Module):
+    """One attention layer whose boolean mask is built at run time from ``attention_mask`` by a rule."""
+
+    def __init__(self, rule: str, window: int = 3):
+        super().__init__()
+        torch.manual_seed(0)
+        self.rule, self.window = rule, window
+        self.qkv = nn.Linear(16, 48)
+
+    def forward(self, x, attention_mask):
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, 2, 8).permute(2, 0, 3, 1, 4).unbind(0)
+        i = torch.arange(n, device=x.device)[:, None]
+        j = torch.arange(n, device=x.device)[None, :]
+        allowed = {
+            "causal": j <= i,
+            "bidirectional": torch.ones(n, n, dtype=torch.bool, device=x.device),
+            "window": (j <= i) & (j > i - self.window),
+            "strict": j < i,
+            "anticausal": j >= i,
+            "headpad": torch.ones(1, n, dtype=torch.bool, device=x.device),  # one row per head, every query
+        }[self.rule]
+        allowed = allowed[None, None] & (attention_mask[:, None, None, :] != 0)
+        if self.rule == "headpad":  # (B, H, 1, M): not (B, 1, 1, M), so only the probe can call it padding
+            allowed = allowed.expand(b, 2, 1, n)
+        scores = (q @ k.transpose(-1, -2)) * 8**-0.5
+        scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
+        out = scores.softmax(-1) @ v
+        return (out.transpose(1, 2).reshape(b, n, 16),)
+
+
+def _rule_inputs(n: int = SEQ):
+    x = torch.randn(2, n, 16, generator=torch.Generator().manual_seed(0))
+    mask = torch.ones(2, n, dtype=torch.long)
+    mask[1, n - 3:] = 0
+    return x, mask
+
+
+def _rule_export(rule: str, dynamic: bool, **kw):
+    dims = ({0: torch.export.Dim.AUTO, 1: torch.export.Dim.AUTO},) * 2 if dynamic else None
+    return torch.export.export(RuleMasked(rule, **kw).eval(), _rule_inputs(), dynamic_shapes=dims)
+
+
+def _rule_onnx(rule: str, path, **kw):
+    with zoo_lib.quiet():
+        torch.onnx.export(RuleMasked(rule, **kw).eval(), _rule_inputs(), str(path), dynamo=False,
+                          opset_version=17, input_names=["x", "attention_mask"],
+                          dynamic_axes={"x": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}})
+    return path
+
+
+@pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
+@pytest.mark.parametrize("rule,causal,padding", [("causal", True, True), ("bidirectional", False, True),
+                                                 ("headpad", False, True), ("window", None, None),
+                                                 ("strict", None, None), ("anticausal", None, None)])
+def test_mask_rules_fx(rule, causal, padding, dynamic):
+    (site,) = attnopt.detect(_rule_export(rule, dynamic))
+    _check_rule(site, causal, padding, f"{rule} fx {'dynamic' if dynamic else 'static'}")
+
+
+@pytest.mark.parametrize("rule,causal,padding", [("causal", True, True), ("headpad", False, True),
+                                                 ("window", None, None), ("anticausal", None, None)])
+def test_mask_rules_onnx(rule, causal, padding, tmp_path):
+    (site,) = attnopt.detect(_rule_onnx(rule, tmp_path / f"{rule}.onnx"))
+    _check_rule(site, causal, padding, f"{rule} onnx")
+
+
+def _check_rule(site, causal, padding, where: str) -> None:
+    if causal is None:  # not causal-plus-padding: the mask stays as it is
+        assert not site.causal and site.key_padding is None and site.masks, (where, site)
+    else:
+        assert site.causal is causal and not site.masks and (site.key_padding is not None) is padding, (where, site)
+
+
+@pytest.mark.parametrize("form", ["fx", "onnx"])
+def test_a_window_wider_than_the_probes_stays_dense(form, tmp_path):
+    """Mistral v0.1's 4096-token window looks causal at every small length: the probe must reach past it."""
+    if form == "fx":
+        (site,) = attnopt.detect(_rule_export("window", True, window=100))
+    else:
+        (site,) = attnopt.detect(_rule_onnx("window", tmp_path / "w.onnx", window=100))
+    assert not site.causal and site.key_padding is None and site.masks, site
+
+
+# ----------------------------------------------------------------------------- rewrite: no N×M left, still exact
+
+def _nm_values_onnx(path, n: int) -> list[str]:
+    """Values of the main graph (after shape inference) with two dims equal to ``n``, and N×M initializers."""
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(path)), data_prop=True)
+    g = model.graph
+    found = []
+    for vi in list(g.value_info) + list(g.input) + list(g.output):
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
+        if dims.count(n) >= 2:
+            found.append(f"{vi.name} {dims}")
+    for init in g.initializer:
+        if list(init.dims).count(n) >= 2:
+            found.append(f"initializer {init.name} {list(init.dims)}")
+    return found
+
+
+@pytest.mark.zoo(select=_static_decoder)
+def test_onnx_decoder_rewrite_reads_no_nxm_mask_and_is_exact(zoo_onnx_case, zoo, tmp_path):
+    path = zoo_onnx_case.path
+    assert _nm_values_onnx(path, SEQ), "the check must see the original's N×M values"
+    result = attnopt.rewrite(path, "segmented", segment_size=SEGMENT)
+    assert len(result.rewritten) == zoo_onnx_case.case.expected_sites, result.to_dict()
+    out = tmp_path / "rewritten.onnx"
+    result.save(out)
+    left = _nm_values_onnx(out, SEQ)
+    assert not left, f"{zoo_onnx_case.id}: N×M values after the rewrite:\n" + "\n".join(left)
+    built = zoo.build(zoo_onnx_case.case.name)
+    assert (built.inputs[1] == 0).any(), "the inputs must pad some keys"
+    names = [i.name for i in onnx.load(str(path), load_external_data=False).graph.input]
+    inputs = {name: t.numpy() for name, t in zip(names, built.inputs)}
+    if zoo_onnx_case.case.ort_known_failures.get(zoo_onnx_case.exporter):
+        pytest.skip("onnxruntime cannot run this export (zoo: known failure)")
+    report = attnopt.validate(path, out, inputs=inputs)
+    assert report.is_exact(1e-5), report.to_dict()
+
+
+def _nm_nodes_fx(gm, inputs, n: int) -> list[str]:
+    from torch.fx.passes.shape_prop import ShapeProp
+
+    with torch.no_grad():
+        ShapeProp(gm).propagate(*inputs)
+    found = []
+    for node in gm.graph.nodes:
+        tm = node.meta.get("tensor_meta")
+        shape = list(getattr(tm, "shape", []) or [])
+        if [int(d) for d in shape].count(n) >= 2:
+            found.append(f"{node.name} {node.target} {list(shape)}")
+    return found
+
+
+@pytest.mark.zoo(select=_static_decoder)
+def test_fx_decoder_rewrite_reads_no_nxm_mask_and_is_exact(zoo_fx_case):
+    result = attnopt.rewrite(zoo_fx_case.graph, "segmented", segment_size=SEGMENT,
+                             example_inputs=zoo_fx_case.example_inputs)
+    assert len(result.rewritten) == zoo_fx_case.case.expected_sites, result.to_dict()
+    inputs = zoo_fx_case.inputs
+    assert (inputs[1] == 0).any(), "the inputs must pad some keys"
+    left = _nm_nodes_fx(result.model, inputs, SEQ)
+    assert not left, f"{zoo_fx_case.id}: N×M values after the rewrite:\n" + "\n".join(left)
+    report = attnopt.validate(zoo_fx_case.graph, result.model, example_inputs=inputs)
+    assert report.is_exact(1e-5), report.to_dict()
+
+
+def _cli(*args):
+    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result
