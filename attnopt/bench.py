@@ -2,9 +2,9 @@
 
 Every (model, N) measurement runs in a fresh spawned process, so its peak
 resident memory (``VmHWM``) belongs to that run alone and not to the parent or
-to an earlier, larger run. ONNX models run in onnxruntime; torch models
-(GraphModule, ExportedProgram, nn.Module with example inputs) run in torch on
-the CPU.
+to an earlier, larger run. Each model runs through its frontend's runner:
+onnxruntime for ONNX, torch on the CPU for torch models (GraphModule,
+ExportedProgram, nn.Module with example inputs).
 
     >>> report = bench("bert.onnx", "segmented", {"segment_size": 256}, [1024, 4096])
     >>> plot(report, "bench.png")
@@ -12,9 +12,9 @@ the CPU.
 
 from __future__ import annotations
 
-import copy
 import datetime as _dt
 import os
+import pickle
 import platform
 import statistics
 import tempfile
@@ -27,7 +27,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .errors import AttnoptError
+from .errors import AttnoptError, one_line
+from .metrics import as_numpy, compare
 
 ORIGINAL, REWRITTEN = "original", "rewritten"
 
@@ -92,7 +93,8 @@ def bench(model, pass_name: str, params: dict | None, seq_lens: Sequence[int], *
     Per N: median and spread (min/max, quartiles) of ``repeats`` timed runs after ``warmup``
     runs, the speedup, each model's peak RSS (a fresh process per model and N) and the
     largest error between the two models' outputs. Sequence lengths a static-shape model
-    cannot take are refused before any work is done.
+    cannot take are refused before any work is done. ``batch`` applies to generated ONNX
+    inputs; torch models keep their example inputs' batch.
 
     Each row holds the summary (``original_ms``/``rewritten_ms`` medians, ``*_spread_ms``
     half the min-max range, ``speedup``, ``*_peak_mb``, ``memory_ratio``, ``max_abs``,
@@ -101,21 +103,62 @@ def bench(model, pass_name: str, params: dict | None, seq_lens: Sequence[int], *
     ``progress``: True draws a rich bar on stderr, a callable gets ``(done, total,
     description)``, False is silent.
     """
+    import attnopt
+
+    from .frontends import frontend_for
     from .passes import pass_class
 
     given = dict(params or {})
     typed = pass_class(pass_name).parse_params(given)  # bad params fail here, before any work
     params = {k: getattr(typed, k) for k in given}
     seq_lens = _check_args(seq_lens, repeats, warmup, batch, threads)
-    from .loaded import is_onnx_handle
+    frontend = frontend_for(model)
+    frontend.check_provider(provider)  # fails now, not after the rewrite, when the provider cannot run
+    loaded = frontend.load(model, example_inputs)
+    feeds = {n: frontend.inputs(loaded, seq_len=n, batch=batch, seed=seed, example_inputs=example_inputs)
+             for n in seq_lens}  # a length the model cannot take is refused here
+    with tempfile.TemporaryDirectory(prefix="attnopt-bench-") as tmp:
+        tmp = Path(tmp)
+        files = {ORIGINAL: frontend.worker_file(model, tmp / ORIGINAL)}
+        result = attnopt.rewrite(model, pass_name, example_inputs=example_inputs, **params)
+        files[REWRITTEN] = frontend.worker_file(result.loaded, tmp / REWRITTEN)
+        report = BenchReport(loaded.source, pass_name, params, frontend.runtime, provider,
+                             _batch_of(feeds[seq_lens[0]], batch), repeats, warmup, threads,
+                             rewrite=[o.to_dict() for o in result.report],
+                             machine={**machine_info(), **frontend.runtime_versions()},
+                             date=_dt.datetime.now().isoformat(timespec="seconds"))
+        in_process = None in files.values()  # e.g. a torch module that does not survive pickling
+        if in_process:
+            report.machine["note"] = "the models cannot be handed to a worker process: timed in this process, " \
+                                     "peak memory not measured"
+        models = {ORIGINAL: loaded.model, REWRITTEN: result.model} if in_process else {}
+        del result
 
-    if is_onnx_handle(model):
-        return _bench_onnx(model, pass_name, params, seq_lens, provider, repeats, warmup, batch, threads,
-                           progress, seed)
-    if (provider or "cpu").lower() != "cpu":
-        raise AttnoptError(f"--provider {provider}: torch models are benchmarked on the CPU only")
-    return _bench_torch(model, pass_name, params, seq_lens, repeats, warmup, threads, progress,
-                        example_inputs, seed)
+        def measure(n, which, inputs_path, outputs_path):
+            if not in_process:
+                return _in_subprocess(_worker, frontend, str(files[which]), str(inputs_path), str(outputs_path),
+                                      provider, threads, warmup, repeats)
+            try:
+                with frontend.runner(models[which], provider=provider, threads=threads) as runner:
+                    return _time(runner, feeds[n], outputs_path, warmup, repeats)
+            except AttnoptError as e:
+                raise _WorkerDied(str(e)) from None
+
+        def make_inputs(n, inputs_path):
+            with open(inputs_path, "wb") as f:
+                pickle.dump(feeds[n], f, protocol=pickle.HIGHEST_PROTOCOL)
+
+        _run_grid(report, seq_lens, tmp, make_inputs, measure, progress)
+    return report
+
+
+def _batch_of(feeds: dict, default: int) -> int:
+    """The batch the inputs have: the leading dim of the first (batch, seq, ...) input."""
+    for value in feeds.values():
+        shape = getattr(value, "shape", ())
+        if len(shape) >= 2:
+            return int(shape[0])
+    return default
 
 
 def _check_args(seq_lens, repeats, warmup, batch, threads) -> list[int]:
@@ -162,67 +205,11 @@ def machine_info() -> dict:
     return info
 
 
-# ----------------------------------------------------------------------------- ONNX
-
-def _bench_onnx(model, pass_name, params, seq_lens, provider, repeats, warmup, batch, threads, progress,
-                seed) -> BenchReport:
-    import onnx_ir as ir
-    import onnxruntime as ort
-
-    from .inputs import make_onnx_inputs, onnx_input_specs, resolve_shapes
-    from .loaded import open_model
-    from .validate import probe_provider, seq_hint
-
-    probe_provider(provider)  # fails now, not after the rewrite, when the provider cannot run
-    loaded = open_model(model)
-    specs = onnx_input_specs(loaded.model)
-    hint = seq_hint(loaded)
-    for n in seq_lens:
-        resolve_shapes(specs, n, batch, hint)
-
-    import attnopt
-
-    with tempfile.TemporaryDirectory(prefix="attnopt-bench-") as tmp:
-        tmp = Path(tmp)
-        if isinstance(model, (str, os.PathLike)):
-            original_path = Path(model)
-        else:  # save first: the rewrite may work on the very object we were given
-            original_path = tmp / "original.onnx"
-            ir.save(loaded.model, original_path, external_data="original.onnx.data")
-        result = attnopt.rewrite(original_path, pass_name, **params)
-        rewritten_path = tmp / "rewritten.onnx"
-        result.save(rewritten_path)
-        outcomes = [o.to_dict() for o in result.report]
-        del result
-
-        report = BenchReport(loaded.source, pass_name, params, "onnxruntime", provider, batch, repeats, warmup,
-                             threads, rewrite=outcomes, machine={**machine_info(), "onnxruntime": ort.__version__},
-                             date=_dt.datetime.now().isoformat(timespec="seconds"))
-        paths = {ORIGINAL: str(original_path), REWRITTEN: str(rewritten_path)}
-        output_names = [v.name for v in loaded.model.graph.outputs]
-        del loaded
-
-        def measure(n, which, inputs_path, outputs_path):
-            return _in_subprocess(_ort_worker, paths[which], str(inputs_path), str(outputs_path), provider,
-                                  threads, warmup, repeats)
-
-        def make_inputs(n, inputs_path):
-            from .frontends import onnx as onnx_frontend
-
-            feeds = make_onnx_inputs(onnx_frontend.load(paths[ORIGINAL]), n, batch=batch, seed=seed,
-                                     seq_hint=hint)
-            np.savez(inputs_path, **feeds)
-
-        _run_grid(report, seq_lens, tmp, make_inputs, measure, progress, output_names)
-    return report
-
-
-def _run_grid(report: BenchReport, seq_lens, tmp: Path, make_inputs, measure, progress,
-              output_names=None) -> None:
+def _run_grid(report: BenchReport, seq_lens, tmp: Path, make_inputs, measure, progress) -> None:
     """Per N: inputs, then each model in its own process; errors and speedups into report.rows."""
     report.machine["load_avg_start"] = _load_avg()  # other work on the machine skews the timings
     try:
-        _run_rows(report, seq_lens, tmp, make_inputs, measure, progress, output_names)
+        _run_rows(report, seq_lens, tmp, make_inputs, measure, progress)
     finally:
         report.machine["load_avg_end"] = _load_avg()
 
@@ -234,18 +221,18 @@ def _load_avg() -> list[float] | None:
         return None
 
 
-def _run_rows(report: BenchReport, seq_lens, tmp: Path, make_inputs, measure, progress, output_names) -> None:
+def _run_rows(report: BenchReport, seq_lens, tmp: Path, make_inputs, measure, progress) -> None:
     total = 2 * len(seq_lens)
     with _Progress(progress, total) as tick:
         done = 0
         for n in seq_lens:
-            inputs_path = tmp / f"inputs_{n}.npz"
+            inputs_path = tmp / f"inputs_{n}.pkl"
             make_inputs(n, inputs_path)
             row: dict[str, Any] = {"seq_len": n}
             outputs = {}
             for which in (ORIGINAL, REWRITTEN):
                 tick(done, f"N={n} {which}")
-                out_path = tmp / f"outputs_{n}_{which}.npz"
+                out_path = tmp / f"outputs_{n}_{which}.pkl"
                 try:
                     row[which] = measure(n, which, inputs_path, out_path)
                     outputs[which] = out_path
@@ -253,16 +240,14 @@ def _run_rows(report: BenchReport, seq_lens, tmp: Path, make_inputs, measure, pr
                     row[which] = {"error": str(e)}
                 done += 1
                 tick(done, f"N={n} {which}")
-            _summarise(row, outputs, output_names)
+            _summarise(row, outputs)
             for p in list(outputs.values()) + [inputs_path]:
                 Path(p).unlink(missing_ok=True)
             report.rows.append(row)
 
 
-def _summarise(row: dict, outputs: dict, output_names) -> None:
+def _summarise(row: dict, outputs: dict) -> None:
     """The flat per-N summary (what tables show) next to the full per-model stats."""
-    from .validate import compare
-
     o, w = row.pop(ORIGINAL), row.pop(REWRITTEN)
     notes = []
     for which, stats in ((ORIGINAL, o), (REWRITTEN, w)):
@@ -278,19 +263,23 @@ def _summarise(row: dict, outputs: dict, output_names) -> None:
     row["memory_ratio"] = po / pw if po and pw else None
     row["max_abs"] = row["rel_l2"] = None
     if ORIGINAL in outputs and REWRITTEN in outputs:
-        with np.load(outputs[ORIGINAL]) as a, np.load(outputs[REWRITTEN]) as b:
-            keys = sorted(a.files, key=lambda k: int(k.split("_")[1]))
-            names = list(output_names or []) + keys[len(output_names or []):]
-            metrics = [compare(names[i], a[k], b[k]) for i, k in enumerate(keys) if k in b.files]
+        a, b = (_read_pickle(outputs[k]) for k in (ORIGINAL, REWRITTEN))
+        # Outputs line up by position: a rewrite keeps the graph's outputs in order.
+        metrics = [compare(name, x, y) for (name, x), y in zip(a.items(), b.values())]
         comparable = [m for m in metrics if m.comparable]
         if comparable:
             row["max_abs"] = max(m.max_abs for m in comparable)
             row["rel_l2"] = max(m.rel_l2 for m in comparable)
-        if len(comparable) < len(metrics) or len(a.files) != len(b.files):
+        if len(comparable) < len(metrics) or len(a) != len(b):
             notes.append("outputs differ in number or shape")
     if notes:
         row["note"] = "; ".join(notes)
     row[ORIGINAL], row[REWRITTEN] = o, w
+
+
+def _read_pickle(path):
+    with open(path, "rb") as f:
+        return pickle.load(f)
 
 
 class _Progress:
@@ -320,8 +309,6 @@ class _Progress:
         return False
 
 
-# ----------------------------------------------------------------------------- workers
-
 class _WorkerDied(Exception):
     pass
 
@@ -338,8 +325,7 @@ def _in_subprocess(fn, *args):
         except AttnoptError:
             raise
         except Exception as e:
-            raise _WorkerDied(f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}") \
-                from None
+            raise _WorkerDied(f"{type(e).__name__}: {one_line(e, 200)}") from None
 
 
 def _status_kb(field_name: str) -> int | None:
@@ -369,145 +355,36 @@ def _timings(times_s: list[float]) -> dict:
             "p75_ms": float(q[1]), "times_ms": ms}
 
 
-def _ort_worker(model_path, inputs_path, outputs_path, provider, threads, warmup, repeats) -> dict:
-    import onnxruntime  # noqa: F401  (imported before the baseline so it is not counted as the model's)
 
-    from .validate import ort_session
-
+def _worker(frontend, model_file, inputs_path, outputs_path, provider, threads, warmup, repeats) -> dict:
+    """In a fresh process: build the model's runner, time it, report the process's memory."""
+    frontend.prepare_process()  # the runtime's own memory is part of the baseline, not of the model
     baseline = _status_kb("VmRSS")
-    with np.load(inputs_path) as data:
-        feeds = {k: data[k] for k in data.files}
-    sess = ort_session(model_path, provider, threads)
-    load_rss = _status_kb("VmRSS")
+    feeds = _read_pickle(inputs_path)
+    with frontend.runner(model_file, provider=provider, threads=threads) as runner:
+        loaded_rss = _status_kb("VmRSS")
+        stats = _time(runner, feeds, outputs_path, warmup, repeats)
+    stats["peak_rss_mb"] = _peak_rss_mb()
+    stats["baseline_rss_mb"] = baseline / 1024 if baseline else None
+    stats["loaded_rss_mb"] = loaded_rss / 1024 if loaded_rss else None
+    return stats
+
+
+def _time(runner, feeds: dict, outputs_path, warmup: int, repeats: int) -> dict:
+    """``repeats`` timed runs after ``warmup``; the first run's outputs go to ``outputs_path``."""
     times = []
     for i in range(max(warmup, 0) + repeats):
         t0 = time.perf_counter()
-        outs = sess.run(None, feeds)
+        result = runner.run(feeds)
         dt = time.perf_counter() - t0
         if i == 0:
-            np.savez(outputs_path, *outs)
-        del outs
+            with open(outputs_path, "wb") as f:
+                pickle.dump({k: as_numpy(v) for k, v in result.outputs.items()}, f,
+                            protocol=pickle.HIGHEST_PROTOCOL)
+        del result
         if i >= warmup:
             times.append(dt)
-    stats = _timings(times)
-    stats["peak_rss_mb"] = _peak_rss_mb()
-    stats["baseline_rss_mb"] = baseline / 1024 if baseline else None
-    stats["loaded_rss_mb"] = load_rss / 1024 if load_rss else None
-    return stats
-
-
-def _torch_worker(module_path, inputs_path, outputs_path, threads, warmup, repeats) -> dict:
-    import torch
-
-    _register_torch_ops()
-    if threads:
-        torch.set_num_threads(int(threads))
-    baseline = _status_kb("VmRSS")
-    module = torch.load(module_path, weights_only=False)
-    inputs = torch.load(inputs_path, weights_only=False)
-    stats = _time_torch(module, inputs, outputs_path, warmup, repeats)
-    stats["peak_rss_mb"] = _peak_rss_mb()
-    stats["baseline_rss_mb"] = baseline / 1024 if baseline else None
-    return stats
-
-
-def _register_torch_ops() -> None:
-    """Import every kernel module so torch.ops.attnopt.* exist in a fresh process."""
-    import importlib
-
-    from .kernels.registry import KERNELS
-
-    for spec in KERNELS.values():
-        importlib.import_module(f"attnopt.kernels.{spec.module}")
-
-
-def _time_torch(module, inputs, outputs_path, warmup, repeats) -> dict:
-    import torch
-    from torch.utils._pytree import tree_leaves
-
-    times = []
-    with torch.inference_mode():
-        for i in range(max(warmup, 0) + repeats):
-            t0 = time.perf_counter()
-            out = module(*inputs)
-            dt = time.perf_counter() - t0
-            if i == 0:
-                leaves = [x.detach().float().numpy() for x in tree_leaves(out) if isinstance(x, torch.Tensor)]
-                np.savez(outputs_path, *leaves)
-            del out
-            if i >= warmup:
-                times.append(dt)
     return _timings(times)
-
-
-# ----------------------------------------------------------------------------- torch
-
-def _bench_torch(model, pass_name, params, seq_lens, repeats, warmup, threads, progress, example_inputs,
-                 seed) -> BenchReport:
-    import pickle
-
-    import torch
-
-    import attnopt
-
-    from .loaded import open_model
-    from .validate import TorchRunner, example_inputs_of, fx_inputs
-
-    loaded = open_model(model, example_inputs)
-    runner = TorchRunner(loaded.model)
-    examples = example_inputs_of(loaded, example_inputs)
-    per_n = {n: fx_inputs(loaded, runner, None, n, examples, seed) for n in seq_lens}  # refuses before work
-
-    to_rewrite = copy.deepcopy(model) if isinstance(model, (torch.fx.GraphModule, torch.export.ExportedProgram)) \
-        else model
-    result = attnopt.rewrite(to_rewrite, pass_name, example_inputs=examples, **params)
-    modules = {ORIGINAL: _callable(model), REWRITTEN: _callable(result.model)}
-    first = examples[0] if examples else None
-    batch = int(first.shape[0]) if isinstance(first, torch.Tensor) and first.dim() else 1
-    report = BenchReport(loaded.source, pass_name, params, "torch", "cpu", batch,
-                         repeats, warmup, threads, rewrite=[o.to_dict() for o in result.report],
-                         machine={**machine_info(), "torch": torch.__version__},
-                         date=_dt.datetime.now().isoformat(timespec="seconds"))
-
-    with tempfile.TemporaryDirectory(prefix="attnopt-bench-") as tmp:
-        tmp = Path(tmp)
-        in_process = False
-        module_paths = {}
-        for which, mod in modules.items():
-            try:  # a GraphModule pickles its generated code; round-trip it here so a child never chokes
-                module_paths[which] = tmp / f"{which}.pt"
-                torch.save(mod, module_paths[which], pickle_protocol=pickle.HIGHEST_PROTOCOL)
-                torch.load(module_paths[which], weights_only=False)
-            except Exception:  # not picklable: time in this process, without a clean peak RSS
-                in_process = True
-        if in_process:
-            report.machine["note"] = "the torch modules do not survive pickling: timed in this process, " \
-                                     "peak memory not measured"
-
-        def make_inputs(n, inputs_path):
-            torch.save(per_n[n], inputs_path)
-
-        def measure(n, which, inputs_path, outputs_path):
-            if in_process:
-                if threads:
-                    torch.set_num_threads(int(threads))
-                try:
-                    return _time_torch(modules[which], per_n[n], outputs_path, warmup, repeats)
-                except Exception as e:
-                    raise _WorkerDied(f"{type(e).__name__}: {str(e).strip()[:200]}") from None
-            return _in_subprocess(_torch_worker, str(module_paths[which]), str(inputs_path), str(outputs_path),
-                                  threads, warmup, repeats)
-
-        _run_grid(report, seq_lens, tmp, make_inputs, measure, progress)
-    return report
-
-
-def _callable(model):
-    import torch
-
-    if isinstance(model, torch.export.ExportedProgram):
-        return model.module()
-    return model
 
 
 # ----------------------------------------------------------------------------- plot

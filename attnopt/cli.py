@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from .errors import AttnoptError
+from .errors import AttnoptError, one_line
 
 EXIT_USER_ERROR = 2
 EXIT_INTERNAL_ERROR = 1
@@ -26,12 +26,8 @@ def _debug() -> bool:
     return os.environ.get("ATTNOPT_DEBUG", "") not in ("", "0")
 
 
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split()) or "(no message)"
-
-
 def _fail(message: str, code: int = EXIT_USER_ERROR) -> int:
-    click.echo(f"error: {_one_line(message)}", err=True)
+    click.echo(f"error: {one_line(message, limit=None) or '(no message)'}", err=True)
     return code
 
 
@@ -67,7 +63,7 @@ class AttnoptGroup(click.Group):
         except Exception as e:  # noqa: BLE001 - the boundary: a bug still gets one line, not a traceback
             if _debug():
                 raise
-            return _fail(f"internal error: {type(e).__name__}: {_one_line(e)[:300]} "
+            return _fail(f"internal error: {type(e).__name__}: {one_line(e)} "
                          "(rerun with ATTNOPT_DEBUG=1 for the traceback)", EXIT_INTERNAL_ERROR)
 
 
@@ -178,10 +174,6 @@ def _require_file(path: str, what: str = "model") -> None:
         raise AttnoptError(f"{path}: is a directory, not an ONNX {what}")
 
 
-def _fmt_params(attrs: dict) -> str:
-    return " ".join(f"{k}={v}" for k, v in attrs.items())
-
-
 # ----------------------------------------------------------------------------- commands
 
 @click.group(cls=AttnoptGroup, context_settings=CONTEXT_SETTINGS)
@@ -231,13 +223,22 @@ def detect(model, as_json):
     rows = []
     for s in sites:
         d = s.summary()
-        mask = d.get("mask_kind") or "-"
         rows.append([d["name"], d["form"], d["num_heads"], d["kv_num_heads"], d["head_dim"],
-                     _lens(d.get("q_len"), d.get("kv_len")), d["scale"], mask, d["causal"],
+                     _lens(d.get("q_len"), d.get("kv_len")), d["scale"], _mask_text(d), d["causal"],
                      s.unsupported or ""])
     _console().print(_table(f"{model}: {len(sites)} attention site{'s' * (len(sites) != 1)}",
                             ["name", "form", "heads", "kv heads", "head dim", "q × kv len", "scale",
                              "mask", "causal", "note"], rows))
+
+
+def _mask_text(summary: dict) -> str:
+    """Key padding (a (B, M) vector) and the dense remainder's kinds, as a site summary states them."""
+    parts = []
+    if summary.get("key_padding"):
+        parts.append(f"key padding ({summary['key_padding']})")
+    if summary.get("mask_kind"):
+        parts.append(summary["mask_kind"])
+    return " + ".join(parts) or "-"
 
 
 def _lens(q, kv) -> str:
@@ -282,7 +283,7 @@ def rewrite(model, pass_name, params, layers, names, output, as_json):
         _print_json({**result.to_dict(), "pass": pass_name, "params": parsed, "output": str(out),
                      "rewritten": n_done})
         return
-    rows = [[o.site, o.layer, o.status, _fmt_params(o.attrs) if o.status == "rewritten" else o.reason]
+    rows = [[o.site, o.layer, o.status, o.plan_text if o.status == "rewritten" else o.reason]
             for o in result.report]
     con = _console()
     con.print(_table(f"{model}: {pass_name}", ["site", "layer", "status", "params / reason"], rows))

@@ -23,3 +23,13 @@ class InvalidParamsError(AttnoptError):
 
 class SiteNotApplicable(AttnoptError):
     """A frontend cannot express this site through the op (e.g. an unknown head count); it stays dense."""
+
+
+def one_line(message, limit: int | None = 300) -> str:
+    """``message`` (text or an exception) on one line for a user: whitespace and line breaks collapsed.
+
+    The CLI promises one line per error; library messages (onnxruntime, protobuf,
+    torch.export) spread over many, and the longest are cut at ``limit`` characters.
+    """
+    text = " ".join(str(message).split())
+    return text if limit is None or len(text) <= limit else text[: limit - 1] + "…"

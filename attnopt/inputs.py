@@ -72,6 +72,11 @@ def format_shape(shape) -> str:
     return f"({inner},)" if len(shape) == 1 else f"({inner})"
 
 
+def site_seq_len(sites) -> int | None:
+    """The model's static attention length, when a site states one: which static dim is the sequence."""
+    return next((s.q_len for s in sites if isinstance(s.q_len, int)), None)
+
+
 def dim_roles(shape) -> list[str]:
     """Per dim: 'static', 'batch' or 'seq'."""
     roles = []

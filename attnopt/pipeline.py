@@ -10,8 +10,9 @@ import fnmatch
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .errors import AttnoptError, InvalidParamsError, NoSitesError, SiteNotApplicable
-from .loaded import LoadedModel, open_model
+from .errors import InvalidParamsError, NoSitesError, SiteNotApplicable
+from .loaded import LoadedModel, open_model, relift
+from .passes.base import Refusal
 from .site import AttentionSite
 
 REWRITTEN, REFUSED, SKIPPED = "rewritten", "refused", "skipped"
@@ -54,6 +55,21 @@ def _parse_layers(spec: str) -> tuple[int, float]:
 
 
 @dataclass
+class GroupOutcome:
+    """One head group of a rewritten site: query heads [start, stop) through ``kernel``."""
+    kernel: str
+    start: int = 0
+    stop: int | None = None  # None: to the last head
+    attrs: dict = field(default_factory=dict)
+    tensors: list[str] = field(default_factory=list)  # names of the constant tensors the pass supplied
+
+    @property
+    def text(self) -> str:
+        heads = f"heads {self.start}:{'' if self.stop is None else self.stop} "
+        return f"{heads}{self.kernel} {_attrs_text(self.attrs)}".strip()
+
+
+@dataclass
 class SiteOutcome:
     site: str
     layer: int | None
@@ -61,17 +77,36 @@ class SiteOutcome:
     status: str
     reason: str = ""
     pass_name: str = ""
-    kernel: str = ""
-    attrs: dict = field(default_factory=dict)
+    kernel: str = ""  # the kernels of every group, ','-joined
+    attrs: dict = field(default_factory=dict)  # a one-group plan's attributes; see ``groups`` for several
+    groups: list[GroupOutcome] = field(default_factory=list)
+
+    @classmethod
+    def planned(cls, site: AttentionSite, pass_name: str, call) -> "SiteOutcome":
+        groups = [GroupOutcome(g.kernel, g.start, g.stop, dict(g.attrs), sorted(g.tensors)) for g in call.groups]
+        return cls(site.name, site.layer, site.form, REWRITTEN, "", pass_name, ",".join(call.kernels),
+                   dict(groups[0].attrs) if len(groups) == 1 else {}, groups)
+
+    @property
+    def plan_text(self) -> str:
+        """What replaced the site, for a table: its parameters, or one entry per head group."""
+        if len(self.groups) > 1:
+            return "; ".join(g.text for g in self.groups)
+        return _attrs_text(self.attrs)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
+def _attrs_text(attrs: dict) -> str:
+    return " ".join(f"{k}={v}" for k, v in attrs.items())
+
+
 @dataclass
 class RewriteResult:
+    """What a rewrite did (the idea of onnx_ir's PassResult): the model, whether it changed, and per site why."""
     loaded: LoadedModel
-    report: list[SiteOutcome]
+    report: list[SiteOutcome]  # one outcome per site of the original, in its order
 
     @property
     def model(self) -> Any:
@@ -82,15 +117,16 @@ class RewriteResult:
         return self.loaded.kind
 
     @property
+    def modified(self) -> bool:
+        return bool(self.rewritten)
+
+    @property
     def rewritten(self) -> list[SiteOutcome]:
         return [o for o in self.report if o.status == REWRITTEN]
 
     def save(self, path) -> None:
-        """Write the rewritten ONNX model atomically (never a partial file)."""
-        if self.kind != "onnx":
-            raise AttnoptError("save() writes ONNX; for fx graphs use attnopt.export_onnx")
-        from .frontends.onnx_rewrite import save_atomic
-        save_atomic(self.loaded.model, path)
+        """Write the rewritten model atomically (never a partial file)."""
+        self.loaded.frontend.save(self.loaded, path)
 
     def to_dict(self) -> dict:
         return {"model": self.loaded.source, "sites": [o.to_dict() for o in self.report]}
@@ -107,11 +143,12 @@ class Pipeline:
         return self
 
     def run(self, model, example_inputs=None, *, require_rewrite: bool = True) -> RewriteResult:
+        """Rewrite ``model`` (a handle, copied first, or a LoadedModel, edited in place)."""
         loaded = model if isinstance(model, LoadedModel) else open_model(model, example_inputs, mutable=True)
         if not loaded.sites:
             raise NoSitesError("no attention sites found in the model")
-        frontend = _frontend(loaded)
-        site_names = [s.name for s in loaded.sites]  # finalize re-detects; keep the original order
+        frontend = loaded.frontend
+        site_names = [s.name for s in loaded.sites]  # the report keeps the original's sites and order
         outcomes: dict[str, SiteOutcome] = {}
         calls = []
         for index, site in enumerate(loaded.sites):
@@ -123,13 +160,13 @@ class Pipeline:
                     outcomes.setdefault(site.name, SiteOutcome(site.name, site.layer, site.form, SKIPPED, reason))
                     continue
                 plan = pass_.plan(site)
-                if hasattr(plan, "groups"):
-                    calls.append(plan)
-                    outcomes[site.name] = SiteOutcome(site.name, site.layer, site.form, REWRITTEN, "",
-                                                      pass_.name, ",".join(plan.kernels),
-                                                      dict(plan.groups[0].attrs))
-                    break
-                outcomes[site.name] = SiteOutcome(site.name, site.layer, site.form, REFUSED, plan.reason, pass_.name)
+                if isinstance(plan, Refusal):
+                    outcomes[site.name] = SiteOutcome(site.name, site.layer, site.form, REFUSED, plan.reason,
+                                                      pass_.name)
+                    continue
+                calls.append(plan)
+                outcomes[site.name] = SiteOutcome.planned(site, pass_.name, plan)
+                break
         if require_rewrite and not calls:
             names = ", ".join(p.name for p, _ in self.steps)
             reasons = sorted({o.reason for o in outcomes.values()})
@@ -140,22 +177,16 @@ class Pipeline:
                 frontend.apply(loaded, call)
                 applied.append(call)
             except SiteNotApplicable as e:
-                outcomes[call.site.name] = SiteOutcome(call.site.name, call.site.layer, call.site.form, REFUSED,
-                                                       str(e), outcomes[call.site.name].pass_name)
+                site = call.site
+                outcomes[site.name] = SiteOutcome(site.name, site.layer, site.form, REFUSED, str(e),
+                                                  outcomes[site.name].pass_name)
         if require_rewrite and not applied:
             reasons = sorted({o.reason for o in outcomes.values()})
             raise NoSitesError(f"no attention site could be rewritten: {'; '.join(reasons)}")
         if applied:
             frontend.finalize(loaded, {k for c in applied for k in c.kernels})
+            relift(loaded)  # the View and sites now describe the rewritten model
         return RewriteResult(loaded, [outcomes[name] for name in site_names])
-
-
-def _frontend(loaded: LoadedModel):
-    if loaded.kind == "onnx":
-        from .frontends import onnx_rewrite
-        return onnx_rewrite
-    from .frontends import fx_rewrite
-    return fx_rewrite
 
 
 def rewrite(model, pass_name: str, *, layers: str | None = None, names=(), example_inputs=None,

@@ -27,12 +27,15 @@ def _self_attention(case) -> int:
 
 
 def _check_report(result, case):
+    """Every self-attention site rewritten; every other one refused because it is cross-attention."""
     statuses = [o.status for o in result.report]
     assert len(statuses) == case.expected_sites
-    if case.self_attention_sites is not None:
-        assert statuses.count("rewritten") == case.self_attention_sites
+    assert statuses.count("rewritten") == _self_attention(case), result.to_dict()
     refused = [o for o in result.report if o.status == "refused"]
-    assert all("cross-attention" in o.reason or o.reason for o in refused)
+    assert len(refused) == case.expected_sites - _self_attention(case), result.to_dict()
+    for o in refused:
+        assert o.reason.startswith("cross-attention (N="), o.reason
+        assert o.reason.endswith("segmented needs self-attention"), o.reason
 
 
 @pytest.mark.zoo(select=lambda case, how: not case.negative)

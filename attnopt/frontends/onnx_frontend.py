@@ -1,0 +1,101 @@
+"""The ONNX frontend object: onnx_ir models, run in onnxruntime.
+
+Reading and lifting live in ``onnx.py``, surgery in ``onnx_rewrite.py``, sessions in
+``attnopt.ort_runtime``; this object is what the rest of attnopt holds.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..graph import View
+from ..loaded import LoadedModel
+from .base import ExposedValue, Frontend, Runner
+
+
+class OnnxFrontend(Frontend):
+    kind = "onnx"
+    description = "an ONNX model"
+    runtime = "onnxruntime"
+
+    def read(self, handle, example_inputs=None, *, mutable: bool = False) -> tuple[Any, str]:
+        import onnx_ir as ir
+
+        from . import onnx as onnx_reader
+
+        if mutable and isinstance(handle, ir.Model):
+            handle = ir.from_proto(ir.to_proto(handle))  # paths and protos are read into new objects anyway
+        model = onnx_reader.infer_shapes(onnx_reader.load(handle))
+        source = str(handle) if isinstance(handle, (str, os.PathLike)) else (model.graph.name or "model")
+        return model, source
+
+    def lift(self, model) -> View:
+        from . import onnx as onnx_reader
+
+        return onnx_reader.lift(model)
+
+    def apply(self, loaded, call) -> None:
+        from . import onnx_rewrite
+
+        onnx_rewrite.apply(loaded, call)
+
+    def finalize(self, loaded, kernels: set[str]) -> None:
+        from . import onnx_rewrite
+
+        onnx_rewrite.finalize(loaded, kernels)
+
+    def save(self, loaded, path) -> Path:
+        from .onnx_rewrite import save_atomic
+
+        save_atomic(loaded.model, path)
+        return Path(path)
+
+    def value_probe(self, loaded, refs: Sequence):
+        from .onnx_probe import OnnxProbe
+
+        return OnnxProbe(loaded.model, loaded.view, refs)
+
+    def check_provider(self, provider: str) -> None:
+        from .. import ort_runtime
+
+        ort_runtime.check_provider(provider)
+
+    def inputs(self, loaded, given=None, *, seq_len=None, batch=2, seed=0, example_inputs=None) -> dict:
+        from ..inputs import onnx_inputs, site_seq_len
+
+        return onnx_inputs(loaded.model, given, seq_len, batch=batch, seed=seed, seq_hint=site_seq_len(loaded.sites))
+
+    def runner(self, model, *, expose: Sequence[ExposedValue] = (), provider: str = "cpu",
+               threads: int | None = None) -> Runner:
+        from ..ort_runtime import OrtRunner
+
+        if not isinstance(model, (str, os.PathLike)):  # a file goes to onnxruntime as it is
+            from . import onnx as onnx_reader
+
+            model = onnx_reader.load(model)
+        return OrtRunner(model, expose, provider, threads)
+
+    def worker_file(self, model, stem: Path) -> Path | None:
+        if isinstance(model, (str, os.PathLike)):
+            return Path(model)  # its own file: no copy of a model that may be large
+        import onnx_ir as ir
+
+        from . import onnx as onnx_reader
+
+        model = onnx_reader.load(model.model if isinstance(model, LoadedModel) else model)
+        path = Path(f"{stem}.onnx")
+        ir.save(model, path, external_data=f"{path.name}.data")  # external: models over 2 GB save too
+        return path
+
+    def prepare_process(self) -> None:
+        import onnxruntime  # noqa: F401  (its memory is the runtime's, not the model's)
+
+    def runtime_versions(self) -> dict[str, str]:
+        import onnxruntime
+
+        return {"onnxruntime": onnxruntime.__version__}
+
+
+ONNX = OnnxFrontend()
