@@ -28,7 +28,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .errors import AttnoptError
+from .errors import AttnoptError, one_line
 
 DEFAULT_SEQ_LEN = 128
 DEFAULT_VOCAB = 100
@@ -250,8 +250,8 @@ def load_npz(path) -> dict[str, np.ndarray]:
         with np.load(path, allow_pickle=False) as data:
             return {k: np.asarray(data[k]) for k in data.files}
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
-        raise AttnoptError(f"{path}: not a readable .npz file: {type(e).__name__}: "
-                           f"{str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")) from None
+        raise AttnoptError(f"{path}: not a readable .npz file: {type(e).__name__}: {one_line(e)}".rstrip(": ")) \
+            from None
 
 
 def check_names(given: Sequence[str], expected: Sequence[str], source: str = "inputs") -> None:
