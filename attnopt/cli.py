@@ -254,14 +254,19 @@ def _lens(q, kv) -> str:
 @click.option("--layers", metavar="A:B", help="Only sites in layers A..B-1 (python slice; '3' is one layer).")
 @click.option("--names", multiple=True, metavar="GLOB", help="Only sites whose name matches GLOB; repeatable.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Where to write (default MODEL.<pass>.onnx).")
+@click.option("--no-verify", is_flag=True,
+              help="Skip checking that the output loads in onnxruntime (onnx.checker + a CPU session) before "
+                   "writing it; for models where that costs too much.")
 @click.option("--json", "as_json", is_flag=True, help="Print the per-site report as JSON.")
-def rewrite(model, pass_name, params, layers, names, output, as_json):
+def rewrite(model, pass_name, params, layers, names, output, no_verify, as_json):
     """Rewrite the attention sites of an ONNX MODEL with one pass and save the result.
 
     Each selected site is replaced by an ai.attnopt op whose ONNX function body
     travels inside the model, so stock onnxruntime runs it with nothing extra
     installed. Sites the pass cannot serve stay dense and the table says why.
-    The output is written atomically: on any error nothing is written.
+    The output is checked first (onnx.checker and an onnxruntime CPU session;
+    --no-verify skips that) and written atomically: on any error nothing is
+    written, and the error names the site at fault.
 
     \b
     Example:
@@ -277,7 +282,7 @@ def rewrite(model, pass_name, params, layers, names, output, as_json):
     out = Path(output) if output else _default_output(model, pass_name)
     _check_writable(out, model)
     result = attnopt.rewrite(model, pass_name, layers=layers, names=names, **parsed)
-    result.save(out)
+    result.save(out, verify=not no_verify)
     n_done, n_all = len(result.rewritten), len(result.report)
     if as_json:
         _print_json({**result.to_dict(), "pass": pass_name, "params": parsed, "output": str(out),

@@ -21,6 +21,10 @@ class InvalidParamsError(AttnoptError):
     """Pass parameters that do not validate."""
 
 
+class RewriteVerificationError(AttnoptError):
+    """The rewritten model would not load or run; nothing was written."""
+
+
 class SiteNotApplicable(AttnoptError):
     """A frontend cannot express this site through the op (e.g. an unknown head count); it stays dense."""
 

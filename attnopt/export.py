@@ -14,7 +14,7 @@ import logging
 import warnings
 
 from .atomic import write_atomic
-from .errors import AttnoptError
+from .errors import AttnoptError, one_line
 from .onnx_compat import DOMAIN, IR_VERSION
 
 
@@ -70,7 +70,7 @@ def export_onnx(graph_module, example_inputs, path, *, dynamic_shapes=None, inpu
                 custom_translation_table=table, dynamic_shapes=dynamic_shapes, input_names=input_names,
                 output_names=output_names, verbose=verbose, optimize=True)
     except Exception as e:
-        raise AttnoptError(f"ONNX export failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}") from None
+        raise AttnoptError(f"ONNX export failed: {type(e).__name__}: {one_line(e)}") from None
     proto = program.model_proto
     used = {n.op_type for n in _all_nodes(proto) if n.domain == DOMAIN}
     if used:

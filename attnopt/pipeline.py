@@ -124,8 +124,15 @@ class RewriteResult:
     def rewritten(self) -> list[SiteOutcome]:
         return [o for o in self.report if o.status == REWRITTEN]
 
-    def save(self, path) -> None:
-        """Write the rewritten model atomically (never a partial file)."""
+    def save(self, path, *, verify: bool = True) -> None:
+        """Write the rewritten model atomically (never a partial file).
+
+        ``verify`` first checks that it loads and runs (for ONNX: onnx.checker and an
+        onnxruntime CPU session) and raises RewriteVerificationError naming the site
+        instead of writing a broken file; turn it off where that is too costly.
+        """
+        if verify:
+            self.loaded.frontend.verify(self.loaded, [o.site for o in self.rewritten])
         self.loaded.frontend.save(self.loaded, path)
 
     def to_dict(self) -> dict:

@@ -232,3 +232,32 @@ def test_external_data_models_are_read_and_rewritten(two_layer_onnx, tmp_path):
     attnopt.rewrite(path, "segmented", segment_size=64).save(out)
     x = _inputs()
     np.testing.assert_allclose(_run(out, x), _run(two_layer_onnx, x), atol=1e-5)
+
+
+def _break_first_op(result):
+    """Feed one attnopt op a value nothing produces: the kind of graph onnxruntime refuses to load."""
+    import onnx_ir as ir
+    node = next(n for n in result.model.graph if n.domain == "ai.attnopt")
+    node.replace_input_with(2, ir.Value(name="nowhere"))
+    return node
+
+
+def test_a_broken_rewrite_is_never_written(two_layer_onnx, tmp_path):
+    result = attnopt.rewrite(two_layer_onnx, "segmented", segment_size=4)
+    _break_first_op(result)
+    out = tmp_path / "broken.onnx"
+    with pytest.raises(attnopt.errors.RewriteVerificationError, match="not written"):
+        result.save(out)
+    assert not out.exists() and not list(tmp_path.iterdir())
+    result.save(out, verify=False)  # the escape hatch writes it anyway
+    assert out.exists()
+
+
+def test_verification_names_the_site_at_fault(two_layer_onnx, tmp_path):
+    result = attnopt.rewrite(two_layer_onnx, "segmented", segment_size=4)
+    node = _break_first_op(result)
+    site = next(o.site for o in result.rewritten if node.name.startswith(o.site + "/"))
+    with pytest.raises(attnopt.errors.RewriteVerificationError) as e:
+        result.save(tmp_path / "broken.onnx")
+    assert "\n" not in str(e.value)
+    assert str(e.value).startswith(f"site {site}: "), str(e.value)

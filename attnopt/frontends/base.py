@@ -92,6 +92,12 @@ class Frontend(ABC):
     def save(self, loaded: LoadedModel, path) -> Path:
         """Write the model atomically (never a partial file)."""
 
+    def verify(self, loaded: LoadedModel, sites: Sequence[str]) -> None:
+        """Raise RewriteVerificationError, naming the site at fault where it can, unless the model loads and runs.
+
+        ``sites`` are the names of the rewritten sites. The default has nothing to check.
+        """
+
     @abstractmethod
     def value_probe(self, loaded: LoadedModel, refs: Sequence):
         """An evaluator of just these View values (and what they depend on), for mask analysis."""

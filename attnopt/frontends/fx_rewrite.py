@@ -104,10 +104,6 @@ def finalize(loaded, kernels: set[str]) -> None:
     gm.graph.eliminate_dead_code()
     gm.graph.lint()
     gm.recompile()
-    from . import fx as fx_frontend
-    from ..match import detect_sites
-    loaded.view = fx_frontend.lift(gm)
-    loaded.sites = detect_sites(loaded.view)
 
 
 def _check_layouts(site: AttentionSite) -> None:

@@ -52,6 +52,40 @@ class OnnxFrontend(Frontend):
         save_atomic(loaded.model, path)
         return Path(path)
 
+    def verify(self, loaded, sites: Sequence[str]) -> None:
+        """onnx.checker, then an onnxruntime CPU session: what every user of the file will do first."""
+        import tempfile
+
+        import onnx
+        import onnx_ir as ir
+        import onnxruntime as ort
+
+        from ..errors import RewriteVerificationError, one_line
+
+        model = loaded.model
+        external = any(isinstance(v.const_value, ir.ExternalTensor) for v in model.graph.initializers.values())
+        stage = "onnx.checker"
+        try:
+            options = ort.SessionOptions()
+            options.log_severity_level = 3
+            if external:  # weights stay on disk: check a copy written the way the user's file will be
+                with tempfile.TemporaryDirectory(prefix="attnopt-verify-") as tmp:
+                    path = f"{tmp}/model.onnx"
+                    ir.save(model, path, external_data="model.onnx.data")
+                    onnx.checker.check_model(path)
+                    stage = "onnxruntime"
+                    ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+            else:
+                proto = ir.serde.serialize_model(model)
+                onnx.checker.check_model(proto)
+                stage = "onnxruntime"
+                ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        except Exception as e:
+            culprit = next((name for name in sites if name and f"{name}/" in str(e)), None)
+            where = f"site {culprit}: " if culprit else ""
+            raise RewriteVerificationError(f"{where}the rewritten model fails {stage}, so it was not written: "
+                                           f"{one_line(e)}") from None
+
     def value_probe(self, loaded, refs: Sequence):
         from .onnx_probe import OnnxProbe
 

@@ -37,7 +37,7 @@ def apply(loaded, call) -> None:
     value = view.value_of
     out_old: ir.Value = value[site.output]
     anchor: ir.Node = out_old.producer()
-    b = _Builder(out_old.name or site.name)
+    b = _Builder(site.name)  # every node and value it adds is named after the site, so errors can name it
 
     q = b.to_bhsd(value[site.query], site.query_layout, site.num_heads, site.head_dim)
     k = b.to_bhsd(value[site.key], site.key_layout, site.kv_num_heads, site.head_dim)
@@ -92,15 +92,6 @@ def finalize(loaded, kernels: set[str]) -> None:
     RemoveUnusedNodesPass()(model)
     attach_functions(model, sorted(get_variant(k).onnx_op_type for k in kernels))
     model.ir_version = min(model.ir_version or IR_VERSION, IR_VERSION)
-    _refresh(loaded)
-
-
-def _refresh(loaded) -> None:
-    """Re-lift the rewritten model so the LoadedModel's view and sites describe it."""
-    from ..match import detect_sites
-    from . import onnx as onnx_frontend
-    loaded.view = onnx_frontend.lift(loaded.model)
-    loaded.sites = detect_sites(loaded.view)
 
 
 def save_atomic(model: ir.Model, path) -> None:
