@@ -425,44 +425,47 @@ class _Progress:
 
 
 @main.command()
+@click.argument("name", required=False, metavar="[NAME]")
 @click.option("--json", "as_json", is_flag=True, help="Print the passes and their parameters as JSON.")
-def passes(as_json):
-    """List every registered pass with what it does and its parameters (name=default).
+def passes(name, as_json):
+    """List every registered pass, or show one pass in full.
 
     A pass is one long-sequence variant of attention (VARIANTS.md has the exact
     math). Its parameters are given to `rewrite` and `bench` as -p name=value;
     a value that does not validate is refused with the rule it broke, before
-    the model is read.
+    the model is read. With NAME: each parameter's meaning, default and rule,
+    the exact limit (where the pass equals dense attention), its cost, and what
+    it refuses.
 
     \b
     Example:
       attnopt passes
+      attnopt passes window
       attnopt rewrite bert.onnx --pass segmented -p segment_size=512 -p sinks=4
     """
-    info = _passes_info()
+    from .passes import pass_names
+    from .passes.registry import describe
+    if name is not None:
+        info = describe(name)  # an unknown name is an InvalidParamsError: one line, exit 2
+        if as_json:
+            _print_json(info)
+            return
+        con = _console()
+        con.print(f"{info['name']}: {info['summary']}")
+        rows = [[p["name"], p["type"], p["default"], p["help"], p["rule"] or "-"] for p in info["parameters"]]
+        con.print(_table(f"{name}: parameters", ["parameter", "type", "default", "meaning", "rule"], rows))
+        con.print(f"exact limit: {info['exact_limit']}")
+        if info["cost"]:
+            con.print(f"cost: {info['cost']}")
+        con.print("refuses: " + ("; ".join(info["refuses"]) or "nothing"))
+        return
+    info = [describe(n) for n in pass_names()]
     if as_json:
         _print_json(info)
         return
     rows = [[p["name"], p["summary"], ", ".join(f"{k}={v}" for k, v in p["params"].items())] for p in info]
-    _console().print(_table("passes", ["pass", "what it does", "parameters (name=default)"], rows))
-
-
-def _passes_info() -> list[dict]:
-    import dataclasses
-    from .passes import pass_class, pass_names
-    out = []
-    for name in pass_names():
-        cls = pass_class(name)
-        params = {}
-        for f in dataclasses.fields(cls.Params):
-            if f.default is not dataclasses.MISSING:
-                params[f.name] = f.default
-            elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-                params[f.name] = f.default_factory()  # type: ignore[misc]
-            else:
-                params[f.name] = None  # required
-        out.append({"name": name, "summary": cls.summary, "params": params})
-    return out
+    _console().print(_table("passes", ["pass", "what it does", "parameters (name=default)"], rows,
+                            caption="`attnopt passes NAME` shows a pass in full"))
 
 
 @main.command()

@@ -390,3 +390,25 @@ def test_python_m_detect_json_real_process(bert, tmp_path):
     p = _python_m("detect", bert, "--json", cwd=tmp_path)
     assert p.returncode == 0, p.stderr
     assert len(json.loads(p.stdout)["sites"]) == 2
+
+
+def test_passes_name_shows_parameters_exact_limit_and_refusals():
+    from click.testing import CliRunner
+    from attnopt.cli import main
+    out = CliRunner().invoke(main, ["passes", "window"])
+    assert out.exit_code == 0, out.output
+    for text in ("window", "sinks", "must be >= 1", "exact limit: window >= N", "refuses: cross-attention"):
+        assert text in out.output
+    js = CliRunner().invoke(main, ["passes", "memory", "--json"])
+    info = json.loads(js.output)
+    assert info["exact_limit"].startswith("memory >= N") and [p["name"] for p in info["parameters"]] == [
+        "segment_size", "memory", "sinks"]
+    bad = CliRunner().invoke(main, ["passes", "nope"])
+    assert bad.exit_code == 2 and "unknown pass 'nope'" in bad.output
+
+
+def test_rewrite_help_teaches_verification():
+    from click.testing import CliRunner
+    from attnopt.cli import main
+    out = CliRunner().invoke(main, ["rewrite", "--help"])
+    assert "--no-verify" in out.output and "onnxruntime" in out.output
