@@ -254,11 +254,15 @@ def _lens(q, kv) -> str:
 @click.option("--layers", metavar="A:B", help="Only sites in layers A..B-1 (python slice; '3' is one layer).")
 @click.option("--names", multiple=True, metavar="GLOB", help="Only sites whose name matches GLOB; repeatable.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Where to write (default MODEL.<pass>.onnx).")
+@click.option("--streaming", is_flag=True,
+              help="Write the pass's streaming form (memory): the model takes one segment per call plus, per site, "
+                   "its memory and sink keys/values as inputs, and returns them updated as outputs. Positions must "
+                   "be a model input (position_ids).")
 @click.option("--no-verify", is_flag=True,
               help="Skip checking that the output loads in onnxruntime (onnx.checker + a CPU session) before "
                    "writing it; for models where that costs too much.")
 @click.option("--json", "as_json", is_flag=True, help="Print the per-site report as JSON.")
-def rewrite(model, pass_name, params, layers, names, output, no_verify, as_json):
+def rewrite(model, pass_name, params, layers, names, output, streaming, no_verify, as_json):
     """Rewrite the attention sites of an ONNX MODEL with one pass and save the result.
 
     Each selected site is replaced by an ai.attnopt op whose ONNX function body
@@ -277,11 +281,11 @@ def rewrite(model, pass_name, params, layers, names, output, no_verify, as_json)
     import attnopt
     from .passes import pass_class
     parsed = _parse_params(params)
-    pass_class(pass_name).parse_params(dict(parsed))  # bad params fail before the model is read
+    pass_class(pass_name)(**parsed, streaming=streaming)  # bad params fail before the model is read
     _require_file(model)
     out = Path(output) if output else _default_output(model, pass_name)
     _check_writable(out, model)
-    result = attnopt.rewrite(model, pass_name, layers=layers, names=names, **parsed)
+    result = attnopt.rewrite(model, pass_name, layers=layers, names=names, streaming=streaming, **parsed)
     result.save(out, verify=not no_verify)
     n_done, n_all = len(result.rewritten), len(result.report)
     if as_json:

@@ -174,6 +174,9 @@ class Pipeline:
                 calls.append(plan)
                 outcomes[site.name] = SiteOutcome.planned(site, pass_.name, plan)
                 break
+        if any(_stateful(c) for c in calls) and not _positions_are_inputs(loaded):
+            raise NoSitesError("streaming needs the model's positions as an input (position_ids, cache_position): "
+                               "otherwise every segment would restart them at 0; export it with position_ids")
         if require_rewrite and not calls:
             names = ", ".join(p.name for p, _ in self.steps)
             reasons = sorted({o.reason for o in outcomes.values()})
@@ -194,6 +197,16 @@ class Pipeline:
             frontend.finalize(loaded, {k for c in applied for k in c.kernels})
             relift(loaded)  # the View and sites now describe the rewritten model
         return RewriteResult(loaded, [outcomes[name] for name in site_names])
+
+
+def _stateful(call) -> bool:
+    from .kernels.registry import get_variant
+    return any(get_variant(g.kernel).state for g in call.groups)
+
+
+def _positions_are_inputs(loaded) -> bool:
+    """Whether the caller can continue the positions across calls: the model takes them as an input."""
+    return any("position" in name.lower() for name in loaded.frontend.input_names(loaded))
 
 
 def rewrite(model, pass_name: str, *, layers: str | None = None, names=(), example_inputs=None,

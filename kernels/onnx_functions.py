@@ -29,28 +29,37 @@ from attnopt.onnx_compat import DOMAIN, DOMAIN_VERSION, MIN_OPSET
 attnopt_opset = Opset(DOMAIN, DOMAIN_VERSION)
 
 
-def _bodies() -> dict:
-    """op_type -> onnxscript function, for every variant's body and the functions they call."""
+def _variant_bodies() -> dict:
+    """op_type -> spec for every variant; bodies import only when asked for (a broken one breaks only itself)."""
     from .registry import all_variants
 
-    found = {}
-    for spec in all_variants():
-        for fn in (spec.onnx_function, *spec.onnx_helpers):
-            found[fn.name] = fn
-    return found
+    return {spec.onnx_op_type: spec for spec in all_variants()}
+
+
+_HELPERS: dict = {}  # op_type -> onnxscript function, for helpers met in a loaded body's CALLS
+
+
+def _body(op_type: str):
+    """The onnxscript function for ``op_type``: a variant's body, or a helper a loaded body calls."""
+    variants = _variant_bodies()
+    if op_type in variants:
+        spec = variants[op_type]
+        for fn in spec.onnx_helpers:
+            _HELPERS[fn.name] = fn
+        return spec.onnx_function
+    if op_type in _HELPERS:
+        return _HELPERS[op_type]
+    raise KeyError(f"no ONNX body for op type {op_type!r}; known: {sorted(variants)}")
 
 
 def functions_for(op_types: Iterable[str]) -> list[str]:
     """``op_types`` plus every function their bodies call, callees first."""
-    bodies = _bodies()
     out: list[str] = []
 
     def visit(name: str) -> None:
         if name in out:
             return
-        if name not in bodies:
-            raise KeyError(f"no ONNX body for op type {name!r}; known: {sorted(bodies)}")
-        for node in bodies[name].to_function_proto().node:
+        for node in _body(name).to_function_proto().node:
             if node.domain == DOMAIN:
                 visit(node.op_type)
         out.append(name)
@@ -66,10 +75,7 @@ def _function_bytes(op_type: str, opset_version: int) -> bytes:
         raise ValueError(
             f"ai.attnopt bodies need default opset >= {MIN_OPSET}; the model uses opset {opset_version}"
         )
-    bodies = _bodies()
-    if op_type not in bodies:
-        raise KeyError(f"no ONNX body for op type {op_type!r}; known: {sorted(bodies)}")
-    proto = bodies[op_type].to_function_proto()
+    proto = _body(op_type).to_function_proto()
     for entry in proto.opset_import:
         if entry.domain == "":
             entry.version = opset_version
@@ -137,15 +143,19 @@ _INPUT_DOCS = {
 
 def _schema(spec) -> onnx.defs.OpSchema:
     Param = onnx.defs.OpSchema.FormalParameter
-    inputs = [Param(name, *_INPUT_DOCS[name]) if name in _INPUT_DOCS else
-              Param(name, "TC", next(t.help for t in spec.tensor_inputs if t.name == name))
-              for name in spec.onnx_inputs]
+    docs = {t.name: ("TC", t.help) for t in spec.tensor_inputs}
+    docs.update({st.name: ("TS" if st.dtype == "query" else "TI", st.help) for st in spec.state})
+    inputs = [Param(name, *(_INPUT_DOCS.get(name) or docs[name])) for name in spec.onnx_inputs]
     constraints = [("T", _FLOAT_TYPES, "query/key/value/output type"), ("TM", _FLOAT_TYPES, "mask type")]
     if spec.tensor_inputs:
         constraints.append(("TC", _FLOAT_TYPES + ["tensor(int64)"], "constant inputs the pass supplies"))
+    if spec.state:
+        constraints += [("TS", _FLOAT_TYPES, "state carried in the query's type"), ("TI", ["tensor(int64)"], "counters")]
     return onnx.defs.OpSchema(
         spec.onnx_op_type, DOMAIN, DOMAIN_VERSION, doc=spec.summary, inputs=inputs,
-        outputs=[Param("Y", "T", "(B, H, N, D)")], type_constraints=constraints,
+        outputs=[Param("Y", "T", "(B, H, N, D)")] + [Param(f"{st.name}_next", "TS" if st.dtype == "query" else "TI",
+                                                        st.help) for st in spec.state],
+        type_constraints=constraints,
         attributes=[onnx.defs.OpSchema.Attribute(name, _ATTR_TYPES[spec.onnx_attr_type(name)], "", required=True)
                     for name in spec.attr_names],
     )

@@ -71,6 +71,21 @@ class TensorInput:
 
 
 @dataclass(frozen=True)
+class StateIO:
+    """A state the op reads and returns updated (memory's streaming form): a model input and output per site.
+
+    ``shape`` names the dims, (B, Hkv, T, D) for cached keys; dims not among
+    B, Hkv, D are free (T grows from 0). ``dtype`` is "query" (the query's
+    type) or "int64".
+    """
+
+    name: str
+    help: str
+    shape: tuple[str, ...] = ("B", "Hkv", "T", "D")
+    dtype: str = "query"
+
+
+@dataclass(frozen=True)
 class VariantSpec:
     name: str  # the variant and pass name: "segmented"
     summary: str  # one line: what each query attends to
@@ -89,6 +104,10 @@ class VariantSpec:
     tensor_inputs: tuple[TensorInput, ...] = ()
     # (params, q shape, k shape, seed) -> {tensor input name: array}; required when tensor_inputs is set.
     make_tensors: Callable[..., dict] | None = None
+    # States read and returned updated; the op then returns (Y, *next states) (ONNX outputs Y, <name>_next...).
+    state: tuple[StateIO, ...] = ()
+    # The variant that runs this one a segment per call with its state carried by the model (`--streaming`).
+    streaming_form: str | None = None
     package: str = ""  # the kernels subpackage holding reference/op/onnx_body (set by the registry)
 
     # -- derived names ----------------------------------------------------------
@@ -128,14 +147,19 @@ class VariantSpec:
     # -- derived signatures -----------------------------------------------------
     @property
     def torch_schema(self) -> str:
-        tensors = "".join(f", Tensor {t.name}" for t in self.tensor_inputs)
+        tensors = "".join(f", Tensor {t.name}" for t in self.tensor_inputs + self.state)
         scalars = "".join(f", {_TORCH_TYPES[p.type]} {p.name}" for p in self.params)
         common = "".join(f", {kind} {name}" for name, kind in COMMON_ATTRS)
-        return f"(Tensor q, Tensor k, Tensor v, Tensor? mask, Tensor? key_padding{tensors}{scalars}{common}) -> Tensor"
+        out = "Tensor" if not self.state else "(" + ", ".join(["Tensor"] * (1 + len(self.state))) + ")"
+        return f"(Tensor q, Tensor k, Tensor v, Tensor? mask, Tensor? key_padding{tensors}{scalars}{common}) -> {out}"
 
     @property
     def onnx_inputs(self) -> tuple[str, ...]:
-        return ("Q", "K", "V", "Mask", "KeyPadding") + tuple(t.name for t in self.tensor_inputs)
+        return ("Q", "K", "V", "Mask", "KeyPadding") + tuple(t.name for t in self.tensor_inputs + self.state)
+
+    @property
+    def onnx_outputs(self) -> tuple[str, ...]:
+        return ("Y",) + tuple(f"{s.name}_next" for s in self.state)
 
     def onnx_attr_type(self, name: str) -> str:
         """'int' | 'float' | 'string' for an ONNX attribute (bools are ints)."""

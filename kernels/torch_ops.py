@@ -27,14 +27,14 @@ def define_op(variant: str, forward: Callable, *, cuda: Callable | None = None):
                                  device_types=("cpu", "cuda") if cuda is None else ("cpu",), schema=spec.torch_schema)
     if cuda is not None:
         op.register_kernel("cuda", cuda)
-    op.register_fake(lambda q, *rest: q.new_empty(q.shape))
+    op.register_fake(_fake(spec))
     return getattr(torch.ops.attnopt, spec.op_name)
 
 
 
 def _checked(spec, fn: Callable) -> Callable:
     """``fn`` behind the spec's parameter checks, so a bad value called straight at the op is a clear ValueError."""
-    first = 5 + len(spec.tensor_inputs)  # q, k, v, mask, key_padding, tensors, then the parameters
+    first = 5 + len(spec.tensor_inputs) + len(spec.state)  # q, k, v, mask, key_padding, tensors, states, params
 
     def checked(*args):
         for p, value in zip(spec.params, args[first:first + len(spec.params)]):
@@ -44,3 +44,15 @@ def _checked(spec, fn: Callable) -> Callable:
 
     checked.__name__ = fn.__name__
     return checked
+
+
+def _fake(spec) -> Callable:
+    """Shapes without compute, so the op traces and exports: Y like q; a next state like its state (a new length)."""
+    def fake(q, k, v, mask, key_padding, *rest):
+        if not spec.state:
+            return q.new_empty(q.shape)
+        states = rest[len(spec.tensor_inputs):len(spec.tensor_inputs) + len(spec.state)]
+        ctx = torch.library.get_ctx()
+        return (q.new_empty(q.shape), *(s.new_empty((*s.shape[:2], ctx.new_dynamic_size(), *s.shape[3:]))
+                                        if s.dim() == 4 else s.new_empty(s.shape) for s in states))
+    return fake

@@ -11,6 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from attnopt.errors import InvalidParamsError
 from attnopt.site import AttentionSite
 
 
@@ -71,8 +72,11 @@ class AttentionPass:
             cls.name, cls.summary = spec.name, spec.summary
             cls.Params = _params_class(cls.variant)
 
-    def __init__(self, **params: Any):
+    def __init__(self, *, streaming: bool = False, **params: Any):
         self.params = self.parse_params(params)
+        self.streaming = bool(streaming)
+        if self.streaming and not self.spec().streaming_form:
+            raise InvalidParamsError(f"pass '{self.name}' has no streaming form")
 
     @classmethod
     def spec(cls):
@@ -98,7 +102,21 @@ class AttentionPass:
         return cls.spec().kv_cache
 
     def plan_site(self, site: AttentionSite) -> OpCall | Refusal:
+        if self.streaming:
+            return self.plan_streaming(site)
         return OpCall.whole(site, self.variant, dataclasses.asdict(self.params))
+
+    def plan_streaming(self, site: AttentionSite) -> OpCall | Refusal:
+        """The variant's streaming form: one segment per call, what it remembers carried as model state."""
+        from attnopt.kernels.registry import get_variant
+        form = get_variant(self.spec().streaming_form)
+        if site.masks:
+            return Refusal(site, "its mask is a dense N×M term: streaming carries causality and key padding only")
+        if site.past_len is not None:
+            return Refusal(site, "already a KV-cache step: the streaming form carries its own cache")
+        # The streaming form takes this pass's parameters that it shares (the segment is the call's input).
+        params = dataclasses.asdict(self.params)
+        return OpCall.whole(site, form.name, {n: params[n] for n in form.param_names})
 
 
 def self_attention_refusal(site: AttentionSite, variant: str, kv_cache: bool) -> str | None:

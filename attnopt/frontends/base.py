@@ -92,6 +92,10 @@ class Frontend(ABC):
     def save(self, loaded: LoadedModel, path) -> Path:
         """Write the model atomically (never a partial file)."""
 
+    @abstractmethod
+    def input_names(self, loaded: LoadedModel) -> list[str]:
+        """The model's inputs, by name, in call order."""
+
     def verify(self, loaded: LoadedModel, sites: Sequence[str]) -> None:
         """Raise RewriteVerificationError, naming the site at fault where it can, unless the model loads and runs.
 

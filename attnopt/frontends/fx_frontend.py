@@ -77,6 +77,12 @@ class FxFrontend(Frontend):
         if (provider or "cpu").lower() != "cpu":
             raise AttnoptError(f"--provider {provider}: torch models run on the CPU only")
 
+    def input_names(self, loaded) -> list[str]:
+        model = loaded.model
+        if isinstance(model, torch.export.ExportedProgram):
+            return [s.arg.name for s in model.graph_signature.input_specs if s.kind.name == "USER_INPUT"]
+        return [n.target for n in model.graph.nodes if n.op == "placeholder"]
+
     def inputs(self, loaded, given=None, *, seq_len=None, batch=2, seed=0, example_inputs=None) -> dict:
         """Given inputs in order, or the example inputs (their batch, not ``batch``) resized to ``seq_len``."""
         names = [n.name for n in user_placeholders(loaded.model)]

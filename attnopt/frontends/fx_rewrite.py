@@ -20,7 +20,7 @@ import torch.fx as fx
 from ..errors import SiteNotApplicable
 from ..site import (LAYOUT_BHSD, LAYOUT_BSD, LAYOUT_FLAT, MASK_BOOLEAN, MASK_BOOLEAN_BLOCKED, MASK_NONZERO_KEEP,
                     AttentionSite)
-from .lowering import lower
+from .lowering import lower, state_name
 
 
 def boolean_to_additive(mask: torch.Tensor, like: torch.Tensor, keep_when_true: bool) -> torch.Tensor:
@@ -78,14 +78,49 @@ def apply(loaded, call) -> None:
                 if mask is not None:
                     gmask = g.call_function(heads_if_many, (mask, *group.q_heads, site.num_heads))
             tensors = [_constant(gm, g, arr, f"{group.spec.name}_{name}") for name, arr in group.tensors]
-            outputs.append(g.call_function(group.spec.torch_op.default,
-                                           (gq, gk, gv, gmask, key_padding, *tensors, *group.attrs.values())))
+            states = [_state_input(g, site, st) for st in group.state]
+            call_ = g.call_function(group.spec.torch_op.default,
+                                    (gq, gk, gv, gmask, key_padding, *tensors, *states, *group.attrs.values()))
+            if group.state:
+                _state_outputs(g, site, group.state, [g.call_function(operator.getitem, (call_, i + 1))
+                                                      for i in range(len(group.state))])
+                call_ = g.call_function(operator.getitem, (call_, 0))
+            outputs.append(call_)
         y = outputs[0] if len(outputs) == 1 else g.call_function(torch.cat, (outputs, 1))
         y = _from_bhsd(g, y, site.output_layout)
     name = out_old.name
     out_old.replace_all_uses_with(y)
     g.erase_node(out_old)
     y.name = name  # the fx namespace is freed by the erase above
+
+
+def _state_input(g: fx.Graph, site: AttentionSite, state) -> fx.Node:
+    """A new trailing positional input carrying one site's state (after every existing input)."""
+    last_input = [n for n in g.nodes if n.op == "placeholder"][-1]
+    with g.inserting_after(last_input):
+        node = g.placeholder(_identifier(state_name(site.name, state)))
+    _plain_signature(g)
+    return node
+
+
+def _state_outputs(g: fx.Graph, site: AttentionSite, states, values) -> None:
+    """Append the next states to the module's outputs (after the original ones, in state order)."""
+    out = g.output_node()
+    results = out.args[0]
+    results = list(results) if isinstance(results, (tuple, list)) else [results]
+    out.args = (tuple(results + list(values)),)
+    _plain_signature(g)
+
+
+def _plain_signature(g: fx.Graph) -> None:
+    """Flat positional inputs and a flat tuple of outputs: the pytree signature of an exported module no
+    longer holds once state inputs and outputs are added."""
+    if type(g._codegen) is not fx.graph.CodeGen:
+        g.set_codegen(fx.graph.CodeGen())
+
+
+def _identifier(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name)
 
 
 def _constant(gm: fx.GraphModule, g: fx.Graph, array, what: str) -> fx.Node:
@@ -104,6 +139,10 @@ def finalize(loaded, kernels: set[str]) -> None:
     gm.graph.eliminate_dead_code()
     gm.graph.lint()
     gm.recompile()
+    if type(gm.graph._codegen) is fx.graph.CodeGen and type(gm) is not fx.GraphModule:
+        # State inputs changed the signature: an exported module's input checks (pytree specs, forward
+        # hooks) no longer apply, so the result is a plain GraphModule over the same graph and weights.
+        loaded.model = fx.GraphModule(gm, gm.graph, class_name="StreamingModule")
 
 
 def _check_layouts(site: AttentionSite) -> None:

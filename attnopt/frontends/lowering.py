@@ -28,6 +28,21 @@ class GroupCall:
     kv_heads: tuple[int, int] | None
     attrs: dict  # every attribute of the op, in spec.attr_names order
     tensors: tuple[tuple[str, np.ndarray], ...]  # constant inputs, in spec.tensor_inputs order
+    # The op's states: each becomes a model input named state_name(site, state) and an output named
+    # state_name(site, state, next_=True) (memory's streaming form).
+    state: tuple = ()
+
+
+def state_name(site_name: str, state, next_: bool = False) -> str:
+    """The model input (or output, ``next_``) that carries one site's state between calls."""
+    return f"{site_name}.{state.name}" + (".next" if next_ else "")
+
+
+def state_dims(site: AttentionSite, state) -> list:
+    """The state's dims for a model signature: known head counts and head dim, other sizes symbolic."""
+    known = {"Hkv": site.kv_num_heads, "D": site.head_dim, "1": 1, "B": "batch"}
+    return [known.get(d) if isinstance(known.get(d), (int, str)) else f"{site.name}.{state.name}.{d}"
+            for d in state.shape]
 
 
 def lower(call) -> list[GroupCall]:
@@ -43,6 +58,8 @@ def lower(call) -> list[GroupCall]:
     whole = len(groups) == 1 and groups[0].start == 0 and groups[0].stop is None
     if not whole:
         _check_cover(site, groups)
+        if any(get_variant(g.kernel).state for g in groups):
+            raise SiteNotApplicable("a stateful (streaming) kernel takes the whole site, not a head group")
     out = []
     for g in groups:
         spec = get_variant(g.kernel)
@@ -55,7 +72,7 @@ def lower(call) -> list[GroupCall]:
             raise SiteNotApplicable(f"{g.kernel} takes tensors {names}, the plan gave {sorted(g.tensors)}")
         tensors = tuple((n, np.asarray(g.tensors[n])) for n in names)
         if whole:
-            out.append(GroupCall(spec, None, None, attrs, tensors))
+            out.append(GroupCall(spec, None, None, attrs, tensors, spec.state))
         else:
             rep = site.num_heads // site.kv_num_heads
             stop = site.num_heads if g.stop is None else g.stop

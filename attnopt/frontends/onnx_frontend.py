@@ -52,6 +52,10 @@ class OnnxFrontend(Frontend):
         save_atomic(loaded.model, path)
         return Path(path)
 
+    def input_names(self, loaded) -> list[str]:
+        initializers = set(loaded.model.graph.initializers)
+        return [v.name for v in loaded.model.graph.inputs if v.name not in initializers]
+
     def verify(self, loaded, sites: Sequence[str]) -> None:
         """onnx.checker, then an onnxruntime CPU session: what every user of the file will do first."""
         import tempfile

@@ -21,7 +21,7 @@ from ..errors import SiteNotApplicable
 from ..onnx_compat import DOMAIN, IR_VERSION, MIN_OPSET
 from ..site import (LAYOUT_BHSD, LAYOUT_BSD, LAYOUT_FLAT, MASK_ADDITIVE, MASK_BOOLEAN,
                     MASK_BOOLEAN_BLOCKED, MASK_NONZERO_KEEP, AttentionSite)
-from .lowering import lower
+from .lowering import lower, state_dims, state_name
 
 
 def apply(loaded, call) -> None:
@@ -66,10 +66,17 @@ def apply(loaded, call) -> None:
             if site.masks:
                 gmask = b.heads_if_many(mask, *g.q_heads, site.num_heads)
         tensors = [b.initializer(model, arr, f"{g.spec.name}_{name}") for name, arr in g.tensors]
+        states = [_state_input(model, site, st, dtype) for st in g.state]
         attrs = {n: int(x) if isinstance(x, bool) else x for n, x in g.attrs.items()}
-        y = b.tape.op(g.spec.onnx_op_type, [gq, gk, gv, gmask, key_padding, *tensors], attrs, domain=DOMAIN,
-                      name=b.name("attn"))
+        results = b.tape.op_multi_out(g.spec.onnx_op_type, [gq, gk, gv, gmask, key_padding, *tensors, *states],
+                                      attrs, domain=DOMAIN, name=b.name("attn"), num_outputs=1 + len(g.state))
+        y = results[0]
         y.name = b.name("y")
+        for st, value in zip(g.state, results[1:]):
+            value.name = state_name(site.name, st, next_=True)
+            value.dtype = states[g.state.index(st)].dtype
+            value.shape = ir.Shape(state_dims(site, st))
+            model.graph.outputs.append(value)
         outputs.append(y)
     y = outputs[0] if len(outputs) == 1 else b.op("Concat", outputs, {"axis": 1})
     y = b.from_bhsd(y, site.output_layout, site.num_heads, site.head_dim)
@@ -80,6 +87,14 @@ def apply(loaded, call) -> None:
     out_old.replace_all_uses_with(y, replace_graph_outputs=True)
     y.name = name
     y.dtype, y.shape = out_old.dtype, out_old.shape
+
+
+def _state_input(model: ir.Model, site: AttentionSite, state, dtype: ir.DataType) -> ir.Value:
+    """A new model input that carries one site's state into the call."""
+    value = ir.Value(name=state_name(site.name, state), shape=ir.Shape(state_dims(site, state)),
+                     type=ir.TensorType(dtype if state.dtype == "query" else ir.DataType.INT64))
+    model.graph.inputs.append(value)
+    return value
 
 
 def finalize(loaded, kernels: set[str]) -> None:
@@ -95,7 +110,25 @@ def finalize(loaded, kernels: set[str]) -> None:
 
 
 def save_atomic(model: ir.Model, path) -> None:
-    write_atomic(path, lambda tmp: ir.save(model, tmp))
+    """Write ``model`` at ``path``; weights kept outside the model go to ``<path>.data`` beside it.
+
+    A model whose weights live in external files keeps relative references to them,
+    which would dangle in another folder: those weights are written out again, into a
+    scratch folder beside the target, and both files are moved into place whole.
+    """
+    if not any(isinstance(v.const_value, ir.ExternalTensor) for v in model.graph.initializers.values()):
+        write_atomic(path, lambda tmp: ir.save(model, tmp))
+        return
+    import os
+    import tempfile
+    from pathlib import Path
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent) as tmp:
+        data = f"{path.name}.data"
+        ir.save(model, os.path.join(tmp, path.name), external_data=data)
+        os.replace(os.path.join(tmp, data), path.parent / data)
+        os.replace(os.path.join(tmp, path.name), path)
 
 
 class _Builder:

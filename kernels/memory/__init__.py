@@ -21,6 +21,7 @@ SPEC = VariantSpec(
                  {"segment_size": 3, "memory": 0, "sinks": 4}),
     demo_params={"segment_size": 32, "memory": 32, "sinks": 2},
     kv_cache=True,
+    streaming_form="memory_stream",
 )
 
 
