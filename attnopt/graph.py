@@ -23,8 +23,10 @@ from .site import ValueRef
 CANONICAL_OPS = frozenset({
     "input", "constant", "output",
     "matmul", "transpose", "reshape", "expand", "unsqueeze", "squeeze", "slice", "concat",
-    "mul", "div", "add", "sub", "neg", "sqrt", "reciprocal", "pow",
+    "mul", "div", "add", "sub", "neg", "sqrt", "reciprocal", "pow", "tanh",
     "softmax", "where", "masked_fill", "cast", "identity", "dropout", "isnan", "not",
+    # x @ W (+ b) with the weight an operand after x: ONNX Gemm, aten.linear/addmm, nn.Linear.
+    "linear",
     "sdpa", "mha",
 })
 

@@ -3,18 +3,24 @@
 It anchors on every ``softmax`` and on every fused attention op (``sdpa``,
 ``mha``), then walks up and down through what exporters interleave: scale
 mul/div (also sqrt(scale) split over q and k), mask add/where/masked_fill,
-casts, NaN guards, dropout, head transposes, the reshape/expand pairs that
-aten's matmul decomposition inserts, and GQA unsqueeze/expand/reshape.
+score modifiers (a bias added before the scale, tanh softcapping), casts, NaN
+guards, dropout, head transposes, the reshape/expand pairs that aten's matmul
+decomposition inserts, batch-folded (B·H) layouts, GQA unsqueeze/expand/reshape
+and GQA query packing.
 
 There are no per-model op-sequence lists: each step below is one identity
 that holds for any exporter (see the comment on each rule).
+
+An anchor the matcher cannot read is skipped with the reason, never raised:
+``detect(view)`` returns the sites and the skipped anchors, so one odd layer
+never hides the others.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -27,21 +33,59 @@ TRANSPARENT = frozenset({"cast", "identity"})
 # A fill at or below this is "minus infinity" for masking purposes (HF uses finfo.min,
 # older code -1e4 or -1e9).
 MASK_FILL_MAX = -1e4
+# Anchors the matcher starts from.
+ANCHOR_OPS = frozenset({"softmax", "sdpa", "mha"})
+
+
+class Mismatch(Exception):
+    """Why an anchor is not an attention site the matcher can describe (one line, for users)."""
+
+
+@dataclass(frozen=True)
+class SkippedAnchor:
+    """A softmax or fused attention op that did not become a site, and why."""
+
+    anchor: str  # View node id
+    name: str  # module path of the anchor, as site names are made
+    op: str  # the anchor's View op: softmax, sdpa or mha
+    reason: str
+    # True when the matcher itself failed on it (a bug to report), not a reasoned refusal.
+    internal_error: bool = False
+
+    def summary(self) -> dict:
+        return {"name": self.name, "op": self.op, "reason": self.reason, "internal_error": self.internal_error}
+
+
+@dataclass(frozen=True)
+class Detection:
+    """What detection found: the sites, and every anchor that was not turned into one."""
+
+    sites: list[AttentionSite]
+    skipped: list[SkippedAnchor]
+
+
+def detect(view: View) -> Detection:
+    """Every attention site of the view, in graph order, with unique names; and the skipped anchors."""
+    sites: list[AttentionSite] = []
+    skipped: list[SkippedAnchor] = []
+    for nid in sorted(view.nodes(), key=lambda n: view.info(n).order):
+        op = view.op(nid)
+        if op not in ANCHOR_OPS:
+            continue
+        try:
+            site = _match_decomposed(view, nid) if op == "softmax" else _match_fused(view, nid)
+            sites.append(_finish(view, site))
+        except Mismatch as e:
+            skipped.append(SkippedAnchor(nid, _anchor_name(view, nid), op, str(e)))
+        except Exception as e:  # noqa: BLE001  one unreadable anchor must not hide the other sites
+            skipped.append(SkippedAnchor(nid, _anchor_name(view, nid), op,
+                                         f"matcher error: {type(e).__name__}: {e}", internal_error=True))
+    return Detection(_name_sites(view, sites), skipped)
 
 
 def detect_sites(view: View) -> list[AttentionSite]:
     """Every attention site of the view, in graph order, with unique names."""
-    sites: list[AttentionSite] = []
-    for nid in sorted(view.nodes(), key=lambda n: view.info(n).order):
-        op = view.op(nid)
-        site = None
-        if op == "softmax":
-            site = _match_decomposed(view, nid)
-        elif op in ("sdpa", "mha"):
-            site = _match_fused(view, nid)
-        if site is not None:
-            sites.append(site)
-    return _name_sites(view, sites)
+    return detect(view).sites
 
 
 # --------------------------------------------------------------------------- helpers
@@ -110,22 +154,30 @@ def _is_swap_last2(view: View, nid: str, rank: int | None) -> bool:
     return False
 
 
-def _unflatten_up(view: View, v: ValueRef) -> tuple[ValueRef, list[str]]:
-    """(B*H, N, D) made by reshape(expand(x)) from a 4-D x with the same last two dims -> x.
+def _compatible(a, b) -> bool:
+    """Two dims that may be the same size: equal, or not both known integers."""
+    return a == b or not (isinstance(a, int) and isinstance(b, int))
 
-    This undoes aten's decomposition of a 4-D matmul into bmm.
+
+def _unflatten_up(view: View, v: ValueRef) -> tuple[ValueRef, list[str]]:
+    """(B*H, N, D) made by reshape (after expand, casts) from a 4-D (B, H, N, D) x -> x.
+
+    This undoes aten's decomposition of a 4-D matmul into bmm, and layouts that fold
+    the heads into the batch (BLOOM, DeBERTa, nn.MultiheadAttention's bmm).
     """
     if view.rank(v) != 3:
         return v, []
     passed, cur = [], v
-    while view.op(cur.node) in ("reshape", "expand", "identity") and view.input(cur.node, 0) is not None:
+    s3 = view.shape(v)
+    while view.op(cur.node) in ("reshape", "expand", "identity", "cast") and view.input(cur.node, 0) is not None:
         kv, gqa = _strip_gqa(view, cur)
         if kv != cur:  # flattened straight from the GQA repeat: the kv tensor itself
             return kv, passed + gqa
         passed.append(cur.node)
         cur = view.input(cur.node, 0)
-        s, s3 = view.shape(cur), view.shape(v)
-        if s is not None and len(s) == 4 and s[-2:] == s3[-2:]:
+        s = view.shape(cur)
+        if s is not None and len(s) == 4 and _compatible(s[-2], s3[-2]) and _compatible(s[-1], s3[-1]) \
+                and isinstance(s[-1], int):
             return cur, passed
         if s is not None and len(s) != 3 and len(s) != 4:
             break
@@ -176,9 +228,11 @@ def _strip_transpose(view: View, v: ValueRef) -> tuple[ValueRef, str, list[str]]
 
 
 def _dim_of(shape, layout: str, letter: str):
-    if shape is None or len(shape) != len(layout.replace("(bh)", "b")):
+    """The size of axis ``letter`` (b, h, s, d) of a tensor laid out as ``layout``; None if unknown."""
+    axes = layout.replace("(bh)", "b")
+    if shape is None or len(shape) != len(axes) or letter not in axes:
         return None
-    return shape[layout.replace("(bh)", "b").index(letter)]
+    return shape[axes.index(letter)]
 
 
 def _repeat_source(view: View, x: ValueRef) -> tuple[ValueRef | None, list[str]]:
@@ -202,6 +256,24 @@ def _strip_gqa(view: View, v: ValueRef) -> tuple[ValueRef, list[str]]:
     return (src, [v.node] + passed) if src is not None else (v, [])
 
 
+def _unpack_gqa_query(view: View, q: ValueRef) -> tuple[ValueRef, list[str]]:
+    """A query packed for GQA, reshape((B, H, N, D) -> (B, Hkv, H/Hkv·N, D)) -> the (B, H, N, D) query.
+
+    Hugging Face packs a decode step's query heads into the query axis so that each
+    kv head serves its group without repeating k/v (transformers' pack_gqa).
+    """
+    if view.op(q.node) != "reshape":
+        return q, []
+    src = view.input(q.node, 0)
+    s, p = view.shape(src), view.shape(q)
+    if s is None or p is None or len(s) != 4 or len(p) != 4 or not all(isinstance(d, int) for d in s[1:3] + p[1:3]):
+        return q, []
+    if s[1] != p[1] and s[1] % p[1] == 0 and s[1] * s[2] == p[1] * p[2] and _compatible(s[0], p[0]) \
+            and s[3] == p[3]:
+        return src, [q.node]
+    return q, []
+
+
 def _is_neg_fill(view: View, v: ValueRef | None) -> bool:
     c = view.const(v) if v is not None else None
     if c is None or np.size(c) == 0:
@@ -220,30 +292,53 @@ def _dynamic(view: View, v: ValueRef | None) -> bool:
     return v is not None and view.is_dynamic(v)
 
 
-# --------------------------------------------------------------------------- decomposed
+def _anchor_name(view: View, nid: str) -> str:
+    return (view.info(nid).name or "").strip("./") or nid
+
+
+# --------------------------------------------------------------------------- the scores
 
 @dataclass
-class _Up:
-    """What the walk from softmax up to the score matmul collected."""
+class _Term:
+    value: ValueRef
+    kind: str
+    factor: float = 1.0
+    flat: bool = False  # added to (B·H, N, M) scores: the rewrite unfolds it with the query
+
+
+@dataclass
+class _Scores:
+    """softmax input = cap(σ·q·kᵀ) + Σ factor·term, as collected walking up from the softmax.
+
+    cap(x) = c·tanh(x/c) when ``softcap`` is c, else x. ``scale`` is σ from the chain
+    alone (q and k may carry more of it).
+    """
     matmul: str
     scale: float = 1.0
-    masks: list = field(default_factory=list)  # [(ValueRef, kind)]
+    softcap: float | None = None
+    terms: list = field(default_factory=list)  # outermost first
     nodes: list = field(default_factory=list)
+    heads: object = None  # H, where the chain reshapes (B·H, N, M) scores to (B, H, N, M)
 
 
-def _reaches_matmul(view: View, v: ValueRef, depth: int = 10) -> bool:
+# Ops the walk from the softmax up to q·kᵀ passes without changing the algebra.
+_SCORE_PASS = TRANSPARENT | {"reshape", "expand"}
+
+
+def _reaches_matmul(view: View, v: ValueRef, depth: int = 12) -> bool:
+    """Whether v leads up to a dynamic q·kᵀ product through ops the score walk accepts."""
     for _ in range(depth):
         op = view.op(v.node)
         if op == "matmul":
             a, b = view.inputs(v.node)[:2]
             return _dynamic(view, a) and _dynamic(view, b)
-        if op in TRANSPARENT | {"reshape", "expand", "mul", "div", "add", "where", "masked_fill"}:
+        if op in _SCORE_PASS | {"mul", "div", "add", "sub", "where", "masked_fill", "tanh"}:
             ins = [x for x in view.inputs(v.node) if x is not None and view.const(x) is None]
             if op == "where":
                 ins = ins[1:]
             if not ins:
                 return False
-            if op == "add":
+            if op in ("add", "sub"):
                 return any(_reaches_matmul(view, x, depth - 1) for x in ins)
             v = ins[0]
             continue
@@ -251,58 +346,97 @@ def _reaches_matmul(view: View, v: ValueRef, depth: int = 10) -> bool:
     return False
 
 
-def _walk_up(view: View, v: ValueRef) -> _Up | None:
-    scale, masks, nodes = 1.0, [], []
-    for _ in range(32):
+def _strip_term_scale(view: View, m: ValueRef) -> tuple[ValueRef, float]:
+    """A View-only c·m (baddbmm's beta) -> (m, c): a term must name a value the frontend has."""
+    if view.info(m.node).ref is None and view.op(m.node) in ("mul", "div"):
+        found = _scalar_operand(view, m.node)
+        if found is not None and found[1] != 0:
+            x, c = found
+            return x, (c if view.op(m.node) == "mul" else 1.0 / c)
+    return m, 1.0
+
+
+def _walk_up(view: View, v: ValueRef) -> _Scores:
+    """Collect softmax(x)'s x as cap(σ·q·kᵀ) + terms; raises Mismatch for anything else.
+
+    Walking up, ``gain`` is what the current value is multiplied by in x: a term
+    added here enters x times ``gain`` ((s + b)·c + m = c·s + c·b + m, Falcon's ALiBi).
+    At a tanh the gain so far is the cap c, and it carries on: x = c·tanh(w) with
+    w = s'/c means the scores inside the cap are s' = c·w.
+    """
+    gain, cap = 1.0, None
+    terms, nodes, heads = [], [], None
+    for _ in range(48):
         nid = v.node
         op = view.op(nid)
         ins = view.inputs(nid)
+        flat = view.rank(v) == 3
         if op == "matmul":
-            return _Up(nid, scale, masks, nodes)
-        if op in ("add", "where", "masked_fill") and scale != 1.0:
-            # Walking up, a mask found above a scale was scaled too: (s + m)·c is not plain attention.
-            return None
+            a, b = ins[:2]
+            if not (_dynamic(view, a) and _dynamic(view, b)):
+                raise Mismatch("the softmax input is a product with a constant (a lookup, not q·kᵀ)")
+            return _Scores(nid, gain, cap, terms, nodes, heads)
         nodes.append(nid)
-        if op in TRANSPARENT or op in ("reshape", "expand"):
+        if op in _SCORE_PASS:
+            if op == "reshape" and view.rank(ins[0]) == 3 and view.rank(v) == 4:
+                heads = (view.shape(v) or (None, None))[1]
             v = ins[0]
         elif op in ("mul", "div"):
             found = _scalar_operand(view, nid)
             if found is None:
-                return None
+                raise Mismatch(f"the scores are multiplied by a tensor ({op}), not by a scalar scale")
             x, c = found
             if c == 0:
-                return None
-            scale *= c if op == "mul" else 1.0 / c
+                raise Mismatch("the scores are scaled by zero")
+            gain *= c if op == "mul" else 1.0 / c
             v = x
-        elif op == "add":
+        elif op in ("add", "sub"):
             a, b = ins[:2]
-            if _reaches_matmul(view, a):
-                scores, mask = a, b
-            elif _reaches_matmul(view, b):
-                scores, mask = b, a
-            else:
-                return None
-            masks.append((mask, MASK_ADDITIVE))
+            on_a, on_b = _reaches_matmul(view, a), _reaches_matmul(view, b)
+            if on_a == on_b:
+                why = "both operands come from q·kᵀ products" if on_a else "neither operand is the scores"
+                raise Mismatch(f"an add between the scores and the softmax where {why}")
+            scores, term = (a, b) if on_a else (b, a)
+            if op == "sub" and not on_a:
+                raise Mismatch("the scores are subtracted from a term (negated scores)")
+            if cap is not None:
+                raise Mismatch("a term is added inside the tanh softcap")
+            m, f = _strip_term_scale(view, term)
+            sign = -1.0 if op == "sub" else 1.0
+            terms.append(_Term(m, MASK_ADDITIVE, sign * gain * f, flat))
             v = scores
-        elif op == "where":
-            cond, x, y = ins[:3]
-            if _is_neg_fill(view, y):  # where(keep, scores, -inf)
-                masks.append((cond, MASK_BOOLEAN))
-                v = x
-            elif _is_neg_fill(view, x):  # where(blocked, -inf, scores)
-                masks.append((cond, MASK_BOOLEAN_BLOCKED))
-                v = y
+        elif op in ("where", "masked_fill"):
+            if cap is not None:
+                raise Mismatch("a mask is applied inside the tanh softcap")
+            if gain <= 0:
+                raise Mismatch("a mask fill under a negative scale")
+            if op == "where":
+                cond, x, y = ins[:3]
+                if _is_neg_fill(view, y):  # where(keep, scores, -inf)
+                    terms.append(_Term(cond, MASK_BOOLEAN, flat=flat))
+                    v = x
+                elif _is_neg_fill(view, x):  # where(blocked, -inf, scores)
+                    terms.append(_Term(cond, MASK_BOOLEAN_BLOCKED, flat=flat))
+                    v = y
+                else:
+                    raise Mismatch("a where between the scores and the softmax that is not a -inf mask")
             else:
-                return None
-        elif op == "masked_fill":
-            x, cond, fill = ins[:3]
-            if not _is_neg_fill(view, fill):
-                return None
-            masks.append((cond, MASK_BOOLEAN_BLOCKED))
-            v = x
+                x, cond, fill = ins[:3]
+                if not _is_neg_fill(view, fill):
+                    raise Mismatch("a masked_fill of the scores with a value that is not -inf")
+                terms.append(_Term(cond, MASK_BOOLEAN_BLOCKED, flat=flat))
+                v = x
+        elif op == "tanh":
+            # x = c·tanh(w): softcapping with cap c (Gemma-2); the scores below are s' = c·w.
+            if cap is not None:
+                raise Mismatch("two tanh between the scores and the softmax")
+            if gain <= 0:
+                raise Mismatch("tanh softcapping with a negative cap")
+            cap = gain
+            v = ins[0]
         else:
-            return None
-    return None
+            raise Mismatch(f"'{op}' between the scores and the softmax")
+    raise Mismatch("too many ops between the scores and the softmax")
 
 
 def _walk_down(view: View, p: ValueRef, depth: int = 16):
@@ -354,96 +488,147 @@ def _leads_to_value_matmul(view: View, user: str, port: int, depth: int) -> bool
     return found is not None and not found[3]
 
 
-def _match_decomposed(view: View, sm: str) -> AttentionSite | None:
+# --------------------------------------------------------------------------- decomposed
+
+def _match_decomposed(view: View, sm: str) -> AttentionSite:
     x = view.input(sm, 0)
     if x is None:
-        return None
+        raise Mismatch("softmax without an input")
     rank = view.rank(x)
     axis = view.attrs(sm).get("axis", -1)
     if rank is not None:
-        if rank < 3 or axis % rank != rank - 1:
-            return None
+        if rank < 3:
+            raise Mismatch(f"softmax over a rank-{rank} tensor (attention scores have rank 3 or 4)")
+        if axis % rank != rank - 1:
+            raise Mismatch("softmax not over the last axis")
     elif axis != -1:
-        return None
+        raise Mismatch("softmax not over the last axis")
 
     down = _walk_down(view, ValueRef(sm, 0))
     if down is None:
-        return None
+        raise Mismatch("the probabilities do not go on to a matmul with the values")
     mm2, down_nodes, flattened, escapes = down
     value = view.input(mm2, 1)
     if not _dynamic(view, value):
-        return None  # softmax(...) @ weight: a soft lookup, not attention
+        raise Mismatch("the probabilities multiply a constant (a soft lookup, not attention)")
     up = _walk_up(view, x)
-    if up is None:
-        return None
     q, kt = view.inputs(up.matmul)[:2]
-    if not (_dynamic(view, q) and _dynamic(view, kt)):
-        return None
 
     removed = [sm, mm2, up.matmul] + up.nodes + down_nodes
-    q, qn = _unflatten_up(view, q)
-    kt, kn = _unflatten_up(view, kt)
-    value, vn = _unflatten_up(view, value)
-    removed += qn + kn + vn
     q, q_scale, qs = _strip_scale(view, q)
     kt, k_scale, ks = _strip_scale(view, kt)
     removed += qs + ks
+    # q4: the query with its heads on their own axis, as far as the graph has it (folded
+    # (B·H, N, D) and GQA-packed queries unfolded); geometry is read from it.
+    q4, qn = _unflatten_up(view, q)
+    q4, q4_scale, qs4 = _strip_scale(view, q4) if q4 != q else (q4, 1.0, [])
+    q4, packed = _unpack_gqa_query(view, q4)
+    # A term added to (B·H, N, M) scores is read with the query's folded layout, so the
+    # query then stays folded; key and value unfold whenever they can (their own layout).
+    if not any(t.flat for t in up.terms):
+        q, q_scale = q4, q_scale * q4_scale
+        removed += qn + qs4 + packed
+    else:
+        packed = []
+    kt, kn = _unflatten_up(view, kt)
+    removed += kn
     key, key_layout, tn = _strip_transpose(view, kt)
     key, k_scale2, ks2 = _strip_scale(view, key)  # (k·c)ᵀ: the scale may sit before the transpose
     k_scale *= k_scale2
     removed += tn + ks2
+    if key_layout in (LAYOUT_FLAT, "(bh)ds"):
+        k4, kn2 = _unflatten_up(view, key)
+        if k4 != key:
+            key, key_layout = k4, (LAYOUT_BHSD if key_layout == LAYOUT_FLAT else LAYOUT_BHDS)
+            removed += kn2
     key, gk = _strip_gqa(view, key) if key_layout == LAYOUT_BHSD else (key, [])
+    value, vn = _unflatten_up(view, value)
     value, gv = _strip_gqa(view, value)
-    removed += gk + gv
+    removed += gk + gv + vn
 
-    output = ValueRef(mm2, 0)
-    four_d = view.rank(q) == 4 or (view.rank(q) is None and view.rank(output) == 4)
-    if flattened:
-        # bmm output (B*H, N, D) is reshaped back to 4-D right after.
-        u = view.only_user(output)
-        if u is not None and view.op(u[0]) == "reshape" and view.rank(ValueRef(u[0], 0)) == 4:
-            removed.append(u[0])
-            output = ValueRef(u[0], 0)
-    layout = LAYOUT_BHSD if four_d else LAYOUT_FLAT
-    if not four_d and key_layout == LAYOUT_BHDS:
+    layout = LAYOUT_FLAT if view.rank(q) == 3 or (view.rank(q) is None and view.rank(value) == 3) else LAYOUT_BHSD
+    value_layout = LAYOUT_FLAT if view.rank(value) == 3 else LAYOUT_BHSD
+    if view.rank(key) == 3 and key_layout == LAYOUT_BHDS:
         key_layout = "(bh)ds"
+    output, output_layout, on = _site_output(view, ValueRef(mm2, 0), flattened, bool(packed))
+    removed += on
+    if packed:
+        _check_packed_terms(view, up.terms)
 
-    qs_shape, ks_shape = view.shape(q), view.shape(key)
-    head_dim = _dim(qs_shape, -1)
-    if layout == LAYOUT_BHSD:
-        heads, q_len = _dim(qs_shape, 1), _dim(qs_shape, 2)
-        kv_heads, kv_len = _dim_of(ks_shape, key_layout, "h"), _dim_of(ks_shape, key_layout, "s")
-    else:
-        heads = _heads_from_split(view, q, head_dim)
-        kv_heads = _heads_from_split(view, key, head_dim) or heads
-        q_len, kv_len = _dim(qs_shape, 1), _dim_of(ks_shape, key_layout, "s")
+    geometry = _geometry(view, q4, key, key_layout, value, up, output)
+    if layout == LAYOUT_FLAT and not isinstance(geometry["num_heads"], int):
+        geometry["num_heads"] = _heads_from_split(view, q, geometry["head_dim"]) or geometry["num_heads"]
+    if key_layout in (LAYOUT_FLAT, "(bh)ds") or value_layout == LAYOUT_FLAT:
+        # A key/value still folded with the query's heads (GQA repeated before the fold).
+        geometry["kv_num_heads"] = geometry["num_heads"]
 
     scale = up.scale * q_scale * k_scale
-    terms, causal = _classify_masks(view, reversed(up.masks))  # graph order: innermost add first
+    terms, causal = _classify_masks(view, reversed(up.terms))  # graph order: innermost add first
     return AttentionSite(
         name="", form="decomposed", query=q, key=key, value=value, output=output,
-        query_layout=layout, key_layout=key_layout,
-        value_layout=layout, output_layout=layout,
-        num_heads=heads, kv_num_heads=kv_heads if kv_heads is not None else heads,
-        head_dim=head_dim, q_len=q_len, kv_len=kv_len, scale=_clean(scale, head_dim),
-        masks=tuple(MaskTerm(m, k) for m, k in terms), causal=causal,
+        query_layout=layout, key_layout=key_layout, value_layout=value_layout, output_layout=output_layout,
+        scale=_clean(scale, geometry["head_dim"]), softcap=up.softcap,
+        masks=tuple(MaskTerm(t.value, t.kind, t.factor) for t in terms), causal=causal,
         nodes=tuple(dict.fromkeys(removed)), anchor=sm,
         unsupported="the attention probabilities are also used outside the site" if escapes else None,
+        **geometry,
     )
 
 
-def _clean(scale: float, head_dim) -> float:
-    """Snap away float32 noise: q·√s and k·√s in fp32 multiply to 1/√d only within ~1e-7."""
-    for exact in ([1 / math.sqrt(head_dim)] if isinstance(head_dim, int) else []) + [1.0]:
-        if abs(scale - exact) <= 1e-6 * exact:
-            return exact
-    return float(scale)
+def _site_output(view: View, out: ValueRef, flattened: bool, packed: bool) -> tuple[ValueRef, str, list[str]]:
+    """The value matmul's result, or the reshape right after it that unfolds a (B·H, N, D) or GQA-packed
+    product back to (B, H, N, D) -> (output, its layout, nodes passed)."""
+    shape = view.shape(out)
+    if flattened or view.rank(out) == 3 or packed:
+        u = view.only_user(out)
+        if u is not None and view.op(u[0]) == "reshape":
+            back = ValueRef(u[0], 0)
+            s4 = view.shape(back)
+            if s4 is not None and len(s4) == 4 and (shape is None or _compatible(s4[-1], shape[-1])):
+                return back, LAYOUT_BHSD, [u[0]]
+        if packed:
+            raise Mismatch("GQA-packed queries whose output is not unpacked back to (B, H, N, D)")
+    return out, (LAYOUT_FLAT if view.rank(out) == 3 else LAYOUT_BHSD), []
 
 
-def _dim(shape, i):
-    if shape is None or len(shape) < abs(i) + (0 if i < 0 else 1):
-        return None
-    return shape[i]
+def _check_packed_terms(view: View, terms) -> None:
+    """Packed queries mix heads and positions on one axis: only terms shared by both are exact."""
+    for t in terms:
+        s = view.shape(t.value)
+        if s is None or (len(s) >= 3 and not all(d == 1 for d in s[-3:-1])):
+            raise Mismatch("a per-head or per-query mask on GQA-packed queries")
+
+
+# --------------------------------------------------------------------------- geometry
+
+def _geometry(view: View, q4: ValueRef, key: ValueRef, key_layout: str, value: ValueRef, up: _Scores,
+              output: ValueRef) -> dict:
+    """Heads, kv heads, head dim and lengths from the unfolded tensors and the reshape constants.
+
+    Folded dims (B·H, or H/Hkv·N of a packed query) never count: q4 is the query
+    with its heads on their own axis where the graph has it that way.
+    """
+    qs, ks = view.shape(q4), view.shape(key)
+    q_layout = LAYOUT_BHSD if qs is not None and len(qs) == 4 else LAYOUT_FLAT
+    head_dim = _first_int(_dim(qs, -1), _dim_of(ks, key_layout, "d"), _dim(view.shape(value), -1))
+    heads = _first_int(_dim_of(qs, q_layout, "h"), up.heads, _dim(view.shape(output), 1)
+                       if view.rank(output) == 4 else None)
+    kv_heads = _first_int(_dim_of(ks, key_layout, "h"), _dim(view.shape(value), 1) if view.rank(value) == 4 else None)
+    return dict(
+        num_heads=_first_known(heads, _dim_of(qs, q_layout, "h")),
+        kv_num_heads=_first_known(kv_heads, _dim_of(ks, key_layout, "h"), heads),
+        head_dim=_first_known(head_dim, _dim(qs, -1)),
+        q_len=_dim_of(qs, q_layout, "s"),
+        kv_len=_dim_of(ks, key_layout, "s"),
+    )
+
+
+def _first_known(*dims):
+    return next((d for d in dims if d is not None), None)
+
+
+def _first_int(*dims):
+    return next((d for d in dims if isinstance(d, int)), None)
 
 
 def _heads_from_split(view: View, v: ValueRef, head_dim) -> int | None:
@@ -464,27 +649,44 @@ def _heads_from_split(view: View, v: ValueRef, head_dim) -> int | None:
     return None
 
 
-def _classify_masks(view: View, masks):
-    """-> (mask terms left, causal). A constant term that is exactly causal becomes the causal flag."""
+# --------------------------------------------------------------------------- masks
+
+def _clean(scale: float, head_dim) -> float:
+    """Snap away float32 noise: q·√s and k·√s in fp32 multiply to 1/√d only within ~1e-7."""
+    for exact in ([1 / math.sqrt(head_dim)] if isinstance(head_dim, int) else []) + [1.0]:
+        if abs(scale - exact) <= 1e-6 * exact:
+            return exact
+    return float(scale)
+
+
+def _dim(shape, i):
+    if shape is None or len(shape) < abs(i) + (0 if i < 0 else 1):
+        return None
+    return shape[i]
+
+
+def _classify_masks(view: View, terms):
+    """-> (terms left, causal). A constant term that is exactly causal becomes the causal flag."""
     causal = False
     kept = []
-    for mask, kind in masks:
-        if not causal and _is_causal_const(view, mask, kind):
+    for t in terms:
+        if not causal and _is_causal_const(view, t.value, t.kind, t.factor):
             causal = True
         else:
-            kept.append((mask, kind))
+            kept.append(t)
     return tuple(kept), causal
 
 
-def _is_causal_const(view: View, mask: ValueRef, kind: str) -> bool:
+def _is_causal_const(view: View, mask: ValueRef, kind: str, factor: float = 1.0) -> bool:
     c = view.const(mask)
     if c is None or np.ndim(c) < 2:
         return False
     c = np.asarray(c)
     n, m = c.shape[-2:]
     if kind == MASK_ADDITIVE:
-        allowed = np.asarray(c, dtype=np.float64) > MASK_FILL_MAX
-        if not np.all(np.asarray(c, dtype=np.float64)[allowed] == 0):
+        values = np.asarray(c, dtype=np.float64) * factor
+        allowed = values > MASK_FILL_MAX
+        if not np.all(values[allowed] == 0):
             return False
     else:
         allowed = c.astype(bool)
@@ -497,7 +699,7 @@ def _is_causal_const(view: View, mask: ValueRef, kind: str) -> bool:
 
 # --------------------------------------------------------------------------- fused ops
 
-def _match_fused(view: View, nid: str) -> AttentionSite | None:
+def _match_fused(view: View, nid: str) -> AttentionSite:
     """sdpa/mha nodes: the frontend normalised their attributes (see graph.FUSED_ATTRS)."""
     a = view.attrs(nid)
     ins = view.inputs(nid)
@@ -508,7 +710,7 @@ def _match_fused(view: View, nid: str) -> AttentionSite | None:
 
     q, k, v, mask = port("q_port"), port("k_port"), port("v_port"), port("mask_port")
     if q is None:
-        return None
+        raise Mismatch("a fused attention op without a query input")
     k = k if k is not None else q
     v = v if v is not None else k
     layout = a.get("layout", LAYOUT_BHSD)
@@ -543,13 +745,188 @@ def _match_fused(view: View, nid: str) -> AttentionSite | None:
     )
 
 
+# --------------------------------------------------------------------------- same sequence, KV cache
+
+def _finish(view: View, site: AttentionSite) -> AttentionSite:
+    """Facts read from the dataflow around q, k and v: self-attention proven, or a KV-cache step."""
+    q_src = _projection_sources(view, site.query, site.q_len)
+    if not q_src:
+        return site
+    k_seq_axis = _seq_axis(site.key_layout, view.rank(site.key))
+    cache = _cache_concat(view, site.key, k_seq_axis)
+    if cache is not None:
+        past, new = cache
+        if _projection_sources(view, new, site.q_len) == q_src:
+            return replace(site, past_len=_past_len(view, site, past, k_seq_axis))
+        return site
+    if not (_projection_sources(view, site.key, site.kv_len) == q_src
+            == _projection_sources(view, site.value, site.kv_len)):
+        return site
+    q_len, kv_len = site.q_len, site.kv_len
+    if isinstance(q_len, int) and isinstance(kv_len, int) and q_len != kv_len:
+        return site  # the shapes contradict the dataflow: trust neither, claim nothing
+    length = _prefer_named(q_len, kv_len)
+    return replace(site, proven_self_attention=True, q_len=length, kv_len=length)
+
+
+def _prefer_named(a, b):
+    """One sequence with two recorded lengths: a named dim over an exporter's unk__ or a baked size."""
+    for d in (a, b):
+        if isinstance(d, str) and not d.startswith("unk__"):
+            return d
+    for d in (a, b):
+        if isinstance(d, str):
+            return d
+    return a if a is not None else b
+
+
+def _seq_axis(layout: str, rank) -> int | None:
+    axes = layout.replace("(bh)", "b")
+    if rank is None or len(axes) != rank or "s" not in axes:
+        return None
+    return axes.index("s")
+
+
+def _cache_concat(view: View, key: ValueRef, axis) -> tuple[list[ValueRef], ValueRef] | None:
+    """key = concat(past..., new) along its sequence axis -> (past parts, new); else None."""
+    if axis is None:
+        return None
+    k = _skip_up(view, key)
+    if view.op(k.node) != "concat":
+        return None
+    parts = [x for x in view.inputs(k.node) if x is not None]
+    rank = view.rank(k)
+    got = _concat_axis(view, k)
+    if len(parts) < 2 or rank is None or got is None or got % rank != axis:
+        return None
+    return parts[:-1], parts[-1]
+
+
+def _concat_axis(view: View, v: ValueRef) -> int | None:
+    axis = view.attrs(v.node).get("axis")
+    if axis is not None:
+        return int(axis)
+    out, first = view.shape(v), view.shape(view.input(v.node, 0))
+    if out is None or first is None or len(out) != len(first):
+        return None
+    differs = [i for i, (a, b) in enumerate(zip(out, first)) if a != b]
+    return differs[0] if len(differs) == 1 else None
+
+
+def _past_len(view: View, site: AttentionSite, past: list[ValueRef], axis: int):
+    """M − N: known from the lengths, else the cached parts' own sequence length."""
+    if isinstance(site.q_len, int) and isinstance(site.kv_len, int):
+        return site.kv_len - site.q_len
+    dims = [_dim(view.shape(p), axis) for p in past]
+    dims = [d for d in dims if d != 0]
+    if len(dims) == 1 and dims[0] is not None:
+        return dims[0]
+    if dims and all(isinstance(d, int) for d in dims):
+        return sum(dims)
+    return None
+
+
+# Ops that move each token's features without mixing tokens: the walk follows their data input.
+_LAYOUT_OPS = TRANSPARENT | {"reshape", "transpose", "squeeze", "unsqueeze", "expand", "dropout"}
+_MAX_SOURCE_WALK = 256
+
+
+def _projection_sources(view: View, v: ValueRef, tokens) -> frozenset | None:
+    """The tensors v is a token-wise projection of; None when that cannot be shown.
+
+    Walking up, every path ends at a weight projection (matmul/linear with a constant
+    weight: its input is a source) or at a graph input (a source itself). Side inputs
+    broadcast onto the data (rotary cos/sin, a norm's statistics) are not followed. A path
+    that mixes tokens (a product of two dynamic tensors, a concat or cut across the
+    ``tokens`` axis, ``tokens`` being the sequence length of v) proves nothing: None.
+    """
+    sources, stack, seen = set(), [v], set()
+    while stack:
+        u = stack.pop()
+        if u in seen:
+            continue
+        seen.add(u)
+        if len(seen) > _MAX_SOURCE_WALK:
+            return None
+        op = view.op(u.node)
+        if op == "input":
+            sources.add(u)
+            continue
+        if op == "constant" or not view.is_dynamic(u):
+            continue
+        ins = view.inputs(u.node)
+        dyn = [x for x in ins if x is not None and view.is_dynamic(x)]
+        if op in ("matmul", "linear"):
+            weight = ins[1] if len(ins) > 1 else None
+            if op == "linear" or (weight is not None and not view.is_dynamic(weight)
+                                  and (view.rank(weight) or 0) >= 2):
+                if len(dyn) != 1 or dyn[0] != ins[0]:
+                    return None
+                sources.add(_skip_up(view, ins[0]))
+                continue
+            return None  # a product of two dynamic tensors mixes tokens
+        if op in _LAYOUT_OPS:
+            if ins and ins[0] is not None and view.is_dynamic(ins[0]):
+                stack.append(ins[0])
+            continue
+        followed = _token_wise_operands(view, u, dyn, tokens)
+        if followed is None:
+            return None
+        stack.extend(followed)
+    return frozenset(sources)
+
+
+def _same_extent(a, b) -> bool:
+    """Dims that may be the same axis: equal, or unknown/symbolic but neither a broadcast 1."""
+    return a == b or (a != 1 and b != 1 and not (isinstance(a, int) and isinstance(b, int)))
+
+
+def _token_wise_operands(view: View, out: ValueRef, dyn: list[ValueRef], tokens) -> list[ValueRef] | None:
+    """The operands of ``out``'s op that carry its tokens, or None if the op may mix or cut tokens.
+
+    By shapes, axis by axis against the output: an operand of the same extents carries the
+    same tokens (elementwise ops); one that is longer on the feature axis, or on an axis of
+    a fixed size other than the token count (the 3 of a packed q/k/v), is cut there and
+    still carries them; one of extent 1 where the output is longer is a side input
+    broadcast onto the data. A constant-index pick drops one axis of a packed q/k/v.
+    """
+    if view.op(out.node) == "concat":
+        axis = _concat_axis(view, out)
+        rank = view.rank(out)
+        if axis is None or rank is None or axis % rank != rank - 1:
+            return None
+        return dyn
+    s_out = view.shape(out)
+    if s_out is None or any(view.shape(x) is None for x in dyn):
+        return dyn
+    last = len(s_out) - 1
+    carry = []
+    for x in dyn:
+        s_in = view.shape(x)
+        if len(s_in) == len(s_out) + 1 and all(
+                not view.is_dynamic(i) for i in view.inputs(out.node)[1:] if i is not None):
+            carry.append(x)  # x[..., i, :] with a constant i
+            continue
+        if len(s_in) != len(s_out):
+            continue
+        differ = [i for i, (a, b) in enumerate(zip(s_in, s_out)) if not _same_extent(a, b)]
+        if any(s_in[i] == 1 for i in differ):
+            continue  # broadcast onto the data: a side input
+        if all(i == last or (isinstance(s_in[i], int) and s_in[i] != tokens) for i in differ):
+            carry.append(x)
+        else:
+            return None  # cut across the tokens
+    if dyn and not carry:
+        return None
+    return carry
+
+
 # --------------------------------------------------------------------------- naming
 
 _LAYER_RE = re.compile(r"(?:^|[._/])(\d+)(?:[._/]|$)")
 
 
 def _name_sites(view: View, sites: list[AttentionSite]) -> list[AttentionSite]:
-    from dataclasses import replace
     out, seen = [], {}
     for i, site in enumerate(sites):
         base = view.info(site.anchor).name or f"attention.{i}"

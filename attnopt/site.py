@@ -87,6 +87,9 @@ class AttentionSite:
     layer: int | None = None
     # Why the frontend cannot rewrite this site (it is still attention), or None.
     unsupported: str | None = None
+    # q, k and v are projections of one tensor, shown by the matcher from the dataflow: the site is
+    # self-attention even where an exporter baked one length and left the other symbolic.
+    proven_self_attention: bool = False
 
     @property
     def effective_scale(self) -> float | None:
@@ -98,7 +101,13 @@ class AttentionSite:
 
     @property
     def is_self_attention(self) -> bool | None:
-        """True/False when the lengths are known to be equal/different, None if unknown."""
+        """True when proven from the dataflow or the lengths are equal, False when they differ, else None.
+
+        A KV-cache step (``past_len`` set) has keys longer than its queries: it is not
+        self-attention in this sense, whatever its cache holds.
+        """
+        if self.proven_self_attention:
+            return True
         if self.q_len is None or self.kv_len is None:
             return None
         return self.q_len == self.kv_len

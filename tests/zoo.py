@@ -331,6 +331,120 @@ def clip_vision(impl: str) -> Built:
     return Built(HFWrapper(model, ["pixel_values"]), (_pixels(),), ["pixel_values"], ["last_hidden_state"])
 
 
+def bloom(impl: str) -> Built:
+    from transformers import BloomConfig, BloomModel
+
+    _hf_quiet()
+    cfg = BloomConfig(vocab_size=VOCAB, hidden_size=32, n_layer=2, n_head=4)
+    model = _hf_model(BloomModel, cfg, impl)
+    names = ["input_ids", "attention_mask"]
+    return Built(HFWrapper(model, names, {"use_cache": False}), _text_inputs(), names, ["last_hidden_state"])
+
+
+def deberta_v2(impl: str) -> Built:
+    from transformers import DebertaV2Config, DebertaV2Model
+
+    _hf_quiet()
+    cfg = DebertaV2Config(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                          intermediate_size=64, max_position_embeddings=64, relative_attention=True,
+                          pos_att_type=["p2c", "c2p"], position_buckets=8, max_relative_positions=16)
+    model = _hf_model(DebertaV2Model, cfg, impl)
+    names = ["input_ids", "attention_mask"]
+    return Built(HFWrapper(model, names), _text_inputs(), names, ["last_hidden_state"])
+
+
+def gemma2(impl: str) -> Built:
+    from transformers import Gemma2Config, Gemma2Model
+
+    _hf_quiet()
+    cfg = Gemma2Config(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, head_dim=8, query_pre_attn_scalar=16,
+                       attn_logit_softcapping=50.0, final_logit_softcapping=None, max_position_embeddings=64)
+    model = _hf_model(Gemma2Model, cfg, impl)
+    names = ["input_ids", "attention_mask"]
+    return Built(HFWrapper(model, names, {"use_cache": False}), _text_inputs(), names, ["last_hidden_state"])
+
+
+class Float32Alibi(HFWrapper):
+    """Falcon builds its ALiBi slopes in bfloat16: onnxruntime has no bfloat16 Mul, and the TorchScript
+    exporter writes that cast as complex128. BLOOM's builder is the same formula in float32."""
+
+    def forward(self, x0, x1=None, x2=None):
+        from unittest import mock
+
+        from transformers.models.bloom import modeling_bloom
+        from transformers.models.falcon import modeling_falcon
+
+        with mock.patch.object(modeling_falcon, "build_alibi_tensor", modeling_bloom.build_alibi_tensor):
+            return super().forward(x0, x1, x2)
+
+
+def falcon_alibi(impl: str) -> Built:
+    from transformers import FalconConfig, FalconModel
+
+    _hf_quiet()
+    cfg = FalconConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, alibi=True,
+                       multi_query=True, new_decoder_architecture=False, parallel_attn=True, bias=False)
+    model = _hf_model(FalconModel, cfg, impl)
+    names = ["input_ids", "attention_mask"]
+    return Built(Float32Alibi(model, names, {"use_cache": False}), _text_inputs(), names, ["last_hidden_state"])
+
+
+def modernbert(impl: str, dynamic: bool = False) -> Built:
+    from transformers import ModernBertConfig, ModernBertModel
+
+    _hf_quiet()
+    # A local window of 8 (4 each side) keeps every padded query row in reach of a real key.
+    cfg = ModernBertConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=4, max_position_embeddings=64, global_attn_every_n_layers=2,
+                           local_attention=8, pad_token_id=0, bos_token_id=1, eos_token_id=2, sep_token_id=2,
+                           cls_token_id=1)
+    model = _hf_model(ModernBertModel, cfg, impl)
+    names = ["input_ids", "attention_mask"]
+    dyn = {n: {0: "batch", 1: "seq"} for n in names} if dynamic else None
+    return Built(HFWrapper(model, names), _text_inputs(), names, ["last_hidden_state"], dyn)
+
+
+# ---------------------------------------------------------------------------
+# Decoders with a KV cache: one step over PAST cached tokens, the cache given as tensors.
+
+PAST = 7  # cached tokens before the step
+
+
+class DecodeStep(nn.Module):
+    """Runs a Hugging Face decoder on new tokens over a cache given as (key, value) tensors per layer."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, *past):
+        from transformers import DynamicCache
+
+        cache = DynamicCache(list(zip(past[0::2], past[1::2])))
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, past_key_values=cache, use_cache=True,
+                         return_dict=True)
+        return (out.last_hidden_state,)
+
+
+def llama_decode(impl: str) -> Built:
+    """A Llama (GQA 4/2) decode step: one new token per sequence, left padding in the cache of row 1."""
+    from transformers import LlamaConfig, LlamaModel
+
+    _hf_quiet()
+    layers, kv_heads, head_dim = 2, 2, 16
+    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
+                      num_attention_heads=4, num_key_value_heads=kv_heads, max_position_embeddings=64)
+    model = _hf_model(LlamaModel, cfg, impl)
+    g = torch.Generator().manual_seed(8)
+    ids = torch.randint(1, VOCAB, (BATCH, 1), generator=g)
+    mask = torch.ones(BATCH, PAST + 1, dtype=torch.long)
+    mask[1, :2] = 0
+    past = [torch.randn(BATCH, kv_heads, PAST, head_dim, generator=g) for _ in range(2 * layers)]
+    names = ["input_ids", "attention_mask"] + [f"past_{kv}_{i}" for i in range(layers) for kv in "kv"]
+    return Built(DecodeStep(model), (ids, mask, *past), names, ["last_hidden_state"])
+
+
 # ---------------------------------------------------------------------------
 # torch.nn families.
 
@@ -353,10 +467,10 @@ def _hidden(seq: int = SEQ, dim: int = 32, seed: int = 5):
     return torch.randn(BATCH, seq, dim, generator=g)
 
 
-def torch_encoder(with_mask: bool) -> Built:
+def torch_encoder(with_mask: bool, dynamic: bool = False) -> Built:
     module = TorchEncoder(with_mask).eval()
     if not with_mask:
-        return Built(module, (_hidden(),), ["x"], ["output"])
+        return Built(module, (_hidden(),), ["x"], ["output"], {"x": {0: "batch", 1: "seq"}} if dynamic else None)
     pad = torch.zeros(BATCH, SEQ, dtype=torch.bool)
     pad[1, SEQ - 3:] = True  # True = padding (ignored key)
     return Built(module, (_hidden(), pad), ["x", "padding_mask"], ["output"])
@@ -375,8 +489,9 @@ class TorchMHA(nn.Module):
         return (out,)
 
 
-def torch_mha(need_weights: bool) -> Built:
-    return Built(TorchMHA(need_weights).eval(), (_hidden(),), ["x"], ["output"])
+def torch_mha(need_weights: bool, dynamic: bool = False) -> Built:
+    return Built(TorchMHA(need_weights).eval(), (_hidden(),), ["x"], ["output"],
+                 {"x": {0: "batch", 1: "seq"}} if dynamic else None)
 
 
 # ---------------------------------------------------------------------------
@@ -637,6 +752,30 @@ CASES: list[ZooCase] = [
                  scales=(1 / math.sqrt(8), 1.0), self_attention_sites=2, causal_sites=0),
     *_impl_cases("clip-vision", clip_vision, expected_sites=2, heads=2, head_dim=16, self_attention_sites=2,
                  causal_sites=0),
+    # BLOOM folds the batch into the heads, (B·H, N, D), and adds ALiBi with baddbmm.
+    ZooCase("bloom-eager", "bloom", _bind(bloom, "eager"), expected_sites=2, heads=4, head_dim=8,
+            self_attention_sites=2, causal_sites=2, fx_tracers=(EXPORT,)),
+    # Disentangled attention: c2p/p2c terms added to the (B·H, N, M) scores; scale 1/sqrt(3·d).
+    ZooCase("deberta-v2-eager", "deberta-v2", _bind(deberta_v2, "eager"), expected_sites=2, heads=4, head_dim=8,
+            scales=(1 / math.sqrt(3 * 8),), self_attention_sites=2, causal_sites=0, fx_tracers=(EXPORT,)),
+    # Logit softcapping 50·tanh(s/50); the scale is query_pre_attn_scalar**-0.5, not 1/sqrt(head_dim).
+    ZooCase("gemma2-eager", "gemma2", _bind(gemma2, "eager"), expected_sites=2, heads=4, kv_heads=2, head_dim=8,
+            scales=(16 ** -0.5,), self_attention_sites=2, causal_sites=2, fx_tracers=(EXPORT,)),
+    # ALiBi added before the scale (eager), or folded into the float mask (sdpa); multi-query k/v.
+    *_impl_cases("falcon-alibi", falcon_alibi, expected_sites=2, heads=4, kv_heads=1, head_dim=8,
+                 self_attention_sites=2, causal_sites=2,
+                 excluded_sdpa={DYNAMO_OPSET23: "ConversionError: ... AssertionError: SDPA (MHA) requires "
+                                                "q_num_heads = kv_num_heads (multi-query k/v of one head)"}),
+    *_impl_cases("modernbert", modernbert, expected_sites=2, heads=4, head_dim=8, self_attention_sites=2,
+                 causal_sites=0),
+    ZooCase("modernbert-sdpa-dynamic", "modernbert", _bind(modernbert, "sdpa", dynamic=True), expected_sites=2,
+            heads=4, head_dim=8, self_attention_sites=2, causal_sites=0, fx_tracers=(EXPORT,),
+            ort_known_failures={DYNAMO_OPSET23: "Inputs 'cos_cache' and 'sin_cache' are expected to have the "
+                                                "same shape as input 'x'"}),
+    # One decode step over a 7-token cache: q_len 1, kv_len 8, past_len 7. TorchScript's sdpa form
+    # packs the 4 query heads into the query axis of the 2 kv heads.
+    *_impl_cases("llama-decode", llama_decode, expected_sites=2, heads=4, kv_heads=2, head_dim=16,
+                 self_attention_sites=0, causal_sites=2),
     ZooCase("torch-encoder", "torch", _bind(torch_encoder, False), expected_sites=2, heads=4, head_dim=8,
             self_attention_sites=2, causal_sites=0, fx_tracers=FX_TRACERS,
             excluded={SYMBOLIC_TRACE: "the default fx Tracer keeps nn.TransformerEncoder as one leaf "
@@ -653,6 +792,14 @@ CASES: list[ZooCase] = [
             self_attention_sites=1, causal_sites=0, fx_tracers=FX_TRACERS),
     ZooCase("torch-mha-weights", "torch", _bind(torch_mha, True), expected_sites=1, heads=4, head_dim=8,
             self_attention_sites=1, causal_sites=0, fx_tracers=FX_TRACERS),
+    # TorchScript with a dynamic sequence bakes the key length (10) and leaves the query's symbolic:
+    # only the dataflow (q, k and v from one projection) shows these are self-attention.
+    ZooCase("torch-mha-dynamic", "torch", _bind(torch_mha, False, dynamic=True), expected_sites=1, heads=4,
+            head_dim=8, self_attention_sites=1, causal_sites=0),
+    ZooCase("torch-mha-weights-dynamic", "torch", _bind(torch_mha, True, dynamic=True), expected_sites=1, heads=4,
+            head_dim=8, self_attention_sites=1, causal_sites=0),
+    ZooCase("torch-encoder-dynamic", "torch", _bind(torch_encoder, False, dynamic=True), expected_sites=2,
+            heads=4, head_dim=8, self_attention_sites=2, causal_sites=0),
     ZooCase("hand-scale-q", factory=hand(ScaleQ), expected_sites=1, causal_sites=0, self_attention_sites=1, **_HAND),
     ZooCase("hand-scale-q-dynamic", factory=hand(ScaleQ, dynamic=True), expected_sites=1, causal_sites=0,
             **_HAND),

@@ -30,7 +30,8 @@ FUNCTION_TABLE = {
     torch.reshape: "reshape", torch.where: "where", torch.masked_fill: "masked_fill",
     F.dropout: "dropout", torch.unsqueeze: "unsqueeze", torch.sqrt: "sqrt", torch.isnan: "isnan",
     F.scaled_dot_product_attention: "sdpa", operator.invert: "not", torch.logical_not: "not",
-    operator.getitem: "getitem", torch.einsum: "einsum",
+    operator.getitem: "getitem", torch.einsum: "einsum", torch.tanh: "tanh", F.linear: "linear",
+    torch.baddbmm: "baddbmm",
 }
 # Tensor methods -> canonical op.
 METHOD_TABLE = {
@@ -40,6 +41,7 @@ METHOD_TABLE = {
     "masked_fill": "masked_fill", "float": "cast", "half": "cast", "bfloat16": "cast", "to": "cast",
     "type": "cast", "type_as": "cast", "contiguous": "identity", "clone": "identity",
     "logical_not": "not", "mul_": "mul", "div_": "div", "add_": "add", "masked_fill_": "masked_fill",
+    "tanh": "tanh", "baddbmm": "baddbmm",
 }
 # aten OpOverloadPacket names -> canonical op.
 ATEN_TABLE = {
@@ -51,7 +53,10 @@ ATEN_TABLE = {
     "_to_copy": "cast", "to": "cast", "type_as": "cast", "clone": "identity", "contiguous": "identity",
     "alias": "identity", "detach": "identity", "lift_fresh_copy": "identity", "dropout": "dropout",
     "native_dropout": "dropout", "isnan": "isnan", "logical_not": "not", "bitwise_not": "not",
-    "scaled_dot_product_attention": "sdpa", "einsum": "einsum",
+    "scaled_dot_product_attention": "sdpa", "einsum": "einsum", "mm": "matmul", "tanh": "tanh",
+    "linear": "linear", "addmm": "linear", "baddbmm": "baddbmm", "flatten": "reshape",
+    # In-place forms as export records them (Falcon's `scores *= scale`); the graph still uses their result.
+    "mul_": "mul", "div_": "div", "add_": "add", "masked_fill_": "masked_fill",
 }
 
 
@@ -103,6 +108,9 @@ def lift(model) -> View:
         elif op not in ("sdpa", "mha"):
             const = _fold_lazily(view, refs, node, shape)
         transpose_b = attrs.pop("transpose_b", False)
+        baddbmm = attrs.pop("baddbmm", None)
+        if baddbmm is not None:
+            ports = _lift_baddbmm(view, refs, node, ports, baddbmm, shape, dtype, literal)
         view.add_node(node.name, op, attrs=attrs, ref=node, shapes=[shape], dtypes=[dtype],
                       consts=[const], name=_scope(node))
         # Nodes nested in list arguments (sizes, cat's inputs) are dependencies: ports 100+.
@@ -117,11 +125,38 @@ def lift(model) -> View:
                     if transpose_b and port == 1:
                         src = virtual_transpose(view, src, f"{node.name}.bT")
                     view.connect(src, node.name, port)
+            elif isinstance(arg, ValueRef):  # a View-only node made for this one (baddbmm)
+                view.connect(arg, node.name, port)
             elif isinstance(arg, (int, float, bool)) and not isinstance(arg, torch.SymInt):
                 view.connect(literal(arg), node.name, port)
         refs[node] = ValueRef(node.name)
     view.value_of = {ref: n for n, ref in refs.items()}
     return view
+
+
+def _lift_baddbmm(view: View, refs: dict, node: fx.Node, ports: list, factors, shape, dtype, literal) -> list:
+    """baddbmm(input, b1, b2, beta, alpha) = beta·input + alpha·(b1 @ b2) (BLOOM adds ALiBi this way).
+
+    The node itself becomes the ``add``; the product and the two scalings are View-only
+    nodes in front of it, so the matcher sees the same ops as in an ONNX export.
+    """
+    beta, alpha = factors
+    inp, b1, b2 = ports
+
+    def helper(suffix: str, op: str, inputs: list) -> ValueRef:
+        nid = f"{node.name}.{suffix}"
+        view.add_node(nid, op, shapes=[shape], dtypes=[dtype], name=_scope(node))
+        for port, ref in enumerate(inputs):
+            view.connect(ref, nid, port)
+        return ValueRef(nid)
+
+    product = helper("bmm", "matmul", [refs[b1], refs[b2]])
+    if alpha != 1:
+        product = helper("alpha", "mul", [product, literal(alpha)])
+    term = refs[inp]
+    if beta != 1:
+        term = helper("beta", "mul", [term, literal(beta)])
+    return [product, term]
 
 
 # ----------------------------------------------------------------------------- op table
@@ -172,7 +207,18 @@ def _canonical(gm: fx.GraphModule, node: fx.Node) -> tuple[str, dict, list]:
         return "matmul", {"transpose_b": form == "nt"}, operands
     elif op == "sdpa":
         return "sdpa", _sdpa_attrs(args, kwargs), args[:3] + [args[3] if len(args) > 3 else kwargs.get("attn_mask")]
+    elif op == "linear" and _packet_name(node) == "addmm":
+        args = [args[1], args[2], args[0]]  # addmm(bias, x, W): x first, like every other linear
+    elif op == "baddbmm":
+        beta, alpha = kwargs.get("beta", 1), kwargs.get("alpha", 1)
+        if not all(isinstance(f, (int, float)) and isinstance(a, fx.Node) for f in (beta, alpha) for a in args[:3]):
+            return "other:baddbmm", {}, args
+        return "add", {"baddbmm": (beta, alpha)}, args[:3]
     return op, attrs, args
+
+
+def _packet_name(node: fx.Node) -> str:
+    return getattr(getattr(node.target, "overloadpacket", None), "__name__", "")
 
 
 def _live_nodes(graph: fx.Graph) -> set:
@@ -214,6 +260,8 @@ def _module_op(gm: fx.GraphModule, node: fx.Node) -> tuple[str, dict, list]:
         return "dropout", {}, args[:1]
     if isinstance(mod, torch.nn.Softmax):
         return "softmax", {"axis": mod.dim if mod.dim is not None else -1}, args[:1]
+    if isinstance(mod, torch.nn.Linear):
+        return "linear", {}, args[:1]  # the weight lives in the module: a projection of its input
     if isinstance(mod, torch.nn.MultiheadAttention):
         # Kept as a leaf: the projections are inside, like com.microsoft.Attention.
         return "mha", {

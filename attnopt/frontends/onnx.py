@@ -35,7 +35,7 @@ OP_TABLE = {
     "Concat": "concat", "Mul": "mul", "Div": "div", "Add": "add", "Sub": "sub", "Neg": "neg",
     "Sqrt": "sqrt", "Reciprocal": "reciprocal", "Pow": "pow", "Softmax": "softmax",
     "Where": "where", "Cast": "cast", "CastLike": "cast", "Identity": "identity",
-    "Dropout": "dropout", "IsNaN": "isnan", "Not": "not", "Constant": "constant",
+    "Dropout": "dropout", "IsNaN": "isnan", "Not": "not", "Constant": "constant", "Tanh": "tanh",
 }
 
 
@@ -171,7 +171,7 @@ def lift(model: ir.Model) -> View:
 
 
 _ELEMENTWISE = {"cast", "identity", "softmax", "dropout", "mul", "div", "add", "sub", "where", "neg", "sqrt",
-                "reciprocal", "pow", "isnan", "not"}
+                "reciprocal", "pow", "isnan", "not", "tanh"}
 
 
 def _refine_shapes(view: View) -> None:
@@ -183,6 +183,9 @@ def _refine_shapes(view: View) -> None:
     """
     for nid in sorted(view.nodes(), key=lambda n: view.info(n).order):
         info = view.info(nid)
+        if info.op == "other:Split":
+            _refine_split(view, nid, info)
+            continue
         if not info.shapes or _complete(info.shapes[0]):
             continue
         ins = view.inputs(nid)
@@ -209,6 +212,10 @@ def _refine_shapes(view: View) -> None:
                 axis = info.ref.attributes.get("axis")
                 axis = (axis.value if axis is not None else 0) % len(src)
                 derived = tuple(src[:axis]) + tuple(src[axis + 1:])
+        elif info.op == "expand" and len(ins) > 1 and view.shape(ins[0]) is not None:
+            target = view.const(ins[1])
+            if target is not None and np.ndim(target) == 1:
+                derived = _broadcast([view.shape(ins[0]), tuple(_dim_or_none(d) for d in target.tolist())])
         elif info.op in _ELEMENTWISE:
             derived = _broadcast([view.shape(v) for v in ins if v is not None and view.const(v) is None])
         elif info.op == "matmul" and len(ins) == 2:
@@ -218,6 +225,32 @@ def _refine_shapes(view: View) -> None:
                 derived = None if batch is None else batch + (a[-2], b[-1])
         if derived is not None:
             info.shapes[0] = _merge(info.shapes[0], derived)
+
+
+def _refine_split(view: View, nid: str, info) -> None:
+    """Split's outputs: the input's dims with the split axis cut to each part (TorchScript splits fused QKV)."""
+    ins = view.inputs(nid)
+    src = view.shape(ins[0]) if ins else None
+    if src is None:
+        return
+    axis = _attr(info.ref, "axis", 0) % len(src)
+    parts = view.const(ins[1]) if len(ins) > 1 and ins[1] is not None else None
+    n = len(info.shapes)
+    if parts is not None:
+        sizes = [int(p) for p in np.ravel(parts)]
+    elif isinstance(src[axis], int) and src[axis] % n == 0:
+        sizes = [src[axis] // n] * n
+    else:
+        return
+    if len(sizes) != n:
+        return
+    for port, size in enumerate(sizes):
+        derived = tuple(size if i == axis else d for i, d in enumerate(src))
+        info.shapes[port] = _merge(info.shapes[port], derived)
+
+
+def _dim_or_none(d):
+    return int(d) if isinstance(d, (int, np.integer)) else (d if isinstance(d, str) else None)
 
 
 def _unsqueeze_dims(info, src, axes):
@@ -326,7 +359,7 @@ def _fold_lazily(node: ir.Node, args: list):
         return [const]
     if len(node.outputs) != 1 or node.op_type not in _FOLDABLE:
         return [None] * len(node.outputs)
-    if any(v is not None and a is None for a, v in zip(args, node.inputs)):
+    if any(v is not None and a is None for a, v in zip(args, node.inputs)) and node.op_type != "Concat":
         return [None]
     out_shape = node.outputs[0].shape
     if out_shape is not None and out_shape.is_static() and int(np.prod(out_shape.numpy())) > MAX_FOLD_ELEMENTS:
@@ -334,8 +367,21 @@ def _fold_lazily(node: ir.Node, args: list):
 
     def compute():
         resolved = [a() if callable(a) else a for a in args]
+        if node.op_type == "Concat":
+            if all(a is None for a in resolved):
+                return None
+            resolved = [_unknown_dims(v) if v is not None and a is None else a for a, v in zip(resolved, node.inputs)]
         return fold(node, resolved)
     return [compute]
+
+
+def _unknown_dims(value: ir.Value):
+    """A shape piece that does not fold (batch·heads from a symbolic batch) as that many unknown
+    dims, so the rest of a reshape target (the head count and head dim) still folds."""
+    shape = value.shape
+    if shape is None or len(shape) != 1 or not isinstance(shape[0], int) or value.dtype != ir.DataType.INT64:
+        return None
+    return dims_array([None] * shape[0])
 
 
 _FOLDABLE = {"Identity", "Gather", "Slice", "Concat", "Unsqueeze", "Squeeze", "Cast", "Add", "Sub",
@@ -378,6 +424,11 @@ def _canonical(node: ir.Node, opset: int) -> tuple[str, dict]:
             return "softmax", {"axis": _attr(node, "axis", -1 if opset >= 13 else 1)}
         if node.op_type == "Transpose":
             return "transpose", {"perm": _attr(node, "perm")}
+        if node.op_type == "Concat":
+            return "concat", {"axis": _attr(node, "axis")}
+        if node.op_type == "Gemm" and not _attr(node, "transA", 0):
+            # A @ B (+ C): with B a weight this is a Linear over the rows of A.
+            return "linear", {}
         if node.op_type == "Attention":
             return _onnx_attention(node)
         if node.op_type == "Einsum" and len(node.inputs) == 2:

@@ -1,0 +1,208 @@
+"""What the matcher reads off a site beyond its count and geometry (tests/test_detect_zoo.py):
+skipped anchors and their reasons, score modifiers (softcap, a bias before the scale),
+KV-cache steps, and self-attention proven from the dataflow.
+
+Zoo checks run on the matcher's own output (``attnopt.match.detect`` on the model's View),
+before structured-mask refinement rewrites the mask terms.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import onnx
+import pytest
+import torch
+import torch.nn as nn
+from onnx import TensorProto, helper
+
+import attnopt
+from attnopt import match
+from attnopt.loaded import open_model
+
+
+def _detection(model, example_inputs=None) -> match.Detection:
+    return match.detect(open_model(model, example_inputs).view)
+
+
+def _zoo_detection(c) -> match.Detection:
+    if hasattr(c, "path"):
+        return _detection(c.path)
+    return _detection(c.graph, c.example_inputs)
+
+
+# --------------------------------------------------------------------------- skipped anchors
+
+B, N, H, D = 2, 6, 2, 4
+
+
+def _two_attentions(middle_op: str) -> onnx.ModelProto:
+    """Two attention blocks over inputs q, k, v; the second puts ``middle_op`` between scores and softmax."""
+    nodes, inits = [], [helper.make_tensor("scale", TensorProto.FLOAT, [], [D ** -0.5])]
+    for i, extra in enumerate((None, middle_op)):
+        nodes += [helper.make_node("Transpose", ["k"], [f"kt{i}"], perm=[0, 1, 3, 2]),
+                  helper.make_node("MatMul", ["q", f"kt{i}"], [f"s{i}"]),
+                  helper.make_node("Mul", [f"s{i}", "scale"], [f"ss{i}"])]
+        scores = f"ss{i}"
+        if extra is not None:
+            nodes.append(helper.make_node(extra, [scores], [f"odd{i}"]))
+            scores = f"odd{i}"
+        nodes += [helper.make_node("Softmax", [scores], [f"p{i}"], axis=-1),
+                  helper.make_node("MatMul", [f"p{i}", "v"], [f"y{i}"])]
+    nodes.append(helper.make_node("Add", ["y0", "y1"], ["y"]))
+    shape = [B, H, N, D]
+    graph = helper.make_graph(nodes, "two", [helper.make_tensor_value_info(n, TensorProto.FLOAT, shape) for n in "qkv"],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+
+
+def test_an_anchor_the_matcher_cannot_read_is_skipped_with_its_reason():
+    found = _detection(_two_attentions("Abs"))
+    assert len(found.sites) == 1
+    (skipped,) = found.skipped
+    assert skipped.op == "softmax" and not skipped.internal_error
+    assert "between the scores and the softmax" in skipped.reason and "Abs" in skipped.reason
+    assert set(skipped.summary()) == {"name", "op", "reason", "internal_error"}
+    assert [s.name for s in attnopt.detect(_two_attentions("Abs"))] == [s.name for s in found.sites]
+
+
+def test_a_matcher_failure_on_one_anchor_skips_it_and_keeps_the_others(monkeypatch):
+    view = open_model(_two_attentions("Identity")).view
+    real, calls = match._match_decomposed, []
+
+    def fails_once(view, sm):
+        calls.append(sm)
+        if len(calls) == 1:
+            raise ValueError("substring not found")
+        return real(view, sm)
+
+    monkeypatch.setattr(match, "_match_decomposed", fails_once)
+    found = match.detect(view)
+    assert len(found.sites) == 1 and len(found.skipped) == 1
+    assert found.skipped[0].internal_error and "ValueError: substring not found" in found.skipped[0].reason
+    assert found.skipped[0].anchor == calls[0] != found.sites[0].anchor
+
+
+def test_classifier_softmax_is_skipped_as_not_attention(zoo):
+    found = _detection(zoo.onnx_path("neg-classifier", "dynamo"))
+    assert found.sites == [] and found.skipped and not any(s.internal_error for s in found.skipped)
+
+
+# --------------------------------------------------------------------------- score modifiers
+
+@pytest.mark.zoo(select=lambda case, how: case.family == "gemma2")
+def test_gemma2_softcapping_is_reported(zoo_onnx_case):
+    for site in _zoo_detection(zoo_onnx_case).sites:
+        assert site.softcap == pytest.approx(50.0), zoo_onnx_case.id
+        assert site.effective_scale == pytest.approx(16 ** -0.5), zoo_onnx_case.id
+
+
+@pytest.mark.zoo(select=lambda case, how: case.family == "gemma2")
+def test_gemma2_softcapping_is_reported_fx(zoo_fx_case):
+    for site in _zoo_detection(zoo_fx_case).sites:
+        assert site.softcap == pytest.approx(50.0), zoo_fx_case.id
+
+
+def _alibi_factor_sites(detection):
+    """Falcon eager: (s + alibi)·c + mask -> terms alibi (factor c) and mask (factor 1), scale c."""
+    c = 1 / math.sqrt(8)
+    for site in detection.sites:
+        factors = sorted(t.factor for t in site.masks)
+        assert factors == pytest.approx([c, 1.0]) and site.effective_scale == pytest.approx(c), site
+        assert site.softcap is None
+
+
+@pytest.mark.zoo(select=lambda case, how: case.name == "falcon-alibi-eager")
+def test_falcon_bias_before_the_scale_is_a_scaled_term(zoo_onnx_case):
+    _alibi_factor_sites(_zoo_detection(zoo_onnx_case))
+
+
+@pytest.mark.zoo(select=lambda case, how: case.name == "falcon-alibi-eager")
+def test_falcon_bias_before_the_scale_is_a_scaled_term_fx(zoo_fx_case):
+    _alibi_factor_sites(_zoo_detection(zoo_fx_case))
+
+
+class _Scored(nn.Module):
+    """One attention whose scores pass through ``modify`` before the softmax."""
+
+    def __init__(self, modify):
+        super().__init__()
+        torch.manual_seed(0)
+        self.qkv = nn.Linear(H * D, 3 * H * D)
+        self.modify = modify
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, H, D).permute(2, 0, 3, 1, 4)
+        return torch.softmax(self.modify(q @ k.transpose(-1, -2)), -1) @ v
+
+
+@pytest.mark.parametrize("modify, reason", [
+    (lambda s: torch.tanh(s + 1.0), "inside the tanh softcap"),
+    (lambda s: torch.zeros_like(s) - s, "negated scores"),
+    (lambda s: s * s, "multiplied by a tensor"),
+])
+def test_score_chains_that_are_not_attention_are_skipped_with_a_reason(modify, reason):
+    x = torch.randn(B, N, H * D)
+    found = _detection(_Scored(modify).eval(), (x,))
+    assert found.sites == [] and len(found.skipped) == 1 and reason in found.skipped[0].reason
+
+
+# --------------------------------------------------------------------------- KV cache, self-attention
+
+@pytest.mark.zoo(select=lambda case, how: case.family == "llama-decode")
+def test_decode_steps_report_the_cached_length(zoo_onnx_case):
+    sites = _zoo_detection(zoo_onnx_case).sites
+    assert len(sites) == 2
+    for site in sites:
+        assert (site.q_len, site.kv_len, site.past_len) == (1, 8, 7), (zoo_onnx_case.id, site)
+        assert not site.proven_self_attention and site.is_self_attention is False
+
+
+@pytest.mark.zoo(select=lambda case, how: case.family == "llama-decode")
+def test_decode_steps_report_the_cached_length_fx(zoo_fx_case):
+    for site in _zoo_detection(zoo_fx_case).sites:
+        assert (site.q_len, site.kv_len, site.past_len) == (1, 8, 7), (zoo_fx_case.id, site)
+
+
+@pytest.mark.zoo(select=lambda case, how: case.name.endswith("-dynamic") and case.family in ("torch", "modernbert"))
+def test_self_attention_is_proven_from_the_dataflow(zoo_onnx_case):
+    for site in attnopt.detect(zoo_onnx_case.path):
+        assert site.proven_self_attention and site.is_self_attention, (zoo_onnx_case.id, site)
+        assert site.q_len == site.kv_len and isinstance(site.q_len, str), (zoo_onnx_case.id, site)
+
+
+class _Cross(nn.Module):
+    """Queries from x, keys and values from memory: never self-attention, whatever the lengths."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.q, self.kv = nn.Linear(H * D, H * D), nn.Linear(H * D, 2 * H * D)
+
+    def forward(self, x, memory):
+        b, n, _ = x.shape
+        q = self.q(x).view(b, n, H, D).transpose(1, 2)
+        k, v = self.kv(memory).view(b, -1, 2, H, D).permute(2, 0, 3, 1, 4)
+        return torch.softmax(q @ k.transpose(-1, -2) * D ** -0.5, -1) @ v
+
+
+def test_cross_attention_is_never_proven_self_attention(tmp_path):
+    x, memory = torch.randn(B, N, H * D), torch.randn(B, N, H * D)
+    path = tmp_path / "cross.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_Cross().eval(), (x, memory), str(path), dynamo=False, opset_version=17,
+                          input_names=["x", "memory"], dynamic_axes={"x": {1: "n"}, "memory": {1: "m"}})
+    (site,) = attnopt.detect(path)
+    assert not site.proven_self_attention and site.is_self_attention is False
+    (site,) = attnopt.detect(_Cross().eval(), example_inputs=(x, memory))
+    assert not site.proven_self_attention
+
+
+def test_self_attention_without_shapes_is_proven():
+    """q, k and v from one projection: self-attention even when no length is known."""
+    gm = torch.fx.symbolic_trace(_Scored(lambda s: s * D ** -0.5).eval())
+    (site,) = attnopt.detect(gm)  # no example inputs: no shapes at all
+    assert site.q_len is None and site.proven_self_attention and site.is_self_attention
