@@ -145,7 +145,8 @@ def run(args) -> dict:
                           f"ffn {FFN}, random weights, {args.exporter} export",
                  "seq_len": args.seq_len, "segment_size": args.segment_size, "threads": args.threads, "rows": {}}
     with tempfile.TemporaryDirectory(prefix="bench-structured-masks-") as tmp:
-        tmp = Path(tmp)
+        tmp = Path(tmp) if args.keep is None else args.keep
+        tmp.mkdir(parents=True, exist_ok=True)
         src = tmp / "llama.onnx"
         _child([sys.executable, __file__, "--export", str(src), str(args.layers), str(max(args.seq_len, 64)),
                 args.exporter])
@@ -183,6 +184,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: its own).")
     p.add_argument("--with-original", action="store_true", help="Also run the dense export (several GB at 8192).")
     p.add_argument("--json", type=Path, help="Also write the results as JSON here.")
+    p.add_argument("--keep", type=Path, help="Write the exported and rewritten models here (default: a temp dir).")
     args = p.parse_args(argv)
     out = run(args)
     if args.json:
