@@ -215,6 +215,24 @@ def test_one_probe_per_model_and_one_evaluation_per_distinct_mask(zoo, monkeypat
     assert calls == []  # no mask, no probe
 
 
+def test_onnx_probe_reads_shapes_not_embeddings(zoo, monkeypatch):
+    """HF masks read inputs_embeds' shape; the probe rebuilds it from the inputs, copying no weights."""
+    from attnopt.frontends import onnx_probe
+
+    built = []
+    make = onnx_probe._pruned_model
+
+    def spy(*args):
+        built.append(make(*args))
+        return built[-1]
+
+    monkeypatch.setattr(onnx_probe, "_pruned_model", spy)
+    loaded = open_model(zoo.onnx_path("llama-gqa-sdpa-dynamic", zoo_lib.TORCHSCRIPT))
+    assert all(s.causal and s.key_padding is not None for s in loaded.sites)
+    (pruned,) = built
+    assert not [i.name for i in pruned.graph.initializer if np.prod(i.dims) > 16], pruned.graph.initializer
+
+
 # ----------------------------------------------------------------------------- hand-built mask rules
 
 class RuleMasked(nn.Module):
