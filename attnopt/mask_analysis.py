@@ -126,15 +126,19 @@ def refine_structured_masks(loaded, *, enabled: bool | None = None) -> list[Atte
 
 # --------------------------------------------------------------------------- shapes
 
-def _scores_rank(site: AttentionSite) -> int:
-    return 3 if site.query_layout == LAYOUT_FLAT else 4
+def _scores_rank(site: AttentionSite, term_rank: int | None = None) -> int:
+    """The rank of the scores a term is added to: (B·H, N, M) for flat layouts, unless the term
+    is 4-D (BLOOM views its flat scores as (B, H, N, M) to add the mask)."""
+    return 3 if site.query_layout == LAYOUT_FLAT and term_rank != 4 else 4
 
 
 def _aligned_shape(view, site: AttentionSite, ref: ValueRef):
     """The term's shape right-aligned to the scores' rank (numpy broadcasting), or None."""
     shape = view.shape(ref)
-    rank = _scores_rank(site)
-    if shape is None or len(shape) > rank:
+    if shape is None:
+        return None
+    rank = _scores_rank(site, len(shape))
+    if len(shape) > rank:
         return None
     return (1,) * (rank - len(shape)) + tuple(shape)
 
@@ -156,9 +160,9 @@ def _candidate(view, site: AttentionSite, term: MaskTerm) -> _Candidate | None:
     if term.factor <= 0 or term.kind not in (MASK_ADDITIVE, MASK_BOOLEAN, MASK_BOOLEAN_BLOCKED):
         return None
     shape = view.shape(term.value)
-    if shape is not None and not 2 <= len(shape) <= _scores_rank(site):
+    if shape is not None and not 2 <= len(shape) <= _scores_rank(site, len(shape)):
         return None
-    rank, heads = _scores_rank(site), site.num_heads
+    rank, heads = _scores_rank(site), site.num_heads  # the flat rank; _holds widens it for 4-D values
     const = view.const(term.value)
     if const is not None:  # a folded constant is its own evidence: is it exactly causal?
         return _Candidate(term.value, term.kind, rank, heads, [_Hypothesis(True)], value=np.asarray(const))
@@ -343,7 +347,7 @@ def _padding_pattern(shape: tuple, pattern: str, rng: np.random.Generator) -> np
 
 def _holds(value: np.ndarray, cand: _Candidate, hyp: _Hypothesis, pad: np.ndarray | None) -> bool:
     a = np.asarray(value)
-    rank = cand.scores_rank
+    rank = 4 if a.ndim == 4 else cand.scores_rank
     if not 2 <= a.ndim <= rank:
         return False
     a = a.reshape((1,) * (rank - a.ndim) + a.shape)
