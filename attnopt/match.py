@@ -298,12 +298,23 @@ def _anchor_name(view: View, nid: str) -> str:
 
 # --------------------------------------------------------------------------- the scores
 
+def _fill(view: View, v: ValueRef, gain: float) -> float:
+    """The blocked value a where/masked_fill writes, as the softmax sees it: a finite fill (HF's finfo.min)
+    keeps fully masked rows uniform rather than empty, so the rewrite must use the same value."""
+    c = view.scalar(v)
+    if c is None:
+        return float("-inf")
+    value = float(c) * gain
+    return value if np.isfinite(value) else float("-inf")
+
+
 @dataclass
 class _Term:
     value: ValueRef
     kind: str
     factor: float = 1.0
     flat: bool = False  # added to (B·H, N, M) scores: the rewrite unfolds it with the query
+    fill: float = float("-inf")  # what a boolean term puts at blocked entries (scaled like the scores)
 
 
 @dataclass
@@ -413,10 +424,10 @@ def _walk_up(view: View, v: ValueRef) -> _Scores:
             if op == "where":
                 cond, x, y = ins[:3]
                 if _is_neg_fill(view, y):  # where(keep, scores, -inf)
-                    terms.append(_Term(cond, MASK_BOOLEAN, flat=flat))
+                    terms.append(_Term(cond, MASK_BOOLEAN, flat=flat, fill=_fill(view, y, gain)))
                     v = x
                 elif _is_neg_fill(view, x):  # where(blocked, -inf, scores)
-                    terms.append(_Term(cond, MASK_BOOLEAN_BLOCKED, flat=flat))
+                    terms.append(_Term(cond, MASK_BOOLEAN_BLOCKED, flat=flat, fill=_fill(view, x, gain)))
                     v = y
                 else:
                     raise Mismatch("a where between the scores and the softmax that is not a -inf mask")
@@ -424,7 +435,7 @@ def _walk_up(view: View, v: ValueRef) -> _Scores:
                 x, cond, fill = ins[:3]
                 if not _is_neg_fill(view, fill):
                     raise Mismatch("a masked_fill of the scores with a value that is not -inf")
-                terms.append(_Term(cond, MASK_BOOLEAN_BLOCKED, flat=flat))
+                terms.append(_Term(cond, MASK_BOOLEAN_BLOCKED, flat=flat, fill=_fill(view, fill, gain)))
                 v = x
         elif op == "tanh":
             # x = c·tanh(w): softcapping with cap c (Gemma-2); the scores below are s' = c·w.
@@ -568,7 +579,7 @@ def _match_decomposed(view: View, sm: str) -> AttentionSite:
         name="", form="decomposed", query=q, key=key, value=value, output=output,
         query_layout=layout, key_layout=key_layout, value_layout=value_layout, output_layout=output_layout,
         scale=_clean(scale, geometry["head_dim"]), softcap=up.softcap,
-        masks=tuple(MaskTerm(t.value, t.kind, t.factor) for t in terms), causal=causal,
+        masks=tuple(MaskTerm(t.value, t.kind, t.factor, t.fill) for t in terms), causal=causal,
         nodes=tuple(dict.fromkeys(removed)), anchor=sm,
         unsupported="the attention probabilities are also used outside the site" if escapes else None,
         **geometry,

@@ -48,6 +48,9 @@ class MaskTerm:
     value: ValueRef
     kind: str
     factor: float = 1.0
+    # What a boolean term adds at blocked entries: -inf, or the finite fill the model used (HF's
+    # finfo.min), which makes a fully masked row uniform instead of empty.
+    fill: float = float("-inf")
 
 
 @dataclass(frozen=True)
@@ -127,6 +130,7 @@ class AttentionSite:
         keep = ("name", "form", "num_heads", "kv_num_heads", "head_dim", "q_len", "kv_len",
                 "causal", "layer", "softcap", "past_len")
         d = {k: v for k, v in asdict(self).items() if k in keep}
+        d["self_attention"] = self.is_self_attention
         d["scale"] = self.effective_scale
         d["mask_kind"] = self.mask_kind
         d["key_padding"] = self.key_padding.kind if self.key_padding is not None else None

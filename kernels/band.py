@@ -44,6 +44,8 @@ def band_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, key_pad
     if N == 0:
         return q.new_zeros(q.shape)
     rep, off, dev = H // Hkv, M - N, q.device
+    # Positions are below M: a unit or reach of M or more selects the same keys as M (keeps blocks small).
+    unit, before, after = min(unit, M), min(before, M), min(after, M)
     bq = min(block or query_block(unit, before, after), max(unit, N + unit))
     if unit > 1 and bq % unit:
         bq = unit

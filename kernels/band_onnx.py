@@ -45,6 +45,10 @@ def BandAttention(Q, K, V, Mask, KeyPadding, Band, Scalars):
     m = op.Shape(K, start=2, end=3)
     rep = op.Div(h, hkv)
     off = op.Sub(m, n)  # query i sits at position i + off
+    # Positions are below M: a unit or reach of M or more selects the same keys as M (keeps blocks small).
+    unit = op.Min(unit, m)
+    before = op.Min(before, m)
+    after = op.Min(after, m)
 
     # Query blocks of bq rows in position space: block g holds positions first + g·bq + r.
     bq = op.Min(block, op.Max(unit, op.Add(n, unit)))

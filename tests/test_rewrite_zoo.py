@@ -1,6 +1,6 @@
 """segmented at its exact limit (S >= N) rewrites every zoo model and validates as exact.
 
-Every self-attention site is rewritten, every cross-attention site is refused
+Every self-attention site (and KV-cache step) is rewritten, every cross-attention site is refused
 with its reason, the written ONNX passes the checker and runs in stock
 onnxruntime, and each output and site matches the original to rel-L2 < 1e-5.
 """
@@ -22,17 +22,19 @@ def _tolerance(case) -> float:
     return 2e-3 if "half" in case.name else 1e-5
 
 
-def _self_attention(case) -> int:
-    return case.expected_sites if case.self_attention_sites is None else case.self_attention_sites
+def _self_attention(case, sites=()) -> int:
+    """Sites segmented serves: self-attention, and KV-cache steps (their keys end with the queries' own)."""
+    own = case.expected_sites if case.self_attention_sites is None else case.self_attention_sites
+    return own + sum(s.past_len is not None for s in sites)
 
 
-def _check_report(result, case):
-    """Every self-attention site rewritten; every other one refused because it is cross-attention."""
+def _check_report(result, case, sites):
+    """Every self-attention or KV-cache site rewritten; every other one refused because it is cross-attention."""
     statuses = [o.status for o in result.report]
     assert len(statuses) == case.expected_sites
-    assert statuses.count("rewritten") == _self_attention(case), result.to_dict()
+    assert statuses.count("rewritten") == _self_attention(case, sites), result.to_dict()
     refused = [o for o in result.report if o.status == "refused"]
-    assert len(refused) == case.expected_sites - _self_attention(case), result.to_dict()
+    assert len(refused) == case.expected_sites - _self_attention(case, sites), result.to_dict()
     for o in refused:
         assert o.reason.startswith("cross-attention (N="), o.reason
         assert o.reason.endswith("segmented needs self-attention"), o.reason
@@ -47,12 +49,12 @@ def test_onnx_zoo_rewrite_is_exact_at_the_limit(zoo_onnx_case, tmp_path):
         with pytest.raises(NoSitesError, match="can serve"):
             attnopt.rewrite(zoo_onnx_case.path, "segmented", segment_size=BIG)
         return
-    if _self_attention(case) == 0:
+    if _self_attention(case, sites) == 0:
         with pytest.raises(NoSitesError, match="cross-attention"):
             attnopt.rewrite(zoo_onnx_case.path, "segmented", segment_size=BIG)
         return
     result = attnopt.rewrite(zoo_onnx_case.path, "segmented", segment_size=BIG, sinks=2)
-    _check_report(result, case)
+    _check_report(result, case, sites)
     out = tmp_path / "rewritten.onnx"
     result.save(out)
     onnx.checker.check_model(str(out), full_check=True)
@@ -90,13 +92,13 @@ def _compare_with_torch(path, built, inputs, known_failure: str):
 def test_fx_zoo_rewrite_is_exact_at_the_limit(zoo_fx_case):
     case = zoo_fx_case.case
     sites = attnopt.detect(zoo_fx_case.graph, example_inputs=zoo_fx_case.example_inputs)
-    if _self_attention(case) == 0 or all(s.unsupported for s in sites):
+    if _self_attention(case, sites) == 0 or all(s.unsupported for s in sites):
         with pytest.raises(NoSitesError):
             attnopt.rewrite(zoo_fx_case.graph, "segmented", segment_size=BIG,
                             example_inputs=zoo_fx_case.example_inputs)
         return
     result = attnopt.rewrite(zoo_fx_case.graph, "segmented", segment_size=BIG, sinks=2,
                              example_inputs=zoo_fx_case.example_inputs)
-    _check_report(result, case)
+    _check_report(result, case, sites)
     report = attnopt.validate(zoo_fx_case.graph, result.model, example_inputs=zoo_fx_case.inputs)
     assert report.is_exact(_tolerance(case)), report.to_dict()

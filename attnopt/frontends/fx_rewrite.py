@@ -23,19 +23,21 @@ from ..site import (LAYOUT_BHSD, LAYOUT_BSD, LAYOUT_FLAT, MASK_BOOLEAN, MASK_BOO
 from .lowering import lower, state_name
 
 
-def boolean_to_additive(mask: torch.Tensor, like: torch.Tensor, keep_when_true: bool) -> torch.Tensor:
-    """True/False mask -> 0/-inf in ``like``'s dtype (which way round is ``keep_when_true``)."""
+def boolean_to_additive(mask: torch.Tensor, like: torch.Tensor, keep_when_true: bool,
+                        fill: float = float("-inf")) -> torch.Tensor:
+    """True/False mask -> 0/``fill`` in ``like``'s dtype (which way round is ``keep_when_true``)."""
     zero = torch.zeros((), dtype=like.dtype, device=like.device)
-    neg = torch.full((), float("-inf"), dtype=like.dtype, device=like.device)
+    neg = torch.full((), fill, dtype=like.dtype, device=like.device)
     return torch.where(mask, zero, neg) if keep_when_true else torch.where(mask, neg, zero)
 
 
-def additive(term: torch.Tensor, like: torch.Tensor, kind: str, factor: float = 1.0) -> torch.Tensor:
-    """One mask term as an additive mask in ``like``'s dtype (booleans and nonzero-keep vectors become 0/-inf)."""
+def additive(term: torch.Tensor, like: torch.Tensor, kind: str, factor: float = 1.0,
+             fill: float = float("-inf")) -> torch.Tensor:
+    """One mask term as an additive mask in ``like``'s dtype (booleans and nonzero-keep vectors become 0/``fill``)."""
     if kind == MASK_NONZERO_KEEP:
         term, kind = term != 0, MASK_BOOLEAN
     if kind in (MASK_BOOLEAN, MASK_BOOLEAN_BLOCKED):
-        return boolean_to_additive(term, like, kind == MASK_BOOLEAN)
+        return boolean_to_additive(term, like, kind == MASK_BOOLEAN, fill)
     term = term.to(like.dtype)
     return term * factor if factor != 1.0 else term
 
@@ -60,14 +62,14 @@ def apply(loaded, call) -> None:
         v = _to_bhsd(g, node[site.value], site.value_layout, site.kv_num_heads)
         mask = None
         for t in site.masks:
-            term = g.call_function(additive, (node[t.value], q, t.kind, t.factor))
+            term = g.call_function(additive, (node[t.value], q, t.kind, t.factor, t.fill))
             term = _mask_to_4d(g, term, view.rank(t.value), site)
             mask = term if mask is None else g.call_function(operator.add, (mask, term))
         key_padding = None
         if site.key_padding is not None:
             kp = site.key_padding
             key_padding = g.call_function(torch.flatten, (g.call_function(additive, (node[kp.value], q, kp.kind,
-                                                                                       kp.factor)), 1))
+                                                                                       kp.factor, kp.fill)), 1))
         outputs = []
         for group in groups:
             gq, gk, gv, gmask = q, k, v, mask

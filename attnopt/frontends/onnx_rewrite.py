@@ -45,14 +45,14 @@ def apply(loaded, call) -> None:
     dtype = value[site.query].dtype or ir.DataType.FLOAT
     mask = None
     for term in site.masks:
-        t = b.additive(value[term.value], term.kind, dtype, term.factor)
+        t = b.additive(value[term.value], term.kind, dtype, term.factor, term.fill)
         t = b.mask_to_4d(t, view.rank(term.value), site)
         mask = t if mask is None else b.op("Add", [mask, t])
     if mask is None:
         mask = b.const(np.zeros((1, 1, 1, 1), dtype.numpy()))
     if site.key_padding is not None:
         kp = site.key_padding
-        key_padding = b.op("Reshape", [b.additive(value[kp.value], kp.kind, dtype, kp.factor),
+        key_padding = b.op("Reshape", [b.additive(value[kp.value], kp.kind, dtype, kp.factor, kp.fill),
                                        b.const(np.array([0, -1], np.int64))])  # (B, M) or (B, 1, 1, M) -> (B, M)
     else:
         key_padding = b.const(np.zeros((1, 1), dtype.numpy()))
@@ -184,10 +184,12 @@ class _Builder:
             return self.op("Reshape", [y, shape])
         raise SiteNotApplicable(f"unsupported output layout {layout!r}")
 
-    def additive(self, mask: ir.Value, kind: str, dtype: ir.DataType, factor: float = 1.0) -> ir.Value:
-        """One mask term as an additive float mask in ``dtype`` (booleans become 0/-inf)."""
+    def additive(self, mask: ir.Value, kind: str, dtype: ir.DataType, factor: float = 1.0,
+                 fill: float = float("-inf")) -> ir.Value:
+        """One mask term as an additive float mask in ``dtype`` (booleans become 0/``fill``)."""
         np_dtype = dtype.numpy()
-        zero, neg = self.const(np.zeros((), np_dtype)), self.const(np.array(-np.inf, np_dtype))
+        with np.errstate(over="ignore"):  # a float32 finfo.min fill is -inf in float16
+            zero, neg = self.const(np.zeros((), np_dtype)), self.const(np.array(fill, np_dtype))
         if kind == MASK_NONZERO_KEEP:
             mask, kind = self.op("Cast", [mask], {"to": ir.DataType.BOOL}), MASK_BOOLEAN
         if kind in (MASK_BOOLEAN, MASK_BOOLEAN_BLOCKED):
