@@ -86,16 +86,9 @@ def forward(q, k, v, mask, key_padding, block: int, levels: int, sinks: int, sca
     span = (2 if causal else 3) * bs
     lo = (qb - 1) * bs
     fine = lo[:, None] + torch.arange(span, device=dev)[None, :]  # (nqb, span)
-    fine_ok = ((fine >= 0) & (fine < m))[:, None, :].expand(nqb, bs, span)
-    if causal:
-        fine_ok = fine_ok & (fine[:, None, :] <= pos[:, :, None])
     G = min(sinks, m)
     j = torch.arange(G, device=dev)
-    sink_ok = ~((j[None, :] >= lo[:, None]) & (j[None, :] < lo[:, None] + span))[:, None, :].expand(nqb, bs, G)
-    if causal:
-        sink_ok = sink_ok & (j[None, None, :] <= pos[:, :, None])
     exact_cols = torch.cat([fine.clamp(0, m - 1), j.expand(nqb, G)], dim=1)  # (nqb, span + G)
-    exact_ok = torch.cat([fine_ok, sink_ok], dim=2)  # (nqb, B, span + G)
     # Pooled columns; sinks stay out of every pool (they are exact).
     start, end = coarse_columns(qb, key_blocks, levels, causal)
     prefix = block_prefix(k, v, key_padding, bs, skip_first=G)
@@ -110,13 +103,14 @@ def forward(q, k, v, mask, key_padding, block: int, levels: int, sinks: int, sca
     for c0 in range(0, nqb, step):
         sl = slice(c0, min(c0 + step, nqb))
         cols = exact_cols[sl]
+        ok = _exact_allowed(fine[sl], lo[sl], pos[sl], span, j, m, causal)
         k_bar, v_bar, log_n = pool_ranges(prefix, start[sl], end[sl], compute)  # (b, hkv, c, C, d), (Bw, c, C)
         keys = torch.cat([kc[:, :, cols], k_bar], dim=3).unsqueeze(2)  # (b, hkv, 1, c, span + G + C, d)
         values = torch.cat([vc[:, :, cols], v_bar], dim=3).unsqueeze(2)
         raw = (qp[:, :, :, sl] @ keys.transpose(-1, -2)) * scale
         if softcap:
             raw = softcap * torch.tanh(raw / softcap)
-        exact = raw[..., :cols.shape[1]].masked_fill(~exact_ok[sl], neg_inf)
+        exact = raw[..., :cols.shape[1]].masked_fill(~ok, neg_inf)
         if kp is not None:
             exact = exact + kp[:, cols][:, None, None, :, None, :]
         if mask is not None:
@@ -125,6 +119,19 @@ def forward(q, k, v, mask, key_padding, block: int, levels: int, sinks: int, sca
         p = torch.softmax(torch.cat([exact, pooled], dim=-1), dim=-1)
         out[:, :, :, sl] = torch.where(torch.isnan(p), 0.0, p) @ values
     return out.reshape(b, h, nqb * bs, d)[:, :, front:front + n].to(out_dtype).contiguous()
+
+
+def _exact_allowed(fine: Tensor, lo: Tensor, pos: Tensor, span: int, sinks: Tensor, m: int, causal: bool) -> Tensor:
+    """(c, B, span + G) bool: fine keys that exist (and, causal, are not after the query), then the sinks
+    that the fine range does not already hold (so no key counts twice)."""
+    c, bs = pos.shape
+    fine_ok = ((fine >= 0) & (fine < m))[:, None, :].expand(c, bs, span)
+    in_fine = (sinks[None, :] >= lo[:, None]) & (sinks[None, :] < lo[:, None] + span)
+    sink_ok = ~in_fine[:, None, :].expand(c, bs, sinks.shape[0])
+    if causal:
+        fine_ok = fine_ok & (fine[:, None, :] <= pos[:, :, None])
+        sink_ok = sink_ok & (sinks[None, None, :] <= pos[:, :, None])
+    return torch.cat([fine_ok, sink_ok], dim=2)
 
 
 def _mask_blocks(mask: Tensor, rows: Tensor, cols: Tensor, hkv: int, compute) -> Tensor:

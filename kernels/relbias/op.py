@@ -42,21 +42,22 @@ def forward(q, k, v, mask, key_padding, slopes, table, kind: str, num_buckets: i
     # Heads split as the scores' (Hkv, rep), so GQA needs no repeated keys.
     slope = (slopes.to(compute) * bias_scale).expand(h).reshape(hkv, rep, 1, 1)
     tab = (table.to(compute) * bias_scale).expand(h, -1).reshape(hkv, rep, -1)
-    qg = q.to(compute).view(b, hkv, rep, n, d)
+    qg = (q.to(compute) * scale).view(b, hkv, rep, n, d)
     kt = k.to(compute).unsqueeze(2).transpose(-1, -2)  # (b, hkv, 1, d, m)
     vc = v.to(compute).unsqueeze(2)
     kp = None if key_padding is None else key_padding.to(compute).reshape(key_padding.shape[0], 1, 1, 1, -1)
-    j = torch.arange(m, device=dev)
     out = qg.new_empty(b, hkv, rep, n, d)
+    # Causality always leaves key 0, and a finite bias masks nothing: only masks can empty a row.
+    may_empty = mask is not None or key_padding is not None or not bool(torch.isfinite(table).all())
     for r0 in range(0, n, QUERY_BLOCK):
         r1 = min(r0 + QUERY_BLOCK, n)
-        delta = j[None, :] - (torch.arange(r0, r1, device=dev) + off)[:, None]  # (rows, M)
-        scores = (qg[:, :, :, r0:r1] @ kt) * scale
+        scores = qg[:, :, :, r0:r1] @ kt
         if softcap:
             scores = softcap * torch.tanh(scores / softcap)
-        scores = scores - slope * delta.abs() + tab[:, :, delta.clamp(-r, r) + r]
-        if causal:
-            scores = scores.masked_fill(delta > 0, float("-inf"))
+        scores = scores + _block_bias(slope, tab, r, r0 + off, r1 - r0, m)
+        if causal:  # key j > query position p = r0 + off + row
+            future = torch.arange(m, device=dev)[None, :] > torch.arange(r0 + off, r1 + off, device=dev)[:, None]
+            scores = scores.masked_fill(future, float("-inf"))
         if kp is not None:
             scores = scores + kp
         if mask is not None:
@@ -65,8 +66,23 @@ def forward(q, k, v, mask, key_padding, slopes, table, kind: str, num_buckets: i
             scores = scores + rows.to(compute).reshape(rows.shape[0], min(hm, hkv), hm // min(hm, hkv),
                                                        *rows.shape[2:])
         p = torch.softmax(scores, dim=-1)
-        out[:, :, :, r0:r1] = torch.where(torch.isnan(p), 0.0, p) @ vc
+        if may_empty:  # a row whose every key is masked is NaN after softmax; it outputs 0
+            p = torch.where(torch.isnan(p), 0.0, p)
+        out[:, :, :, r0:r1] = p @ vc
     return out.view(b, h, n, d).to(out_dtype)
+
+
+def _block_bias(slope: Tensor, tab: Tensor, r: int, first: int, rows: int, m: int) -> Tensor:
+    """(Hkv, rep, rows, M): the bias of the queries at positions first .. first + rows − 1.
+
+    The bias depends on δ = j − p only, so the block's rows are shifted windows of
+    one vector over the block's δ range: built once per head (O(M + rows)) and
+    expanded by ``unfold``, which is far cheaper than gathering every (row, key).
+    """
+    delta = torch.arange(-(first + rows - 1), m - first, device=tab.device)  # the block's δ, ascending
+    line = tab[..., delta.clamp(-r, r) + r] - slope[..., 0] * delta.abs()  # (Hkv, rep, M + rows − 1)
+    # Window s starts at δ = −(first + rows − 1) + s, which is row rows − 1 − s: flip the windows into rows.
+    return line.unfold(-1, m, 1).flip(-2)
 
 
 relbias_attention = define_op("relbias", forward)

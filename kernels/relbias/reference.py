@@ -1,0 +1,33 @@
+"""relbias, the spec: dense attention with the bias b_h(j − i) built as an explicit (H, N, M) tensor."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..reference import check_qkv, positions, restricted_attention
+
+
+def relative_bias(slopes: Tensor, table: Tensor, n: int, m: int, bias_scale: float = 1.0) -> Tensor:
+    """(H, N, M): bias_scale · (−slopes[h]·|δ| + table[h, clamp(δ, −R, R) + R]) with δ = j − (i + M − N)."""
+    p, j = positions(n, m, slopes.device)
+    delta = j - p
+    r = (table.shape[1] - 1) // 2
+    bias = -slopes.float()[:, None, None] * delta.abs() + table.float()[:, delta.clamp(-r, r) + r]
+    return bias_scale * bias  # a one-row slopes or table is shared by every head (broadcasts)
+
+
+def reference(q: Tensor, k: Tensor, v: Tensor, *, slopes: Tensor, table: Tensor, kind: str = "alibi",
+              num_buckets: int = 32, max_distance: int = 128, bidirectional: bool = True, table_file: str = "",
+              init_std: float = 0.0, bias_scale: float = 1.0, scale: float | None = None,
+              mask: Tensor | None = None, key_padding: Tensor | None = None, causal: bool = False,
+              softcap: float = 0.0) -> Tensor:
+    """kind .. init_std only say how slopes and table were made (``kernels.relbias.make_tensors``)."""
+    check_qkv(q, k, v)
+    n, m = q.shape[2], k.shape[2]
+    bias = relative_bias(slopes, table, n, m, bias_scale)[None]  # (1, H, N, M)
+    if mask is not None:
+        bias = bias + (mask.float() if mask.dtype != torch.bool else
+                       torch.zeros(()).masked_fill(~mask, float("-inf")))
+    return restricted_attention(q, k, v, None, scale=scale, mask=bias, key_padding=key_padding, causal=causal,
+                                softcap=softcap)
