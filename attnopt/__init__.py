@@ -35,6 +35,14 @@ def detect(model, example_inputs=None) -> list[AttentionSite]:
     return open_model(model, example_inputs).sites
 
 
+def skipped(model, example_inputs=None) -> list:
+    """The softmax and fused-attention anchors that did not become sites, each with its reason
+    (``SkippedAnchor``; ``.summary()`` is a dict). A crash inside the matcher lands here too."""
+    from .loaded import open_model
+    from .match import detect as _detect
+    return list(_detect(open_model(model, example_inputs).view).skipped)
+
+
 def rewrite(model, pass_name: str, *, layers=None, names=(), example_inputs=None, **params):
     """Rewrite the selected sites with one pass; returns a RewriteResult (see attnopt.pipeline)."""
     from .pipeline import rewrite as _rewrite
@@ -47,4 +55,4 @@ def export_onnx(graph_module, example_inputs, path, **kwargs):
     return _export(graph_module, example_inputs, path, **kwargs)
 
 
-__all__ = ["AttentionSite", "AttnoptError", "bench", "detect", "export_onnx", "rewrite", "validate"]
+__all__ = ["AttentionSite", "AttnoptError", "bench", "detect", "export_onnx", "rewrite", "skipped", "validate"]

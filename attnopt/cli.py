@@ -197,8 +197,11 @@ def main():
 
 @main.command()
 @click.argument("model")
-@click.option("--json", "as_json", is_flag=True, help="Print {\"model\": ..., \"sites\": [...]} to stdout, nothing else.")
-def detect(model, as_json):
+@click.option("-v", "--verbose", is_flag=True,
+              help="Also list every softmax or fused attention op that is not a site, with the reason.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print {\"model\": ..., \"sites\": [...], \"skipped\": [...]} to stdout, nothing else.")
+def detect(model, verbose, as_json):
     """List every attention site in an ONNX MODEL.
 
     One row per site: its name (from the module path), the pattern that matched
@@ -212,11 +215,17 @@ def detect(model, as_json):
       attnopt detect bert.onnx
       attnopt detect bert.onnx --json | jq '.sites[].name'
     """
-    import attnopt
-    sites = attnopt.detect(model)
+    from .loaded import open_model
+    from .match import detect as match
+    loaded = open_model(model)
+    sites = loaded.sites  # with their masks in structured form
+    skipped = match(loaded.view).skipped
     if as_json:
-        _print_json({"model": model, "sites": [s.summary() for s in sites]})
+        _print_json({"model": model, "sites": [s.summary() for s in sites], "skipped": [k.summary() for k in skipped]})
         return
+    if verbose and skipped:
+        rows = [[k.name, k.op, k.reason + (" (matcher error)" if k.internal_error else "")] for k in skipped]
+        _console().print(_table("not attention sites", ["anchor", "op", "why"], rows))
     if not sites:
         click.echo("no attention sites found")
         return

@@ -412,3 +412,23 @@ def test_rewrite_help_teaches_verification():
     from attnopt.cli import main
     out = CliRunner().invoke(main, ["rewrite", "--help"])
     assert "--no-verify" in out.output and "onnxruntime" in out.output
+
+
+def test_detect_verbose_and_json_list_skipped_anchors(tmp_path):
+    """A softmax that is not attention is listed with its reason, not silently dropped."""
+    import torch
+    from click.testing import CliRunner
+    from attnopt.cli import main
+
+    class SoftmaxHead(torch.nn.Module):
+        def forward(self, x):
+            return torch.softmax((x @ x.transpose(-1, -2)).abs(), dim=-1) @ x
+
+    path = tmp_path / "head.onnx"
+    torch.onnx.export(SoftmaxHead(), (torch.randn(2, 5, 8),), path, dynamo=True)
+    out = CliRunner().invoke(main, ["detect", str(path), "--json"])
+    assert out.exit_code == 0, out.output
+    skipped = json.loads(out.output)["skipped"]
+    assert skipped and all(k["reason"] and not k["internal_error"] for k in skipped), skipped
+    verbose = CliRunner().invoke(main, ["detect", str(path), "-v"])
+    assert "not attention sites" in verbose.output and skipped[0]["reason"][:20] in verbose.output.replace("\n", " ")
