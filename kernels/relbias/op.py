@@ -40,8 +40,9 @@ def forward(q, k, v, mask, key_padding, slopes, table, kind: str, num_buckets: i
     compute = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
     r = (table.shape[1] - 1) // 2
     # Heads split as the scores' (Hkv, rep), so GQA needs no repeated keys.
-    slope = (slopes.to(compute) * bias_scale).expand(h).reshape(hkv, rep, 1, 1)
-    tab = (table.to(compute) * bias_scale).expand(h, -1).reshape(hkv, rep, -1)
+    # Tiny per-head tensors: brought to q's device, so constants stored on another one still work.
+    slope = (slopes.to(dev, compute) * bias_scale).expand(h).reshape(hkv, rep, 1, 1)
+    tab = (table.to(dev, compute) * bias_scale).expand(h, -1).reshape(hkv, rep, -1)
     qg = (q.to(compute) * scale).view(b, hkv, rep, n, d)
     kt = k.to(compute).unsqueeze(2).transpose(-1, -2)  # (b, hkv, 1, d, m)
     vc = v.to(compute).unsqueeze(2)
