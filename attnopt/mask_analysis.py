@@ -228,7 +228,7 @@ def _is_float(dtype) -> bool:
 
 def _probe(loaded, candidates: Sequence[_Candidate]) -> dict[ValueRef, _Verdict]:
     try:
-        probe = _make_probe(loaded, [c.ref for c in candidates])
+        probe = loaded.frontend.value_probe(loaded, [c.ref for c in candidates])
         symbols = _symbols(probe.inputs)
         if symbols:  # lengths are free: a construction may read lengths the small probes never reach
             candidates = [c for c in candidates if c.horizon + 2 <= _MAX_HORIZON_PROBE]
@@ -252,14 +252,6 @@ def _probe(loaded, candidates: Sequence[_Candidate]) -> dict[ValueRef, _Verdict]
                 break
     return verdicts
 
-
-def _make_probe(loaded, refs: Sequence[ValueRef]):
-    """The frontend's probe for these View values (the one place that picks it by backend)."""
-    if loaded.kind == "onnx":
-        from .frontends.onnx_probe import OnnxProbe
-        return OnnxProbe(loaded.model, loaded.view, refs)
-    from .frontends.fx_probe import FxProbe
-    return FxProbe(loaded.model, loaded.view, refs)
 
 
 def _symbols(inputs) -> dict[str, str]:

@@ -138,13 +138,22 @@ def _constant(gm: fx.GraphModule, g: fx.Graph, array, what: str) -> fx.Node:
 
 def finalize(loaded, kernels: set[str]) -> None:
     gm: fx.GraphModule = loaded.model
-    gm.graph.eliminate_dead_code()
+    gm.graph.eliminate_dead_code(is_impure_node=_impure)
     gm.graph.lint()
     gm.recompile()
     if type(gm.graph._codegen) is fx.graph.CodeGen and type(gm) is not fx.GraphModule:
         # State inputs changed the signature: an exported module's input checks (pytree specs, forward
         # hooks) no longer apply, so the result is a plain GraphModule over the same graph and weights.
         loaded.model = fx.GraphModule(gm, gm.graph, class_name="StreamingModule")
+
+
+def _impure(n: fx.Node) -> bool:
+    """fx's notion of side effects, less the export's shape assertions and dropout: those would keep
+    the dead dense attention and its N×M mask construction alive (and running)."""
+    name = getattr(getattr(n.target, "overloadpacket", None), "__name__", "")
+    if n.op == "call_function" and (name.startswith("_assert") or name in ("dropout", "native_dropout")):
+        return False
+    return n.is_impure()
 
 
 def _check_layouts(site: AttentionSite) -> None:
