@@ -17,14 +17,15 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from ..errors import ModelLoadError, UnsupportedModelError
+from ..errors import ModelLoadError, UnsupportedModelError, one_line
 from ..graph import View, einsum_as_matmul, virtual_transpose
+from ..onnx_compat import DOMAIN
 from ..site import LAYOUT_BHSD, LAYOUT_BSD, MASK_ADDITIVE, ValueRef
 from .onnx_fold import MAX_FOLD_ELEMENTS, dims_array, fold
 
 # Default-domain opsets we understand; older models predate Softmax's last-axis semantics.
 MIN_OPSET, MAX_OPSET = 7, 25
-KNOWN_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft", "com.microsoft.nchwc", "ai.attnopt",
+KNOWN_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft", "com.microsoft.nchwc", DOMAIN,
                  "ai.onnx.preview.training", "pkg.onnxscript.torch_lib", "pkg.onnxscript.torch_lib.common",
                  "pkg.torch.onnx"}
 
@@ -66,7 +67,7 @@ def _load_path(path: Path) -> ir.Model:
         model = ir.load(str(path))
     except Exception as e:  # protobuf gives DecodeError, RuntimeError or worse for junk
         raise ModelLoadError(f"{path}: not a readable ONNX model (corrupt or truncated?): "
-                             f"{type(e).__name__}: {_one_line(e)}") from None
+                             f"{type(e).__name__}: {one_line(e, 200)}") from None
     if len(model.graph) == 0 and not model.graph.outputs:
         raise ModelLoadError(f"{path}: not a readable ONNX model (no graph; corrupt, truncated or not ONNX)")
     try:  # touch external data now so a missing .data file fails here, not mid-rewrite
@@ -80,11 +81,6 @@ def _load_path(path: Path) -> ir.Model:
     except Exception:
         pass
     return model
-
-
-def _one_line(e: Exception) -> str:
-    s = str(e).strip().splitlines()
-    return s[0][:200] if s else ""
 
 
 def check_supported(model: ir.Model) -> None:

@@ -21,10 +21,10 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
+from ..onnx_compat import IR_VERSION
 from ..site import ValueRef
 
 # Probe models are written at this IR version at most: onnxruntime rejects the newest.
-_IR_VERSION = 10
 
 
 @dataclass(frozen=True)
@@ -152,7 +152,7 @@ def _pruned_model(model: ir.Model, nodes, inits, graph_inputs, outputs, shortcut
                         for v in outputs)
     proto = onnx.helper.make_model(
         graph, opset_imports=[onnx.helper.make_opsetid(d, v) for d, v in model.opset_imports.items()])
-    proto.ir_version = min(model.ir_version or _IR_VERSION, _IR_VERSION)
+    proto.ir_version = min(model.ir_version or IR_VERSION, IR_VERSION)
     proto.functions.extend(ir.serde.serialize_function(f) for f in model.functions.values())
     return proto
 
