@@ -1,0 +1,233 @@
+"""The sorted-bucket machinery, ONNX: ai.attnopt::BucketAttention, called by the lsh and routed bodies.
+
+Same math, parts and blocking as ``kernels.buckets`` (read that first). The
+variant's body computes the buckets and passes them in as tensors, with
+[n_buckets, chunk, sinks] as an int64 tensor and [scale, softcap, causal] as a
+float tensor (an ONNX function cannot compute attributes for its callee).
+
+Sorting is TopK over the unique key bucket·S + index; bucket ranges are a
+ScatterElements(add) histogram and its CumSum; every query block reads its
+bucket's keys with one Gather and meets them in a batched MatMul. No tensor has
+an N×M axis pair. Row maxima use TopK(k=1) and reductions over an axis use
+ReduceSum, whose axes input is the same in opsets 17..23 (ReduceMax's is not).
+"""
+
+from __future__ import annotations
+
+import onnx
+import onnxscript
+from onnxscript import opset18 as op
+
+from .onnx_functions import attnopt_opset
+
+_FLOAT = onnx.TensorProto.FLOAT
+_INT64 = onnx.TensorProto.INT64
+_NEG_INF = float("-inf")
+_ZERO_I64 = onnx.helper.make_tensor("zero", _INT64, [1], [0])
+_ZERO_F = onnx.helper.make_tensor("zero", _FLOAT, [1], [0.0])
+
+
+@onnxscript.script(attnopt_opset, default_opset=op)
+def BucketScoreMasks(Scores, Mask, KeyPadding, Batch, Head, Row, Col):
+    """Scores + key padding + dense remainder read at (batch, query head, query row, key) indices.
+
+    The index tensors broadcast against Scores; a size-1 mask dim is read at index 0, so
+    the (1, 1, 1, 1) "no mask" and (1, 1) "no key padding" zeros broadcast too.
+    """
+    one = op.Constant(value_ints=[1])
+    bk = op.Shape(KeyPadding, start=0, end=1)
+    mk = op.Shape(KeyPadding, start=1, end=2)
+    kp_at = op.Add(op.Mul(op.Min(Batch, op.Sub(bk, one)), mk), op.Min(Col, op.Sub(mk, one)))
+    kp = op.Cast(op.Gather(op.Reshape(KeyPadding, op.Constant(value_ints=[-1])), kp_at, axis=0), to=_FLOAT)
+    bm = op.Shape(Mask, start=0, end=1)
+    hm = op.Shape(Mask, start=1, end=2)
+    nm = op.Shape(Mask, start=2, end=3)
+    mm = op.Shape(Mask, start=3, end=4)
+    at = op.Add(op.Mul(op.Min(Batch, op.Sub(bm, one)), hm), op.Min(Head, op.Sub(hm, one)))
+    at = op.Add(op.Mul(at, nm), op.Min(Row, op.Sub(nm, one)))
+    at = op.Add(op.Mul(at, mm), op.Min(Col, op.Sub(mm, one)))
+    dense = op.Cast(op.Gather(op.Reshape(Mask, op.Constant(value_ints=[-1])), at, axis=0), to=_FLOAT)
+    return op.Add(op.Add(Scores, kp), dense)
+
+
+@onnxscript.script(attnopt_opset, default_opset=op)
+def BucketAttention(Q, K, V, Mask, KeyPadding, QBuckets, KBuckets, Config, Scalars):
+    """QBuckets (B, H, R, N), KBuckets (B, Hkv, R, M): int64 in [0, n_buckets).
+
+    Config = [n_buckets, chunk, sinks] (int64); Scalars = [scale, softcap, causal] (float).
+    """
+    zero = op.Constant(value_ints=[0])
+    one = op.Constant(value_ints=[1])
+    two = op.Constant(value_ints=[2])
+    three = op.Constant(value_ints=[3])
+    four = op.Constant(value_ints=[4])
+    five = op.Constant(value_ints=[5])
+    last_axis = op.Constant(value_ints=[-1])
+    n_buckets = op.Slice(Config, zero, one)
+    chunk = op.Slice(Config, one, two)
+    sinks = op.Slice(Config, two, three)
+    scale = op.Slice(Scalars, zero, one)
+    cap = op.Slice(Scalars, one, two)
+    causal = op.Cast(op.Slice(Scalars, two, three), to=onnx.TensorProto.BOOL)
+
+    b = op.Shape(Q, start=0, end=1)
+    h = op.Shape(Q, start=1, end=2)
+    n = op.Shape(Q, start=2, end=3)
+    d = op.Shape(Q, start=3, end=4)
+    hkv = op.Shape(K, start=1, end=2)
+    m = op.Shape(K, start=2, end=3)
+    r = op.Shape(QBuckets, start=2, end=3)
+    rep = op.Div(h, hkv)
+    rows = op.Mul(rep, n)  # the rep query heads of a kv head, as rows h·N + i
+    off = op.Sub(m, n)  # query i sits at position i + off
+    n_sinks = op.Min(sinks, m)
+    q = op.Reshape(op.Mul(op.Cast(Q, to=_FLOAT), scale), op.Concat(b, hkv, rows, d, axis=0))
+    k = op.Cast(K, to=_FLOAT)
+    v = op.Cast(V, to=_FLOAT)
+    qb = op.Reshape(op.Transpose(op.Reshape(QBuckets, op.Concat(b, hkv, rep, r, n, axis=0)), perm=[0, 1, 3, 2, 4]),
+                    op.Concat(b, hkv, r, rows, axis=0))
+    kb = KBuckets
+    batch6 = op.Reshape(op.Range(0, op.Squeeze(b), 1), op.Constant(value_ints=[-1, 1, 1, 1, 1, 1]))
+    kv_head6 = op.Reshape(op.Range(0, op.Squeeze(hkv), 1), op.Constant(value_ints=[1, -1, 1, 1, 1, 1]))
+
+    # --- the local part: blocks of C positions aligned to the chunks, against their C keys and the sinks.
+    first = op.Mul(op.Div(off, chunk), chunk)
+    front = op.Sub(off, first)
+    nc = op.Div(op.Sub(op.Add(op.Add(front, n), chunk), one), chunk)
+    pos = op.Reshape(op.Add(op.Range(0, op.Squeeze(op.Mul(nc, chunk)), 1), first), op.Concat(nc, chunk, axis=0))
+    kpos = op.Min(pos, op.Sub(m, one))
+    j = op.Range(0, op.Squeeze(n_sinks), 1)
+    j_cols = op.Expand(op.Unsqueeze(j, zero), op.Concat(nc, n_sinks, axis=0))
+    cols = op.Concat(kpos, j_cols, axis=1)  # (nc, C + G) key indices
+    pads = op.Concat(op.Constant(value_ints=[0, 0, 0]), front, zero, op.Constant(value_ints=[0, 0, 0]),
+                     op.Sub(op.Sub(op.Mul(nc, chunk), front), n), zero, axis=0)
+    qp = op.Reshape(op.Pad(op.Reshape(q, op.Concat(b, hkv, rep, n, d, axis=0)), pads),
+                    op.Concat(b, hkv, rep, nc, chunk, d, axis=0))
+    k_local = op.Unsqueeze(op.Gather(k, cols, axis=2), two)  # (B, Hkv, 1, nc, C + G, D)
+    v_local = op.Unsqueeze(op.Gather(v, cols, axis=2), two)
+    s_local = op.MatMul(qp, op.Transpose(k_local, perm=[0, 1, 2, 3, 5, 4]))  # (B, Hkv, rep, nc, C, C + G)
+    s_local = op.Where(op.Greater(cap, 0.0), op.Mul(op.Tanh(op.Div(s_local, op.Max(cap, 1e-30))), cap), s_local)
+    in_chunk = op.Less(pos, m)
+    sink_ok = op.Less(op.Unsqueeze(j, zero), op.Slice(pos, zero, one, one))  # a sink inside the chunk is a chunk key
+    ok_local = op.Unsqueeze(op.Concat(in_chunk, sink_ok, axis=1), one)  # (nc, 1, C + G)
+    key_pos = op.Concat(pos, j_cols, axis=1)
+    ok_local = op.And(ok_local, op.Or(op.LessOrEqual(op.Unsqueeze(key_pos, one), op.Unsqueeze(pos, two)),
+                                      op.Not(causal)))
+    rep_rows = op.Mul(op.Reshape(op.Range(0, op.Squeeze(rep), 1), op.Constant(value_ints=[1, 1, -1, 1, 1, 1])), n)
+    local_row = op.Min(op.Max(op.Sub(pos, off), zero), op.Sub(n, one))
+    row_local = op.Add(rep_rows, op.Unsqueeze(local_row, op.Constant(value_ints=[0, 1, 2, 5])))
+    s_local = BucketScoreMasks(s_local, Mask, KeyPadding, batch6, op.Add(op.Mul(kv_head6, rep), op.Div(row_local, n)),
+                               op.Mod(row_local, n), op.Unsqueeze(cols, op.Constant(value_ints=[0, 1, 2, 4])))
+    s_local = op.Where(ok_local, s_local, _NEG_INF)
+    top_local, _ = op.TopK(s_local, one, axis=-1)
+    p_local = op.Exp(op.Sub(s_local, op.Where(op.IsInf(top_local, detect_positive=0), 0.0, top_local)))
+    sum_local = op.ReduceSum(p_local, last_axis, keepdims=0)
+    out_local = op.MatMul(p_local, v_local)  # (B, Hkv, rep, nc, C, D)
+    local_shape = op.Concat(b, hkv, rep, op.Mul(nc, chunk), axis=0)
+    keep_end = op.Add(front, n)
+    part_shape = op.Concat(b, hkv, one, rows, axis=0)
+    top_local = op.Reshape(op.Slice(op.Reshape(top_local, local_shape), front, keep_end, three), part_shape)
+    sum_local = op.Reshape(op.Slice(op.Reshape(sum_local, local_shape), front, keep_end, three), part_shape)
+    out_local = op.Reshape(op.Slice(op.Reshape(out_local, op.Concat(local_shape, d, axis=0)), front, keep_end, three),
+                           op.Concat(part_shape, d, axis=0))
+
+    # --- the hash rounds: blocks of one bucket's (bucket, row)-sorted queries against that bucket's keys.
+    _, q_perm = op.TopK(op.Add(op.Mul(qb, rows), op.Range(0, op.Squeeze(rows), 1)), rows, axis=-1, largest=0)
+    _, k_perm = op.TopK(op.Add(op.Mul(kb, m), op.Range(0, op.Squeeze(m), 1)), m, axis=-1, largest=0)
+    per_bucket = op.ConstantOfShape(op.Concat(b, hkv, r, n_buckets, axis=0), value=_ZERO_I64)
+    q_count = op.ScatterElements(per_bucket, qb, op.Expand(op.Constant(value_int=1), op.Shape(qb)), axis=3,
+                                 reduction="add")
+    k_count = op.ScatterElements(per_bucket, kb, op.Expand(op.Constant(value_int=1), op.Shape(kb)), axis=3,
+                                 reduction="add")
+    q_end = op.CumSum(q_count, three)  # bucket c's rows are sorted slots [start, end)
+    q_start = op.Sub(q_end, q_count)
+    k_end = op.CumSum(k_count, three)
+    k_start = op.Sub(k_end, k_count)
+    bq = op.Min(op.Max(d, op.Constant(value_ints=[16])), op.Constant(value_ints=[128]))  # kernels.buckets.block_rows
+    blocks = op.Div(op.Sub(op.Add(q_count, bq), one), bq)
+    g_end = op.CumSum(blocks, three)
+    g_start = op.Sub(g_end, blocks)
+    total = op.Slice(g_end, op.Sub(n_buckets, one), n_buckets, three)  # (B, Hkv, R, 1)
+    nblk = op.ReduceMax(total, keepdims=0)
+    g = op.Range(0, nblk, 1)
+    # Block g's bucket: the last bucket whose first block is <= g (an empty bucket starts where the next one does).
+    starts_at = op.ScatterElements(op.ConstantOfShape(op.Concat(b, hkv, r, op.Add(op.Reshape(nblk, one), one), axis=0),
+                                                      value=_ZERO_I64),
+                                   op.Min(g_start, nblk), op.Expand(op.Constant(value_int=1), op.Shape(g_start)),
+                                   axis=3, reduction="add")
+    bucket = op.Sub(op.Slice(op.CumSum(starts_at, three), zero, op.Reshape(nblk, one), three), one)
+    real = op.Less(g, total)  # (B, Hkv, R, nblk)
+    first_slot = op.Add(op.GatherElements(q_start, bucket, axis=3),
+                        op.Mul(op.Sub(g, op.GatherElements(g_start, bucket, axis=3)), bq))
+    slot = op.Add(op.Unsqueeze(first_slot, four), op.Range(0, op.Squeeze(bq), 1))  # (B, Hkv, R, nblk, bq)
+    row_ok = op.And(op.Unsqueeze(real, four), op.Less(slot, op.Unsqueeze(op.GatherElements(q_end, bucket, axis=3), four)))
+    flat_rows = op.Concat(b, hkv, r, op.Constant(value_ints=[-1]), axis=0)
+    block_shape = op.Concat(b, hkv, r, op.Reshape(nblk, one), bq, axis=0)
+    row_idx = op.Reshape(op.GatherElements(q_perm, op.Reshape(op.Min(slot, op.Sub(rows, one)), flat_rows), axis=3),
+                         block_shape)
+    lo = op.GatherElements(k_start, bucket, axis=3)
+    hi = op.GatherElements(k_end, bucket, axis=3)
+    span = op.Max(op.ReduceMax(op.Where(real, op.Sub(hi, lo), 0), keepdims=0), op.Constant(value_int=1))
+    at = op.Add(op.Unsqueeze(lo, four), op.Range(0, span, 1))  # (B, Hkv, R, nblk, L) sorted key slots
+    key_ok = op.Less(at, op.Unsqueeze(hi, four))
+    col = op.Reshape(op.GatherElements(k_perm, op.Reshape(op.Min(at, op.Sub(m, one)), flat_rows), axis=3),
+                     op.Concat(b, hkv, r, op.Reshape(nblk, one), op.Reshape(span, one), axis=0))
+
+    # (batch, kv head) folded into the row index: one Gather per operand.
+    bh = op.Reshape(op.Range(0, op.Squeeze(op.Mul(b, hkv)), 1), op.Concat(b, hkv, op.Constant(value_ints=[1, 1, 1]),
+                                                                         axis=0))
+    q_rows = op.Add(row_idx, op.Mul(bh, rows))
+    k_rows = op.Add(col, op.Mul(bh, m))
+    flat_d = op.Concat(op.Constant(value_ints=[-1]), d, axis=0)
+    qs = op.Gather(op.Reshape(q, flat_d), q_rows, axis=0)  # (B, Hkv, R, nblk, bq, D)
+    ks = op.Gather(op.Reshape(k, flat_d), k_rows, axis=0)  # (B, Hkv, R, nblk, L, D)
+    vs = op.Gather(op.Reshape(v, flat_d), k_rows, axis=0)
+    s = op.MatMul(qs, op.Transpose(ks, perm=[0, 1, 2, 3, 5, 4]))  # (B, Hkv, R, nblk, bq, L)
+    s = op.Where(op.Greater(cap, 0.0), op.Mul(op.Tanh(op.Div(s, op.Max(cap, 1e-30))), cap), s)
+
+    qpos6 = op.Unsqueeze(op.Add(op.Mod(row_idx, n), off), five)
+    col6 = op.Unsqueeze(col, four)
+    ok = op.And(op.Unsqueeze(row_ok, five), op.Unsqueeze(key_ok, four))
+    # The local part owns the chunk and the sinks.
+    ok = op.And(ok, op.Not(op.Equal(op.Div(qpos6, chunk), op.Div(col6, chunk))))
+    ok = op.And(ok, op.GreaterOrEqual(col6, n_sinks))
+    ok = op.And(ok, op.Or(op.LessOrEqual(col6, qpos6), op.Not(causal)))
+    # Round r owns a pair only if no earlier round matches it.
+    by_row = op.Concat(op.Constant(value_ints=[-1]), r, axis=0)
+    q_all = op.Gather(op.Reshape(op.Transpose(qb, perm=[0, 1, 3, 2]), by_row), q_rows, axis=0)  # (..., bq, R)
+    k_all = op.Gather(op.Reshape(op.Transpose(kb, perm=[0, 1, 3, 2]), by_row), k_rows, axis=0)  # (..., L, R)
+    rounds = op.Range(0, op.Squeeze(r), 1)
+    earlier = op.Reshape(op.Less(op.Unsqueeze(rounds, zero), op.Unsqueeze(rounds, one)),
+                         op.Concat(op.Constant(value_ints=[1, 1]), r, op.Constant(value_ints=[1, 1, 1]), r, axis=0))
+    matched = op.And(op.Equal(op.Unsqueeze(q_all, five), op.Unsqueeze(k_all, four)), earlier)
+    ok = op.And(ok, op.Not(op.Greater(op.ReduceSum(op.Cast(matched, to=_INT64), last_axis, keepdims=0), 0)))
+    s = BucketScoreMasks(s, Mask, KeyPadding, batch6, op.Unsqueeze(op.Add(op.Mul(op.Squeeze(kv_head6, five), rep),
+                                                                         op.Div(row_idx, n)), five),
+                         op.Unsqueeze(op.Mod(row_idx, n), five), col6)
+    s = op.Where(ok, s, _NEG_INF)
+    top, _ = op.TopK(s, one, axis=-1)
+    p = op.Exp(op.Sub(s, op.Where(op.IsInf(top, detect_positive=0), 0.0, top)))
+    sums = op.ReduceSum(p, last_axis, keepdims=0)
+    out = op.MatMul(p, vs)  # (B, Hkv, R, nblk, bq, D)
+
+    # Back to rows h·N + i; padding slots land on a spare row that is dropped.
+    dest = op.Reshape(op.Where(row_ok, row_idx, rows), flat_rows)
+    spare = op.Concat(b, hkv, r, op.Add(rows, one), axis=0)
+    top_r = op.Slice(op.ScatterElements(op.ConstantOfShape(spare, value=_ZERO_F), dest, op.Reshape(top, flat_rows),
+                                        axis=3, reduction="add"), zero, rows, three)
+    sum_r = op.Slice(op.ScatterElements(op.ConstantOfShape(spare, value=_ZERO_F), dest, op.Reshape(sums, flat_rows),
+                                        axis=3, reduction="add"), zero, rows, three)
+    flat_out = op.Concat(b, hkv, r, op.Constant(value_ints=[-1]), d, axis=0)
+    dest_d = op.Expand(op.Unsqueeze(dest, four), op.Concat(b, hkv, r, op.Shape(dest, start=3, end=4), d, axis=0))
+    out_r = op.Slice(op.ScatterElements(op.ConstantOfShape(op.Concat(spare, d, axis=0), value=_ZERO_F), dest_d,
+                                        op.Reshape(out, flat_out), axis=3, reduction="add"), zero, rows, three)
+
+    # --- one softmax over the union: merge the parts' (max, sum, output).
+    tops = op.Concat(top_local, top_r, axis=2)  # (B, Hkv, 1 + R, rows)
+    best, _ = op.TopK(tops, one, axis=2)
+    weight = op.Exp(op.Sub(tops, op.Where(op.IsInf(best, detect_positive=0), 0.0, best)))
+    total_sum = op.ReduceSum(op.Mul(weight, op.Concat(sum_local, sum_r, axis=2)), two, keepdims=0)
+    total_out = op.ReduceSum(op.Mul(op.Unsqueeze(weight, four), op.Concat(out_local, out_r, axis=2)), two, keepdims=0)
+    total_sum = op.Unsqueeze(total_sum, three)
+    y = op.Where(op.Greater(total_sum, 0.0), op.Div(total_out, op.Max(total_sum, 1e-38)), 0.0)
+    return op.CastLike(op.Reshape(y, op.Concat(b, h, n, d, axis=0)), Q)
