@@ -44,7 +44,7 @@ import numpy as np
 from .inputs import dim_roles
 from .match import MASK_FILL_MAX
 from .site import (LAYOUT_FLAT, MASK_ADDITIVE, MASK_BOOLEAN, MASK_BOOLEAN_BLOCKED, MASK_NONZERO_KEEP,
-                   AttentionSite, MaskTerm, ValueRef)
+                   AttentionSite, MaskTerm, RelativeBias, ValueRef)
 
 ENV_SWITCH = "ATTNOPT_STRUCTURED_MASKS"
 
@@ -121,7 +121,8 @@ def refine_structured_masks(loaded, *, enabled: bool | None = None) -> list[Atte
             hyp = next((h for h in cand.hypotheses if _holds(cand.value, cand, h, None)), None)
             if hyp is not None:
                 verdicts[cand.ref] = hyp.verdict(None)
-    return [_refined(view, site, verdicts) for site in sites]
+    sites = [_refined(view, site, verdicts) for site in sites]
+    return find_relative_biases(loaded, sites)
 
 
 # --------------------------------------------------------------------------- shapes
@@ -398,3 +399,384 @@ def _refined(view, site: AttentionSite, verdicts: dict[ValueRef, _Verdict]) -> A
     if (causal, key_padding, tuple(kept)) == (site.causal, site.key_padding, site.masks):
         return site
     return replace(site, masks=tuple(kept), causal=causal, key_padding=key_padding)
+
+
+# --------------------------------------------------------------------------- relative-position bias
+#
+# relbias's fuse mode (VARIANTS.md) computes a bias b_h(j − i) on the fly instead of reading the
+# B×H×N×M tensor a model materialised. Which dense terms are such a bias is found by running them,
+# like the rules above, never by reading their construction: T5's position_bias (a Gather over
+# bucketed distances, with the padding mask added in when the model uses SDPA), ALiBi as BLOOM builds
+# it (slope_h times the position of key j, counted over the kept keys), a Swin-style table. The bias
+# is read off a probe without padding, as relbias's two tensors (slopes (H,), table (H, 2R + 1)),
+# and accepted only if those reproduce the term on every probe, to float32 rounding, up to one
+# constant per query row (softmax ignores it), on the rows and keys the site lets through.
+#
+#   Toeplitz:  term[b, h, i, j] = t_h(δ), δ = j − (i + M − N), t_h constant beyond ±R (table).
+#   ALiBi:     term = slope_h·p(b, j), p = j − (first kept key): on a causal site p(b, j) − p(b, i) =
+#              j − i = −|δ| on every key it sees, so the term is relbias's slope form plus a row
+#              constant. With a hole in the padding mask p stops being j − const: that is recorded.
+
+_MAX_BIAS_PROBE = 512  # the longest probe; a bias not constant (or linear) beyond R < half of it stays dense
+_MIN_BIAS_PROBE = 24
+_BIAS_PATTERNS = ("ones", "right", "left", "random")
+# A term computed from the activations (DeBERTa's c2p/p2c) is not a position bias, and probing it would
+# run the model up to that layer: such a term is never a candidate.
+_ACTIVATION_OPS = frozenset({"matmul", "linear", "baddbmm", "einsum", "softmax", "sdpa", "mha"})
+_ULPS = 16  # float32 rounding allowed per comparison, in units of the values' magnitude
+
+
+@dataclass
+class _BiasCandidate:
+    ref: ValueRef
+    factor: float
+    site: AttentionSite  # a site adding the term: its heads, layout, causality and key padding
+    horizon: int = 0
+    value: np.ndarray | None = None  # folded constant: one "ones" run, no padding to probe
+
+
+def find_relative_biases(loaded, sites: list[AttentionSite]) -> list[AttentionSite]:
+    """Sites with ``relative_bias`` set where one of their dense terms is a relative-position bias."""
+    view = loaded.view
+    candidates: dict[tuple, _BiasCandidate | None] = {}
+    for site in sites:
+        for term in site.masks:
+            key = _bias_key(site, term)
+            if key not in candidates:
+                candidates[key] = _bias_candidate(view, site, term)
+    live = [c for c in candidates.values() if c is not None]
+    if not live:
+        return sites
+    found = _probe_biases(loaded, live)
+    out = []
+    for site in sites:
+        rb = next((found[id(c)] for t in site.masks if (c := candidates.get(_bias_key(site, t))) is not None
+                   and found.get(id(c)) is not None and c.ref == t.value), None)
+        if rb is not None:
+            rb = replace(rb, term=next(t for t in site.masks if t.value == rb.term.value))
+        out.append(site if rb is None else replace(site, relative_bias=rb))
+    return out
+
+
+def _bias_key(site: AttentionSite, term: MaskTerm) -> tuple:
+    """What the verdict on a term depends on besides its value: how the site reads it and lets keys through."""
+    return (term.value, term.kind, term.factor, site.causal, site.key_padding, site.num_heads, site.query_layout)
+
+
+def _bias_candidate(view, site: AttentionSite, term: MaskTerm) -> _BiasCandidate | None:
+    if term.kind != MASK_ADDITIVE or term.factor <= 0 or not isinstance(site.num_heads, int):
+        return None
+    if isinstance(site.q_len, int) and isinstance(site.kv_len, int) and site.q_len > site.kv_len:
+        return None  # query i sits at i + M − N: more queries than keys has no such alignment
+    shape = _aligned_shape(view, site, term.value)
+    if shape is None or len(shape) < 3 or shape[-1] == 1:
+        return None  # no key axis: not a function of j
+    const = view.const(term.value)
+    if const is not None:
+        return _BiasCandidate(term.value, term.factor, site, value=np.asarray(const))
+    if view.op(term.value.node) == "input" or _reads_activations(view, term.value):
+        return None
+    _, horizon = _ancestry(view, term.value)
+    return _BiasCandidate(term.value, term.factor, site, horizon)
+
+
+def _reads_activations(view, ref: ValueRef) -> bool:
+    """Whether the value depends on a matmul-like op's result (shape queries aside: they read no data)."""
+    seen, stack = set(), [ref.node]
+    while stack:
+        nid = stack.pop()
+        if nid in seen:
+            continue
+        seen.add(nid)
+        op = str(view.op(nid))
+        if op in _ACTIVATION_OPS:
+            return True
+        if "shape" in op.lower() or "size" in op.lower():
+            continue
+        stack.extend(view.g.predecessors(nid))
+    return False
+
+
+def _probe_biases(loaded, candidates: list[_BiasCandidate]) -> dict[int, RelativeBias]:
+    """Run every computed candidate (plus the key padding values the sites compute) and judge each."""
+    found: dict[int, RelativeBias] = {}
+    for c in candidates:
+        if c.value is not None:
+            rb = _judge_bias(c, [("ones", c.value, None, {})], static=True)
+            if rb is not None:
+                found[id(c)] = rb
+    computed = [c for c in candidates if c.value is None]
+    if not computed:
+        return found
+    view = loaded.view
+    extra = []  # key padding a site computes (BERT's extended mask): needed to know which keys it lets through
+    for c in computed:
+        kp = c.site.key_padding
+        if kp is not None and view.op(kp.value.node) != "input" and view.const(kp.value) is None:
+            extra.append(kp.value)
+    refs = list(dict.fromkeys([c.ref for c in computed] + extra))
+    try:
+        probe = loaded.frontend.value_probe(loaded, refs)
+        symbols = _symbols(probe.inputs)
+        horizon = max(c.horizon for c in computed)
+        length = min(_MAX_BIAS_PROBE, max(_MIN_BIAS_PROBE, 2 * horizon + 2)) if symbols else None
+        runs = [(pattern, feeds, probe.run(feeds)) for pattern, feeds in _bias_feeds(probe.inputs, symbols, length)]
+    except Exception:  # a construction the probe cannot run stays dense
+        return found
+    index = {ref: k for k, ref in enumerate(probe.refs)}
+    inputs = {p.ref: p for p in probe.inputs}
+    for c in computed:
+        pads = [r for r in inputs if _is_padding_input(view, r)]
+        site_kp = c.site.key_padding
+        per_run = []
+        for pattern, feeds, out in runs:
+            kp = None
+            if site_kp is not None:
+                if site_kp.value in inputs:
+                    kp = _keys_kept(feeds[inputs[site_kp.value].name], site_kp)
+                elif site_kp.value in index:
+                    kp = _keys_kept(out[index[site_kp.value]], site_kp)
+                else:
+                    kp = None  # a folded key padding: the same on every run, checked where it blocks anyway
+            per_run.append((pattern, c.factor * np.asarray(out[index[c.ref]], np.float64), kp,
+                            {r: feeds[inputs[r].name] for r in pads}))
+        rb = _judge_bias(c, per_run, static=not symbols, pad_dtypes={r: inputs[r].dtype for r in pads})
+        if rb is not None:
+            found[id(c)] = rb
+    return found
+
+
+def _keys_kept(value: np.ndarray, term: MaskTerm) -> np.ndarray | None:
+    """(B | 1, M) bool: the keys a key padding term lets through."""
+    a = np.asarray(value)
+    a = a.reshape(a.shape[0], a.shape[-1]) if a.ndim >= 2 else a.reshape(1, -1)
+    if term.kind == MASK_ADDITIVE:
+        return a > MASK_FILL_MAX
+    if term.kind == MASK_BOOLEAN_BLOCKED:
+        return ~a.astype(bool)
+    return a.astype(bool) if a.dtype == np.bool_ else a != 0
+
+
+def _bias_feeds(inputs, symbols: dict[str, str], length: int | None):
+    """(pattern, feeds): no padding first (the bias is read there), then right, left and random padding;
+    at ``length`` and a shorter length when shapes are symbolic (the table must hold at both)."""
+    configs = [None] if not symbols else [_sizes(symbols, 2, length, 1), _sizes(symbols, 3, max(8, length - 9), 1)]
+    rng = np.random.default_rng(0)
+    out = []
+    for sizes in configs:
+        for pattern in _BIAS_PATTERNS:
+            feeds = {}
+            for p in inputs:
+                shape = tuple(d if isinstance(d, int) else sizes[_symbol(p, a, d)] for a, d in enumerate(p.shape))
+                if pattern == "ones" and len(shape) == 2 and not np.issubdtype(np.dtype(p.dtype), np.floating) \
+                        and not _POSITION_NAME.search(p.name):
+                    feeds[p.name] = np.ones(shape, np.dtype(p.dtype))
+                else:
+                    feeds[p.name] = _probe_array(p, shape, "random" if pattern == "ones" else pattern, rng)
+            out.append((pattern, feeds))
+    return out
+
+
+def _as_bhnm(a: np.ndarray, site: AttentionSite) -> np.ndarray | None:
+    """A term's value as (B | 1, H | 1, N | 1, M), unflattening (B·H, N, M) like the scores."""
+    a = np.asarray(a)
+    rank = _scores_rank(site, a.ndim)
+    if not 2 <= a.ndim <= rank:
+        return None
+    a = a.reshape((1,) * (rank - a.ndim) + a.shape)
+    if rank == 3:
+        if a.shape[0] == 1:
+            a = a[None]
+        elif a.shape[0] % site.num_heads == 0:
+            a = a.reshape(a.shape[0] // site.num_heads, site.num_heads, *a.shape[1:])
+        else:
+            return None
+    return a
+
+
+def _judge_bias(c: _BiasCandidate, runs, static: bool, pad_dtypes=None) -> RelativeBias | None:
+    """The relative bias ``runs`` (pattern, value, kept keys of the site, padding inputs) show, or None."""
+    site, heads = c.site, c.site.num_heads
+    shaped = []
+    for pattern, value, kept, pads in runs:
+        a = _as_bhnm(value, site)
+        if a is None or a.shape[1] not in (1, heads) or not np.all(np.isfinite(a) | (a < 0)):
+            return None
+        shaped.append((pattern, a, kept, pads))
+    ones = [r for r in shaped if r[0] == "ones"]
+    if not ones:
+        return None
+    pattern, a, kept, _ = max(ones, key=lambda r: r[1].shape[-1])  # the longest probe reads the bias
+    b, _, n_rows, m = a.shape
+    n = n_rows if n_rows > 1 else (site.q_len if isinstance(site.q_len, int) else m)
+    if not isinstance(n, int) or n > m:
+        return None
+    fit = _read_bias(np.broadcast_to(a, (b, heads, n, m)), _visible(site, b, n, m, kept), heads)
+    if fit is None:
+        return None
+    slopes, table = fit
+    radius = (table.shape[1] - 1) // 2
+    if not static and 2 * radius >= min(r[1].shape[-1] for r in shaped):
+        return None  # the tail was not seen constant over as many distances as the table spans: unbounded
+    hyps = [None] + [(ref, inv) for ref in (pad_dtypes or {}) for inv in
+                     ((False, True) if np.dtype(pad_dtypes[ref]) == np.bool_ else (False,))]
+    if site.key_padding is not None:
+        hyps = [None]  # the site already has key padding: the term must be the bias alone
+    for hyp in hyps:
+        verdicts = [_reproduces(a, kept, pads, hyp, site, slopes, table) for _, a, kept, pads in shaped]
+        holds = [v is not None for v in verdicts]
+        if not all(h for (p, *_), h in zip(shaped, holds) if p != "random"):
+            continue  # left and right padding (what tokenizers produce) must hold exactly; holes are noted
+        key_padding = None
+        if hyp is not None:
+            ref, inverted = hyp
+            kind = (MASK_BOOLEAN_BLOCKED if inverted else MASK_BOOLEAN) if np.dtype(pad_dtypes[ref]) == np.bool_ \
+                else MASK_NONZERO_KEEP
+            fills = [f for f in verdicts if f is not None and f[1] is not None]
+            if not fills:
+                continue  # no probe ever padded a key: the hypothesis was never tested
+            key_padding = MaskTerm(ref, kind, fill=min(f[1] for f in fills))
+        return RelativeBias(MaskTerm(c.ref, MASK_ADDITIVE, c.factor), tuple(map(float, slopes)),
+                            tuple(tuple(map(float, row)) for row in table), key_padding,
+                            contiguous_padding_only=not all(holds))
+    return None
+
+
+def _visible(site: AttentionSite, b: int, n: int, m: int, kept) -> np.ndarray:
+    """(B, 1, N, M) bool: the scores the site lets through besides the term (causality, its key padding)."""
+    vis = np.ones((b, 1, n, m), bool)
+    if site.causal:
+        vis &= np.tril(np.ones((n, m), bool), k=m - n)
+    if kept is not None and kept.shape[-1] == m:
+        vis = vis & kept[:, None, None, :]
+    return vis
+
+
+def _tol(*arrays) -> float:
+    scale = max((float(np.max(np.abs(x))) for x in arrays if np.size(x)), default=0.0)
+    return _ULPS * float(np.finfo(np.float32).eps) * (1.0 + scale)
+
+
+def _read_bias(a: np.ndarray, vis: np.ndarray, heads: int):
+    """(slopes (H,), table (H, 2R + 1)) float32 with a·[vis] = bias + row constant, from one probe; else None.
+
+    Every row sees its own key (δ = 0) on a probe without padding, so subtracting that entry removes the
+    row constant; what remains must depend on δ alone (first as it stands, which keeps a T5 table's
+    values exact, then shifted per row, which ALiBi needs).
+    """
+    b, _, n, m = a.shape
+    rows = np.arange(n)
+    diag = rows + m - n
+    vis = np.broadcast_to(vis, a.shape)
+    if not vis[:, :, rows, diag].all() or np.any(a[vis] <= MASK_FILL_MAX):
+        return None
+    delta = np.arange(m)[None, :] - diag[:, None]  # (N, M): j − (i + M − N), from −(M − 1) to N − 1
+    for shifted in (False, True):
+        u = a - a[:, :, rows, diag][..., None] if shifted else a
+        per_delta = _per_delta(u, vis, delta, m)
+        if per_delta is not None:
+            return _slopes_and_table(*per_delta, _tol(a))
+    return None
+
+
+def _per_delta(u: np.ndarray, vis: np.ndarray, delta: np.ndarray, m: int):
+    """(δ values seen, (H, len) value at each) when u is the same at every visible entry of each δ; else None."""
+    heads = u.shape[1]
+    idx = np.broadcast_to(delta + (m - 1), u.shape[2:])
+    seen = np.zeros(idx.max() + 1, bool)
+    lo = np.full((heads, idx.max() + 1), np.inf)
+    hi = np.full((heads, idx.max() + 1), -np.inf)
+    for h in range(heads):
+        mask = vis[:, h] if vis.shape[1] > 1 else vis[:, 0]
+        vals, keys = u[:, h][mask], np.broadcast_to(idx, mask.shape)[mask]
+        np.minimum.at(lo[h], keys, vals)
+        np.maximum.at(hi[h], keys, vals)
+        seen[keys] = True
+    if not seen.any() or np.any(hi[:, seen] - lo[:, seen] > _tol(lo[:, seen], hi[:, seen])):
+        return None
+    deltas = np.nonzero(seen)[0] - (m - 1)
+    return deltas, lo[:, seen]
+
+
+def _slopes_and_table(deltas: np.ndarray, values: np.ndarray, tol: float):
+    """The (slopes, table) of smallest radius that give ``values`` at ``deltas``; δ not seen copy the nearest."""
+    best = None
+    for linear in (False, True):
+        slopes = _tail_slopes(deltas, values) if linear else np.zeros(values.shape[0])
+        if slopes is None:
+            continue
+        slopes = slopes.astype(np.float32).astype(np.float64)
+        w = values + slopes[:, None] * np.abs(deltas)[None, :]
+        radius = _constant_tail_radius(deltas, w, tol)
+        if best is None or radius < best[0]:
+            best = (radius, slopes, w)
+    radius, slopes, w = best
+    table = np.empty((values.shape[0], 2 * radius + 1))
+    for k, d in enumerate(range(-radius, radius + 1)):
+        nearest = int(np.argmin(np.abs(deltas - np.clip(d, deltas.min(), deltas.max()))))
+        table[:, k] = w[:, nearest]
+    return slopes.astype(np.float32), table.astype(np.float32)
+
+
+def _tail_slopes(deltas: np.ndarray, values: np.ndarray) -> np.ndarray | None:
+    """m_h such that values ≈ −m_h·|δ| + const far from δ = 0 (the side with more distances seen)."""
+    neg, pos = deltas < 0, deltas > 0
+    side = neg if neg.sum() >= pos.sum() else pos
+    if side.sum() < 2:
+        return None
+    d, v = np.abs(deltas[side]), values[:, side]
+    far, near = int(np.argmax(d)), int(np.argmin(d))
+    if d[far] == d[near]:
+        return None
+    return -(v[:, far] - v[:, near]) / (d[far] - d[near])
+
+
+def _constant_tail_radius(deltas: np.ndarray, w: np.ndarray, tol: float) -> int:
+    """The smallest R with w constant for every seen δ >= R and for every seen δ <= −R (over all heads)."""
+    radius = 0
+    for sign in (1, -1):
+        side = np.nonzero(sign * deltas >= 0)[0]
+        order = side[np.argsort(sign * deltas[side])]  # from δ = 0 outwards
+        if len(order) == 0:
+            continue
+        last = w[:, order[-1]]
+        r = len(order) - 1
+        while r > 0 and np.all(np.abs(w[:, order[r - 1]] - last) <= tol):
+            r -= 1
+        radius = max(radius, int(abs(deltas[order[r]])))
+    return radius
+
+
+def _reproduces(a: np.ndarray, kept, pads, hyp, site: AttentionSite, slopes, table):
+    """Whether bias + row constants (+ the hypothesised padding) give ``a`` on the visible scores.
+
+    None if not; else (True, the fill the term puts at the keys the padding blocks, None where it blocks none).
+    """
+    b, h1, n_rows, m = a.shape
+    n = n_rows if n_rows > 1 else (site.q_len if isinstance(site.q_len, int) else m)
+    if n > m:
+        return None
+    a = np.broadcast_to(a, (b, site.num_heads, n, m))
+    vis = np.broadcast_to(_visible(site, b, n, m, kept), a.shape)
+    blocked = np.zeros_like(vis)
+    if hyp is not None:
+        pad = np.asarray(pads[hyp[0]])
+        if pad.ndim != 2 or pad.shape[1] != m or pad.shape[0] not in (1, b):
+            return None
+        keep = (pad == 0) if hyp[1] else (pad != 0)
+        blocked = vis & ~keep[:, None, None, :]
+        vis = vis & keep[:, None, None, :]
+    delta = np.arange(m)[None, :] - (np.arange(n) + m - n)[:, None]
+    r = (table.shape[1] - 1) // 2
+    bias = (-slopes.astype(np.float64)[:, None, None] * np.abs(delta)
+            + table.astype(np.float64)[:, np.clip(delta, -r, r) + r])  # (H, N, M), as the op computes it
+    rows = vis.any(-1)
+    if not rows.any() or np.any(a[vis] <= MASK_FILL_MAX):
+        return None  # a blocked score where the site lets one through: not the bias alone
+    resid = a - bias[None]
+    spread = np.where(vis, resid, -np.inf).max(-1) - np.where(vis, resid, np.inf).min(-1)
+    if np.any(spread[rows] > _tol(a[vis], bias)):
+        return None
+    if not np.all(a[blocked] <= MASK_FILL_MAX):
+        return None
+    return True, (float(np.max(a[blocked])) if blocked.any() else None)

@@ -33,6 +33,28 @@ LAYOUT_BHDS = "bhds"  # key only: already transposed, (batch, heads, head_dim, s
 LAYOUT_FLAT = "(bh)sd"  # (batch*heads, seq, head_dim), as nn.MultiheadAttention's bmm
 
 
+@dataclass(frozen=True)
+class Projection:
+    """How a fused op derives q, k or v from its inputs, when the value the attention reads is not
+    in the graph (onnxruntime's Attention packs the q/k/v projection; MultiHeadAttention packs q/k/v
+    or adds a projection bias):
+
+        pick(source) @ weight[:, start:stop] + bias[start:stop]
+
+    ``pick`` = (axis, index) takes one slot of a packed axis and drops the axis (q of a (B, N, H, 3, D)
+    query); ``weight`` and ``bias`` are optional, and ``start:stop`` cuts the packed feature axis of
+    both. The site's layouts describe the result. Frontends expand it before the usual layout
+    conversion, so passes and the mask analysis never see the packing.
+    """
+
+    source: ValueRef
+    weight: ValueRef | None = None
+    bias: ValueRef | None = None
+    start: int = 0
+    stop: int | None = None
+    pick: tuple[int, int] | None = None
+
+
 # Numeric key-padding vector (B, M): nonzero = may attend (HF's attention_mask convention).
 MASK_NONZERO_KEEP = "nonzero-keep"
 
@@ -51,6 +73,43 @@ class MaskTerm:
     # What a boolean term adds at blocked entries: -inf, or the finite fill the model used (HF's
     # finfo.min), which makes a fully masked row uniform instead of empty.
     fill: float = float("-inf")
+
+
+@dataclass(frozen=True)
+class RelativeBias:
+    """A dense mask term recognised as a relative-position bias (VARIANTS.md, relbias "fuse mode").
+
+    On the rows and keys the site lets through, ``term`` equals, up to a constant per
+    query row (which softmax ignores),
+
+        −slopes[h]·|δ| + table[h, clamp(δ, −R, R) + R],   δ = j − (i + M − N),  table (H, 2R + 1)
+
+    plus ``key_padding`` where the term also carries the padding mask (T5 adds it into
+    its position bias). The term stays in ``AttentionSite.masks``: only an op call that
+    fuses the bias drops it (then it adds ``key_padding``), so every other rewrite sees
+    the mask exactly as before. Values are tuples so that sites stay hashable.
+    """
+
+    term: MaskTerm
+    slopes: tuple[float, ...]  # (H,)
+    table: tuple[tuple[float, ...], ...]  # (H, 2R + 1)
+    key_padding: MaskTerm | None = None
+    # Exact only when each row's kept keys are contiguous (left or right padding): BLOOM counts ALiBi
+    # positions over the kept keys, so a hole in the attention mask shifts the later keys' positions.
+    contiguous_padding_only: bool = False
+
+    @property
+    def radius(self) -> int:
+        return (len(self.table[0]) - 1) // 2
+
+    def arrays(self):
+        """(slopes (H,), table (H, 2R + 1)) as float32 arrays: relbias's constant tensors."""
+        import numpy as np
+        return np.asarray(self.slopes, np.float32), np.asarray(self.table, np.float32)
+
+    def summary(self) -> dict:
+        return {"radius": self.radius, "slopes": any(self.slopes), "key_padding": self.key_padding is not None,
+                "contiguous_padding_only": self.contiguous_padding_only}
 
 
 @dataclass(frozen=True)
@@ -83,6 +142,11 @@ class AttentionSite:
     softcap: float | None = None
     # KV-cache step: keys are past_len cached tokens followed by the q_len new ones.
     past_len: Dim = None
+    # q, k and v as a fused op derives them from its inputs (see Projection); None where ``query``
+    # (``key``, ``value``) is the value itself. With a projection, ``query`` is its source.
+    query_projection: Projection | None = None
+    key_projection: Projection | None = None
+    value_projection: Projection | None = None
     # View nodes that compute the attention and die once the output is rewired.
     nodes: tuple[str, ...] = field(default=(), repr=False)
     # The View node whose outputs the site replaces (anchor of the rewrite).
@@ -93,6 +157,8 @@ class AttentionSite:
     # q, k and v are projections of one tensor, shown by the matcher from the dataflow: the site is
     # self-attention even where an exporter baked one length and left the other symbolic.
     proven_self_attention: bool = False
+    # One of ``masks`` recognised as a relative-position bias, which relbias's fuse mode computes on the fly.
+    relative_bias: RelativeBias | None = None
 
     @property
     def effective_scale(self) -> float | None:
@@ -134,6 +200,8 @@ class AttentionSite:
         d["scale"] = self.effective_scale
         d["mask_kind"] = self.mask_kind
         d["key_padding"] = self.key_padding.kind if self.key_padding is not None else None
+        if self.relative_bias is not None:
+            d["relative_bias"] = self.relative_bias.summary()
         if self.unsupported:
             d["unsupported"] = self.unsupported
         return d

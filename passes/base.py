@@ -37,11 +37,15 @@ class OpCall:
     """Replace ``site`` by one kernel call per head group, concatenated over heads."""
     site: AttentionSite
     groups: tuple[HeadGroup, ...]
+    # Structured parts of the site's mask the kernels compute themselves, so the frontend leaves them
+    # out of the dense remainder: "relative_bias" (relbias's fuse mode). Everything else is handed over.
+    fuses: tuple[str, ...] = ()
 
     @classmethod
-    def whole(cls, site: AttentionSite, kernel: str, attrs: dict, tensors: dict | None = None) -> "OpCall":
+    def whole(cls, site: AttentionSite, kernel: str, attrs: dict, tensors: dict | None = None,
+              fuses: tuple[str, ...] = ()) -> "OpCall":
         """Every head through one kernel: the common plan."""
-        return cls(site, (HeadGroup(kernel, dict(attrs), tensors=dict(tensors or {})),))
+        return cls(site, (HeadGroup(kernel, dict(attrs), tensors=dict(tensors or {})),), tuple(fuses))
 
     @property
     def kernels(self) -> tuple[str, ...]:

@@ -4,6 +4,11 @@ The bias is added to whatever the site already has (its mask, causality, key
 padding). The pass turns the parameters into the op's per-head slopes and
 table for the site's head count; a site whose head count is unknown, or that
 does not match a table file's, is refused with the reason.
+
+kind=fuse instead takes over the bias the model already adds: mask analysis
+recognised it (``AttentionSite.relative_bias``) and read it as slopes and a
+table, so the op call gets those and says it fuses the bias (``OpCall.fuses``);
+the frontend then leaves that term out of the dense remainder.
 """
 
 import dataclasses
@@ -34,6 +39,16 @@ class RelbiasPass(AttentionPass):
         return cls.Params(**parsed)
 
     def plan_site(self, site):
+        from attnopt.frontends.lowering import FUSED_RELATIVE_BIAS
+        from attnopt.kernels.relbias import FUSE
+
+        if self.params.kind == FUSE:
+            rb = site.relative_bias
+            if rb is None:
+                return Refusal(site, "its mask is not a relative-position bias: kind fuse has nothing to fuse")
+            slopes, table = rb.arrays()
+            return OpCall.whole(site, self.variant, dataclasses.asdict(self.params),
+                                {"slopes": slopes, "table": table}, fuses=(FUSED_RELATIVE_BIAS,))
         if not isinstance(site.num_heads, int):
             return Refusal(site, "the head count is unknown: relbias needs it for its per-head slopes or table")
         params = dataclasses.asdict(self.params)

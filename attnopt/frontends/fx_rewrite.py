@@ -20,7 +20,7 @@ import torch.fx as fx
 from ..errors import SiteNotApplicable
 from ..site import (LAYOUT_BHSD, LAYOUT_BSD, LAYOUT_FLAT, MASK_BOOLEAN, MASK_BOOLEAN_BLOCKED, MASK_NONZERO_KEEP,
                     AttentionSite)
-from .lowering import lower, state_name
+from .lowering import lower, mask_terms, state_name
 
 
 def boolean_to_additive(mask: torch.Tensor, like: torch.Tensor, keep_when_true: bool,
@@ -60,14 +60,14 @@ def apply(loaded, call) -> None:
         q = _to_bhsd(g, node[site.query], site.query_layout, site.num_heads)
         k = _to_bhsd(g, node[site.key], site.key_layout, site.kv_num_heads)
         v = _to_bhsd(g, node[site.value], site.value_layout, site.kv_num_heads)
+        masks, kp = mask_terms(call)
         mask = None
-        for t in site.masks:
+        for t in masks:
             term = g.call_function(additive, (node[t.value], q, t.kind, t.factor, t.fill))
             term = _mask_to_4d(g, term, view.rank(t.value), site)
             mask = term if mask is None else g.call_function(operator.add, (mask, term))
         key_padding = None
-        if site.key_padding is not None:
-            kp = site.key_padding
+        if kp is not None:
             key_padding = g.call_function(torch.flatten, (g.call_function(additive, (node[kp.value], q, kp.kind,
                                                                                        kp.factor, kp.fill)), 1))
         outputs = []

@@ -16,7 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import SiteNotApplicable
-from ..site import AttentionSite
+from ..site import AttentionSite, MaskTerm
+
+FUSED_RELATIVE_BIAS = "relative_bias"  # OpCall.fuses: the kernel computes the site's relative bias
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,27 @@ class GroupCall:
     # The op's states: each becomes a model input named state_name(site, state) and an output named
     # state_name(site, state, next_=True) (memory's streaming form).
     state: tuple = ()
+
+
+def mask_terms(call) -> tuple[tuple[MaskTerm, ...], MaskTerm | None]:
+    """(dense terms summed into the remainder mask, key padding term) that the op calls receive.
+
+    A relative-position bias stays one of the site's dense terms, so every call that does not fuse
+    it still adds it exactly. A call that fuses it drops that term and, where the term also carried
+    the padding mask (T5 with SDPA adds it into position_bias), takes the padding as key padding.
+    """
+    site: AttentionSite = call.site
+    rb = site.relative_bias
+    if FUSED_RELATIVE_BIAS not in getattr(call, "fuses", ()):
+        return site.masks, site.key_padding
+    if rb is None or rb.term not in site.masks:
+        raise SiteNotApplicable("the plan fuses a relative-position bias the site does not have")
+    key_padding = site.key_padding
+    if rb.key_padding is not None:
+        if key_padding is not None and key_padding != rb.key_padding:
+            raise SiteNotApplicable("the relative bias carries a padding mask besides the site's key padding")
+        key_padding = rb.key_padding
+    return tuple(t for t in site.masks if t != rb.term), key_padding
 
 
 def state_name(site_name: str, state, next_: bool = False) -> str:

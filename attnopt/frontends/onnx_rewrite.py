@@ -21,7 +21,7 @@ from ..errors import SiteNotApplicable
 from ..onnx_compat import DOMAIN, IR_VERSION, MIN_OPSET
 from ..site import (LAYOUT_BHSD, LAYOUT_BSD, LAYOUT_FLAT, MASK_ADDITIVE, MASK_BOOLEAN,
                     MASK_BOOLEAN_BLOCKED, MASK_NONZERO_KEEP, AttentionSite)
-from .lowering import lower, state_dims, state_name
+from .lowering import lower, mask_terms, state_dims, state_name
 
 
 def apply(loaded, call) -> None:
@@ -39,19 +39,24 @@ def apply(loaded, call) -> None:
     anchor: ir.Node = out_old.producer()
     b = _Builder(site.name)  # every node and value it adds is named after the site, so errors can name it
 
-    q = b.to_bhsd(value[site.query], site.query_layout, site.num_heads, site.head_dim)
-    k = b.to_bhsd(value[site.key], site.key_layout, site.kv_num_heads, site.head_dim)
-    v = b.to_bhsd(value[site.value], site.value_layout, site.kv_num_heads, site.head_dim)
+    q = b.to_bhsd(b.projected(value, site.query, site.query_projection), site.query_layout, site.num_heads,
+                  site.head_dim)
+    k = b.to_bhsd(b.projected(value, site.key, site.key_projection), site.key_layout, site.kv_num_heads,
+                  site.head_dim)
+    v = b.to_bhsd(b.projected(value, site.value, site.value_projection), site.value_layout, site.kv_num_heads,
+                  site.head_dim)
+    q, k, v = b.own(q), b.own(k), b.own(v)
     dtype = value[site.query].dtype or ir.DataType.FLOAT
+    masks, kp = mask_terms(call)
     mask = None
-    for term in site.masks:
+    for term in masks:
         t = b.additive(value[term.value], term.kind, dtype, term.factor, term.fill)
         t = b.mask_to_4d(t, view.rank(term.value), site)
         mask = t if mask is None else b.op("Add", [mask, t])
     if mask is None:
         mask = b.const(np.zeros((1, 1, 1, 1), dtype.numpy()))
-    if site.key_padding is not None:
-        kp = site.key_padding
+    mask = b.own(mask)
+    if kp is not None:
         key_padding = b.op("Reshape", [b.additive(value[kp.value], kp.kind, dtype, kp.factor, kp.fill),
                                        b.const(np.array([0, -1], np.int64))])  # (B, M) or (B, 1, 1, M) -> (B, M)
     else:
@@ -63,7 +68,7 @@ def apply(loaded, call) -> None:
         if g.q_heads is not None:
             gq = b.heads(q, *g.q_heads)
             gk, gv = b.heads(k, *g.kv_heads), b.heads(v, *g.kv_heads)
-            if site.masks:
+            if masks:
                 gmask = b.heads_if_many(mask, *g.q_heads, site.num_heads)
         tensors = [b.initializer(model, arr, f"{g.spec.name}_{name}") for name, arr in g.tensors]
         states = [_state_input(model, site, st, dtype) for st in g.state]
@@ -138,6 +143,8 @@ class _Builder:
         self.tape = ir_tape.Tape()
         self.prefix = prefix
         self.count = 0
+        self.made: set[ir.Value] = set()  # the values this builder's nodes compute
+        self.packed: dict[tuple, ir.Value] = {}  # one packed projection per (source, pick, weight, bias)
 
     def name(self, what: str) -> str:
         self.count += 1
@@ -146,6 +153,7 @@ class _Builder:
     def op(self, op_type: str, inputs, attrs=None) -> ir.Value:
         out = self.tape.op(op_type, inputs, attrs, name=self.name(op_type.lower()))
         out.name = self.name(op_type.lower() + "_out")
+        self.made.add(out)
         return out
 
     def const(self, array) -> ir.Value:
@@ -153,6 +161,54 @@ class _Builder:
 
     def transpose(self, x, perm) -> ir.Value:
         return x if list(perm) == list(range(len(perm))) else self.op("Transpose", [x], {"perm": list(perm)})
+
+    def projected(self, value_of: dict, ref, projection) -> ir.Value:
+        """The value a site reads as q, k or v: ``value_of[ref]``, or what a fused op derives from its
+        inputs (site.Projection): pick(source) @ weight[:, start:stop] + bias[start:stop].
+
+        With a weight, the packed product is computed once and cut, as the fused op does, so q, k
+        and v of one site share one MatMul (and bias Add).
+        """
+        if projection is None:
+            return value_of[ref]
+        x = value_of[projection.source]
+        if projection.pick is not None:
+            axis, index = projection.pick
+            x = self.op("Gather", [x, self.const(np.array(index, np.int64))], {"axis": axis})
+        if projection.weight is None:
+            if projection.bias is not None:
+                x = self.op("Add", [x, self.cut(value_of[projection.bias], projection.start, projection.stop)])
+            return x
+        key = (projection.source, projection.pick, projection.weight, projection.bias)
+        if key not in self.packed:
+            packed = self.op("MatMul", [x, value_of[projection.weight]])
+            if projection.bias is not None:
+                packed = self.op("Add", [packed, value_of[projection.bias]])
+            self.packed[key] = packed
+        return self.cut(self.packed[key], projection.start, projection.stop)
+
+    def cut(self, x: ir.Value, start: int, stop: int | None) -> ir.Value:
+        """x[..., start:stop]."""
+        stop = np.iinfo(np.int64).max if stop is None else stop
+        return self.op("Slice", [x, self.const(np.array([start], np.int64)), self.const(np.array([stop], np.int64)),
+                                 self.const(np.array([-1], np.int64))])
+
+    def own(self, x: ir.Value) -> ir.Value:
+        """``x`` as a value only the op reads: through a no-op Reshape (which onnxruntime aliases, no copy)
+        when another node of the model computes it.
+
+        The op bodies cast their inputs to float32 and read them inside If branches. When such a
+        value is also read elsewhere and a Shape of it is constant folded (the site's leftover
+        output-reshape glue: Swin, TorchScript), onnxruntime 1.31's CastElimination and If-branch
+        constant folding together leave a reference to the value without its producer, and the
+        session refuses the model ("Node input ... is not a graph input, initializer, or output of
+        a previous node"). A value
+        private to the op is never seen by those rewrites from the outside. Graph inputs and
+        initializers have no producer to lose.
+        """
+        if x.producer() is None or x in self.made:
+            return x
+        return self.op("Reshape", [x, self.const(np.zeros(4, np.int64))])  # op inputs here are all 4-D
 
     def to_bhsd(self, x: ir.Value, layout: str, heads, head_dim) -> ir.Value:
         if layout in (LAYOUT_BSD,):

@@ -15,6 +15,10 @@ kind-specific code:
 - table: a bias per clipped distance: bidirectional, T[h, clamp(δ, −R, R) + R] with
   num_buckets = 2R + 1; otherwise T[h, clamp(−δ, 0, num_buckets − 1)] (future keys
   share bucket 0, as in T5).
+- fuse: the model's own bias. Where mask analysis recognised one of the site's dense
+  terms as a relative-position bias (T5's position_bias, BLOOM's ALiBi), the pass
+  takes its slopes and table from the site and the op computes that bias in place of
+  the term, exactly (the B×H×N×M tensor is never built); other sites are refused.
 
 T (t5, table) comes from ``table_file`` (a .npy array, (H, num_buckets); one row
 is shared by every head, as the op broadcasts one-row slopes and tables), or is
@@ -28,12 +32,19 @@ import numpy as np
 
 from attnopt.kernels.spec import Param, TensorInput, VariantSpec, at_least
 
-KINDS = ("alibi", "t5", "table")
+KINDS = ("alibi", "t5", "table", "fuse")
+FUSE = "fuse"  # the tensors come from the site (AttentionSite.relative_bias), not from parameters
 
 
 def check_params(params: dict) -> str | None:
     """What is wrong with a combination of relbias parameters (one line), or None."""
     kind, nb, bidirectional = params["kind"], params["num_buckets"], params["bidirectional"]
+    if kind == FUSE:
+        if params["table_file"] or params["init_std"]:
+            return "kind fuse takes the model's own bias: no table_file or init_std"
+        if params["bias_scale"] != 1.0:
+            return f"kind fuse reproduces the model's bias exactly: bias_scale must be 1, got {params['bias_scale']}"
+        return None
     if kind == "alibi":
         if params["table_file"]:
             return "kind alibi takes no table_file (its slopes are fixed by the head count)"
@@ -71,6 +82,8 @@ def make_tensors(params: dict, q_shape, k_shape, seed: int = 0) -> dict:
     if problem:
         raise ValueError(f"relbias: {problem}")
     heads = int(q_shape[1])
+    if params["kind"] == FUSE:
+        raise ValueError("relbias: kind fuse reads its slopes and table from the site's own bias, not parameters")
     if params["kind"] == "alibi":
         return {"slopes": np.asarray(alibi_slopes(heads), np.float32), "table": np.zeros((heads, 1), np.float32)}
     nb = params["num_buckets"]
@@ -95,8 +108,9 @@ SPEC = VariantSpec(
     name="relbias",
     summary="dense attention plus a relative-position bias (ALiBi, T5 buckets or a table) computed on the fly",
     params=(
-        Param("kind", str, "alibi", "alibi (per-head linear slopes), t5 (T5's log buckets) or table (one bias "
-                                    "per clipped distance)", choices=KINDS),
+        Param("kind", str, "alibi", "alibi (per-head linear slopes), t5 (T5's log buckets), table (one bias "
+                                    "per clipped distance) or fuse (the model's own relative bias, recognised in "
+                                    "its mask, computed on the fly instead)", choices=KINDS),
         Param("num_buckets", int, 32, "t5 / table: buckets in the table (t5: both directions together)",
               **at_least(1)),
         Param("max_distance", int, 128, "t5: distance where the log buckets end", **at_least(1)),
@@ -107,10 +121,12 @@ SPEC = VariantSpec(
         Param("bias_scale", float, 1.0, "multiplies the whole bias (slopes and table); 0 is dense attention",
               check=lambda v: np.isfinite(v), rule="must be finite"),
     ),
-    exact_limit="bias_scale = 0, or kind t5 / table with a zero table (no table_file, init_std 0)",
+    exact_limit="bias_scale = 0, or kind t5 / table with a zero table (no table_file, init_std 0); kind fuse "
+                "equals the original everywhere (it computes the model's own bias)",
     exact_params=lambda n, m: _params("alibi", bias_scale=0.0),
     cost="O(N·M·D) compute, O(N·D + Bq·M) memory per (batch, head): the bias is never materialised",
-    refuses=("sites whose head count is unknown (the slopes and table are per head)",),
+    refuses=("sites whose head count is unknown (the slopes and table are per head)",
+             "kind fuse: sites whose mask is not a relative-position bias (nothing to fuse)"),
     # The last setting's tensors must not depend on the head count: the conformance test's quadratic ONNX
     # check builds its tensors for one head and runs two (the zero table broadcasts; random ones would not).
     test_params=(_params("alibi"), _params("t5", num_buckets=8, max_distance=12, init_std=1.0),
