@@ -101,6 +101,8 @@ class VariantSpec:
     needs_self_attention: bool = True  # N == M (or a KV-cache step, where kv_cache says so)
     kv_cache: bool = False  # serves KV-cache steps: M > N with query i at position i + M − N
     subquadratic: bool = True  # no N×M tensor anywhere (False only for dense)
+    serves_causal: bool = True  # lowrank pools future keys into the past: it refuses causal sites
+    serves_dense_mask: bool = True  # a mask that varies per query (not key padding) can be applied
     tensor_inputs: tuple[TensorInput, ...] = ()
     # (params, q shape, k shape, seed) -> {tensor input name: array}; required when tensor_inputs is set.
     make_tensors: Callable[..., dict] | None = None

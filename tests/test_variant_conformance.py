@@ -43,7 +43,7 @@ def shapes(spec):
     return out
 
 
-def inputs(b, h, hkv, n, m, d, seed):
+def inputs(b, h, hkv, n, m, d, seed, spec=None):
     gen = torch.Generator().manual_seed(seed)
     q, k, v = torch.randn(b, h, n, d, generator=gen), torch.randn(b, hkv, m, d, generator=gen), \
         torch.randn(b, hkv, m, d, generator=gen)
@@ -51,17 +51,22 @@ def inputs(b, h, hkv, n, m, d, seed):
     key_padding[0, max(1, m - 3):] = float("-inf")  # trailing pad in batch 0; never every key
     key_padding[-1, m // 2] = torch.finfo(torch.float32).min  # HF's "minus infinity"
     dense = torch.randn(1, h, n, m, generator=gen)
-    return q, k, v, {"none": (None, None), "padding": (None, key_padding), "dense": (dense, None),
-                     "both": (dense, key_padding)}
+    masks = {"none": (None, None), "padding": (None, key_padding), "dense": (dense, None),
+             "both": (dense, key_padding)}
+    if spec is not None and not spec.serves_dense_mask:  # it refuses such sites; nothing to compare
+        masks = {kind: pair for kind, pair in masks.items() if pair[0] is None}
+    return q, k, v, masks
 
 
 @pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
 @pytest.mark.parametrize("name, params", list(_settings()))
 def test_op_and_onnx_body_equal_the_reference(name, params, causal):
     spec = get_variant(name)
+    if causal and not spec.serves_causal:
+        pytest.skip(f"{name} refuses causal sites (its pass says why)")
     checked = 0
     for seed, shape in enumerate(shapes(spec)):
-        q, k, v, masks = inputs(*shape, seed)
+        q, k, v, masks = inputs(*shape, seed, spec)
         for kind, (mask, kp) in masks.items():
             for softcap in (0.0, 2.5):
                 kw = dict(scale=SCALE, mask=mask, key_padding=kp, causal=causal, softcap=softcap)
@@ -72,15 +77,17 @@ def test_op_and_onnx_body_equal_the_reference(name, params, causal):
                 torch.testing.assert_close(run_onnx(name, q, k, v, params, **kw), expected, **TOL,
                                            msg=lambda m: f"ONNX body, {shape} {kind} softcap={softcap}: {m}")
                 checked += 1
-    assert checked >= 24
+    assert checked >= 12
 
 
 @pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
 @pytest.mark.parametrize("name", VARIANTS)
 def test_exact_limit_is_dense(name, causal):
     spec = get_variant(name)
+    if causal and not spec.serves_causal:
+        pytest.skip(f"{name} refuses causal sites (its pass says why)")
     for seed, shape in enumerate(shapes(spec)):
-        q, k, v, masks = inputs(*shape, seed)
+        q, k, v, masks = inputs(*shape, seed, spec)
         params = spec.exact_params(q.shape[2], k.shape[2])
         for kind, (mask, kp) in masks.items():
             kw = dict(scale=SCALE, mask=mask, key_padding=kp, causal=causal, softcap=0.0)
@@ -146,10 +153,10 @@ def test_cpu_op_builds_nothing_quadratic(name):
     kp = torch.zeros(1, n)
     params = spec.test_params[-1]
     with MaxNumel() as seen:
-        run_op(name, q, k, v, params, scale=SCALE, key_padding=kp, causal=True)
+        run_op(name, q, k, v, params, scale=SCALE, key_padding=kp, causal=spec.serves_causal)
     assert seen.max_numel < n * n // 16
-    with MaxNumel() as seen:  # the detector itself: the reference does build N×N
-        run_reference(name, q[..., :128, :], k[..., :128, :], v[..., :128, :], params, scale=SCALE)
+    with MaxNumel() as seen:  # the detector itself: dense attention through an op does build N×N
+        run_op("dense", q[..., :128, :], k[..., :128, :], v[..., :128, :], {}, scale=SCALE)
     assert seen.max_numel >= 128 * 128
 
 
@@ -162,7 +169,8 @@ def test_onnx_body_builds_nothing_quadratic(name):
     dims = {"Q": [1, 2, "N", d], "K": [1, 1, "N", d], "V": [1, 1, "N", d], "Mask": [1, 1, 1, 1], "KeyPadding": [1, "N"]}
     params = spec.test_params[-1]
     # The constant tensors (a per-head table) must be built for the heads actually run.
-    model = onnx_model(name, params, scale=SCALE, causal=True, dims=dims, q_shape=(1, 2, n, d), k_shape=(1, 1, n, d))
+    model = onnx_model(name, params, scale=SCALE, causal=spec.serves_causal, dims=dims, q_shape=(1, 2, n, d),
+                       k_shape=(1, 1, n, d))
     model = onnx.shape_inference.infer_shapes(onnx.inliner.inline_local_functions(model))
     types = {vi.name: vi.type.tensor_type.elem_type for vi in model.graph.value_info}
     produced = [out for node in model.graph.node for out in node.output if out in types]
@@ -178,4 +186,5 @@ def test_onnx_body_builds_nothing_quadratic(name):
     sizes = {out.name: arr.size for out, arr in zip(model.graph.output, results)}
     assert not {k_: s for k_, s in sizes.items() if s >= n * n}
     torch.testing.assert_close(torch.from_numpy(results[0]),
-                               run_reference(name, q, k, v, params, scale=SCALE, key_padding=kp, causal=True), **TOL)
+                               run_reference(name, q, k, v, params, scale=SCALE, key_padding=kp,
+                                             causal=spec.serves_causal), **TOL)

@@ -22,5 +22,7 @@ SPEC = VariantSpec(
                  {"rank": 16, "method": "nystrom", "pinv_steps": 8}),
     demo_params={"rank": 32, "method": "pool", "pinv_steps": 6},
     needs_self_attention=False,
+    serves_causal=False,
+    serves_dense_mask=False,
 )
 
