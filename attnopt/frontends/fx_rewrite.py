@@ -153,7 +153,25 @@ def _impure(n: fx.Node) -> bool:
     name = getattr(getattr(n.target, "overloadpacket", None), "__name__", "")
     if n.op == "call_function" and (name.startswith("_assert") or name in ("dropout", "native_dropout")):
         return False
+    if _private_in_place(n):
+        return False
     return n.is_impure()
+
+
+def _private_in_place(n: fx.Node) -> bool:
+    """An in-place op whose target is a fresh intermediate nobody else reads (T5's ``relative_buckets +=``
+    in its position-bias construction): removing it changes no input, buffer or live value. Visited
+    after its later users, so those are already gone when dead."""
+    schema = getattr(n.target, "_schema", None)
+    if n.op != "call_function" or schema is None or not schema.is_mutable or not n.args:
+        return False
+    target = n.args[0]
+    if not isinstance(target, fx.Node) or target.op != "call_function" or len(target.users) != 1:
+        return False
+    mutated = [a for a in schema.arguments if a.alias_info is not None and a.alias_info.is_write]
+    made = getattr(target.target, "_schema", None)
+    fresh = made is not None and all(r.alias_info is None for r in made.returns)  # not a view of another tensor
+    return fresh and len(mutated) == 1 and mutated[0].name == schema.arguments[0].name
 
 
 def _check_layouts(site: AttentionSite) -> None:
