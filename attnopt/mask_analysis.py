@@ -518,32 +518,50 @@ def _probe_biases(loaded, candidates: list[_BiasCandidate]) -> dict[int, Relativ
     try:
         probe = loaded.frontend.value_probe(loaded, refs)
         symbols = _symbols(probe.inputs)
-        horizon = max(c.horizon for c in computed)
-        length = min(_MAX_BIAS_PROBE, max(_MIN_BIAS_PROBE, 2 * horizon + 2)) if symbols else None
-        runs = [(pattern, feeds, probe.run(feeds)) for pattern, feeds in _bias_feeds(probe.inputs, symbols, length)]
     except Exception:  # a construction the probe cannot run stays dense
         return found
+    # Lengths double until every bias's table is bounded within half the probe (or the longest probe is
+    # reached): a construction's distances (T5's max_distance) need not appear as integer constants.
+    length = min(_MAX_BIAS_PROBE, max(_MIN_BIAS_PROBE, 2 * max(c.horizon for c in computed) + 2))
+    pending = computed
+    while pending:
+        try:
+            runs = [(pattern, feeds, probe.run(feeds))
+                    for pattern, feeds in _bias_feeds(probe.inputs, symbols, length if symbols else None)]
+        except Exception:
+            return found
+        unbounded = []
+        for c in pending:
+            rb = _judge_computed(loaded.view, c, probe, runs, symbols)
+            if rb is _UNBOUNDED:
+                unbounded.append(c)
+            elif rb is not None:
+                found[id(c)] = rb
+        if not symbols or length >= _MAX_BIAS_PROBE:
+            break
+        pending, length = unbounded, min(_MAX_BIAS_PROBE, 2 * length)
+    return found
+
+
+_UNBOUNDED = object()  # a verdict: the bias's tail did not settle within half the probe length
+
+
+def _judge_computed(view, c: _BiasCandidate, probe, runs, symbols):
     index = {ref: k for k, ref in enumerate(probe.refs)}
     inputs = {p.ref: p for p in probe.inputs}
-    for c in computed:
-        pads = [r for r in inputs if _is_padding_input(view, r)]
-        site_kp = c.site.key_padding
-        per_run = []
-        for pattern, feeds, out in runs:
-            kp = None
-            if site_kp is not None:
-                if site_kp.value in inputs:
-                    kp = _keys_kept(feeds[inputs[site_kp.value].name], site_kp)
-                elif site_kp.value in index:
-                    kp = _keys_kept(out[index[site_kp.value]], site_kp)
-                else:
-                    kp = None  # a folded key padding: the same on every run, checked where it blocks anyway
-            per_run.append((pattern, c.factor * np.asarray(out[index[c.ref]], np.float64), kp,
-                            {r: feeds[inputs[r].name] for r in pads}))
-        rb = _judge_bias(c, per_run, static=not symbols, pad_dtypes={r: inputs[r].dtype for r in pads})
-        if rb is not None:
-            found[id(c)] = rb
-    return found
+    pads = [r for r in inputs if _is_padding_input(view, r)]
+    site_kp = c.site.key_padding
+    per_run = []
+    for pattern, feeds, out in runs:
+        kp = None  # a folded key padding is the same on every run; the term is checked where it blocks too
+        if site_kp is not None:
+            if site_kp.value in inputs:
+                kp = _keys_kept(feeds[inputs[site_kp.value].name], site_kp)
+            elif site_kp.value in index:
+                kp = _keys_kept(out[index[site_kp.value]], site_kp)
+        per_run.append((pattern, c.factor * np.asarray(out[index[c.ref]], np.float64), kp,
+                        {r: feeds[inputs[r].name] for r in pads}))
+    return _judge_bias(c, per_run, static=not symbols, pad_dtypes={r: inputs[r].dtype for r in pads})
 
 
 def _keys_kept(value: np.ndarray, term: MaskTerm) -> np.ndarray | None:
@@ -616,8 +634,8 @@ def _judge_bias(c: _BiasCandidate, runs, static: bool, pad_dtypes=None) -> Relat
         return None
     slopes, table = fit
     radius = (table.shape[1] - 1) // 2
-    if not static and 2 * radius >= min(r[1].shape[-1] for r in shaped):
-        return None  # the tail was not seen constant over as many distances as the table spans: unbounded
+    if not static and 2 * radius >= m:
+        return _UNBOUNDED  # the tail was not seen constant over as many distances as the table spans: unbounded
     hyps = [None] + [(ref, inv) for ref in (pad_dtypes or {}) for inv in
                      ((False, True) if np.dtype(pad_dtypes[ref]) == np.bool_ else (False,))]
     if site.key_padding is not None:
