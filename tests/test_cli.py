@@ -328,11 +328,11 @@ def test_top_level_help_and_unknown_command():
 
 
 def test_a_bug_is_one_line_with_exit_1(bert, monkeypatch):
-    import attnopt
+    import attnopt.loaded
 
     def broken(*a, **k):
         raise RuntimeError("boom\nsecond line")
-    monkeypatch.setattr(attnopt, "detect", broken)
+    monkeypatch.setattr(attnopt.loaded, "open_model", broken)
     line = assert_one_line_error(run("detect", bert, ok=False), code=1, contains="internal error")
     assert "boom second line" in line
 

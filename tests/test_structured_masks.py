@@ -195,14 +195,15 @@ def test_refinement_can_be_switched_off(zoo, monkeypatch):
 
 
 def test_one_probe_per_model_and_one_evaluation_per_distinct_mask(zoo, monkeypatch):
+    from attnopt.frontends.onnx_frontend import OnnxFrontend
     calls = []
-    make = mask_analysis._make_probe
+    make = OnnxFrontend.value_probe
 
-    def counting(loaded, refs):
+    def counting(self, loaded, refs):
         calls.append(list(refs))
-        return make(loaded, refs)
+        return make(self, loaded, refs)
 
-    monkeypatch.setattr(mask_analysis, "_make_probe", counting)
+    monkeypatch.setattr(OnnxFrontend, "value_probe", counting)
     loaded = open_model(zoo.onnx_path("gpt2-sdpa", zoo_lib.TORCHSCRIPT))  # one mask construction per layer
     loaded.sites = detect_sites(loaded.view)
     calls.clear()
