@@ -26,7 +26,7 @@ import numpy as np
 
 from .graph import View
 from .site import (LAYOUT_BHDS, LAYOUT_BHSD, LAYOUT_FLAT, MASK_ADDITIVE, MASK_BOOLEAN,
-                   MASK_BOOLEAN_BLOCKED, AttentionSite, MaskTerm, ValueRef)
+                   MASK_BOOLEAN_BLOCKED, MASK_NONZERO_KEEP, AttentionSite, MaskTerm, Projection, ValueRef)
 
 # Ops that do not change the values the matcher cares about (dtype casts aside).
 TRANSPARENT = frozenset({"cast", "identity"})
@@ -711,20 +711,29 @@ def _is_causal_const(view: View, mask: ValueRef, kind: str, factor: float = 1.0)
 # --------------------------------------------------------------------------- fused ops
 
 def _match_fused(view: View, nid: str) -> AttentionSite:
-    """sdpa/mha nodes: the frontend normalised their attributes (see graph.FUSED_ATTRS)."""
+    """sdpa/mha nodes: the frontend normalised their attributes (see graph.FUSED_ATTRS).
+
+    Besides ports, a frontend may give per-tensor ``layouts``, ``projections`` (how the op derives
+    q, k and v from its inputs, as port-numbered Projection fields: onnxruntime's fused ops) and a
+    ``key_padding_port`` (a key mask with its ``key_padding_kind`` and ``key_padding_fill``).
+    """
     a = view.attrs(nid)
     ins = view.inputs(nid)
 
-    def port(name):
-        p = a.get(name)
+    def port(p):
         return ins[p] if p is not None and p < len(ins) else None
 
-    q, k, v, mask = port("q_port"), port("k_port"), port("v_port"), port("mask_port")
+    q, k, v, mask = (port(a.get(name)) for name in ("q_port", "k_port", "v_port", "mask_port"))
     if q is None:
         raise Mismatch("a fused attention op without a query input")
+    # One tensor read as q, k and v (onnxruntime's Attention, packed q/k/v): self-attention, whatever
+    # the shapes say (contrib ops' outputs have none after ONNX shape inference).
+    one_input = k is not None and v is not None and q == k == v
     k = k if k is not None else q
     v = v if v is not None else k
     layout = a.get("layout", LAYOUT_BHSD)
+    layouts = a.get("layouts") or (layout,) * 3
+    projections = tuple(_projection(spec, port) for spec in (a.get("projections") or (None,) * 3))
     if layout == LAYOUT_BHSD:
         # Exporters repeat kv heads before a fused op that could have taken them as they were.
         k, _ = _strip_gqa(view, k)
@@ -739,21 +748,54 @@ def _match_fused(view: View, nid: str) -> AttentionSite:
         heads = a.get("num_heads")
         kv_heads = a.get("kv_num_heads") or heads
         head_dim = a.get("head_dim")
-        if head_dim is None and isinstance(_dim(qs, -1), int) and heads:
+        # q's width is its tensor's unless a projection reshapes it (a weight, a packed pick).
+        q_proj = projections[0]
+        same_width = q_proj is None or (q_proj.weight is None and q_proj.pick is None)
+        if head_dim is None and isinstance(_dim(qs, -1), int) and heads and same_width:
             head_dim = _dim(qs, -1) // heads
-        q_len, kv_len = _dim(qs, 1), _dim(ks, 1)
+        q_len = _seq_dim(qs, layouts[0], projections[0])
+        kv_len = _seq_dim(ks, layouts[1], projections[1])
     mask_kind = a.get("mask_kind")
     if mask is not None and mask_kind is None:
         mask_kind = MASK_BOOLEAN if view.dtype(mask) == "bool" else MASK_ADDITIVE
+    key_padding = port(a.get("key_padding_port"))
+    if key_padding is not None:
+        key_padding = MaskTerm(key_padding, a.get("key_padding_kind", MASK_NONZERO_KEEP),
+                               fill=a.get("key_padding_fill", float("-inf")))
     return AttentionSite(
         name="", form=a.get("form", view.op(nid)), query=q, key=k, value=v,
-        output=ValueRef(nid, 0), query_layout=layout, key_layout=layout, value_layout=layout,
+        output=ValueRef(nid, 0), query_layout=layouts[0], key_layout=layouts[1], value_layout=layouts[2],
         output_layout=a.get("output_layout", layout),
         num_heads=heads, kv_num_heads=kv_heads or heads, head_dim=head_dim, q_len=q_len, kv_len=kv_len,
         scale=_clean(a["scale"], head_dim) if a.get("scale") else None,
         masks=(MaskTerm(mask, mask_kind),) if mask is not None else (), causal=bool(a.get("causal", False)),
-        nodes=(nid,), anchor=nid, unsupported=a.get("unsupported"),
+        key_padding=key_padding, query_projection=projections[0], key_projection=projections[1],
+        value_projection=projections[2], nodes=(nid,), anchor=nid, unsupported=a.get("unsupported"),
+        proven_self_attention=one_input,
     )
+
+
+def _projection(spec: dict | None, port) -> Projection | None:
+    """A frontend's port-numbered projection spec as a Projection of View values."""
+    if spec is None:
+        return None
+    source = port(spec["source"])
+    if source is None:
+        raise Mismatch("a fused attention op without the input its q, k or v is projected from")
+    return Projection(source=source, weight=port(spec.get("weight")), bias=port(spec.get("bias")),
+                      start=spec.get("start", 0), stop=spec.get("stop"), pick=spec.get("pick"))
+
+
+def _seq_dim(shape, layout: str, projection: Projection | None):
+    """The sequence length of a fused op's q (or k) in ``layout``, read from the tensor it is taken
+    from (a packed one has the picked axis besides)."""
+    if shape is not None and projection is not None and projection.pick is not None:
+        axis = projection.pick[0] % len(shape)
+        shape = shape[:axis] + shape[axis + 1:]
+    axes = layout.replace("(bh)", "b")
+    if shape is None or len(shape) < len(axes) or "s" not in axes:
+        return _dim(shape, 1)
+    return shape[axes.index("s")]
 
 
 # --------------------------------------------------------------------------- same sequence, KV cache

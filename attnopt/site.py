@@ -57,6 +57,8 @@ class Projection:
 
 # Numeric key-padding vector (B, M): nonzero = may attend (HF's attention_mask convention).
 MASK_NONZERO_KEEP = "nonzero-keep"
+# Key counts (B,): keys j >= value[b] are padding (onnxruntime Attention's 1-D mask_index).
+MASK_KEY_END = "key-end"
 
 
 @dataclass(frozen=True)

@@ -225,6 +225,18 @@ def vit(impl: str) -> Built:
     return Built(HFWrapper(model, ["pixel_values"]), (_pixels(),), ["pixel_values"], ["last_hidden_state"])
 
 
+def swin(impl: str) -> Built:
+    """One stage of two blocks: windowed attention with a relative-position bias, then shifted windows
+    with the shift mask added (8x8 patches, 4 windows of 16 tokens each, folded into the batch)."""
+    from transformers import SwinConfig, SwinModel
+
+    _hf_quiet()
+    cfg = SwinConfig(image_size=32, patch_size=4, num_channels=3, embed_dim=16, depths=[2], num_heads=[2],
+                     window_size=4, mlp_ratio=2.0)
+    model = _hf_model(lambda c: SwinModel(c, add_pooling_layer=False), cfg, impl)
+    return Built(HFWrapper(model, ["pixel_values"]), (_pixels(32),), ["pixel_values"], ["last_hidden_state"])
+
+
 def _t5_config():
     from transformers import T5Config
 
@@ -712,6 +724,11 @@ _T5_SDPA_ERROR = ("ConversionError: Failed to decompose the FX graph for ONNX co
                   "with shape (2, 10, 32)! (aten.view after scaled_dot_product_attention, "
                   "modeling_t5.py `attn_output.reshape(*input_shape, -1)`)")
 _T5_SDPA_DYNAMO = {DYNAMO: _T5_SDPA_ERROR, DYNAMO_OPSET23: _T5_SDPA_ERROR}
+# The same decomposition failure for Swin's windows (SDPA with the relative-position bias as a float mask):
+_SWIN_SDPA_ERROR = ("ConversionError: Failed to decompose the FX graph for ONNX compatibility. ValueError: Cannot "
+                    "view a tensor with shape torch.Size([8, 16, 2, 8]) and strides (256, 8, 128, 1) as a tensor "
+                    "with shape (8, 16, 16)! (aten.view after scaled_dot_product_attention, "
+                    "modeling_swin.py `attn_output.reshape(*input_shape, -1)`)")
 
 _HAND = dict(family="hand", heads=4, head_dim=8, fx_tracers=FX_TRACERS)
 
@@ -752,6 +769,9 @@ CASES: list[ZooCase] = [
                  scales=(1 / math.sqrt(8), 1.0), self_attention_sites=2, causal_sites=0),
     *_impl_cases("clip-vision", clip_vision, expected_sites=2, heads=2, head_dim=16, self_attention_sites=2,
                  causal_sites=0),
+    # Windows folded into the batch; a relative-position bias on every site, the shift mask on the second.
+    *_impl_cases("swin", swin, expected_sites=2, heads=2, head_dim=8, self_attention_sites=2, causal_sites=0,
+                 excluded_sdpa={DYNAMO: _SWIN_SDPA_ERROR, DYNAMO_OPSET23: _SWIN_SDPA_ERROR}),
     # BLOOM folds the batch into the heads, (B·H, N, D), and adds ALiBi with baddbmm.
     ZooCase("bloom-eager", "bloom", _bind(bloom, "eager"), expected_sites=2, heads=4, head_dim=8,
             self_attention_sites=2, causal_sites=2, fx_tracers=(EXPORT,)),

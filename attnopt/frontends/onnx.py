@@ -20,7 +20,7 @@ import onnx_ir as ir
 from ..errors import ModelLoadError, UnsupportedModelError, one_line
 from ..graph import View, einsum_as_matmul, virtual_transpose
 from ..onnx_compat import DOMAIN
-from ..site import LAYOUT_BHSD, LAYOUT_BSD, MASK_ADDITIVE, ValueRef
+from ..site import LAYOUT_BHSD, LAYOUT_BSD, MASK_ADDITIVE, MASK_KEY_END, MASK_NONZERO_KEEP, ValueRef
 from .onnx_fold import MAX_FOLD_ELEMENTS, dims_array, fold
 
 # Default-domain opsets we understand; older models predate Softmax's last-axis semantics.
@@ -85,12 +85,15 @@ def _load_path(path: Path) -> ir.Model:
 
 def check_supported(model: ir.Model) -> None:
     local = {f.domain for f in model.functions.values()}
+    # Only a domain some node uses can hide attention: onnxruntime's transformers optimizer imports
+    # a list of domains (ai.onnx.training, org.pytorch.aten, ...) whatever the model holds.
+    used = {node.domain for node in ir.traversal.RecursiveGraphIterator(model.graph)}
     for domain, version in model.opset_imports.items():
         if domain in ("", "ai.onnx"):
             if not MIN_OPSET <= version <= MAX_OPSET:
                 raise UnsupportedModelError(
                     f"unsupported opset {version} (attnopt reads default-domain opsets {MIN_OPSET}-{MAX_OPSET})")
-        elif domain not in KNOWN_DOMAINS and domain not in local:
+        elif domain not in KNOWN_DOMAINS and domain not in local and domain in used:
             raise UnsupportedModelError(f"unknown opset domain '{domain}' (version {version}); "
                                         f"attnopt cannot see inside its ops")
     if "" not in model.opset_imports and "ai.onnx" not in model.opset_imports:
@@ -111,7 +114,22 @@ def infer_shapes(model: ir.Model) -> ir.Model:
         inferred = onnx.shape_inference.infer_shapes(proto, data_prop=True)
     except Exception:
         return model  # shapes stay unknown; the matcher copes with fewer facts
-    for info in inferred.graph.value_info:
+    _copy_types(values, inferred.graph.value_info)
+    if any(v.dtype is None for v in values.values()) and any(n.domain == "com.microsoft" for n in model.graph):
+        # ONNX shape inference stops at contrib ops (models onnxruntime's optimizer fused), so nothing
+        # after them has a type; onnxruntime's own symbolic inference knows those ops.
+        try:
+            from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+            _copy_types(values, SymbolicShapeInference.infer_shapes(proto, auto_merge=True,
+                                                                    guess_output_rank=True).graph.value_info)
+        except Exception:
+            pass
+    return model
+
+
+def _copy_types(values: dict, value_info) -> None:
+    for info in value_info:
         value = values.get(info.name)
         if value is None or not info.type.HasField("tensor_type"):
             continue
@@ -121,7 +139,6 @@ def infer_shapes(model: ir.Model) -> ir.Model:
         if value.shape is None and tensor_type.HasField("shape"):
             value.shape = ir.Shape([d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
                                     for d in tensor_type.shape.dim])
-    return model
 
 
 # ----------------------------------------------------------------------------- lift
@@ -462,42 +479,153 @@ def _onnx_attention(node: ir.Node) -> tuple[str, dict]:
 
 
 def _ms_mha(node: ir.Node) -> tuple[str, dict]:
-    """com.microsoft.MultiHeadAttention: query (B,S,H*D), key/value (B,L,H*D) (or packed)."""
+    """com.microsoft.MultiHeadAttention.
+
+    query (B, N, H·D) with key/value (B, M, H·D) or already split (B, H, M, D); or packed q/k/v
+    (B, N, H, 3, D) with no key/value; or packed k/v (B, M, H, 2, D) with no value. An optional
+    ``bias`` (2·H·D + H·Dv) is the projections' bias, added to q, k and v in that order.
+    """
+    heads = _attr(node, "num_heads")
+    q_shape, k_shape, v_shape = (_input_shape(node, p) for p in (0, 1, 2))
+    has_bias = _present(node, 3)
     unsupported = None
-    packed = not _present(node, 1) or (node.inputs[1].shape is not None and len(node.inputs[1].shape) == 5)
-    if packed:
-        unsupported = "packed QKV/KV inputs"
-    elif _present(node, 3):
-        unsupported = "uses a fused projection bias"
-    elif _present(node, 4):
-        unsupported = "uses key_padding_mask"
-    elif _present(node, 6) or _present(node, 7) or any(_used(node, p) for p in (1, 2)):
-        unsupported = "uses a KV cache"
+    head_dim = None
+    layouts = (LAYOUT_BSD,) * 3
+    projections = (None, None, None)
+    if not _present(node, 1):  # packed q/k/v: slot i of axis 3
+        layouts = ("bshd",) * 3
+        projections = tuple({"source": 0, "pick": (3, i)} for i in range(3))
+        head_dim = _dim_at(q_shape, 4)
+    elif k_shape is not None and len(k_shape) == 5:  # packed k/v
+        layouts = (LAYOUT_BSD, "bshd", "bshd")
+        projections = (None, {"source": 1, "pick": (3, 0)}, {"source": 1, "pick": (3, 1)})
+        head_dim = _dim_at(k_shape, 4)
+    elif k_shape is not None and len(k_shape) == 4:  # key/value given per head, (B, H, M, D)
+        layouts = (LAYOUT_BSD, LAYOUT_BHSD, LAYOUT_BHSD)
+        head_dim = _dim_at(k_shape, 3)
+    elif k_shape is None:
+        unsupported = "the rank of its key is unknown"
+    if has_bias and unsupported is None:
+        if projections != (None, None, None) or layouts[1] != LAYOUT_BSD:
+            unsupported = "adds a projection bias to packed or per-head (B, H, M, D) inputs"
+        else:
+            sizes = _bias_split(q_shape, k_shape, v_shape, _input_shape(node, 3))
+            if sizes is None:
+                unsupported = "its projection bias cannot be split: the hidden sizes are unknown"
+            else:
+                bounds = np.cumsum([0, *sizes]).tolist()
+                projections = tuple({"source": p, "bias": 3, "start": bounds[p], "stop": bounds[p + 1]}
+                                    for p in range(3))
+    if any(_present(node, p) for p in (6, 7, 8, 9)) or any(_used(node, p) for p in (1, 2, 3)):
+        unsupported = "uses a KV cache (past_key/past_value) or its present/qk outputs"
+    key_padding, why = _raw_key_mask(node, 4, "key_padding_mask")
+    unsupported = unsupported or why
     attrs = {
-        "form": "ms-mha", "layout": LAYOUT_BSD, "q_port": 0, "k_port": 1, "v_port": 2,
+        "form": "ms-mha", "layout": LAYOUT_BSD, "layouts": layouts, "output_layout": LAYOUT_BSD,
+        # Packed inputs: k and v are read from the tensor that packs them.
+        "q_port": 0, "k_port": 1 if _present(node, 1) else 0,
+        "v_port": 2 if _present(node, 2) else (1 if _present(node, 1) else 0),
         "mask_port": 5 if _present(node, 5) else None, "mask_kind": MASK_ADDITIVE,
-        "num_heads": _attr(node, "num_heads"), "scale": _attr(node, "scale") or None,
+        "num_heads": heads, "head_dim": head_dim, "scale": _attr(node, "scale") or None,
         "causal": bool(_attr(node, "unidirectional", 0)), "unsupported": unsupported,
+        "projections": projections, **key_padding,
     }
     return "mha", attrs
 
 
 def _ms_attention(node: ir.Node) -> tuple[str, dict]:
-    """com.microsoft.Attention and friends: the QKV projection is fused in; detect, don't rewrite."""
+    """com.microsoft.Attention: the q/k/v projection is fused in, input (B, N, Din) @ weights
+    (Din, Hq + Hk + Hv) + bias; q, k and v are the three column blocks, sizes ``qkv_hidden_sizes``.
+
+    Its relatives (GroupQueryAttention, the Packed* and DecoderMasked* ops) are detected only.
+    """
     heads = _attr(node, "num_heads")
-    head_dim = None
-    sizes = _attr(node, "qkv_hidden_sizes")
-    if node.op_type == "Attention" and _present(node, 1):
-        w = node.inputs[1].shape
-        hidden = (list(sizes)[0] if sizes else (w[1] // 3 if w is not None and isinstance(w[1], int) else None))
-        head_dim = hidden // heads if hidden and heads else None
     kv_heads = _attr(node, "kv_num_heads") or heads
-    return "mha", {
+    sizes = _attr(node, "qkv_hidden_sizes")
+    w = _input_shape(node, 1)
+    if sizes:
+        sizes = [int(s) for s in sizes]
+    elif w is not None and len(w) == 2 and isinstance(w[1], int) and w[1] % 3 == 0:
+        sizes = [w[1] // 3] * 3
+    head_dim = sizes[0] // heads if sizes and heads and sizes[0] % heads == 0 else None
+    attrs = {
         "form": f"ms-{node.op_type.lower()}", "layout": LAYOUT_BSD, "q_port": 0, "k_port": None,
         "v_port": None, "mask_port": None, "num_heads": heads, "kv_num_heads": kv_heads, "head_dim": head_dim,
         "scale": _attr(node, "scale") or None, "causal": bool(_attr(node, "unidirectional", 0)),
-        "unsupported": f"com.microsoft.{node.op_type} fuses the projections; not rewritable yet",
     }
+    if node.op_type != "Attention":
+        return "mha", {**attrs, "unsupported": f"com.microsoft.{node.op_type} is not rewritable yet"}
+    key_padding, unsupported = _raw_key_mask(node, 3, "mask_index", key_counts=True)
+    if _present(node, 4) or _present(node, 6) or _used(node, 1):
+        unsupported = "uses a KV cache (past/present)"
+    elif _attr(node, "do_rotary", 0):
+        unsupported = "applies rotary embeddings inside the op (do_rotary)"
+    elif sizes is None or head_dim is None:
+        unsupported = "its q/k/v hidden sizes are unknown or not a multiple of num_heads"
+    elif len(set(sizes)) != 1:
+        unsupported = f"qkv_hidden_sizes {sizes}: the ops take one head size for q, k and v"
+    projections = (None, None, None)
+    if sizes is not None:
+        bounds = np.cumsum([0, *sizes]).tolist()
+        bias = 2 if _present(node, 2) else None
+        projections = tuple({"source": 0, "weight": 1, "bias": bias, "start": bounds[i], "stop": bounds[i + 1]}
+                            for i in range(3))
+    return "mha", {**attrs, "k_port": 0, "v_port": 0, "layouts": (LAYOUT_BSD,) * 3, "output_layout": LAYOUT_BSD,
+                   "mask_port": 5 if _present(node, 5) else None, "mask_kind": MASK_ADDITIVE,
+                   "projections": projections, "unsupported": unsupported, **key_padding}
+
+
+def _raw_key_mask(node: ir.Node, port: int, what: str, key_counts: bool = False) -> tuple[dict, str | None]:
+    """A key mask input (Attention's mask_index, MultiHeadAttention's key_padding_mask) as the site's
+    key padding: ({key_padding_port, key_padding_kind, key_padding_fill}, None), or ({}, why) for
+    the forms not read. Read are the (B, M) 0/1 mask and, with ``key_counts``, (B,) key counts.
+
+    onnxruntime adds ``mask_filter_value`` (not -inf) at the masked keys; the site keeps that fill.
+    """
+    if not _present(node, port):
+        return {}, None
+    value = node.inputs[port]
+    shape = _shape(value)
+    found = {"key_padding_port": port, "key_padding_fill": float(_attr(node, "mask_filter_value", -10000.0))}
+    if shape is not None and len(shape) == 2:
+        return {**found, "key_padding_kind": MASK_NONZERO_KEEP}, None
+    if key_counts and _one_per_row(node, value, shape):
+        return {**found, "key_padding_kind": MASK_KEY_END}, None
+    form = "unknown shape" if shape is None else f"shape {list(shape)}"
+    read = "the (B, M) 0/1 key mask and (B,) key counts are" if key_counts else "the (B, M) 0/1 key mask is"
+    return {}, f"its {what} has {form}: only {read} read"
+
+
+def _one_per_row(node: ir.Node, value: ir.Value, shape) -> bool:
+    """Whether ``value`` holds one entry per batch row: 1-D of the input's batch size, or the mask_index
+    output of EmbedLayerNormalization, whose (B,) shape ONNX shape inference (not knowing the op) leaves unknown."""
+    if shape is None:
+        producer = value.producer()
+        return (producer is not None and producer.domain == "com.microsoft"
+                and producer.op_type == "EmbedLayerNormalization" and value.index() == 1)
+    data = _input_shape(node, 0)
+    batch = data[0] if data else None  # a symbolic batch matches the same symbol
+    return len(shape) == 1 and batch is not None and shape[0] == batch
+
+
+def _input_shape(node: ir.Node, port: int):
+    return _shape(node.inputs[port]) if _present(node, port) else None
+
+
+def _dim_at(shape, i: int):
+    return shape[i] if shape is not None and len(shape) > i and isinstance(shape[i], int) else None
+
+
+def _bias_split(q_shape, k_shape, v_shape, bias_shape) -> list[int] | None:
+    """[Hq, Hk, Hv]: the widths of q, k and v in a MultiHeadAttention projection bias."""
+    widths = [_dim_at(s, 2) for s in (q_shape, k_shape, v_shape)]
+    total = _dim_at(bias_shape, 0)
+    known = [x for x in widths if x is not None]
+    if len(known) == 2 and total is not None:
+        widths[widths.index(None)] = total - sum(known)
+    if any(x is None for x in widths) or (total is not None and sum(widths) != total):
+        return None
+    return widths
 
 
 # ----------------------------------------------------------------------------- naming

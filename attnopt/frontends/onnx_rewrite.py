@@ -20,7 +20,7 @@ from ..atomic import write_atomic
 from ..errors import SiteNotApplicable
 from ..onnx_compat import DOMAIN, IR_VERSION, MIN_OPSET
 from ..site import (LAYOUT_BHSD, LAYOUT_BSD, LAYOUT_FLAT, MASK_ADDITIVE, MASK_BOOLEAN,
-                    MASK_BOOLEAN_BLOCKED, MASK_NONZERO_KEEP, AttentionSite)
+                    MASK_BOOLEAN_BLOCKED, MASK_KEY_END, MASK_NONZERO_KEEP, AttentionSite)
 from .lowering import lower, mask_terms, state_dims, state_name
 
 
@@ -46,6 +46,7 @@ def apply(loaded, call) -> None:
     v = b.to_bhsd(b.projected(value, site.value, site.value_projection), site.value_layout, site.kv_num_heads,
                   site.head_dim)
     q, k, v = b.own(q), b.own(k), b.own(v)
+    b.keys = k
     dtype = value[site.query].dtype or ir.DataType.FLOAT
     masks, kp = mask_terms(call)
     mask = None
@@ -91,7 +92,8 @@ def apply(loaded, call) -> None:
     out_old.name = b.name("dense")  # the dead dense value frees its name for the new one
     out_old.replace_all_uses_with(y, replace_graph_outputs=True)
     y.name = name
-    y.dtype, y.shape = out_old.dtype, out_old.shape
+    if out_old.dtype is not None:  # a contrib op's output may have no type: leave y's unset, not empty
+        y.dtype, y.shape = out_old.dtype, out_old.shape
 
 
 def _state_input(model: ir.Model, site: AttentionSite, state, dtype: ir.DataType) -> ir.Value:
@@ -145,6 +147,7 @@ class _Builder:
         self.count = 0
         self.made: set[ir.Value] = set()  # the values this builder's nodes compute
         self.packed: dict[tuple, ir.Value] = {}  # one packed projection per (source, pick, weight, bias)
+        self.keys: ir.Value | None = None  # the site's (B, Hkv, M, D) keys: a mask given as key counts needs M
 
     def name(self, what: str) -> str:
         self.count += 1
@@ -248,6 +251,14 @@ class _Builder:
             zero, neg = self.const(np.zeros((), np_dtype)), self.const(np.array(fill, np_dtype))
         if kind == MASK_NONZERO_KEEP:
             mask, kind = self.op("Cast", [mask], {"to": ir.DataType.BOOL}), MASK_BOOLEAN
+        elif kind == MASK_KEY_END:  # (B,) counts -> (B, M): key j kept iff j < count[b]
+            if self.keys is None:
+                raise SiteNotApplicable("a mask of key counts needs the site's keys")
+            m = self.op("Squeeze", [self.op("Shape", [self.keys], {"start": 2, "end": 3})])
+            positions = self.op("Range", [self.const(np.array(0, np.int64)), m, self.const(np.array(1, np.int64))])
+            counts = self.op("Unsqueeze", [self.op("Cast", [mask], {"to": ir.DataType.INT64}),
+                                           self.const(np.array([1], np.int64))])
+            mask, kind = self.op("Less", [positions, counts]), MASK_BOOLEAN
         if kind in (MASK_BOOLEAN, MASK_BOOLEAN_BLOCKED):
             return self.op("Where", [mask, zero, neg] if kind == MASK_BOOLEAN else [mask, neg, zero])
         if kind != MASK_ADDITIVE:
