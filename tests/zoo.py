@@ -92,6 +92,9 @@ class ZooCase:
     fx_tracers: tuple[str, ...] = (EXPORT,)
     # exporter or tracer -> why that combination is left out (the exact error).
     excluded: Mapping[str, str] = field(default_factory=dict)
+    # A decode step over a KV cache: (new tokens N, cached tokens M − N). Its sites have q_len N,
+    # kv_len M and past_len M − N; None: not a KV-cache step.
+    kv_cache_step: tuple[int, int] | None = None
     # exporter -> substring of the error onnxruntime raises on a valid-looking export. The export is
     # kept (the graph is still a detection target) but marked unverified.
     ort_known_failures: Mapping[str, str] = field(default_factory=dict)
@@ -439,22 +442,44 @@ class DecodeStep(nn.Module):
         return (out.last_hidden_state,)
 
 
-def llama_decode(impl: str) -> Built:
-    """A Llama (GQA 4/2) decode step: one new token per sequence, left padding in the cache of row 1."""
+def _decode_step(model: nn.Module, kv_heads: int, head_dim: int, layers: int, new: int, past: int) -> Built:
+    """``new`` tokens per sequence over a cache of ``past`` random keys/values, left padding in row 1's cache."""
+    g = torch.Generator().manual_seed(8)
+    ids = torch.randint(1, VOCAB, (BATCH, new), generator=g)
+    mask = torch.ones(BATCH, past + new, dtype=torch.long)
+    mask[1, :2] = 0
+    cache = [torch.randn(BATCH, kv_heads, past, head_dim, generator=g) for _ in range(2 * layers)]
+    names = ["input_ids", "attention_mask"] + [f"past_{kv}_{i}" for i in range(layers) for kv in "kv"]
+    return Built(DecodeStep(model), (ids, mask, *cache), names, ["last_hidden_state"])
+
+
+def llama_decode(impl: str, new: int = 1, past: int = PAST) -> Built:
+    """A Llama (GQA 4/2) decode step."""
     from transformers import LlamaConfig, LlamaModel
 
     _hf_quiet()
-    layers, kv_heads, head_dim = 2, 2, 16
-    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
-                      num_attention_heads=4, num_key_value_heads=kv_heads, max_position_embeddings=64)
-    model = _hf_model(LlamaModel, cfg, impl)
-    g = torch.Generator().manual_seed(8)
-    ids = torch.randint(1, VOCAB, (BATCH, 1), generator=g)
-    mask = torch.ones(BATCH, PAST + 1, dtype=torch.long)
-    mask[1, :2] = 0
-    past = [torch.randn(BATCH, kv_heads, PAST, head_dim, generator=g) for _ in range(2 * layers)]
-    names = ["input_ids", "attention_mask"] + [f"past_{kv}_{i}" for i in range(layers) for kv in "kv"]
-    return Built(DecodeStep(model), (ids, mask, *past), names, ["last_hidden_state"])
+    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    return _decode_step(_hf_model(LlamaModel, cfg, impl), 2, 16, 2, new, past)
+
+
+def gpt2_decode(impl: str, new: int = 1, past: int = PAST) -> Built:
+    """A GPT-2 (4 heads, no GQA, learned positions) decode step."""
+    from transformers import GPT2Config, GPT2Model
+
+    _hf_quiet()
+    cfg = GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64, n_inner=64)
+    return _decode_step(_hf_model(GPT2Model, cfg, impl), 4, 8, 2, new, past)
+
+
+def qwen3_decode(impl: str, new: int = 1, past: int = PAST) -> Built:
+    """A Qwen3 (GQA 4/2, RMSNorm on q and k per head) decode step."""
+    from transformers import Qwen3Config, Qwen3Model
+
+    _hf_quiet()
+    cfg = Qwen3Config(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=64)
+    return _decode_step(_hf_model(Qwen3Model, cfg, impl), 2, 16, 2, new, past)
 
 
 # ---------------------------------------------------------------------------
@@ -717,6 +742,23 @@ def _bind(fn, *args, **kwargs):
     return factory
 
 
+MULTI_NEW, MULTI_PAST = 3, 5  # a multi-token decode step: 3 new tokens over 5 cached
+# What torch.fx.symbolic_trace raises on DecodeStep, which takes the cache as *past.
+_DECODE_SYMTRACE = ("TraceError: Proxy object cannot be iterated. This can be attempted when the Proxy is used in "
+                    "a loop or as a *args or **kwargs function argument. (DecodeStep's *past cache tensors)")
+
+
+def _decode_cases(family: str, make: Callable[..., Built], new: int, past: int, **kw) -> list[ZooCase]:
+    """eager and sdpa cases of one decode step (``new`` tokens over ``past`` cached): two causal sites."""
+
+    def step(impl: str) -> Built:
+        return make(impl, new=new, past=past)
+
+    step.__name__ = make.__name__
+    return _impl_cases(family, step, expected_sites=2, self_attention_sites=0, causal_sites=2,
+                       kv_cache_step=(new, past), symtrace_error=_DECODE_SYMTRACE, **kw)
+
+
 # The dynamo exporter's decomposition step turns SDPA-with-float-bias into math whose output is
 # non-contiguous, and T5's `attn_output.reshape(*input_shape, -1)` was recorded as aten.view:
 _T5_SDPA_ERROR = ("ConversionError: Failed to decompose the FX graph for ONNX compatibility. ValueError: Cannot "
@@ -795,7 +837,13 @@ CASES: list[ZooCase] = [
     # One decode step over a 7-token cache: q_len 1, kv_len 8, past_len 7. TorchScript's sdpa form
     # packs the 4 query heads into the query axis of the 2 kv heads.
     *_impl_cases("llama-decode", llama_decode, expected_sites=2, heads=4, kv_heads=2, head_dim=16,
-                 self_attention_sites=0, causal_sites=2),
+                 self_attention_sites=0, causal_sites=2, kv_cache_step=(1, PAST), symtrace_error=_DECODE_SYMTRACE),
+    *_decode_cases("gpt2-decode", gpt2_decode, 1, PAST, heads=4, head_dim=8),
+    *_decode_cases("qwen3-decode", qwen3_decode, 1, PAST, heads=4, kv_heads=2, head_dim=16),
+    # Several new tokens over the cache (speculative decoding, chunked prefill): causal among the new ones.
+    *_decode_cases("llama-decode-multi", llama_decode, MULTI_NEW, MULTI_PAST, heads=4, kv_heads=2, head_dim=16),
+    *_decode_cases("gpt2-decode-multi", gpt2_decode, MULTI_NEW, MULTI_PAST, heads=4, head_dim=8),
+    *_decode_cases("qwen3-decode-multi", qwen3_decode, MULTI_NEW, MULTI_PAST, heads=4, kv_heads=2, head_dim=16),
     ZooCase("torch-encoder", "torch", _bind(torch_encoder, False), expected_sites=2, heads=4, head_dim=8,
             self_attention_sites=2, causal_sites=0, fx_tracers=FX_TRACERS,
             excluded={SYMBOLIC_TRACE: "the default fx Tracer keeps nn.TransformerEncoder as one leaf "
