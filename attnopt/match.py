@@ -274,6 +274,25 @@ def _unpack_gqa_query(view: View, q: ValueRef) -> tuple[ValueRef, list[str]]:
     return q, []
 
 
+def _packed_query_of_unknown_length(view: View, q: ValueRef) -> str | None:
+    """Why a query that looks GQA-packed (fewer heads, same head dim) can't be served, or None.
+
+    With symbolic lengths the packing can't be proven from the shapes, and a rewrite that took the
+    packed axis for the sequence would place the packed rows at the wrong positions: a silently
+    wrong model. Such a site stays dense, with this reason, until the packing is proven.
+    """
+    if view.op(q.node) != "reshape":
+        return None
+    s, p = view.shape(view.input(q.node, 0)), view.shape(q)
+    if s is None or p is None or len(s) != 4 or len(p) != 4:
+        return None
+    if isinstance(s[1], int) and isinstance(p[1], int) and p[1] < s[1] and s[1] % p[1] == 0 and s[3] == p[3] \
+            and not (isinstance(s[2], int) and isinstance(p[2], int)):
+        return (f"the query looks GQA-packed ({s[1]} heads reshaped into {p[1]}) with a length the shapes "
+                f"don't fix: the packing can't be proven, so the site stays dense")
+    return None
+
+
 def _is_neg_fill(view: View, v: ValueRef | None) -> bool:
     c = view.const(v) if v is not None else None
     if c is None or np.size(c) == 0:
@@ -534,6 +553,7 @@ def _match_decomposed(view: View, sm: str) -> AttentionSite:
     q4, qn = _unflatten_up(view, q)
     q4, q4_scale, qs4 = _strip_scale(view, q4) if q4 != q else (q4, 1.0, [])
     q4, packed = _unpack_gqa_query(view, q4)
+    unprovable = None if packed else _packed_query_of_unknown_length(view, q4)
     # A term added to (B·H, N, M) scores is read with the query's folded layout, so the
     # query then stays folded; key and value unfold whenever they can (their own layout).
     if not any(t.flat for t in up.terms):
@@ -581,7 +601,7 @@ def _match_decomposed(view: View, sm: str) -> AttentionSite:
         scale=_clean(scale, geometry["head_dim"]), softcap=up.softcap,
         masks=tuple(MaskTerm(t.value, t.kind, t.factor, t.fill) for t in terms), causal=causal,
         nodes=tuple(dict.fromkeys(removed)), anchor=sm,
-        unsupported="the attention probabilities are also used outside the site" if escapes else None,
+        unsupported=("the attention probabilities are also used outside the site" if escapes else unprovable),
         **geometry,
     )
 
