@@ -30,9 +30,17 @@ SCALE = 0.3
 
 
 def _settings():
+    """(name, params, causal) for every test setting; causal only where the spec serves it (lowrank refuses)."""
     for spec in STATELESS:
         for i, params in enumerate(spec.test_params):
-            yield pytest.param(spec.name, params, id=f"{spec.name}-{i}")
+            for causal in (False, True)[:1 + spec.serves_causal]:
+                yield pytest.param(spec.name, params, causal, id=f"{spec.name}-{i}-{'causal' if causal else 'bidir'}")
+
+
+def _variants_and_causality():
+    for spec in STATELESS:
+        for causal in (False, True)[:1 + spec.serves_causal]:
+            yield pytest.param(spec.name, causal, id=f"{spec.name}-{'causal' if causal else 'bidir'}")
 
 
 def shapes(spec):
@@ -58,12 +66,9 @@ def inputs(b, h, hkv, n, m, d, seed, spec=None):
     return q, k, v, masks
 
 
-@pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
-@pytest.mark.parametrize("name, params", list(_settings()))
+@pytest.mark.parametrize("name, params, causal", list(_settings()))
 def test_op_and_onnx_body_equal_the_reference(name, params, causal):
     spec = get_variant(name)
-    if causal and not spec.serves_causal:
-        pytest.skip(f"{name} refuses causal sites (its pass says why)")
     checked = 0
     for seed, shape in enumerate(shapes(spec)):
         q, k, v, masks = inputs(*shape, seed, spec)
@@ -80,12 +85,9 @@ def test_op_and_onnx_body_equal_the_reference(name, params, causal):
     assert checked >= 12
 
 
-@pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
-@pytest.mark.parametrize("name", VARIANTS)
+@pytest.mark.parametrize("name, causal", list(_variants_and_causality()))
 def test_exact_limit_is_dense(name, causal):
     spec = get_variant(name)
-    if causal and not spec.serves_causal:
-        pytest.skip(f"{name} refuses causal sites (its pass says why)")
     for seed, shape in enumerate(shapes(spec)):
         q, k, v, masks = inputs(*shape, seed, spec)
         params = spec.exact_params(q.shape[2], k.shape[2])
@@ -97,12 +99,10 @@ def test_exact_limit_is_dense(name, causal):
                                            msg=lambda m: f"{impl.__name__} {shape} {kind}: {m}")
 
 
-@pytest.mark.parametrize("name", VARIANTS)
+@pytest.mark.parametrize("name", [s.name for s in STATELESS if s.subquadratic])
 def test_below_the_limit_differs_from_dense(name):
-    """A test of the tests: the variants restrict something at their test settings."""
+    """A test of the tests: the variants restrict something at their test settings (dense is no restriction)."""
     spec = get_variant(name)
-    if not spec.subquadratic:
-        pytest.skip(f"{name} is dense attention")
     q, k, v, _ = inputs(1, 2, 2, 24, 24, 8, 0)
     params = spec.test_params[0]
     assert not torch.allclose(run_op(name, q, k, v, params, scale=SCALE), dense_attention(q, k, v, scale=SCALE))
