@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .reference import check_qkv
+from .reference import check_qkv, softcapped
 
 MAX_BLOCK = 256
 
@@ -72,7 +72,7 @@ def band_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, key_pad
     qp = F.pad(q.to(compute), (0, 0, front, nblk * bq - front - N)).view(B, Hkv, rep, nblk, bq, D)
     kb = k.to(compute)[:, :, idx_c].unsqueeze(2)  # (B, Hkv, 1, nblk, L, D)
     vb = v.to(compute)[:, :, idx_c].unsqueeze(2)
-    scores = _capped((qp @ kb.transpose(-1, -2)) * scale, softcap).masked_fill(~ok, neg_inf)
+    scores = softcapped((qp @ kb.transpose(-1, -2)) * scale, softcap).masked_fill(~ok, neg_inf)
     cols = idx_c
     G = min(sinks, M)
     if G:
@@ -80,7 +80,7 @@ def band_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, key_pad
         in_band = (j[None, None, :] >= lo_row[:, :, None]) & (j[None, None, :] < hi_row[:, :, None])
         sink_ok = ~in_band if not causal else ~in_band & (j[None, None, :] <= pos[:, :, None])
         k_sink = k[:, :, None, None, :G].to(compute)  # (B, Hkv, 1, 1, G, D)
-        sink_scores = _capped((qp @ k_sink.transpose(-1, -2)) * scale, softcap).masked_fill(~sink_ok, neg_inf)
+        sink_scores = softcapped((qp @ k_sink.transpose(-1, -2)) * scale, softcap).masked_fill(~sink_ok, neg_inf)
         scores = torch.cat([scores, sink_scores], dim=-1)
         cols = torch.cat([idx_c, j.expand(nblk, G)], dim=1)
     if key_padding is not None:
@@ -97,10 +97,6 @@ def band_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, key_pad
     if G:
         out = out + p[..., span:] @ v[:, :, None, None, :G].to(compute)
     return out.reshape(B, H, nblk * bq, D)[:, :, front:front + N].to(out_dtype).contiguous()
-
-
-def _capped(scores: Tensor, softcap: float) -> Tensor:
-    return softcap * torch.tanh(scores / softcap) if softcap else scores
 
 
 def cuda_forward(to_band):

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .reference import check_qkv, positions
+from .reference import check_qkv, positions, softcapped
 
 MAX_BLOCK = 128
 _NEG_INF = float("-inf")
@@ -103,7 +103,7 @@ class _Site:
 
     def scores(self, q: Tensor, k: Tensor) -> Tensor:
         s = (q @ k.transpose(-1, -2)) * self.scale
-        return self.softcap * torch.tanh(s / self.softcap) if self.softcap else s
+        return softcapped(s, self.softcap)
 
     def add_masks(self, scores: Tensor, row: Tensor, col: Tensor) -> Tensor:
         """scores + key padding + dense remainder, read at query rows ``row`` (h·N + i) and keys ``col``.

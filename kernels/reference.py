@@ -37,6 +37,7 @@ __all__ = [
     "dense_attention",
     "positions",
     "restricted_attention",
+    "softcapped",
     "with_sinks",
 ]
 
@@ -79,6 +80,11 @@ def with_sinks(allowed: Tensor, sinks: int) -> Tensor:
         return allowed
     is_sink = torch.arange(allowed.shape[-1], device=allowed.device) < sinks
     return allowed | is_sink
+
+
+def softcapped(scores: Tensor, softcap: float) -> Tensor:
+    """c·tanh(s / c) for softcap c > 0 (Gemma-2), before any mask; the scores as they are for 0."""
+    return softcap * torch.tanh(scores / softcap) if softcap else scores
 
 
 def positions(n: int, m: int, device=None) -> tuple[Tensor, Tensor]:
@@ -127,8 +133,7 @@ def restricted_attention(
     v = v.repeat_interleave(rep, dim=1)
 
     scores = (q @ k.transpose(-1, -2)) * scale  # (B, H, N, M)
-    if softcap:
-        scores = softcap * torch.tanh(scores / softcap)
+    scores = softcapped(scores, softcap)
     neg_inf = float("-inf")
     if allowed is not None:
         scores = scores.masked_fill(~allowed, neg_inf)

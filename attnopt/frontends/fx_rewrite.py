@@ -127,7 +127,7 @@ def _identifier(name: str) -> str:
 
 def _constant(gm: fx.GraphModule, g: fx.Graph, array, what: str) -> fx.Node:
     """A pass's constant tensor as a buffer of the module (saved and exported with it)."""
-    base = "attnopt_" + "".join(c if c.isalnum() else "_" for c in what)
+    base = "attnopt_" + _identifier(what)
     name, i = base, 0
     while hasattr(gm, name):
         i += 1

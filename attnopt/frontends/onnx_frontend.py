@@ -67,7 +67,9 @@ class OnnxFrontend(Frontend):
         from ..errors import RewriteVerificationError, one_line
 
         model = loaded.model
-        external = any(isinstance(v.const_value, ir.ExternalTensor) for v in model.graph.initializers.values())
+        from .onnx_rewrite import has_external_data
+
+        external = has_external_data(model)
         stage = "onnx.checker"
         try:
             options = ort.SessionOptions()

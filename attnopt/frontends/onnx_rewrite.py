@@ -116,6 +116,11 @@ def finalize(loaded, kernels: set[str]) -> None:
     model.ir_version = min(model.ir_version or IR_VERSION, IR_VERSION)
 
 
+def has_external_data(model: ir.Model) -> bool:
+    """Whether some weights live in files beside the model rather than inside it."""
+    return any(isinstance(v.const_value, ir.ExternalTensor) for v in model.graph.initializers.values())
+
+
 def save_atomic(model: ir.Model, path) -> None:
     """Write ``model`` at ``path``; weights kept outside the model go to ``<path>.data`` beside it.
 
@@ -123,7 +128,7 @@ def save_atomic(model: ir.Model, path) -> None:
     which would dangle in another folder: those weights are written out again, into a
     scratch folder beside the target, and both files are moved into place whole.
     """
-    if not any(isinstance(v.const_value, ir.ExternalTensor) for v in model.graph.initializers.values()):
+    if not has_external_data(model):
         write_atomic(path, lambda tmp: ir.save(model, tmp))
         return
     import os

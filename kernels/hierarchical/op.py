@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..pooling import block_prefix, pool_ranges
-from ..reference import check_qkv
+from ..reference import check_qkv, softcapped
 from ..torch_ops import define_op
 
 CHUNK_ELEMENTS = 1 << 17  # scores per chunk of query blocks, all batches and heads together
@@ -107,9 +107,7 @@ def forward(q, k, v, mask, key_padding, block: int, levels: int, sinks: int, sca
         k_bar, v_bar, log_n = pool_ranges(prefix, start[sl], end[sl], compute)  # (b, hkv, c, C, d), (Bw, c, C)
         keys = torch.cat([kc[:, :, cols], k_bar], dim=3).unsqueeze(2)  # (b, hkv, 1, c, span + G + C, d)
         values = torch.cat([vc[:, :, cols], v_bar], dim=3).unsqueeze(2)
-        raw = (qp[:, :, :, sl] @ keys.transpose(-1, -2)) * scale
-        if softcap:
-            raw = softcap * torch.tanh(raw / softcap)
+        raw = softcapped((qp[:, :, :, sl] @ keys.transpose(-1, -2)) * scale, softcap)
         exact = raw[..., :cols.shape[1]].masked_fill(~ok, neg_inf)
         if kp is not None:
             exact = exact + kp[:, cols][:, None, None, :, None, :]

@@ -12,7 +12,7 @@ import math
 import torch
 from torch import Tensor
 
-from ..reference import band_allowed, check_qkv, check_self_attention, positions, with_sinks
+from ..reference import band_allowed, check_qkv, check_self_attention, positions, softcapped, with_sinks
 
 
 def coarse_groups(n: int, m: int, block: int, levels: int, causal: bool, device=None) -> Tensor:
@@ -52,7 +52,7 @@ def reference(q: Tensor, k: Tensor, v: Tensor, *, block: int, levels: int = 1, s
     neg_inf = float("-inf")
 
     def capped(s: Tensor) -> Tensor:
-        return softcap * torch.tanh(s / softcap) if softcap else s
+        return softcapped(s, softcap)
 
     # Exact entries: the fine window and the sinks, with the site's causality, padding and mask.
     exact = with_sinks(band_allowed(n, m, block, block, 0 if causal else block, q.device), sinks)

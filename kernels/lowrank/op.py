@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from ..pooling import block_prefix, pool_ranges
-from ..reference import check_qkv
+from ..reference import check_qkv, softcapped
 from ..torch_ops import define_op
 from .linalg import newton_schulz_pinv
 from .masks import key_padding_of, refuse_causal
@@ -35,7 +35,7 @@ def forward(q, k, v, mask, key_padding, rank: int, method: str, pinv_steps: int,
 
     def scores(a, b):
         s = (a @ b.transpose(-1, -2)) * scale
-        return softcap * torch.tanh(s / softcap) if softcap else s
+        return softcapped(s, softcap)
 
     if method == "pool":
         out = _softmax(scores(q5, k_land[:, :, None]) + log_n[:, None, None, None, :]) @ v_land[:, :, None]

@@ -19,7 +19,7 @@ import math
 import torch
 from torch import Tensor
 
-from ..reference import check_qkv
+from ..reference import check_qkv, softcapped
 from .linalg import newton_schulz_pinv
 from .masks import key_padding_of, refuse_causal
 
@@ -55,7 +55,7 @@ def reference(q: Tensor, k: Tensor, v: Tensor, *, rank: int, method: str = "pool
 
     def scores(a: Tensor, b: Tensor) -> Tensor:
         s = (a @ b.transpose(-1, -2)) * scale
-        return softcap * torch.tanh(s / softcap) if softcap else s
+        return softcapped(s, softcap)
 
     if method == "pool":
         out = _softmax(scores(q, p @ k) + log_n) @ (p @ v)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..reference import check_qkv
+from ..reference import check_qkv, softcapped
 from ..torch_ops import define_op
 
 QUERY_BLOCK = 64
@@ -52,9 +52,7 @@ def forward(q, k, v, mask, key_padding, slopes, table, kind: str, num_buckets: i
     may_empty = mask is not None or key_padding is not None or not bool(torch.isfinite(table).all())
     for r0 in range(0, n, QUERY_BLOCK):
         r1 = min(r0 + QUERY_BLOCK, n)
-        scores = qg[:, :, :, r0:r1] @ kt
-        if softcap:
-            scores = softcap * torch.tanh(scores / softcap)
+        scores = softcapped(qg[:, :, :, r0:r1] @ kt, softcap)
         scores = scores + _block_bias(slope, tab, r, r0 + off, r1 - r0, m)
         if causal:  # key j > query position p = r0 + off + row
             future = torch.arange(m, device=dev)[None, :] > torch.arange(r0 + off, r1 + off, device=dev)[:, None]

@@ -18,7 +18,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ..reference import check_qkv
+from ..reference import check_qkv, softcapped
 from ..band import cuda_forward
 from ..torch_ops import define_op
 
@@ -88,11 +88,11 @@ def forward(
         sink_ok = sink_ok & (j[None, None, :] <= pos[:, :, None])
 
     neg_inf = float("-inf")
-    scores = _capped((qs @ ks.transpose(-1, -2)) * scale, softcap)  # (B, Hkv, rep, nseg, S, S)
+    scores = softcapped((qs @ ks.transpose(-1, -2)) * scale, softcap)  # (B, Hkv, rep, nseg, S, S)
     scores = scores.masked_fill(~local_ok, neg_inf).view(B, H, nseg, S, S)
     if G:
         k_sink = k[:, :, None, None, :G]  # (B, Hkv, 1, 1, G, D)
-        sink_scores = _capped((qs @ k_sink.transpose(-1, -2)) * scale, softcap)
+        sink_scores = softcapped((qs @ k_sink.transpose(-1, -2)) * scale, softcap)
         sink_scores = sink_scores.masked_fill(~sink_ok, neg_inf).view(B, H, nseg, S, G)
         scores = torch.cat([scores, sink_scores], dim=-1)
     if mask is not None:
@@ -108,10 +108,6 @@ def forward(
     if G:
         out = out + p[..., S:] @ v[:, :, None, None, :G]
     return out.reshape(B, H, Np, D)[:, :, :N].to(out_dtype).contiguous()
-
-
-def _capped(scores: Tensor, softcap: float) -> Tensor:
-    return softcap * torch.tanh(scores / softcap) if softcap else scores
 
 
 # On CUDA the Triton band kernel runs it (a segment is the band (S, 0, 0)).
