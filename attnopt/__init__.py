@@ -19,6 +19,7 @@ from .site import AttentionSite
 # otherwise rebind the package attribute from the function to the module.
 from .bench import bench  # noqa: E402
 from .validate import validate  # noqa: E402
+from .tune import tune  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -43,10 +44,24 @@ def skipped(model, example_inputs=None) -> list:
     return list(_detect(open_model(model, example_inputs).view).skipped)
 
 
-def rewrite(model, pass_name: str, *, layers=None, names=(), example_inputs=None, **params):
-    """Rewrite the selected sites with one pass; returns a RewriteResult (see attnopt.pipeline)."""
+def rewrite(model, pass_name: str | None = None, *, layers=None, names=(), example_inputs=None, target="portable",
+            plan=None, **params):
+    """Rewrite the selected sites with one pass; returns a RewriteResult (see attnopt.pipeline).
+
+    ``target="ort-cuda"`` (ONNX models) emits each variant's onnxruntime contrib-op lowering where it is exact.
+    ``plan`` (a plan file or ``attnopt.plan.Plan``, from ``attnopt.tune``) instead of a pass: each site as
+    the plan says (see attnopt.plan); it takes no pass, parameters or site selection.
+    """
+    if plan is not None:
+        if pass_name is not None or params or layers is not None or names:
+            raise AttnoptError("rewrite: a plan takes no pass, parameters, layers or names (the plan holds them)")
+        from .plan import apply_plan
+        return apply_plan(model, plan, example_inputs=example_inputs, target=target)
+    if pass_name is None:
+        raise AttnoptError("rewrite: give a pass name, or a plan")
     from .pipeline import rewrite as _rewrite
-    return _rewrite(model, pass_name, layers=layers, names=names, example_inputs=example_inputs, **params)
+    return _rewrite(model, pass_name, layers=layers, names=names, example_inputs=example_inputs, target=target,
+                    **params)
 
 
 def export_onnx(graph_module, example_inputs, path, **kwargs):
@@ -55,4 +70,4 @@ def export_onnx(graph_module, example_inputs, path, **kwargs):
     return _export(graph_module, example_inputs, path, **kwargs)
 
 
-__all__ = ["AttentionSite", "AttnoptError", "bench", "detect", "export_onnx", "rewrite", "skipped", "validate"]
+__all__ = ["AttentionSite", "AttnoptError", "bench", "detect", "export_onnx", "rewrite", "skipped", "tune", "validate"]

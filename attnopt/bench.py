@@ -61,16 +61,30 @@ class BenchReport:
         t = Table(title=f"{self.pass_name} {_params_text(self.params)} on {self.runtime} ({self.provider}): "
                         f"{self.model}")
         notes = any(r.get("note") for r in self.rows)
+        placed = any(r.get("original_cpu_nodes") is not None or r.get("rewritten_cpu_nodes") is not None
+                     for r in self.rows)
         for col in ("N", "original ms", "rewritten ms", "speedup", "orig peak MB", "new peak MB", "memory ×",
-                    "max abs err") + (("note",) if notes else ()):
+                    "max abs err") + (("CPU nodes orig / new",) if placed else ()) + (("note",) if notes else ()):
             t.add_column(col, justify="right" if col != "note" else "left")
         for r in self.rows:
             cells = [str(r["seq_len"]), _fmt_time(r, ORIGINAL), _fmt_time(r, REWRITTEN),
                      _fmt(r.get("speedup"), "{:.2f}x"), _fmt(r.get("original_peak_mb"), "{:.0f}"),
                      _fmt(r.get("rewritten_peak_mb"), "{:.0f}"), _fmt(r.get("memory_ratio"), "{:.2f}x"),
                      _fmt(r.get("max_abs"), "{:.2e}")]
+            if placed:
+                cells.append(f"{_placed_text(r, ORIGINAL)} / {_placed_text(r, REWRITTEN)}")
             t.add_row(*cells, *((r.get("note", ""),) if notes else ()))
         return t
+
+
+def _placed_text(row: dict, which: str) -> str:
+    """'12 (1.3 ms: Shape 8, Gather 4)': the nodes onnxruntime ran on the CPU, their time, the commonest ops."""
+    count = row.get(f"{which}_cpu_nodes")
+    if count is None:
+        return "-"
+    p = row[which]["placement"]
+    ops = ", ".join(f"{op} {n}" for op, n in list(p["cpu_ops"].items())[:3])
+    return f"{count} ({p['cpu_ms']:.2f} ms{': ' + ops if ops else ''})"
 
 
 def _fmt(v, spec: str) -> str:
@@ -87,7 +101,7 @@ def _fmt_time(row: dict, which: str) -> str:
 
 def bench(model, pass_name: str, params: dict | None, seq_lens: Sequence[int], *, provider: str = "cpu",
           repeats: int = 5, warmup: int = 2, batch: int = 1, threads: int | None = None, progress=True,
-          example_inputs=None, seed: int = 0) -> BenchReport:
+          example_inputs=None, seed: int = 0, target: str = "portable") -> BenchReport:
     """Rewrite ``model`` once with ``pass_name`` and time original vs rewritten at every N in ``seq_lens``.
 
     Per N: median and spread (min/max, quartiles) of ``repeats`` timed runs after ``warmup``
@@ -101,7 +115,11 @@ def bench(model, pass_name: str, params: dict | None, seq_lens: Sequence[int], *
     ``rel_l2``, ``note`` when something failed) and the full stats per model under
     ``original``/``rewritten`` (min, max, quartiles, every time, baseline RSS).
     ``progress``: True draws a rich bar on stderr, a callable gets ``(done, total,
-    description)``, False is silent.
+    description)``, False is silent. ``target`` is the rewrite's (portable or ort-cuda).
+
+    On ``provider="cuda"`` inputs and outputs are bound on the GPU (IO binding), so
+    host-device copies are not timed, and each model's row says which of its nodes
+    onnxruntime ran on the CPU (``*_cpu_nodes``; details under ``placement``).
     """
     import attnopt
 
@@ -120,7 +138,7 @@ def bench(model, pass_name: str, params: dict | None, seq_lens: Sequence[int], *
     with tempfile.TemporaryDirectory(prefix="attnopt-bench-") as tmp:
         tmp = Path(tmp)
         files = {ORIGINAL: frontend.worker_file(model, tmp / ORIGINAL)}
-        result = attnopt.rewrite(model, pass_name, example_inputs=example_inputs, **params)
+        result = attnopt.rewrite(model, pass_name, example_inputs=example_inputs, target=target, **params)
         files[REWRITTEN] = frontend.worker_file(result.loaded, tmp / REWRITTEN)
         report = BenchReport(loaded.source, pass_name, params, frontend.runtime, provider,
                              _batch_of(feeds[seq_lens[0]], batch), repeats, warmup, threads,
@@ -258,6 +276,9 @@ def _summarise(row: dict, outputs: dict) -> None:
             row[f"{which}_ms"] = row[f"{which}_spread_ms"] = None
             notes.append(f"{which} failed: {stats.get('error')}")
     row["speedup"] = o["median_ms"] / w["median_ms"] if "median_ms" in o and "median_ms" in w else None
+    for which, stats in ((ORIGINAL, o), (REWRITTEN, w)):
+        if "placement" in stats:
+            row[f"{which}_cpu_nodes"] = stats["placement"]["cpu_nodes"]
     row["original_peak_mb"], row["rewritten_peak_mb"] = o.get("peak_rss_mb"), w.get("peak_rss_mb")
     po, pw = row["original_peak_mb"], row["rewritten_peak_mb"]
     row["memory_ratio"] = po / pw if po and pw else None
@@ -365,22 +386,30 @@ def _worker(frontend, model_file, inputs_path, outputs_path, provider, threads, 
         loaded_rss = _status_kb("VmRSS")
         stats = _time(runner, feeds, outputs_path, warmup, repeats)
     stats["peak_rss_mb"] = _peak_rss_mb()
+    if provider != "cpu" and hasattr(frontend, "placement"):  # which nodes left the device, never hidden
+        stats["placement"] = frontend.placement(model_file, feeds, provider)
     stats["baseline_rss_mb"] = baseline / 1024 if baseline else None
     stats["loaded_rss_mb"] = loaded_rss / 1024 if loaded_rss else None
     return stats
 
 
 def _time(runner, feeds: dict, outputs_path, warmup: int, repeats: int) -> dict:
-    """``repeats`` timed runs after ``warmup``; the first run's outputs go to ``outputs_path``."""
+    """``repeats`` timed runs after ``warmup``; the first run's outputs go to ``outputs_path``.
+
+    A runner that can hold its inputs and outputs on the device (onnxruntime IO binding)
+    gets them bound once, before any timing, so host-device copies are not timed.
+    """
+    bound = runner.bound(feeds) if hasattr(runner, "bound") else None
     times = []
     for i in range(max(warmup, 0) + repeats):
         t0 = time.perf_counter()
-        result = runner.run(feeds)
+        result = bound() if bound is not None else runner.run(feeds)
         dt = time.perf_counter() - t0
         if i == 0:
+            outputs = bound.outputs() if bound is not None else result.outputs
             with open(outputs_path, "wb") as f:
-                pickle.dump({k: as_numpy(v) for k, v in result.outputs.items()}, f,
-                            protocol=pickle.HIGHEST_PROTOCOL)
+                pickle.dump({k: as_numpy(v) for k, v in outputs.items()}, f, protocol=pickle.HIGHEST_PROTOCOL)
+            del outputs
         del result
         if i >= warmup:
             times.append(dt)

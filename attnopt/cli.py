@@ -258,7 +258,8 @@ def _lens(q, kv) -> str:
 
 @main.command()
 @click.argument("model")
-@click.option("--pass", "pass_name", required=True, metavar="NAME", help="The variant to rewrite into (see `attnopt passes`).")
+@click.option("--pass", "pass_name", metavar="NAME",
+              help="The variant to rewrite into (see `attnopt passes`); or give --plan.")
 @click.option("-p", "--param", "params", multiple=True, metavar="KEY=VALUE", help="A pass parameter; repeat for several.")
 @click.option("--layers", metavar="A:B", help="Only sites in layers A..B-1 (python slice; '3' is one layer).")
 @click.option("--names", multiple=True, metavar="GLOB", help="Only sites whose name matches GLOB; repeatable.")
@@ -266,12 +267,22 @@ def _lens(q, kv) -> str:
 @click.option("--streaming", is_flag=True,
               help="Write the pass's streaming form (memory): the model takes one segment per call plus, per site, "
                    "its memory and sink keys/values as inputs, and returns them updated as outputs. Positions must "
-                   "be a model input (position_ids).")
+                   "continue across calls: the model takes them as an input (position_ids) or every site's "
+                   "position dependence is a recognised relative bias (ALiBi, as BLOOM builds it). Every site "
+                   "streams, or the rewrite is refused.")
 @click.option("--no-verify", is_flag=True,
               help="Skip checking that the output loads in onnxruntime (onnx.checker + a CPU session) before "
                    "writing it; for models where that costs too much.")
+@click.option("--target", default="portable", show_default=True, metavar="portable|ort-cuda",
+              help="portable: ai.attnopt function bodies, any execution provider. ort-cuda: where a variant has "
+                   "an exact com.microsoft lowering (segmented: MultiHeadAttention over segments folded into the "
+                   "batch), emit it for onnxruntime's fused CUDA kernels; elsewhere the portable body, and the "
+                   "table says why.")
+@click.option("--plan", "plan_path", type=click.Path(dir_okay=False), metavar="PLAN.JSON",
+              help="Rewrite each site as a plan from `attnopt tune` says (instead of --pass); a plan made for "
+                   "another model is refused.")
 @click.option("--json", "as_json", is_flag=True, help="Print the per-site report as JSON.")
-def rewrite(model, pass_name, params, layers, names, output, streaming, no_verify, as_json):
+def rewrite(model, pass_name, params, layers, names, output, streaming, no_verify, target, plan_path, as_json):
     """Rewrite the attention sites of an ONNX MODEL with one pass and save the result.
 
     Each selected site is replaced by an ai.attnopt op whose ONNX function body
@@ -286,26 +297,66 @@ def rewrite(model, pass_name, params, layers, names, output, streaming, no_verif
       attnopt rewrite bert.onnx --pass segmented -p segment_size=512 -p sinks=4
       attnopt rewrite bert.onnx --pass segmented -p segment_size=256 --layers 0:6 -o bert.seg.onnx
       attnopt rewrite bert.onnx --pass segmented --names 'encoder.layer.1*'
+      attnopt rewrite bert.onnx --plan plan.json      # a plan from `attnopt tune`
     """
     import attnopt
     from .passes import pass_class
+    if plan_path is not None:
+        return _rewrite_by_plan(model, plan_path, pass_name, params, layers, names, output, streaming, no_verify,
+                                target, as_json)
+    if pass_name is None:
+        raise AttnoptError("rewrite: give --pass NAME or --plan PLAN.JSON")
     parsed = _parse_params(params)
     pass_class(pass_name)(**parsed, streaming=streaming)  # bad params fail before the model is read
+    from .kernels.ort_cuda import check_target
+    check_target(target)
     _require_file(model)
     out = Path(output) if output else _default_output(model, pass_name)
     _check_writable(out, model)
-    result = attnopt.rewrite(model, pass_name, layers=layers, names=names, streaming=streaming, **parsed)
+    result = attnopt.rewrite(model, pass_name, layers=layers, names=names, streaming=streaming, target=target,
+                             **parsed)
     result.save(out, verify=not no_verify)
     n_done, n_all = len(result.rewritten), len(result.report)
     if as_json:
         _print_json({**result.to_dict(), "pass": pass_name, "params": parsed, "output": str(out),
                      "rewritten": n_done})
         return
-    rows = [[o.site, o.layer, o.status, o.plan_text if o.status == "rewritten" else o.reason]
+    rows = [[o.site, o.layer, o.status, (o.plan_text + _target_text(o)) if o.status == "rewritten" else o.reason]
             for o in result.report]
     con = _console()
     con.print(_table(f"{model}: {pass_name}", ["site", "layer", "status", "params / reason"], rows))
     con.print(f"wrote {out} ({n_done} of {n_all} site{'s' * (n_all != 1)} rewritten)")
+
+
+def _rewrite_by_plan(model, plan_path, pass_name, params, layers, names, output, streaming, no_verify, target,
+                     as_json) -> None:
+    import attnopt
+    from .plan import Plan
+    given = [opt for opt, v in (("--pass", pass_name), ("-p", params), ("--layers", layers), ("--names", names),
+                                ("--streaming", streaming)) if v]
+    if given:
+        raise AttnoptError(f"rewrite: --plan and {', '.join(given)} are mutually exclusive (the plan holds them)")
+    plan = Plan.load(plan_path)  # a bad plan fails before the model is read
+    _require_file(model)
+    out = Path(output) if output else _default_output(model, "tuned")
+    _check_writable(out, model)
+    result = attnopt.rewrite(model, plan=plan, target=target)
+    result.save(out, verify=not no_verify)
+    n_done, n_all = len(result.rewritten), len(result.report)
+    if as_json:
+        _print_json({**result.to_dict(), "plan": plan_path, "output": str(out), "rewritten": n_done})
+        return
+    rows = [[o.site, o.layer, o.status, o.plan_text if o.status == "rewritten" else o.reason] for o in result.report]
+    con = _console()
+    con.print(_table(f"{model}: plan {plan_path}", ["site", "layer", "status", "params / reason"], rows))
+    con.print(f"wrote {out} ({n_done} of {n_all} site{'s' * (n_all != 1)} rewritten by the plan)")
+
+
+def _target_text(outcome) -> str:
+    """What the op call compiles to under a target other than portable, or why it kept the portable body."""
+    if outcome.target == "portable":
+        return ""
+    return f" ({outcome.fallback})" if outcome.fallback else f" ({outcome.target} lowering)"
 
 
 @main.command()
@@ -350,12 +401,15 @@ def validate(original, rewritten, inputs_path, seq_len, as_json):
 @click.option("--seq-len", "seq_lens", default="512,1024,2048", show_default=True, metavar="N,N,...",
               help="Comma-separated sequence lengths.")
 @click.option("--provider", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
-              help="onnxruntime execution provider.")
+              help="onnxruntime execution provider. cuda binds inputs and outputs on the GPU (copies are not timed) "
+                   "and reports the nodes onnxruntime ran on the CPU.")
+@click.option("--target", default="portable", show_default=True, metavar="portable|ort-cuda",
+              help="What the rewrite compiles for (see `attnopt rewrite --help`).")
 @click.option("--repeats", type=click.IntRange(min=1), default=None, help="Timed runs per length, after warm-up.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), metavar="OUT.PNG",
               help="Also draw latency and memory against N (needs matplotlib).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def bench(model, pass_name, params, seq_lens, provider, repeats, plot_path, as_json):
+def bench(model, pass_name, params, seq_lens, provider, target, repeats, plot_path, as_json):
     """Time MODEL against its rewrite across sequence lengths.
 
     For every N it reports the original and rewritten latency (median and
@@ -367,6 +421,7 @@ def bench(model, pass_name, params, seq_lens, provider, repeats, plot_path, as_j
     Example:
       attnopt bench bert.onnx --pass segmented -p segment_size=256 --seq-len 512,1024,2048,4096
       attnopt bench bert.onnx --pass segmented -p segment_size=512 --seq-len 8192 --provider cuda --plot b.png
+      attnopt bench bert.fp16.onnx --pass segmented -p segment_size=512 --seq-len 16384 --provider cuda --target ort-cuda
     """
     import attnopt
     from .passes import pass_class
@@ -377,7 +432,10 @@ def bench(model, pass_name, params, seq_lens, provider, repeats, plot_path, as_j
     if plot_path:
         _check_writable(Path(plot_path))
         _require_matplotlib()
-    kwargs = {"provider": provider}
+    from .kernels.ort_cuda import check_target
+    from .ort_runtime import providers_for
+    providers_for(provider)  # a provider that cannot run fails now, before any progress is drawn
+    kwargs = {"provider": provider, "target": check_target(target)}
     if repeats is not None:
         kwargs["repeats"] = repeats
     with _Progress(f"bench {pass_name}", enabled=not as_json) as progress:
@@ -393,6 +451,66 @@ def bench(model, pass_name, params, seq_lens, provider, repeats, plot_path, as_j
     con.print(report.table())
     if plot_path:
         con.print(f"wrote {plot_path}")
+
+
+@main.command()
+@click.argument("model")
+@click.option("--budget", type=float, required=True, metavar="COS",
+              help="The end-to-end cosine to keep, in (0, 1]: 1.0 keeps the model exact.")
+@click.option("--inputs", "inputs_path", type=click.Path(dir_okay=False), metavar="CALIB.NPZ",
+              help="Calibration inputs, one array per graph input name (default: random ones at --seq-len).")
+@click.option("--seq-len", type=click.IntRange(min=1), metavar="N", help="Sequence length of the random inputs.")
+@click.option("--variants", default=",".join(("segmented", "window", "memory", "hierarchical")), show_default=True,
+              metavar="A,B,...", help="The variants to try (besides keeping a site dense).")
+@click.option("--no-head-groups", is_flag=True, help="One choice per site for all its heads.")
+@click.option("--site-budget", type=float, metavar="COS",
+              help="The cosine each site's own output must keep, upstream dense (default: --budget).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), metavar="PLAN.JSON",
+              help="Where to write the plan (default MODEL.plan.json).")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), metavar="OUT.PNG",
+              help="Also draw each site's error against its attended fraction (needs matplotlib).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result (plan, candidates, checks) as JSON.")
+def tune(model, budget, inputs_path, seq_len, variants, no_head_groups, site_budget, output, plot_path, as_json):
+    """Find the cheapest rewrite per site (and per head group) of MODEL that keeps its outputs within
+    a cosine BUDGET of the original on calibration inputs; write it as a plan.
+
+    Every site tries the training-free variants over a small grid, and keeping
+    dense; each candidate is measured alone (upstream sites dense), then whole
+    plans are rewritten and run end to end, and the cheapest one measured
+    within the budget is written. Apply it with `attnopt rewrite MODEL --plan`.
+
+    \b
+    Example:
+      attnopt tune bert.onnx --budget 0.98 --inputs calib.npz -o plan.json --plot tune.png
+      attnopt rewrite bert.onnx --plan plan.json -o bert.tuned.onnx
+    """
+    import attnopt
+    from .tune_report import plot, table
+    if not 0.0 < budget <= 1.0:
+        raise AttnoptError(f"--budget must be a cosine in (0, 1], got {budget}")
+    if site_budget is not None and not 0.0 < site_budget <= 1.0:
+        raise AttnoptError(f"--site-budget must be a cosine in (0, 1], got {site_budget}")
+    chosen = tuple(v.strip() for v in variants.split(",") if v.strip())
+    _require_file(model)
+    if inputs_path is not None:
+        _require_file(inputs_path, "input file")
+    out = Path(output) if output else Path(model).with_name(Path(model).name.removesuffix(".onnx") + ".plan.json")
+    _check_writable(out, model)
+    if plot_path:
+        _check_writable(Path(plot_path))
+        _require_matplotlib()
+    with _Progress("tune", enabled=not as_json) as progress:
+        result = attnopt.tune(model, budget, inputs=inputs_path, seq_len=seq_len, variants=chosen,
+                              head_groups=not no_head_groups, site_budget=site_budget, progress=progress)
+    result.plan.save(out)
+    if plot_path:
+        plot(result, plot_path, title=f"attnopt tune {Path(model).name}")
+    if as_json:
+        _print_json({**result.to_dict(), "output": str(out), "plot": plot_path})
+        return
+    con = _console()
+    con.print(table(result, f"{model}: tuned to cosine >= {budget}"))
+    con.print(f"wrote {out}" + (f" and {plot_path}" if plot_path else ""))
 
 
 def _require_matplotlib() -> None:
@@ -487,7 +605,9 @@ def passes(name, as_json):
 @click.option("--layers", type=click.IntRange(min=1), help="Number of encoder layers (default: the preset's).")
 @click.option("--seq-len", type=click.IntRange(min=2), default=128, show_default=True,
               help="Sequence length of the example inputs used to trace (the exported axis stays dynamic).")
-def example(name, output, layers, seq_len):
+@click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
+              help="Weights and activations; float16 is what a GPU deployment runs (the inputs stay int64).")
+def example(name, output, layers, seq_len, dtype):
     """Build a built-in example model (random weights) and export it to ONNX.
 
     NAME is one of: bert (2 layers, hidden 128, 4 heads), bert-base (4 layers,
@@ -499,15 +619,16 @@ def example(name, output, layers, seq_len):
     Example:
       attnopt example bert -o bert.onnx
       attnopt example bert-base -o bert-base.onnx --layers 4
+      attnopt example bert-base -o bert-base.fp16.onnx --dtype float16
     """
     from .examples import PRESETS, export_example
     if name not in PRESETS:
         raise AttnoptError(f"unknown example '{name}'; available: {', '.join(PRESETS)}")
     out = Path(output)
     _check_writable(out)
-    export_example(name, out, seq_len=seq_len, layers=layers)
+    export_example(name, out, seq_len=seq_len, layers=layers, dtype=dtype)
     cfg = PRESETS[name]
-    click.echo(f"wrote {out} ({name}: {layers or cfg.layers} layers, hidden {cfg.hidden}, {cfg.heads} heads; "
+    click.echo(f"wrote {out} ({name}: {layers or cfg.layers} layers, hidden {cfg.hidden}, {cfg.heads} heads, {dtype}; "
                f"inputs input_ids, attention_mask: int64 (batch, seq))")
 
 

@@ -6,6 +6,7 @@ so the exported graph shows the decomposed form the matcher is built for. No
 
     >>> module, inputs, names = build_example("bert", layers=2)
     >>> export_example("bert", "bert.onnx", seq_len=128)
+    >>> export_example("bert-base", "bert-base.fp16.onnx", dtype="float16")
 
 Positions are sinusoidal and computed from the input length at run time, so one
 exported model takes any sequence length (the benchmark varies N).
@@ -115,14 +116,17 @@ class BertEncoder(nn.Module):
     def positions(self, n_like: torch.Tensor) -> torch.Tensor:
         # cumsum of ones, not arange(N): both exporters keep it symbolic in N.
         pos = torch.cumsum(torch.ones_like(n_like[0], dtype=torch.float32), dim=0) - 1.0
-        angles = pos[:, None] * self.inv_freq[None, :]
+        angles = pos[:, None] * self.inv_freq.float()[None, :]  # float32 even in a float16 model (N > 2048)
         pe = torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
         if pe.shape[-1] < self.cfg.hidden:  # odd hidden size
             pe = torch.nn.functional.pad(pe, (0, self.cfg.hidden - pe.shape[-1]))
         return pe
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        x = self.norm(self.embed(input_ids) + self.positions(input_ids))
+        x, pe = self.embed(input_ids), self.positions(input_ids)
+        if pe.dtype != x.dtype:  # a float16 model (a Cast in its graph only there)
+            pe = pe.to(x.dtype)
+        x = self.norm(x + pe)
         mask = (1.0 - attention_mask[:, None, None, :].to(x.dtype)) * MASK_NEG
         for layer in self.layer:
             x = layer(x, mask)
@@ -164,7 +168,10 @@ def build_example(name: str = "bert", *, layers: int | None = None, hidden: int 
     return module, example_inputs(cfg, batch, seq_len, seed), list(INPUT_NAMES)
 
 
-def export_example(name: str, path, seq_len: int = 128, *, opset: int = 17, **kw) -> Path:
+DTYPES = {"float32": torch.float32, "float16": torch.float16}
+
+
+def export_example(name: str, path, seq_len: int = 128, *, opset: int = 17, dtype: str = "float32", **kw) -> Path:
     """Build example ``name`` and export it to ONNX at ``path`` with dynamic batch and sequence axes.
 
     Exporter choice: TorchScript (``dynamo=False``) with ``dynamic_axes``.
@@ -175,7 +182,12 @@ def export_example(name: str, path, seq_len: int = 128, *, opset: int = 17, **kw
     match the torch module to 1e-6 at lengths other than the traced one; the
     faster one keeps `attnopt demo` and the tests quick.
     """
+    if dtype not in DTYPES:
+        raise AttnoptError(f"example: dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     module, inputs, names = build_example(name, seq_len=seq_len, **kw)
+    # float16 weights and activations (the inputs stay int64 ids and mask), as a GPU user would deploy it:
+    # the exported graph then computes in float16 throughout, softmax included.
+    module = module.to(DTYPES[dtype])
     axes = {n: {0: "batch", 1: "seq"} for n in [*names, *OUTPUT_NAMES]}
 
     def write(tmp: str) -> None:

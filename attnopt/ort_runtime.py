@@ -18,28 +18,67 @@ from .onnx_compat import IR_VERSION
 IN_MEMORY_LIMIT = 1 << 30
 
 
+def import_onnxruntime():
+    """The onnxruntime module, or a one-line AttnoptError saying how to install it.
+
+    attnopt requires no onnxruntime distribution itself: onnxruntime and onnxruntime-gpu
+    both provide the module, and installing one next to the other breaks both.
+    """
+    try:
+        import onnxruntime
+    except ImportError:
+        raise AttnoptError("attnopt runs ONNX models in onnxruntime, which is not installed: "
+                           "pip install 'attnopt[cpu]' (CPU) or 'attnopt[cuda]' (NVIDIA GPU, onnxruntime-gpu)") from None
+    return onnxruntime
+
+
 def providers_for(provider: str) -> list[str]:
     """'cpu' / 'cuda' -> the onnxruntime providers list; fails clearly when CUDA is not there."""
-    import onnxruntime as ort
-
     provider = (provider or "cpu").lower()
     if provider == "cpu":
         return ["CPUExecutionProvider"]
     if provider == "cuda":
-        if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise AttnoptError("--provider cuda: this onnxruntime has no CUDAExecutionProvider "
-                               "(install onnxruntime-gpu)")
+        reason = cuda_missing()
+        if reason:
+            raise AttnoptError(f"--provider cuda: {reason}")
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     raise AttnoptError(f"unknown provider {provider!r}; use cpu or cuda")
 
 
-def session(model_or_path, provider: str = "cpu", threads: int | None = None):
+def cuda_missing() -> str | None:
+    """What keeps onnxruntime's CUDA provider from loading here, in one line; None when nothing does.
+
+    onnxruntime-gpu lists CUDAExecutionProvider as available even without a GPU or
+    CUDA libraries, then falls back to the CPU with a multi-line log. Loading the
+    provider library ourselves names the missing piece (libcublasLt.so.13, ...).
+    """
+    import ctypes
+
+    ort = import_onnxruntime()
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return ("this onnxruntime has no CUDAExecutionProvider; install onnxruntime-gpu in place of onnxruntime "
+                "(pip uninstall onnxruntime && pip install 'attnopt[cuda]')")
+    library = os.path.join(os.path.dirname(ort.__file__), "capi", "libonnxruntime_providers_cuda.so")
+    if os.path.exists(library):  # Linux wheels; elsewhere the session probe below decides
+        try:
+            ctypes.CDLL(library)
+        except OSError as e:
+            return f"onnxruntime's CUDA provider cannot load: {one_line(e)} (no CUDA toolkit / driver for it here?)"
+    return None
+
+
+def session(model_or_path, provider: str = "cpu", threads: int | None = None, profile_dir: str | None = None):
     """An onnxruntime session on the requested provider, refusing a silent CPU fallback."""
-    import onnxruntime as ort
+    ort = import_onnxruntime()
 
     providers = providers_for(provider)
+    ort.set_default_logger_severity(3)  # a provider that cannot load logs pages; the error below says it once
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    if profile_dir:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = os.path.join(profile_dir, "ort_profile")
     if threads:
         opts.intra_op_num_threads = int(threads)
         opts.inter_op_num_threads = 1
@@ -127,6 +166,10 @@ class OrtRunner(Runner):
         ir.save(model, path, external_data="model.onnx.data")
         return path
 
+    def bound(self, feeds: Mapping) -> "BoundRun":
+        """``feeds`` copied to the session's device once; runs then time the model, not host-device copies."""
+        return BoundRun(self.session, feeds, "cuda" if self.label == "cuda" else "cpu")
+
     def run(self, feeds: Mapping) -> RunResult:
         try:
             results = self.session.run(None, dict(feeds))
@@ -151,3 +194,71 @@ def _top_level_values(model) -> dict:
             if v.name:
                 out.setdefault(v.name, v)
     return out
+
+
+class BoundRun:
+    """One model's runs through onnxruntime IO binding: inputs and outputs stay on the device.
+
+    Calling it runs the model and waits for it (``run_with_iobinding`` synchronizes),
+    so a timer around the call measures the model alone; ``outputs()`` copies the last
+    run's outputs to the host, outside any timing.
+    """
+
+    def __init__(self, sess, feeds: Mapping, device: str):
+        import numpy as np
+        import onnxruntime as ort
+
+        self.session = sess
+        self.binding = sess.io_binding()
+        self._inputs = []  # the device copies must outlive the binding
+        for name, value in feeds.items():
+            value = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value), device, 0)
+            self._inputs.append(value)
+            self.binding.bind_ortvalue_input(name, value)
+        self.output_names = [o.name for o in sess.get_outputs()]
+        for name in self.output_names:
+            self.binding.bind_output(name, device)
+
+    def __call__(self) -> None:
+        try:
+            self.session.run_with_iobinding(self.binding)
+        except Exception as e:
+            raise AttnoptError(f"onnxruntime failed to run the model: {type(e).__name__}: {one_line(e)}") from None
+
+    def outputs(self) -> dict:
+        return dict(zip(self.output_names, self.binding.copy_outputs_to_cpu()))
+
+
+def placement(model_path: str, feeds: Mapping, provider: str) -> dict:
+    """Where onnxruntime ran each node of one run of ``model_path`` on ``provider``, from its profile.
+
+    The profile lists every kernel that ran, the nodes of inlined ai.attnopt bodies and of
+    ``If`` branches included, with its execution provider. Returns ``cpu_nodes`` (how many
+    nodes ran on the CPU: shape arithmetic, or an op the provider has no kernel for),
+    ``cpu_ms`` (their summed kernel time), ``cpu_ops`` (op type -> count), ``memcpy_nodes``
+    (host-device copies inside the model) and ``nodes`` (all nodes that ran).
+    """
+    import json
+    import tempfile
+    from collections import Counter
+
+    with tempfile.TemporaryDirectory(prefix="attnopt-profile-") as tmp:
+        sess = session(model_path, provider, profile_dir=tmp)
+        BoundRun(sess, feeds, "cuda" if provider == "cuda" else "cpu")()
+        path = sess.end_profiling()
+        with open(path) as f:
+            events = json.load(f)
+        del sess
+    nodes: dict[str, tuple[str, str]] = {}
+    cpu_us = 0.0
+    for e in events:
+        args = e.get("args") or {}
+        if e.get("cat") != "Node" or "provider" not in args or not e.get("name", "").endswith("_kernel_time"):
+            continue
+        nodes[e["name"]] = (args.get("op_name", "?"), args["provider"])
+        if args["provider"] == "CPUExecutionProvider":
+            cpu_us += float(e.get("dur", 0))
+    cpu_ops = Counter(op for op, where in nodes.values() if where == "CPUExecutionProvider")
+    return {"nodes": len(nodes), "cpu_nodes": sum(cpu_ops.values()), "cpu_ms": round(cpu_us / 1e3, 3),
+            "cpu_ops": dict(sorted(cpu_ops.items(), key=lambda kv: (-kv[1], kv[0]))),
+            "memcpy_nodes": sum(1 for op, _ in nodes.values() if op.startswith("Memcpy"))}

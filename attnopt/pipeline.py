@@ -80,6 +80,8 @@ class SiteOutcome:
     kernel: str = ""  # the kernels of every group, ','-joined
     attrs: dict = field(default_factory=dict)  # a one-group plan's attributes; see ``groups`` for several
     groups: list[GroupOutcome] = field(default_factory=list)
+    target: str = "portable"  # what the op calls compile for (kernels.ort_cuda.TARGETS)
+    fallback: str = ""  # why the target's lowering was not used for (some of) the site, '' when it was
 
     @classmethod
     def planned(cls, site: AttentionSite, pass_name: str, call) -> "SiteOutcome":
@@ -142,8 +144,12 @@ class RewriteResult:
 class Pipeline:
     """Passes with selectors, applied in order to one model."""
 
-    def __init__(self):
+    def __init__(self, target: str = "portable"):
+        """``target``: "portable" (ai.attnopt bodies, any execution provider) or "ort-cuda" (each variant's
+        com.microsoft lowering where it is exact, see kernels.ort_cuda)."""
+        from .kernels.ort_cuda import check_target
         self.steps: list[tuple[Any, SiteSelector]] = []
+        self.target = check_target(target)
 
     def add(self, pass_, selector: SiteSelector | None = None) -> "Pipeline":
         self.steps.append((pass_, selector or SiteSelector()))
@@ -155,6 +161,10 @@ class Pipeline:
         if not loaded.sites:
             raise NoSitesError("no attention sites found in the model")
         frontend = loaded.frontend
+        if self.target not in getattr(frontend, "targets", ("portable",)):
+            raise InvalidParamsError(f"--target {self.target}: {frontend.description} takes only the portable "
+                                     "target (ort-cuda lowers ONNX models for onnxruntime)")
+        target_kw = {} if self.target == "portable" else {"target": self.target}
         site_names = [s.name for s in loaded.sites]  # the report keeps the original's sites and order
         outcomes: dict[str, SiteOutcome] = {}
         calls = []
@@ -174,9 +184,12 @@ class Pipeline:
                 calls.append(plan)
                 outcomes[site.name] = SiteOutcome.planned(site, pass_.name, plan)
                 break
-        if any(_stateful(c) for c in calls) and not _positions_are_inputs(loaded):
-            raise NoSitesError("streaming needs the model's positions as an input (position_ids, cache_position): "
-                               "otherwise every segment would restart them at 0; export it with position_ids")
+        if any(_stateful(c) for c in calls) and not _positions_are_inputs(loaded) and not _positions_relative(calls):
+            raise NoSitesError("streaming needs the model's positions as an input (position_ids, cache_position) "
+                               "or relative at every site (a recognised ALiBi / relative bias): otherwise every "
+                               "segment would restart them at 0; export it with position_ids")
+        if any(_stateful(c) for c in calls):
+            _check_every_site_streams(outcomes)
         if require_rewrite and not calls:
             names = ", ".join(p.name for p, _ in self.steps)
             reasons = sorted({o.reason for o in outcomes.values()})
@@ -184,8 +197,10 @@ class Pipeline:
         applied = []
         for call in calls:
             try:
-                frontend.apply(loaded, call)
+                fallbacks = frontend.apply(loaded, call, **target_kw)
                 applied.append(call)
+                outcomes[call.site.name].target = self.target
+                outcomes[call.site.name].fallback = "; ".join(fallbacks or ())
             except SiteNotApplicable as e:
                 site = call.site
                 outcomes[site.name] = SiteOutcome(site.name, site.layer, site.form, REFUSED, str(e),
@@ -193,6 +208,8 @@ class Pipeline:
         if require_rewrite and not applied:
             reasons = sorted({o.reason for o in outcomes.values()})
             raise NoSitesError(f"no attention site could be rewritten: {'; '.join(reasons)}")
+        if any(_stateful(c) for c in applied):
+            _check_every_site_streams(outcomes)
         if applied:
             frontend.finalize(loaded, {k for c in applied for k in c.kernels})
             relift(loaded)  # the View and sites now describe the rewritten model
@@ -209,8 +226,30 @@ def _positions_are_inputs(loaded) -> bool:
     return any("position" in name.lower() for name in loaded.frontend.input_names(loaded))
 
 
+def _check_every_site_streams(outcomes: dict) -> None:
+    """A streamed model runs one segment per call: a site left as it was would attend within its segment only,
+    silently unlike the one-shot rewrite. So streaming takes every site or none (one-line error naming them)."""
+    from .kernels.registry import get_variant
+    left = [o for o in outcomes.values()
+            if o.status != REWRITTEN or not all(get_variant(k).state for k in o.kernel.split(","))]
+    if left:
+        raise NoSitesError("streaming needs every attention site streamed (one left as it is would see only its "
+                           "segment): " + "; ".join(f"{o.site}: {o.reason or 'rewritten by ' + o.kernel}"
+                                                    for o in left))
+
+
+def _positions_relative(calls) -> bool:
+    """Whether every streamed site takes its positions from a relative bias its kernel computes over the stream
+    (BLOOM's ALiBi): then no position restarts with a segment. A model that also adds absolute positions
+    built inside the graph is not told apart here; ALiBi models add none.
+    """
+    from .frontends.lowering import FUSED_RELATIVE_BIAS
+    streamed = [c for c in calls if _stateful(c)]
+    return bool(streamed) and all(FUSED_RELATIVE_BIAS in c.fuses for c in streamed)
+
+
 def rewrite(model, pass_name: str, *, layers: str | None = None, names=(), example_inputs=None,
-            **params) -> RewriteResult:
+            target: str = "portable", **params) -> RewriteResult:
     """Rewrite every selected attention site of ``model`` with pass ``pass_name``.
 
     >>> result = rewrite("bert.onnx", "segmented", segment_size=512, sinks=4, layers="0:6")
@@ -219,4 +258,4 @@ def rewrite(model, pass_name: str, *, layers: str | None = None, names=(), examp
     from .passes import make_pass
     pass_ = make_pass(pass_name, **params)
     names = (names,) if isinstance(names, str) else tuple(names or ())
-    return Pipeline().add(pass_, SiteSelector(layers, names)).run(model, example_inputs)
+    return Pipeline(target).add(pass_, SiteSelector(layers, names)).run(model, example_inputs)

@@ -295,32 +295,16 @@ def keys_seen(name: str, params: dict, n: int) -> tuple[float | None, float]:
     """(mean fraction of the n keys a query attends to exactly, mean pooled columns per query) at N = n.
 
     ``params`` are parsed (typed, defaults filled). None where the variant's pattern is not a fixed one
-    (content-dependent variants such as lsh and routed, or lowrank).
+    (content-dependent variants such as lsh and routed, or lowrank). The count is the tuner's
+    (``attnopt.attended``), on a bidirectional site.
     """
-    from attnopt.kernels.reference import band_allowed, with_sinks
+    from attnopt.attended import exact_and_pooled
 
-    sinks = int(params.get("sinks", 0))
-    if name == "segmented":
-        allowed = band_allowed(n, n, params["segment_size"], 0, 0)
-    elif name == "window":
-        w = params["window"]
-        allowed = band_allowed(n, n, 1, w - 1, w - 1)
-    elif name == "memory":
-        allowed = band_allowed(n, n, params["segment_size"], params["memory"], 0)
-    elif name == "hierarchical":
-        from attnopt.kernels.hierarchical.reference import coarse_groups
-
-        b = params["block"]
-        allowed = with_sinks(band_allowed(n, n, b, b, b), sinks)
-        groups = coarse_groups(n, n, b, params.get("levels", 1), False)
-        groups[:, :sinks] = -1
-        pooled = sum(int(row[row >= 0].unique().numel()) for row in groups) / n
-        return float(allowed.float().mean()), pooled
-    elif name in ("relbias", "dense"):
-        return 1.0, 0.0
-    else:
+    try:
+        exact, pooled = exact_and_pooled(name, params, n, n, False)
+    except ValueError:
         return None, 0.0
-    return float(with_sinks(allowed, sinks).float().mean()), 0.0
+    return exact / n, pooled
 
 
 # --- the model ---------------------------------------------------------------------------------------

@@ -49,6 +49,11 @@ def _body(op_type: str):
         return spec.onnx_function
     if op_type in _HELPERS:
         return _HELPERS[op_type]
+    from .ort_cuda import lowering_bodies  # a variant's ort-cuda lowering travels like a body
+
+    lowerings = lowering_bodies()
+    if op_type in lowerings:
+        return lowerings[op_type]
     raise KeyError(f"no ONNX body for op type {op_type!r}; known: {sorted(variants)}")
 
 
@@ -106,6 +111,7 @@ def attach_functions(model, op_types: Iterable[str]) -> None:
         version = _default_opset(opsets)
         if DOMAIN not in opsets:
             model.opset_import.append(onnx.helper.make_opsetid(DOMAIN, DOMAIN_VERSION))
+            opsets[DOMAIN] = DOMAIN_VERSION
         for op_type in op_types:
             proto = function_proto(op_type, version)
             for i, existing in enumerate(model.functions):
@@ -114,6 +120,10 @@ def attach_functions(model, op_types: Iterable[str]) -> None:
                     break
             else:
                 model.functions.append(proto)
+            for entry in proto.opset_import:  # a lowering's com.microsoft
+                if entry.domain not in opsets:
+                    model.opset_import.append(onnx.helper.make_opsetid(entry.domain, entry.version))
+                    opsets[entry.domain] = entry.version
         return
 
     import onnx_ir as ir
@@ -125,6 +135,8 @@ def attach_functions(model, op_types: Iterable[str]) -> None:
     for op_type in op_types:
         fn = ir.serde.deserialize_function(function_proto(op_type, version))
         model.functions[fn.identifier()] = fn
+        for domain, domain_version in fn.opset_imports.items():  # a lowering's com.microsoft
+            model.opset_imports.setdefault(domain, domain_version)
 
 
 # --- schemas, so onnx.checker (full_check) accepts ai.attnopt nodes -----------------

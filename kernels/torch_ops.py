@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Callable
 
 import torch
@@ -13,7 +14,12 @@ def define_op(variant: str, forward: Callable, *, cuda: Callable | None = None):
     """Register ``torch.ops.attnopt.<variant>_attention`` with the schema the spec derives.
 
     ``forward`` takes the op's arguments positionally (``spec.torch_schema``) and
-    serves every device unless ``cuda`` is given. Returns the op.
+    serves every device unless ``cuda`` is given. ``cuda`` is a Triton
+    implementation registered the way ``torch.library.triton_op`` does it (see
+    ``_register_triton``): it launches its kernels through
+    ``torch.library.wrap_triton`` (``kernels.triton_band.launch``), and may return
+    None for arguments its kernels do not serve, where ``forward`` runs instead.
+    Returns the op.
     """
     spec = get_variant(variant)
     forward = _checked(spec, forward)
@@ -26,10 +32,55 @@ def define_op(variant: str, forward: Callable, *, cuda: Callable | None = None):
     op = torch.library.custom_op(f"attnopt::{spec.op_name}", forward, mutates_args=(),
                                  device_types=("cpu", "cuda") if cuda is None else ("cpu",), schema=spec.torch_schema)
     if cuda is not None:
-        op.register_kernel("cuda", cuda)
+        _register_triton(op, cuda, forward)
     op.register_fake(_fake(spec))
     return getattr(torch.ops.attnopt, spec.op_name)
 
+
+def _register_triton(op, cuda: Callable, forward: Callable) -> None:
+    """What ``torch.library.triton_op`` does, for an op whose schema comes from the spec and whose CPU
+    implementation is torch code: triton_op infers its schema from type hints and serves every device with
+    one function, so it cannot take either.
+
+    - eager CUDA: ``cuda`` with ``wrap_triton`` switched off, so each launch goes straight to the kernel
+      (through the higher-order op it would cost about a millisecond of dispatch);
+    - torch.compile: when AOTAutograd functionalizes the graph, the op decomposes into ``cuda``'s own
+      calls, its launches recorded by ``wrap_triton`` as ``triton_kernel_wrapper_functional`` nodes, so
+      Inductor sees and schedules the kernels instead of an opaque call. CPU tensors, torch.export (which
+      keeps custom ops whole), arguments ``cuda`` declines, and ATTNOPT_OPAQUE_OPS=1 keep the op as one node.
+
+    Inductor launches user kernels with Python floats as fp64 scalars (Triton's own launcher: fp32), so a
+    kernel casts its float arguments to fp32 before they meet its loop-carried state.
+    """
+    from torch._library.triton import set_wrap_triton_enabled
+    from torch._subclasses.fake_tensor import FakeTensor
+    from torch._subclasses.functional_tensor import FunctionalTensor, FunctionalTensorMode
+
+    def eager(*args):
+        with set_wrap_triton_enabled(False):
+            out = cuda(*args)
+        return forward(*args) if out is None else out
+
+    op.register_kernel("cuda", eager)
+
+    def decompose(mode, func, types, args, kwargs):
+        if os.environ.get("ATTNOPT_OPAQUE_OPS") == "1":  # escape hatch: compile around the ops, as custom_op does
+            return mode.__torch_dispatch__(func, types, args, kwargs)
+        try:
+            from torch.export._trace import custom_triton_ops_decomposition_disabled
+            keep_whole = custom_triton_ops_decomposition_disabled()
+        except ImportError:
+            keep_whole = False
+        tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
+        if any(not issubclass(t, (FakeTensor, FunctionalTensor)) and t is not torch.Tensor for t in types):
+            return NotImplemented
+        if keep_whole or not tensors or tensors[0].device.type != "cuda":
+            return mode.__torch_dispatch__(func, types, args, kwargs)
+        with mode:
+            out = cuda(*args, *kwargs.values())
+        return mode.__torch_dispatch__(func, types, args, kwargs) if out is None else out
+
+    op.register_torch_dispatch(FunctionalTensorMode, decompose)
 
 
 def _checked(spec, fn: Callable) -> Callable:

@@ -29,6 +29,14 @@ How the kernel stays block sparse:
   are merged in by their log-sum-exp in one memory-bound pass (``_merge_fwd``).
   Everything else (window, dense, other memories, GQA, masks, softcap, KV-cache
   offsets) runs the band kernel.
+- relbias is the dense band plus a bias computed per element from δ = j − p
+  (slopes·|δ| and a per-distance table gather), never a B×H×N×M tensor.
+- hierarchical is the band (B, B, B) plus its coarse level: pooled keys and
+  values, one per group of blocks, folded into the same online softmax after
+  the exact keys (``_attend_pooled``; the per-block sums come from
+  ``triton_hierarchical``).
+- Every launch goes through ``launch`` (``torch.library.wrap_triton``), so the
+  ops that ``torch_ops.define_op`` registers are transparent to torch.compile.
 
 Imports only torch, triton and the standard library, so the op layer can
 register ``band_attention`` as the CUDA implementation of every band variant.
@@ -45,7 +53,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-__all__ = ["BandConfig", "band_attention", "default_config"]
+__all__ = ["BandConfig", "PooledBlocks", "RelativeBias", "band_attention", "default_config", "launch",
+           "relbias_attention"]
 
 _LOG2E = 1.4426950408889634
 _FLT_MAX = 3.4028234663852886e38
@@ -75,16 +84,18 @@ def _attend_blocks(
     K, V, desc_k, desc_v, b, hk, stride_kn, stride_vn,
     KP, stride_kpn, MSK, stride_mn, stride_mm,
     rows, pos, band_lo, band_hi, offs_n, offs_d,
-    start, stop, N, M, G, scale2, cap2, cap_in,
+    start, stop, N, M, G, scale2, cap2, cap_in, slope2, TAB, R, tab2,
     MASKED: tl.constexpr, CAUSAL: tl.constexpr, HAS_KP: tl.constexpr, HAS_MASK: tl.constexpr,
     MASK_BOOL: tl.constexpr, SOFTCAP: tl.constexpr, USE_TMA: tl.constexpr, D_TRUE: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
-    WS: tl.constexpr = False,
+    HAS_SLOPE: tl.constexpr, HAS_TABLE: tl.constexpr, WS: tl.constexpr = False,
 ):
     """Fold key blocks [start, stop) (BLOCK_N-aligned) into the online softmax.
 
     MASKED blocks evaluate the band/sink/causal/bounds formula per element; the
-    others are known to be fully allowed and in bounds.
+    others are known to be fully allowed and in bounds. A relative-position bias
+    (relbias) is computed here from δ = j − p: −slope·|δ| + table[clamp(δ, −R, R) + R],
+    already in log2 units (``slope2``, ``tab2``), never read from a B×H×N×M tensor.
     """
     EVEN_D: tl.constexpr = HEAD_DIM == D_TRUE
     d_ok = offs_d[None, :] < D_TRUE
@@ -102,7 +113,7 @@ def _attend_blocks(
             k = k.to(tl.float32)
         qk = tl.dot(q, tl.trans(k), input_precision=PREC)
 
-        PLAIN: tl.constexpr = not (MASKED or HAS_KP or HAS_MASK or SOFTCAP)
+        PLAIN: tl.constexpr = not (MASKED or HAS_KP or HAS_MASK or SOFTCAP or HAS_SLOPE or HAS_TABLE)
         if PLAIN:
             # exact fully-allowed block: scale folded into one FMA with the max
             m_new = tl.maximum(m_i, tl.max(qk, 1) * scale2)
@@ -125,6 +136,14 @@ def _attend_blocks(
                     s = tl.where(mv != 0, s, float("-inf"))
                 else:
                     s = s + _to_log2_additive(mv)
+            if HAS_SLOPE or HAS_TABLE:
+                if HAS_SLOPE:
+                    # in fp32 (positions < 2^24 are exact): one subtract and one FMA per score, no int convert
+                    s = s - slope2 * tl.abs(cols.to(tl.float32)[None, :] - pos.to(tl.float32)[:, None])
+                if HAS_TABLE:
+                    delta = cols[None, :] - pos[:, None]
+                    t_idx = tl.minimum(tl.maximum(delta, -R), R) + R
+                    s = s + tl.load(TAB + t_idx).to(tl.float32) * tab2
             if MASKED:
                 c = cols[None, :]
                 ok = ((c >= band_lo[:, None]) & (c < band_hi[:, None])) | (c < G)
@@ -153,6 +172,68 @@ def _attend_blocks(
 
 
 @triton.jit
+def _attend_pooled(
+    acc, l_i, m_i, q, KS, VS, MS, stride_ksn, stride_vsn, shift2, qb, n_left, n_cols, NB, LEVELS,
+    scale2, cap2, cap_in, offs_d,
+    SIDES: tl.constexpr, GMAX: tl.constexpr, SOFTCAP: tl.constexpr, BLOCK_C: tl.constexpr,
+    HEAD_DIM: tl.constexpr, PREC: tl.constexpr,
+):
+    """hierarchical's coarse level: fold the pooled groups of query block ``qb`` into the online softmax.
+
+    Columns enumerate ``hierarchical.op.coarse_columns``: first two groups per side
+    for each level below the last (2^l blocks at distances [2^(l+1), 2^(l+2))), then
+    the last level's groups of GMAX = 2^(L−1) blocks outwards from distance 2·GMAX,
+    the n_left left ones first. A group's key and value are the mass-weighted means
+    of its blocks' sums (KS, VS, MS: per-block Σ w·k, Σ w·v, Σ w, padding and sinks
+    already weighted out), scored s·q·k̄ + log Σ w; an empty group is masked.
+    """
+    offs_c = tl.arange(0, BLOCK_C)
+    FIX = 2 * SIDES * (LEVELS - 1)
+    for c0 in range(0, n_cols, BLOCK_C):
+        c = c0 + offs_c
+        lev = tl.minimum(c // (2 * SIDES), tl.maximum(LEVELS - 2, 0))
+        r = c % (2 * SIDES)
+        g_fix = 1 << lev
+        s_fix = qb + tl.where(r // 2 == 1, 2 * g_fix, 1 - 4 * g_fix) + (r % 2) * g_fix
+        cc = c - FIX
+        s_top = tl.where(cc < n_left, qb - 2 * GMAX - (cc + 1) * GMAX + 1, qb + 2 * GMAX + (cc - n_left) * GMAX)
+        is_fix = c < FIX
+        g_start = tl.where(is_fix, s_fix, s_top)
+        g_end = tl.minimum(g_start + tl.where(is_fix, g_fix, GMAX), NB)
+        g_start = tl.maximum(g_start, 0)
+        live = c < n_cols
+        k_bar = tl.zeros([BLOCK_C, HEAD_DIM], dtype=tl.float32)
+        v_bar = tl.zeros([BLOCK_C, HEAD_DIM], dtype=tl.float32)
+        mass = tl.zeros([BLOCK_C], dtype=tl.float32)
+        for t in range(0, GMAX):
+            blk = g_start + t
+            ok = live & (blk < g_end)
+            k_bar += tl.load(KS + blk[:, None] * stride_ksn + offs_d[None, :], mask=ok[:, None], other=0.0)
+            v_bar += tl.load(VS + blk[:, None] * stride_vsn + offs_d[None, :], mask=ok[:, None], other=0.0)
+            mass += tl.load(MS + blk, mask=ok, other=0.0)
+        has = mass > 0.0
+        inv = 1.0 / tl.where(has, mass, 1.0)
+        k_bar = (k_bar * inv[:, None]).to(q.dtype)
+        v_bar = (v_bar * inv[:, None]).to(q.dtype)
+        qk = tl.dot(q, tl.trans(k_bar), input_precision=PREC)
+        if SOFTCAP:
+            t2 = tl.math.exp2(qk * cap_in)
+            s = cap2 - (2.0 * cap2) / (t2 + 1.0)
+        else:
+            s = qk * scale2
+        log_n = tl.where(has, tl.math.log2(tl.where(has, mass, 1.0)) + shift2, float("-inf"))
+        s = s + log_n[None, :]
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.math.exp2(s - m_safe[:, None])
+        alpha = tl.math.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = tl.dot(p.to(v_bar.dtype), v_bar, acc * alpha[:, None], input_precision=PREC)
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+@triton.jit
 def _band_fwd(
     Q, K, V, O, KP, MSK, desc_q, desc_k, desc_v, desc_o,
     stride_qb, stride_qh, stride_qn,
@@ -161,22 +242,34 @@ def _band_fwd(
     stride_ob, stride_oh, stride_on,
     stride_kpb, stride_kpn,
     stride_mb, stride_mh, stride_mn, stride_mm,
-    H, N, M, GROUP, UNIT, BEFORE, AFTER, G, scale2, cap2, cap_in,
+    H, N, M, GROUP, UNIT, BEFORE, AFTER, G, scale2, cap2, cap_in, ROW_SHIFT,
+    SL, TB, stride_slh, stride_tbh, R, slope_scale2, tab2,
+    KS, VS, MS, SH, stride_ksb, stride_ksh, stride_ksn, stride_msb, stride_shb, NB, POOL_BLOCK, LEVELS,
     HEAD_DIM: tl.constexpr, D_TRUE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     CAUSAL: tl.constexpr, HAS_KP: tl.constexpr, HAS_MASK: tl.constexpr, MASK_BOOL: tl.constexpr,
     SOFTCAP: tl.constexpr, USE_TMA: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
-    WS: tl.constexpr,
+    WS: tl.constexpr, HAS_SLOPE: tl.constexpr, HAS_TABLE: tl.constexpr, COARSE: tl.constexpr,
+    GMAX: tl.constexpr, POOL_TILE: tl.constexpr,
 ):
+    # Inductor passes Python float arguments as fp64 scalars (Triton's launcher as fp32): fix them to fp32, or
+    # the loop-carried softmax state would change type inside the loops.
+    scale2 = tl.cast(scale2, tl.float32)
+    cap2 = tl.cast(cap2, tl.float32)
+    cap_in = tl.cast(cap_in, tl.float32)
+    slope_scale2 = tl.cast(slope_scale2, tl.float32)
+    tab2 = tl.cast(tab2, tl.float32)
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // H
     h = pid_bh % H
     hk = h // GROUP
-    m0 = pid_m * BLOCK_M
+    # ROW_SHIFT > 0 aligns the programs to positions (hierarchical: a program's rows share one block)
+    m0 = pid_m * BLOCK_M - ROW_SHIFT
     offs_m = tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
     rows = m0 + offs_m
+    row_ok = (rows >= 0) & (rows < N)
     d_ok = offs_d[None, :] < D_TRUE
 
     Kb = K + b.to(tl.int64) * stride_kb + hk.to(tl.int64) * stride_kh
@@ -188,13 +281,13 @@ def _band_fwd(
         q = desc_q.load([b, h, m0, 0]).reshape(BLOCK_M, HEAD_DIM)
     else:
         Qb = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
-        q = tl.load(Qb + rows[:, None] * stride_qn + offs_d[None, :], mask=(rows[:, None] < N) & d_ok, other=0.0)
+        q = tl.load(Qb + rows[:, None] * stride_qn + offs_d[None, :], mask=row_ok[:, None] & d_ok, other=0.0)
     if UPCAST:
         q = q.to(tl.float32)
 
     # --- which key blocks this query block can reach ---------------------------
     off = M - N
-    p_first = m0 + off
+    p_first = tl.maximum(m0, 0) + off
     p_last = tl.minimum(m0 + BLOCK_M, N) - 1 + off
     base_first = _floor_base(p_first, UNIT)
     base_last = _floor_base(p_last, UNIT)
@@ -218,6 +311,12 @@ def _band_fwd(
     band_lo = base - BEFORE
     band_hi = base + UNIT + AFTER
 
+    # relative-position bias of this head, in log2 units
+    slope2 = 0.0
+    if HAS_SLOPE:
+        slope2 = tl.load(SL + h * stride_slh).to(tl.float32) * slope_scale2
+    TBh = TB + h * stride_tbh
+
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
@@ -226,29 +325,45 @@ def _band_fwd(
     acc, l_i, m_i = _attend_blocks(
         acc, l_i, m_i, q, Kb, Vb, desc_k, desc_v, b, hk, stride_kn, stride_vn, KPb, stride_kpn, MSKb,
         stride_mn, stride_mm, rows, pos, band_lo, band_hi, offs_n, offs_d, full_lo, full_hi, N, M, G,
-        scale2, cap2, cap_in, False, CAUSAL, HAS_KP, HAS_MASK, MASK_BOOL, SOFTCAP, USE_TMA, D_TRUE,
-        HEAD_DIM, BLOCK_N, PREC, UPCAST, WS)
+        scale2, cap2, cap_in, slope2, TBh, R, tab2, False, CAUSAL, HAS_KP, HAS_MASK, MASK_BOOL, SOFTCAP,
+        USE_TMA, D_TRUE, HEAD_DIM, BLOCK_N, PREC, UPCAST, HAS_SLOPE, HAS_TABLE, WS)
     acc, l_i, m_i = _attend_blocks(
         acc, l_i, m_i, q, Kb, Vb, desc_k, desc_v, b, hk, stride_kn, stride_vn, KPb, stride_kpn, MSKb,
         stride_mn, stride_mm, rows, pos, band_lo, band_hi, offs_n, offs_d, blk_lo, full_lo, N, M, G,
-        scale2, cap2, cap_in, True, CAUSAL, HAS_KP, HAS_MASK, MASK_BOOL, SOFTCAP, USE_TMA, D_TRUE,
-        HEAD_DIM, BLOCK_N, PREC, UPCAST)
+        scale2, cap2, cap_in, slope2, TBh, R, tab2, True, CAUSAL, HAS_KP, HAS_MASK, MASK_BOOL, SOFTCAP,
+        USE_TMA, D_TRUE, HEAD_DIM, BLOCK_N, PREC, UPCAST, HAS_SLOPE, HAS_TABLE)
     acc, l_i, m_i = _attend_blocks(
         acc, l_i, m_i, q, Kb, Vb, desc_k, desc_v, b, hk, stride_kn, stride_vn, KPb, stride_kpn, MSKb,
         stride_mn, stride_mm, rows, pos, band_lo, band_hi, offs_n, offs_d, full_hi, blk_hi, N, M, G,
-        scale2, cap2, cap_in, True, CAUSAL, HAS_KP, HAS_MASK, MASK_BOOL, SOFTCAP, USE_TMA, D_TRUE,
-        HEAD_DIM, BLOCK_N, PREC, UPCAST)
+        scale2, cap2, cap_in, slope2, TBh, R, tab2, True, CAUSAL, HAS_KP, HAS_MASK, MASK_BOOL, SOFTCAP,
+        USE_TMA, D_TRUE, HEAD_DIM, BLOCK_N, PREC, UPCAST, HAS_SLOPE, HAS_TABLE)
     # sinks below the band (blocks end at or before blk_lo) and past it (start at blk_hi)
     acc, l_i, m_i = _attend_blocks(
         acc, l_i, m_i, q, Kb, Vb, desc_k, desc_v, b, hk, stride_kn, stride_vn, KPb, stride_kpn, MSKb,
         stride_mn, stride_mm, rows, pos, band_lo, band_hi, offs_n, offs_d, 0, tl.minimum(g_end, blk_lo), N, M,
-        G, scale2, cap2, cap_in, True, CAUSAL, HAS_KP, HAS_MASK, MASK_BOOL, SOFTCAP, USE_TMA, D_TRUE,
-        HEAD_DIM, BLOCK_N, PREC, UPCAST)
+        G, scale2, cap2, cap_in, slope2, TBh, R, tab2, True, CAUSAL, HAS_KP, HAS_MASK, MASK_BOOL, SOFTCAP,
+        USE_TMA, D_TRUE, HEAD_DIM, BLOCK_N, PREC, UPCAST, HAS_SLOPE, HAS_TABLE)
     acc, l_i, m_i = _attend_blocks(
         acc, l_i, m_i, q, Kb, Vb, desc_k, desc_v, b, hk, stride_kn, stride_vn, KPb, stride_kpn, MSKb,
         stride_mn, stride_mm, rows, pos, band_lo, band_hi, offs_n, offs_d, blk_hi, g_end, N, M, G,
-        scale2, cap2, cap_in, True, CAUSAL, HAS_KP, HAS_MASK, MASK_BOOL, SOFTCAP, USE_TMA, D_TRUE,
-        HEAD_DIM, BLOCK_N, PREC, UPCAST)
+        scale2, cap2, cap_in, slope2, TBh, R, tab2, True, CAUSAL, HAS_KP, HAS_MASK, MASK_BOOL, SOFTCAP,
+        USE_TMA, D_TRUE, HEAD_DIM, BLOCK_N, PREC, UPCAST, HAS_SLOPE, HAS_TABLE)
+    if COARSE:
+        # every row of the program is in one pooling block (the launcher aligns the programs)
+        qb = p_first // POOL_BLOCK
+        n_left = tl.maximum(qb - GMAX, 0) // GMAX  # last-level groups left of distance 2·GMAX
+        if CAUSAL:
+            n_right = 0
+        else:
+            n_right = tl.maximum(NB - qb - GMAX - 1, 0) // GMAX
+        SIDES: tl.constexpr = 1 if CAUSAL else 2
+        n_cols = 2 * SIDES * (LEVELS - 1) + n_left + n_right
+        KSb = KS + b.to(tl.int64) * stride_ksb + hk.to(tl.int64) * stride_ksh
+        VSb = VS + b.to(tl.int64) * stride_ksb + hk.to(tl.int64) * stride_ksh
+        shift2 = tl.load(SH + b * stride_shb)
+        acc, l_i, m_i = _attend_pooled(
+            acc, l_i, m_i, q, KSb, VSb, MS + b * stride_msb, stride_ksn, stride_ksn, shift2, qb, n_left, n_cols,
+            NB, LEVELS, scale2, cap2, cap_in, offs_d, SIDES, GMAX, SOFTCAP, POOL_TILE, HEAD_DIM, PREC)
 
     has_any = l_i > 0.0
     out = acc / tl.where(has_any, l_i, 1.0)[:, None]
@@ -258,7 +373,7 @@ def _band_fwd(
     else:
         Ob = O + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh
         tl.store(Ob + rows[:, None] * stride_on + offs_d[None, :], out.to(O.dtype.element_ty),
-                 mask=(rows[:, None] < N) & d_ok)
+                 mask=row_ok[:, None] & d_ok)
 
 
 # --- launcher -------------------------------------------------------------------
@@ -323,6 +438,21 @@ def band_attention(
                            causal=causal, softcap=softcap, key_padding=key_padding, mask=mask)
 
 
+def relbias_attention(q: Tensor, k: Tensor, v: Tensor, *, slopes: Tensor, table: Tensor, bias_scale: float,
+                      scale: float, causal: bool, softcap: float = 0.0, key_padding: Tensor | None = None,
+                      mask: Tensor | None = None) -> Tensor:
+    """Dense attention plus relbias's relative-position bias, computed in the kernel from δ = j − p.
+
+    The band is every key (unit past any length); see ``kernels.relbias`` for the bias.
+    """
+    return _band_attention(q, k, v, unit=_EVERY_KEY, before=0, after=0, sinks=0, scale=scale, causal=causal,
+                           softcap=softcap, key_padding=key_padding, mask=mask,
+                           bias=RelativeBias(slopes, table, bias_scale))
+
+
+_EVERY_KEY = 1 << 30  # a unit longer than any sequence: the band is every key
+
+
 def _check(q: Tensor, k: Tensor, v: Tensor, unit: int, before: int, after: int, sinks: int, softcap: float,
            key_padding: Tensor | None, mask: Tensor | None) -> None:
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
@@ -371,6 +501,7 @@ def _merge_fwd(
     log-sum-exp over all parts. O/Q/K/V are contiguous (B, H, ·, D); the LSE
     tensors and O2 are read through their own strides (segment-folded layouts).
     """
+    scale2 = tl.cast(scale2, tl.float32)  # fp64 when Inductor launches it (see _band_fwd)
     pid = tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // H
@@ -496,7 +627,7 @@ def _segment_fast_path(q, k, v, *, unit, before, after, sinks, scale, causal, so
     has_sinks = sinks > 0 and sinks_from < N
     block_r = 64
     grid = (triton.cdiv(N, block_r), B * H)
-    _merge_fwd[grid](
+    launch(_merge_fwd)[grid](
         out, lse, o2, lse2, q, k, v,
         lse.stride(0), lse.stride(1), lse.stride(2), *o2_strides, *l2_strides,
         H, N, S, nseg, sinks, sinks_from, float(scale) * _LOG2E,
@@ -506,10 +637,69 @@ def _segment_fast_path(q, k, v, *, unit, before, after, sinks, scale, causal, so
     return out
 
 
+@dataclass(frozen=True)
+class RelativeBias:
+    """relbias's bias, computed by the kernel per element: bias_scale·(−slopes[h]·|δ| + table[h, clamp(δ) + R]).
+
+    slopes (H,) or (1,), table (H | 1, 2R + 1), float, on q's device.
+    """
+
+    slopes: Tensor
+    table: Tensor
+    bias_scale: float = 1.0
+
+
+@dataclass(frozen=True)
+class PooledBlocks:
+    """hierarchical's coarse level for the kernel: per-block sums of w·k, w·v and w (``triton_hierarchical``).
+
+    keys, values (B, Hkv, NB, D) fp32; mass (Bw, NB) fp32; shift (Bw,) fp32, the
+    log-weight offset in log2 units; block: keys per block; levels: L.
+    """
+
+    keys: Tensor
+    values: Tensor
+    mass: Tensor
+    shift: Tensor
+    block: int
+    levels: int
+
+
+def launch(kernel):
+    """``kernel`` for ``[grid](...)``, through ``torch.library.wrap_triton`` so that tracers record it.
+
+    Under a dispatch mode (torch.compile's functionalization of the ops that
+    ``torch_ops.define_op`` registers, make_fx) the launch becomes a
+    ``triton_kernel_wrapper`` node Inductor compiles; with no mode active
+    (eager) wrap_triton is switched off and hands back the kernel itself, which
+    skips the higher-order op's dispatch (about a millisecond a launch).
+    Under the interpreter it is the interpreted kernel.
+    """
+    from torch._library.triton import set_wrap_triton_enabled
+    from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+    if _get_current_dispatch_mode() is None:
+        with set_wrap_triton_enabled(False):
+            return torch.library.wrap_triton(kernel)
+    return torch.library.wrap_triton(kernel)
+
+
+def _tma_ok(t: Tensor) -> bool:
+    """16-byte aligned base and strides (the storage offset stands for the base: the allocator aligns storages
+    far beyond 16 bytes). Not while torch.compile traces the launch: wrap_triton records host-side TMA
+    descriptors only when dynamo itself traces them (torch 2.11-2.13), so the traced kernel loads by pointer."""
+    from torch._subclasses.fake_tensor import is_fake
+
+    size = t.element_size()
+    return (not is_fake(t) and t.storage_offset() * size % 16 == 0
+            and all(st * size % 16 == 0 for st in t.stride()[:3]))
+
+
 def _band_attention(q, k, v, *, unit, before, after, sinks, scale, causal, softcap=0.0, key_padding=None,
-                    mask=None, config: BandConfig | None = None, fast_path: bool = True) -> Tensor:
+                    mask=None, config: BandConfig | None = None, fast_path: bool = True,
+                    bias: RelativeBias | None = None, pooled: PooledBlocks | None = None) -> Tensor:
     _check(q, k, v, unit, before, after, sinks, softcap, key_padding, mask)
-    if fast_path:
+    if fast_path and bias is None and pooled is None:
         out = _segment_fast_path(q, k, v, unit=unit, before=before, after=after, sinks=sinks, scale=scale,
                                  causal=causal, softcap=softcap, key_padding=key_padding, mask=mask)
         if out is not None:
@@ -525,7 +715,18 @@ def _band_attention(q, k, v, *, unit, before, after, sinks, scale, causal, softc
     cap = M + N + 1
     unit, before, after = min(unit, cap), min(before, cap), min(after, cap)
     sinks = min(sinks, M)
-    cfg = config or default_config(D, q.dtype, q.device, has_mask=mask is not None)
+    # a table gather or the pooled tiles take shared memory like a mask tile: the narrower configuration
+    wide_tiles = mask is not None or pooled is not None or (bias is not None and bias.table.shape[-1] > 1)
+    cfg = config or default_config(D, q.dtype, q.device, has_mask=wide_tiles)
+    block_m = cfg.block_m
+    row_shift = 0
+    if pooled is not None:
+        # a program's rows must share one pooling block: tiles no taller than a block, aligned to positions
+        while pooled.block % block_m:
+            block_m //= 2
+        if block_m < 16:
+            raise ValueError(f"the coarse level needs a block that is a multiple of 16; got {pooled.block}")
+        row_shift = (M - N) % block_m
     head_dim = max(16, triton.next_power_of_2(D))
     # stride-1 head dim for the loads; other strides are free
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
@@ -541,17 +742,32 @@ def _band_attention(q, k, v, *, unit, before, after, sinks, scale, causal, softc
                      msk.stride(2), msk.stride(3))
     else:
         msk, m_strides = q, (0, 0, 0, 0)
+    if bias is not None:
+        slopes = bias.slopes.to(device=q.device, dtype=torch.float32).contiguous()
+        table = bias.table.to(device=q.device, dtype=torch.float32).contiguous()
+        radius = (table.shape[1] - 1) // 2
+        # A one-entry table adds the same constant to every key of a row: softmax ignores it (ALiBi's case).
+        bias_args = (slopes, table, slopes.stride(0) if slopes.shape[0] == H else 0,
+                     table.stride(0) if table.shape[0] == H else 0, radius, float(bias.bias_scale) * _LOG2E,
+                     float(bias.bias_scale) * _LOG2E)
+        has_slope, has_table = True, radius > 0
+    else:
+        bias_args, has_slope, has_table = (q, q, 0, 0, 0, 0.0, 0.0), False, False
+    if pooled is not None:
+        ks, vs, ms, sh = pooled.keys, pooled.values, pooled.mass, pooled.shift
+        coarse_args = (ks, vs, ms, sh, ks.stride(0), ks.stride(1), ks.stride(2),
+                       ms.stride(0) if ms.shape[0] == B else 0, sh.stride(0) if sh.shape[0] == B else 0,
+                       ks.shape[2], pooled.block, pooled.levels)
+        gmax = 2 ** (pooled.levels - 1)
+    else:
+        coarse_args, gmax = (q, q, q, q, 0, 0, 0, 0, 0, 0, 1, 1), 1
 
-    use_tma = bool(cfg.use_tma and head_dim == D and all(
-        t.data_ptr() % 16 == 0 and all(st * t.element_size() % 16 == 0 for st in t.stride()[:3])
-        for t in (q, k, v, out)))
+    use_tma = bool(cfg.use_tma and head_dim == D and row_shift == 0 and all(_tma_ok(t) for t in (q, k, v, out)))
     if use_tma:
         from triton.tools.tensor_descriptor import TensorDescriptor
 
-        def desc(t, rows_block):
-            return TensorDescriptor(t, list(t.shape), list(t.stride()), [1, 1, rows_block, D])
-
-        descs = (desc(q, cfg.block_m), desc(k, cfg.block_n), desc(v, cfg.block_n), desc(out, cfg.block_m))
+        descs = tuple(TensorDescriptor.from_tensor(t, [1, 1, rows, D])
+                      for t, rows in ((q, block_m), (k, cfg.block_n), (v, cfg.block_n), (out, block_m)))
     else:
         descs = (None, None, None, None)
 
@@ -562,18 +778,21 @@ def _band_attention(q, k, v, *, unit, before, after, sinks, scale, causal, softc
     upcast = q.dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1"
     precision = "ieee" if q.dtype == torch.float32 or upcast else "tf32"
 
-    grid = (triton.cdiv(N, cfg.block_m), B * H)
-    _band_fwd[grid](
+    grid = (triton.cdiv(N + row_shift, block_m), B * H)
+    launch(_band_fwd)[grid](
         q, k, v, out, kp, msk, *descs,
         q.stride(0), q.stride(1), q.stride(2),
         k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2),
         out.stride(0), out.stride(1), out.stride(2),
         *kp_strides, *m_strides,
-        H, N, M, H // Hkv, unit, before, after, sinks, scale2, cap2, cap_in,
-        HEAD_DIM=head_dim, D_TRUE=D, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+        H, N, M, H // Hkv, unit, before, after, sinks, scale2, cap2, cap_in, row_shift,
+        *bias_args, *coarse_args,
+        HEAD_DIM=head_dim, D_TRUE=D, BLOCK_M=block_m, BLOCK_N=cfg.block_n,
         CAUSAL=bool(causal), HAS_KP=key_padding is not None, HAS_MASK=mask is not None,
         MASK_BOOL=mask is not None and mask.dtype == torch.bool, SOFTCAP=bool(softcap), USE_TMA=use_tma,
-        PREC=precision, UPCAST=upcast, WS=bool(cfg.warp_specialize), num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        PREC=precision, UPCAST=upcast, WS=bool(cfg.warp_specialize), HAS_SLOPE=has_slope, HAS_TABLE=has_table,
+        COARSE=pooled is not None, GMAX=gmax, POOL_TILE=min(cfg.block_n, 32), num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
     )
     return out

@@ -111,16 +111,28 @@ class AttentionPass:
         return OpCall.whole(site, self.variant, dataclasses.asdict(self.params))
 
     def plan_streaming(self, site: AttentionSite) -> OpCall | Refusal:
-        """The variant's streaming form: one segment per call, what it remembers carried as model state."""
+        """The variant's streaming form: one segment per call, what it remembers carried as model state.
+
+        A segment's own mask cannot describe the carried keys, so the only dense term that streams is a
+        recognised relative-position bias (ALiBi as BLOOM adds it): the form takes its slopes and table and
+        computes it over absolute stream positions, and the frontend drops the term (``fuses``).
+        """
+        from attnopt.frontends.lowering import FUSED_RELATIVE_BIAS
         from attnopt.kernels.registry import get_variant
         form = get_variant(self.spec().streaming_form)
-        if site.masks:
-            return Refusal(site, "its mask is a dense N×M term: streaming carries causality and key padding only")
         if site.past_len is not None:
             return Refusal(site, "already a KV-cache step: the streaming form carries its own cache")
+        rb = site.relative_bias
+        if site.masks and (rb is None or tuple(site.masks) != (rb.term,)):
+            return Refusal(site, "its mask is a dense N×M term that is not a recognised relative-position bias: "
+                                 "streaming carries causality, key padding and ALiBi / relative biases only")
         # The streaming form takes this pass's parameters that it shares (the segment is the call's input).
         params = dataclasses.asdict(self.params)
-        return OpCall.whole(site, form.name, {n: params[n] for n in form.param_names})
+        attrs = {n: params[n] for n in form.param_names}
+        if rb is None:
+            return OpCall.whole(site, form.name, attrs, form.tensors_for(attrs, (), ()))
+        slopes, table = rb.arrays()
+        return OpCall.whole(site, form.name, attrs, {"slopes": slopes, "table": table}, fuses=(FUSED_RELATIVE_BIAS,))
 
 
 def self_attention_refusal(site: AttentionSite, variant: str, kv_cache: bool) -> str | None:

@@ -38,3 +38,73 @@ def test_wheel_maps_passes_and_kernels_into_the_package_and_runs(tmp_path):
     cli = subprocess.run([sys.executable, "-m", "attnopt", "passes", "--json"], env=env, cwd=tmp_path,
                          capture_output=True, text=True)
     assert cli.returncode == 0 and '"segmented"' in cli.stdout, cli.stderr
+
+
+# Distributions that each install the `onnxruntime` module: two of them in one environment break both.
+ORT_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-directml", "onnxruntime-openvino",
+                     "onnxruntime-qnn", "onnxruntime-training")
+# The installs README.md tells each kind of user to run, as the extras they name.
+README_INSTALLS = {"CPU": ("cpu",), "NVIDIA GPU": ("cuda",), "has an onnxruntime already": (),
+                   "tests (CI)": ("test",), "tests on a GPU machine": ("cuda", "test-tools")}
+
+
+def _requirements(extras) -> list[str]:
+    """The distribution names attnopt requires with ``extras`` (self-references resolved), from pyproject.toml."""
+    import re
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    optional = project.get("optional-dependencies", {})
+    names, todo, seen = [], list(extras), set()
+    reqs = list(project["dependencies"])
+    while todo:
+        extra = todo.pop()
+        if extra in seen:
+            continue
+        seen.add(extra)
+        reqs += optional[extra]
+    for req in reqs:
+        name = re.match(r"[A-Za-z0-9_.\-]+", req).group(0).lower().replace("_", "-")
+        inner = re.search(r"\[([^\]]+)\]", req)
+        if name == "attnopt" and inner:
+            names += _requirements([e.strip() for e in inner.group(1).split(",")])
+        else:
+            names.append(name)
+    return names
+
+
+def test_every_documented_install_requires_exactly_one_onnxruntime():
+    for who, extras in README_INSTALLS.items():
+        runtimes = [n for n in _requirements(extras) if n in ORT_DISTRIBUTIONS]
+        assert len(runtimes) == (0 if not extras else 1), (who, extras, runtimes)
+    readme = (ROOT / "README.md").read_text()
+    for extras in README_INSTALLS.values():
+        if extras:
+            assert f"[{','.join(extras)}]" in readme, extras
+
+
+def test_this_environment_has_one_onnxruntime():
+    """What `pip install -e '.[test]'` (CI) left behind: exactly one distribution owns `onnxruntime`."""
+    from importlib.metadata import distributions
+
+    found = sorted({d.metadata["Name"].lower() for d in distributions()
+                    if (d.metadata["Name"] or "").lower().replace("_", "-") in ORT_DISTRIBUTIONS})
+    assert len(found) == 1, found
+
+
+def test_missing_onnxruntime_is_a_one_line_error(tmp_path):
+    """Without any onnxruntime, the first command that needs it says how to install one (exit 2)."""
+    blocker = tmp_path / "block"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text(
+        "import sys\nclass _Block:\n    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'onnxruntime' or name.startswith('onnxruntime.'):\n"
+        "            raise ImportError('blocked')\nsys.meta_path.insert(0, _Block())\n")
+    model = tmp_path / "m.onnx"
+    from attnopt.examples import export_example
+    export_example("bert", model, seq_len=16, layers=1)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(blocker), os.environ.get("PYTHONPATH", "")])}
+    res = subprocess.run([sys.executable, "-m", "attnopt", "validate", str(model), str(model), "--seq-len", "16"],
+                         env=env, capture_output=True, text=True)
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.count("\n") == 1 and "attnopt[cpu]" in res.stderr and "attnopt[cuda]" in res.stderr

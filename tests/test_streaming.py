@@ -121,3 +121,74 @@ def test_streaming_needs_positions_as_an_input(tmp_path):
 def test_only_passes_with_a_streaming_form_stream(decoder_onnx):
     with pytest.raises(InvalidParamsError, match="no streaming form"):
         attnopt.rewrite(decoder_onnx, "window", streaming=True, window=4)
+
+
+# ----------------------------------------------------------------------------- the op with a relative bias
+
+def _stream_onnx_session(causal: bool):
+    """One MemoryStreamAttention node; the bias tensors and the states are graph inputs."""
+    from onnx import TensorProto, helper
+
+    from attnopt.kernels.onnx_functions import attach_functions, register_schemas
+    from attnopt.kernels.registry import get_variant
+    from attnopt.onnx_compat import DOMAIN
+
+    register_schemas()
+    spec = get_variant("memory_stream")
+    node = helper.make_node(spec.onnx_op_type, list(spec.onnx_inputs), list(spec.onnx_outputs), domain=DOMAIN,
+                            memory=MEMORY, sinks=SINKS, scale=D ** -0.5, causal=int(causal), softcap=0.0)
+    io = [helper.make_tensor_value_info(n, TensorProto.INT64 if n.startswith("seen") else TensorProto.FLOAT, None)
+          for n in (*spec.onnx_inputs, *spec.onnx_outputs)]
+    graph = helper.make_graph([node], "stream", io[:len(spec.onnx_inputs)], io[len(spec.onnx_inputs):])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+    attach_functions(model, [spec.onnx_op_type])
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_op_and_onnx_body_stream_a_relative_bias_over_absolute_positions(causal):
+    """Per-head ALiBi slopes plus a clipped table (T5-like, both directions): the stream equals one-shot memory
+    with the same bias as a dense N×N mask, through the torch op and the ONNX body."""
+    from attnopt.kernels.registry import get_variant
+    from attnopt.kernels.relbias.positions import alibi_slopes
+    from attnopt.kernels.relbias.reference import relative_bias
+
+    gen = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(B, h, N, D, generator=gen) for h in (H, HKV, HKV))
+    slopes = torch.tensor(alibi_slopes(H))
+    table = torch.randn(H, 2 * 3 + 1, generator=gen)
+    expected = get_variant("memory").reference(q, k, v, **PARAMS, scale=D ** -0.5, causal=causal,
+                                               mask=relative_bias(slopes, table, N, N)[None])
+    op = get_variant("memory_stream").torch_op
+    sess = _stream_onnx_session(causal)
+    empty = torch.zeros(B, HKV, 0, D)
+    state = (empty, empty, empty, empty, torch.zeros(1, dtype=torch.int64))
+    onnx_state = tuple(t.numpy() for t in state)
+    got, got_onnx = [], []
+    for t in range(0, N, S):
+        seg = [x[:, :, t:t + S] for x in (q, k, v)]
+        y, *state = op(*seg, None, None, slopes, table, *state, MEMORY, SINKS, D ** -0.5, causal, 0.0)
+        got.append(y)
+        feeds = dict(zip(get_variant("memory_stream").onnx_inputs,
+                         (*(x.numpy() for x in seg), np.zeros((1, 1, 1, 1), np.float32), np.zeros((1, 1), np.float32),
+                          slopes.numpy(), table.numpy(), *onnx_state)))
+        y_onnx, *onnx_state = sess.run(None, feeds)
+        got_onnx.append(y_onnx)
+    torch.testing.assert_close(torch.cat(got, dim=2), expected, atol=2e-5, rtol=1e-5)
+    np.testing.assert_allclose(np.concatenate(got_onnx, axis=2), expected.numpy(), atol=2e-5, rtol=1e-5)
+    # The bias matters: without it the stream is another function.
+    plain = get_variant("memory").reference(q, k, v, **PARAMS, scale=D ** -0.5, causal=causal)
+    assert not torch.allclose(plain, expected, atol=1e-3)
+    # Nothing a call builds grows with the stream: a million tokens in, the largest tensor is still per-call sized.
+    from kernel_harness import MaxNumel
+
+    state[-1] = torch.tensor([10 ** 6])
+    with MaxNumel() as seen:
+        op(*seg, None, None, slopes, table, *state, MEMORY, SINKS, D ** -0.5, causal, 0.0)
+    assert seen.max_numel <= B * H * (S + MEMORY + SINKS) * max(S, D)  # the scores, or the keys over heads
+
+
+def test_streaming_takes_every_site_or_none(decoder_onnx):
+    """A site left dense in a streamed model would attend within its segment only: refused, naming the site."""
+    with pytest.raises(NoSitesError, match=r"every attention site streamed .*attention\.1.*outside --layers 0:1"):
+        attnopt.rewrite(decoder_onnx, "memory", streaming=True, layers="0:1", **PARAMS)

@@ -19,6 +19,7 @@ class OnnxFrontend(Frontend):
     kind = "onnx"
     description = "an ONNX model"
     runtime = "onnxruntime"
+    targets = ("portable", "ort-cuda")  # what the rewrite can compile op calls for (kernels.ort_cuda)
 
     def read(self, handle, example_inputs=None, *, mutable: bool = False) -> tuple[Any, str]:
         import onnx_ir as ir
@@ -36,10 +37,10 @@ class OnnxFrontend(Frontend):
 
         return onnx_reader.lift(model)
 
-    def apply(self, loaded, call) -> None:
+    def apply(self, loaded, call, target: str = "portable") -> list[str]:
         from . import onnx_rewrite
 
-        onnx_rewrite.apply(loaded, call)
+        return onnx_rewrite.apply(loaded, call, target)
 
     def finalize(self, loaded, kernels: set[str]) -> None:
         from . import onnx_rewrite
@@ -62,7 +63,10 @@ class OnnxFrontend(Frontend):
 
         import onnx
         import onnx_ir as ir
-        import onnxruntime as ort
+
+        from ..ort_runtime import import_onnxruntime
+
+        ort = import_onnxruntime()
 
         from ..errors import RewriteVerificationError, one_line
 
@@ -129,11 +133,21 @@ class OnnxFrontend(Frontend):
         ir.save(model, path, external_data=f"{path.name}.data")  # external: models over 2 GB save too
         return path
 
+    def placement(self, model_file, feeds: dict, provider: str) -> dict:
+        """Which nodes onnxruntime ran on the CPU in one run on ``provider`` (ort_runtime.placement)."""
+        from ..ort_runtime import placement
+
+        return placement(str(model_file), feeds, provider)
+
     def prepare_process(self) -> None:
-        import onnxruntime  # noqa: F401  (its memory is the runtime's, not the model's)
+        from ..ort_runtime import import_onnxruntime
+
+        import_onnxruntime()  # its memory is the runtime's, not the model's
 
     def runtime_versions(self) -> dict[str, str]:
-        import onnxruntime
+        from ..ort_runtime import import_onnxruntime
+
+        onnxruntime = import_onnxruntime()
 
         return {"onnxruntime": onnxruntime.__version__}
 

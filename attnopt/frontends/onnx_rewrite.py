@@ -21,10 +21,16 @@ from ..errors import SiteNotApplicable
 from ..onnx_compat import DOMAIN, IR_VERSION, MIN_OPSET
 from ..site import (LAYOUT_BHSD, LAYOUT_BSD, LAYOUT_FLAT, MASK_ADDITIVE, MASK_BOOLEAN,
                     MASK_BOOLEAN_BLOCKED, MASK_KEY_END, MASK_NONZERO_KEEP, AttentionSite)
+from ..kernels.ort_cuda import PORTABLE, LoweringFacts, choose
 from .lowering import lower, mask_terms, state_dims, state_name
 
 
-def apply(loaded, call) -> None:
+def apply(loaded, call, target: str = PORTABLE) -> list[str]:
+    """Replace ``call.site``; returns why a requested lowering was not used, one line per head group that fell back.
+
+    ``target`` "ort-cuda" emits a variant's contrib-op lowering (kernels.ort_cuda) where it is
+    exact for this call, and the portable body elsewhere.
+    """
     site: AttentionSite = call.site
     model: ir.Model = loaded.model
     view = loaded.view
@@ -63,7 +69,7 @@ def apply(loaded, call) -> None:
     else:
         key_padding = b.const(np.zeros((1, 1), dtype.numpy()))
 
-    outputs = []
+    outputs, fallbacks = [], []
     for g in groups:
         gq, gk, gv, gmask = q, k, v, mask
         if g.q_heads is not None:
@@ -74,7 +80,19 @@ def apply(loaded, call) -> None:
         tensors = [b.initializer(model, arr, f"{g.spec.name}_{name}") for name, arr in g.tensors]
         states = [_state_input(model, site, st, dtype) for st in g.state]
         attrs = {n: int(x) if isinstance(x, bool) else x for n, x in g.attrs.items()}
-        results = b.tape.op_multi_out(g.spec.onnx_op_type, [gq, gk, gv, gmask, key_padding, *tensors, *states],
+        heads = site.num_heads if g.q_heads is None else g.q_heads[1] - g.q_heads[0]
+        kv_heads = site.kv_num_heads if g.kv_heads is None else g.kv_heads[1] - g.kv_heads[0]
+        facts = LoweringFacts(dict(g.attrs), heads, kv_heads, bool(masks),
+                              self_attention=bool(site.is_self_attention) and site.past_len is None,
+                              q_len=site.q_len, kv_len=site.kv_len)
+        op_type, fallback = choose(g.spec.name, target, facts)
+        if fallback:
+            fallbacks.append(fallback)
+        if op_type is None or g.state:
+            op_type = g.spec.onnx_op_type
+        else:
+            attrs["num_heads"] = heads
+        results = b.tape.op_multi_out(op_type, [gq, gk, gv, gmask, key_padding, *tensors, *states],
                                       attrs, domain=DOMAIN, name=b.name("attn"), num_outputs=1 + len(g.state))
         y = results[0]
         y.name = b.name("y")
@@ -94,6 +112,7 @@ def apply(loaded, call) -> None:
     y.name = name
     if out_old.dtype is not None:  # a contrib op's output may have no type: leave y's unset, not empty
         y.dtype, y.shape = out_old.dtype, out_old.shape
+    return list(dict.fromkeys(fallbacks))
 
 
 def _state_input(model: ir.Model, site: AttentionSite, state, dtype: ir.DataType) -> ir.Value:
@@ -112,7 +131,9 @@ def finalize(loaded, kernels: set[str]) -> None:
 
     model: ir.Model = loaded.model
     RemoveUnusedNodesPass()(model)
-    attach_functions(model, sorted(get_variant(k).onnx_op_type for k in kernels))
+    # What the graph calls: a kernel's portable body, or its ort-cuda lowering where one was emitted.
+    called = {n.op_type for n in model.graph.all_nodes() if n.domain == DOMAIN}
+    attach_functions(model, sorted(called or {get_variant(k).onnx_op_type for k in kernels}))
     model.ir_version = min(model.ir_version or IR_VERSION, IR_VERSION)
 
 

@@ -140,4 +140,22 @@ def _mask_blocks(mask: Tensor, rows: Tensor, cols: Tensor, hkv: int, compute) ->
     return blocks.reshape(blocks.shape[0], min(hm, hkv), hm // min(hm, hkv), *blocks.shape[2:])
 
 
-hierarchical_attention = define_op("hierarchical", forward)
+def cuda_forward(q, k, v, mask, key_padding, block: int, levels: int, sinks: int, scale: float, causal: bool,
+                 softcap: float):
+    """On CUDA: the Triton band kernel, fine level and pooled coarse level in one softmax; None (the torch
+    code above runs) where the kernel's tiles cannot hold a block's queries (a block not a multiple of 16)."""
+    from .. import triton_hierarchical  # triton loads only where CUDA runs
+
+    if not triton_hierarchical.supported(k, block):
+        return None
+    if k.shape[2] < q.shape[2]:
+        raise ValueError(f"hierarchical attention needs key length >= query length (self-attention or a KV-cache "
+                         f"step); got {q.shape[2]} queries and {k.shape[2]} keys")
+    if mask is not None and (mask.dim() != 4 or mask.dtype == torch.bool):
+        raise ValueError(f"the mask must be 4-D additive float; got {mask.dtype} {tuple(mask.shape)}")
+    return triton_hierarchical.hierarchical_attention(q, k, v, block=block, levels=levels, sinks=sinks, scale=scale,
+                                                      causal=causal, softcap=softcap, key_padding=key_padding,
+                                                      mask=mask)
+
+
+hierarchical_attention = define_op("hierarchical", forward, cuda=cuda_forward)

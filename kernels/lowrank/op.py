@@ -1,5 +1,5 @@
 """torch.ops.attnopt.lowrank_attention: group means from the shared pooling machinery (kernels.pooling),
-then attention over about r groups; no M×r pooling matrix."""
+then attention over about r groups; no M×r pooling matrix. On CUDA: ``cuda_forward``, the Triton form."""
 
 from __future__ import annotations
 
@@ -55,4 +55,19 @@ def _softmax(scores):
     return torch.where(torch.isnan(p), 0.0, p)
 
 
-lowrank_attention = define_op("lowrank", forward)
+def cuda_forward(q, k, v, mask, key_padding, rank: int, method: str, pinv_steps: int, scale: float, causal: bool,
+                 softcap: float):
+    """The same op through Triton: one pooling pass, then flash attention over the pooled keys
+    (``kernels.triton_lowrank``; also runs on CPU tensors under TRITON_INTERPRET=1, as the tests do)."""
+    from .. import triton_lowrank  # triton loads only where the Triton form runs
+
+    check_qkv(q, k, v)
+    refuse_causal(causal)
+    if method not in ("pool", "nystrom"):
+        raise ValueError(f"lowrank: method must be pool or nystrom, got {method!r}")
+    key_terms = key_padding_of(mask, key_padding, k.shape[2], q.device)
+    return triton_lowrank.lowrank_attention(q, k, v, key_terms, rank=rank, method=method, pinv_steps=pinv_steps,
+                                            scale=scale, softcap=softcap)
+
+
+lowrank_attention = define_op("lowrank", forward, cuda=cuda_forward)

@@ -84,4 +84,17 @@ def _block_bias(slope: Tensor, tab: Tensor, r: int, first: int, rows: int, m: in
     return line.unfold(-1, m, 1).flip(-2)
 
 
-relbias_attention = define_op("relbias", forward)
+def cuda_forward(q, k, v, mask, key_padding, slopes, table, kind: str, num_buckets: int, max_distance: int,
+                 bidirectional: bool, table_file: str, init_std: float, bias_scale: float, scale: float,
+                 causal: bool, softcap: float):
+    """On CUDA: the Triton band kernel over every key, the bias computed per element from the distance."""
+    check_bias_tensors(slopes, table, q.shape[1])
+    if mask is not None and (mask.dim() != 4 or mask.dtype == torch.bool):
+        raise ValueError(f"the mask must be 4-D additive float; got {mask.dtype} {tuple(mask.shape)}")
+    from ..triton_band import relbias_attention as triton_relbias  # triton loads only where CUDA runs
+
+    return triton_relbias(q, k, v, slopes=slopes, table=table, bias_scale=bias_scale, scale=scale, causal=causal,
+                          softcap=softcap, key_padding=key_padding, mask=mask)
+
+
+relbias_attention = define_op("relbias", forward, cuda=cuda_forward)

@@ -1,10 +1,17 @@
-"""torch.ops.attnopt.routed_attention: k-means routing, then the sorted-bucket machinery (clusters as buckets)."""
+"""torch.ops.attnopt.routed_attention: k-means routing, then the sorted-bucket machinery (clusters as buckets).
+
+CPU: the torch form (``kernels.buckets``). CUDA: the centroids come from the same torch k-means
+(``clusters.centroids``); the key clusters and query routes are one fp32 projection pass each, and attention
+is the Triton sorted-bucket kernels (``kernels.triton_buckets``).
+"""
 
 from __future__ import annotations
 
+import torch
+
 from ..buckets import bucket_attention
 from ..torch_ops import define_op
-from .clusters import route
+from .clusters import centroids, distinct, key_weights, route
 
 
 def forward(q, k, v, mask, key_padding, n_clusters: int, top_k: int, iters: int, seed: int, chunk: int, sinks: int,
@@ -14,4 +21,23 @@ def forward(q, k, v, mask, key_padding, n_clusters: int, top_k: int, iters: int,
                             sinks=sinks, scale=scale, causal=causal, softcap=softcap)
 
 
-routed_attention = define_op("routed", forward)
+def cuda_forward(q, k, v, mask, key_padding, n_clusters: int, top_k: int, iters: int, seed: int, chunk: int,
+                 sinks: int, scale: float, causal: bool, softcap: float):
+    """The same op through Triton (also runs on CPU tensors under TRITON_INTERPRET=1, as the tests do)."""
+    from .. import triton_buckets  # triton loads only where the Triton form runs
+
+    B, Hkv, M, _ = k.shape
+    # The reference's own k-means (torch, fp32). A Triton assignment step inside it (tried) rounds differently;
+    # at N = 65536 the full-size GPU test against the torch k-means' clusters then failed.
+    mu = centroids(k, key_weights(key_padding, M, k.device), n_clusters, iters)  # (B, Hkv, c, D) unit, fp32
+    repeated = torch.where(distinct(mu), 0.0, float("-inf"))  # a repeated centroid takes nothing
+    w = mu.transpose(-1, -2)[:, :, None]  # (B, Hkv, 1, D, c)
+    t = min(top_k, n_clusters)
+    k_buckets = triton_buckets.project_top(k, w, top=1, signed=False, normalize=True, col_bias=repeated)
+    q_buckets = triton_buckets.project_top(q, w, top=t, signed=False, col_bias=repeated)
+    return triton_buckets.bucket_attention(q, k, v, mask, key_padding, q_buckets, k_buckets.expand(B, Hkv, t, M),
+                                           n_buckets=n_clusters, chunk=chunk, sinks=sinks, scale=scale,
+                                           causal=causal, softcap=softcap)
+
+
+routed_attention = define_op("routed", forward, cuda=cuda_forward)

@@ -1,0 +1,563 @@
+"""Sorted-bucket flash attention in Triton: the CUDA form of lsh and routed.
+
+A query i (position p = i + M − N) sees key j when they share a bucket in some
+round r, or ⌊p/C⌋ = ⌊j/C⌋ (its local chunk), or j < G (sinks); causal, key
+padding, a dense additive remainder and a softcap apply on top, and one softmax
+covers the union (VARIANTS.md; the spec is ``kernels.buckets.buckets_allowed``).
+
+Three steps, each O(N·D) in memory:
+
+- **bucket ids** (``project_top``): one Triton pass over q or k computing x·W in
+  fp32 per row and keeping the best column(s) with the references' tie rule
+  (lowest index first): lsh's signed argmax over [xR ; −xR], routed's top_k
+  clusters (keys: argmax over the normalised key).
+- **sort**: per (batch, kv head, round), ``torch.sort`` (stable) of the query
+  rows h·N + i of the kv head's query heads and of the keys by bucket; bucket
+  b's keys are the sorted slots [start_b, end_b).
+- **attention**, two kernels sharing one online softmax, in fp32:
+  ``_bucket_fwd`` (one launch per round) takes BLOCK_M consecutive sorted query
+  rows and visits only the sorted key slots of the buckets they hold,
+  [start of the first, end of the last); a block whose rows all hold one
+  bucket, in round 0 and with nothing riding on top, runs its whole key blocks
+  with no mask math. ``_local_fwd`` then takes the queries in natural order,
+  visits their chunks' keys and the sinks, and writes the output.
+
+Ownership, so that no pair counts twice: round r owns the pairs whose buckets
+match in r and in no earlier round; the local kernel owns chunk and sink keys
+that no round matched. Between launches the running softmax is carried per row
+as (normalised output fp32, log2-sum-exp), which is exact (the previous keys'
+weights sum to 1 relative to their log-sum-exp).
+
+Every kernel is launched through ``triton_band.launch`` (``torch.library.wrap_triton``
+under a tracer), so torch.compile sees the kernels through the op layer.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from .triton_band import _to_log2_additive, launch
+
+__all__ = ["BucketConfig", "bucket_attention", "default_config", "project_top"]
+
+_LOG2E = 1.4426950408889634
+
+
+# --- bucket ids: the best column(s) of x·W per row ------------------------------------------------
+
+
+@triton.jit
+def _project_fwd(
+    X, W, COLBIAS, OUT,
+    stride_xb, stride_xh, stride_xs,
+    stride_wb, stride_wh, stride_wr, stride_wd, stride_wc,
+    stride_cb, stride_ch,
+    H, GROUP, S, R, NCOL, MOD, T,
+    HEAD_DIM: tl.constexpr, D_TRUE: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
+    SIGNED: tl.constexpr, NORMALIZE: tl.constexpr, HAS_COLBIAS: tl.constexpr, PREC: tl.constexpr,
+):
+    """OUT (B, H, R·T, S) int32. SIGNED: per round r, argmax over [x·W_r ; −x·W_r] mod MOD (lsh's hash).
+    Otherwise: the T best columns of x·W_0 + COLBIAS, best first, ties to the lowest column (routed)."""
+    pid = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    hw = h // GROUP
+    rows = pid * BLOCK_S + tl.arange(0, BLOCK_S)
+    offs_d = tl.arange(0, HEAD_DIM)
+    cols = tl.arange(0, BLOCK_C)
+    col_ok = cols < NCOL
+    row_ok = rows < S
+    x = tl.load(X + b.to(tl.int64) * stride_xb + h.to(tl.int64) * stride_xh + rows[:, None].to(tl.int64) * stride_xs
+                + offs_d[None, :], mask=row_ok[:, None] & (offs_d[None, :] < D_TRUE), other=0.0).to(tl.float32)
+    if NORMALIZE:  # F.normalize's x / max(‖x‖, 1e-12)
+        x = x / tl.maximum(tl.sqrt(tl.sum(x * x, 1)), 1e-12)[:, None]
+    Wb = W + b.to(tl.int64) * stride_wb + hw.to(tl.int64) * stride_wh
+    w_mask = (offs_d[:, None] < D_TRUE) & col_ok[None, :]
+    out_base = OUT + bh.to(tl.int64) * (R * T) * S
+    big = BLOCK_C
+    for r in range(R):
+        w = tl.load(Wb + r * stride_wr + offs_d[:, None] * stride_wd + cols[None, :] * stride_wc, mask=w_mask,
+                    other=0.0).to(tl.float32)
+        proj = tl.dot(x, w, input_precision=PREC)  # (BLOCK_S, BLOCK_C)
+        if SIGNED:
+            top = tl.max(tl.where(col_ok[None, :], proj, float("-inf")), 1)
+            top_at = tl.min(tl.where(col_ok[None, :] & (proj == top[:, None]), cols[None, :], big), 1)
+            low = tl.min(tl.where(col_ok[None, :], proj, float("inf")), 1)
+            low_at = tl.min(tl.where(col_ok[None, :] & (proj == low[:, None]), cols[None, :], big), 1)
+            bucket = tl.where(top >= -low, top_at, NCOL + low_at) % MOD
+            tl.store(out_base + r * S + rows, bucket, mask=row_ok)
+        else:
+            if HAS_COLBIAS:
+                cb = tl.load(COLBIAS + b.to(tl.int64) * stride_cb + hw.to(tl.int64) * stride_ch + cols,
+                             mask=col_ok, other=0.0)
+                proj = proj + cb[None, :]
+            taken = tl.zeros([BLOCK_S, BLOCK_C], dtype=tl.int1) | (~col_ok[None, :])
+            for t in range(T):
+                val = tl.where(taken, float("-inf"), proj)
+                best = tl.max(val, 1)
+                # the lowest untaken column holding the best value (-inf ties included), as a stable sort gives
+                at = tl.min(tl.where((~taken) & (val == best[:, None]), cols[None, :], big), 1)
+                tl.store(out_base + (r * T + t) * S + rows, at, mask=row_ok)
+                taken = taken | (cols[None, :] == at[:, None])
+
+
+def project_top(x: Tensor, w: Tensor, *, mod: int = 0, top: int = 1, signed: bool, normalize: bool = False,
+                col_bias: Tensor | None = None) -> Tensor:
+    """Bucket ids of the rows of x (B, Hx, S, D): (B, Hx, R·top, S) int32.
+
+    ``w`` is (B | 1, Hw | 1, R, D, n_col) float32 (stride 0 where broadcast); query
+    head h reads w's head h // (Hx / Hw). ``signed``: lsh's argmax over ±x·W_r, mod
+    ``mod``. Otherwise the ``top`` best columns of x·W_0 (+ ``col_bias``, (B, Hw, n_col)).
+    """
+    B, Hx, S, D = x.shape
+    R, n_col = w.shape[2], w.shape[4]
+    Hw = w.shape[1]
+    out = torch.empty(B, Hx, R * (1 if signed else top), S, dtype=torch.int32, device=x.device)
+    if out.numel() == 0:
+        return out
+    if x.stride(-1) != 1:
+        x = x.contiguous()
+    block_s = 16 if _interpreting() else 64
+    block_c = max(16, triton.next_power_of_2(n_col))
+    cb = col_bias if col_bias is not None else w
+    cb_strides = (col_bias.stride(0) if col_bias.shape[0] > 1 else 0, col_bias.stride(1)) if col_bias is not None \
+        else (0, 0)
+    ws = w.stride()
+    grid = (triton.cdiv(S, block_s), B * Hx)
+    launch(_project_fwd)[grid](
+        x, w, cb, out,
+        x.stride(0), x.stride(1), x.stride(2),
+        ws[0] if w.shape[0] > 1 else 0, ws[1] if Hw > 1 else 0, ws[2], ws[3], ws[4],
+        *cb_strides,
+        Hx, Hx // Hw, S, R, n_col, max(mod, 1), 1 if signed else top,
+        HEAD_DIM=max(16, triton.next_power_of_2(D)), D_TRUE=D, BLOCK_S=block_s, BLOCK_C=block_c,
+        SIGNED=signed, NORMALIZE=normalize, HAS_COLBIAS=col_bias is not None,
+        # fp32 accuracy on the tensor cores (3 tf32 products); the FMA "ieee" dot took 3.8 ms for q at N=65536
+        PREC="ieee" if _interpreting() else "tf32x3", num_warps=4,
+    )
+    return out
+
+
+# --- attention ------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _f32(x):
+    """A float argument as fp32: torch.compile passes Python floats as fp64, which would make the whole softmax
+    fp64 (and the accumulator's type mismatch tl.dot's)."""
+    return tl.cast(x, tl.float32)
+
+
+@triton.jit
+def _fold(
+    acc, l_i, m_i, q, k, v, ok, k_ok, cols, mrow, KPb, stride_kpn, MSKb, stride_mm, scale2, cap2, cap_in,
+    MASKED: tl.constexpr, HAS_KP: tl.constexpr, HAS_MASK: tl.constexpr, MASK_BOOL: tl.constexpr,
+    SOFTCAP: tl.constexpr, PREC: tl.constexpr,
+):
+    """One key block into the online softmax (log2 domain). ``ok`` (BLOCK_M, BLOCK_N) is the block's allowed
+    pairs when MASKED, ``k_ok`` its keys in range; ``cols`` the keys' positions (key padding, mask); ``mrow``
+    each row's mask offset. Unmasked blocks carry nothing on top (the callers guarantee it)."""
+    qk = tl.dot(q, tl.trans(k), input_precision=PREC)
+    if not (MASKED or HAS_KP or HAS_MASK or SOFTCAP):
+        m_new = tl.maximum(m_i, tl.max(qk, 1) * scale2)
+        p = tl.math.exp2(qk * scale2 - m_new[:, None])
+        alpha = tl.math.exp2(m_i - m_new)
+    else:
+        if SOFTCAP:  # c·tanh(s / c) in log2 units, saturating without NaN
+            t = tl.math.exp2(qk * cap_in)
+            s = cap2 - (2.0 * cap2) / (t + 1.0)
+        else:
+            s = qk * scale2
+        if HAS_KP:
+            s = s + _to_log2_additive(tl.load(KPb + cols * stride_kpn, mask=k_ok, other=0.0))[None, :]
+        if HAS_MASK:
+            mv = tl.load(MSKb + mrow[:, None] + cols[None, :].to(tl.int64) * stride_mm, mask=ok, other=0)
+            if MASK_BOOL:
+                s = tl.where(mv != 0, s, float("-inf"))
+            else:
+                s = s + _to_log2_additive(mv)
+        if MASKED:
+            s = tl.where(ok, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.math.exp2(s - m_safe[:, None])
+        alpha = tl.math.exp2(m_i - m_safe)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PREC)
+    return acc, l_i, m_new
+
+
+@triton.jit
+def _load_state(O_ST, L_ST, st_row, offs_d, row_ok, HEAD_DIM: tl.constexpr):
+    """(acc, l, m) of the keys folded so far: the normalised output with weight 1 at its log2-sum-exp."""
+    lse = tl.load(L_ST + st_row, mask=row_ok, other=float("-inf"))
+    acc = tl.load(O_ST + st_row[:, None] * HEAD_DIM + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+    l_i = tl.where(lse == float("-inf"), 0.0, 1.0)
+    return acc, l_i, lse
+
+
+@triton.jit
+def _bucket_fwd(
+    Q, K, V, KP, MSK, O_ST, L_ST, QPERM, QBS, KPERM, KBS, KSTART, KEND, QB, KB,
+    stride_qb, stride_qh, stride_qn,
+    stride_kb, stride_kh, stride_kn,
+    stride_vb, stride_vh, stride_vn,
+    stride_kpb, stride_kpn, stride_mb, stride_mh, stride_mn, stride_mm,
+    HKV, N, M, GROUP, ROWS, R, ROUND, NB, OFF, scale2, cap2, cap_in,
+    HEAD_DIM: tl.constexpr, D_TRUE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    CAUSAL: tl.constexpr, HAS_KP: tl.constexpr, HAS_MASK: tl.constexpr, MASK_BOOL: tl.constexpr,
+    SOFTCAP: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, PRESORTED: tl.constexpr,
+):
+    """Round ROUND: BLOCK_M consecutive sorted query rows of one (batch, kv head) against the sorted key slots
+    of their buckets. Reads the running state (rounds > 0) and writes it back for the same rows."""
+    scale2, cap2, cap_in = _f32(scale2), _f32(cap2), _f32(cap_in)
+    pid = tl.program_id(0)
+    bhk = tl.program_id(1)
+    b = bhk // HKV
+    hk = bhk % HKV
+    s0 = pid * BLOCK_M
+    slots = s0 + tl.arange(0, BLOCK_M)
+    slot_ok = slots < ROWS
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    d_ok = offs_d[None, :] < D_TRUE
+
+    seq = bhk.to(tl.int64) * R + ROUND  # this (batch, kv head, round)'s sorted arrays
+    q_base = seq * ROWS
+    k_base = seq * M
+    rows = tl.load(QPERM + q_base + slots, mask=slot_ok, other=0)
+    q_bucket = tl.load(QBS + q_base + slots, mask=slot_ok, other=-1)
+    b_first = tl.load(QBS + q_base + s0)
+    b_last = tl.load(QBS + q_base + tl.minimum(s0 + BLOCK_M, ROWS) - 1)
+    lo = tl.load(KSTART + seq * NB + b_first)
+    hi = tl.load(KEND + seq * NB + b_last)
+
+    hq = rows // N
+    i = rows % N
+    h = hk * GROUP + hq
+    pos = i + OFF
+    q_row = h.to(tl.int64) * stride_qh + i.to(tl.int64) * stride_qn  # rows of several query heads
+    q = tl.load(Q + b.to(tl.int64) * stride_qb + q_row[:, None] + offs_d[None, :], mask=slot_ok[:, None] & d_ok,
+                other=0.0)
+    if UPCAST:
+        q = q.to(tl.float32)
+    st_row = (b.to(tl.int64) * HKV * GROUP + h) * N + i  # the state is (B, H, N, ·)
+    if ROUND > 0:
+        acc, l_i, m_i = _load_state(O_ST, L_ST, st_row, offs_d, slot_ok, HEAD_DIM)
+    else:
+        m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+        acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+
+    Kb = K + b.to(tl.int64) * stride_kb + hk.to(tl.int64) * stride_kh
+    Vb = V + b.to(tl.int64) * stride_vb + hk.to(tl.int64) * stride_vh
+    if PRESORTED:  # K, V are this round's keys in sorted order, (B, Hkv, R, M, D) contiguous
+        Kb = K + k_base * HEAD_DIM
+        Vb = V + k_base * HEAD_DIM
+    KPb = KP + b.to(tl.int64) * stride_kpb
+    MSKb = MSK + b.to(tl.int64) * stride_mb
+    mrow = h.to(tl.int64) * stride_mh + i.to(tl.int64) * stride_mn
+
+    # Whole key blocks of a single-bucket block need no mask at all when nothing rides on top.
+    SIMPLE: tl.constexpr = not (CAUSAL or HAS_KP or HAS_MASK or SOFTCAP)
+    plain_end = lo
+    if SIMPLE:
+        if (b_first == b_last) & (ROUND == 0):
+            plain_end = lo + ((hi - lo) // BLOCK_N) * BLOCK_N
+        for start in range(lo, plain_end, BLOCK_N):
+            kslot = start + offs_n
+            if PRESORTED:
+                krow = kslot
+            else:
+                krow = tl.load(KPERM + k_base + kslot)
+            k = tl.load(Kb + krow.to(tl.int64)[:, None] * stride_kn + offs_d[None, :], mask=d_ok, other=0.0)
+            v = tl.load(Vb + krow.to(tl.int64)[:, None] * stride_vn + offs_d[None, :], mask=d_ok, other=0.0)
+            if UPCAST:
+                k = k.to(tl.float32)
+                v = v.to(tl.float32)
+            acc, l_i, m_i = _fold(acc, l_i, m_i, q, k, v, None, None, krow, mrow, KPb, stride_kpn, MSKb,
+                                  stride_mm, scale2, cap2, cap_in, False, False, False, False, False, PREC)
+    for start in range(plain_end, hi, BLOCK_N):
+        kslot = start + offs_n
+        k_ok = kslot < hi
+        kid = tl.load(KPERM + k_base + kslot, mask=k_ok, other=0)
+        k_bucket = tl.load(KBS + k_base + kslot, mask=k_ok, other=-2)
+        krow = kslot if PRESORTED else kid
+        k = tl.load(Kb + krow.to(tl.int64)[:, None] * stride_kn + offs_d[None, :], mask=k_ok[:, None] & d_ok,
+                    other=0.0)
+        v = tl.load(Vb + krow.to(tl.int64)[:, None] * stride_vn + offs_d[None, :], mask=k_ok[:, None] & d_ok,
+                    other=0.0)
+        if UPCAST:
+            k = k.to(tl.float32)
+            v = v.to(tl.float32)
+        ok = (q_bucket[:, None] == k_bucket[None, :]) & slot_ok[:, None] & k_ok[None, :]
+        for r2 in range(ROUND):  # an earlier round owns the pairs it matched
+            qb2 = tl.load(QB + (bhk.to(tl.int64) * R + r2) * ROWS + rows, mask=slot_ok, other=-1)
+            kb2 = tl.load(KB + (bhk.to(tl.int64) * R + r2) * M + kid, mask=k_ok, other=-2)
+            ok = ok & (qb2[:, None] != kb2[None, :])
+        if CAUSAL:
+            ok = ok & (kid[None, :] <= pos[:, None])
+        acc, l_i, m_i = _fold(acc, l_i, m_i, q, k, v, ok, k_ok, kid, mrow, KPb, stride_kpn, MSKb, stride_mm,
+                              scale2, cap2, cap_in, True, HAS_KP, HAS_MASK, MASK_BOOL, SOFTCAP, PREC)
+
+    has_any = l_i > 0.0
+    out = acc / tl.where(has_any, l_i, 1.0)[:, None]
+    lse = tl.where(has_any, m_i + tl.math.log2(tl.where(has_any, l_i, 1.0)), float("-inf"))
+    tl.store(O_ST + st_row[:, None] * HEAD_DIM + offs_d[None, :], out, mask=slot_ok[:, None])
+    tl.store(L_ST + st_row, lse, mask=slot_ok)
+
+
+@triton.jit
+def _local_fwd(
+    Q, K, V, O, KP, MSK, O_ST, L_ST, QB, KB,
+    stride_qb, stride_qh, stride_qn,
+    stride_kb, stride_kh, stride_kn,
+    stride_vb, stride_vh, stride_vn,
+    stride_ob, stride_oh, stride_on,
+    stride_kpb, stride_kpn, stride_mb, stride_mh, stride_mn, stride_mm,
+    H, N, M, GROUP, ROWS, R, CHUNK, G, OFF, scale2, cap2, cap_in,
+    HEAD_DIM: tl.constexpr, D_TRUE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    CAUSAL: tl.constexpr, HAS_KP: tl.constexpr, HAS_MASK: tl.constexpr, MASK_BOOL: tl.constexpr,
+    SOFTCAP: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
+):
+    """Queries in natural order against their chunk's keys and the sinks that no round matched; finishes the
+    softmax the rounds started and writes the output."""
+    scale2, cap2, cap_in = _f32(scale2), _f32(cap2), _f32(cap_in)
+    pid = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    hk = h // GROUP
+    bhk = b * (H // GROUP) + hk
+    i = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = i < N
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    d_ok = offs_d[None, :] < D_TRUE
+    pos = i + OFF
+    rows = (h % GROUP) * N + i  # the row within its kv head's sorted arrays
+    q = tl.load(Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh + i.to(tl.int64)[:, None] * stride_qn
+                + offs_d[None, :], mask=row_ok[:, None] & d_ok, other=0.0)
+    if UPCAST:
+        q = q.to(tl.float32)
+    st_row = bh.to(tl.int64) * N + i
+    if R > 0:
+        acc, l_i, m_i = _load_state(O_ST, L_ST, st_row, offs_d, row_ok, HEAD_DIM)
+    else:
+        m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+        acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+
+    p_first = pid * BLOCK_M + OFF
+    p_last = tl.minimum(pid * BLOCK_M + BLOCK_M, N) - 1 + OFF
+    lo = (p_first // CHUNK) * CHUNK
+    hi = tl.minimum((p_last // CHUNK + 1) * CHUNK, M)
+    g_end = tl.minimum(G, M)
+    if CAUSAL:
+        hi = tl.minimum(hi, p_last + 1)
+        g_end = tl.minimum(g_end, p_last + 1)
+    Kb = K + b.to(tl.int64) * stride_kb + hk.to(tl.int64) * stride_kh
+    Vb = V + b.to(tl.int64) * stride_vb + hk.to(tl.int64) * stride_vh
+    KPb = KP + b.to(tl.int64) * stride_kpb
+    MSKb = MSK + b.to(tl.int64) * stride_mb
+    mrow = h.to(tl.int64) * stride_mh + i.to(tl.int64) * stride_mn
+    chunk_of = pos // CHUNK
+
+    # the chunks' keys, then the sinks outside them: [0, min(g_end, lo)) and [hi, g_end)
+    n_chunk = tl.cdiv(tl.maximum(hi - lo, 0), BLOCK_N)
+    n_below = tl.cdiv(tl.maximum(tl.minimum(g_end, lo), 0), BLOCK_N)
+    n_above = tl.cdiv(tl.maximum(g_end - hi, 0), BLOCK_N)
+    for t in range(n_chunk + n_below + n_above):
+        if t < n_chunk:
+            start = lo + t * BLOCK_N
+            stop = hi
+        elif t < n_chunk + n_below:
+            start = (t - n_chunk) * BLOCK_N
+            stop = tl.minimum(g_end, lo)
+        else:
+            start = hi + (t - n_chunk - n_below) * BLOCK_N
+            stop = g_end
+        cols = start + offs_n
+        k_ok = cols < stop
+        k = tl.load(Kb + cols.to(tl.int64)[:, None] * stride_kn + offs_d[None, :], mask=k_ok[:, None] & d_ok,
+                    other=0.0)
+        v = tl.load(Vb + cols.to(tl.int64)[:, None] * stride_vn + offs_d[None, :], mask=k_ok[:, None] & d_ok,
+                    other=0.0)
+        if UPCAST:
+            k = k.to(tl.float32)
+            v = v.to(tl.float32)
+        ok = ((chunk_of[:, None] == (cols // CHUNK)[None, :]) | (cols[None, :] < G)) & k_ok[None, :] & row_ok[:, None]
+        for r in range(R):  # pairs a round matched are that round's
+            qb = tl.load(QB + (bhk.to(tl.int64) * R + r) * ROWS + rows, mask=row_ok, other=-1)
+            kb = tl.load(KB + (bhk.to(tl.int64) * R + r) * M + cols, mask=k_ok, other=-2)
+            ok = ok & (qb[:, None] != kb[None, :])
+        if CAUSAL:
+            ok = ok & (cols[None, :] <= pos[:, None])
+        acc, l_i, m_i = _fold(acc, l_i, m_i, q, k, v, ok, k_ok, cols, mrow, KPb, stride_kpn, MSKb, stride_mm,
+                              scale2, cap2, cap_in, True, HAS_KP, HAS_MASK, MASK_BOOL, SOFTCAP, PREC)
+
+    has_any = l_i > 0.0
+    out = tl.where(has_any[:, None], acc / tl.where(has_any, l_i, 1.0)[:, None], 0.0)
+    tl.store(O + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + i.to(tl.int64)[:, None] * stride_on
+             + offs_d[None, :], out.to(O.dtype.element_ty), mask=row_ok[:, None] & d_ok)
+
+
+# --- launcher -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BucketConfig:
+    """Tiles of the two attention kernels; ``presorted`` copies each round's keys into sorted order first
+    (contiguous key loads, O(M·D·R) more memory) instead of gathering them in the kernel."""
+
+    block_m: int = 64
+    block_n: int = 64
+    num_warps: int = 4
+    num_stages: int = 3
+    local_block_m: int = 64
+    local_block_n: int = 64
+    local_warps: int = 4
+    presorted: bool = False
+
+
+def default_config(head_dim: int, dtype: torch.dtype, device: torch.device) -> BucketConfig:
+    """A fixed table. On the H200 (bf16, D=128, lsh b=32, N=65536, attention alone): 64×64 tiles, 4 warps,
+    3 stages 4.77 ms; 128×64 5.35 ms; 128×64 with 8 warps and 2 stages 7.40 ms; pre-sorted keys (a copy of k
+    and v per round) were no faster (4.93 ms at 64×64)."""
+    if device.type != "cuda":  # interpreter: small tiles keep the Python loops short
+        return BucketConfig(block_m=16, block_n=16, num_warps=4, num_stages=1, local_block_m=16, local_block_n=16)
+    if dtype == torch.float32 or head_dim > 128:
+        return BucketConfig(block_m=64, block_n=32, num_warps=4, num_stages=2, local_block_m=32, local_block_n=32)
+    return BucketConfig()
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _check(q: Tensor, k: Tensor, v: Tensor, q_buckets: Tensor, k_buckets: Tensor, mask, key_padding) -> None:
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4 or k.shape != v.shape:
+        raise ValueError(f"bucket attention expects q (B, H, N, D) and k, v (B, Hkv, M, D); got {tuple(q.shape)}, "
+                         f"{tuple(k.shape)}, {tuple(v.shape)}")
+    B, H, N, D = q.shape
+    Hkv, M = k.shape[1], k.shape[2]
+    if k.shape[0] != B or k.shape[3] != D or Hkv == 0 or H % Hkv:
+        raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} disagree on batch, head_dim or GQA groups")
+    if not (q.dtype == k.dtype == v.dtype) or q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise TypeError(f"q, k, v must share one of float16/bfloat16/float32; got {q.dtype}, {k.dtype}, {v.dtype}")
+    if D > 256:
+        raise ValueError(f"head_dim must be <= 256; got {D}")
+    if M < N:
+        raise ValueError(f"bucket attention needs key length >= query length; got {N} queries and {M} keys")
+    R = q_buckets.shape[2]
+    if tuple(q_buckets.shape) != (B, H, R, N) or tuple(k_buckets.shape) != (B, Hkv, R, M):
+        raise ValueError(f"buckets must be (B, H, R, N) and (B, Hkv, R, M); got {tuple(q_buckets.shape)} and "
+                         f"{tuple(k_buckets.shape)}")
+    if key_padding is not None and (key_padding.dim() != 2 or key_padding.shape[0] not in (1, B)
+                                    or key_padding.shape[1] not in (1, M)):
+        raise ValueError(f"key_padding must be (B | 1, M); got {tuple(key_padding.shape)}")
+    if mask is not None and mask.dim() != 4:
+        raise ValueError(f"the mask must be 4-D, broadcastable to (B, H, N, M); got {tuple(mask.shape)}")
+
+
+def bucket_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, key_padding: Tensor | None,
+                     q_buckets: Tensor, k_buckets: Tensor, *, n_buckets: int, chunk: int, sinks: int, scale: float,
+                     causal: bool, softcap: float = 0.0, config: BucketConfig | None = None) -> Tensor:
+    """Attention over (shared bucket in some round) ∪ local chunk ∪ sinks, with the op contract of ``kernels.spec``.
+
+    ``q_buckets`` (B, H, R, N) and ``k_buckets`` (B, Hkv, R, M) hold bucket ids in [0, n_buckets).
+    Same arguments and result as ``kernels.buckets.bucket_attention``, the torch form.
+    """
+    _check(q, k, v, q_buckets, k_buckets, mask, key_padding)
+    B, H, N, D = q.shape
+    Hkv, M = k.shape[1], k.shape[2]
+    R = q_buckets.shape[2]
+    out = torch.empty(B, H, N, D, dtype=q.dtype, device=q.device)
+    if out.numel() == 0:
+        return out
+    cfg = config or default_config(D, q.dtype, q.device)
+    rep, rows = H // Hkv, (H // Hkv) * N
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    head_dim = max(16, triton.next_power_of_2(D))
+    nb = max(int(n_buckets), 1)
+
+    # Rows h·N + i: the query heads of one kv head are sorted together (they read the same keys).
+    qb = q_buckets.to(torch.int32).reshape(B, Hkv, rep, R, N).transpose(2, 3).reshape(B, Hkv, R, rows).contiguous()
+    kb = k_buckets.to(torch.int32).contiguous()
+    q_sorted, q_perm = torch.sort(qb, dim=-1, stable=True)
+    k_sorted, k_perm = torch.sort(kb, dim=-1, stable=True)
+    q_perm, k_perm = q_perm.to(torch.int32), k_perm.to(torch.int32)
+    ids = torch.arange(nb, device=q.device, dtype=torch.int32).expand(B, Hkv, R, nb).contiguous()
+    k_start = torch.searchsorted(k_sorted, ids, out_int32=True)
+    k_end = torch.searchsorted(k_sorted, ids, right=True, out_int32=True)
+
+    kp, kp_strides = _key_padding_arg(key_padding, q, B, M)
+    msk, m_strides = _mask_arg(mask, q, B, H, N, M)
+    flags = dict(CAUSAL=bool(causal), HAS_KP=key_padding is not None, HAS_MASK=mask is not None,
+                 MASK_BOOL=mask is not None and mask.dtype == torch.bool, SOFTCAP=bool(softcap))
+    # Triton's interpreter multiplies bf16 tiles as raw integers (3.9); it gets fp32 tiles instead.
+    upcast = q.dtype == torch.bfloat16 and _interpreting()
+    prec = "ieee" if q.dtype == torch.float32 or upcast else "tf32"
+    scale2 = float(scale) * _LOG2E
+    cap2 = float(softcap) * _LOG2E if softcap else 0.0
+    cap_in = 2.0 * float(scale) / float(softcap) * _LOG2E if softcap else 0.0
+    off = M - N
+
+    o_state = torch.empty(B, H, N, head_dim, dtype=torch.float32, device=q.device) if R else q
+    l_state = torch.empty(B, H, N, dtype=torch.float32, device=q.device) if R else q
+    if R and cfg.presorted:
+        idx = k_perm.to(torch.int64)[..., None].expand(B, Hkv, R, M, D)
+        k_in = torch.gather(k[:, :, None].expand(B, Hkv, R, M, D), 3, idx)
+        v_in = torch.gather(v[:, :, None].expand(B, Hkv, R, M, D), 3, idx)
+        if head_dim != D:
+            k_in, v_in = (torch.nn.functional.pad(t, (0, head_dim - D)) for t in (k_in, v_in))
+        k_strides = (0, 0, head_dim)
+    else:
+        k_in, v_in = k, v
+        k_strides = (k.stride(0), k.stride(1), k.stride(2))
+    v_strides = k_strides if (R and cfg.presorted) else (v.stride(0), v.stride(1), v.stride(2))
+    bucket_kernel = launch(_bucket_fwd)
+    for r in range(R):
+        bucket_kernel[(triton.cdiv(rows, cfg.block_m), B * Hkv)](
+            q, k_in, v_in, kp, msk, o_state, l_state, q_perm, q_sorted, k_perm, k_sorted, k_start, k_end, qb, kb,
+            q.stride(0), q.stride(1), q.stride(2), *k_strides, *v_strides, *kp_strides, *m_strides,
+            Hkv, N, M, rep, rows, R, r, nb, off, scale2, cap2, cap_in,
+            HEAD_DIM=head_dim, D_TRUE=D, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, PREC=prec, UPCAST=upcast,
+            PRESORTED=bool(cfg.presorted), num_warps=cfg.num_warps, num_stages=cfg.num_stages, **flags,
+        )
+    launch(_local_fwd)[(triton.cdiv(N, cfg.local_block_m), B * H)](
+        q, k, v, out, kp, msk, o_state, l_state, qb, kb,
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
+        *kp_strides, *m_strides,
+        H, N, M, rep, rows, R, chunk, min(sinks, M), off, scale2, cap2, cap_in,
+        HEAD_DIM=head_dim, D_TRUE=D, BLOCK_M=cfg.local_block_m, BLOCK_N=cfg.local_block_n, PREC=prec,
+        UPCAST=upcast, num_warps=cfg.local_warps, num_stages=1 if _interpreting() else 2, **flags,
+    )
+    return out
+
+
+def _key_padding_arg(key_padding: Tensor | None, like: Tensor, B: int, M: int):
+    """(tensor, (batch stride, key stride)): additive float (B | 1, M | 1), bool as 0 / −inf; stride 0 broadcasts."""
+    if key_padding is None:
+        return like, (0, 0)
+    kp = key_padding
+    if kp.dtype == torch.bool:
+        kp = torch.zeros(kp.shape, device=kp.device).masked_fill(~kp, float("-inf"))
+    return kp, (kp.stride(0) if kp.shape[0] == B and B > 1 else 0, kp.stride(1) if kp.shape[1] == M and M > 1 else 0)
+
+
+def _mask_arg(mask: Tensor | None, like: Tensor, B: int, H: int, N: int, M: int):
+    """(tensor, strides (b, h, n, m)) of a 4-D mask broadcast to (B, H, N, M) without copying; bool as uint8."""
+    if mask is None:
+        return like, (0, 0, 0, 0)
+    msk = mask.view(torch.uint8) if mask.dtype == torch.bool else mask
+    return msk, tuple(st if size == full and full > 1 else 0
+                      for st, size, full in zip(msk.stride(), msk.shape, (B, H, N, M)))

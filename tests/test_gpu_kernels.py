@@ -1,0 +1,236 @@
+"""Every attnopt op's CUDA implementation at full sizes on the GPU, and torch.compile through the ops.
+
+Skipped without CUDA. Run on the GPU machine:
+
+    python3 -m pytest -q tests/test_gpu_kernels.py
+
+- Generic over the registry: every variant whose op has a CUDA kernel, at a size where the
+  variant's reference (the spec, N×M) fits, against that reference, for each of its test settings.
+- Full sizes (N up to 65536, bf16, H=16, D=128) for segmented, window, memory, relbias and
+  hierarchical, against a reference evaluated on a sample of query rows (the first and last blocks,
+  the ragged tail, random rows): the full N×M reference would not fit.
+- torch.compile(fullgraph=True) of fx-rewritten modules: no graph break, Inductor's code launches
+  the Triton kernel itself, and the result equals eager.
+"""
+
+from __future__ import annotations
+
+
+import pytest
+import torch
+
+from attnopt.kernels.registry import all_variants, get_variant
+
+pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+DEV = "cuda"
+
+
+def _cuda_variants() -> list[str]:
+    return [s.name for s in all_variants()
+            if torch._C._dispatch_has_kernel_for_dispatch_key(s.torch_op.default.name(), "CUDA")]
+
+
+def _extra_tensors(spec, params, q, k) -> list[torch.Tensor]:
+    import numpy as np
+
+    made = spec.tensors_for(params, tuple(q.shape), tuple(k.shape), 0)
+    return [torch.from_numpy(np.asarray(made[t.name])).to(q.device) for t in spec.tensor_inputs]
+
+
+def _sample_rows(n: int, block: int = 1024) -> torch.Tensor:
+    rows = torch.cat([torch.arange(0, min(n, block + 64)), torch.arange(max(0, n - block - 64), n),
+                      torch.randint(0, n, (256,), generator=torch.Generator().manual_seed(1))])
+    return rows.unique().to(DEV)
+
+
+def _assert_close(got: torch.Tensor, want: torch.Tensor, what: str) -> None:
+    got, want = got.float(), want.float()
+    assert torch.isfinite(got).all(), what
+    rel = ((got - want).norm() / want.norm().clamp(min=1e-12)).item()
+    assert rel < 1e-2, (what, rel)
+    assert (got - want).abs().max().item() < 0.06, (what, (got - want).abs().max().item())
+
+
+# --- every variant with a CUDA kernel, against its reference -------------------------------------------
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("name", _cuda_variants())
+def test_cuda_op_equals_the_reference(name, causal):
+    spec = get_variant(name)
+    if causal and name in ("lowrank",):
+        pytest.skip("lowrank refuses causal sites")
+    if spec.state:
+        pytest.skip("a streaming op (state in, state out) is tested by its own module")
+    gen = torch.Generator().manual_seed(0)
+    b, h, hkv, n, d = 2, 4, 2, 1024, 64
+    q, k, v = (torch.randn(b, hh, n, d, generator=gen).to(DEV, torch.bfloat16) for hh in (h, hkv, hkv))
+    kp = torch.zeros(b, n, device=DEV)
+    kp[1, -37:] = float("-inf")
+    for params in spec.test_params:
+        if "block" in params:  # hierarchical: a block the kernel's tiles take (smaller ones keep the torch code)
+            params = {**params, "block": 16 * params["block"]}
+        extra = _extra_tensors(spec, params, q, k)
+        args = extra + [params[p] for p in spec.param_names]
+        got = spec.torch_op(q, k, v, None, kp, *args, d ** -0.5, causal, 0.0)
+        names = {t.name: x for t, x in zip(spec.tensor_inputs, extra)}
+        want = spec.reference(q.float(), k.float(), v.float(), **params, **names, scale=d ** -0.5, key_padding=kp,
+                              causal=causal)
+        _assert_close(got, want, f"{name} {params}")
+
+
+# --- full sizes, sampled rows --------------------------------------------------------------------------
+
+
+def _qkv(n: int, hkv: int = 16, dtype=torch.bfloat16, seed: int = 0):
+    torch.manual_seed(seed)
+    q = torch.randn(1, 16, n, 128, device=DEV, dtype=dtype)
+    k = torch.randn(1, hkv, n, 128, device=DEV, dtype=dtype)
+    v = torch.randn(1, hkv, n, 128, device=DEV, dtype=dtype)
+    return q, k, v
+
+
+def _rows_attention(q, k, v, rows, allowed, bias=None, key_padding=None, scale=None):
+    """Softmax attention of query rows ``rows`` in fp32 from an explicit (R, M) mask and an optional bias."""
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    rep = q.shape[1] // k.shape[1]
+    kf, vf = (t.float().repeat_interleave(rep, dim=1) for t in (k, v))
+    s = (q[:, :, rows].float() @ kf.transpose(-1, -2)) * scale
+    if bias is not None:
+        s = s + bias
+    if key_padding is not None:
+        s = s + key_padding[:, None, None, :]
+    p = torch.softmax(s.masked_fill(~allowed, float("-inf")), dim=-1)
+    return torch.nan_to_num(p, nan=0.0) @ vf
+
+
+BAND_FULL = {
+    # name: (variant, params, N, causal)
+    "segmented_65536": ("segmented", dict(segment_size=1024, sinks=0), 65536, False),
+    "segmented_sinks_65536": ("segmented", dict(segment_size=1024, sinks=4), 65536, False),
+    "window_65536": ("window", dict(window=1024, sinks=0), 65536, False),
+    "window_causal_sinks_65536": ("window", dict(window=1024, sinks=4), 65536, True),
+    "memory_65536": ("memory", dict(segment_size=1024, memory=1024, sinks=0), 65536, False),
+    "memory_causal_sinks_16384": ("memory", dict(segment_size=1024, memory=1024, sinks=4), 16384, True),
+}
+
+
+def _band_of(name: str, params: dict, causal: bool) -> tuple[int, int, int, int]:
+    if name == "segmented":
+        return params["segment_size"], 0, 0, params["sinks"]
+    if name == "window":
+        w = params["window"]
+        return 1, w - 1, 0 if causal else w - 1, params["sinks"]
+    return params["segment_size"], params["memory"], 0, params["sinks"]
+
+
+@pytest.mark.parametrize("case", sorted(BAND_FULL))
+def test_band_variants_full_size(case):
+    name, params, n, causal = BAND_FULL[case]
+    spec = get_variant(name)
+    q, k, v = _qkv(n)
+    got = spec.torch_op(q, k, v, None, None, *[params[p] for p in spec.param_names], 128 ** -0.5, causal, 0.0)
+    unit, before, after, sinks = _band_of(name, params, causal)
+    rows = _sample_rows(n)
+    p, j = rows[:, None], torch.arange(n, device=DEV)[None, :]
+    base = torch.div(p, unit, rounding_mode="floor") * unit
+    ok = ((j >= base - before) & (j < base + unit + after)) | (j < sinks)
+    if causal:
+        ok &= j <= p
+    _assert_close(got[:, :, rows], _rows_attention(q, k, v, rows, ok), case)
+
+
+@pytest.mark.parametrize("kind, n, causal", [("alibi", 65536, True), ("alibi", 16384, False), ("t5", 16384, False)])
+def test_relbias_full_size(kind, n, causal):
+    from attnopt.kernels.relbias import make_tensors
+
+    spec = get_variant("relbias")
+    params = {**spec.demo_params, "kind": kind}
+    if kind == "t5":
+        params.update(num_buckets=32, max_distance=128, init_std=1.0)
+    q, k, v = _qkv(n, hkv=4)
+    made = make_tensors(params, q.shape, k.shape, seed=0)
+    slopes, table = (torch.from_numpy(made[x]).to(DEV) for x in ("slopes", "table"))
+    kp = torch.zeros(1, n, device=DEV)
+    kp[0, torch.randperm(n, device=DEV)[: n // 10]] = float("-inf")
+    got = spec.torch_op(q, k, v, None, kp, slopes, table, *[params[p] for p in spec.param_names], 128 ** -0.5,
+                        causal, 0.0)
+    rows = _sample_rows(n)
+    delta = torch.arange(n, device=DEV)[None, :] - rows[:, None]  # (R, M)
+    r = (table.shape[1] - 1) // 2
+    bias = -slopes[:, None, None] * delta.abs() + table[:, delta.clamp(-r, r) + r]
+    ok = delta <= 0 if causal else torch.ones_like(delta, dtype=torch.bool)
+    _assert_close(got[:, :, rows], _rows_attention(q, k, v, rows, ok, bias=bias[None], key_padding=kp),
+                  f"relbias {kind} {n}")
+
+
+@pytest.mark.parametrize("n, params, causal", [
+    (65536, dict(block=64, levels=1, sinks=4), False),
+    (65536, dict(block=128, levels=3, sinks=0), True),
+    (16384, dict(block=64, levels=2, sinks=2), False),
+])
+def test_hierarchical_full_size(n, params, causal):
+    """Against the op's torch code on the GPU (tested against the spec in tests/test_hierarchical.py): the
+    spec's (N, C, M) group membership does not fit at these sizes. Key padding included."""
+    from attnopt.kernels.hierarchical.op import forward as torch_forward
+
+    spec = get_variant("hierarchical")
+    q, k, v = _qkv(n, hkv=4)
+    kp = torch.zeros(1, n, device=DEV)
+    kp[0, torch.randperm(n, device=DEV)[: n // 10]] = float("-inf")
+    args = [params[p] for p in spec.param_names]
+    got = spec.torch_op(q, k, v, None, kp, *args, 128 ** -0.5, causal, 0.0)
+    rows = _sample_rows(n, params["block"])
+    want = torch_forward(q, k, v, None, kp, *args, 128 ** -0.5, causal, 0.0)
+    _assert_close(got[:, :, rows], want[:, :, rows], f"hierarchical {n} {params}")
+
+
+def test_peak_memory_is_linear():
+    """No op upcasts whole tensors or builds S-wide fp32 scores: extra memory stays a small multiple of q."""
+    n = 65536
+    q, k, v = _qkv(n, hkv=4)
+    kp = torch.zeros(1, n, device=DEV)
+    calls = {
+        "window": lambda: get_variant("window").torch_op(q, k, v, None, kp, 1024, 4, 0.088, True, 0.0),
+        "relbias": lambda: get_variant("relbias").torch_op(q, k, v, None, kp, torch.ones(16, device=DEV) * 0.01,
+                                                           torch.zeros(16, 1, device=DEV), "alibi", 32, 128, True,
+                                                           "", 0.0, 1.0, 0.088, True, 0.0),
+        "hierarchical": lambda: get_variant("hierarchical").torch_op(q, k, v, None, kp, 64, 2, 4, 0.088, True, 0.0),
+    }
+    for name, call in calls.items():
+        call()
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        out = call()
+        torch.cuda.synchronize()
+        extra = torch.cuda.max_memory_allocated() - before
+        assert extra <= 1.6 * q.numel() * q.element_size(), (name, extra / 2**20)
+        del out
+
+
+# --- torch.compile through the ops ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name, params", [("segmented", dict(segment_size=16, sinks=2)),
+                                          ("window", dict(window=9, sinks=1)),
+                                          ("relbias", dict(kind="alibi")),
+                                          ("hierarchical", dict(block=16, levels=2, sinks=1))])
+def test_compiled_rewrite_runs_the_triton_kernel(name, params):
+    from torch._inductor.utils import run_and_get_code
+
+    import attnopt
+    from test_torch_integration import Attention
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 64, 32, device=DEV)
+    pad = torch.ones(2, 64, device=DEV)
+    pad[1, -5:] = 0
+    gm = attnopt.rewrite(torch.export.export(Attention().eval().to(DEV), (x, pad)), name, **params).model
+    torch._dynamo.reset()
+    with torch.no_grad():
+        eager = gm(x, pad)
+        compiled, code = run_and_get_code(torch.compile(gm, fullgraph=True), x, pad)
+    assert "_band_fwd" in "\n".join(code), "Inductor did not see the band kernel"
+    torch.testing.assert_close(compiled, eager, atol=1e-4, rtol=1e-4)

@@ -1,0 +1,309 @@
+"""The Triton forms of lsh, routed (``kernels.triton_buckets``) and lowrank (``kernels.triton_lowrank``) against
+each variant's reference.
+
+- Interpreted (CI): small sizes under TRITON_INTERPRET=1 on the CPU. The interpreter must be on before
+  triton.jit decorates the kernels, so every case runs in one subprocess started with the variable set (this
+  file, run as a script) and is then checked as its own test. The cases call each variant's
+  ``op.cuda_forward`` (the function registered for CUDA) with the op's arguments, on CPU tensors.
+- CUDA: full sizes (N up to 65536), skipped without a GPU. lsh's and routed's references would be N×M there,
+  so they are computed for a sample of query rows from the same bucket ids; lowrank's reference is O(N·r) and
+  runs whole.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from triton_interpreter import report, run_cases_in_subprocess
+
+# --- the cases -------------------------------------------------------------------------------------
+
+# name: (variant, params, shape (B, H, Hkv, N, M, D), dtype, extras)
+CASES = {
+    "lsh_rounds_sinks_gqa_causal_masks_bf16": (
+        "lsh", {"n_buckets": 2, "n_rounds": 3, "chunk": 3, "seed": 1, "sinks": 5}, (1, 2, 1, 20, 20, 16),
+        torch.bfloat16, {"causal": True, "kp": True, "mask": True, "softcap": 3.0}),
+    "lsh_ragged_head_dim_fp32": (
+        "lsh", {"n_buckets": 4, "n_rounds": 1, "chunk": 4, "seed": 0, "sinks": 0}, (2, 2, 2, 21, 21, 24),
+        torch.float32, {}),
+    "lsh_many_buckets_fp16_presorted": (
+        "lsh", {"n_buckets": 128, "n_rounds": 1, "chunk": 4, "seed": 2, "sinks": 1}, (1, 2, 1, 24, 24, 16),
+        torch.float16, {"causal": True, "presorted": True}),
+    "lsh_exact_limit": (
+        "lsh", {"n_buckets": 1, "n_rounds": 2, "chunk": 3, "seed": 5, "sinks": 2}, (1, 2, 1, 18, 18, 16),
+        torch.float32, {"causal": True, "kp": True, "dense": True}),
+    "routed_top2_gqa_causal_padding_bf16": (
+        "routed", {"n_clusters": 4, "top_k": 2, "iters": 0, "seed": 0, "chunk": 3, "sinks": 2}, (1, 2, 1, 20, 20, 16),
+        torch.bfloat16, {"causal": True, "kp": True}),
+    "routed_many_clusters_fp32": (
+        "routed", {"n_clusters": 64, "top_k": 1, "iters": 3, "seed": 0, "chunk": 4, "sinks": 1}, (1, 2, 2, 20, 20, 16),
+        torch.float32, {"mask": True}),
+    "routed_exact_limit": (
+        "routed", {"n_clusters": 1, "top_k": 3, "iters": 1, "seed": 0, "chunk": 3, "sinks": 1}, (1, 2, 1, 18, 18, 16),
+        torch.float32, {"kp": True, "dense": True}),
+    "pool_gqa_padding_cross_bf16": (
+        "lowrank", {"rank": 4, "method": "pool", "pinv_steps": 6}, (2, 2, 1, 20, 19, 16), torch.bfloat16,
+        {"kp": True, "softcap": 2.0}),
+    "pool_equal_groups_sdpa": (
+        "lowrank", {"rank": 5, "method": "pool", "pinv_steps": 6}, (1, 2, 2, 16, 20, 16), torch.float32, {}),
+    "pool_exact_limit": (
+        "lowrank", {"rank": 40, "method": "pool", "pinv_steps": 6}, (1, 2, 1, 16, 17, 16), torch.float32,
+        {"kp": True, "dense": True}),
+    "nystrom_padding_fp32": (
+        "lowrank", {"rank": 5, "method": "nystrom", "pinv_steps": 6}, (1, 2, 1, 20, 17, 16), torch.float32,
+        {"kp": True, "softcap": 2.0}),
+    "nystrom_bf16": (
+        "lowrank", {"rank": 4, "method": "nystrom", "pinv_steps": 6}, (1, 2, 2, 16, 16, 16), torch.bfloat16, {}),
+}
+
+
+def tolerance(dtype: torch.dtype, variant: str, params: dict) -> float:
+    """Bound on ‖out − ref‖ / ‖ref‖: fp32 far under 1e-4; half precision to its rounding. nystrom's final
+    values (pinv · landmarks' attention) are rounded to the query dtype once more."""
+    if dtype == torch.float32:
+        return 1e-4
+    return 2e-2 if params.get("method") == "nystrom" else 1.2e-2
+
+
+def make_inputs(shape, dtype, extras, seed=0, device="cpu"):
+    B, H, Hkv, N, M, D = shape
+    gen = torch.Generator(device=device).manual_seed(seed)
+    q, k, v = (torch.randn(s, generator=gen, device=device).to(dtype)
+               for s in ((B, H, N, D), (B, Hkv, M, D), (B, Hkv, M, D)))
+    kw = dict(scale=1.0 / math.sqrt(D), causal=extras.get("causal", False), softcap=extras.get("softcap", 0.0),
+              mask=None, key_padding=None)
+    if extras.get("kp"):
+        kp = torch.zeros(B, M, device=device)
+        kp[0, M - 3:] = float("-inf")
+        kp[-1, M // 3] = torch.finfo(torch.float32).min
+        kw["key_padding"] = kp
+    if extras.get("mask"):
+        kw["mask"] = torch.randn(1, H, N, M, generator=gen, device=device)
+    return q, k, v, kw
+
+
+def run_triton(variant, params, q, k, v, kw, config=None):
+    """The function registered for CUDA, called as the op calls it (spec order)."""
+    from attnopt.kernels.registry import get_variant
+
+    spec = get_variant(variant)
+    extra = spec.tensors_for(params, tuple(q.shape), tuple(k.shape))
+    args = [torch.as_tensor(extra[t.name]).to(q.device) for t in spec.tensor_inputs] + \
+        [params[p] for p in spec.param_names]
+    forward = spec._module("op").cuda_forward
+    if config is None:
+        return forward(q, k, v, kw["mask"], kw["key_padding"], *args, kw["scale"], kw["causal"], kw["softcap"])
+    from attnopt.kernels import triton_buckets
+
+    original = triton_buckets.default_config
+    triton_buckets.default_config = lambda *a: config
+    try:
+        return forward(q, k, v, kw["mask"], kw["key_padding"], *args, kw["scale"], kw["causal"], kw["softcap"])
+    finally:
+        triton_buckets.default_config = original
+
+
+def run_case(name: str) -> dict:
+    from attnopt.kernels import triton_buckets
+    from attnopt.kernels.reference import dense_attention
+    from kernel_harness import run_reference
+
+    variant, params, shape, dtype, extras = CASES[name]
+    q, k, v, kw = make_inputs(shape, dtype, extras)
+    config = None
+    if extras.get("presorted"):
+        config = triton_buckets.BucketConfig(**{**triton_buckets.default_config(16, dtype, q.device).__dict__,
+                                                "presorted": True})
+    out = run_triton(variant, params, q, k, v, kw, config)
+    ref = run_reference(variant, q.float(), k.float(), v.float(), params, **kw)
+    result = dict(rel=_rel(out, ref), finite=bool(torch.isfinite(out).all()), dtype=str(dtype),
+                  shape_ok=tuple(out.shape) == tuple(q.shape) and out.dtype == q.dtype)
+    if extras.get("dense"):  # the exact limit: dense attention itself
+        result["rel_dense"] = _rel(out, dense_attention(q.float(), k.float(), v.float(), **kw))
+    return result
+
+
+def bucket_ids_match() -> dict:
+    """The Triton projections give the torch bucket ids exactly (lsh hash; routed clusters and routes)."""
+    from attnopt.kernels import triton_buckets
+    from attnopt.kernels.lsh import SPEC as LSH
+    from attnopt.kernels.lsh.hashing import hash_buckets
+    from attnopt.kernels.routed.clusters import centroids, distinct, key_weights, route
+
+    q, k, _, kw = make_inputs((2, 2, 1, 24, 24, 24), torch.float32, {"kp": True}, seed=3)
+    out = {}
+    for b in (1, 6, 32):
+        p = {"n_buckets": b, "n_rounds": 2, "chunk": 4, "seed": 4, "sinks": 0}
+        rot = torch.from_numpy(LSH.make_tensors(p, q.shape, k.shape)["rotations"])
+        got = triton_buckets.project_top(q, rot[None, None], mod=b, signed=True)
+        out[f"lsh_b{b}"] = bool(torch.equal(got.long(), hash_buckets(q, rot, b)))
+    for c, t in ((5, 2), (3, 3), (30, 1)):  # 30 > M: repeated centroids take nothing
+        mu = centroids(k, key_weights(kw["key_padding"], k.shape[2], k.device), c, 2)
+        bias = torch.where(distinct(mu), 0.0, float("-inf"))
+        w = mu.transpose(-1, -2)[:, :, None]
+        qb = triton_buckets.project_top(q, w, top=min(t, c), signed=False, col_bias=bias)
+        kb = triton_buckets.project_top(k, w, top=1, signed=False, normalize=True, col_bias=bias)
+        ref_q, ref_k = route(q, k, kw["key_padding"], n_clusters=c, top_k=t, iters=2)
+        out[f"routed_c{c}_t{t}"] = bool(torch.equal(qb.long(), ref_q) and torch.equal(kb.long(), ref_k[:, :, :1]))
+    return out
+
+
+def _rel(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((out.float() - ref.float()).norm() / ref.float().norm().clamp_min(1e-30))
+
+
+# --- interpreted (CI) ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def interpreted_results() -> dict:
+    return run_cases_in_subprocess(str(Path(__file__).resolve()))
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_interpreted(interpreted_results, name):
+    r = interpreted_results[name]
+    assert "error" not in r, r.get("error")
+    assert r["finite"] and r["shape_ok"], r
+    variant, params, _, dtype, _ = CASES[name]
+    assert r["rel"] <= tolerance(dtype, variant, params), r
+    if "rel_dense" in r:
+        assert r["rel_dense"] <= tolerance(dtype, variant, params), r
+
+
+def test_interpreted_bucket_ids_equal_the_torch_ones(interpreted_results):
+    ids = interpreted_results["bucket_ids"]
+    assert "error" not in ids, ids.get("error")
+    assert ids and all(ids.values()), ids
+
+
+def test_triton_forms_are_registered_for_cuda():
+    """Each op has a CUDA kernel (its Triton form, given to define_op as ``cuda=``); the CPU keeps the torch form."""
+    from attnopt.kernels.registry import get_variant
+
+    for name in ("lsh", "routed", "lowrank"):
+        op = get_variant(name).torch_op
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(op.default.name(), "CUDA"), name
+        assert "cuda=cuda_forward" in Path(get_variant(name)._module("op").__file__).read_text(), name
+
+
+# --- CUDA, full sizes -------------------------------------------------------------------------------
+
+
+def sampled_bucket_reference(q, k, v, q_buckets, k_buckets, rows, *, chunk, sinks, scale, causal, softcap=0.0,
+                             key_padding=None, mask=None):
+    """lsh/routed attention for query rows ``rows`` from the bucket ids, in fp32 (the spec's rule)."""
+    B, H, N, D = q.shape
+    Hkv, M = k.shape[1], k.shape[2]
+    rep = H // Hkv
+    kb = k_buckets.repeat_interleave(rep, dim=1)  # (B, H, R, M)
+    qb = q_buckets[..., rows]  # (B, H, R, n)
+    same = (qb[..., :, None] == kb[..., None, :]).any(dim=2)  # (B, H, n, M)
+    p = (rows + (M - N))[:, None]
+    j = torch.arange(M, device=q.device)[None, :]
+    allowed = same | (torch.div(p, chunk, rounding_mode="floor") == torch.div(j, chunk, rounding_mode="floor"))
+    allowed = allowed | (j < sinks)
+    if causal:
+        allowed = allowed & (j <= p)
+    s = (q[:, :, rows].float() @ k.float().repeat_interleave(rep, 1).transpose(-1, -2)) * scale
+    if softcap:
+        s = softcap * torch.tanh(s / softcap)
+    s = s.masked_fill(~allowed, float("-inf"))
+    if key_padding is not None:
+        s = s + key_padding.float()[:, None, None, :]
+    if mask is not None:
+        s = s + mask[:, :, rows].float()
+    probs = torch.softmax(s, dim=-1)
+    return torch.where(torch.isnan(probs), 0.0, probs) @ v.float().repeat_interleave(rep, 1)
+
+
+GPU_CASES = {
+    # name: (variant, params, N, extras)
+    "lsh_b32": ("lsh", {"n_buckets": 32, "n_rounds": 1, "chunk": 64, "seed": 0, "sinks": 0}, 65536, {}),
+    "lsh_b64_r2_causal_sinks": ("lsh", {"n_buckets": 64, "n_rounds": 2, "chunk": 64, "seed": 1, "sinks": 4}, 16384,
+                                {"causal": True}),
+    "lsh_gqa_kp_fp16_d64": ("lsh", {"n_buckets": 16, "n_rounds": 1, "chunk": 64, "seed": 0, "sinks": 4}, 16384,
+                            {"Hkv": 4, "kp": True, "dtype": torch.float16, "D": 64}),
+    "lsh_presorted": ("lsh", {"n_buckets": 32, "n_rounds": 1, "chunk": 64, "seed": 0, "sinks": 0}, 65536,
+                      {"presorted": True}),
+    "routed_c16": ("routed", {"n_clusters": 16, "top_k": 1, "iters": 2, "seed": 0, "chunk": 64, "sinks": 0}, 65536,
+                   {}),
+    "routed_c32_top2_causal_softcap": ("routed", {"n_clusters": 32, "top_k": 2, "iters": 2, "seed": 0, "chunk": 64,
+                                                  "sinks": 4}, 16384, {"causal": True, "softcap": 30.0}),
+    "pool_r256": ("lowrank", {"rank": 256, "method": "pool", "pinv_steps": 6}, 65536, {}),
+    "pool_r64_kp_gqa": ("lowrank", {"rank": 64, "method": "pool", "pinv_steps": 6}, 16384, {"kp": True, "Hkv": 4}),
+    "nystrom_r64": ("lowrank", {"rank": 64, "method": "nystrom", "pinv_steps": 6}, 16384, {}),
+}
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+class TestCuda:
+    @pytest.mark.parametrize("name", sorted(GPU_CASES))
+    def test_full_size(self, name):
+        from attnopt.kernels import triton_buckets
+        from attnopt.kernels.lsh import SPEC as LSH
+        from attnopt.kernels.lowrank.reference import reference as lowrank_reference
+        from attnopt.kernels.routed.clusters import centroids, distinct, key_weights
+
+        variant, params, N, ex = GPU_CASES[name]
+        H, D, dtype = 16, ex.get("D", 128), ex.get("dtype", torch.bfloat16)
+        shape = (1, H, ex.get("Hkv", H), N, N, D)
+        q, k, v, kw = make_inputs(shape, dtype, ex, seed=0, device="cuda")
+        config = None
+        if ex.get("presorted"):
+            config = triton_buckets.BucketConfig(**{**triton_buckets.default_config(D, dtype, q.device).__dict__,
+                                                    "presorted": True})
+        out = run_triton(variant, params, q, k, v, kw, config)
+        torch.cuda.synchronize()
+        assert out.shape == q.shape and out.dtype == q.dtype and torch.isfinite(out).all()
+        if variant == "lowrank":
+            ref = lowrank_reference(q, k, v, **params, **kw)
+            assert _rel(out, ref) < tolerance(dtype, variant, params)
+            return
+        # bucket ids as the op computes them; the attention is checked on a sample of rows against the spec
+        if variant == "lsh":
+            rot = torch.from_numpy(LSH.make_tensors(params, q.shape, k.shape)["rotations"]).cuda()
+            w = rot[None, None]
+            qb = triton_buckets.project_top(q, w, mod=params["n_buckets"], signed=True).long()
+            kb = triton_buckets.project_top(k, w, mod=params["n_buckets"], signed=True).long()
+        else:
+            c = params["n_clusters"]
+            mu = centroids(k, key_weights(kw["key_padding"], N, k.device), c, params["iters"])
+            bias = torch.where(distinct(mu), 0.0, float("-inf"))
+            w = mu.transpose(-1, -2)[:, :, None]
+            t = min(params["top_k"], c)
+            qb = triton_buckets.project_top(q, w, top=t, signed=False, col_bias=bias).long()
+            kb = triton_buckets.project_top(k, w, top=1, signed=False, normalize=True,
+                                            col_bias=bias).long().expand(-1, -1, t, -1)
+        rows = torch.cat([torch.arange(0, 130), torch.arange(N - 130, N),
+                          torch.randint(0, N, (300,), generator=torch.Generator().manual_seed(1))]).unique().cuda()
+        ref = sampled_bucket_reference(q, k, v, qb, kb, rows, chunk=params["chunk"], sinks=params["sinks"],
+                                       scale=kw["scale"], causal=kw["causal"], softcap=kw["softcap"],
+                                       key_padding=kw["key_padding"])
+        assert _rel(out[:, :, rows], ref) < tolerance(dtype, variant, params)
+
+    def test_compiles_without_graph_break(self):
+        from attnopt.kernels.lsh import SPEC as LSH
+        from attnopt.kernels.lsh import op  # noqa: F401  (registers the op)
+
+        params = {"n_buckets": 8, "n_rounds": 1, "chunk": 64, "seed": 0, "sinks": 0}
+        q, k, v, kw = make_inputs((1, 4, 4, 1024, 1024, 64), torch.bfloat16, {}, device="cuda")
+        rot = torch.from_numpy(LSH.make_tensors(params, q.shape, k.shape)["rotations"]).cuda()
+
+        def f(q, k, v):
+            return torch.ops.attnopt.lsh_attention(q * 1.0, k, v, None, None, rot, 8, 1, 64, 0, 0, kw["scale"],
+                                                   False, 0.0) + 1.0
+
+        got = torch.compile(f, fullgraph=True)(q, k, v)
+        torch.testing.assert_close(got, f(q, k, v), atol=2e-2, rtol=2e-2)
+
+
+# --- the interpreter subprocess ---------------------------------------------------------------------
+
+if __name__ == "__main__" and "--interpret" in sys.argv:
+    report([*CASES, "bucket_ids"], lambda case: bucket_ids_match() if case == "bucket_ids" else run_case(case))

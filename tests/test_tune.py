@@ -1,0 +1,186 @@
+"""attnopt tune: per-site (and per-head-group) plans within a cosine budget, the plan file, `rewrite --plan`.
+
+On the small built-in example (2 layers, 4 heads, N = 32; random weights, so
+attention is spread wide and local variants cost real error): budget 1.0 gives
+an exact plan, a loose budget a cheaper plan than a tight one, and each plan's
+measured end-to-end cosine is checked again here, independently of the tuner.
+Head-group errors the tuner composes from per-head measurements must equal a
+real rewrite's. Bad plans are one-line errors with exit code 2. fx and ONNX both.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+import attnopt
+from attnopt.cli import main
+from attnopt.examples import build_example, export_example
+from attnopt.plan import Plan, PlanError, PlanGroup, SitePlan, apply_plan
+from attnopt.tune import mix_error, output_cosine
+
+N = 32
+VARIANTS = ("segmented",)  # one variant keeps the sweep at a few runs; the search is the same
+
+
+@pytest.fixture(scope="module")
+def fx_model():
+    module, inputs, _ = build_example("bert", seq_len=N, batch=2)
+    return torch.export.export(module, inputs), inputs
+
+
+@pytest.fixture(scope="module")
+def tuned(fx_model):
+    ep, _ = fx_model
+    exact = attnopt.tune(ep, 1.0, variants=VARIANTS)
+    # The other budgets search again on the same measured candidates (no second sweep).
+    return {1.0: exact, 0.9: exact.retune(0.9), 0.5: exact.retune(0.5)}
+
+
+@pytest.fixture(scope="module")
+def onnx_model(tmp_path_factory):
+    return export_example("bert", tmp_path_factory.mktemp("tune") / "bert.onnx", seq_len=N)
+
+
+def run_fx(model, inputs):
+    with torch.no_grad():
+        out = model(*inputs)
+    return {"y": out}
+
+
+def test_budget_one_is_exact(fx_model, tuned):
+    ep, inputs = fx_model
+    result = tuned[1.0]
+    assert all(s.is_dense or s.rel_l2 <= 1e-6 for s in result.plan.sites)
+    assert result.cost_vs_dense == 1.0 and result.end_to_end == 1.0
+    rewritten = attnopt.rewrite(ep, plan=result.plan)
+    assert torch.equal(run_fx(rewritten.model, inputs)["y"], run_fx(ep.module(), inputs)["y"])
+
+
+def test_loose_budget_is_cheaper_and_holds(fx_model, tuned):
+    ep, inputs = fx_model
+    tight, loose = tuned[0.9], tuned[0.5]
+    assert loose.cost_vs_dense < tight.cost_vs_dense < 1.0  # both rewrite something; the loose one more
+    assert loose.attended_fraction < 1.0 and loose.plan.sites
+    dense = run_fx(ep.module(), inputs)
+    for budget, result in ((0.9, tight), (0.5, loose)):
+        assert result.end_to_end >= budget
+        # The tuner's end-to-end claim, checked again through a fresh rewrite of the saved plan.
+        measured = output_cosine(dense, run_fx(attnopt.rewrite(ep, plan=result.plan).model, inputs), {})
+        assert measured == pytest.approx(result.end_to_end, abs=1e-6)
+        for site in result.plan.sites:
+            assert site.cosine >= budget - 1e-9  # each site within the budget too
+            assert 0 < site.attended_fraction < 1
+
+
+def test_head_group_errors_compose_exactly(fx_model, tuned):
+    """Heads are independent: the error of a mixed plan (half the heads dense) follows from per-head
+    measurements, and a real head-group rewrite measures the same."""
+    ep, _ = fx_model
+    info = tuned[0.5].sites[0]
+    seg = next(c for c in info.candidates if c.candidate.kernel == "segmented" and not c.error)
+    dense = info.candidates[0]
+    predicted_rel, predicted_cos = mix_error(info, [dense, dense, seg, seg])
+    assert 0 < predicted_rel < seg.rel_l2  # half the heads exact: less error than all through segmented
+    plan = Plan(tuned[0.5].plan.fingerprint, tuned[0.5].plan.model_sites, [SitePlan(info.name, (
+        PlanGroup(0, 2, "dense"), PlanGroup(2, 4, "segmented", seg.candidate.param_dict)))])
+    rewritten = attnopt.rewrite(ep, plan=plan)
+    assert [o.status for o in rewritten.report] == ["rewritten", "refused"]
+    report = attnopt.validate(ep, rewritten, sites=[info.name])
+    assert report.sites[0].rel_l2 == pytest.approx(predicted_rel, rel=1e-4)
+    assert report.sites[0].cosine == pytest.approx(predicted_cos, abs=1e-6)
+
+
+def test_plan_round_trips_through_the_file(fx_model, tuned, tmp_path):
+    ep, inputs = fx_model
+    plan = tuned[0.5].plan
+    path = plan.save(tmp_path / "plan.json")
+    again = Plan.load(path)
+    assert again.to_dict() == plan.to_dict()
+    assert json.loads(path.read_text())["version"] == 1
+    a = run_fx(apply_plan(ep, plan).model, inputs)["y"]
+    b = run_fx(attnopt.rewrite(ep, plan=str(path)).model, inputs)["y"]
+    assert torch.equal(a, b)
+
+
+def test_plan_errors_in_python(fx_model, tuned):
+    ep, _ = fx_model
+    plan = tuned[0.5].plan.to_dict()
+    with pytest.raises(PlanError, match="version 7"):
+        Plan.from_dict({**plan, "version": 7})
+    other = json.loads(json.dumps(plan))
+    other["sites"][0]["name"] = "no.such.site"
+    with pytest.raises(PlanError, match="has no site 'no.such.site'"):
+        apply_plan(ep, Plan.from_dict(other))
+    with pytest.raises(attnopt.AttnoptError, match="plan takes no pass"):
+        attnopt.rewrite(ep, "segmented", plan=Plan.from_dict(plan))
+
+
+# ----------------------------------------------------------------------------- the CLI, on ONNX
+
+def cli(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def one_line_error(result, contains: str) -> str:
+    assert result.exit_code == 2, (result.exit_code, result.output)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.output, result.stderr
+    assert contains in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def onnx_plan(onnx_model, tmp_path_factory):
+    d = tmp_path_factory.mktemp("tuned")
+    res = cli("tune", onnx_model, "--budget", "0.5", "--seq-len", N, "--variants", ",".join(VARIANTS),
+              "-o", d / "plan.json", "--plot", d / "tune.png", "--json")
+    assert res.exit_code == 0, res.output
+    return d, json.loads(res.stdout)
+
+
+def test_cli_tune_then_rewrite_by_plan(onnx_model, onnx_plan):
+    d, report = onnx_plan
+    assert (d / "plan.json").exists() and (d / "tune.png").stat().st_size > 0
+    assert report["end_to_end"] >= 0.5 and report["cost_vs_dense"] < 1.0
+    assert {c["kernel"] for c in report["candidates"]} == {"dense", "segmented"}
+    res = cli("rewrite", onnx_model, "--plan", d / "plan.json", "-o", d / "tuned.onnx", "--json")
+    assert res.exit_code == 0, res.output
+    planned = {s["name"] for s in report["plan"]["sites"]}
+    assert {s["site"] for s in json.loads(res.stdout)["sites"] if s["status"] == "rewritten"} == planned
+    check = attnopt.validate(onnx_model, d / "tuned.onnx", seq_len=N)
+    assert check.outputs[0].cosine >= 0.5
+
+
+def test_cli_bad_plans(onnx_model, onnx_plan, tmp_path):
+    d, _ = onnx_plan
+    plan = json.loads((d / "plan.json").read_text())
+
+    def write(name, text):
+        p = tmp_path / name
+        p.write_text(text if isinstance(text, str) else json.dumps(text))
+        return p
+
+    out = tmp_path / "o.onnx"
+    one_line_error(cli("rewrite", onnx_model, "--plan", write("a.json", "{not json"), "-o", out), "not a JSON plan")
+    one_line_error(cli("rewrite", onnx_model, "--plan", write("b.json", {**plan, "version": 2}), "-o", out),
+                   "version 2 is not supported")
+    unknown = json.loads(json.dumps(plan))
+    unknown["sites"][0]["name"] = "layer.9.attention"
+    one_line_error(cli("rewrite", onnx_model, "--plan", write("c.json", unknown), "-o", out),
+                   "has no site 'layer.9.attention'")
+    bad_param = json.loads(json.dumps(plan))
+    bad_param["sites"][0]["groups"][0]["params"]["segment_size"] = 0
+    one_line_error(cli("rewrite", onnx_model, "--plan", write("d.json", bad_param), "-o", out), "segment_size")
+    one_line_error(cli("rewrite", onnx_model, "--plan", d / "plan.json", "--pass", "segmented", "-o", out),
+                   "mutually exclusive")
+    one_line_error(cli("rewrite", onnx_model, "--plan", tmp_path / "missing.json", "-o", out), "no such plan file")
+    two_heads = export_example("bert", tmp_path / "bert2.onnx", seq_len=N, heads=2)
+    one_line_error(cli("rewrite", two_heads, "--plan", d / "plan.json", "-o", out),
+                   "made for another model: site 'layer.0.attention': num_heads is 4 in the plan, 2 in the model")
+    one_line_error(cli("tune", onnx_model, "--budget", "1.5"), "--budget must be a cosine")
+    one_line_error(cli("tune", onnx_model, "--budget", "0.9", "--variants", "lsh"), "not a tunable variant")
+    assert not out.exists()
