@@ -176,3 +176,16 @@ def test_a_bias_that_is_not_a_bounded_relative_bias_stays_dense(rule):
     assert site.relative_bias is None and site.masks, site.summary()
     with pytest.raises(NoSitesError, match="its mask is not a relative-position bias"):
         attnopt.rewrite(_hand_export(rule), "relbias", **FUSE)
+
+
+# ----------------------------------------------------------------------------- tune
+
+@pytest.mark.zoo(select=lambda case, how: case.family == "t5-encoder" and how == zoo_lib.TORCHSCRIPT)
+def test_tune_at_an_exact_budget_fuses_the_bias(zoo_onnx_case, zoo):
+    """tune offers relbias fuse where a site has a relative bias: at budget 1.0 every site takes it, exactly."""
+    path = zoo_onnx_case.path
+    result = attnopt.tune(path, 1.0, inputs=_onnx_feeds(path, zoo.build(zoo_onnx_case.case.name)),
+                          variants=("segmented",))
+    kernels = {(g.kernel, g.params.get("kind")) for s in result.plan.sites for g in s.groups}
+    assert kernels == {("relbias", "fuse")}, result.plan.to_dict()
+    assert all(s.rel_l2 is not None and s.rel_l2 <= 1e-5 for s in result.plan.sites), result.plan.to_dict()
