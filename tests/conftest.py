@@ -102,3 +102,13 @@ def zoo_fx_case(request, zoo) -> ZooFxCase:
     graph, example_inputs = zoo.fx_graph(name, tracer)
     built = zoo.build(name)
     return ZooFxCase(zoo_lib.CASES_BY_NAME[name], tracer, graph, example_inputs, built.module, built.inputs)
+
+
+@pytest.fixture(autouse=True)
+def _terminal_width_of_a_pipe(monkeypatch):
+    """CLI output as a pipe gets it (attnopt.cli._console: 140 columns when COLUMNS is unset).
+
+    pytest-xdist's workers set COLUMNS=80, which the CLI honours as a user's setting, so tables
+    would wrap differently under ``-n`` than in a serial run.
+    """
+    monkeypatch.delenv("COLUMNS", raising=False)
