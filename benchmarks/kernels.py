@@ -105,6 +105,33 @@ def peak_extra_mib(fn) -> float:
     return peak / 2**20
 
 
+def random_qkv(n: int):
+    """The table's inputs at length n: bf16 (1, H, n, D) q, k, v from seed 0."""
+    torch.manual_seed(0)
+    return tuple(torch.randn(1, H, n, D, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+
+
+def dense_sdpa(q, k, v, scale: float, rep_ms: float, log) -> dict:
+    """{causal: {ms, tflops}} of dense F.scaled_dot_product_attention: every row's baseline, in the same run."""
+    n = q.shape[2]
+    sdpa = {}
+    for causal in (False, True):
+        ms = bench(lambda c=causal: F.scaled_dot_product_attention(q, k, v, is_causal=c, scale=scale), rep_ms)
+        sdpa[causal] = dict(ms=ms, tflops=4 * n * keys_per_query(n, n, BIG, 0, 0, 0, causal) * D * H / ms / 1e9)
+        log(f"N={n} dense SDPA causal={causal}: {ms:.3f} ms {sdpa[causal]['tflops']:.0f} TFLOP/s")
+    return sdpa
+
+
+def op_args(spec, params: dict, q, k, scale: float, causal: bool) -> list:
+    """The op's arguments after (q, k, v, mask, key_padding): its tensors made for these shapes, ``params``
+    (complete), scale, causal and softcap 0."""
+    import numpy as np
+
+    made = spec.tensors_for(params, tuple(q.shape), tuple(k.shape), 0)
+    extra = [torch.from_numpy(np.asarray(made[t.name])).to(q.device) for t in spec.tensor_inputs]
+    return [*extra, *[params[p] for p in spec.param_names], scale, causal, 0.0]
+
+
 def flex_fns(q, k, v, unit, before, after, sinks, causal, scale, slopes=None):
     """Compiled flex_attention with the band's block mask; ``slopes``: plus ALiBi's −m_h·|i − j| score_mod."""
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
@@ -137,8 +164,6 @@ def flex_fns(q, k, v, unit, before, after, sinks, causal, scale, slopes=None):
 def op_row(name: str, q, k, v, scale: float):
     """(the op call, useful keys per query, Flex's arguments or None) for an OP_ROWS entry; None without a CUDA
     kernel for the variant (its torch code on the GPU is not what this table measures)."""
-    import numpy as np
-
     from attnopt.kernels.registry import get_variant
 
     variant, params, causal, _, _ = OP_ROWS[name]
@@ -146,9 +171,8 @@ def op_row(name: str, q, k, v, scale: float):
     if not torch._C._dispatch_has_kernel_for_dispatch_key(spec.torch_op.default.name(), "CUDA"):
         return None
     params = {**{p.name: p.default for p in spec.params}, **params}
-    made = spec.tensors_for(params, tuple(q.shape), tuple(k.shape), 0)
-    extra = [torch.from_numpy(np.asarray(made[t.name])).to(q.device) for t in spec.tensor_inputs]
-    args = [*extra, *[params[p] for p in spec.param_names], scale, causal, 0.0]
+    args = op_args(spec, params, q, k, scale, causal)
+    extra = args[:len(spec.tensor_inputs)]
     call = lambda: spec.torch_op(q, k, v, None, None, *args)
     n = q.shape[2]
     flex = None
@@ -184,17 +208,8 @@ def run(ns, rep_ms, variants, log, no_flex=False) -> list[dict]:
     rows = []
     scale = 1.0 / math.sqrt(D)
     for n in ns:
-        torch.manual_seed(0)
-        q = torch.randn(1, H, n, D, device="cuda", dtype=torch.bfloat16)
-        k = torch.randn(1, H, n, D, device="cuda", dtype=torch.bfloat16)
-        v = torch.randn(1, H, n, D, device="cuda", dtype=torch.bfloat16)
-        sdpa = {}
-        for causal in (False, True):
-            fn = lambda c=causal: F.scaled_dot_product_attention(q, k, v, is_causal=c, scale=scale)
-            kpq = keys_per_query(n, n, BIG, 0, 0, 0, causal)
-            ms = bench(fn, rep_ms)
-            sdpa[causal] = dict(ms=ms, tflops=4 * n * kpq * D * H / ms / 1e9)
-            log(f"N={n} sdpa causal={causal}: {ms:.3f} ms {sdpa[causal]['tflops']:.0f} TFLOP/s")
+        q, k, v = random_qkv(n)
+        sdpa = dense_sdpa(q, k, v, scale, rep_ms, log)
         for name in variants:
             t0 = time.time()
             sdpa_target = None
@@ -276,10 +291,7 @@ def sweep(n: int, rep_ms: float, log) -> list[dict]:
     """Kernel-only timings of a few tile configurations (fast path off)."""
     from attnopt.kernels import triton_band
 
-    torch.manual_seed(0)
-    q = torch.randn(1, H, n, D, device="cuda", dtype=torch.bfloat16)
-    k = torch.randn(1, H, n, D, device="cuda", dtype=torch.bfloat16)
-    v = torch.randn(1, H, n, D, device="cuda", dtype=torch.bfloat16)
+    q, k, v = random_qkv(n)
     C = triton_band.BandConfig
     configs = [
         C(128, 128, 8, 3, True), C(128, 64, 8, 3, True), C(128, 64, 8, 2, True), C(64, 128, 4, 3, True),

@@ -22,12 +22,10 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from kernels import bench, peak_extra_mib  # noqa: E402  (benchmarks/kernels.py: one timing rule for both tables)
-
-H, D = 16, 128
+# benchmarks/kernels.py: one setting, one timing rule and one baseline for both tables
+from kernels import D, H, bench, dense_sdpa, op_args, peak_extra_mib, random_qkv  # noqa: E402
 
 # name: (variant, params, causal)
 ROWS = {
@@ -91,32 +89,20 @@ def attended_pairs(qb, kb, chunk: int, sinks: int, causal: bool, sample: int = 4
 
 
 def run(ns, rep_ms: float, log, sweep: bool) -> list[dict]:
-    import numpy as np
-
     from attnopt.kernels.registry import get_variant
 
     rows = []
     scale = 1.0 / math.sqrt(D)
     for n in ns:
-        torch.manual_seed(0)
-        q = torch.randn(1, H, n, D, device="cuda", dtype=torch.bfloat16)
-        k = torch.randn(1, H, n, D, device="cuda", dtype=torch.bfloat16)
-        v = torch.randn(1, H, n, D, device="cuda", dtype=torch.bfloat16)
-        sdpa = {}
-        for causal in (False, True):
-            ms = bench(lambda c=causal: F.scaled_dot_product_attention(q, k, v, is_causal=c, scale=scale), rep_ms)
-            pairs = H * n * (n + 1) / 2 if causal else H * n * n
-            sdpa[causal] = dict(ms=ms, tflops=4 * D * pairs / ms / 1e9)
-            log(f"N={n} dense SDPA causal={causal}: {ms:.3f} ms {sdpa[causal]['tflops']:.0f} TFLOP/s")
+        q, k, v = random_qkv(n)
+        sdpa = dense_sdpa(q, k, v, scale, rep_ms, log)
         for name, (variant, params, causal) in ROWS.items():
             spec = get_variant(variant)
             kp = None
             if "key padding" in name:
                 kp = torch.zeros(1, n, device="cuda")
                 kp[0, n - n // 10:] = float("-inf")
-            made = spec.tensors_for(params, tuple(q.shape), tuple(k.shape), 0)
-            extra = [torch.from_numpy(np.asarray(made[t.name])).to(q.device) for t in spec.tensor_inputs]
-            args = [*extra, *[params[p] for p in spec.param_names], scale, causal, 0.0]
+            args = op_args(spec, params, q, k, scale, causal)
             call = lambda args=args, kp=kp, spec=spec: spec.torch_op(q, k, v, None, kp, *args)
             try:
                 call()
@@ -189,21 +175,16 @@ def profile(n: int, log) -> None:
     Triton launched without torch.library.wrap_triton, host time per call, and the GPU kernels' own times."""
     import time
 
-    import numpy as np
-
     from attnopt.kernels.registry import get_variant
 
-    torch.manual_seed(0)
-    q, k, v = (torch.randn(1, H, n, D, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    q, k, v = random_qkv(n)
     scale = 1.0 / math.sqrt(D)
     kp = torch.zeros(1, n, device="cuda")
     kp[0, -7:] = float("-inf")
     for name in ("lsh b=32", "routed c=16", "lowrank pool r=256 + key padding"):
         variant, params, causal = ROWS[name]
         spec = get_variant(variant)
-        made = spec.tensors_for(params, tuple(q.shape), tuple(k.shape), 0)
-        extra = [torch.from_numpy(np.asarray(made[t.name])).to(q.device) for t in spec.tensor_inputs]
-        args = [*extra, *[params[p] for p in spec.param_names], scale, causal, 0.0]
+        args = op_args(spec, params, q, k, scale, causal)
         pad = kp if "key padding" in name else None
         direct = spec._module("op").cuda_forward
         fns = {"op": lambda: spec.torch_op(q, k, v, None, pad, *args),

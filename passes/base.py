@@ -47,6 +47,14 @@ class OpCall:
         """Every head through one kernel: the common plan."""
         return cls(site, (HeadGroup(kernel, dict(attrs), tensors=dict(tensors or {})),), tuple(fuses))
 
+    @classmethod
+    def fusing_relative_bias(cls, site: AttentionSite, kernel: str, attrs: dict) -> "OpCall":
+        """Every head through a kernel that computes the site's recognised relative bias itself (its slopes
+        and table as the kernel's tensors); the frontend leaves that term out of the dense remainder."""
+        from attnopt.frontends.lowering import FUSED_RELATIVE_BIAS
+        slopes, table = site.relative_bias.arrays()
+        return cls.whole(site, kernel, attrs, {"slopes": slopes, "table": table}, fuses=(FUSED_RELATIVE_BIAS,))
+
     @property
     def kernels(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(g.kernel for g in self.groups))
@@ -117,7 +125,6 @@ class AttentionPass:
         recognised relative-position bias (ALiBi as BLOOM adds it): the form takes its slopes and table and
         computes it over absolute stream positions, and the frontend drops the term (``fuses``).
         """
-        from attnopt.frontends.lowering import FUSED_RELATIVE_BIAS
         from attnopt.kernels.registry import get_variant
         form = get_variant(self.spec().streaming_form)
         if site.past_len is not None:
@@ -131,8 +138,7 @@ class AttentionPass:
         attrs = {n: params[n] for n in form.param_names}
         if rb is None:
             return OpCall.whole(site, form.name, attrs, form.tensors_for(attrs, (), ()))
-        slopes, table = rb.arrays()
-        return OpCall.whole(site, form.name, attrs, {"slopes": slopes, "table": table}, fuses=(FUSED_RELATIVE_BIAS,))
+        return OpCall.fusing_relative_bias(site, form.name, attrs)
 
 
 def self_attention_refusal(site: AttentionSite, variant: str, kv_cache: bool) -> str | None:

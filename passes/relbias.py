@@ -39,16 +39,12 @@ class RelbiasPass(AttentionPass):
         return cls.Params(**parsed)
 
     def plan_site(self, site):
-        from attnopt.frontends.lowering import FUSED_RELATIVE_BIAS
         from attnopt.kernels.relbias import FUSE
 
         if self.params.kind == FUSE:
-            rb = site.relative_bias
-            if rb is None:
+            if site.relative_bias is None:
                 return Refusal(site, "its mask is not a relative-position bias: kind fuse has nothing to fuse")
-            slopes, table = rb.arrays()
-            return OpCall.whole(site, self.variant, dataclasses.asdict(self.params),
-                                {"slopes": slopes, "table": table}, fuses=(FUSED_RELATIVE_BIAS,))
+            return OpCall.fusing_relative_bias(site, self.variant, dataclasses.asdict(self.params))
         if not isinstance(site.num_heads, int):
             return Refusal(site, "the head count is unknown: relbias needs it for its per-head slopes or table")
         params = dataclasses.asdict(self.params)

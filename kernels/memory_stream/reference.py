@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from ..reference import check_qkv, restricted_attention
+from ..relbias.reference import bias_at
 
 
 def stream_positions(seen: int, n_sinks: int, t_mem: int, s: int, device=None) -> tuple[Tensor, Tensor]:
@@ -16,10 +17,8 @@ def stream_positions(seen: int, n_sinks: int, t_mem: int, s: int, device=None) -
 
 
 def stream_bias(slopes: Tensor, table: Tensor, queries: Tensor, keys: Tensor) -> Tensor:
-    """(H | 1, S, K): relbias's b_h = −slopes[h]·|δ| + table[h, clamp(δ, −R, R) + R], δ = key − query."""
-    delta = keys[None, :] - queries[:, None]
-    r = (table.shape[1] - 1) // 2
-    return -slopes.float()[:, None, None] * delta.abs() + table.float()[:, delta.clamp(-r, r) + r]
+    """(H | 1, S, K): relbias's bias at δ = key − query over stream positions."""
+    return bias_at(slopes, table, keys[None, :] - queries[:, None])
 
 
 def reference(q: Tensor, k: Tensor, v: Tensor, memory_k: Tensor, memory_v: Tensor, sink_k: Tensor, sink_v: Tensor,

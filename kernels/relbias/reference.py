@@ -11,10 +11,17 @@ from ..reference import check_qkv, positions, restricted_attention
 def relative_bias(slopes: Tensor, table: Tensor, n: int, m: int, bias_scale: float = 1.0) -> Tensor:
     """(H, N, M): bias_scale · (−slopes[h]·|δ| + table[h, clamp(δ, −R, R) + R]) with δ = j − (i + M − N)."""
     p, j = positions(n, m, slopes.device)
-    delta = j - p
+    return bias_scale * bias_at(slopes, table, j - p)
+
+
+def bias_at(slopes: Tensor, table: Tensor, delta: Tensor) -> Tensor:
+    """(H | 1, *delta.shape): −slopes[h]·|δ| + table[h, clamp(δ, −R, R) + R] at the distances δ = key − query.
+
+    A one-row slopes or table is shared by every head (broadcasts).
+    """
     r = (table.shape[1] - 1) // 2
-    bias = -slopes.float()[:, None, None] * delta.abs() + table.float()[:, delta.clamp(-r, r) + r]
-    return bias_scale * bias  # a one-row slopes or table is shared by every head (broadcasts)
+    shape = (-1,) + (1,) * delta.dim()
+    return -slopes.float().reshape(shape) * delta.abs() + table.float()[:, delta.clamp(-r, r) + r]
 
 
 def reference(q: Tensor, k: Tensor, v: Tensor, *, slopes: Tensor, table: Tensor, kind: str = "alibi",
