@@ -45,7 +45,8 @@ ORT_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-directml", "
                      "onnxruntime-qnn", "onnxruntime-training")
 # The installs README.md tells each kind of user to run, as the extras they name.
 README_INSTALLS = {"CPU": ("cpu",), "NVIDIA GPU": ("cuda",), "has an onnxruntime already": (),
-                   "tests (CI)": ("test",), "tests on a GPU machine": ("cuda", "test-tools")}
+                   "tests, CPU": ("cpu", "test-tools"), "tests on a GPU machine": ("cuda", "test-tools"),
+                   "tests, has an onnxruntime already": ("test-tools",)}
 
 
 def _requirements(extras) -> list[str]:
@@ -76,7 +77,7 @@ def _requirements(extras) -> list[str]:
 def test_every_documented_install_requires_exactly_one_onnxruntime():
     for who, extras in README_INSTALLS.items():
         runtimes = [n for n in _requirements(extras) if n in ORT_DISTRIBUTIONS]
-        assert len(runtimes) == (0 if not extras else 1), (who, extras, runtimes)
+        assert len(runtimes) == (1 if {"cpu", "cuda"} & set(extras) else 0), (who, extras, runtimes)
     readme = (ROOT / "README.md").read_text()
     for extras in README_INSTALLS.values():
         if extras:
@@ -84,12 +85,53 @@ def test_every_documented_install_requires_exactly_one_onnxruntime():
 
 
 def test_this_environment_has_one_onnxruntime():
-    """What `pip install -e '.[test]'` (CI) left behind: exactly one distribution owns `onnxruntime`."""
+    """What `bash install.sh --test` (CI) left behind: exactly one distribution owns `onnxruntime`."""
     from importlib.metadata import distributions
 
     found = sorted({d.metadata["Name"].lower() for d in distributions()
                     if (d.metadata["Name"] or "").lower().replace("_", "-") in ORT_DISTRIBUTIONS})
     assert len(found) == 1, found
+
+
+def _install_dry_run(*args, python=sys.executable, pythonpath=None):
+    env = {**os.environ, "PYTHON": str(python)}
+    if pythonpath is not None:
+        env["PYTHONPATH"] = str(pythonpath)
+    return subprocess.run(["bash", str(ROOT / "install.sh"), "--dry-run", *args], env=env,
+                          capture_output=True, text=True)
+
+
+def _pip_spec(res) -> str:
+    (line,) = [ln for ln in res.stdout.splitlines() if ln.startswith("+ ") and " -e " in ln]
+    return line.split(" -e ", 1)[1]
+
+
+def test_install_script_keeps_the_installed_onnxruntime():
+    """README's install command: where an onnxruntime is installed (here, the one this run uses) no extra adds another."""
+    res = _install_dry_run("--test")
+    assert res.returncode == 0, res.stderr
+    assert _pip_spec(res) == ".[test-tools]" and "keeping the installed onnxruntime" in res.stdout
+    assert "pip install torch==2.13.0" in res.stdout
+
+
+def test_install_script_picks_one_onnxruntime_where_there_is_none(tmp_path):
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "venv")], check=True)
+    bare = tmp_path / "venv" / "bin" / "python"
+    assert _pip_spec(_install_dry_run(python=bare)) == ".[cpu]"
+    assert _pip_spec(_install_dry_run("--test", "--cuda", python=bare)) == ".[cuda,test-tools]"
+
+
+def test_install_script_refuses_an_environment_holding_two(tmp_path):
+    for name in ("onnxruntime", "onnxruntime-gpu"):  # what a stray `pip install onnxruntime` leaves behind
+        info = tmp_path / f"{name.replace('-', '_')}-1.0.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "venv")], check=True)
+    res = _install_dry_run(python=tmp_path / "venv" / "bin" / "python", pythonpath=tmp_path)
+    assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
+    uninstall = res.stderr.split("pip uninstall -y ", 1)[1].split(" && ")[0]
+    assert sorted(uninstall.split()) == ["onnxruntime", "onnxruntime-gpu"] and "+ " not in res.stdout
+    assert _install_dry_run("--bogus").returncode == 2
 
 
 def test_missing_onnxruntime_is_a_one_line_error(tmp_path):
