@@ -15,6 +15,7 @@ import onnxscript
 from onnxscript import opset18 as op
 
 from .onnx_functions import attnopt_opset
+from .softcap_onnx import Softcap
 
 _FLOAT = onnx.TensorProto.FLOAT
 _INT64 = onnx.TensorProto.INT64
@@ -92,7 +93,7 @@ def BandAttention(Q, K, V, Mask, KeyPadding, Band, Scalars):
     k_all = op.Concat(op.Unsqueeze(op.Gather(k, idx_c, axis=2), two), k_sink, axis=4)  # (B, Hkv, 1, nblk, L+G, D)
     v_all = op.Concat(op.Unsqueeze(op.Gather(v, idx_c, axis=2), two), v_sink, axis=4)
     raw = op.MatMul(qp, op.Transpose(k_all, perm=_KT_PERM))  # (B, Hkv, rep, nblk, bq, L + G)
-    raw = op.Where(op.Greater(cap, 0.0), op.Mul(op.Tanh(op.Div(raw, op.Max(cap, 1e-30))), cap), raw)
+    raw = Softcap(raw, cap)
 
     # Key padding (Bk, Mk) and the dense remainder (Bm, Hm, Nm, Mm) read only at the visited keys;
     # size-1 dims broadcast (the Min clamps send every index to 0 there).

@@ -19,6 +19,7 @@ import onnxscript
 from onnxscript import opset18 as op
 
 from .onnx_functions import attnopt_opset
+from .softcap_onnx import Softcap
 
 _FLOAT = onnx.TensorProto.FLOAT
 _INT64 = onnx.TensorProto.INT64
@@ -106,7 +107,7 @@ def BucketAttention(Q, K, V, Mask, KeyPadding, QBuckets, KBuckets, Config, Scala
     k_local = op.Unsqueeze(op.Gather(k, cols, axis=2), two)  # (B, Hkv, 1, nc, C + G, D)
     v_local = op.Unsqueeze(op.Gather(v, cols, axis=2), two)
     s_local = op.MatMul(qp, op.Transpose(k_local, perm=[0, 1, 2, 3, 5, 4]))  # (B, Hkv, rep, nc, C, C + G)
-    s_local = op.Where(op.Greater(cap, 0.0), op.Mul(op.Tanh(op.Div(s_local, op.Max(cap, 1e-30))), cap), s_local)
+    s_local = Softcap(s_local, cap)
     in_chunk = op.Less(pos, m)
     sink_ok = op.Less(op.Unsqueeze(j, zero), op.Slice(pos, zero, one, one))  # a sink inside the chunk is a chunk key
     ok_local = op.Unsqueeze(op.Concat(in_chunk, sink_ok, axis=1), one)  # (nc, 1, C + G)
@@ -183,7 +184,7 @@ def BucketAttention(Q, K, V, Mask, KeyPadding, QBuckets, KBuckets, Config, Scala
     ks = op.Gather(op.Reshape(k, flat_d), k_rows, axis=0)  # (B, Hkv, R, nblk, L, D)
     vs = op.Gather(op.Reshape(v, flat_d), k_rows, axis=0)
     s = op.MatMul(qs, op.Transpose(ks, perm=[0, 1, 2, 3, 5, 4]))  # (B, Hkv, R, nblk, bq, L)
-    s = op.Where(op.Greater(cap, 0.0), op.Mul(op.Tanh(op.Div(s, op.Max(cap, 1e-30))), cap), s)
+    s = Softcap(s, cap)
 
     qpos6 = op.Unsqueeze(op.Add(op.Mod(row_idx, n), off), five)
     col6 = op.Unsqueeze(col, four)

@@ -39,6 +39,13 @@ def _variant_bodies() -> dict:
 _HELPERS: dict = {}  # op_type -> onnxscript function, for helpers met in a loaded body's CALLS
 
 
+def _shared_helpers() -> tuple:
+    """Helpers any body may call without listing them in CALLS."""
+    from .softcap_onnx import Softcap
+
+    return (Softcap,)
+
+
 def _body(op_type: str):
     """The onnxscript function for ``op_type``: a variant's body, or a helper a loaded body calls."""
     variants = _variant_bodies()
@@ -49,6 +56,9 @@ def _body(op_type: str):
         return spec.onnx_function
     if op_type in _HELPERS:
         return _HELPERS[op_type]
+    shared = {fn.name: fn for fn in _shared_helpers()}
+    if op_type in shared:
+        return shared[op_type]
     from .ort_cuda import lowering_bodies  # a variant's ort-cuda lowering travels like a body
 
     lowerings = lowering_bodies()
@@ -64,7 +74,7 @@ def functions_for(op_types: Iterable[str]) -> list[str]:
     def visit(name: str) -> None:
         if name in out:
             return
-        for node in _body(name).to_function_proto().node:
+        for node in _nodes(_body(name).to_function_proto().node):
             if node.domain == DOMAIN:
                 visit(node.op_type)
         out.append(name)
@@ -72,6 +82,17 @@ def functions_for(op_types: Iterable[str]) -> list[str]:
     for name in op_types:
         visit(name)
     return out
+
+
+def _nodes(nodes):
+    """Every node, also those in the subgraphs of Scan, Loop and If bodies."""
+    for node in nodes:
+        yield node
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from _nodes(attr.g.node)
+            for graph in attr.graphs:
+                yield from _nodes(graph.node)
 
 
 @lru_cache(maxsize=None)
@@ -84,6 +105,11 @@ def _function_bytes(op_type: str, opset_version: int) -> bytes:
     for entry in proto.opset_import:
         if entry.domain == "":
             entry.version = opset_version
+    # onnxscript imports the domains of the top-level nodes only; a helper called inside a Scan, Loop or If
+    # body needs (ai.attnopt) imported too, or onnx.checker refuses the model.
+    imported = {entry.domain for entry in proto.opset_import}
+    if DOMAIN not in imported and any(node.domain == DOMAIN for node in _nodes(proto.node)):
+        proto.opset_import.append(onnx.helper.make_opsetid(DOMAIN, DOMAIN_VERSION))
     return proto.SerializeToString(deterministic=True)
 
 

@@ -354,7 +354,8 @@ def test_registry_and_specs_do_not_load_onnxscript():
 def test_function_proto_takes_the_model_opset():
     for version in (17, 18, 23):
         proto = onnx_functions.function_proto("SegmentedAttention", version)
-        assert {o.domain: o.version for o in proto.opset_import} == {"": version}
+        # ai.attnopt too: the body calls the shared Softcap helper (inside an If branch).
+        assert {o.domain: o.version for o in proto.opset_import} == {"": version, DOMAIN: DOMAIN_VERSION}
     with pytest.raises(ValueError, match="opset"):
         onnx_functions.function_proto("SegmentedAttention", 13)
 
@@ -382,10 +383,9 @@ def test_attach_functions_to_onnx_ir_model_is_idempotent():
     model = ir.serde.deserialize_model(bare_model(23))
     onnx_functions.attach_functions(model, ["SegmentedAttention"])
     onnx_functions.attach_functions(model, ["SegmentedAttention", "SegmentedAttention"])
-    assert len(model.functions) == 1
+    assert sorted(f.name for f in model.functions.values()) == ["SegmentedAttention", "Softcap"]  # and what it calls
     assert model.opset_imports[DOMAIN] == DOMAIN_VERSION
-    (fn,) = model.functions.values()
-    assert fn.opset_imports[""] == 23
+    assert all(fn.opset_imports[""] == 23 for fn in model.functions.values())
     saved = ir.serde.serialize_model(model)
     onnx.checker.check_model(saved, full_check=True)
     q, k, v = make_qkv(20, hkv=2)
@@ -397,7 +397,7 @@ def test_attach_functions_to_model_proto_is_idempotent():
     model = bare_model(17)
     for _ in range(2):
         onnx_functions.attach_functions(model, ["SegmentedAttention"])
-    assert [(f.domain, f.name) for f in model.functions] == [(DOMAIN, "SegmentedAttention")]
+    assert [(f.domain, f.name) for f in model.functions] == [(DOMAIN, "Softcap"), (DOMAIN, "SegmentedAttention")]
     assert sorted((o.domain, o.version) for o in model.opset_import) == [("", 17), (DOMAIN, DOMAIN_VERSION)]
     onnx.checker.check_model(model, full_check=True)
     q, k, v = make_qkv(20, hkv=2)

@@ -188,3 +188,29 @@ def test_onnx_body_builds_nothing_quadratic(name):
     torch.testing.assert_close(torch.from_numpy(results[0]),
                                run_reference(name, q, k, v, params, scale=SCALE, key_padding=kp,
                                              causal=spec.serves_causal), **TOL)
+
+
+def _op_types(graph) -> list[str]:
+    out = []
+    for node in graph.node:
+        out.append(node.op_type)
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
+                out += _op_types(sub)
+    return out
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_softcap_costs_nothing_at_zero(name, tmp_path):
+    """The bodies softcap through an If on the cap (kernels/softcap_onnx.py): onnxruntime folds it at load, so at
+    softcap 0 no Tanh is left in the graph it runs, and at softcap > 0 the Tanh is there."""
+    spec = get_variant(name)
+    for softcap in (0.0, 2.5):
+        model = onnx_model(name, spec.test_params[0], scale=SCALE, causal=False, softcap=softcap, q_shape=(2, 4, 13, 8),
+                           k_shape=(2, 2, 13, 8))
+        options = ort.SessionOptions()
+        options.optimized_model_filepath = str(tmp_path / f"{softcap}.onnx")
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        ran = _op_types(onnx.load(options.optimized_model_filepath).graph)
+        assert ("Tanh" in ran) == (softcap > 0), (softcap, sorted(set(ran)))

@@ -7,6 +7,7 @@ import onnxscript
 from onnxscript import opset18 as op
 
 from ..onnx_functions import attnopt_opset
+from ..softcap_onnx import Softcap
 
 _FLOAT = onnx.TensorProto.FLOAT
 _NEG_INF = float("-inf")
@@ -29,8 +30,7 @@ def DenseAttention(Q, K, V, Mask, KeyPadding, scale: float, causal: int, softcap
     v = op.Reshape(op.Cast(V, to=_FLOAT), op.Concat(b, hkv, one, m, d, axis=0))
     scores = op.MatMul(q, op.Transpose(k, perm=_KT_PERM))  # (B, Hkv, rep, N, M)
     cap = op.Constant(value_float=softcap)
-    scores = op.Where(op.Greater(cap, op.Constant(value_float=0.0)),
-                      op.Mul(op.Tanh(op.Div(scores, op.Max(cap, op.Constant(value_float=1e-30)))), cap), scores)
+    scores = Softcap(scores, cap)
     # Causal: query i sits at i + M − N.
     i = op.Add(op.Range(0, op.Squeeze(n), 1), op.Squeeze(op.Sub(m, n)))
     j = op.Range(0, op.Squeeze(m), 1)

@@ -14,6 +14,7 @@ import onnxscript
 from onnxscript import opset18 as op
 
 from ..onnx_functions import attnopt_opset
+from ..softcap_onnx import Softcap
 from ..pooling_onnx import BlockPrefix, PoolRanges
 
 _FLOAT = onnx.TensorProto.FLOAT
@@ -102,7 +103,7 @@ def HierarchicalAttention(Q, K, V, Mask, KeyPadding, block: int, levels: int, si
     values = op.Unsqueeze(op.Concat(op.Gather(op.Cast(V, to=_FLOAT), cols, axis=2), v_bar, axis=3), two)
     raw = op.MatMul(qp, op.Transpose(keys, perm=_KT_PERM))  # (B, Hkv, rep, nqb, B, L + C)
     cap = op.Constant(value_float=softcap)
-    raw = op.Where(op.Greater(cap, 0.0), op.Mul(op.Tanh(op.Div(raw, op.Max(cap, 1e-30))), cap), raw)
+    raw = Softcap(raw, cap)
     n_exact = op.Shape(cols, start=1, end=2)
     last = op.Constant(value_ints=[-1])
     raw_exact = op.Slice(raw, zero, n_exact, last)

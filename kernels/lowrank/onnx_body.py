@@ -8,6 +8,7 @@ import onnxscript
 from onnxscript import opset18 as op
 
 from ..onnx_functions import attnopt_opset
+from ..softcap_onnx import Softcap
 from ..pooling_onnx import BlockPrefix, PoolRanges
 
 _FLOAT = onnx.TensorProto.FLOAT
@@ -64,7 +65,7 @@ def LowrankAttention(Q, K, V, Mask, KeyPadding, rank: int, method: str, pinv_ste
     names = op.Concat(op.Constant(value_strings=["pool"]), op.Reshape(op.Constant(value_string=method), one), axis=0)
     if op.Squeeze(op.Equal(op.Shape(op.Unique(names)), one)):
         raw = op.MatMul(q5, kt)
-        raw = op.Where(op.Greater(cap, 0.0), op.Mul(op.Tanh(op.Div(raw, op.Max(cap, 1e-30))), cap), raw)
+        raw = Softcap(raw, cap)
         p = op.Softmax(op.Add(raw, op.Unsqueeze(log_n, op.Constant(value_ints=[1, 2]))), axis=-1)
         y = op.MatMul(op.Where(op.IsNaN(p), 0.0, p), v_land)
     else:
@@ -72,15 +73,14 @@ def LowrankAttention(Q, K, V, Mask, KeyPadding, rank: int, method: str, pinv_ste
                              op.Constant(value_ints=[1, 2]))  # (Bw, 1, 1, 1, G): a group with no kept key
         ql = op.Mul(op.Reshape(q_land, op.Concat(b, hkv, rep, op.Shape(q_land, start=3, end=5), axis=0)), s)
         raw_left = op.MatMul(q5, kt)
-        raw_left = op.Where(op.Greater(cap, 0.0), op.Mul(op.Tanh(op.Div(raw_left, op.Max(cap, 1e-30))), cap), raw_left)
+        raw_left = Softcap(raw_left, cap)
         left = op.Softmax(op.Add(raw_left, empty), axis=-1)
         raw_mid = op.MatMul(ql, kt)
-        raw_mid = op.Where(op.Greater(cap, 0.0), op.Mul(op.Tanh(op.Div(raw_mid, op.Max(cap, 1e-30))), cap), raw_mid)
+        raw_mid = Softcap(raw_mid, cap)
         mid = op.Softmax(op.Add(raw_mid, empty), axis=-1)
         mid = op.Where(op.IsNaN(mid), 0.0, mid)  # (B, Hkv, rep, Gq, G)
         raw_right = op.MatMul(ql, op.Transpose(op.Unsqueeze(k, op.Constant(value_ints=[2])), perm=[0, 1, 2, 4, 3]))
-        raw_right = op.Where(op.Greater(cap, 0.0), op.Mul(op.Tanh(op.Div(raw_right, op.Max(cap, 1e-30))), cap),
-                             raw_right)
+        raw_right = Softcap(raw_right, cap)
         right = op.Softmax(op.Add(raw_right, op.Unsqueeze(kp, op.Constant(value_ints=[1, 2, 3]))), axis=-1)
         right = op.MatMul(op.Where(op.IsNaN(right), 0.0, right), op.Unsqueeze(v, op.Constant(value_ints=[2])))
         # Newton–Schulz pinv (kernels.lowrank.linalg): Z₀ = midᵀ/(‖mid‖₁‖mid‖∞), Z ← ¼Z(13I − AZ(15I − AZ(7I − AZ))).

@@ -19,6 +19,7 @@ from onnxscript import graph
 from onnxscript import opset18 as op
 
 from ..onnx_functions import attnopt_opset
+from ..softcap_onnx import Softcap
 from .op import QUERY_BLOCK
 
 _FLOAT = onnx.TensorProto.FLOAT
@@ -89,7 +90,7 @@ def RelbiasAttention(Q, K, V, Mask, KeyPadding, slopes, table, kind: str, num_bu
                               op.Constant(value_ints=[1, 2]), op.Constant(value_ints=[-1, 1]))  # (H, Bq, M)
         bias = op.Reshape(rows_first, op.Concat(hkv, rep, bq, m, axis=0))
         raw = op.MatMul(q_block, k_t)  # (B, Hkv, rep, Bq, M)
-        raw = op.Where(op.Greater(cap, 0.0), op.Mul(op.Tanh(op.Div(raw, op.Max(cap, 1e-30))), cap), raw)
+        raw = Softcap(raw, cap)
         dense = op.Gather(Mask, op.Min(op.Min(row, op.Sub(n, one)), mask_rows), axis=2)  # (Bm, Hm, Bq, Mm)
         # Causality as a (Bq, M) additive term: one small Where instead of one over every head's scores.
         future = op.Where(op.And(op.Greater(delta, 0), is_causal), neg_inf, op.CastLike(0.0, cap))

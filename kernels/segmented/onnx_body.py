@@ -12,6 +12,7 @@ import onnxscript
 from onnxscript import opset18 as op
 
 from ..onnx_functions import attnopt_opset
+from ..softcap_onnx import Softcap
 
 # Python globals are embedded by onnxscript as constants / attribute values.
 _FLOAT = onnx.TensorProto.FLOAT
@@ -158,7 +159,7 @@ def SegmentedAttention(Q, K, V, Mask, KeyPadding, segment_size: int, sinks: int,
             hm_kv = op.Min(hm, hkv)
             bias = op.Reshape(bias, op.Concat(bm, hm_kv, op.Div(hm, hm_kv), nseg, seg, keys, axis=0))
             raw = op.MatMul(qs, op.Transpose(k_all, perm=_KT_PERM))
-            raw = op.Where(capped, op.Mul(op.Tanh(op.Div(raw, op.Max(cap, op.Constant(value_float=1e-30)))), cap), raw)
+            raw = Softcap(raw, cap)
             scores = op.Add(op.Add(raw, bias), op.Unsqueeze(kp_bias, op.Constant(value_ints=[2, 4])))
         masked = op.MatMul(op.Softmax(scores, axis=-1), v_all)
         out = op.Where(op.IsNaN(masked), 0.0, masked)  # rows with no allowed key -> 0 (N×D, not scores)
