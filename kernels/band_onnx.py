@@ -112,7 +112,10 @@ def BandAttention(Q, K, V, Mask, KeyPadding, Band, Scalars):
                         op.Concat(bm, hm_kv, op.Div(hm, hm_kv), op.Shape(blocks, start=2, end=5), axis=0))
     scores = op.Where(allowed, op.Add(op.Add(raw, kp), blocks), _NEG_INF)
     probs = op.Softmax(scores, axis=-1)
-    out = op.MatMul(op.Where(op.IsNaN(probs), 0.0, probs), v_all)
+    out = op.MatMul(probs, v_all)
+    # A row with no allowed key softmaxes to NaN: zero it on the (rows, D) output, not on the
+    # (rows, keys) probabilities (a Where over every score).
+    out = op.Where(op.IsNaN(out), 0.0, out)
     out = op.Reshape(out, op.Concat(b, h, op.Mul(nblk, bq), d, axis=0))
     return op.CastLike(op.Slice(out, front, op.Add(front, n), two), Q)
 

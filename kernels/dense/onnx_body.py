@@ -46,7 +46,10 @@ def DenseAttention(Q, K, V, Mask, KeyPadding, scale: float, causal: int, softcap
     mask = op.Reshape(op.Cast(Mask, to=_FLOAT), op.Concat(op.Shape(Mask, start=0, end=1), hm_kv, op.Div(hm, hm_kv),
                                                            op.Shape(Mask, start=2, end=4), axis=0))
     probs = op.Softmax(op.Add(op.Add(scores, kp), mask), axis=-1)
-    out = op.MatMul(op.Where(op.IsNaN(probs), 0.0, probs), v)
+    out = op.MatMul(probs, v)
+    # A row with no allowed key softmaxes to NaN: zero it on the (rows, D) output, not on the
+    # (rows, keys) probabilities (a Where over every score).
+    out = op.Where(op.IsNaN(out), 0.0, out)
     return op.CastLike(op.Reshape(out, op.Concat(b, h, n, d, axis=0)), Q)
 
 

@@ -127,7 +127,10 @@ def HierarchicalAttention(Q, K, V, Mask, KeyPadding, block: int, levels: int, si
     exact = op.Where(exact_ok, op.Add(op.Add(raw_exact, kp), blocks), _NEG_INF)
     pooled = op.Add(raw_pooled, op.Unsqueeze(log_n, op.Constant(value_ints=[1, 2, 4])))
     probs = op.Softmax(op.Concat(exact, pooled, axis=-1), axis=-1)
-    out = op.MatMul(op.Where(op.IsNaN(probs), 0.0, probs), values)
+    out = op.MatMul(probs, values)
+    # A row with no allowed key softmaxes to NaN: zero it on the (rows, D) output, not on the
+    # (rows, keys) probabilities (a Where over every score).
+    out = op.Where(op.IsNaN(out), 0.0, out)
     out = op.Reshape(out, op.Concat(b, h, op.Mul(nqb, bs), d, axis=0))
     return op.CastLike(op.Slice(out, front, op.Add(front, n), two), Q)
 

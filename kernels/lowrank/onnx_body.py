@@ -67,7 +67,8 @@ def LowrankAttention(Q, K, V, Mask, KeyPadding, rank: int, method: str, pinv_ste
         raw = op.MatMul(q5, kt)
         raw = Softcap(raw, cap)
         p = op.Softmax(op.Add(raw, op.Unsqueeze(log_n, op.Constant(value_ints=[1, 2]))), axis=-1)
-        y = op.MatMul(op.Where(op.IsNaN(p), 0.0, p), v_land)
+        y = op.MatMul(p, v_land)
+        y = op.Where(op.IsNaN(y), 0.0, y)  # rows with no kept key: zeroed on (rows, D), not on p
     else:
         empty = op.Unsqueeze(op.Where(op.IsInf(log_n, detect_positive=0), _NEG_INF, 0.0),
                              op.Constant(value_ints=[1, 2]))  # (Bw, 1, 1, 1, G): a group with no kept key

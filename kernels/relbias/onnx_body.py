@@ -97,7 +97,10 @@ def RelbiasAttention(Q, K, V, Mask, KeyPadding, slopes, table, kind: str, num_bu
         scores = op.Add(op.Add(op.Add(raw, op.Add(bias, future)), kp),
                         op.Reshape(op.CastLike(dense, cap), mask_shape))
         probs = op.Softmax(scores, axis=-1)
-        out = op.MatMul(op.Where(op.IsNaN(probs), 0.0, probs), v)
+        out = op.MatMul(probs, v)
+        # A row with no allowed key softmaxes to NaN: zero it on the (rows, D) output, not on the
+        # (rows, keys) probabilities (a Where over every score).
+        out = op.Where(op.IsNaN(out), 0.0, out)
         return op.Add(count, 1), out
 
     steps, outs = op.Scan(op.Constant(value_int=0), q_blocks, rows, body=step, num_scan_inputs=2)
