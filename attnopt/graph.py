@@ -178,6 +178,32 @@ class View:
         return f"View({self.source!r}, {len(self)} nodes)"
 
 
+def broadcast_dims(shapes, *, proven: bool = True) -> tuple | None:
+    """numpy broadcasting of partly symbolic shapes (ints, symbol strings, None for unknown), dim by dim.
+
+    A size other than 1 wins; 1 gives way to anything ((1, "batch") is "batch"); one symbol, or several
+    equal ones, is that symbol. Two different symbols, or an unknown dim beside a symbol, are equal for the
+    graph to run unless one of them is 1 at run time: ``proven`` (what the matcher's proofs need) shows
+    such a dim as None; ``proven=False`` (a frontend's best reading of its shapes) takes the first symbol.
+    None if any shape is unknown.
+    """
+    if any(s is None for s in shapes):
+        return None
+    rank = max((len(s) for s in shapes), default=0)
+    out = []
+    for i in range(rank):
+        dims = [s[i - rank + len(s)] for s in shapes if i - rank + len(s) >= 0]
+        ints = [d for d in dims if isinstance(d, int) and d != 1]
+        symbols = [d for d in dims if d != 1 and d is not None]
+        if ints or not symbols:
+            out.append(ints[0] if ints else None if None in dims else 1)
+        elif len(set(symbols)) == 1 and (None not in dims or not proven):
+            out.append(symbols[0])
+        else:
+            out.append(None if proven else symbols[0])
+    return tuple(out)
+
+
 def einsum_as_matmul(equation: str) -> str | None:
     """'bhqd,bhkd->bhqk' -> 'nt' (A @ Bᵀ); 'bhqk,bhkd->bhqd' -> 'nn' (A @ B); else None.
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from .graph import View
+from .graph import View, broadcast_dims
 from .site import (LAYOUT_BHDS, LAYOUT_BHSD, LAYOUT_FLAT, MASK_ADDITIVE, MASK_BOOLEAN,
                    MASK_BOOLEAN_BLOCKED, MASK_NONZERO_KEEP, AttentionSite, MaskTerm, Projection, ValueRef)
 
@@ -265,13 +265,34 @@ def _unpack_gqa_query(view: View, q: ValueRef) -> tuple[ValueRef, list[str]]:
     if view.op(q.node) != "reshape":
         return q, []
     src = view.input(q.node, 0)
-    s, p = view.shape(src), view.shape(q)
-    if s is None or p is None or len(s) != 4 or len(p) != 4 or not all(isinstance(d, int) for d in s[1:3] + p[1:3]):
+    if _gqa_packing(view.shape(src), view.shape(q)) is None:
         return q, []
-    if s[1] != p[1] and s[1] % p[1] == 0 and s[1] * s[2] == p[1] * p[2] and _compatible(s[0], p[0]) \
-            and s[3] == p[3]:
-        return src, [q.node]
-    return q, []
+    return src, [q.node]
+
+
+def _same_dim(a, b) -> bool:
+    """Two dims proven equal: the same size, or the same symbol."""
+    return a is not None and a == b
+
+
+def _gqa_packing(s, p) -> int | None:
+    """r = H/Hkv when a reshape from ``s`` = (B, H, N, D) to ``p`` = (B, Hkv, P, D) is GQA query packing.
+
+    Row-major, a reshape that keeps B and D and has H·N = Hkv·P sends query head h, position n to packed
+    row (h // r, (h % r)·N + n): the packing, whatever N and P are. The reshape itself enforces
+    B·H·N·D = B·Hkv·P·D, so B and D proven kept (the same size or the same symbol) and H, Hkv known prove
+    it with symbolic lengths too. Shapes that contradict it (P the same symbol as N) prove nothing.
+    """
+    if s is None or p is None or len(s) != 4 or len(p) != 4:
+        return None
+    h, g = s[1], p[1]
+    if not (isinstance(h, int) and isinstance(g, int) and 0 < g < h and h % g == 0):
+        return None
+    if isinstance(s[2], int) and isinstance(p[2], int):
+        kept = h * s[2] == g * p[2] and _compatible(s[0], p[0]) and s[3] == p[3]
+    else:
+        kept = _same_dim(s[0], p[0]) and _same_dim(s[3], p[3]) and s[2] != p[2]
+    return h // g if kept else None
 
 
 def _packed_query_of_unknown_length(view: View, q: ValueRef) -> str | None:
@@ -581,10 +602,10 @@ def _match_decomposed(view: View, sm: str) -> AttentionSite:
     value_layout = LAYOUT_FLAT if view.rank(value) == 3 else LAYOUT_BHSD
     if view.rank(key) == 3 and key_layout == LAYOUT_BHDS:
         key_layout = "(bh)ds"
-    output, output_layout, on = _site_output(view, ValueRef(mm2, 0), flattened, bool(packed))
+    output, output_layout, on = _site_output(view, ValueRef(mm2, 0), flattened, q4 if packed else None)
     removed += on
     if packed:
-        _check_packed_terms(view, up.terms)
+        _check_packed_terms(view, up.terms, q4, ValueRef(packed[0], 0))
 
     geometry = _geometry(view, q4, key, key_layout, value, up, output)
     if layout == LAYOUT_FLAT and not isinstance(geometry["num_heads"], int):
@@ -606,28 +627,150 @@ def _match_decomposed(view: View, sm: str) -> AttentionSite:
     )
 
 
-def _site_output(view: View, out: ValueRef, flattened: bool, packed: bool) -> tuple[ValueRef, str, list[str]]:
+# Ops that read only a tensor's shape: ONNX Shape, aten.sym_size, Tensor.size.
+_SHAPE_READERS = frozenset({"other:Shape", "other:aten.sym_size", "other:Tensor.size"})
+
+
+def _site_output(view: View, out: ValueRef, flattened: bool, packed: ValueRef | None
+                 ) -> tuple[ValueRef, str, list[str]]:
     """The value matmul's result, or the reshape right after it that unfolds a (B·H, N, D) or GQA-packed
-    product back to (B, H, N, D) -> (output, its layout, nodes passed)."""
+    product back to (B, H, N, D) -> (output, its layout, nodes passed). ``packed``: the unpacked query,
+    when the query was GQA-packed."""
     shape = view.shape(out)
-    if flattened or view.rank(out) == 3 or packed:
-        u = view.only_user(out)
+    if flattened or view.rank(out) == 3 or packed is not None:
+        # Reading the product's shape (transformers takes the batch from it) is no use of its values.
+        users = [x for x in view.users(out) if view.op(x[0]) not in _SHAPE_READERS]
+        u = users[0] if len(users) == 1 else None
         if u is not None and view.op(u[0]) == "reshape":
             back = ValueRef(u[0], 0)
             s4 = view.shape(back)
-            if s4 is not None and len(s4) == 4 and (shape is None or _compatible(s4[-1], shape[-1])):
+            if s4 is not None and len(s4) == 4 and (shape is None or _compatible(s4[-1], shape[-1])) \
+                    and (packed is None or _unpacks(view.shape(packed), s4)):
                 return back, LAYOUT_BHSD, [u[0]]
-        if packed:
+        if packed is not None:
             raise Mismatch("GQA-packed queries whose output is not unpacked back to (B, H, N, D)")
     return out, (LAYOUT_FLAT if view.rank(out) == 3 else LAYOUT_BHSD), []
 
 
-def _check_packed_terms(view: View, terms) -> None:
-    """Packed queries mix heads and positions on one axis: only terms shared by both are exact."""
+def _unpacks(q, o) -> bool:
+    """Whether a reshape of the packed product (B, Hkv, P, D) to ``o`` undoes the packing of the query
+    ``q`` = (B, H, N, D): B and D kept, and H or N kept (the element count fixes the other)."""
+    if q is None or len(q) != 4:
+        return False
+    if all(isinstance(d, int) for d in tuple(q) + tuple(o)):
+        return tuple(q) == tuple(o)
+    return _same_dim(q[0], o[0]) and _same_dim(q[3], o[3]) and (_same_dim(q[1], o[1]) or _same_dim(q[2], o[2]))
+
+
+def _check_packed_terms(view: View, terms, query: ValueRef, packed: ValueRef) -> None:
+    """Packed queries mix heads and positions on one axis: only terms shared by both are exact.
+
+    A term is added to the packed scores (B, Hkv, P, M) and the rewrite reads it against (B, H, N, M).
+    The readings agree when the term has extent 1 on the heads and query axes; or when its query axis is
+    the query's own length N (P = r·N being another dim): adding it to P packed rows needs N = P, which
+    P = r·N excludes, or N = 1, and then the term is one row in both readings. Dims are read from the
+    dataflow where the View's shapes have lost them (see _derived_shape).
+    """
+    n, p = _dim(view.shape(query), 2), _dim(view.shape(packed), 2)
     for t in terms:
-        s = view.shape(t.value)
-        if s is None or (len(s) >= 3 and not all(d == 1 for d in s[-3:-1])):
+        s = _derived_shape(view, t.value)
+        if s is None:
+            raise Mismatch("a mask of unknown shape on GQA-packed queries")
+        s = (1,) * (4 - len(s)) + tuple(s) if len(s) < 4 else tuple(s)
+        one_row = s[-2] == 1 or (_same_dim(s[-2], n) and not _same_dim(n, p))
+        if s[-3] != 1 or not one_row:
             raise Mismatch("a per-head or per-query mask on GQA-packed queries")
+
+
+# Ops whose output is the numpy broadcast of their operands' shapes, besides _BROADCASTING (comparisons and
+# logic that mask constructions use; the View keeps them as "other:<op>").
+_BROADCASTING_OTHER = frozenset({"other:And", "other:Or", "other:Xor", "other:Equal", "other:Less",
+                                 "other:LessOrEqual", "other:Greater", "other:GreaterOrEqual"})
+
+
+def _derived_shape(view: View, v: ValueRef, depth: int = 32, memo: dict | None = None):
+    """v's shape as its construction makes it, dim by dim; the View's shape where that says nothing.
+
+    Follows broadcasting ops, casts, unsqueeze, expand (to a target folded by _folded_dims) and
+    range(0, L, 1) (L long): what mask constructions are built from, and where shape inference leaves
+    fresh symbols (unk__) that hide how a mask's axes relate to the query's.
+    """
+    memo = {} if memo is None else memo
+    if v not in memo:
+        memo[v] = _derive_shape(view, v, depth, memo)
+    return memo[v]
+
+
+def _derive_shape(view: View, v: ValueRef, depth: int, memo: dict):
+    have = view.shape(v)
+    if depth <= 0:
+        return have
+    op, ins = view.op(v.node), view.inputs(v.node)
+    derived = None
+    if op in TRANSPARENT or op in _BROADCASTING or op in _BROADCASTING_OTHER:
+        operands = [x for x in ins if x is not None]
+        derived = broadcast_dims([_derived_shape(view, x, depth - 1, memo) for x in operands]) \
+            if operands else None
+    elif op == "unsqueeze" and ins and ins[0] is not None:
+        src, axes = _derived_shape(view, ins[0], depth - 1, memo), view.attrs(v.node).get("axes")
+        if axes is None and len(ins) > 1 and ins[1] is not None:
+            axes = view.const(ins[1])
+        if src is not None and axes is not None:
+            out = list(src)
+            rank = len(src) + np.size(axes)
+            for a in sorted(int(x) % rank for x in np.ravel(axes)):
+                out.insert(a, 1)
+            derived = tuple(out)
+    elif op == "expand" and len(ins) > 1 and ins[0] is not None and ins[1] is not None:
+        target, src = _folded_dims(view, ins[1]), _derived_shape(view, ins[0], depth - 1, memo)
+        if target is not None and src is not None and len(target) >= len(src):
+            # torch's expand(-1) keeps the dim (a negative size is no ONNX Expand target)
+            src = (1,) * (len(target) - len(src)) + tuple(src)
+            target = [s if isinstance(d, int) and d < 0 else d for s, d in zip(src, target)]
+            derived = broadcast_dims([src, tuple(target)])
+    elif op == "other:Range" and len(ins) == 3:
+        start, limit, delta = (view.const(x) if x is not None else None for x in ins)
+        if start is not None and delta is not None and limit is not None and np.size(limit) == 1 \
+                and view.scalar(ins[0]) == 0 and view.scalar(ins[2]) == 1:
+            length = np.ravel(limit)[0]
+            if isinstance(length, str) or isinstance(length, (int, np.integer)):
+                derived = (length if isinstance(length, str) else int(length),)
+    if derived is None:
+        return have
+    if have is None or len(have) != len(derived):
+        return derived
+    # A size the View knows stands; a 1 or a symbol gives way to what the construction shows.
+    return tuple(h if d is None or (isinstance(h, int) and h != 1) else d for h, d in zip(have, derived))
+
+
+def _folded_dims(view: View, v: ValueRef, depth: int = 8) -> list | None:
+    """A 1-D shape vector as dims (ints, symbols, None): the View's folded constant, or torch's
+    expand target where(size == -1, 1, size) folded here (sizes are never negative)."""
+    c = view.const(v)
+    if c is not None:
+        return [x if isinstance(x, str) or x is None else int(x) for x in np.ravel(c)] if np.ndim(c) == 1 else None
+    if depth <= 0:
+        return None
+    op, ins = view.op(v.node), view.inputs(v.node)
+    if op in TRANSPARENT or (op == "reshape" and view.rank(v) == 1):
+        return _folded_dims(view, ins[0], depth - 1) if ins and ins[0] is not None else None
+    if op == "where" and len(ins) == 3 and None not in ins and view.op(ins[0].node) == "other:Equal":
+        eq = view.inputs(ins[0].node)
+        a, b, x, y = (_folded_dims(view, u, depth - 1) if u is not None else None
+                      for u in (eq[0], eq[1], ins[1], ins[2]))
+        if None in (a, b, x, y) or not len(a) == len(b) == len(x) == len(y):
+            return None
+        out = []
+        for ai, bi, xi, yi in zip(a, b, x, y):
+            if isinstance(ai, int) and isinstance(bi, int):
+                out.append(xi if ai == bi else yi)
+            elif isinstance(ai, str) and isinstance(bi, int) and bi < 0 or \
+                    isinstance(bi, str) and isinstance(ai, int) and ai < 0:
+                out.append(yi)  # a size is never negative
+            else:
+                out.append(None)
+        return out
+    return None
 
 
 # --------------------------------------------------------------------------- geometry
@@ -954,6 +1097,20 @@ def _same_extent(a, b) -> bool:
     return a == b or (a != 1 and b != 1 and not (isinstance(a, int) and isinstance(b, int)))
 
 
+# Elementwise ops (numpy broadcasting): each output dim is the broadcast of the operands' dims there.
+_BROADCASTING = frozenset({"add", "sub", "mul", "div", "pow", "where", "masked_fill", "neg", "sqrt", "reciprocal",
+                           "tanh", "not", "isnan"})
+
+
+def _operand_extent(view: View, out: ValueRef, d_in, d_out):
+    """An operand's dim as ``out``'s op makes it: where an elementwise op's output has extent 1, so has
+    every operand, whatever symbol the exporter left on it (dynamo keeps, in some values, the symbol of a
+    length it specialised to 1: broadcast(s, 1) = s, so s = 1)."""
+    if d_out == 1 and not isinstance(d_in, int) and view.op(out.node) in _BROADCASTING:
+        return 1
+    return d_in
+
+
 def _token_wise_operands(view: View, out: ValueRef, dyn: list[ValueRef], tokens) -> list[ValueRef] | None:
     """The operands of ``out``'s op that carry its tokens, or None if the op may mix or cut tokens.
 
@@ -982,6 +1139,7 @@ def _token_wise_operands(view: View, out: ValueRef, dyn: list[ValueRef], tokens)
             continue
         if len(s_in) != len(s_out):
             continue
+        s_in = tuple(_operand_extent(view, out, a, b) for a, b in zip(s_in, s_out))
         differ = [i for i, (a, b) in enumerate(zip(s_in, s_out)) if not _same_extent(a, b)]
         if any(s_in[i] == 1 for i in differ):
             continue  # broadcast onto the data: a side input

@@ -231,37 +231,16 @@ STEPS = {zoo_lib.TORCHSCRIPT: ((1, 5), (1, 9), (2, 12), (4, 4)), zoo_lib.DYNAMO:
 _DYNAMO_SDPA_ERROR = ("TorchExportError: ... TypeError: scaled_dot_product_attention(): argument 'is_causal' must "
                       "be bool, not SymBool (transformers' sdpa_attention_forward with a dynamic query length)")
 
-# TorchScript's sdpa form of a GQA decode step reshapes (B, H, N, D) -> (B, Hkv, -1, D) with a computed target
-# when N is dynamic. attnopt/match.py can't prove that packing from symbolic shapes, so the site is refused
-# (it stays dense, with the reason) instead of being rewritten with the packed rows in the wrong places, which
-# is what happened before (rel-L2 0.4-0.6 below the limit). Unpacking it (query and mask) is the open work.
-_PACKED_DYNAMIC_GQA = pytest.mark.xfail(
-    strict=True, reason="a dynamically reshaped GQA-packed query can't be proven packed (attnopt/match.py "
-                        "_packed_query_of_unknown_length): the site is refused and stays dense")
-# Dynamo, rotary models: in layer 0 the exporter's shapes carry the specialised query length's symbol into
-# the heads axis (key ('s56', '(2//s70)', 1, 16)), _projection_sources proves nothing for q or the new k,
-# so _finish sets no past_len and the site is refused as "cross-attention (N=1, M=s15 + 1)". Layer 1 is
-# served; the model is left half dense.
-_LAYER0_NOT_A_STEP = pytest.mark.xfail(
-    strict=True, reason="dynamo, dynamic cache: layer 0 of a rotary decoder gets no past_len (attnopt/match.py "
-                        "_finish: no projection sources through the exporter's symbolic shapes) and is refused "
-                        "as cross-attention")
-
 
 def _dynamic_params():
     out = []
     for exporter in (zoo_lib.TORCHSCRIPT, zoo_lib.DYNAMO):
-        for family, (_, kv_heads, _) in DYNAMIC.items():
+        for family in DYNAMIC:
             for impl in ("eager", "sdpa"):
                 if exporter == zoo_lib.DYNAMO and impl == "sdpa":
                     continue  # _DYNAMO_SDPA_ERROR
-                marks = [pytest.mark.slow]
-                gqa = kv_heads != 4
-                if exporter == zoo_lib.TORCHSCRIPT and impl == "sdpa" and gqa:
-                    marks.append(_PACKED_DYNAMIC_GQA)
-                if exporter == zoo_lib.DYNAMO and family in ("llama", "qwen3"):
-                    marks.append(_LAYER0_NOT_A_STEP)
-                out.append(pytest.param(family, impl, exporter, id=f"{family}-{impl}/{exporter}", marks=marks))
+                out.append(pytest.param(family, impl, exporter, id=f"{family}-{impl}/{exporter}",
+                                        marks=pytest.mark.slow))
     return out
 
 

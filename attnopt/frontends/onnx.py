@@ -18,7 +18,7 @@ import onnx
 import onnx_ir as ir
 
 from ..errors import ModelLoadError, UnsupportedModelError, one_line
-from ..graph import View, einsum_as_matmul, virtual_transpose
+from ..graph import View, broadcast_dims, einsum_as_matmul, virtual_transpose
 from ..onnx_compat import DOMAIN
 from ..site import LAYOUT_BHSD, LAYOUT_BSD, MASK_ADDITIVE, MASK_KEY_END, MASK_NONZERO_KEEP, ValueRef
 from .onnx_fold import MAX_FOLD_ELEMENTS, dims_array, fold
@@ -325,16 +325,9 @@ def _merge(have, derived):
 
 
 def _broadcast(shapes):
-    shapes = [s for s in shapes if s is not None]
-    if not shapes:
-        return None
-    rank = max(len(s) for s in shapes)
-    out = []
-    for i in range(rank):
-        dims = [s[i - rank + len(s)] for s in shapes if i - rank + len(s) >= 0]
-        ints = [d for d in dims if isinstance(d, int) and d != 1]
-        out.append(ints[0] if ints else (1 if all(d == 1 for d in dims) else dims[0]))
-    return tuple(out)
+    """The broadcast of the shapes the View knows (an operand of unknown shape is left out)."""
+    known = [s for s in shapes if s is not None]
+    return broadcast_dims(known, proven=False) if known else None
 
 
 def _lazy_tensor(value: ir.Value):
