@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .reference import check_qkv, softcapped
+from .reference import check_additive_mask, check_qkv, check_self_attention, softcapped
 
 MAX_BLOCK = 256
 
@@ -36,11 +36,8 @@ def band_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, key_pad
     check_qkv(q, k, v)
     B, H, N, D = q.shape
     Hkv, M = k.shape[1], k.shape[2]
-    if M < N:
-        raise ValueError(f"band attention needs key length >= query length (self-attention or a KV-cache step); "
-                         f"got {N} queries and {M} keys")
-    if mask is not None and (mask.dim() != 4 or mask.dtype == torch.bool):
-        raise ValueError(f"the mask must be 4-D additive float; got {mask.dtype} {tuple(mask.shape)}")
+    check_self_attention("band", N, M)
+    check_additive_mask(mask)
     if N == 0:
         return q.new_zeros(q.shape)
     rep, off, dev = H // Hkv, M - N, q.device

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .reference import check_qkv, positions, softcapped
+from .reference import check_additive_mask, check_qkv, check_self_attention, positions, softcapped
 
 MAX_BLOCK = 128
 _NEG_INF = float("-inf")
@@ -68,10 +68,8 @@ def bucket_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, key_p
     check_qkv(q, k, v)
     B, H, N, D = q.shape
     Hkv, M = k.shape[1], k.shape[2]
-    if M < N:
-        raise ValueError(f"bucket attention needs key length >= query length; got {N} queries and {M} keys")
-    if mask is not None and (mask.dim() != 4 or mask.dtype == torch.bool):
-        raise ValueError(f"the mask must be 4-D additive float; got {mask.dtype} {tuple(mask.shape)}")
+    check_self_attention("bucket", N, M)
+    check_additive_mask(mask)
     R = q_buckets.shape[2]
     if tuple(q_buckets.shape) != (B, H, R, N) or tuple(k_buckets.shape) != (B, Hkv, R, M):
         raise ValueError(f"buckets must be (B, H, R, N) and (B, Hkv, R, M); got {tuple(q_buckets.shape)} and "

@@ -71,6 +71,13 @@ def check_self_attention(variant: str, n: int, m: int) -> None:
                          f"length); got query length {n} and key length {m}")
 
 
+def check_additive_mask(mask: Tensor | None) -> None:
+    """Raise ValueError unless ``mask`` is None or 4-D additive float: the fast forms take no boolean mask
+    (the passes convert one to additive before the op sees it)."""
+    if mask is not None and (mask.dim() != 4 or mask.dtype == torch.bool):
+        raise ValueError(f"the mask must be 4-D additive float; got {mask.dtype} {tuple(mask.shape)}")
+
+
 # --- shared machinery ---------------------------------------------------------
 
 

@@ -42,6 +42,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from .reference import check_self_attention
 from .triton_band import _to_log2_additive, launch
 
 __all__ = ["BucketConfig", "bucket_attention", "default_config", "project_top"]
@@ -454,8 +455,7 @@ def _check(q: Tensor, k: Tensor, v: Tensor, q_buckets: Tensor, k_buckets: Tensor
         raise TypeError(f"q, k, v must share one of float16/bfloat16/float32; got {q.dtype}, {k.dtype}, {v.dtype}")
     if D > 256:
         raise ValueError(f"head_dim must be <= 256; got {D}")
-    if M < N:
-        raise ValueError(f"bucket attention needs key length >= query length; got {N} queries and {M} keys")
+    check_self_attention("bucket", N, M)
     R = q_buckets.shape[2]
     if tuple(q_buckets.shape) != (B, H, R, N) or tuple(k_buckets.shape) != (B, Hkv, R, M):
         raise ValueError(f"buckets must be (B, H, R, N) and (B, Hkv, R, M); got {tuple(q_buckets.shape)} and "

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..pooling import block_prefix, pool_ranges
-from ..reference import check_qkv, softcapped
+from ..reference import check_additive_mask, check_qkv, check_self_attention, softcapped
 from ..torch_ops import define_op
 
 CHUNK_ELEMENTS = 1 << 17  # scores per chunk of query blocks, all batches and heads together
@@ -62,11 +62,8 @@ def forward(q, k, v, mask, key_padding, block: int, levels: int, sinks: int, sca
     check_qkv(q, k, v)
     b, h, n, d = q.shape
     hkv, m = k.shape[1], k.shape[2]
-    if m < n:
-        raise ValueError(f"hierarchical attention needs key length >= query length (self-attention or a KV-cache "
-                         f"step); got {n} queries and {m} keys")
-    if mask is not None and (mask.dim() != 4 or mask.dtype == torch.bool):
-        raise ValueError(f"the mask must be 4-D additive float; got {mask.dtype} {tuple(mask.shape)}")
+    check_self_attention("hierarchical", n, m)
+    check_additive_mask(mask)
     if n == 0:
         return q.new_zeros(q.shape)
     rep, off, dev = h // hkv, m - n, q.device
@@ -148,11 +145,8 @@ def cuda_forward(q, k, v, mask, key_padding, block: int, levels: int, sinks: int
 
     if not triton_hierarchical.supported(k, block):
         return None
-    if k.shape[2] < q.shape[2]:
-        raise ValueError(f"hierarchical attention needs key length >= query length (self-attention or a KV-cache "
-                         f"step); got {q.shape[2]} queries and {k.shape[2]} keys")
-    if mask is not None and (mask.dim() != 4 or mask.dtype == torch.bool):
-        raise ValueError(f"the mask must be 4-D additive float; got {mask.dtype} {tuple(mask.shape)}")
+    check_self_attention("hierarchical", q.shape[2], k.shape[2])
+    check_additive_mask(mask)
     return triton_hierarchical.hierarchical_attention(q, k, v, block=block, levels=levels, sinks=sinks, scale=scale,
                                                       causal=causal, softcap=softcap, key_padding=key_padding,
                                                       mask=mask)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..reference import check_qkv, softcapped
+from ..reference import check_additive_mask, check_qkv, softcapped
 from ..torch_ops import define_op
 
 QUERY_BLOCK = 64
@@ -31,8 +31,7 @@ def forward(q, k, v, mask, key_padding, slopes, table, kind: str, num_buckets: i
     b, h, n, d = q.shape
     hkv, m = k.shape[1], k.shape[2]
     check_bias_tensors(slopes, table, h)
-    if mask is not None and (mask.dim() != 4 or mask.dtype == torch.bool):
-        raise ValueError(f"the mask must be 4-D additive float; got {mask.dtype} {tuple(mask.shape)}")
+    check_additive_mask(mask)
     if n == 0:
         return q.new_zeros(q.shape)
     rep, off, dev = h // hkv, m - n, q.device
@@ -89,8 +88,7 @@ def cuda_forward(q, k, v, mask, key_padding, slopes, table, kind: str, num_bucke
                  causal: bool, softcap: float):
     """On CUDA: the Triton band kernel over every key, the bias computed per element from the distance."""
     check_bias_tensors(slopes, table, q.shape[1])
-    if mask is not None and (mask.dim() != 4 or mask.dtype == torch.bool):
-        raise ValueError(f"the mask must be 4-D additive float; got {mask.dtype} {tuple(mask.shape)}")
+    check_additive_mask(mask)
     from ..triton_band import relbias_attention as triton_relbias  # triton loads only where CUDA runs
 
     return triton_relbias(q, k, v, slopes=slopes, table=table, bias_scale=bias_scale, scale=scale, causal=causal,
