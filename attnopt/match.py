@@ -627,10 +627,6 @@ def _match_decomposed(view: View, sm: str) -> AttentionSite:
     )
 
 
-# Ops that read only a tensor's shape: ONNX Shape, aten.sym_size, Tensor.size.
-_SHAPE_READERS = frozenset({"other:Shape", "other:aten.sym_size", "other:Tensor.size"})
-
-
 def _site_output(view: View, out: ValueRef, flattened: bool, packed: ValueRef | None
                  ) -> tuple[ValueRef, str, list[str]]:
     """The value matmul's result, or the reshape right after it that unfolds a (B·H, N, D) or GQA-packed
@@ -638,9 +634,10 @@ def _site_output(view: View, out: ValueRef, flattened: bool, packed: ValueRef | 
     when the query was GQA-packed."""
     shape = view.shape(out)
     if flattened or view.rank(out) == 3 or packed is not None:
-        # Reading the product's shape (transformers takes the batch from it) is no use of its values.
-        users = [x for x in view.users(out) if view.op(x[0]) not in _SHAPE_READERS]
-        u = users[0] if len(users) == 1 else None
+        # A reader of the product's shape alone (transformers takes the batch from it) still counts: the
+        # rewrite removes the product, and a Shape left reading it would keep the whole dense attention
+        # computing (BLOOM's TorchScript export did, before this was checked).
+        u = view.only_user(out)
         if u is not None and view.op(u[0]) == "reshape":
             back = ValueRef(u[0], 0)
             s4 = view.shape(back)

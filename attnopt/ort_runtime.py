@@ -249,13 +249,16 @@ def placement(model_path: str, feeds: Mapping, provider: str) -> dict:
         with open(path) as f:
             events = json.load(f)
         del sess
-    nodes: dict[str, tuple[str, str]] = {}
+    nodes: dict[tuple, tuple[str, str]] = {}
     cpu_us = 0.0
     for e in events:
         args = e.get("args") or {}
         if e.get("cat") != "Node" or "provider" not in args or not e.get("name", "").endswith("_kernel_time"):
             continue
-        nodes[e["name"]] = (args.get("op_name", "?"), args["provider"])
+        # A node is its name with its op and index: names alone collide (an If and a node of its branch can
+        # share one), and a node inside a Loop or Scan reports once per iteration.
+        op = args.get("op_name", "?")
+        nodes[(e["name"], op, args.get("node_index"))] = (op, args["provider"])
         if args["provider"] == "CPUExecutionProvider":
             cpu_us += float(e.get("dur", 0))
     cpu_ops = Counter(op for op, where in nodes.values() if where == "CPUExecutionProvider")
