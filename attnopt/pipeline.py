@@ -10,7 +10,7 @@ import fnmatch
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .errors import InvalidParamsError, NoSitesError, SiteNotApplicable
+from .errors import InvalidParamsError, NoSitesError, RewriteVerificationError, SiteNotApplicable
 from .loaded import LoadedModel, open_model, relift
 from .passes.base import Refusal
 from .site import AttentionSite
@@ -212,8 +212,22 @@ class Pipeline:
             _check_every_site_streams(outcomes)
         if applied:
             frontend.finalize(loaded, {k for c in applied for k in c.kernels})
+            before = len(loaded.sites)
             relift(loaded)  # the View and sites now describe the rewritten model
+            _check_dense_attention_gone(loaded, [c.site.name for c in applied], before)
         return RewriteResult(loaded, [outcomes[name] for name in site_names])
+
+
+def _check_dense_attention_gone(loaded, rewritten: list[str], before: int) -> None:
+    """A rewritten site's dense attention must be gone from the rewritten model: found there still, it is kept
+    alive by a reader the rewrite did not re-point (a Shape of an intermediate value, say), so it would still
+    compute beside the new op, and the rewrite would save nothing while looking done. Counted, not named:
+    sites named by position (attention.0, ...) change names once others are rewritten."""
+    expected = before - len(rewritten)  # the sites left dense on purpose (refused, skipped) are found again
+    if len(loaded.sites) > expected:
+        raise RewriteVerificationError(
+            f"the rewrite of {', '.join(rewritten)} left {len(loaded.sites) - expected} dense attention(s) still "
+            f"computed (another node reads one of their values); nothing was written. Please report this model")
 
 
 def _stateful(call) -> bool:

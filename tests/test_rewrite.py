@@ -84,6 +84,33 @@ def two_layer_onnx(tmp_path_factory):
     return _export(SelfAttention(layers=2), _inputs(), tmp_path_factory.mktemp("m") / "attn2.onnx")
 
 
+def test_a_rewrite_that_leaves_the_dense_attention_computing_is_an_error(two_layer_onnx, tmp_path, monkeypatch):
+    """If the rewritten model still holds a rewritten site's dense attention (kept alive by a reader the rewrite
+    missed), the rewrite saved nothing while looking done: a one-line error, exit 2, no file."""
+    import subprocess
+    import sys
+
+    from attnopt.errors import RewriteVerificationError
+    from attnopt.frontends.onnx_frontend import OnnxFrontend
+
+    def apply_nothing(self, loaded, call, target="portable"):  # the op is "applied", the dense nodes all stay
+        return []
+
+    monkeypatch.setattr(OnnxFrontend, "apply", apply_nothing)
+    with pytest.raises(RewriteVerificationError, match="dense attention.* still computed"):
+        attnopt.rewrite(two_layer_onnx, "segmented", segment_size=8)
+    monkeypatch.undo()
+    # Through the CLI (the same patch, in a child process): one line on stderr, exit 2, nothing written.
+    out = tmp_path / "left.onnx"
+    code = ("import sys; from attnopt.frontends.onnx_frontend import OnnxFrontend as F; "
+            "F.apply = lambda self, loaded, call, target='portable': []; from attnopt.cli import main; "
+            f"sys.argv = ['attnopt', 'rewrite', {str(two_layer_onnx)!r}, '--pass', 'segmented', '-p', "
+            f"'segment_size=8', '-o', {str(out)!r}]; main()")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "still computed" in res.stderr, res.stderr
+    assert not out.exists()
+
+
 def test_onnx_rewrite_is_checked_loadable_and_exact_at_the_limit(two_layer_onnx, tmp_path):
     result = attnopt.rewrite(two_layer_onnx, "segmented", segment_size=64)
     assert [o.status for o in result.report] == ["rewritten", "rewritten"]
