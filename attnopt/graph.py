@@ -195,12 +195,14 @@ def broadcast_dims(shapes, *, proven: bool = True) -> tuple | None:
         dims = [s[i - rank + len(s)] for s in shapes if i - rank + len(s) >= 0]
         ints = [d for d in dims if isinstance(d, int) and d != 1]
         symbols = [d for d in dims if d != 1 and d is not None]
-        if ints or not symbols:
-            out.append(ints[0] if ints else None if None in dims else 1)
-        elif len(set(symbols)) == 1 and (None not in dims or not proven):
+        if ints:
+            out.append(ints[0])
+        elif not symbols:
+            out.append(None if None in dims else 1)
+        elif not proven or (len(set(symbols)) == 1 and None not in dims):
             out.append(symbols[0])
         else:
-            out.append(None if proven else symbols[0])
+            out.append(None)
     return tuple(out)
 
 

@@ -74,7 +74,7 @@ def functions_for(op_types: Iterable[str]) -> list[str]:
     def visit(name: str) -> None:
         if name in out:
             return
-        for node in _nodes(_body(name).to_function_proto().node):
+        for node in all_nodes(_body(name).to_function_proto().node):
             if node.domain == DOMAIN:
                 visit(node.op_type)
         out.append(name)
@@ -84,15 +84,15 @@ def functions_for(op_types: Iterable[str]) -> list[str]:
     return out
 
 
-def _nodes(nodes):
+def all_nodes(nodes):
     """Every node, also those in the subgraphs of Scan, Loop and If bodies."""
     for node in nodes:
         yield node
         for attr in node.attribute:
             if attr.type == onnx.AttributeProto.GRAPH:
-                yield from _nodes(attr.g.node)
+                yield from all_nodes(attr.g.node)
             for graph in attr.graphs:
-                yield from _nodes(graph.node)
+                yield from all_nodes(graph.node)
 
 
 @lru_cache(maxsize=None)
@@ -108,7 +108,7 @@ def _function_bytes(op_type: str, opset_version: int) -> bytes:
     # onnxscript imports the domains of the top-level nodes only; a helper called inside a Scan, Loop or If
     # body needs (ai.attnopt) imported too, or onnx.checker refuses the model.
     imported = {entry.domain for entry in proto.opset_import}
-    if DOMAIN not in imported and any(node.domain == DOMAIN for node in _nodes(proto.node)):
+    if DOMAIN not in imported and any(node.domain == DOMAIN for node in all_nodes(proto.node)):
         proto.opset_import.append(onnx.helper.make_opsetid(DOMAIN, DOMAIN_VERSION))
     return proto.SerializeToString(deterministic=True)
 

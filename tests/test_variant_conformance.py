@@ -9,7 +9,6 @@ variant: the specs drive it.
 from __future__ import annotations
 
 import inspect
-import math
 
 import numpy as np
 import onnx
@@ -18,6 +17,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from attnopt.kernels.onnx_functions import all_nodes
 from attnopt.kernels.reference import dense_attention
 from attnopt.kernels.registry import all_variants, get_variant
 from kernel_harness import MaxNumel, onnx_model, run_onnx, run_op, run_reference
@@ -190,16 +190,6 @@ def test_onnx_body_builds_nothing_quadratic(name):
                                              causal=spec.serves_causal), **TOL)
 
 
-def _op_types(graph) -> list[str]:
-    out = []
-    for node in graph.node:
-        out.append(node.op_type)
-        for attr in node.attribute:
-            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
-                out += _op_types(sub)
-    return out
-
-
 @pytest.mark.parametrize("name", VARIANTS)
 def test_softcap_costs_nothing_at_zero(name, tmp_path):
     """The bodies softcap through an If on the cap (kernels/softcap_onnx.py): onnxruntime folds it at load, so at
@@ -212,5 +202,5 @@ def test_softcap_costs_nothing_at_zero(name, tmp_path):
         options.optimized_model_filepath = str(tmp_path / f"{softcap}.onnx")
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
         ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        ran = _op_types(onnx.load(options.optimized_model_filepath).graph)
+        ran = [n.op_type for n in all_nodes(onnx.load(options.optimized_model_filepath).graph.node)]
         assert ("Tanh" in ran) == (softcap > 0), (softcap, sorted(set(ran)))
