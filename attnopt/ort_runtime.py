@@ -68,8 +68,12 @@ def cuda_missing() -> str | None:
     return None
 
 
-def session(model_or_path, provider: str = "cpu", threads: int | None = None, profile_dir: str | None = None):
-    """An onnxruntime session on the requested provider, refusing a silent CPU fallback."""
+def session(model_or_path, provider: str = "cpu", threads: int | None = None, profile_dir: str | None = None,
+            optimized_path: str | None = None):
+    """An onnxruntime session on the requested provider, refusing a silent CPU fallback.
+
+    ``optimized_path``: where onnxruntime saves the graph it will run (after its
+    rewrites, with the provider's host-device copies inserted)."""
     ort = import_onnxruntime()
 
     providers = providers_for(provider)
@@ -79,6 +83,8 @@ def session(model_or_path, provider: str = "cpu", threads: int | None = None, pr
     if profile_dir:
         opts.enable_profiling = True
         opts.profile_file_prefix = os.path.join(profile_dir, "ort_profile")
+    if optimized_path:
+        opts.optimized_model_filepath = optimized_path
     if threads:
         opts.intra_op_num_threads = int(threads)
         opts.inter_op_num_threads = 1
@@ -236,21 +242,27 @@ def placement(model_path: str, feeds: Mapping, provider: str) -> dict:
     ``If`` branches included, with its execution provider. Returns ``cpu_nodes`` (how many
     nodes ran on the CPU: shape arithmetic, or an op the provider has no kernel for),
     ``cpu_ms`` (their summed kernel time), ``cpu_ops`` (op type -> count), ``memcpy_nodes``
-    (host-device copies inside the model) and ``nodes`` (all nodes that ran).
+    (host-device copies inside the model), ``nodes`` (all nodes that ran), ``host_ms_by_op``
+    (the profile's time per op type, all providers: on a GPU a kernel's entry is its launch,
+    so a large share for ``MemcpyToHost`` is the host waiting for the device) and
+    ``memcpy_inputs`` ("MemcpyToHost <- Range": what each copy carries, by the op that made it,
+    read off the graph onnxruntime saved after placing the nodes).
     """
     import json
-    import tempfile
-    from collections import Counter
+    from collections import Counter, defaultdict
 
     with tempfile.TemporaryDirectory(prefix="attnopt-profile-") as tmp:
-        sess = session(model_path, provider, profile_dir=tmp)
+        optimized = os.path.join(tmp, "optimized.onnx")
+        sess = session(model_path, provider, profile_dir=tmp, optimized_path=optimized)
         BoundRun(sess, feeds, "cuda" if provider == "cuda" else "cpu")()
         path = sess.end_profiling()
         with open(path) as f:
             events = json.load(f)
         del sess
+        memcpy_inputs = _memcpy_inputs(optimized)
     nodes: dict[tuple, tuple[str, str]] = {}
     cpu_us = 0.0
+    host_us: dict[str, float] = defaultdict(float)
     for e in events:
         args = e.get("args") or {}
         if e.get("cat") != "Node" or "provider" not in args or not e.get("name", "").endswith("_kernel_time"):
@@ -259,9 +271,40 @@ def placement(model_path: str, feeds: Mapping, provider: str) -> dict:
         # share one), and a node inside a Loop or Scan reports once per iteration.
         op = args.get("op_name", "?")
         nodes[(e["name"], op, args.get("node_index"))] = (op, args["provider"])
+        host_us[op] += float(e.get("dur", 0))
         if args["provider"] == "CPUExecutionProvider":
             cpu_us += float(e.get("dur", 0))
     cpu_ops = Counter(op for op, where in nodes.values() if where == "CPUExecutionProvider")
+    top = sorted(host_us.items(), key=lambda kv: -kv[1])[:8]
     return {"nodes": len(nodes), "cpu_nodes": sum(cpu_ops.values()), "cpu_ms": round(cpu_us / 1e3, 3),
             "cpu_ops": dict(sorted(cpu_ops.items(), key=lambda kv: (-kv[1], kv[0]))),
-            "memcpy_nodes": sum(1 for op, _ in nodes.values() if op.startswith("Memcpy"))}
+            "memcpy_nodes": sum(1 for op, _ in nodes.values() if op.startswith("Memcpy")),
+            "host_ms_by_op": {op: round(us / 1e3, 3) for op, us in top},
+            "memcpy_inputs": memcpy_inputs}
+
+
+def _memcpy_inputs(optimized_path: str) -> dict:
+    """{"MemcpyToHost <- Range": count, ...} over the saved graph and its subgraphs; {} if none was saved."""
+    from collections import Counter
+
+    import onnx
+
+    if not os.path.exists(optimized_path):
+        return {}
+    try:
+        model = onnx.load(optimized_path, load_external_data=False)
+    except Exception:  # a graph onnxruntime could not serialise is a missing detail, not a failed placement
+        return {}
+    found: Counter = Counter()
+
+    def walk(graph):
+        made_by = {o: n.op_type for n in graph.node for o in n.output}
+        for n in graph.node:
+            if n.op_type.startswith("Memcpy"):
+                found[f"{n.op_type} <- {made_by.get(n.input[0], 'input')}"] += 1
+            for a in n.attribute:
+                for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+                    walk(g)
+
+    walk(model.graph)
+    return dict(found.most_common())

@@ -202,7 +202,8 @@ def hierarchical_keys_per_query(n: int, block: int, levels: int, sinks: int, cau
     return fine + float(groups.mean())
 
 
-def run(ns, rep_ms, variants, log, no_flex=False) -> list[dict]:
+def run(ns, rep_ms, variants, log, no_flex=False, on_row=None) -> list[dict]:
+    """Every row; ``on_row(rows)`` after each, so a run cut short keeps what it measured."""
     from attnopt.kernels import triton_band
 
     rows = []
@@ -260,6 +261,8 @@ def run(ns, rep_ms, variants, log, no_flex=False) -> list[dict]:
                 bool(ms <= sdpa_target * sdpa[causal]["ms"])
             row["meets_tflops_target"] = bool(row["frac_sdpa_tflops"] >= 0.5)
             rows.append(row)
+            if on_row:
+                on_row(rows)
             log(f"N={n} {name}: {ms:.3f} ms {tf:.0f} TFLOP/s peak {mem:.0f} MiB | flex {flex_ms:.3f} ms "
                 f"(x{row['speedup_vs_flex']:.2f}, compile {flex_compile_s:.0f}s) | "
                 f"x{row['speedup_vs_sdpa']:.2f} vs SDPA | "
@@ -354,16 +357,20 @@ def main(argv=None) -> int:
     if not variants:
         print(f"--variants {' '.join(args.variants)}: no row matches; rows: {', '.join(ALL_ROWS)}", file=sys.stderr)
         return 2
-    rows = run(args.n, args.rep_ms, variants, log, args.no_flex)
-    result["rows"] = rows
-    result["meta"]["cudnn_lse_parts_ran"] = triton_band._cudnn_runs
+
+    def write(rows):
+        result["rows"] = rows
+        result["meta"]["cudnn_lse_parts_ran"] = triton_band._cudnn_runs
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(result, f, indent=1)
+        if args.md:
+            with open(args.md, "w") as f:
+                f.write(markdown(rows) + "\n")
+
+    rows = run(args.n, args.rep_ms, variants, log, args.no_flex, on_row=write)
+    write(rows)
     table = markdown(rows)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
-    if args.md:
-        with open(args.md, "w") as f:
-            f.write(table + "\n")
     print()
     print(table)
     return 0

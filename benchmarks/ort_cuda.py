@@ -189,6 +189,17 @@ def table(results: dict) -> str:
             cells.append(p.get("error", "-") if p else "-")
         cells.append(r.get("note", ""))
         lines.append("| " + " | ".join(str(c).replace("|", "/") for c in cells) + " |")
+    # Where the host spent a profiled run: on the GPU a kernel's entry is its launch, so time under
+    # MemcpyToHost is the host waiting for the device; and what the host-device copies carry.
+    lines += ["", f"| model | target | host ms by op type (profiled run, N={lens[0]}) | host-device copies: what they carry |",
+              "|---|---|---|---|"]
+    for r in rows:
+        p = r.get("placement") or {}
+        if "host_ms_by_op" not in p:
+            continue
+        ops = ", ".join(f"{k} {v:.2f}" for k, v in list(p["host_ms_by_op"].items())[:5])
+        copies = ", ".join(f"{k} ×{v}" for k, v in list(p.get("memcpy_inputs", {}).items())[:5]) or "none"
+        lines.append(f"| {r['model']} | {r['target']} | {ops} | {p.get('memcpy_nodes', 0)}: {copies} |")
     return "\n".join(lines) + "\n"
 
 
