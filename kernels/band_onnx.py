@@ -5,7 +5,7 @@ Same math and blocking as ``kernels.band`` (read that first). The band
 (scale, softcap, causal) as a float tensor, because an ONNX function can pass
 its own attributes on to a callee but cannot compute new ones: a variant's
 body turns its parameters into a band with ordinary ops. Each query block
-reads its key range with one Gather, so the cost is O(N·(L + G)·D), never N×M.
+reads its key range and the sinks with one Gather, so the cost is O(N·(L + G)·D), never N×M.
 """
 
 from __future__ import annotations
@@ -85,13 +85,9 @@ def BandAttention(Q, K, V, Mask, KeyPadding, Band, Scalars):
     pads = op.Concat(op.Constant(value_ints=[0, 0]), front, zero, op.Constant(value_ints=[0, 0]),
                      op.Sub(op.Mul(nblk, bq), op.Add(front, n)), zero, axis=0)
     qp = op.Reshape(op.Pad(q, pads), op.Concat(b, hkv, rep, nblk, bq, d, axis=0))
-    k = op.Cast(K, to=_FLOAT)
-    v = op.Cast(V, to=_FLOAT)
-    sink_shape = op.Concat(b, hkv, one, nblk, n_sinks, d, axis=0)
-    k_sink = op.Expand(op.Unsqueeze(op.Slice(k, zero, n_sinks, two), op.Constant(value_ints=[2, 3])), sink_shape)
-    v_sink = op.Expand(op.Unsqueeze(op.Slice(v, zero, n_sinks, two), op.Constant(value_ints=[2, 3])), sink_shape)
-    k_all = op.Concat(op.Unsqueeze(op.Gather(k, idx_c, axis=2), two), k_sink, axis=4)  # (B, Hkv, 1, nblk, L+G, D)
-    v_all = op.Concat(op.Unsqueeze(op.Gather(v, idx_c, axis=2), two), v_sink, axis=4)
+    # One Gather reads each block's band keys and the sinks (cols): no copies to concatenate.
+    k_all = op.Unsqueeze(op.Gather(op.Cast(K, to=_FLOAT), cols, axis=2), two)  # (B, Hkv, 1, nblk, L + G, D)
+    v_all = op.Unsqueeze(op.Gather(op.Cast(V, to=_FLOAT), cols, axis=2), two)
     raw = op.MatMul(qp, op.Transpose(k_all, perm=_KT_PERM))  # (B, Hkv, rep, nblk, bq, L + G)
     raw = Softcap(raw, cap)
 
@@ -110,8 +106,10 @@ def BandAttention(Q, K, V, Mask, KeyPadding, Band, Scalars):
     hm_kv = op.Min(hm, hkv)  # the mask's heads are 1 or H: split them like the scores' (Hkv, rep)
     blocks = op.Reshape(op.Cast(blocks, to=_FLOAT),
                         op.Concat(bm, hm_kv, op.Div(hm, hm_kv), op.Shape(blocks, start=2, end=5), axis=0))
-    scores = op.Where(allowed, op.Add(op.Add(raw, kp), blocks), _NEG_INF)
-    probs = op.Softmax(scores, axis=-1)
+    # Band, key padding and mask as one additive term, built at the masks' size (no batch or head
+    # axis unless they have one), so the (B, H, N, L + G) scores see a single Add, not three passes.
+    bias = op.Where(allowed, op.Add(kp, blocks), _NEG_INF)
+    probs = op.Softmax(op.Add(raw, bias), axis=-1)
     out = op.MatMul(probs, v_all)
     # A row with no allowed key softmaxes to NaN: zero it on the (rows, D) output, not on the
     # (rows, keys) probabilities (a Where over every score).

@@ -679,6 +679,8 @@ def launch(kernel):
     from torch.utils._python_dispatch import _get_current_dispatch_mode
 
     if _get_current_dispatch_mode() is None:
+        if not isinstance(kernel, (triton.runtime.JITFunction, triton.runtime.Autotuner)):
+            return kernel  # the interpreter's function: torch 2.11's wrap_triton refuses it even switched off
         with set_wrap_triton_enabled(False):
             return torch.library.wrap_triton(kernel)
     return torch.library.wrap_triton(kernel)

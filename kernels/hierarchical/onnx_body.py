@@ -104,10 +104,7 @@ def HierarchicalAttention(Q, K, V, Mask, KeyPadding, block: int, levels: int, si
     raw = op.MatMul(qp, op.Transpose(keys, perm=_KT_PERM))  # (B, Hkv, rep, nqb, B, L + C)
     cap = op.Constant(value_float=softcap)
     raw = Softcap(raw, cap)
-    n_exact = op.Shape(cols, start=1, end=2)
     last = op.Constant(value_ints=[-1])
-    raw_exact = op.Slice(raw, zero, n_exact, last)
-    raw_pooled = op.Slice(raw, n_exact, op.Constant(value_ints=[9223372036854775807]), last)
 
     # Key padding (Bk, Mk) and the dense remainder (Bm, Hm, Nm, Mm) at the exact columns only;
     # size-1 dims broadcast (the Min clamps send every index to 0 there).
@@ -124,9 +121,14 @@ def HierarchicalAttention(Q, K, V, Mask, KeyPadding, block: int, levels: int, si
     hm_kv = op.Min(hm, hkv)  # the mask's heads are 1 or H: split them like the scores' (Hkv, rep)
     blocks = op.Reshape(op.Cast(blocks, to=_FLOAT),
                         op.Concat(bm, hm_kv, op.Div(hm, hm_kv), op.Shape(blocks, start=2, end=5), axis=0))
-    exact = op.Where(exact_ok, op.Add(op.Add(raw_exact, kp), blocks), _NEG_INF)
-    pooled = op.Add(raw_pooled, op.Unsqueeze(log_n, op.Constant(value_ints=[1, 2, 4])))
-    probs = op.Softmax(op.Concat(exact, pooled, axis=-1), axis=-1)
+    # Every additive term, [exact | pooled], as one tensor at the masks' size (no batch or head axis
+    # unless a mask has one), so the (B, H, N, L + C) scores see a single Add: no slices, no concat.
+    exact = op.Where(exact_ok, op.Add(kp, blocks), _NEG_INF)  # (Bx, Hm, ·, nqb, B, L)
+    pooled = op.Unsqueeze(log_n, op.Constant(value_ints=[1, 2, 4]))  # (Bw, 1, 1, nqb, 1, C)
+    lead = op.Max(op.Shape(exact, start=0, end=5), op.Shape(pooled, start=0, end=5))  # their broadcast
+    bias = op.Concat(op.Expand(exact, op.Concat(lead, op.Shape(exact, start=5, end=6), axis=0)),
+                     op.Expand(pooled, op.Concat(lead, op.Shape(pooled, start=5, end=6), axis=0)), axis=-1)
+    probs = op.Softmax(op.Add(raw, bias), axis=-1)
     out = op.MatMul(probs, values)
     # A row with no allowed key softmaxes to NaN: zero it on the (rows, D) output, not on the
     # (rows, keys) probabilities (a Where over every score).
