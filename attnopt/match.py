@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from .graph import View, broadcast_dims
+from .graph import SHAPE_ONLY_OPS, View, broadcast_dims
 from .site import (LAYOUT_BHDS, LAYOUT_BHSD, LAYOUT_FLAT, MASK_ADDITIVE, MASK_BOOLEAN,
                    MASK_BOOLEAN_BLOCKED, MASK_NONZERO_KEEP, AttentionSite, MaskTerm, Projection, ValueRef)
 
@@ -602,7 +602,9 @@ def _match_decomposed(view: View, sm: str) -> AttentionSite:
     value_layout = LAYOUT_FLAT if view.rank(value) == 3 else LAYOUT_BHSD
     if view.rank(key) == 3 and key_layout == LAYOUT_BHDS:
         key_layout = "(bh)ds"
-    output, output_layout, on = _site_output(view, ValueRef(mm2, 0), flattened, q4 if packed else None)
+    output, output_layout, on, shape_readers = _site_output(view, ValueRef(mm2, 0), flattened,
+                                                            q4 if packed else None,
+                                                            ValueRef(packed[0], 0) if packed else None)
     removed += on
     if packed:
         _check_packed_terms(view, up.terms, q4, ValueRef(packed[0], 0))
@@ -621,32 +623,42 @@ def _match_decomposed(view: View, sm: str) -> AttentionSite:
         query_layout=layout, key_layout=key_layout, value_layout=value_layout, output_layout=output_layout,
         scale=_clean(scale, geometry["head_dim"]), softcap=up.softcap,
         masks=tuple(MaskTerm(t.value, t.kind, t.factor, t.fill) for t in terms), causal=causal,
-        nodes=tuple(dict.fromkeys(removed)), anchor=sm,
+        nodes=tuple(dict.fromkeys(removed)), anchor=sm, shape_readers=shape_readers,
         unsupported=("the attention probabilities are also used outside the site" if escapes else unprovable),
         **geometry,
     )
 
 
-def _site_output(view: View, out: ValueRef, flattened: bool, packed: ValueRef | None
-                 ) -> tuple[ValueRef, str, list[str]]:
+def _site_output(view: View, out: ValueRef, flattened: bool, packed: ValueRef | None,
+                 packed_query: ValueRef | None = None) -> tuple[ValueRef, str, list[str], tuple]:
     """The value matmul's result, or the reshape right after it that unfolds a (B·H, N, D) or GQA-packed
-    product back to (B, H, N, D) -> (output, its layout, nodes passed). ``packed``: the unpacked query,
-    when the query was GQA-packed."""
+    product back to (B, H, N, D) -> (output, its layout, nodes passed, shape readers to re-point).
+    ``packed``: the unpacked query, and ``packed_query`` the packed one, when the query was GQA-packed."""
     shape = view.shape(out)
     if flattened or view.rank(out) == 3 or packed is not None:
-        # A reader of the product's shape alone (transformers takes the batch from it) still counts: the
-        # rewrite removes the product, and a Shape left reading it would keep the whole dense attention
-        # computing (BLOOM's TorchScript export did, before this was checked).
-        u = view.only_user(out)
+        users = view.users(out)
+        # Shape readers of a GQA-packed product (transformers takes the batch from it) are re-pointed at
+        # the packed query, of the same shape when the query and value head dims agree. Any other second
+        # reader still counts: the rewrite removes the product, and a reader left on it would keep the
+        # whole dense attention computing (BLOOM's TorchScript export did, before this was checked).
+        readers = ()
+        if packed is not None and len(users) > 1:
+            q_shape, o_shape = view.shape(packed_query), shape
+            same = q_shape is not None and o_shape is not None and len(q_shape) == len(o_shape) == 4 \
+                and _same_dim(q_shape[3], o_shape[3])
+            readers = tuple((nid, out, packed_query) for nid, _ in users
+                            if same and view.op(nid) in SHAPE_ONLY_OPS)
+            users = [u for u in users if u[0] not in {r[0] for r in readers}]
+        u = users[0] if len(users) == 1 else None
         if u is not None and view.op(u[0]) == "reshape":
             back = ValueRef(u[0], 0)
             s4 = view.shape(back)
             if s4 is not None and len(s4) == 4 and (shape is None or _compatible(s4[-1], shape[-1])) \
                     and (packed is None or _unpacks(view.shape(packed), s4)):
-                return back, LAYOUT_BHSD, [u[0]]
+                return back, LAYOUT_BHSD, [u[0]], readers
         if packed is not None:
             raise Mismatch("GQA-packed queries whose output is not unpacked back to (B, H, N, D)")
-    return out, (LAYOUT_FLAT if view.rank(out) == 3 else LAYOUT_BHSD), []
+    return out, (LAYOUT_FLAT if view.rank(out) == 3 else LAYOUT_BHSD), [], ()
 
 
 def _unpacks(q, o) -> bool:

@@ -161,6 +161,11 @@ class AttentionSite:
     proven_self_attention: bool = False
     # One of ``masks`` recognised as a relative-position bias, which relbias's fuse mode computes on the fly.
     relative_bias: RelativeBias | None = None
+    # (reader node, value it reads, value of the same shape): nodes outside the site that read only the
+    # shape of a value the rewrite removes (transformers takes the batch from the attention product's
+    # Shape). The rewrite points each at the third value, which outlives it; left alone, the reader would
+    # keep the whole dense attention computing beside the new op.
+    shape_readers: tuple[tuple[str, ValueRef, ValueRef], ...] = ()
 
     @property
     def effective_scale(self) -> float | None:

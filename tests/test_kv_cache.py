@@ -231,17 +231,6 @@ STEPS = {zoo_lib.TORCHSCRIPT: ((1, 5), (1, 9), (2, 12), (4, 4)), zoo_lib.DYNAMO:
 _DYNAMO_SDPA_ERROR = ("TorchExportError: ... TypeError: scaled_dot_product_attention(): argument 'is_causal' must "
                       "be bool, not SymBool (transformers' sdpa_attention_forward with a dynamic query length)")
 
-# TorchScript's sdpa form of a GQA decode step packs the query (B, H, N, D) -> (B, Hkv, r·N, D) (transformers'
-# pack_gqa, r baked in at trace time); attnopt/match.py proves that packing from the symbolic shapes and reads the
-# mask from its construction. What is left: transformers also reads the batch from the packed product's Shape.
-# The rewrite removes the product, so that Shape would keep the whole dense attention computing (it did, on
-# BLOOM, when shape readers were ignored); the site is refused instead, until a rewrite can re-point such
-# shape readers at an equivalent shape.
-_PACKED_PRODUCT_SHAPE_READ = pytest.mark.xfail(
-    strict=True, reason="the GQA-packed product's Shape is read (transformers takes the batch from it): "
-                        "attnopt/match.py _site_output refuses a product with a second reader")
-
-
 def _dynamic_params():
     out = []
     for exporter in (zoo_lib.TORCHSCRIPT, zoo_lib.DYNAMO):
@@ -250,8 +239,6 @@ def _dynamic_params():
                 if exporter == zoo_lib.DYNAMO and impl == "sdpa":
                     continue  # _DYNAMO_SDPA_ERROR
                 marks = [pytest.mark.slow]
-                if exporter == zoo_lib.TORCHSCRIPT and impl == "sdpa" and kv_heads != 4:
-                    marks.append(_PACKED_PRODUCT_SHAPE_READ)
                 out.append(pytest.param(family, impl, exporter, id=f"{family}-{impl}/{exporter}", marks=marks))
     return out
 

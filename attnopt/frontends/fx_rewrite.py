@@ -90,6 +90,8 @@ def apply(loaded, call) -> None:
             outputs.append(call_)
         y = outputs[0] if len(outputs) == 1 else g.call_function(torch.cat, (outputs, 1))
         y = _from_bhsd(g, y, site.output_layout)
+    for reader, old, same_shape in site.shape_readers:  # see AttentionSite.shape_readers
+        view.info(reader).ref.replace_input_with(node[old], node[same_shape])
     name = out_old.name
     out_old.replace_all_uses_with(y)
     g.erase_node(out_old)

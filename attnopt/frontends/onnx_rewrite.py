@@ -106,6 +106,11 @@ def apply(loaded, call, target: str = PORTABLE) -> list[str]:
     y = b.from_bhsd(y, site.output_layout, site.num_heads, site.head_dim)
 
     anchor.graph.insert_before(anchor, b.tape.nodes)
+    for reader, old, same_shape in site.shape_readers:  # see AttentionSite.shape_readers
+        node: ir.Node = view.info(reader).ref
+        for i, x in enumerate(node.inputs):
+            if x is value[old]:
+                node.replace_input_with(i, value[same_shape])
     name = out_old.name
     out_old.name = b.name("dense")  # the dead dense value frees its name for the new one
     out_old.replace_all_uses_with(y, replace_graph_outputs=True)
