@@ -287,10 +287,14 @@ def _step_inputs(new: int, past: int, kv_heads: int, head_dim: int, layers: int 
 
 
 @pytest.mark.parametrize("family,impl,exporter", _dynamic_params())
-def test_dynamic_cache_window_holds_at_every_step(dynamic_exports, family, impl, exporter, tmp_path):
+def test_dynamic_cache_window_holds_at_every_step(dynamic_exports, family, impl, exporter, tmp_path, capfd):
     built, path = dynamic_exports(family, impl, exporter)
     _, kv_heads, head_dim = DYNAMIC[family]
+    capfd.readouterr()
     sites = attnopt.detect(path)
+    # The mask probe may fail at run time on these exports (a Gather out of range); that is handled,
+    # and onnxruntime must not print it at the user.
+    assert "[E:onnxruntime" not in capfd.readouterr().err
     detail = _summaries(sites)
     assert len(sites) == 2, detail
     for s in sites:
