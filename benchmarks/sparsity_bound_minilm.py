@@ -11,9 +11,14 @@ masked, one softmax over what is kept:
   largest scores (a uniform budget, the best any fixed-size selection can do);
 - ``mass``: every query keeps its largest-probability keys until they hold a share
   tau of its softmax mass (an adaptive budget: peaked rows keep few keys);
-- ``block mass``: the same over blocks of 16 consecutive keys, scored by their
+- ``block mass``: the same over blocks of 16 (``--key-blocks``) consecutive keys, scored by their
   summed probability (what a block-sparse kernel with a perfect block predictor
-  could do).
+  could do);
+- ``head top-k``: every query of a head keeps the same number of keys, its largest
+  scores, the number fixed per head in advance from the *calibration* texts (the
+  mean count ``mass`` keeps there for that head at tau). It bounds what a per-head
+  choice made offline (tune's design, DuoAttention's, MInference's) could reach if
+  it also picked each query's best keys: budgets that adapt per head but not per query.
 
 Reported: the held-out texts' mean (and min) pooled cosine against dense and the
 mean fraction of keys kept, over every site, head and query. The model runs
@@ -38,7 +43,7 @@ import tune_minilm as tm  # noqa: E402 - the held-out texts and batched pooling
 
 FRACTIONS = (0.1, 0.2, 0.3, 0.35, 0.5)
 MASSES = (0.8, 0.85, 0.9, 0.95)
-KEY_BLOCK = 16
+KEY_BLOCKS = (16,)  # --key-blocks
 
 
 def _keep_top_fraction(p: torch.Tensor, fraction: float) -> torch.Tensor:
@@ -53,12 +58,35 @@ def _keep_mass(p: torch.Tensor, tau: float) -> torch.Tensor:
     return torch.zeros_like(keep_sorted).scatter(-1, idx, keep_sorted)
 
 
-def _keep_block_mass(p: torch.Tensor, tau: float) -> torch.Tensor:
+def _keep_block_mass(p: torch.Tensor, setting: tuple[float, int]) -> torch.Tensor:
+    tau, size = setting
     m = p.shape[-1]
-    pad = (-m) % KEY_BLOCK
-    blocks = torch.nn.functional.pad(p, (0, pad)).unflatten(-1, (-1, KEY_BLOCK)).sum(-1)
-    keep = _keep_mass(blocks, tau).repeat_interleave(KEY_BLOCK, dim=-1)
+    pad = (-m) % size
+    blocks = torch.nn.functional.pad(p, (0, pad)).unflatten(-1, (-1, size)).sum(-1)
+    keep = _keep_mass(blocks, tau).repeat_interleave(size, dim=-1)
     return keep[..., :m]
+
+
+class HeadBudgets:
+    """``head top-k``: per (layer, head) a fixed share of keys, measured on other texts by ``mass``.
+
+    ``measure`` records, call by call (one call per layer and batch), each head's mean count of keys
+    ``mass`` keeps; ``__call__`` then keeps that many top keys for every query of the head, layer by
+    layer in call order (the model runs its layers in order, once per batch).
+    """
+
+    def __init__(self, layers: int):
+        self.layers, self.counts, self.call, self.measuring = layers, {}, 0, False
+
+    def __call__(self, p: torch.Tensor, tau: float) -> torch.Tensor:
+        layer = self.call % self.layers
+        self.call += 1
+        if self.measuring:
+            self.counts.setdefault((tau, layer), []).append(_keep_mass(p, tau).float().sum(-1).mean(dim=(0, 2)))
+            return torch.ones_like(p, dtype=torch.bool)
+        per_head = torch.stack(self.counts[(tau, layer)]).mean(0).round().clamp(min=1).long()  # (H,)
+        ranked = p.argsort(-1, descending=True).argsort(-1)  # each key's rank in its row
+        return ranked < per_head.view(1, -1, 1, 1)
 
 
 class Oracle:
@@ -80,7 +108,7 @@ class Oracle:
         return out.transpose(1, 2).contiguous(), None
 
 
-def run_n(n: int, tokenizer, model, log=print) -> list[dict]:
+def run_n(n: int, tokenizer, model, log=print, key_blocks=KEY_BLOCKS) -> list[dict]:
     from transformers import AttentionInterface
 
     ids, mask = tm.texts(tokenizer, n, tm.HELD_OUT, len(tm.HELD_OUT))
@@ -91,13 +119,24 @@ def run_n(n: int, tokenizer, model, log=print) -> list[dict]:
     AttentionInterface.register("attnopt_oracle", oracle)
     model.set_attn_implementation("attnopt_oracle")
     rows = []
+    budgets = HeadBudgets(model.config.num_hidden_layers)
+    calib_ids, calib_mask = tm.texts(tokenizer, n, qm.PARAGRAPHS, tm.CALIBRATION_TEXTS)
+    budgets.measuring = True
+    for tau in MASSES:
+        oracle.rule, oracle.setting = budgets, tau
+        tm.pooled(module, calib_ids, calib_mask)
+    budgets.measuring = False
     settings = ([("top-k", _keep_top_fraction, f) for f in FRACTIONS] + [("mass", _keep_mass, t) for t in MASSES]
-                + [(f"block mass (blocks of {KEY_BLOCK})", _keep_block_mass, t) for t in MASSES])
+                + [(f"block mass (blocks of {size})", _keep_block_mass, (t, size)) for size in key_blocks for t in MASSES]
+                + [("head top-k (budgets from calibration texts)", budgets, t) for t in MASSES])
     for name, rule, setting in settings:
+        budgets.call = 0
         oracle.rule, oracle.setting, oracle.kept = rule, setting, []
         cos = qm.cosine(tm.pooled(module, ids, mask), dense)
         row = {"n": n, "oracle": name, "setting": setting, "keys": sum(oracle.kept) / len(oracle.kept),
                "mean_cosine": float(cos.mean()), "min_cosine": float(cos.min())}
+        setting = setting[0] if isinstance(setting, tuple) else setting
+        row["setting"] = setting
         log(f"N={n} {name} {setting}: keys {row['keys']:.3f}, held-out cosine {row['mean_cosine']:.4f} "
             f"(min {row['min_cosine']:.4f})")
         rows.append(row)
@@ -112,6 +151,8 @@ def markdown(rows: list[dict], command: str) -> str:
              "|---|---|---|---|---|---|"]
     for r in rows:
         setting = f"{r['setting']:.0%} of keys" if r["oracle"] == "top-k" else f"tau = {r['setting']}"
+        if r["oracle"].startswith("head top-k"):
+            setting = f"per-head counts of mass tau = {r['setting']}"
         lines.append(f"| {r['n']} | {r['oracle']} | {setting} | {r['keys']:.3f} | {r['mean_cosine']:.4f} | "
                      f"{r['min_cosine']:.4f} |")
     lines += ["", "```", command, "```"]
@@ -123,9 +164,11 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, nargs="+", default=[256, 512])
     parser.add_argument("--md", type=Path)
+    parser.add_argument("--key-blocks", type=int, nargs="+", default=list(KEY_BLOCKS),
+                        help="block sizes for the block-mass oracle (default 16)")
     args = parser.parse_args(argv)
     tokenizer, model, _ = qm.load_minilm()
-    rows = [r for n in args.n for r in run_n(n, tokenizer, model)]
+    rows = [r for n in args.n for r in run_n(n, tokenizer, model, key_blocks=args.key_blocks)]
     md = markdown(rows, ("python benchmarks/sparsity_bound_minilm.py " + " ".join(map(shlex.quote, argv))).strip())
     print(md)
     if args.md:
