@@ -81,3 +81,32 @@ def PoolRanges(PrefixK, PrefixV, PrefixMass, Shift, Start, End):
     keys = op.Div(op.Sub(op.Gather(PrefixK, e, axis=2), op.Gather(PrefixK, s, axis=2)), denom)
     values = op.Div(op.Sub(op.Gather(PrefixV, e, axis=2), op.Gather(PrefixV, s, axis=2)), denom)
     return op.Cast(keys, to=_FLOAT), op.Cast(values, to=_FLOAT), log_mass
+
+
+@onnxscript.script(attnopt_opset, default_opset=op)
+def PoolWindows(PrefixK, PrefixV, PrefixMass, Shift, Start, Width, Widths):
+    """``PoolRanges`` of the ranges [Start, Start + Widths[Width]) (R, C), each distinct range pooled once.
+
+    Widths (W,) int64 holds the widths used, the largest last; Width (R, C) indexes it. A range's
+    pooled mean depends only on its clipped ends, and a start below −max or above nb gives an empty
+    range either way, so PoolRanges runs on the (W, nb + max + 1) table of every width at every start
+    from −max to nb (in double, as ever) and the (R, C) columns read it with one float Gather, where
+    PoolRanges at (R, C) gathers and subtracts double prefixes four times over (R, C, D).
+    """
+    one = op.Constant(value_ints=[1])
+    nb = op.Sub(op.Shape(PrefixMass, start=1, end=2), one)
+    lo = op.Neg(op.Slice(Widths, op.Constant(value_ints=[-1]), op.Constant(value_ints=[9223372036854775807])))
+    starts = op.Range(op.Squeeze(lo), op.Squeeze(op.Add(nb, one)), 1)  # (S,)
+    n_starts = op.Shape(starts)
+    table_start = op.Expand(op.Unsqueeze(starts, op.Constant(value_ints=[0])),
+                            op.Concat(op.Shape(Widths), n_starts, axis=0))  # (W, S)
+    table_end = op.Add(table_start, op.Unsqueeze(Widths, op.Constant(value_ints=[1])))
+    keys, values, log_mass = PoolRanges(PrefixK, PrefixV, PrefixMass, Shift, table_start, table_end)
+    at = op.Add(op.Mul(Width, n_starts), op.Sub(op.Min(op.Max(Start, lo), nb), lo))  # (R, C) into W·S
+    flat = op.Concat(op.Shape(keys, start=0, end=2), op.Constant(value_ints=[-1]), op.Shape(keys, start=4, end=5),
+                     axis=0)
+    pooled_k = op.Gather(op.Reshape(keys, flat), at, axis=2)  # (B, Hkv, R, C, D)
+    pooled_v = op.Gather(op.Reshape(values, flat), at, axis=2)
+    pooled_log = op.Gather(op.Reshape(log_mass, op.Concat(op.Shape(log_mass, start=0, end=1),
+                                                          op.Constant(value_ints=[-1]), axis=0)), at, axis=1)
+    return pooled_k, pooled_v, pooled_log

@@ -15,7 +15,7 @@ from onnxscript import opset18 as op
 
 from ..onnx_functions import attnopt_opset
 from ..softcap_onnx import Softcap
-from ..pooling_onnx import BlockPrefix, PoolRanges
+from ..pooling_onnx import BlockPrefix, PoolRanges, PoolWindows
 
 _FLOAT = onnx.TensorProto.FLOAT
 _NEG_INF = float("-inf")
@@ -74,7 +74,10 @@ def HierarchicalAttention(Q, K, V, Mask, KeyPadding, block: int, levels: int, si
     near_start = op.Add(op.Mul(side, op.Mul(2, lev_g)), op.Mul(op.Sub(1, side), op.Sub(1, op.Mul(4, lev_g))))
     mid_start = op.Add(op.Add(qb4, near_start), op.Mul(t, lev_g))  # (nqb, L − 1, sides, 2)
     flat = op.Concat(nqb, op.Constant(value_ints=[-1]), axis=0)
-    mid_end = op.Reshape(op.Add(mid_start, lev_g), flat)
+    # Widths (PoolWindows): [0, 1, 2, .., g]; level l's groups are 2^l blocks wide, index l + 1.
+    widths = op.Concat(zero, op.Pow(2, op.Range(0, n_levels, 1)), axis=0)
+    mid_w = op.Reshape(op.Expand(op.Reshape(op.Range(1, n_levels, 1), op.Constant(value_ints=[1, -1, 1, 1])),
+                                 op.Shape(mid_start)), flat)
     mid_start = op.Reshape(mid_start, flat)
     # The last level: groups of g blocks from distance 2g outwards, left ones first.
     g = op.Pow(2, op.Sub(n_levels, 1))
@@ -90,9 +93,9 @@ def HierarchicalAttention(Q, K, V, Mask, KeyPadding, block: int, levels: int, si
     top = op.Where(op.Less(c, nl), left, right)
     used = op.Less(c, op.Add(nl, op.Unsqueeze(n_right, one)))
     start = op.Concat(mid_start, op.Where(used, top, 0), axis=1)  # (nqb, C)
-    end = op.Concat(mid_end, op.Where(used, op.Add(top, g), 0), axis=1)
+    width = op.Concat(mid_w, op.Where(used, n_levels, 0), axis=1)  # unused: width 0, an empty range
     prefix_k, prefix_v, prefix_mass, shift = BlockPrefix(K, V, KeyPadding, op.Concat(bs, n_sinks, axis=0))
-    k_bar, v_bar, log_n = PoolRanges(prefix_k, prefix_v, prefix_mass, shift, start, end)
+    k_bar, v_bar, log_n = PoolWindows(prefix_k, prefix_v, prefix_mass, shift, start, width, widths)
 
     # Scores against [exact | pooled] keys, in one softmax.
     q = op.Mul(op.Cast(Q, to=_FLOAT), op.Constant(value_float=scale))
@@ -138,4 +141,4 @@ def HierarchicalAttention(Q, K, V, Mask, KeyPadding, block: int, levels: int, si
 
 
 BODY = HierarchicalAttention
-CALLS = (BlockPrefix, PoolRanges)
+CALLS = (BlockPrefix, PoolRanges, PoolWindows)
