@@ -31,10 +31,11 @@ CANONICAL_OPS = frozenset({
 })
 
 
-# View ops that read nothing of their tensor input but its shape: ONNX Shape / Size, aten.sym_size and
-# Tensor.size in fx. A rewrite can point such a reader at any value of the same shape.
-SHAPE_ONLY_OPS = frozenset({"other:Shape", "other:Size", "other:aten.sym_size.int", "other:aten.sym_size.default",
-                            "other:aten.sym_numel.default", "other:Tensor.size"})
+# View ops that read nothing of their tensor input but its shape: ONNX Shape / Size; in fx, aten.sym_size /
+# sym_numel (torch.export; the View names aten ops by their overload packet) and Tensor.size / numel
+# (symbolic_trace). A rewrite can point such a reader at any value of the same shape.
+SHAPE_ONLY_OPS = frozenset({"other:Shape", "other:Size", "other:aten.sym_size", "other:aten.sym_numel",
+                            "other:Tensor.size", "other:Tensor.numel"})
 
 
 @dataclass

@@ -142,3 +142,35 @@ def test_a_mask_with_a_row_per_packed_row_is_refused():
     assert match._derived_shape(view, term)[-2] != "seq"  # 2 rows expanded to seq: not one row
     with pytest.raises(match.Mismatch, match="per-head or per-query"):
         match._check_packed_terms(view, [match._Term(term, "additive")], q, packed)
+
+
+def test_shape_only_ops_name_the_shape_readers_each_frontend_lifts():
+    """SHAPE_ONLY_OPS (the readers a rewrite may re-point) must spell the View ops the frontends actually
+    produce for reading a shape: torch.export's sym_size / sym_numel, symbolic_trace's size() / numel(),
+    ONNX's Shape and Size."""
+    import onnx_ir as ir
+    import torch
+    from onnx import TensorProto, helper
+
+    from attnopt.frontends.fx import lift as lift_fx
+    from attnopt.frontends.onnx import lift as lift_onnx
+    from attnopt.graph import SHAPE_ONLY_OPS
+
+    class ReadsShapes(torch.nn.Module):
+        def forward(self, x):
+            return x.reshape(x.size(0) * x.size(1), -1) + x.numel()
+
+    x = torch.randn(3, 4, 5)
+    dims = ({0: torch.export.Dim("b"), 1: torch.export.Dim("n")},)
+    for view in (lift_fx(torch.export.export(ReadsShapes(), (x,), dynamic_shapes=dims)),
+                 lift_fx(torch.fx.symbolic_trace(ReadsShapes()))):
+        ops = {view.op(n) for n in view.nodes()}
+        readers = {o for o in ops if o.split(".")[-1] in ("sym_size", "sym_numel", "size", "numel")}
+        assert len(readers) == 2 and readers <= SHAPE_ONLY_OPS, ops
+
+    graph = helper.make_graph([helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Size", ["x"], ["z"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 4])],
+                              [helper.make_tensor_value_info("s", TensorProto.INT64, [2]),
+                               helper.make_tensor_value_info("z", TensorProto.INT64, [])])
+    view = lift_onnx(ir.serde.deserialize_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])))
+    assert {view.op(n) for n in view.nodes()} >= {"other:Shape", "other:Size"}
