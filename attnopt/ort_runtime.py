@@ -297,22 +297,16 @@ def _memcpy_inputs(optimized_path: str) -> dict:
 
     import onnx
 
+    from .kernels.onnx_functions import all_nodes
+
     if not os.path.exists(optimized_path):
         return {}
     try:
         model = onnx.load(optimized_path, load_external_data=False)
     except Exception:  # a graph onnxruntime could not serialise is a missing detail, not a failed placement
         return {}
-    found: Counter = Counter()
-
-    def walk(graph):
-        made_by = {o: n.op_type for n in graph.node for o in n.output}
-        for n in graph.node:
-            if n.op_type.startswith("Memcpy"):
-                found[f"{n.op_type} <- {made_by.get(n.input[0], 'input')}"] += 1
-            for a in n.attribute:
-                for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
-                    walk(g)
-
-    walk(model.graph)
+    nodes = list(all_nodes(model.graph.node))
+    made_by = {o: n.op_type for n in nodes for o in n.output}  # names are unique across subgraphs in ONNX
+    found = Counter(f"{n.op_type} <- {made_by.get(n.input[0], 'input')}" for n in nodes
+                    if n.op_type.startswith("Memcpy"))
     return dict(found.most_common())

@@ -255,3 +255,29 @@ def test_bench_provider_cuda_binds_on_the_gpu_and_reports_cpu_nodes(bert):
         p = row[which]["placement"]
         assert p["nodes"] > p["cpu_nodes"] >= 0 and row[f"{which}_cpu_nodes"] == p["cpu_nodes"]
     assert "MultiHeadAttention" not in row["rewritten"]["placement"]["cpu_ops"]
+
+
+def test_memcpy_inputs_names_what_each_copy_carries_subgraphs_included(tmp_path):
+    """placement's copy report reads the graph onnxruntime saved: each Memcpy by the op that made its input,
+    inside If branches too, an outer-scope producer resolved from the branch."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from attnopt.ort_runtime import _memcpy_inputs
+
+    branch = helper.make_graph([helper.make_node("MemcpyToHost", ["r"], ["c"], domain="")], "then", [],
+                               [helper.make_tensor_value_info("c", TensorProto.INT64, None)])
+    graph = helper.make_graph(
+        [helper.make_node("Range", ["a", "a", "a"], ["r"]),
+         helper.make_node("Shape", ["r"], ["s"]),
+         helper.make_node("MemcpyFromHost", ["s"], ["d"]),
+         helper.make_node("MemcpyFromHost", ["a"], ["e"]),
+         helper.make_node("If", ["cond"], ["y"], then_branch=branch, else_branch=branch)],
+        "g", [helper.make_tensor_value_info(n, t, None) for n, t in (("a", TensorProto.INT64),
+                                                                        ("cond", TensorProto.BOOL))],
+        [helper.make_tensor_value_info(n, TensorProto.INT64, None) for n in ("d", "e", "y")])
+    path = tmp_path / "saved.onnx"
+    onnx.save(helper.make_model(graph), path)
+    assert _memcpy_inputs(str(path)) == {"MemcpyToHost <- Range": 2, "MemcpyFromHost <- Shape": 1,
+                                         "MemcpyFromHost <- input": 1}
+    assert _memcpy_inputs(str(tmp_path / "missing.onnx")) == {}
