@@ -642,13 +642,11 @@ def _site_output(view: View, out: ValueRef, flattened: bool, packed: ValueRef | 
         # reader still counts: the rewrite removes the product, and a reader left on it would keep the
         # whole dense attention computing (BLOOM's TorchScript export did, before this was checked).
         readers = ()
-        if packed is not None and len(users) > 1:
-            q_shape, o_shape = view.shape(packed_query), shape
-            same = q_shape is not None and o_shape is not None and len(q_shape) == len(o_shape) == 4 \
-                and _same_dim(q_shape[3], o_shape[3])
-            readers = tuple((nid, out, packed_query) for nid, _ in users
-                            if same and view.op(nid) in SHAPE_ONLY_OPS)
-            users = [u for u in users if u[0] not in {r[0] for r in readers}]
+        q_shape = view.shape(packed_query)
+        if len(users) > 1 and q_shape is not None and shape is not None and len(q_shape) == len(shape) == 4 \
+                and _same_dim(q_shape[3], shape[3]):
+            readers = tuple((nid, out, packed_query) for nid, _ in users if view.op(nid) in SHAPE_ONLY_OPS)
+            users = [u for u in users if view.op(u[0]) not in SHAPE_ONLY_OPS]
         u = users[0] if len(users) == 1 else None
         if u is not None and view.op(u[0]) == "reshape":
             back = ValueRef(u[0], 0)

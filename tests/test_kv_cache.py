@@ -231,15 +231,16 @@ STEPS = {zoo_lib.TORCHSCRIPT: ((1, 5), (1, 9), (2, 12), (4, 4)), zoo_lib.DYNAMO:
 _DYNAMO_SDPA_ERROR = ("TorchExportError: ... TypeError: scaled_dot_product_attention(): argument 'is_causal' must "
                       "be bool, not SymBool (transformers' sdpa_attention_forward with a dynamic query length)")
 
+
 def _dynamic_params():
     out = []
     for exporter in (zoo_lib.TORCHSCRIPT, zoo_lib.DYNAMO):
-        for family, (_, kv_heads, _) in DYNAMIC.items():
+        for family in DYNAMIC:
             for impl in ("eager", "sdpa"):
                 if exporter == zoo_lib.DYNAMO and impl == "sdpa":
                     continue  # _DYNAMO_SDPA_ERROR
-                marks = [pytest.mark.slow]
-                out.append(pytest.param(family, impl, exporter, id=f"{family}-{impl}/{exporter}", marks=marks))
+                out.append(pytest.param(family, impl, exporter, id=f"{family}-{impl}/{exporter}",
+                                        marks=pytest.mark.slow))
     return out
 
 

@@ -383,7 +383,8 @@ def test_attach_functions_to_onnx_ir_model_is_idempotent():
     model = ir.serde.deserialize_model(bare_model(23))
     onnx_functions.attach_functions(model, ["SegmentedAttention"])
     onnx_functions.attach_functions(model, ["SegmentedAttention", "SegmentedAttention"])
-    assert sorted(f.name for f in model.functions.values()) == sorted(onnx_functions.functions_for(["SegmentedAttention"]))
+    assert sorted(f.name for f in model.functions.values()) == \
+        sorted(onnx_functions.functions_for(["SegmentedAttention"]))
     assert model.opset_imports[DOMAIN] == DOMAIN_VERSION
     assert all(fn.opset_imports[""] == 23 for fn in model.functions.values())
     saved = ir.serde.serialize_model(model)
@@ -397,8 +398,9 @@ def test_attach_functions_to_model_proto_is_idempotent():
     model = bare_model(17)
     for _ in range(2):
         onnx_functions.attach_functions(model, ["SegmentedAttention"])
-    # The body and the shared helpers it calls (kernels/onnx_helpers.py), callees first, each once.
-    assert [(f.domain, f.name) for f in model.functions] == [(DOMAIN, f) for f in onnx_functions.functions_for(["SegmentedAttention"])]
+    # The body and the shared helpers it calls (onnx_functions.functions_for), callees first, each once.
+    assert [(f.domain, f.name) for f in model.functions] == \
+        [(DOMAIN, f) for f in onnx_functions.functions_for(["SegmentedAttention"])]
     assert {"Softcap", "SegmentedAttention"} <= {f.name for f in model.functions}
     assert sorted((o.domain, o.version) for o in model.opset_import) == [("", 17), (DOMAIN, DOMAIN_VERSION)]
     onnx.checker.check_model(model, full_check=True)
