@@ -195,8 +195,8 @@ def table(results: dict) -> str:
         lines.append("| " + " | ".join(str(c).replace("|", "/") for c in cells) + " |")
     # Where the host spent a profiled run: on the GPU a kernel's entry is its launch, so time under
     # MemcpyToHost is the host waiting for the device; and what the host-device copies carry.
-    lines += ["", f"| model | target | host ms by op type (profiled run, N={lens[0]}) | host-device copies: what they carry |",
-              "|---|---|---|---|"]
+    lines += ["", f"| model | target | host ms by op type (profiled run, N={lens[0]}) "
+              "| host-device copies: what they carry |", "|---|---|---|---|"]
     for r in rows:
         p = r.get("placement") or {}
         if "host_ms_by_op" not in p:

@@ -70,9 +70,9 @@ def _keep_block_mass(p: torch.Tensor, setting: tuple[float, int]) -> torch.Tenso
 class HeadBudgets:
     """``head top-k``: per (layer, head) a fixed share of keys, measured on other texts by ``mass``.
 
-    ``measure`` records, call by call (one call per layer and batch), each head's mean count of keys
-    ``mass`` keeps; ``__call__`` then keeps that many top keys for every query of the head, layer by
-    layer in call order (the model runs its layers in order, once per batch).
+    With ``measuring`` set, it records, call by call (one call per layer and batch), each head's mean
+    count of keys ``mass`` keeps; otherwise it keeps that many top keys for every query of the head,
+    layer by layer in call order (the model runs its layers in order, once per batch).
     """
 
     def __init__(self, layers: int):
@@ -127,17 +127,17 @@ def run_n(n: int, tokenizer, model, log=print, key_blocks=KEY_BLOCKS) -> list[di
         tm.pooled(module, calib_ids, calib_mask)
     budgets.measuring = False
     settings = ([("top-k", _keep_top_fraction, f) for f in FRACTIONS] + [("mass", _keep_mass, t) for t in MASSES]
-                + [(f"block mass (blocks of {size})", _keep_block_mass, (t, size)) for size in key_blocks for t in MASSES]
+                + [(f"block mass (blocks of {size})", _keep_block_mass, (t, size))
+                   for size in key_blocks for t in MASSES]
                 + [("head top-k (budgets from calibration texts)", budgets, t) for t in MASSES])
     for name, rule, setting in settings:
         budgets.call = 0
         oracle.rule, oracle.setting, oracle.kept = rule, setting, []
         cos = qm.cosine(tm.pooled(module, ids, mask), dense)
-        row = {"n": n, "oracle": name, "setting": setting, "keys": sum(oracle.kept) / len(oracle.kept),
+        tau_or_share = setting[0] if isinstance(setting, tuple) else setting  # a block size is in the name
+        row = {"n": n, "oracle": name, "setting": tau_or_share, "keys": sum(oracle.kept) / len(oracle.kept),
                "mean_cosine": float(cos.mean()), "min_cosine": float(cos.min())}
-        setting = setting[0] if isinstance(setting, tuple) else setting
-        row["setting"] = setting
-        log(f"N={n} {name} {setting}: keys {row['keys']:.3f}, held-out cosine {row['mean_cosine']:.4f} "
+        log(f"N={n} {name} {tau_or_share}: keys {row['keys']:.3f}, held-out cosine {row['mean_cosine']:.4f} "
             f"(min {row['min_cosine']:.4f})")
         rows.append(row)
     model.set_attn_implementation("eager")
