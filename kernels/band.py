@@ -58,7 +58,7 @@ def band_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, key_pad
     base = torch.div(pos, unit, rounding_mode="floor") * unit  # (nblk, bq)
     lo_row, hi_row = base - before, base + unit + after  # each row's band [lo, hi)
     lo = lo_row[:, 0]  # rows are increasing, so a block's range is [lo of its first row, hi of its last)
-    span = int((hi_row[:, -1] - lo).max())
+    span = bq + before + after  # every block starts on a unit boundary and holds whole units
     idx = lo[:, None] + torch.arange(span, device=dev)[None, :]  # (nblk, L) key positions
     idx_c = idx.clamp(0, M - 1)
     ok = (idx[:, None, :] >= lo_row[:, :, None]) & (idx[:, None, :] < hi_row[:, :, None])

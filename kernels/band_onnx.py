@@ -53,6 +53,7 @@ def BandAttention(Q, K, V, Mask, KeyPadding, Band, Scalars):
 
     # Query blocks of bq rows in position space: block g holds positions first + g·bq + r.
     bq = op.Min(block, op.Max(unit, op.Add(n, unit)))
+    bq = op.Where(op.And(op.Greater(unit, one), op.Greater(op.Mod(bq, unit), zero)), unit, bq)  # whole units
     first = op.Mul(op.Div(off, bq), bq)
     front = op.Sub(off, first)
     nblk = op.Div(op.Sub(op.Add(op.Add(front, n), bq), one), bq)
@@ -63,8 +64,10 @@ def BandAttention(Q, K, V, Mask, KeyPadding, Band, Scalars):
     lo_row = op.Sub(base, before)
     hi_row = op.Add(op.Add(base, unit), after)
     lo = op.Slice(lo_row, zero, one, one)  # (nblk, 1): rows increase, so a block reads [lo of row 0, hi of its last row)
-    last = op.Sub(op.Shape(hi_row, start=1, end=2), one)
-    span = op.ReduceMax(op.Sub(op.Slice(hi_row, last, op.Add(last, one), one), lo), keepdims=0)
+    # Every block reads bq + before + after keys: it starts on a unit boundary and holds whole units (bq is a
+    # multiple of the unit, as kernels.band makes it). A formula on the band's scalars, not a max over the
+    # blocks, which live on the device (onnx_functions: sizes stay on the host).
+    span = op.Squeeze(op.Add(bq, op.Add(before, after)))
     idx = op.Add(lo, op.Unsqueeze(op.Range(0, span, 1), zero))  # (nblk, L) key positions
     m_last = op.Sub(m, one)
     idx_c = op.Min(op.Max(idx, zero), m_last)

@@ -26,6 +26,7 @@ _INT64 = onnx.TensorProto.INT64
 _NEG_INF = float("-inf")
 _ZERO_I64 = onnx.helper.make_tensor("zero", _INT64, [1], [0])
 _ZERO_F = onnx.helper.make_tensor("zero", _FLOAT, [1], [0.0])
+_NEG_INF_F = onnx.helper.make_tensor("neg_inf", _FLOAT, [1], [_NEG_INF])
 
 
 @onnxscript.script(attnopt_opset, default_opset=op)
@@ -40,15 +41,45 @@ def BucketScoreMasks(Scores, Mask, KeyPadding, Batch, Head, Row, Col):
     mk = op.Shape(KeyPadding, start=1, end=2)
     kp_at = op.Add(op.Mul(op.Min(Batch, op.Sub(bk, one)), mk), op.Min(Col, op.Sub(mk, one)))
     kp = op.Cast(op.Gather(op.Reshape(KeyPadding, op.Constant(value_ints=[-1])), kp_at, axis=0), to=_FLOAT)
-    bm = op.Shape(Mask, start=0, end=1)
-    hm = op.Shape(Mask, start=1, end=2)
-    nm = op.Shape(Mask, start=2, end=3)
-    mm = op.Shape(Mask, start=3, end=4)
-    at = op.Add(op.Mul(op.Min(Batch, op.Sub(bm, one)), hm), op.Min(Head, op.Sub(hm, one)))
-    at = op.Add(op.Mul(at, nm), op.Min(Row, op.Sub(nm, one)))
-    at = op.Add(op.Mul(at, mm), op.Min(Col, op.Sub(mm, one)))
-    dense = op.Cast(op.Gather(op.Reshape(Mask, op.Constant(value_ints=[-1])), at, axis=0), to=_FLOAT)
-    return op.Add(op.Add(Scores, kp), dense)
+    # A one-element mask (the "no mask" zeros) is added as it is: the index below would be as large as the
+    # scores, for nothing. Size is a shape, so onnxruntime decides this on the host, or folds it at load.
+    if op.Equal(op.Size(Mask), op.Constant(value_int=1)):
+        dense = op.Cast(op.Reshape(Mask, one), to=_FLOAT)
+    else:
+        bm = op.Shape(Mask, start=0, end=1)
+        hm = op.Shape(Mask, start=1, end=2)
+        nm = op.Shape(Mask, start=2, end=3)
+        mm = op.Shape(Mask, start=3, end=4)
+        at = op.Add(op.Mul(op.Min(Batch, op.Sub(bm, one)), hm), op.Min(Head, op.Sub(hm, one)))
+        at = op.Add(op.Mul(at, nm), op.Min(Row, op.Sub(nm, one)))
+        at = op.Add(op.Mul(at, mm), op.Min(Col, op.Sub(mm, one)))
+        dense = op.Cast(op.Gather(op.Reshape(Mask, op.Constant(value_ints=[-1])), at, axis=0), to=_FLOAT)
+    return op.Add(Scores, op.Add(kp, dense))
+
+
+@onnxscript.script(attnopt_opset, default_opset=op)
+def FirstMatchingRound(QBuckets, KBuckets, QRows, KRows):
+    """Round r owns a (query, key) pair only if no earlier round matches it: (..., R, npair, bq, bk) bool.
+
+    QRows / KRows (B, Hkv, R, npair, bq | bk) index the (batch·kv head)-flattened rows of QBuckets
+    (B, Hkv, R, rows) and KBuckets (B, Hkv, R, M). One round owns everything, and needs no
+    score-sized work: onnxruntime folds the If, R being a constant of the hash's rotations.
+    """
+    if op.Greater(op.ReduceMax(op.Shape(QBuckets, start=2, end=3), keepdims=0), op.Constant(value_int=1)):
+        # The round count is read again in the branch, to stay on the host (onnx_functions says why).
+        r = op.Shape(QBuckets, start=2, end=3)
+        by_row = op.Concat(op.Constant(value_ints=[-1]), r, axis=0)
+        q_all = op.Gather(op.Reshape(op.Transpose(QBuckets, perm=[0, 1, 3, 2]), by_row), QRows, axis=0)  # (..., bq, R)
+        k_all = op.Gather(op.Reshape(op.Transpose(KBuckets, perm=[0, 1, 3, 2]), by_row), KRows, axis=0)  # (..., bk, R)
+        rounds = op.Range(0, op.Squeeze(r), 1)
+        earlier = op.Reshape(op.Less(op.Unsqueeze(rounds, [0]), op.Unsqueeze(rounds, [1])),
+                             op.Concat(op.Constant(value_ints=[1, 1]), r, op.Constant(value_ints=[1, 1, 1]), r, axis=0))
+        matched = op.And(op.Equal(op.Unsqueeze(q_all, [5]), op.Unsqueeze(k_all, [4])), earlier)
+        owned = op.Not(op.Greater(op.ReduceSum(op.Cast(matched, to=_INT64), op.Constant(value_ints=[-1]),
+                                               keepdims=0), op.Constant(value_int=0)))
+    else:
+        owned = op.Constant(value=onnx.helper.make_tensor("all", onnx.TensorProto.BOOL, [1], [True]))
+    return owned
 
 
 @onnxscript.script(attnopt_opset, default_opset=op)
@@ -132,7 +163,7 @@ def BucketAttention(Q, K, V, Mask, KeyPadding, QBuckets, KBuckets, Config, Scala
     out_local = op.Reshape(op.Slice(op.Reshape(out_local, op.Concat(local_shape, d, axis=0)), front, keep_end, three),
                            op.Concat(part_shape, d, axis=0))
 
-    # --- the hash rounds: blocks of one bucket's (bucket, row)-sorted queries against that bucket's keys.
+    # --- the hash rounds: (query block, key block) pairs of one bucket's (bucket, row)-sorted queries and keys.
     _, q_perm = op.TopK(op.Add(op.Mul(qb, rows), op.Range(0, op.Squeeze(rows), 1)), rows, axis=-1, largest=0)
     _, k_perm = op.TopK(op.Add(op.Mul(kb, m), op.Range(0, op.Squeeze(m), 1)), m, axis=-1, largest=0)
     per_bucket = op.ConstantOfShape(op.Concat(b, hkv, r, n_buckets, axis=0), value=_ZERO_I64)
@@ -145,34 +176,38 @@ def BucketAttention(Q, K, V, Mask, KeyPadding, QBuckets, KBuckets, Config, Scala
     k_end = op.CumSum(k_count, three)
     k_start = op.Sub(k_end, k_count)
     bq = op.Min(op.Max(d, op.Constant(value_ints=[16])), op.Constant(value_ints=[128]))  # kernels.buckets.block_rows
-    blocks = op.Div(op.Sub(op.Add(q_count, bq), one), bq)
-    g_end = op.CumSum(blocks, three)
-    g_start = op.Sub(g_end, blocks)
-    total = op.Slice(g_end, op.Sub(n_buckets, one), n_buckets, three)  # (B, Hkv, R, 1)
-    nblk = op.ReduceMax(total, keepdims=0)
-    g = op.Range(0, nblk, 1)
-    # Block g's bucket: the last bucket whose first block is <= g (an empty bucket starts where the next one does).
-    starts_at = op.ScatterElements(op.ConstantOfShape(op.Concat(b, hkv, r, op.Add(op.Reshape(nblk, one), one), axis=0),
-                                                      value=_ZERO_I64),
-                                   op.Min(g_start, nblk), op.Expand(op.Constant(value_int=1), op.Shape(g_start)),
+    # Key blocks of about a bucket's mean size M / b, within [bq, 4·bq]. A pair's output (bq·D) is scattered
+    # back to its rows, a cost its scores (bq·bk) do not carry, so longer key blocks scatter less; each bucket
+    # pads its keys to whole blocks, so no longer than a typical bucket (onnxruntime CPU, the 4-layer example,
+    # N = 4096, b = 32: lsh 358 ms at bk = bq = 64, 229 ms at bk = 256).
+    bk = op.Min(op.Max(op.Div(m, n_buckets), bq), op.Mul(bq, op.Constant(value_ints=[4])))
+    k_blocks = op.Div(op.Sub(op.Add(k_count, bk), one), bk)
+    pairs = op.Mul(op.Div(op.Sub(op.Add(q_count, bq), one), bq), k_blocks)  # bucket c: its query blocks × key blocks
+    p_end = op.CumSum(pairs, three)
+    p_start = op.Sub(p_end, pairs)
+    total = op.Slice(p_end, op.Sub(n_buckets, one), n_buckets, three)  # (B, Hkv, R, 1)
+    npair = op.ReduceMax(total, keepdims=0)
+    g = op.Range(0, npair, 1)
+    # Pair g's bucket: the last bucket whose first pair is <= g (an empty bucket starts where the next one does).
+    starts_at = op.ScatterElements(op.ConstantOfShape(op.Concat(b, hkv, r, op.Add(op.Reshape(npair, one), one),
+                                                                axis=0), value=_ZERO_I64),
+                                   op.Min(p_start, npair), op.Expand(op.Constant(value_int=1), op.Shape(p_start)),
                                    axis=3, reduction="add")
-    bucket = op.Sub(op.Slice(op.CumSum(starts_at, three), zero, op.Reshape(nblk, one), three), one)
-    real = op.Less(g, total)  # (B, Hkv, R, nblk)
-    first_slot = op.Add(op.GatherElements(q_start, bucket, axis=3),
-                        op.Mul(op.Sub(g, op.GatherElements(g_start, bucket, axis=3)), bq))
-    slot = op.Add(op.Unsqueeze(first_slot, four), op.Range(0, op.Squeeze(bq), 1))  # (B, Hkv, R, nblk, bq)
+    bucket = op.Sub(op.Slice(op.CumSum(starts_at, three), zero, op.Reshape(npair, one), three), one)
+    real = op.Less(g, total)  # (B, Hkv, R, npair)
+    t = op.Sub(g, op.GatherElements(p_start, bucket, axis=3))  # the pair's index inside its bucket
+    per_row = op.Max(op.GatherElements(k_blocks, bucket, axis=3), one)
+    first_slot = op.Add(op.GatherElements(q_start, bucket, axis=3), op.Mul(op.Div(t, per_row), bq))
+    first_key = op.Add(op.GatherElements(k_start, bucket, axis=3), op.Mul(op.Mod(t, per_row), bk))
+    slot = op.Add(op.Unsqueeze(first_slot, four), op.Range(0, op.Squeeze(bq), 1))  # (B, Hkv, R, npair, bq)
     row_ok = op.And(op.Unsqueeze(real, four), op.Less(slot, op.Unsqueeze(op.GatherElements(q_end, bucket, axis=3), four)))
     flat_rows = op.Concat(b, hkv, r, op.Constant(value_ints=[-1]), axis=0)
-    block_shape = op.Concat(b, hkv, r, op.Reshape(nblk, one), bq, axis=0)
     row_idx = op.Reshape(op.GatherElements(q_perm, op.Reshape(op.Min(slot, op.Sub(rows, one)), flat_rows), axis=3),
-                         block_shape)
-    lo = op.GatherElements(k_start, bucket, axis=3)
-    hi = op.GatherElements(k_end, bucket, axis=3)
-    span = op.Max(op.ReduceMax(op.Where(real, op.Sub(hi, lo), 0), keepdims=0), op.Constant(value_int=1))
-    at = op.Add(op.Unsqueeze(lo, four), op.Range(0, span, 1))  # (B, Hkv, R, nblk, L) sorted key slots
-    key_ok = op.Less(at, op.Unsqueeze(hi, four))
+                         op.Concat(b, hkv, r, op.Reshape(npair, one), bq, axis=0))
+    at = op.Add(op.Unsqueeze(first_key, four), op.Range(0, op.Squeeze(bk), 1))  # (B, Hkv, R, npair, bk) sorted keys
+    key_ok = op.Less(at, op.Unsqueeze(op.GatherElements(k_end, bucket, axis=3), four))
     col = op.Reshape(op.GatherElements(k_perm, op.Reshape(op.Min(at, op.Sub(m, one)), flat_rows), axis=3),
-                     op.Concat(b, hkv, r, op.Reshape(nblk, one), op.Reshape(span, one), axis=0))
+                     op.Concat(b, hkv, r, op.Reshape(npair, one), bk, axis=0))
 
     # (batch, kv head) folded into the row index: one Gather per operand.
     bh = op.Reshape(op.Range(0, op.Squeeze(op.Mul(b, hkv)), 1), op.Concat(b, hkv, op.Constant(value_ints=[1, 1, 1]),
@@ -180,10 +215,10 @@ def BucketAttention(Q, K, V, Mask, KeyPadding, QBuckets, KBuckets, Config, Scala
     q_rows = op.Add(row_idx, op.Mul(bh, rows))
     k_rows = op.Add(col, op.Mul(bh, m))
     flat_d = op.Concat(op.Constant(value_ints=[-1]), d, axis=0)
-    qs = op.Gather(op.Reshape(q, flat_d), q_rows, axis=0)  # (B, Hkv, R, nblk, bq, D)
-    ks = op.Gather(op.Reshape(k, flat_d), k_rows, axis=0)  # (B, Hkv, R, nblk, L, D)
+    qs = op.Gather(op.Reshape(q, flat_d), q_rows, axis=0)  # (B, Hkv, R, npair, bq, D)
+    ks = op.Gather(op.Reshape(k, flat_d), k_rows, axis=0)  # (B, Hkv, R, npair, bk, D)
     vs = op.Gather(op.Reshape(v, flat_d), k_rows, axis=0)
-    s = op.MatMul(qs, op.Transpose(ks, perm=[0, 1, 2, 3, 5, 4]))  # (B, Hkv, R, nblk, bq, L)
+    s = op.MatMul(qs, op.Transpose(ks, perm=[0, 1, 2, 3, 5, 4]))  # (B, Hkv, R, npair, bq, bk)
     s = Softcap(s, cap)
 
     qpos6 = op.Unsqueeze(op.Add(op.Mod(row_idx, n), off), five)
@@ -193,15 +228,7 @@ def BucketAttention(Q, K, V, Mask, KeyPadding, QBuckets, KBuckets, Config, Scala
     ok = op.And(ok, op.Not(op.Equal(op.Div(qpos6, chunk), op.Div(col6, chunk))))
     ok = op.And(ok, op.GreaterOrEqual(col6, n_sinks))
     ok = op.And(ok, op.Or(op.LessOrEqual(col6, qpos6), op.Not(causal)))
-    # Round r owns a pair only if no earlier round matches it.
-    by_row = op.Concat(op.Constant(value_ints=[-1]), r, axis=0)
-    q_all = op.Gather(op.Reshape(op.Transpose(qb, perm=[0, 1, 3, 2]), by_row), q_rows, axis=0)  # (..., bq, R)
-    k_all = op.Gather(op.Reshape(op.Transpose(kb, perm=[0, 1, 3, 2]), by_row), k_rows, axis=0)  # (..., L, R)
-    rounds = op.Range(0, op.Squeeze(r), 1)
-    earlier = op.Reshape(op.Less(op.Unsqueeze(rounds, zero), op.Unsqueeze(rounds, one)),
-                         op.Concat(op.Constant(value_ints=[1, 1]), r, op.Constant(value_ints=[1, 1, 1]), r, axis=0))
-    matched = op.And(op.Equal(op.Unsqueeze(q_all, five), op.Unsqueeze(k_all, four)), earlier)
-    ok = op.And(ok, op.Not(op.Greater(op.ReduceSum(op.Cast(matched, to=_INT64), last_axis, keepdims=0), 0)))
+    ok = op.And(ok, FirstMatchingRound(qb, kb, q_rows, k_rows))
     s = BucketScoreMasks(s, Mask, KeyPadding, batch6, op.Unsqueeze(op.Add(op.Mul(op.Squeeze(kv_head6, five), rep),
                                                                          op.Div(row_idx, n)), five),
                          op.Unsqueeze(op.Mod(row_idx, n), five), col6)
@@ -209,19 +236,27 @@ def BucketAttention(Q, K, V, Mask, KeyPadding, QBuckets, KBuckets, Config, Scala
     top, _ = op.TopK(s, one, axis=-1)
     p = op.Exp(op.Sub(s, op.Where(op.IsInf(top, detect_positive=0), 0.0, top)))
     sums = op.ReduceSum(p, last_axis, keepdims=0)
-    out = op.MatMul(p, vs)  # (B, Hkv, R, nblk, bq, D)
+    out = op.MatMul(p, vs)  # (B, Hkv, R, npair, bq, D)
 
-    # Back to rows h·N + i; padding slots land on a spare row that is dropped.
+    # Back to rows h·N + i, merging the key blocks of a row as flash attention does: the row's max over its
+    # pairs (a scatter-max), each pair's sum and output rescaled to it, then added. Padding slots land on a
+    # spare row that is dropped; a row no pair reaches keeps max −inf and sum 0, and weighs 0 below.
     dest = op.Reshape(op.Where(row_ok, row_idx, rows), flat_rows)
     spare = op.Concat(b, hkv, r, op.Add(rows, one), axis=0)
-    top_r = op.Slice(op.ScatterElements(op.ConstantOfShape(spare, value=_ZERO_F), dest, op.Reshape(top, flat_rows),
-                                        axis=3, reduction="add"), zero, rows, three)
-    sum_r = op.Slice(op.ScatterElements(op.ConstantOfShape(spare, value=_ZERO_F), dest, op.Reshape(sums, flat_rows),
-                                        axis=3, reduction="add"), zero, rows, three)
+    top_flat = op.Reshape(top, flat_rows)
+    row_top = op.ScatterElements(op.ConstantOfShape(spare, value=_NEG_INF_F), dest, top_flat, axis=3,
+                                 reduction="max")
+    at_top = op.GatherElements(row_top, dest, axis=3)
+    weight = op.Exp(op.Sub(top_flat, op.Where(op.IsInf(at_top, detect_positive=0), 0.0, at_top)))
+    top_r = op.Slice(row_top, zero, rows, three)
+    sum_r = op.Slice(op.ScatterElements(op.ConstantOfShape(spare, value=_ZERO_F), dest,
+                                        op.Mul(op.Reshape(sums, flat_rows), weight), axis=3, reduction="add"),
+                     zero, rows, three)
     flat_out = op.Concat(b, hkv, r, op.Constant(value_ints=[-1]), d, axis=0)
     dest_d = op.Expand(op.Unsqueeze(dest, four), op.Concat(b, hkv, r, op.Shape(dest, start=3, end=4), d, axis=0))
     out_r = op.Slice(op.ScatterElements(op.ConstantOfShape(op.Concat(spare, d, axis=0), value=_ZERO_F), dest_d,
-                                        op.Reshape(out, flat_out), axis=3, reduction="add"), zero, rows, three)
+                                        op.Mul(op.Reshape(out, flat_out), op.Unsqueeze(weight, four)), axis=3,
+                                        reduction="add"), zero, rows, three)
 
     # --- one softmax over the union: merge the parts' (max, sum, output).
     tops = op.Concat(top_local, top_r, axis=2)  # (B, Hkv, 1 + R, rows)
@@ -232,3 +267,6 @@ def BucketAttention(Q, K, V, Mask, KeyPadding, QBuckets, KBuckets, Config, Scala
     total_sum = op.Unsqueeze(total_sum, three)
     y = op.Where(op.Greater(total_sum, 0.0), op.Div(total_out, op.Max(total_sum, 1e-38)), 0.0)
     return op.CastLike(op.Reshape(y, op.Concat(b, h, n, d, axis=0)), Q)
+
+
+CALLS = (BucketAttention, BucketScoreMasks, FirstMatchingRound)  # what a body calling BucketAttention lists

@@ -14,6 +14,16 @@ Three facts make an attached function load in onnxruntime: the model imports
 restamps it); and ``to_model_proto`` does not attach called functions, so
 ``attach_functions`` does. Bodies use only ops whose semantics are unchanged
 in opsets 17..23.
+
+On the CUDA provider, a size that a Reshape, Expand, Range, Slice or Pad reads
+must be computable on the host, or onnxruntime copies it there and the copy
+waits for the GPU's queue to drain (the bench's placement report lists such
+copies). onnxruntime keeps arithmetic on ``Shape``, ``Size`` and constants on
+the host, but only in the graph holding the ``Shape``: so sizes come from
+shapes and attributes, never from a reduction over a device tensor where a
+formula exists, an ``If`` condition reads shapes, not values, and the sizes an
+``If`` branch needs are computed before it (or from a ``Shape`` inside it).
+Data-dependent sizes (lsh's and routed's bucket pairs) pay one such copy.
 """
 
 from __future__ import annotations

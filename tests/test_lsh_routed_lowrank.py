@@ -179,6 +179,32 @@ def test_bucket_machinery_matches_its_spec_at_larger_sizes(n_buckets, rounds):
         got = bucket_attention(q, k, v, mask, kp, q_buckets, k_buckets, n_buckets=n_buckets, chunk=7, sinks=3,
                                scale=SCALE, causal=causal, softcap=2.0, block=16)
         torch.testing.assert_close(got, expected, **TOL)
+        # The ONNX form (blocks of 16 rows and 16 keys at D = 8): bucket 0 holds about half of them all,
+        # so it spans several (query block, key block) pairs whose softmax pieces the body merges.
+        got = _onnx_bucket_attention(q, k, v, mask, kp, q_buckets, k_buckets, [n_buckets, 7, 3], [SCALE, 2.0, causal])
+        torch.testing.assert_close(got, expected, **TOL)
+
+
+def _onnx_bucket_attention(q, k, v, mask, kp, q_buckets, k_buckets, config, scalars):
+    """ai.attnopt::BucketAttention alone in onnxruntime (CPU)."""
+    from onnx import TensorProto, helper
+
+    from attnopt.kernels.buckets_onnx import CALLS
+    from attnopt.kernels.softcap_onnx import Softcap
+    from attnopt.onnx_compat import DOMAIN, DOMAIN_VERSION
+
+    names = ["Q", "K", "V", "Mask", "KeyPadding", "QBuckets", "KBuckets", "Config", "Scalars"]
+    feeds = dict(zip(names, [q.numpy(), k.numpy(), v.numpy(), mask.numpy(), kp.numpy(), q_buckets.numpy(),
+                             k_buckets.numpy(), np.array(config, np.int64), np.array(scalars, np.float32)]))
+    types = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.int64): TensorProto.INT64}
+    graph = helper.make_graph([helper.make_node("BucketAttention", names, ["Y"], domain=DOMAIN)], "buckets",
+                              [helper.make_tensor_value_info(n, types[a.dtype], a.shape) for n, a in feeds.items()],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(DOMAIN,
+                                                                                                     DOMAIN_VERSION)],
+                              ir_version=10, functions=[f.to_function_proto() for f in (Softcap, *CALLS)])
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return torch.from_numpy(sess.run(None, feeds)[0])
 
 
 def test_lowrank_cpu_op_builds_nothing_quadratic():

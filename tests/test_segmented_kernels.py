@@ -193,6 +193,20 @@ def test_key_padding_fast_path(n, sinks):
     three_ways(q, k, v, params(S, sinks), key_padding=kp[1:], mask=torch.full((1, 1, 1, 1), 0.5))
 
 
+@pytest.mark.parametrize("value", [2.5, float("-inf")])
+@pytest.mark.parametrize("which", ["mask", "key_padding"])
+def test_one_element_mask_on_the_plain_path(which, value):
+    """Whole segments, no sinks, a one-element mask: a constant softmax ignores, or −inf, which allows no key."""
+    q, k, v = make_qkv(24, hkv=2)
+    given = {"mask": torch.full((1, 1, 1, 1), value)} if which == "mask" else {"key_padding": torch.full((1, 1), value)}
+    out = three_ways(q, k, v, params(S, 0), **given)
+    plain = run_reference(NAME, q, k, v, params(S, 0), scale=SCALE)
+    if value == float("-inf"):
+        assert torch.equal(out, torch.zeros_like(out))
+    else:
+        torch.testing.assert_close(out, plain, **TOL)
+
+
 @pytest.mark.parametrize("mask_shape", [(1, 1, 1, 20), (B, H, 20, 20), (1, H, 1, 1), (B, 1, 20, 1), (B, 1, 1, 1)])
 def test_mask_broadcast_shapes(mask_shape):
     q, k, v = make_qkv(20, hkv=2)

@@ -85,7 +85,17 @@ def HierarchicalAttention(Q, K, V, Mask, KeyPadding, block: int, levels: int, si
     n_left = op.Max(op.Div(op.Add(op.Sub(qb, near), g), g), 0)  # a negative count truncates to <= 0: clamped
     n_right = op.Mul(op.Max(op.Div(op.Sub(op.Add(op.Sub(op.Sub(key_blocks, qb), near), g), 1), g), 0),
                      op.Sub(1, is_causal))
-    c = op.Unsqueeze(op.Range(0, op.Max(op.ReduceMax(op.Add(n_left, n_right), keepdims=0), 1), 1), zero)
+    # The widest row's column count, from scalars (onnx_functions: sizes stay on the host): n_left grows and
+    # n_right shrinks with qb, so neither passes its value at the last / first block, and where both count,
+    # their sum is at most ⌊(left + right numerators)/g⌋. At most one column over the true maximum; an
+    # unused column has width 0 and weighs nothing.
+    left_most = op.Max(op.Div(op.Add(op.Sub(op.Sub(op.Add(first, nqb), one), near), g), g), 0)
+    right_most = op.Mul(op.Max(op.Div(op.Sub(op.Add(op.Sub(op.Sub(key_blocks, first), near), g), 1), g), 0),
+                        op.Sub(1, is_causal))
+    both = op.Mul(op.Max(op.Div(op.Sub(op.Add(op.Sub(key_blocks, op.Mul(2, near)), op.Mul(2, g)), 1), g), 0),
+                  op.Sub(1, is_causal))
+    widest = op.Min(op.Add(left_most, right_most), op.Max(op.Max(both, left_most), right_most))
+    c = op.Unsqueeze(op.Range(0, op.Squeeze(op.Max(widest, 1)), 1), zero)
     nl = op.Unsqueeze(n_left, one)
     qb2 = op.Unsqueeze(qb, one)
     left = op.Add(op.Sub(op.Sub(qb2, near), op.Mul(op.Add(c, 1), g)), 1)

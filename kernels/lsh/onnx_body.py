@@ -6,7 +6,8 @@ import onnx
 import onnxscript
 from onnxscript import opset18 as op
 
-from ..buckets_onnx import BucketAttention, BucketScoreMasks
+from ..buckets_onnx import CALLS as BUCKET_CALLS
+from ..buckets_onnx import BucketAttention
 from ..onnx_functions import attnopt_opset
 
 _FLOAT = onnx.TensorProto.FLOAT
@@ -39,4 +40,4 @@ def LshAttention(Q, K, V, Mask, KeyPadding, rotations, n_buckets: int, n_rounds:
 
 
 BODY = LshAttention
-CALLS = (LshHash, BucketAttention, BucketScoreMasks)
+CALLS = (LshHash, *BUCKET_CALLS)

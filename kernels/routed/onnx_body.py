@@ -7,7 +7,8 @@ import onnx
 import onnxscript
 from onnxscript import opset18 as op
 
-from ..buckets_onnx import BucketAttention, BucketScoreMasks
+from ..buckets_onnx import CALLS as BUCKET_CALLS
+from ..buckets_onnx import BucketAttention
 from ..onnx_functions import attnopt_opset
 
 _FLOAT = onnx.TensorProto.FLOAT
@@ -81,4 +82,4 @@ def RoutedAttention(Q, K, V, Mask, KeyPadding, n_clusters: int, top_k: int, iter
 
 
 BODY = RoutedAttention
-CALLS = (RoutedSimilarity, BucketAttention, BucketScoreMasks)
+CALLS = (RoutedSimilarity, *BUCKET_CALLS)
