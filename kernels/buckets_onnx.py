@@ -8,8 +8,10 @@ float tensor (an ONNX function cannot compute attributes for its callee).
 Sorting is TopK over the unique key bucket·S + index; bucket ranges are a
 ScatterElements(add) histogram and its CumSum; every query block reads its
 bucket's keys with one Gather and meets them in a batched MatMul. No tensor has
-an N×M axis pair. Row maxima use TopK(k=1) and reductions over an axis use
-ReduceSum, whose axes input is the same in opsets 17..23 (ReduceMax's is not).
+an N×M axis pair. Row maxima are ArgMax then GatherElements (``LastAxisMax``)
+and sums over an axis use ReduceSum: their signatures are the same in opsets
+17..23 (ReduceMax's axes moved to an input in 18), and a TopK(k=1), the other
+way to stay inside them, sorts every row on the CUDA provider.
 """
 
 from __future__ import annotations
@@ -55,6 +57,12 @@ def BucketScoreMasks(Scores, Mask, KeyPadding, Batch, Head, Row, Col):
         at = op.Add(op.Mul(at, mm), op.Min(Col, op.Sub(mm, one)))
         dense = op.Cast(op.Gather(op.Reshape(Mask, op.Constant(value_ints=[-1])), at, axis=0), to=_FLOAT)
     return op.Add(Scores, op.Add(kp, dense))
+
+
+@onnxscript.script(attnopt_opset, default_opset=op)
+def LastAxisMax(X):
+    """max over the last axis, kept as a size-1 axis; −inf for an all −inf row."""
+    return op.GatherElements(X, op.ArgMax(X, axis=-1, keepdims=1), axis=-1)
 
 
 @onnxscript.script(attnopt_opset, default_opset=op)
@@ -151,7 +159,7 @@ def BucketAttention(Q, K, V, Mask, KeyPadding, QBuckets, KBuckets, Config, Scala
     s_local = BucketScoreMasks(s_local, Mask, KeyPadding, batch6, op.Add(op.Mul(kv_head6, rep), op.Div(row_local, n)),
                                op.Mod(row_local, n), op.Unsqueeze(cols, op.Constant(value_ints=[0, 1, 2, 4])))
     s_local = op.Where(ok_local, s_local, _NEG_INF)
-    top_local, _ = op.TopK(s_local, one, axis=-1)
+    top_local = LastAxisMax(s_local)
     p_local = op.Exp(op.Sub(s_local, op.Where(op.IsInf(top_local, detect_positive=0), 0.0, top_local)))
     sum_local = op.ReduceSum(p_local, last_axis, keepdims=0)
     out_local = op.MatMul(p_local, v_local)  # (B, Hkv, rep, nc, C, D)
@@ -233,7 +241,7 @@ def BucketAttention(Q, K, V, Mask, KeyPadding, QBuckets, KBuckets, Config, Scala
                                                                          op.Div(row_idx, n)), five),
                          op.Unsqueeze(op.Mod(row_idx, n), five), col6)
     s = op.Where(ok, s, _NEG_INF)
-    top, _ = op.TopK(s, one, axis=-1)
+    top = LastAxisMax(s)
     p = op.Exp(op.Sub(s, op.Where(op.IsInf(top, detect_positive=0), 0.0, top)))
     sums = op.ReduceSum(p, last_axis, keepdims=0)
     out = op.MatMul(p, vs)  # (B, Hkv, R, npair, bq, D)
@@ -260,7 +268,7 @@ def BucketAttention(Q, K, V, Mask, KeyPadding, QBuckets, KBuckets, Config, Scala
 
     # --- one softmax over the union: merge the parts' (max, sum, output).
     tops = op.Concat(top_local, top_r, axis=2)  # (B, Hkv, 1 + R, rows)
-    best, _ = op.TopK(tops, one, axis=2)
+    best = op.GatherElements(tops, op.ArgMax(tops, axis=2, keepdims=1), axis=2)
     weight = op.Exp(op.Sub(tops, op.Where(op.IsInf(best, detect_positive=0), 0.0, best)))
     total_sum = op.ReduceSum(op.Mul(weight, op.Concat(sum_local, sum_r, axis=2)), two, keepdims=0)
     total_out = op.ReduceSum(op.Mul(op.Unsqueeze(weight, four), op.Concat(out_local, out_r, axis=2)), two, keepdims=0)
@@ -269,4 +277,4 @@ def BucketAttention(Q, K, V, Mask, KeyPadding, QBuckets, KBuckets, Config, Scala
     return op.CastLike(op.Reshape(y, op.Concat(b, h, n, d, axis=0)), Q)
 
 
-CALLS = (BucketAttention, BucketScoreMasks, FirstMatchingRound)  # what a body calling BucketAttention lists
+CALLS = (BucketAttention, BucketScoreMasks, FirstMatchingRound, LastAxisMax)  # what a body calling BucketAttention lists

@@ -18,8 +18,10 @@ def LshHash(X, Rotations, NBuckets):
     """(B, H, S, D) -> (B, H, R, S) buckets, as kernels.lsh.hashing: argmax over [xR ; −xR] without concatenating."""
     proj = op.MatMul(op.Unsqueeze(op.Cast(X, to=_FLOAT), op.Constant(value_ints=[2])),
                      op.Cast(Rotations, to=_FLOAT))  # (B, H, R, S, b/2)
-    top, top_at = op.TopK(proj, op.Constant(value_ints=[1]), axis=-1, largest=1)
-    low, low_at = op.TopK(proj, op.Constant(value_ints=[1]), axis=-1, largest=0)
+    top_at = op.ArgMax(proj, axis=-1, keepdims=1)  # the first maximum, as torch's max (and TopK) return
+    low_at = op.ArgMin(proj, axis=-1, keepdims=1)
+    top = op.GatherElements(proj, top_at, axis=-1)
+    low = op.GatherElements(proj, low_at, axis=-1)
     half = op.Shape(proj, start=4, end=5)
     bucket = op.Where(op.GreaterOrEqual(top, op.Neg(low)), top_at, op.Add(low_at, half))
     return op.Mod(op.Squeeze(bucket, op.Constant(value_ints=[4])), NBuckets)
