@@ -5,10 +5,11 @@ variant's body computes the buckets and passes them in as tensors, with
 [n_buckets, chunk, sinks] as an int64 tensor and [scale, softcap, causal] as a
 float tensor (an ONNX function cannot compute attributes for its callee).
 
-Sorting is TopK over the unique key bucket·S + index; bucket ranges are a
-ScatterElements(add) histogram and its CumSum; every query block reads its
-bucket's keys with one Gather and meets them in a batched MatMul. No tensor has
-an N×M axis pair. Row maxima are ArgMax then GatherElements (``LastAxisMax``)
+Sorting is a counting sort (``BucketSort``: a one-hot of the buckets and its
+CumSum give every position its slot and every bucket its range). Each bucket's
+sorted queries and keys go in blocks, and every (query block, key block) pair of
+a bucket meets in one batched MatMul; a row's pairs are merged as flash
+attention merges key blocks. No tensor has an N×M axis pair. Row maxima are ArgMax then GatherElements (``LastAxisMax``)
 and sums over an axis use ReduceSum: their signatures are the same in opsets
 17..23 (ReduceMax's axes moved to an input in 18), and a TopK(k=1), the other
 way to stay inside them, sorts every row on the CUDA provider.
@@ -59,6 +60,42 @@ def BucketScoreMasks(Scores, Mask, KeyPadding, Batch, Head, Row, Col):
     return op.Add(Scores, op.Add(kp, dense))
 
 
+COUNTING_SORT_MAX_BUCKETS = 64  # above it a counting sort's (S, b) one-hot would outgrow the (S, D) inputs
+
+
+@onnxscript.script(attnopt_opset, default_opset=op)
+def BucketSort(Buckets, NBuckets):
+    """(B, H, R, S) int64 buckets -> (perm, count, start, end): the stable sort by (bucket, position).
+
+    perm[slot] is the position at sorted slot ``slot``; bucket c holds slots [start, end).
+    Up to COUNTING_SORT_MAX_BUCKETS buckets it is a counting sort: a one-hot of the buckets,
+    summed along the positions, gives each position its rank inside its bucket and each
+    bucket its count. On the CUDA provider that is scans and gathers, where a TopK over
+    all S positions took 2.4 ms a call at S = 16384 and a ScatterElements histogram makes
+    S atomic adds on b counters. More buckets sort with TopK over bucket·S + position.
+    """
+    three = op.Constant(value_ints=[3])
+    s = op.Shape(Buckets, start=3, end=4)
+    positions = op.Expand(op.Range(0, op.Squeeze(s), 1), op.Shape(Buckets))
+    if op.LessOrEqual(op.ReduceMax(NBuckets, keepdims=0), op.Constant(value_int=COUNTING_SORT_MAX_BUCKETS)):
+        hot = op.Cast(op.Equal(op.Unsqueeze(Buckets, [4]), op.Range(0, op.Squeeze(NBuckets), 1)),
+                      to=onnx.TensorProto.INT32)
+        seen = op.CumSum(hot, three)  # (B, H, R, S, b): positions <= i in each bucket
+        count = op.Cast(op.Squeeze(op.Slice(seen, op.Sub(s, 1), s, three), three), to=_INT64)  # (B, H, R, b)
+        rank = op.Squeeze(op.Cast(op.GatherElements(seen, op.Unsqueeze(Buckets, [4]), axis=4), to=_INT64), [4])
+        slot = op.Add(op.Sub(rank, 1), op.GatherElements(op.Sub(op.CumSum(count, three), count), Buckets, axis=3))
+        perm = op.ScatterElements(op.ConstantOfShape(op.Shape(Buckets), value=_ZERO_I64), slot, positions, axis=3)
+    else:
+        _, perm = op.TopK(op.Add(op.Mul(Buckets, s), positions), s, axis=-1, largest=0)
+        count = op.ScatterElements(op.ConstantOfShape(op.Concat(op.Shape(Buckets, start=0, end=3), NBuckets, axis=0),
+                                                      value=_ZERO_I64),
+                                   Buckets, op.Expand(op.Constant(value_int=1), op.Shape(Buckets)), axis=3,
+                                   reduction="add")
+    end = op.CumSum(count, three)
+    start = op.Sub(end, count)
+    return perm, count, start, end
+
+
 @onnxscript.script(attnopt_opset, default_opset=op)
 def LastAxisMax(X):
     """max over the last axis, kept as a size-1 axis; −inf for an all −inf row."""
@@ -66,8 +103,8 @@ def LastAxisMax(X):
 
 
 @onnxscript.script(attnopt_opset, default_opset=op)
-def FirstMatchingRound(QBuckets, KBuckets, QRows, KRows):
-    """Round r owns a (query, key) pair only if no earlier round matches it: (..., R, npair, bq, bk) bool.
+def FirstMatchingRound(Allowed, QBuckets, KBuckets, QRows, KRows):
+    """Allowed, and round r owns a (query, key) pair only if no earlier round matches it: (..., R, npair, bq, bk).
 
     QRows / KRows (B, Hkv, R, npair, bq | bk) index the (batch·kv head)-flattened rows of QBuckets
     (B, Hkv, R, rows) and KBuckets (B, Hkv, R, M). One round owns everything, and needs no
@@ -83,10 +120,11 @@ def FirstMatchingRound(QBuckets, KBuckets, QRows, KRows):
         earlier = op.Reshape(op.Less(op.Unsqueeze(rounds, [0]), op.Unsqueeze(rounds, [1])),
                              op.Concat(op.Constant(value_ints=[1, 1]), r, op.Constant(value_ints=[1, 1, 1]), r, axis=0))
         matched = op.And(op.Equal(op.Unsqueeze(q_all, [5]), op.Unsqueeze(k_all, [4])), earlier)
-        owned = op.Not(op.Greater(op.ReduceSum(op.Cast(matched, to=_INT64), op.Constant(value_ints=[-1]),
-                                               keepdims=0), op.Constant(value_int=0)))
+        owned = op.And(Allowed, op.Not(op.Greater(op.ReduceSum(op.Cast(matched, to=_INT64),
+                                                               op.Constant(value_ints=[-1]), keepdims=0),
+                                                  op.Constant(value_int=0))))
     else:
-        owned = op.Constant(value=onnx.helper.make_tensor("all", onnx.TensorProto.BOOL, [1], [True]))
+        owned = op.Identity(Allowed)
     return owned
 
 
@@ -172,17 +210,8 @@ def BucketAttention(Q, K, V, Mask, KeyPadding, QBuckets, KBuckets, Config, Scala
                            op.Concat(part_shape, d, axis=0))
 
     # --- the hash rounds: (query block, key block) pairs of one bucket's (bucket, row)-sorted queries and keys.
-    _, q_perm = op.TopK(op.Add(op.Mul(qb, rows), op.Range(0, op.Squeeze(rows), 1)), rows, axis=-1, largest=0)
-    _, k_perm = op.TopK(op.Add(op.Mul(kb, m), op.Range(0, op.Squeeze(m), 1)), m, axis=-1, largest=0)
-    per_bucket = op.ConstantOfShape(op.Concat(b, hkv, r, n_buckets, axis=0), value=_ZERO_I64)
-    q_count = op.ScatterElements(per_bucket, qb, op.Expand(op.Constant(value_int=1), op.Shape(qb)), axis=3,
-                                 reduction="add")
-    k_count = op.ScatterElements(per_bucket, kb, op.Expand(op.Constant(value_int=1), op.Shape(kb)), axis=3,
-                                 reduction="add")
-    q_end = op.CumSum(q_count, three)  # bucket c's rows are sorted slots [start, end)
-    q_start = op.Sub(q_end, q_count)
-    k_end = op.CumSum(k_count, three)
-    k_start = op.Sub(k_end, k_count)
+    q_perm, q_count, q_start, q_end = BucketSort(qb, n_buckets)  # bucket c's rows are sorted slots [start, end)
+    k_perm, k_count, k_start, k_end = BucketSort(kb, n_buckets)
     bq = op.Min(op.Max(d, op.Constant(value_ints=[16])), op.Constant(value_ints=[128]))  # kernels.buckets.block_rows
     # Key blocks of about a bucket's mean size M / b, within [bq, 4·bq]. A pair's output (bq·D) is scattered
     # back to its rows, a cost its scores (bq·bk) do not carry, so longer key blocks scatter less; each bucket
@@ -231,12 +260,16 @@ def BucketAttention(Q, K, V, Mask, KeyPadding, QBuckets, KBuckets, Config, Scala
 
     qpos6 = op.Unsqueeze(op.Add(op.Mod(row_idx, n), off), five)
     col6 = op.Unsqueeze(col, four)
-    ok = op.And(op.Unsqueeze(row_ok, five), op.Unsqueeze(key_ok, four))
+    # Each test on its own axis first, then as few passes over the (.., bq, bk) pairs as the rule needs.
     # The local part owns the chunk and the sinks.
+    key_side = op.And(key_ok, op.GreaterOrEqual(col, n_sinks))
+    ok = op.And(op.Unsqueeze(row_ok, five), op.Unsqueeze(key_side, four))
     ok = op.And(ok, op.Not(op.Equal(op.Div(qpos6, chunk), op.Div(col6, chunk))))
-    ok = op.And(ok, op.GreaterOrEqual(col6, n_sinks))
-    ok = op.And(ok, op.Or(op.LessOrEqual(col6, qpos6), op.Not(causal)))
-    ok = op.And(ok, FirstMatchingRound(qb, kb, q_rows, k_rows))
+    if causal:  # a constant: onnxruntime keeps one branch
+        ok_causal = op.And(ok, op.LessOrEqual(col6, qpos6))
+    else:
+        ok_causal = op.Identity(ok)
+    ok = FirstMatchingRound(ok_causal, qb, kb, q_rows, k_rows)
     s = BucketScoreMasks(s, Mask, KeyPadding, batch6, op.Unsqueeze(op.Add(op.Mul(op.Squeeze(kv_head6, five), rep),
                                                                          op.Div(row_idx, n)), five),
                          op.Unsqueeze(op.Mod(row_idx, n), five), col6)
@@ -277,4 +310,4 @@ def BucketAttention(Q, K, V, Mask, KeyPadding, QBuckets, KBuckets, Config, Scala
     return op.CastLike(op.Reshape(y, op.Concat(b, h, n, d, axis=0)), Q)
 
 
-CALLS = (BucketAttention, BucketScoreMasks, FirstMatchingRound, LastAxisMax)  # what a body calling BucketAttention lists
+CALLS = (BucketAttention, BucketScoreMasks, BucketSort, FirstMatchingRound, LastAxisMax)  # what a body calling BucketAttention lists

@@ -159,7 +159,7 @@ def test_every_query_sees_at_least_its_own_chunk():
 
 # --- the sorted-bucket machinery at sizes with many blocks ------------------------------------
 
-@pytest.mark.parametrize("n_buckets, rounds", [(1, 1), (3, 2), (16, 3)])
+@pytest.mark.parametrize("n_buckets, rounds", [(1, 1), (3, 2), (16, 3), (100, 2)])
 def test_bucket_machinery_matches_its_spec_at_larger_sizes(n_buckets, rounds):
     """Several blocks per bucket, skewed buckets, GQA, a KV-cache offset (M > N), causal, sinks, masks."""
     b, h, hkv, n, m, d = 2, 4, 2, 150, 170, 8

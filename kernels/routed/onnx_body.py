@@ -8,7 +8,7 @@ import onnxscript
 from onnxscript import opset18 as op
 
 from ..buckets_onnx import CALLS as BUCKET_CALLS
-from ..buckets_onnx import BucketAttention
+from ..buckets_onnx import BucketAttention, LastAxisMax
 from ..onnx_functions import attnopt_opset
 
 _FLOAT = onnx.TensorProto.FLOAT
@@ -52,7 +52,7 @@ def RoutedAttention(Q, K, V, Mask, KeyPadding, n_clusters: int, top_k: int, iter
     kn = op.Div(k, op.Max(op.Sqrt(op.ReduceSum(op.Mul(k, k), last, keepdims=1)), _EPS))
     # Keys weigh exp(padding − row max) in the means: 0 for a padded key.
     kp = op.Cast(KeyPadding, to=_FLOAT)
-    kp_top, _ = op.TopK(kp, one, axis=-1)
+    kp_top = LastAxisMax(kp)
     weight = op.Exp(op.Sub(kp, op.Where(op.IsInf(kp_top, detect_positive=0), 0.0, kp_top)))
     weight = op.Unsqueeze(op.Expand(weight, op.Concat(op.Shape(kp, start=0, end=1), m, axis=0)),
                           op.Constant(value_ints=[1, 3]))  # (B | 1, 1, M, 1)
