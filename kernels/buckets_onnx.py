@@ -61,6 +61,7 @@ def BucketScoreMasks(Scores, Mask, KeyPadding, Batch, Head, Row, Col):
 
 
 COUNTING_SORT_MAX_BUCKETS = 64  # above it a counting sort's (S, b) one-hot would outgrow the (S, D) inputs
+SCAN_BLOCK = 32  # the counting sort's running count: within blocks of 32 positions, then across blocks
 
 
 @onnxscript.script(attnopt_opset, default_opset=op)
@@ -68,19 +69,33 @@ def BucketSort(Buckets, NBuckets):
     """(B, H, R, S) int64 buckets -> (perm, count, start, end): the stable sort by (bucket, position).
 
     perm[slot] is the position at sorted slot ``slot``; bucket c holds slots [start, end).
-    Up to COUNTING_SORT_MAX_BUCKETS buckets it is a counting sort: a one-hot of the buckets,
-    summed along the positions, gives each position its rank inside its bucket and each
-    bucket its count. On the CUDA provider that is scans and gathers, where a TopK over
-    all S positions took 2.4 ms a call at S = 16384 and a ScatterElements histogram makes
-    S atomic adds on b counters. More buckets sort with TopK over bucket·S + position.
+    Up to COUNTING_SORT_MAX_BUCKETS buckets it is a counting sort: a running count of a
+    one-hot of the buckets gives each position its rank inside its bucket, and each bucket
+    its size. More buckets sort with TopK over bucket·S + position. On the CUDA provider
+    (onnxruntime 1.31, S = 16384) a TopK over all S positions took 2.4 ms a call, and a
+    ScatterElements histogram makes S atomic adds on b counters.
+
+    The running count is a CumSum within blocks of SCAN_BLOCK positions, then one across
+    the blocks: onnxruntime's CUDA CumSum sums every element's prefix afresh, O(L²) along
+    an axis of length L (10 ms a call here over all S positions at once).
     """
     three = op.Constant(value_ints=[3])
     s = op.Shape(Buckets, start=3, end=4)
     positions = op.Expand(op.Range(0, op.Squeeze(s), 1), op.Shape(Buckets))
     if op.LessOrEqual(op.ReduceMax(NBuckets, keepdims=0), op.Constant(value_int=COUNTING_SORT_MAX_BUCKETS)):
+        t = op.Constant(value_ints=[SCAN_BLOCK])
+        blocks = op.Div(op.Sub(op.Add(s, t), 1), t)
         hot = op.Cast(op.Equal(op.Unsqueeze(Buckets, [4]), op.Range(0, op.Squeeze(NBuckets), 1)),
-                      to=onnx.TensorProto.INT32)
-        seen = op.CumSum(hot, three)  # (B, H, R, S, b): positions <= i in each bucket
+                      to=onnx.TensorProto.INT32)  # (B, H, R, S, b)
+        tail = op.Concat(op.Constant(value_ints=[0, 0, 0, 0, 0, 0, 0, 0]), op.Sub(op.Mul(blocks, t), s),
+                         op.Constant(value_ints=[0]), axis=0)
+        lead = op.Shape(Buckets, start=0, end=3)
+        inner = op.CumSum(op.Reshape(op.Pad(hot, tail), op.Concat(lead, blocks, t, NBuckets, axis=0)),
+                          op.Constant(value_ints=[4]))  # within each block of t positions
+        before = op.CumSum(op.Slice(inner, op.Sub(t, 1), t, op.Constant(value_ints=[4])), three,
+                           exclusive=1)  # the blocks before
+        seen = op.Reshape(op.Add(inner, before), op.Concat(lead, op.Mul(blocks, t), NBuckets, axis=0))
+        # seen[.., i, c]: positions <= i in bucket c (the padding comes after every real position).
         count = op.Cast(op.Squeeze(op.Slice(seen, op.Sub(s, 1), s, three), three), to=_INT64)  # (B, H, R, b)
         rank = op.Squeeze(op.Cast(op.GatherElements(seen, op.Unsqueeze(Buckets, [4]), axis=4), to=_INT64), [4])
         slot = op.Add(op.Sub(rank, 1), op.GatherElements(op.Sub(op.CumSum(count, three), count), Buckets, axis=3))
