@@ -28,6 +28,7 @@ _FLOAT = onnx.TensorProto.FLOAT
 _INT64 = onnx.TensorProto.INT64
 _NEG_INF = float("-inf")
 _ZERO_I64 = onnx.helper.make_tensor("zero", _INT64, [1], [0])
+_MINUS_ONE_I64 = onnx.helper.make_tensor("minus_one", _INT64, [1], [-1])
 _ZERO_F = onnx.helper.make_tensor("zero", _FLOAT, [1], [0.0])
 _NEG_INF_F = onnx.helper.make_tensor("neg_inf", _FLOAT, [1], [_NEG_INF])
 
@@ -82,29 +83,32 @@ def BucketSort(Buckets, NBuckets):
     three = op.Constant(value_ints=[3])
     s = op.Shape(Buckets, start=3, end=4)
     positions = op.Expand(op.Range(0, op.Squeeze(s), 1), op.Shape(Buckets))
+    # The counting sort's sizes, computed out here (onnx_functions: sizes an If branch reads stay on the host).
+    t = op.Constant(value_ints=[SCAN_BLOCK])
+    blocks = op.Div(op.Sub(op.Add(s, t), 1), t)
+    lead = op.Shape(Buckets, start=0, end=3)
+    tail_shape = op.Concat(lead, op.Sub(op.Mul(blocks, t), s), axis=0)
+    block_shape = op.Concat(lead, blocks, t, NBuckets, axis=0)
+    flat_shape = op.Concat(lead, op.Mul(blocks, t), NBuckets, axis=0)
+    last = op.Sub(s, 1)
+    buckets = op.Range(0, op.Squeeze(NBuckets), 1)
+    count_shape = op.Concat(lead, NBuckets, axis=0)
     if op.LessOrEqual(op.ReduceMax(NBuckets, keepdims=0), op.Constant(value_int=COUNTING_SORT_MAX_BUCKETS)):
-        t = op.Constant(value_ints=[SCAN_BLOCK])
-        blocks = op.Div(op.Sub(op.Add(s, t), 1), t)
-        hot = op.Cast(op.Equal(op.Unsqueeze(Buckets, [4]), op.Range(0, op.Squeeze(NBuckets), 1)),
-                      to=onnx.TensorProto.INT32)  # (B, H, R, S, b)
-        tail = op.Concat(op.Constant(value_ints=[0, 0, 0, 0, 0, 0, 0, 0]), op.Sub(op.Mul(blocks, t), s),
-                         op.Constant(value_ints=[0]), axis=0)
-        lead = op.Shape(Buckets, start=0, end=3)
-        inner = op.CumSum(op.Reshape(op.Pad(hot, tail), op.Concat(lead, blocks, t, NBuckets, axis=0)),
-                          op.Constant(value_ints=[4]))  # within each block of t positions
+        # Whole blocks: the tail positions get bucket −1, which no bucket matches (a Concat: onnxruntime's
+        # CUDA Pad has no integer kernel, and fell back to the host).
+        whole = op.Concat(Buckets, op.ConstantOfShape(tail_shape, value=_MINUS_ONE_I64), axis=3)
+        hot = op.Cast(op.Equal(op.Unsqueeze(whole, [4]), buckets), to=onnx.TensorProto.INT32)  # (B, H, R, S', b)
+        inner = op.CumSum(op.Reshape(hot, block_shape), op.Constant(value_ints=[4]))  # within each block
         before = op.CumSum(op.Slice(inner, op.Sub(t, 1), t, op.Constant(value_ints=[4])), three,
                            exclusive=1)  # the blocks before
-        seen = op.Reshape(op.Add(inner, before), op.Concat(lead, op.Mul(blocks, t), NBuckets, axis=0))
-        # seen[.., i, c]: positions <= i in bucket c (the padding comes after every real position).
-        count = op.Cast(op.Squeeze(op.Slice(seen, op.Sub(s, 1), s, three), three), to=_INT64)  # (B, H, R, b)
+        seen = op.Reshape(op.Add(inner, before), flat_shape)  # seen[.., i, c]: positions <= i in bucket c
+        count = op.Cast(op.Squeeze(op.Slice(seen, last, s, three), three), to=_INT64)  # (B, H, R, b)
         rank = op.Squeeze(op.Cast(op.GatherElements(seen, op.Unsqueeze(Buckets, [4]), axis=4), to=_INT64), [4])
         slot = op.Add(op.Sub(rank, 1), op.GatherElements(op.Sub(op.CumSum(count, three), count), Buckets, axis=3))
         perm = op.ScatterElements(op.ConstantOfShape(op.Shape(Buckets), value=_ZERO_I64), slot, positions, axis=3)
     else:
         _, perm = op.TopK(op.Add(op.Mul(Buckets, s), positions), s, axis=-1, largest=0)
-        count = op.ScatterElements(op.ConstantOfShape(op.Concat(op.Shape(Buckets, start=0, end=3), NBuckets, axis=0),
-                                                      value=_ZERO_I64),
-                                   Buckets, op.Expand(op.Constant(value_int=1), op.Shape(Buckets)), axis=3,
+        count = op.ScatterElements(op.ConstantOfShape(count_shape, value=_ZERO_I64), Buckets, op.Expand(op.Constant(value_int=1), op.Shape(Buckets)), axis=3,
                                    reduction="add")
     end = op.CumSum(count, three)
     start = op.Sub(end, count)
