@@ -242,14 +242,17 @@ def BucketAttention(Q, K, V, Mask, KeyPadding, QBuckets, KBuckets, Config, Scala
     p_end = op.CumSum(pairs, three)
     p_start = op.Sub(p_end, pairs)
     total = op.Slice(p_end, op.Sub(n_buckets, one), n_buckets, three)  # (B, Hkv, R, 1)
-    npair = op.ReduceMax(total, keepdims=0)
+    # The pair count depends on the data: read off the device once. The Shape of a tensor that long is a
+    # host value, so every size below derives from it on the host (onnx_functions), with no further wait.
+    npair_1 = op.Shape(op.ConstantOfShape(op.Reshape(op.ReduceMax(total, keepdims=0), one), value=_ZERO_I64))
+    npair = op.Squeeze(npair_1)
     g = op.Range(0, npair, 1)
     # Pair g's bucket: the last bucket whose first pair is <= g (an empty bucket starts where the next one does).
-    starts_at = op.ScatterElements(op.ConstantOfShape(op.Concat(b, hkv, r, op.Add(op.Reshape(npair, one), one),
-                                                                axis=0), value=_ZERO_I64),
+    starts_at = op.ScatterElements(op.ConstantOfShape(op.Concat(b, hkv, r, op.Add(npair_1, one), axis=0),
+                                                      value=_ZERO_I64),
                                    op.Min(p_start, npair), op.Expand(op.Constant(value_int=1), op.Shape(p_start)),
                                    axis=3, reduction="add")
-    bucket = op.Sub(op.Slice(op.CumSum(starts_at, three), zero, op.Reshape(npair, one), three), one)
+    bucket = op.Sub(op.Slice(op.CumSum(starts_at, three), zero, npair_1, three), one)
     real = op.Less(g, total)  # (B, Hkv, R, npair)
     t = op.Sub(g, op.GatherElements(p_start, bucket, axis=3))  # the pair's index inside its bucket
     per_row = op.Max(op.GatherElements(k_blocks, bucket, axis=3), one)
@@ -259,11 +262,11 @@ def BucketAttention(Q, K, V, Mask, KeyPadding, QBuckets, KBuckets, Config, Scala
     row_ok = op.And(op.Unsqueeze(real, four), op.Less(slot, op.Unsqueeze(op.GatherElements(q_end, bucket, axis=3), four)))
     flat_rows = op.Concat(b, hkv, r, op.Constant(value_ints=[-1]), axis=0)
     row_idx = op.Reshape(op.GatherElements(q_perm, op.Reshape(op.Min(slot, op.Sub(rows, one)), flat_rows), axis=3),
-                         op.Concat(b, hkv, r, op.Reshape(npair, one), bq, axis=0))
+                         op.Concat(b, hkv, r, npair_1, bq, axis=0))
     at = op.Add(op.Unsqueeze(first_key, four), op.Range(0, op.Squeeze(bk), 1))  # (B, Hkv, R, npair, bk) sorted keys
     key_ok = op.Less(at, op.Unsqueeze(op.GatherElements(k_end, bucket, axis=3), four))
     col = op.Reshape(op.GatherElements(k_perm, op.Reshape(op.Min(at, op.Sub(m, one)), flat_rows), axis=3),
-                     op.Concat(b, hkv, r, op.Reshape(npair, one), bk, axis=0))
+                     op.Concat(b, hkv, r, npair_1, bk, axis=0))
 
     # (batch, kv head) folded into the row index: one Gather per operand.
     bh = op.Reshape(op.Range(0, op.Squeeze(op.Mul(b, hkv)), 1), op.Concat(b, hkv, op.Constant(value_ints=[1, 1, 1]),
