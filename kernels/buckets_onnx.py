@@ -1,18 +1,22 @@
 """The sorted-bucket machinery, ONNX: ai.attnopt::BucketAttention, called by the lsh and routed bodies.
 
-Same math, parts and blocking as ``kernels.buckets`` (read that first). The
-variant's body computes the buckets and passes them in as tensors, with
-[n_buckets, chunk, sinks] as an int64 tensor and [scale, softcap, causal] as a
-float tensor (an ONNX function cannot compute attributes for its callee).
+Same math and parts as ``kernels.buckets`` (read that first); the hash rounds
+are blocked differently (below), as the torch op pads each query block to its
+bucket's key range and this body does not. The variant's body computes the
+buckets and passes them in as tensors, with [n_buckets, chunk, sinks] as an
+int64 tensor and [scale, softcap, causal] as a float tensor (an ONNX function
+cannot compute attributes for its callee).
 
-Sorting is a counting sort (``BucketSort``: a one-hot of the buckets and its
-CumSum give every position its slot and every bucket its range). Each bucket's
-sorted queries and keys go in blocks, and every (query block, key block) pair of
-a bucket meets in one batched MatMul; a row's pairs are merged as flash
-attention merges key blocks. No tensor has an N×M axis pair. Row maxima are ArgMax then GatherElements (``LastAxisMax``)
-and sums over an axis use ReduceSum: their signatures are the same in opsets
-17..23 (ReduceMax's axes moved to an input in 18), and a TopK(k=1), the other
-way to stay inside them, sorts every row on the CUDA provider.
+Sorting is a counting sort (``BucketSort``: a running count of a one-hot of
+the buckets gives every position its slot and every bucket its range). Each
+bucket's sorted queries and keys go in blocks, and every (query block, key
+block) pair of a bucket meets in one batched MatMul; a row's pairs are merged as
+flash attention merges key blocks. No tensor has an N×M axis pair.
+
+Row maxima are ArgMax then GatherElements (``LastAxisMax``) and sums over an
+axis use ReduceSum: their signatures are the same in opsets 17..23 (ReduceMax's
+axes moved to an input in 18), and a TopK(k=1), the other way to stay inside
+them, sorts every row on the CUDA provider.
 """
 
 from __future__ import annotations
@@ -108,7 +112,8 @@ def BucketSort(Buckets, NBuckets):
         perm = op.ScatterElements(op.ConstantOfShape(op.Shape(Buckets), value=_ZERO_I64), slot, positions, axis=3)
     else:
         _, perm = op.TopK(op.Add(op.Mul(Buckets, s), positions), s, axis=-1, largest=0)
-        count = op.ScatterElements(op.ConstantOfShape(count_shape, value=_ZERO_I64), Buckets, op.Expand(op.Constant(value_int=1), op.Shape(Buckets)), axis=3,
+        ones = op.Expand(op.Constant(value_int=1), op.Shape(Buckets))
+        count = op.ScatterElements(op.ConstantOfShape(count_shape, value=_ZERO_I64), Buckets, ones, axis=3,
                                    reduction="add")
     end = op.CumSum(count, three)
     start = op.Sub(end, count)
@@ -332,4 +337,5 @@ def BucketAttention(Q, K, V, Mask, KeyPadding, QBuckets, KBuckets, Config, Scala
     return op.CastLike(op.Reshape(y, op.Concat(b, h, n, d, axis=0)), Q)
 
 
-CALLS = (BucketAttention, BucketScoreMasks, BucketSort, FirstMatchingRound, LastAxisMax)  # what a body calling BucketAttention lists
+# What a body calling BucketAttention lists in its CALLS.
+CALLS = (BucketAttention, BucketScoreMasks, BucketSort, FirstMatchingRound, LastAxisMax)

@@ -141,8 +141,8 @@ def SegmentedAttention(Q, K, V, Mask, KeyPadding, segment_size: int, sinks: int,
         kp_bias = op.Cast(op.Gather(flat_kp, kp_cols, axis=2), to=_FLOAT)
         if per_key:
             key_ok = op.Concat(op.Less(pos, n), op.Expand(sink_new, nseg_sinks), axis=-1)
-            key_idx = op.Concat(op.Min(pos, m_col_last),
-                                op.Expand(op.Unsqueeze(op.Min(j, m_col_last), zero), nseg_sinks), axis=-1)  # (nseg, S+G)
+            key_idx = op.Concat(op.Min(pos, m_col_last),  # (nseg, S+G)
+                                op.Expand(op.Unsqueeze(op.Min(j, m_col_last), zero), nseg_sinks), axis=-1)
             key_bias = op.Where(key_ok, op.Add(op.Cast(op.Gather(flat_mask, key_idx, axis=2), to=_FLOAT), kp_bias),
                                 _NEG_INF)  # (max(Bm, Bk), 1, nseg, S+G)
             column = op.Expand(op.Unsqueeze(key_bias, op.Constant(value_ints=[2, 5])), column_shape)
