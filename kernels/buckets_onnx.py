@@ -1,8 +1,8 @@
 """The sorted-bucket machinery, ONNX: ai.attnopt::BucketAttention, called by the lsh and routed bodies.
 
 Same math and parts as ``kernels.buckets`` (read that first); the hash rounds
-are blocked differently (below), as the torch op pads each query block to its
-bucket's key range and this body does not. The variant's body computes the
+are blocked differently (below): the torch op pads every query block to the
+longest bucket's key range, and this body does not. The variant's body computes the
 buckets and passes them in as tensors, with [n_buckets, chunk, sinks] as an
 int64 tensor and [scale, softcap, causal] as a float tensor (an ONNX function
 cannot compute attributes for its callee).
