@@ -244,9 +244,10 @@ def placement(model_path: str, feeds: Mapping, provider: str, warmup: int = 1) -
     ``If`` branches included, with its execution provider. Returns ``cpu_nodes`` (how many
     nodes ran on the CPU: shape arithmetic, or an op the provider has no kernel for),
     ``cpu_ms`` (their summed kernel time), ``cpu_ops`` (op type -> count), ``memcpy_nodes``
-    (host-device copies inside the model), ``nodes`` (all nodes that ran), ``host_ms_by_op``
-    (the profile's time per op type, all providers: on a GPU a kernel's entry is its launch,
-    so a large share for ``MemcpyToHost`` is the host waiting for the device) and
+    (host-device copies inside the model), ``nodes`` (all nodes that ran), ``run_ms`` (the
+    profiled run), ``host_ms_by_op`` (the profile's time per op type, all providers, largest
+    first: on a GPU a kernel's entry is its launch, so a large share for ``MemcpyToHost`` is the
+    host waiting for the device; under ``CUDA_LAUNCH_BLOCKING=1`` it is the kernel's) and
     ``memcpy_inputs`` ("MemcpyToHost <- Range": what each copy carries, by the op that made it,
     read off the graph onnxruntime saved after placing the nodes).
     """
@@ -266,7 +267,8 @@ def placement(model_path: str, feeds: Mapping, provider: str, warmup: int = 1) -
         memcpy_inputs = _memcpy_inputs(optimized)
     # Only the last run: a first run also pays for allocations and kernel selection.
     runs = [e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"]
-    since = max((float(e.get("ts", 0)) for e in runs), default=0.0)
+    last = max(runs, key=lambda e: float(e.get("ts", 0)), default={})
+    since = float(last.get("ts", 0))
     events = [e for e in events if float(e.get("ts", 0)) >= since]
     nodes: dict[tuple, tuple[str, str]] = {}
     cpu_us = 0.0
@@ -283,11 +285,12 @@ def placement(model_path: str, feeds: Mapping, provider: str, warmup: int = 1) -
         if args["provider"] == "CPUExecutionProvider":
             cpu_us += float(e.get("dur", 0))
     cpu_ops = Counter(op for op, where in nodes.values() if where == "CPUExecutionProvider")
-    top = sorted(host_us.items(), key=lambda kv: -kv[1])[:8]
+    by_op = sorted(host_us.items(), key=lambda kv: -kv[1])
     return {"nodes": len(nodes), "cpu_nodes": sum(cpu_ops.values()), "cpu_ms": round(cpu_us / 1e3, 3),
+            "run_ms": round(float(last.get("dur", 0)) / 1e3, 3),
             "cpu_ops": dict(sorted(cpu_ops.items(), key=lambda kv: (-kv[1], kv[0]))),
             "memcpy_nodes": sum(1 for op, _ in nodes.values() if op.startswith("Memcpy")),
-            "host_ms_by_op": {op: round(us / 1e3, 3) for op, us in top},
+            "host_ms_by_op": {op: round(us / 1e3, 3) for op, us in by_op},
             "memcpy_inputs": memcpy_inputs}
 
 

@@ -9,14 +9,14 @@ pays a synchronisation); the shares by op type are what to read.
     # on the GPU machine, after benchmarks/ort_cuda.py wrote its models under OUT/models:
     CUDA_LAUNCH_BLOCKING=1 python benchmarks/ort_op_times.py OUT/models lsh.portable routed.portable --seq-len 16384
 
-The inputs are ort_cuda.py's for ``original.onnx`` in the same folder (IO binding, two runs,
-the second profiled). Prints one JSON line per model.
+The inputs are ort_cuda.py's for ``original.onnx`` in the same folder; the profile is
+``attnopt.ort_runtime.placement``'s (IO binding, two runs, the second profiled). Prints one JSON
+line per model.
 """
 
 from __future__ import annotations
 
 import argparse
-import collections
 import json
 import os
 import sys
@@ -26,27 +26,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def op_times(path: Path, feeds: dict, provider: str, top: int) -> dict:
-    import onnxruntime as ort
+    """The model's profiled run (the second of two: the first also allocates) and its ``top`` op types."""
+    from attnopt.ort_runtime import placement
 
-    from attnopt.ort_runtime import BoundRun
-
-    options = ort.SessionOptions()
-    options.enable_profiling = True
-    options.profile_file_prefix = str(path.with_suffix("")) + ".op_times"
-    options.log_severity_level = 3
-    providers = ["CUDAExecutionProvider"] if provider == "cuda" else ["CPUExecutionProvider"]
-    sess = ort.InferenceSession(str(path), options, providers=providers)
-    run = BoundRun(sess, feeds, provider)
-    run()  # the first run also allocates and picks kernels
-    run()
-    events = json.loads(Path(sess.end_profiling()).read_text())
-    last = [e for e in events if e.get("name") == "model_run"][-1]
-    by_op = collections.Counter()
-    for e in events:
-        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= last["ts"]:
-            by_op[e["args"]["op_name"]] += e["dur"] / 1000
-    return {"model": path.stem, "run_ms": last["dur"] / 1000,
-            "ms_by_op": {k: round(v, 2) for k, v in by_op.most_common(top)}}
+    p = placement(str(path), feeds, provider)
+    return {"model": path.stem, "run_ms": p["run_ms"], "ms_by_op": dict(list(p["host_ms_by_op"].items())[:top])}
 
 
 def main(argv=None) -> int:
