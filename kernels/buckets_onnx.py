@@ -13,10 +13,8 @@ bucket's sorted queries and keys go in blocks, and every (query block, key
 block) pair of a bucket meets in one batched MatMul; a row's pairs are merged as
 flash attention merges key blocks. No tensor has an N×M axis pair.
 
-Row maxima are ArgMax then GatherElements (``LastAxisMax``) and sums over an
-axis use ReduceSum: their signatures are the same in opsets 17..23 (ReduceMax's
-axes moved to an input in 18), and a TopK(k=1), the other way to stay inside
-them, sorts every row on the CUDA provider.
+Row maxima are ``row_max_onnx.LastAxisMax`` and sums over an axis use
+ReduceSum, whose axes input is the same in opsets 17..23.
 """
 
 from __future__ import annotations
@@ -26,6 +24,7 @@ import onnxscript
 from onnxscript import opset18 as op
 
 from .onnx_functions import attnopt_opset
+from .row_max_onnx import LastAxisMax
 from .softcap_onnx import Softcap
 
 _FLOAT = onnx.TensorProto.FLOAT
@@ -118,12 +117,6 @@ def BucketSort(Buckets, NBuckets):
     end = op.CumSum(count, three)
     start = op.Sub(end, count)
     return perm, count, start, end
-
-
-@onnxscript.script(attnopt_opset, default_opset=op)
-def LastAxisMax(X):
-    """max over the last axis, kept as a size-1 axis; −inf for an all −inf row."""
-    return op.GatherElements(X, op.ArgMax(X, axis=-1, keepdims=1), axis=-1)
 
 
 @onnxscript.script(attnopt_opset, default_opset=op)
@@ -338,4 +331,4 @@ def BucketAttention(Q, K, V, Mask, KeyPadding, QBuckets, KBuckets, Config, Scala
 
 
 # What a body calling BucketAttention lists in its CALLS.
-CALLS = (BucketAttention, BucketScoreMasks, BucketSort, FirstMatchingRound, LastAxisMax)
+CALLS = (BucketAttention, BucketScoreMasks, BucketSort, FirstMatchingRound)

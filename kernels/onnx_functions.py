@@ -51,9 +51,10 @@ _HELPERS: dict = {}  # op_type -> onnxscript function, for helpers met in a load
 
 def _shared_helpers() -> tuple:
     """Helpers any body may call without listing them in CALLS."""
+    from .row_max_onnx import LastAxisMax
     from .softcap_onnx import Softcap
 
-    return (Softcap,)
+    return (Softcap, LastAxisMax)
 
 
 def _body(op_type: str):

@@ -14,6 +14,7 @@ import onnxscript
 from onnxscript import opset18 as op
 
 from .onnx_functions import attnopt_opset
+from .row_max_onnx import LastAxisMax
 
 _FLOAT = onnx.TensorProto.FLOAT
 _DOUBLE = onnx.TensorProto.DOUBLE
@@ -40,7 +41,7 @@ def BlockPrefix(K, V, KeyPadding, Geometry):
     pad = op.Sub(op.Mul(nb, block), m)
 
     kp = op.Expand(op.Cast(KeyPadding, to=_FLOAT), op.Concat(bw, m, axis=0))  # (Bw, M); (1, 1) "none" broadcasts
-    top, _ = op.TopK(kp, one, axis=1)  # the row's max (ReduceMax takes axes as an input only from opset 18)
+    top = LastAxisMax(kp)  # the row's max, (Bw, 1)
     shift = op.Where(op.IsInf(top), 0.0, top)  # a row with no finite padding keeps shift 0
     log_w = op.Where(op.Less(op.Range(0, op.Squeeze(m), 1), skip), _NEG_INF, op.Sub(kp, shift))
     w = op.Exp(op.Cast(log_w, to=_DOUBLE))

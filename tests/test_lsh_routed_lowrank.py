@@ -190,6 +190,7 @@ def _onnx_bucket_attention(q, k, v, mask, kp, q_buckets, k_buckets, config, scal
     from onnx import TensorProto, helper
 
     from attnopt.kernels.buckets_onnx import CALLS
+    from attnopt.kernels.row_max_onnx import LastAxisMax
     from attnopt.kernels.softcap_onnx import Softcap
     from attnopt.onnx_compat import DOMAIN, DOMAIN_VERSION
 
@@ -202,7 +203,7 @@ def _onnx_bucket_attention(q, k, v, mask, kp, q_buckets, k_buckets, config, scal
                               [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(DOMAIN,
                                                                                                      DOMAIN_VERSION)],
-                              ir_version=10, functions=[f.to_function_proto() for f in (Softcap, *CALLS)])
+                              ir_version=10, functions=[f.to_function_proto() for f in (Softcap, LastAxisMax, *CALLS)])
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     return torch.from_numpy(sess.run(None, feeds)[0])
 

@@ -10,6 +10,7 @@ from onnxscript import opset18 as op
 from ..onnx_functions import attnopt_opset
 from ..softcap_onnx import Softcap
 from ..pooling_onnx import BlockPrefix, PoolRanges
+from ..row_max_onnx import LastAxisMax
 
 _FLOAT = onnx.TensorProto.FLOAT
 _NEG_INF = float("-inf")
@@ -85,8 +86,8 @@ def LowrankAttention(Q, K, V, Mask, KeyPadding, rank: int, method: str, pinv_ste
         right = op.Softmax(op.Add(raw_right, op.Unsqueeze(kp, op.Constant(value_ints=[1, 2, 3]))), axis=-1)
         right = op.MatMul(op.Where(op.IsNaN(right), 0.0, right), op.Unsqueeze(v, op.Constant(value_ints=[2])))
         # Newton–Schulz pinv (kernels.lowrank.linalg): Z₀ = midᵀ/(‖mid‖₁‖mid‖∞), Z ← ¼Z(13I − AZ(15I − AZ(7I − AZ))).
-        norm1, _ = op.TopK(op.ReduceSum(mid, op.Constant(value_ints=[-2]), keepdims=0), one, axis=-1)
-        norm_inf, _ = op.TopK(op.ReduceSum(mid, last, keepdims=0), one, axis=-1)
+        norm1 = LastAxisMax(op.ReduceSum(mid, op.Constant(value_ints=[-2]), keepdims=0))
+        norm_inf = LastAxisMax(op.ReduceSum(mid, last, keepdims=0))
         z = op.Div(op.Transpose(mid, perm=[0, 1, 2, 4, 3]), op.Max(op.Unsqueeze(op.Mul(norm1, norm_inf), last), _TINY))
         lq = op.Range(0, op.Squeeze(op.Shape(mid, start=3, end=4)), 1)
         eye = op.Cast(op.Equal(op.Unsqueeze(lq, one), op.Unsqueeze(lq, zero)), to=_FLOAT)

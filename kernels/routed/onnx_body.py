@@ -8,8 +8,9 @@ import onnxscript
 from onnxscript import opset18 as op
 
 from ..buckets_onnx import CALLS as BUCKET_CALLS
-from ..buckets_onnx import BucketAttention, LastAxisMax
+from ..buckets_onnx import BucketAttention
 from ..onnx_functions import attnopt_opset
+from ..row_max_onnx import LastAxisMax
 
 _FLOAT = onnx.TensorProto.FLOAT
 _EPS = 1e-12  # kernels.routed.clusters.EPS
