@@ -104,7 +104,7 @@ def _rewrite_one(source: str, pass_name: str, target: str, params: dict, path: s
     return {"sites": [o.to_dict() for o in result.report], "rewrite_s": round(time.perf_counter() - t0, 1)}
 
 
-def variants(only: set[str] | None) -> list[tuple[str, str, dict]]:
+def variants(only: set[str] | None) -> list[tuple[str, str, dict, str]]:
     from attnopt.kernels.ort_cuda import lowering_module
     from attnopt.passes import pass_names
 
