@@ -24,7 +24,8 @@ TFLOP/s.
 Parts can be run cheaply: ``--variants`` takes names or substrings
 (``--variants relbias hierarchical``), ``--n`` the sequence lengths.
 
-``--sweep`` times a few tile configurations of the kernel itself (no fast path).
+``--sweep N [N ...]`` times a few tile configurations of the kernel itself (no fast path) for the rows
+in ``--sweep-rows``.
 """
 
 from __future__ import annotations
@@ -290,32 +291,53 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def sweep(n: int, rep_ms: float, log) -> list[dict]:
-    """Kernel-only timings of a few tile configurations (fast path off)."""
-    from attnopt.kernels import triton_band
+SWEEP_ROWS = ("segmented S=1024 + 4 sinks", "window W=1024", "memory S=M=1024 causal")
+
+
+def sweep(n: int, rep_ms: float, log, names=SWEEP_ROWS) -> list[dict]:
+    """Kernel-only timings of a few tile configurations (fast path off) for band rows and hierarchical rows."""
+    from attnopt.kernels import triton_band, triton_hierarchical
 
     q, k, v = random_qkv(n)
     C = triton_band.BandConfig
-    configs = [
+    band_configs = [
         C(128, 128, 8, 3, True), C(128, 64, 8, 3, True), C(128, 64, 8, 2, True), C(64, 128, 4, 3, True),
         C(256, 64, 16, 3, True), C(256, 128, 16, 2, True), C(128, 128, 8, 3, True, True),
         C(128, 64, 8, 3, True, True),
     ]
+    # the coarse level caps the tile height at the block (64 here)
+    pooled_configs = [C(64, 64, 8, 2, True), C(64, 64, 4, 2, True), C(64, 64, 4, 3, True), C(64, 128, 4, 2, True),
+                      C(64, 128, 8, 2, True), C(64, 32, 4, 3, True)]
     out = []
-    for name in ("segmented S=1024 + 4 sinks", "window W=1024", "memory S=M=1024 causal"):
-        unit, before, after, sinks, causal, _ = VARIANTS[name]
-        kw = dict(unit=unit, before=before, after=after, sinks=sinks, scale=D ** -0.5, causal=causal)
-        flops = 4 * n * keys_per_query(n, n, unit, before, after, sinks, causal) * D * H
+    for name in names:
+        if name in VARIANTS:
+            unit, before, after, sinks, causal, _ = VARIANTS[name]
+            kw = dict(unit=unit, before=before, after=after, sinks=sinks, scale=D ** -0.5, causal=causal)
+            flops = 4 * n * keys_per_query(n, n, unit, before, after, sinks, causal) * D * H
+            configs = band_configs
+
+            def call(cfg, kw=kw):
+                return triton_band._band_attention(q, k, v, **kw, config=cfg, fast_path=False)
+        else:
+            variant, params, causal, _, _ = OP_ROWS[name]
+            if variant != "hierarchical":
+                raise SystemExit(f"--sweep-rows: {name!r} has no tile configuration to sweep")
+            flops = 4 * n * hierarchical_keys_per_query(n, params["block"], params["levels"], params["sinks"],
+                                                        causal) * D * H
+            configs = pooled_configs
+
+            def call(cfg, params=params, causal=causal):
+                return triton_hierarchical.hierarchical_attention(q, k, v, **params, scale=D ** -0.5, causal=causal,
+                                                                 config=cfg)
         ref = None
         for cfg in configs:
             try:
-                fn = lambda: triton_band._band_attention(q, k, v, **kw, config=cfg, fast_path=False)
-                o = fn()
+                o = call(cfg)
                 ref = o if ref is None else ref
                 diff = (o.float() - ref.float()).abs().max().item()
-                ms = bench(fn, rep_ms)
-                out.append(dict(variant=name, config=cfg.__dict__, ms=ms, tflops=flops / ms / 1e9, diff=diff))
-                log(f"sweep {name} {cfg}: {ms:.3f} ms {flops / ms / 1e9:.0f} TFLOP/s diff {diff:.3g}")
+                ms = bench(lambda cfg=cfg: call(cfg), rep_ms)
+                out.append(dict(variant=name, n=n, config=cfg.__dict__, ms=ms, tflops=flops / ms / 1e9, diff=diff))
+                log(f"sweep {name} N={n} {cfg}: {ms:.3f} ms {flops / ms / 1e9:.0f} TFLOP/s diff {diff:.3g}")
             except Exception as exc:
                 log(f"sweep {name} {cfg}: failed {type(exc).__name__}: {str(exc)[:200]}")
     return out
@@ -330,7 +352,9 @@ def main(argv=None) -> int:
     ap.add_argument("--variants", nargs="+", default=None,
                     help="rows whose name contains any of these (default: all): " + ", ".join(ALL_ROWS))
     ap.add_argument("--no-flex", action="store_true", help="skip FlexAttention (its compiles take time)")
-    ap.add_argument("--sweep", type=int, default=0, help="N for a tile-configuration sweep first (0: none)")
+    ap.add_argument("--sweep", type=int, nargs="+", default=[], help="N for a tile-configuration sweep first")
+    ap.add_argument("--sweep-rows", nargs="+", default=list(SWEEP_ROWS),
+                    help="rows the sweep times (band rows and hierarchical ones)")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("benchmarks/kernels.py needs a CUDA GPU", file=sys.stderr)
@@ -351,8 +375,10 @@ def main(argv=None) -> int:
                 dtype="bfloat16", B=1, H=H, D=D, sdpa_lse_setting=triton_band.SDPA_LSE)
     log(json.dumps(meta))
     result = dict(meta=meta)
-    if args.sweep:
-        result["sweep"] = sweep(args.sweep, args.rep_ms, log)
+    for bad in [r for r in args.sweep_rows if r not in ALL_ROWS]:
+        print(f"--sweep-rows: no row {bad!r}; rows: {', '.join(ALL_ROWS)}", file=sys.stderr)
+        return 2
+    result["sweep"] = [r for n in args.sweep for r in sweep(n, args.rep_ms, log, args.sweep_rows)]
     variants = ALL_ROWS if not args.variants else [r for r in ALL_ROWS if any(w in r for w in args.variants)]
     if not variants:
         print(f"--variants {' '.join(args.variants)}: no row matches; rows: {', '.join(ALL_ROWS)}", file=sys.stderr)

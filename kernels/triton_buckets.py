@@ -211,7 +211,7 @@ def _bucket_fwd(
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
     stride_kpb, stride_kpn, stride_mb, stride_mh, stride_mn, stride_mm,
-    HKV, N, M, GROUP, ROWS, R, ROUND, NB, OFF, scale2, cap2, cap_in,
+    HKV, N, M, GROUP, ROWS, R, ROUND, NB, OFF, scale2, cap2, cap_in, KCUT, TILES,
     HEAD_DIM: tl.constexpr, D_TRUE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     CAUSAL: tl.constexpr, HAS_KP: tl.constexpr, HAS_MASK: tl.constexpr, MASK_BOOL: tl.constexpr,
     SOFTCAP: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, PRESORTED: tl.constexpr,
@@ -265,6 +265,9 @@ def _bucket_fwd(
     KPb = KP + b.to(tl.int64) * stride_kpb
     MSKb = MSK + b.to(tl.int64) * stride_mb
     mrow = h.to(tl.int64) * stride_mh + i.to(tl.int64) * stride_mn
+
+    if CAUSAL:  # the last bucket's keys after every query of the block are cut off (``causal_ends``)
+        hi = tl.minimum(hi, tl.maximum(tl.load(KCUT + seq * TILES + pid), lo))
 
     # Whole key blocks of a single-bucket block need no mask at all when nothing rides on top.
     SIMPLE: tl.constexpr = not (CAUSAL or HAS_KP or HAS_MASK or SOFTCAP)
@@ -523,12 +526,14 @@ def bucket_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, key_p
         k_in, v_in = k, v
         k_strides = (k.stride(0), k.stride(1), k.stride(2))
     v_strides = k_strides if (R and cfg.presorted) else (v.stride(0), v.stride(1), v.stride(2))
+    tiles = triton.cdiv(rows, cfg.block_m)
+    k_cut = causal_ends(q_sorted, q_perm, k_sorted, k_perm, cfg.block_m, N, M) if causal and R else k_start
     bucket_kernel = launch(_bucket_fwd)
     for r in range(R):
-        bucket_kernel[(triton.cdiv(rows, cfg.block_m), B * Hkv)](
+        bucket_kernel[(tiles, B * Hkv)](
             q, k_in, v_in, kp, msk, o_state, l_state, q_perm, q_sorted, k_perm, k_sorted, k_start, k_end, qb, kb,
             q.stride(0), q.stride(1), q.stride(2), *k_strides, *v_strides, *kp_strides, *m_strides,
-            Hkv, N, M, rep, rows, R, r, nb, off, scale2, cap2, cap_in,
+            Hkv, N, M, rep, rows, R, r, nb, off, scale2, cap2, cap_in, k_cut, tiles,
             HEAD_DIM=head_dim, D_TRUE=D, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, PREC=prec, UPCAST=upcast,
             PRESORTED=bool(cfg.presorted), num_warps=cfg.num_warps, num_stages=cfg.num_stages, **flags,
         )
@@ -542,6 +547,26 @@ def bucket_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, key_p
         UPCAST=upcast, num_warps=cfg.local_warps, num_stages=1 if _interpreting() else 2, **flags,
     )
     return out
+
+
+def causal_ends(q_sorted: Tensor, q_perm: Tensor, k_sorted: Tensor, k_perm: Tensor, block_m: int, n: int,
+                m: int) -> Tensor:
+    """(B, Hkv, R, tiles) int32: for each block of ``block_m`` sorted query rows, the key slot where its last
+    bucket's keys pass the block's last query position.
+
+    The sort is stable, so a bucket's keys sit in position order and (bucket, position) ascends along the
+    sorted keys: one searchsorted finds each cut. Every key of the last bucket from the cut on is after
+    every query of the block, so the kernel stops there; without it a causal block visits as many keys as a
+    non-causal one.
+    """
+    rows = q_sorted.shape[-1]
+    tiles = -(-rows // block_m)
+    pos = (q_perm % n + (m - n)).to(torch.int64)  # rows h·N + i; position i + M − N
+    pos = torch.nn.functional.pad(pos, (0, tiles * block_m - rows), value=-1)
+    last_pos = pos.unflatten(-1, (tiles, block_m)).amax(-1)
+    last = torch.clamp(torch.arange(1, tiles + 1, device=pos.device) * block_m, max=rows) - 1
+    key = q_sorted[..., last].to(torch.int64) * m + last_pos
+    return torch.searchsorted(k_sorted.to(torch.int64) * m + k_perm, key, right=True, out_int32=True).contiguous()
 
 
 def _key_padding_arg(key_padding: Tensor | None, like: Tensor, B: int, M: int):

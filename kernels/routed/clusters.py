@@ -49,6 +49,25 @@ def similarity(x: Tensor, mu: Tensor) -> Tensor:
     return torch.where(distinct(mu)[..., None, :], x @ mu.transpose(-1, -2), float("-inf"))
 
 
+CHUNK = 1024  # keys per partial product in cluster_sums
+
+
+def cluster_sums(member: Tensor, kn: Tensor) -> Tensor:
+    """(B, Hkv, c, D) Σ_j member[j, c]·kn[j], as partial products over chunks of CHUNK keys, then summed.
+
+    One long (c × M)(M × D) product has a short output and a long inner dimension: on the
+    H200 cuBLAS ran it at about 2 TFLOP/s (2.2 ms at M = 65536, H = 16, c = 16). Chunks
+    make it a batch of short products. Views only: K and the one-hot are not copied.
+    """
+    m = kn.shape[2]
+    whole = m - m % CHUNK
+    sums = member[:, :, whole:].transpose(-1, -2) @ kn[:, :, whole:]
+    if whole:
+        chunked = member[:, :, :whole].unflatten(2, (-1, CHUNK)), kn[:, :, :whole].unflatten(2, (-1, CHUNK))
+        sums = sums + (chunked[0].transpose(-1, -2) @ chunked[1]).sum(dim=2)
+    return sums
+
+
 def centroids(k: Tensor, weights: Tensor, n_clusters: int, iters: int) -> Tensor:
     """(B, Hkv, c, D) unit centroids after ``iters`` Lloyd iterations on the normalised keys."""
     kn = F.normalize(k.float(), dim=-1, eps=EPS)
@@ -59,7 +78,7 @@ def centroids(k: Tensor, weights: Tensor, n_clusters: int, iters: int) -> Tensor
     for _ in range(iters):
         assign = torch.argmax(similarity(kn, mu), dim=-1, keepdim=True)  # (B, Hkv, M, 1)
         member = (assign == clusters).float() * w  # (B, Hkv, M, c)
-        sums = member.transpose(-1, -2) @ kn
+        sums = cluster_sums(member, kn)
         mass = member.sum(dim=2)[..., None]
         mu = torch.where(mass > 0, F.normalize(sums, dim=-1, eps=EPS), mu)
     return mu

@@ -1,0 +1,112 @@
+"""Where one ``torch.ops.attnopt`` call spends its GPU time, kernel by kernel (a diagnostic for issue 9).
+
+``benchmarks/kernels.py`` times a whole call; this script runs one of its rows under
+``torch.profiler`` and prints the device time of each kernel the call launched (the
+attention kernel, and for lsh / routed / hierarchical the hashing, k-means, sorting and
+pooling around it), summed over the profiled calls and divided by their count. The
+total is the GPU's busy time; a call's wall time above it is the host's.
+
+    python3 benchmarks/kernel_times.py "routed" "hierarchical B=64 L=1" --n 16384 65536 --json $OUT/times.json
+
+``--host`` adds the host side under cProfile: the Python functions a call spends its launch in.
+
+Rows are ``kernels.py``'s (``--help`` lists them); bf16, B=1, H=16, D=128 as there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def kernel_times(call, calls: int = 5, top: int = 12) -> dict:
+    """{"device_ms": busy time per call, "wall_ms": per call, "kernels": [(name, ms per call, launches per call)]}."""
+    from torch.profiler import ProfilerActivity, profile
+
+    call()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(calls):
+            call()
+        end.record()
+        torch.cuda.synchronize()
+    rows = [(e.key, e.device_time_total / 1e3 / calls, e.count / calls)
+            for e in prof.key_averages() if e.device_time_total > 0]
+    rows.sort(key=lambda r: -r[1])
+    return {"device_ms": sum(r[1] for r in rows), "wall_ms": start.elapsed_time(end) / calls,
+            "kernels": [(name[:90], round(ms, 4), count) for name, ms, count in rows[:top]]}
+
+
+def host_profile(call, calls: int = 20, top: int = 12) -> list:
+    """[(function, host ms per call)] by own time under cProfile: where the host spends a call's launch."""
+    import cProfile
+    import pstats
+
+    call()
+    torch.cuda.synchronize()
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(calls):
+        call()
+    prof.disable()
+    torch.cuda.synchronize()
+    stats = pstats.Stats(prof).stats
+    rows = sorted(((f"{Path(fn).name}:{line}({name})", tt * 1e3 / calls) for (fn, line, name), (_, _, tt, _, _)
+                   in stats.items()), key=lambda r: -r[1])
+    return [(name, round(ms, 4)) for name, ms in rows[:top]]
+
+
+def main(argv=None) -> int:
+    from kernels import ALL_ROWS, OP_ROWS, VARIANTS, op_row, random_qkv
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("rows", nargs="+", help="kernels.py rows: " + ", ".join(ALL_ROWS))
+    ap.add_argument("--n", type=int, nargs="+", default=[16384])
+    ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--host", action="store_true", help="also profile the host side of a call (cProfile)")
+    args = ap.parse_args(argv)
+    unknown = [r for r in args.rows if r not in ALL_ROWS]
+    if unknown:
+        print(f"unknown row {unknown[0]!r}; rows: {', '.join(ALL_ROWS)}", file=sys.stderr)
+        return 2
+    if not torch.cuda.is_available():
+        print("benchmarks/kernel_times.py needs a CUDA GPU", file=sys.stderr)
+        return 2
+    from attnopt.kernels import triton_band
+
+    out = []
+    for n in args.n:
+        q, k, v = random_qkv(n)
+        scale = q.shape[-1] ** -0.5
+        for name in args.rows:
+            if name in VARIANTS:
+                unit, before, after, sinks, causal, _ = VARIANTS[name]
+                kw = dict(unit=unit, before=before, after=after, sinks=sinks, scale=scale, causal=causal)
+                call = lambda kw=kw, fast="no fast path" not in name: triton_band._band_attention(
+                    q, k, v, **kw, fast_path=fast)
+            else:
+                made = op_row(name, q, k, v, scale)
+                if made is None:
+                    print(f"{name}: no CUDA kernel registered for {OP_ROWS[name][0]}; skipped", flush=True)
+                    continue
+                call = made[0]
+            r = {"row": name, "n": n, **kernel_times(call)}
+            if args.host:
+                r["host"] = host_profile(call)
+            out.append(r)
+            print(json.dumps(r), flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
