@@ -172,8 +172,10 @@ def _attend_blocks(
 
 
 @triton.jit
-def _fold_coarse(acc, l_i, m_i, q, k, v, offset, scale2, cap2, cap_in, SOFTCAP: tl.constexpr, PREC: tl.constexpr):
-    """One tile of pooled keys k (offset: log2 n + shift per key, −inf for none) into the online softmax."""
+def _fold_coarse(acc, l_i, m_i, q, k, v, offset, keep, scale2, cap2, cap_in, SOFTCAP: tl.constexpr,
+                 PREC: tl.constexpr, HAS_KEEP: tl.constexpr = False):
+    """One tile of pooled keys k (offset: log2 n + shift per key, −inf for none) into the online softmax;
+    with HAS_KEEP only the (row, key) pairs ``keep`` holds."""
     qk = tl.dot(q, tl.trans(k), input_precision=PREC)
     if SOFTCAP:
         t2 = tl.math.exp2(qk * cap_in)
@@ -181,6 +183,8 @@ def _fold_coarse(acc, l_i, m_i, q, k, v, offset, scale2, cap2, cap_in, SOFTCAP: 
     else:
         s = qk * scale2
     s = s + offset[None, :]
+    if HAS_KEEP:
+        s = tl.where(keep, s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
     p = tl.math.exp2(s - m_safe[:, None])
@@ -229,18 +233,24 @@ def _attend_pooled(
         inv = 1.0 / tl.where(has, mass, 1.0)
         offset = tl.where(has, tl.math.log2(tl.where(has, mass, 1.0)) + shift2, float("-inf"))
         acc, l_i, m_i = _fold_coarse(acc, l_i, m_i, q, (k_bar * inv[:, None]).to(q.dtype),
-                                     (v_bar * inv[:, None]).to(q.dtype), offset, scale2, cap2, cap_in, SOFTCAP,
-                                     PREC)
+                                     (v_bar * inv[:, None]).to(q.dtype), offset, None, scale2, cap2, cap_in,
+                                     SOFTCAP, PREC)
     return acc, l_i, m_i
 
 
 @triton.jit
 def _attend_table(
-    acc, l_i, m_i, q, TK, TV, TO, stride_tn, lo, hi, scale2, cap2, cap_in, offs_d,
-    SOFTCAP: tl.constexpr, BLOCK_C: tl.constexpr, PREC: tl.constexpr,
+    acc, l_i, m_i, q, TK, TV, TO, stride_tn, lo, hi, row_blocks, scale2, cap2, cap_in, offs_d,
+    SOFTCAP: tl.constexpr, BLOCK_C: tl.constexpr, PREC: tl.constexpr, PER_ROW: tl.constexpr = False,
+    CAUSAL: tl.constexpr = False,
 ):
     """hierarchical's last level: fold slots [lo, hi) of one phase's group table (``triton_hierarchical``):
-    pre-pooled mean keys TK and values TV, score offsets TO. Read like key blocks."""
+    pre-pooled mean keys TK and values TV, score offsets TO. Read like key blocks.
+
+    PER_ROW (one level, groups of one block: slot t is block t − 1): each row keeps only the blocks at
+    distance 2 or more from its own block ``row_blocks`` (causal: 2 or more before it), so one program
+    may hold rows of several blocks.
+    """
     offs_c = tl.arange(0, BLOCK_C)
     for c0 in range(lo, hi, BLOCK_C):
         c = c0 + offs_c
@@ -248,7 +258,14 @@ def _attend_table(
         k = tl.load(TK + c[:, None] * stride_tn + offs_d[None, :], mask=ok[:, None], other=0.0).to(q.dtype)
         v = tl.load(TV + c[:, None] * stride_tn + offs_d[None, :], mask=ok[:, None], other=0.0).to(q.dtype)
         offset = tl.load(TO + c, mask=ok, other=float("-inf"))
-        acc, l_i, m_i = _fold_coarse(acc, l_i, m_i, q, k, v, offset, scale2, cap2, cap_in, SOFTCAP, PREC)
+        keep = None
+        if PER_ROW:
+            blk = (c - 1)[None, :]
+            keep = blk <= row_blocks[:, None] - 2
+            if not CAUSAL:
+                keep = keep | (blk >= row_blocks[:, None] + 2)
+        acc, l_i, m_i = _fold_coarse(acc, l_i, m_i, q, k, v, offset, keep, scale2, cap2, cap_in, SOFTCAP, PREC,
+                                     PER_ROW)
     return acc, l_i, m_i
 
 
@@ -369,35 +386,47 @@ def _band_fwd(
         scale2, cap2, cap_in, slope2, TBh, R, tab2, True, CAUSAL, HAS_KP, HAS_MASK, MASK_BOOL, SOFTCAP,
         USE_TMA, D_TRUE, HEAD_DIM, BLOCK_N, PREC, UPCAST, HAS_SLOPE, HAS_TABLE)
     if COARSE:
-        # every row of the program is in one pooling block (the launcher aligns the programs)
-        qb = p_first // POOL_BLOCK
-        SIDES: tl.constexpr = 1 if CAUSAL else 2
-        KSb = KS + b.to(tl.int64) * stride_ksb + hk.to(tl.int64) * stride_ksh
-        VSb = VS + b.to(tl.int64) * stride_ksb + hk.to(tl.int64) * stride_ksh
-        shift2 = tl.load(SH + b * stride_shb)
-        acc, l_i, m_i = _attend_pooled(
-            acc, l_i, m_i, q, KSb, VSb, MS + b * stride_msb, stride_ksn, stride_ksn, shift2, qb,
-            2 * SIDES * (LEVELS - 1), NB, scale2, cap2, cap_in, offs_d, SIDES, GMAX // 2, SOFTCAP,
-            POOL_TILE, HEAD_DIM, PREC)
-        # the last level: groups of GMAX blocks outwards from distance 2·GMAX, each side one run of table
-        # slots (slot t of phase φ starts at block φ + (t−1)·GMAX; the divisions below are exact)
-        n_left = tl.maximum(qb - GMAX, 0) // GMAX
-        phase_l = (qb + 1) % GMAX
-        top_l = (qb - 3 * GMAX + 1 - phase_l) // GMAX + 1  # the nearest left group's slot
         TKb = TK + b.to(tl.int64) * stride_tb + hk.to(tl.int64) * stride_th
         TVb = TV + b.to(tl.int64) * stride_tb + hk.to(tl.int64) * stride_th
         TOb = TO + b * stride_tob
-        acc, l_i, m_i = _attend_table(
-            acc, l_i, m_i, q, TKb + phase_l * stride_tp, TVb + phase_l * stride_tp, TOb + phase_l * stride_top,
-            stride_tn, top_l - n_left + 1, top_l + 1, scale2, cap2, cap_in, offs_d, SOFTCAP, TABLE_TILE, PREC)
-        if not CAUSAL:
-            n_right = tl.maximum(NB - qb - GMAX - 1, 0) // GMAX
-            phase_r = qb % GMAX
-            first_r = (qb - phase_r) // GMAX + 3  # the nearest right group (start qb + 2·GMAX)'s slot
+        if GMAX == 1:
+            # one level: every block at distance 2 or more, one pooled key each, in one run of slots with the
+            # exclusion applied per row (the program's rows may span blocks)
+            row_blocks = tl.maximum(pos, 0) // POOL_BLOCK
+            slot_hi = NB + 1
+            if CAUSAL:  # blocks up to two before the last row's: slots up to its block's index
+                slot_hi = tl.maximum(p_last // POOL_BLOCK, 1)
             acc, l_i, m_i = _attend_table(
-                acc, l_i, m_i, q, TKb + phase_r * stride_tp, TVb + phase_r * stride_tp,
-                TOb + phase_r * stride_top, stride_tn, first_r, first_r + n_right, scale2, cap2, cap_in, offs_d,
-                SOFTCAP, TABLE_TILE, PREC)
+                acc, l_i, m_i, q, TKb, TVb, TOb, stride_tn, 1, slot_hi, row_blocks, scale2, cap2, cap_in, offs_d,
+                SOFTCAP, TABLE_TILE, PREC, True, CAUSAL)
+        else:
+            # every row of the program is in one pooling block (the launcher aligns the programs)
+            qb = p_first // POOL_BLOCK
+            SIDES: tl.constexpr = 1 if CAUSAL else 2
+            KSb = KS + b.to(tl.int64) * stride_ksb + hk.to(tl.int64) * stride_ksh
+            VSb = VS + b.to(tl.int64) * stride_ksb + hk.to(tl.int64) * stride_ksh
+            shift2 = tl.load(SH + b * stride_shb)
+            acc, l_i, m_i = _attend_pooled(
+                acc, l_i, m_i, q, KSb, VSb, MS + b * stride_msb, stride_ksn, stride_ksn, shift2, qb,
+                2 * SIDES * (LEVELS - 1), NB, scale2, cap2, cap_in, offs_d, SIDES, GMAX // 2, SOFTCAP,
+                POOL_TILE, HEAD_DIM, PREC)
+            # the last level: groups of GMAX blocks outwards from distance 2·GMAX, each side one run of table
+            # slots (slot t of phase φ starts at block φ + (t−1)·GMAX; the divisions below are exact)
+            n_left = tl.maximum(qb - GMAX, 0) // GMAX
+            phase_l = (qb + 1) % GMAX
+            top_l = (qb - 3 * GMAX + 1 - phase_l) // GMAX + 1  # the nearest left group's slot
+            acc, l_i, m_i = _attend_table(
+                acc, l_i, m_i, q, TKb + phase_l * stride_tp, TVb + phase_l * stride_tp,
+                TOb + phase_l * stride_top, stride_tn, top_l - n_left + 1, top_l + 1, qb, scale2, cap2, cap_in,
+                offs_d, SOFTCAP, TABLE_TILE, PREC)
+            if not CAUSAL:
+                n_right = tl.maximum(NB - qb - GMAX - 1, 0) // GMAX
+                phase_r = qb % GMAX
+                first_r = (qb - phase_r) // GMAX + 3  # the nearest right group (start qb + 2·GMAX)'s slot
+                acc, l_i, m_i = _attend_table(
+                    acc, l_i, m_i, q, TKb + phase_r * stride_tp, TVb + phase_r * stride_tp,
+                    TOb + phase_r * stride_top, stride_tn, first_r, first_r + n_right, qb, scale2, cap2, cap_in,
+                    offs_d, SOFTCAP, TABLE_TILE, PREC)
 
     has_any = l_i > 0.0
     out = acc / tl.where(has_any, l_i, 1.0)[:, None]
@@ -773,15 +802,19 @@ def _band_attention(q, k, v, *, unit, before, after, sinks, scale, causal, softc
     block_m = cfg.block_m
     row_shift = 0
     if pooled is not None:
-        # a program's rows must share one pooling block: tiles no taller than a block, aligned to positions
-        while pooled.block % block_m:
-            block_m //= 2
-        if block_m < 16:
-            raise ValueError(f"the coarse level needs a block that is a multiple of 16; got {pooled.block}")
-        if config is None and block_m <= 64 and q.is_cuda and q.dtype != torch.float32:
-            # measured on the H200 (B=64, N=65536): 64×64 tiles on 4 warps, 2 stages, ran 2.0× faster than on 8
-            cfg = replace(cfg, block_n=64, num_warps=4, num_stages=2)
-        row_shift = (M - N) % block_m
+        if config is None and q.is_cuda and q.dtype != torch.float32:
+            # measured on the H200 (B=64, N=65536): 64×64 tiles on 4 warps, 2 stages, ran 2.0× faster than
+            # on 8 warps with L = 2, and 1.12× faster than 128-row tiles with L = 1
+            cfg = replace(cfg, block_m=min(block_m, 64), block_n=64, num_warps=4, num_stages=2)
+            block_m = cfg.block_m
+        if pooled.levels > 1:
+            # a program's rows must share one pooling block: tiles no taller than a block, aligned to
+            # positions (one level excludes per row and takes any tile)
+            while pooled.block % block_m:
+                block_m //= 2
+            if block_m < 16:
+                raise ValueError(f"the coarse level needs a block that is a multiple of 16; got {pooled.block}")
+            row_shift = (M - N) % block_m
     head_dim = max(16, triton.next_power_of_2(D))
     # stride-1 head dim for the loads; other strides are free
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))

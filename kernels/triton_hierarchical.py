@@ -17,7 +17,10 @@ once per phase φ < G: slot t of phase φ is blocks [φ + (t−1)·G, φ + t·G)
 to the sequence), its mean key and value in the input dtype and its score
 offset log2 n + shift. A query block's left groups and its right groups are
 then each one contiguous run of slots, which the kernel
-(``triton_band._attend_table``) reads like key blocks. The few groups of the
+(``triton_band._attend_table``) reads like key blocks. With one level (groups
+of one block, one phase) it reads every slot in one run and drops each row's
+own and adjacent blocks per row, so its tiles need not align to blocks; with
+more, a tile's rows share one block. The few groups of the
 lower levels (2^l blocks at distances [2^(l+1), 2^(l+2))) are summed from the
 block sums as the kernel visits them (``triton_band._attend_pooled``). Nothing
 bigger than O(N·D) is ever built, and K and V are never upcast as whole

@@ -43,6 +43,15 @@ CASES: dict[str, dict] = {
     "hier_kv_cache": dict(variant="hierarchical", params=dict(block=16, levels=2, sinks=2), N=30, M=130,
                           causal=True),
     "hier_block_covers_all": dict(variant="hierarchical", params=dict(block=64, levels=2, sinks=0), N=48),
+    "hier_l1_causal_sinks": dict(variant="hierarchical", params=dict(block=16, levels=1, sinks=2), N=90,
+                                 causal=True),
+    "hier_l1_kv_cache": dict(variant="hierarchical", params=dict(block=16, levels=1, sinks=1), N=30, M=130,
+                             causal=True),
+    # one level takes tiles taller than a block (each row excludes its own neighbours): 64 rows, blocks of 16
+    "hier_l1_tall_tiles": dict(variant="hierarchical", params=dict(block=16, levels=1, sinks=1), N=150, kp=True,
+                               tile=(64, 16)),
+    "hier_l1_tall_tiles_causal_offset": dict(variant="hierarchical", params=dict(block=16, levels=1, sinks=0),
+                                             N=70, M=150, causal=True, tile=(32, 16)),
 }
 
 
@@ -80,8 +89,15 @@ def run_case(name: str) -> dict:
     variant, params, q, k, v, kw = make_case(spec)
     extra = tensors(variant, params, q, k)
     args = [extra[t.name] for t in variant.tensor_inputs] + [params[p] for p in variant.param_names]
-    cuda_forward = importlib.import_module(f"attnopt.kernels.{variant.name}.op").cuda_forward
-    out = cuda_forward(q, k, v, kw["mask"], kw["key_padding"], *args, kw["scale"], kw["causal"], kw["softcap"])
+    if "tile" in spec:  # the launcher with a given tile shape, as a GPU configuration would set it
+        from attnopt.kernels.triton_band import BandConfig
+        from attnopt.kernels.triton_hierarchical import hierarchical_attention
+
+        out = hierarchical_attention(q, k, v, **params, **kw, config=BandConfig(*spec["tile"], 4, 1))
+    else:
+        cuda_forward = importlib.import_module(f"attnopt.kernels.{variant.name}.op").cuda_forward
+        out = cuda_forward(q, k, v, kw["mask"], kw["key_padding"], *args, kw["scale"], kw["causal"],
+                           kw["softcap"])
     assert out is not None, "the kernel declined the case"
     if q.shape[2] == k.shape[2]:
         ref = run_reference(variant.name, q, k, v, params, **kw)
