@@ -61,10 +61,12 @@ def cluster_sums(member: Tensor, kn: Tensor) -> Tensor:
     """
     m = kn.shape[2]
     whole = m - m % CHUNK
-    sums = member[:, :, whole:].transpose(-1, -2) @ kn[:, :, whole:]
-    if whole:
-        chunked = member[:, :, :whole].unflatten(2, (-1, CHUNK)), kn[:, :, :whole].unflatten(2, (-1, CHUNK))
-        sums = sums + (chunked[0].transpose(-1, -2) @ chunked[1]).sum(dim=2)
+    if not whole:
+        return member.transpose(-1, -2) @ kn
+    chunked = member[:, :, :whole].unflatten(2, (-1, CHUNK)), kn[:, :, :whole].unflatten(2, (-1, CHUNK))
+    sums = (chunked[0].transpose(-1, -2) @ chunked[1]).sum(dim=2)
+    if whole < m:
+        sums = sums + member[:, :, whole:].transpose(-1, -2) @ kn[:, :, whole:]
     return sums
 
 
