@@ -10,6 +10,11 @@ Queries go in blocks of Bq rows aligned to the unit, so each block reads one
 contiguous key range of L = (Bq rounded to units) + P + A keys: cost
 O(N·(L + G)·D), never N×M. A sink key that the band already allows is masked
 in the sink columns, so no key counts twice.
+
+Whole segments (segmented, and memory with M_mem = S) with only causality and
+sinks on top are exactly fused SDPA over the segments folded into the batch
+(``segment_fold``); on the CPU the op takes that path (``fold_on_cpu``), and
+the CUDA fast path (``triton_band._segment_fast_path``) follows the same rule.
 """
 
 from __future__ import annotations
@@ -30,6 +35,74 @@ def query_block(unit: int, before: int, after: int) -> int:
     return max(16, min(MAX_BLOCK, (before + after + 2) // 4))
 
 
+def segment_fold(q: Tensor, k: Tensor, *, unit: int, before: int, after: int, sinks: int, softcap: float,
+                 key_padding: Tensor | None, mask: Tensor | None) -> tuple[int, bool, int] | None:
+    """Where the band is whole segments with only causality and sinks on top: (segments, prev, sinks_from).
+
+    Then fused SDPA over the segments folded into the batch is exact: (B, H, N, D)
+    viewed as (B, H·N/S, S, D), causal inside a square segment being SDPA's
+    is_causal. prev (memory with M_mem = S): each segment also sees the one before,
+    all allowed, a second fused call on the views q[.., S:], k[.., :N − S]. The
+    G ≤ S sinks are extra keys for the rows at or past ``sinks_from`` (before it a
+    row's own band already holds them). The parts merge by their log-sum-exp.
+    None where the band is anything else (ragged segments, padding, masks,
+    softcap, GQA, a KV-cache step). Both the CPU op (below) and the CUDA fast
+    path (``triton_band._segment_fast_path``) follow this rule.
+    """
+    B, H, N, _ = q.shape
+    S = unit
+    if not (after == 0 and before in (0, S) and sinks <= S and softcap == 0 and key_padding is None
+            and mask is None and N == k.shape[2] and 0 < S < N and N % S == 0 and k.shape[1] == H):
+        return None
+    prev = before == S
+    return N // S, prev, S * (2 if prev else 1)
+
+
+def _folded_segments_cpu(q: Tensor, k: Tensor, v: Tensor, fold: tuple[int, bool, int], *, sinks: int,
+                         scale: float, causal: bool) -> Tensor:
+    """``segment_fold``'s plan with torch's fused CPU attention; parts merged by log-sum-exp in fp32."""
+    B, H, N, D = q.shape
+    nseg, prev, sinks_from = fold
+    S = N // nseg
+    folded = [t.view(B, H * nseg, S, D) for t in (q, k, v)]
+    G = sinks if sinks_from < N else 0
+    if not prev and not G:
+        return F.scaled_dot_product_attention(*folded, is_causal=causal, scale=scale).view(B, H, N, D)
+    fused = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    out, lse = fused(*folded, 0.0, causal, scale=scale)[:2]
+    outs, lses = [out.reshape(B, H, N, D).float()], [lse.reshape(B, H, N).float()]
+    if prev:  # segment s > 0 against segment s − 1, every pair allowed
+        qs, ks, vs = (t.view(B * H, nseg, S, D) for t in (q, k, v))
+        o2, l2 = fused(qs[:, 1:], ks[:, :-1], vs[:, :-1], 0.0, False, scale=scale)[:2]
+        outs.append(F.pad(o2.reshape(B, H, N - S, D).float(), (0, 0, S, 0)))
+        lses.append(F.pad(l2.reshape(B, H, N - S).float(), (S, 0), value=_NEG_INF))
+    if G:  # the sinks, for rows whose band does not already hold them
+        scores = (q.float() @ k[:, :, :G].float().transpose(-1, -2)) * scale  # (B, H, N, G)
+        scores[:, :, :sinks_from] = _NEG_INF
+        lses.append(torch.logsumexp(scores, dim=-1))
+        outs.append(torch.softmax(scores, dim=-1).nan_to_num(0.0) @ v[:, :, :G].float())
+    lse_all = torch.stack(lses)
+    weights = torch.exp(lse_all - torch.logsumexp(lse_all, dim=0)).nan_to_num(0.0)  # (parts, B, H, N)
+    return (weights[..., None] * torch.stack(outs)).sum(0).to(q.dtype)
+
+
+_NEG_INF = float("-inf")
+FOLD_ON_CPU = True  # False keeps the blocked torch code for whole segments too (benchmarks/band_cpu.py compares)
+
+
+def fold_on_cpu(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, key_padding: Tensor | None, *, unit: int,
+                before: int, after: int, sinks: int, scale: float, causal: bool, softcap: float) -> Tensor | None:
+    """The CPU op's output through torch's fused attention where ``segment_fold`` allows it, else None."""
+    if not (FOLD_ON_CPU and q.device.type == "cpu" and all(t.is_contiguous() for t in (q, k, v))):
+        return None
+    sinks = min(sinks, k.shape[2])
+    fold = segment_fold(q, k, unit=unit, before=before, after=after, sinks=sinks, softcap=softcap,
+                        key_padding=key_padding, mask=mask)
+    if fold is None:
+        return None
+    return _folded_segments_cpu(q, k, v, fold, sinks=sinks, scale=scale, causal=causal)
+
+
 def band_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, key_padding: Tensor | None, *,
                    unit: int, before: int, after: int, sinks: int, scale: float, causal: bool,
                    softcap: float = 0.0, block: int | None = None) -> Tensor:
@@ -40,6 +113,11 @@ def band_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, key_pad
     check_additive_mask(mask)
     if N == 0:
         return q.new_zeros(q.shape)
+    if block is None:  # whole segments: torch's fused attention, several times faster than the blocks below
+        out = fold_on_cpu(q, k, v, mask, key_padding, unit=unit, before=before, after=after, sinks=sinks,
+                          scale=scale, causal=causal, softcap=softcap)
+        if out is not None:
+            return out
     rep, off, dev = H // Hkv, M - N, q.device
     # Positions are below M: a unit or reach of M or more selects the same keys as M (keeps blocks small).
     unit, before, after = min(unit, M), min(before, M), min(after, M)

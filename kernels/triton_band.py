@@ -53,6 +53,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from .band import segment_fold
+
 __all__ = ["BandConfig", "GroupTables", "PooledBlocks", "RelativeBias", "band_attention", "default_config", "launch",
            "relbias_attention"]
 
@@ -639,27 +641,23 @@ def _segment_fast_path(q, k, v, *, unit, before, after, sinks, scale, causal, so
                        sdpa=None):
     """Segmented and memory (M_mem = S) bands as fused SDPA over segments folded into the batch.
 
-    Exact when segments are whole and nothing but causal/sinks rides on top:
-    own segment: (B, H, N, D) viewed as (B, H·N/S, S, D), a view, causal inside a
-    square segment being SDPA's is_causal; previous segment (memory): the views
-    q[.., S:] and k[.., :N−S] as (B·H, N/S − 1, S, D), all allowed; sinks: G <= S
-    keys folded in per row by ``_merge_fwd``, which also merges the parts by
-    their log-sum-exp. Returns None where it does not apply. ``sdpa`` stands in
-    for the fused kernel (a (q, k, v, causal, scale) -> (out, lse) function;
-    the interpreted tests pass a torch one).
+    Exact where ``band.segment_fold`` says so (its docstring has the plan); here
+    the fused kernel is cuDNN's and ``_merge_fwd`` folds in the sinks per row and
+    merges the parts by their log-sum-exp. Returns None where it does not apply.
+    ``sdpa`` stands in for the fused kernel (a (q, k, v, causal, scale) -> (out,
+    lse) function; the interpreted tests pass a torch one).
     """
     B, H, N, D = q.shape
-    M = k.shape[2]
     S = unit
-    if not ((q.is_cuda or sdpa is not None) and q.dtype in (torch.float16, torch.bfloat16) and after == 0
-            and before in (0, S)
-            and sinks <= S and softcap == 0 and key_padding is None and mask is None and N == M and S < N
-            and N % S == 0 and k.shape[1] == H and q.is_contiguous() and k.is_contiguous() and v.is_contiguous()
+    if not ((q.is_cuda or sdpa is not None) and q.dtype in (torch.float16, torch.bfloat16)
+            and q.is_contiguous() and k.is_contiguous() and v.is_contiguous()
             and D % 8 == 0 and D <= 256 and D == triton.next_power_of_2(D)):
         return None
-    nseg = N // S
-    prev = before == S
-    sinks_from = S * (2 if prev else 1)
+    fold = segment_fold(q, k, unit=unit, before=before, after=after, sinks=sinks, softcap=softcap,
+                        key_padding=key_padding, mask=mask)
+    if fold is None:
+        return None
+    nseg, prev, sinks_from = fold
     folded = [t.view(B, H * nseg, S, D) for t in (q, k, v)]
     if not prev and (sinks == 0 or sinks_from >= N):
         if sdpa is not None:

@@ -172,6 +172,50 @@ def test_whole_segments(hkv, sinks):
         assert not torch.allclose(out, dense_attention(q, k, v, scale=SCALE, causal=causal))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("before,sinks", [(0, 0), (0, 3), (S, 0), (S, S), (S, 2)],
+                         ids=["segmented", "sinks", "memory", "memory-sinks=S", "memory-sinks"])
+@pytest.mark.parametrize("causal", [False, True])
+def test_cpu_op_folds_whole_segments_into_fused_attention(before, sinks, causal, dtype, monkeypatch):
+    """Whole segments with only causality and sinks on top: the CPU op runs torch's fused attention on the
+    segments folded into the batch (band.segment_fold), merging memory and sinks by log-sum-exp; it must
+    equal the spec and the blocked path, and it must be the path taken."""
+    from attnopt.kernels import band
+    from attnopt.kernels.reference import restricted_attention
+
+    runs = []
+    folded = band._folded_segments_cpu
+    monkeypatch.setattr(band, "_folded_segments_cpu", lambda *a, **kw: runs.append(1) or folded(*a, **kw))
+    n = 4 * S
+    q, k, v = (t.to(dtype) for t in make_qkv(n))
+    kw = dict(unit=S, before=before, after=0, sinks=sinks, scale=SCALE, causal=causal)
+    fast = band.band_attention(q, k, v, None, None, **kw)
+    assert runs, "the fold did not run"
+    blocked = band.band_attention(q, k, v, None, None, **kw, block=S)
+    allowed = with_sinks(band_allowed(n, n, S, before, 0), sinks)
+    spec = restricted_attention(q.float(), k.float(), v.float(), allowed, scale=SCALE, causal=causal)
+    tol = TOL if dtype == torch.float32 else dict(atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(fast.float(), spec, **tol)
+    torch.testing.assert_close(fast.float(), blocked.float(), **tol)
+    assert fast.dtype == dtype
+    if before == 0:  # the segmented op has its own blocked code; whole segments take the same fold
+        runs.clear()
+        op = SPEC.torch_op(q, k, v, None, None, S, sinks, SCALE, causal, 0.0)
+        assert runs, "the segmented op did not fold"
+        torch.testing.assert_close(op.float(), spec, **tol)
+
+
+@pytest.mark.parametrize("case", ["ragged", "key_padding", "gqa", "window"])
+def test_cpu_op_fold_refuses_what_is_not_whole_segments(case):
+    """The fold is exact only for whole segments with nothing on top: these keep the blocked path."""
+    from attnopt.kernels.band import segment_fold
+
+    n, hkv, kp, after = {"ragged": (4 * S + 3, H, None, 0), "key_padding": (4 * S, H, torch.zeros(B, 4 * S), 0),
+                         "gqa": (4 * S, 2, None, 0), "window": (4 * S, H, None, S)}[case]
+    q, k, _ = make_qkv(n, hkv=hkv)
+    assert segment_fold(q, k, unit=S, before=0, after=after, sinks=0, softcap=0.0, key_padding=kp, mask=None) is None
+
+
 @pytest.mark.parametrize("sinks", [0, 3, S + 2])
 @pytest.mark.parametrize("n", [20, 24], ids=["ragged", "whole"])
 def test_key_padding_fast_path(n, sinks):

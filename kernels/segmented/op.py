@@ -8,7 +8,9 @@ segment is exact) and the queries are viewed as (B, Hkv, rep, nseg, S, D) and
 the keys/values as (B, Hkv, 1, nseg, S, D), so GQA is a matmul broadcast. Each
 segment's scores are [its own S keys | the G sink keys]; a sink key that
 already lies in the segment is masked in the sink columns so that it is not
-counted twice.
+counted twice. On the CPU, whole segments with only causality and sinks on top
+skip all that: torch's fused attention runs on the segments folded into the
+batch (``band.fold_on_cpu``), several times faster.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import torch
 from torch import Tensor
 
 from ..reference import check_qkv, softcapped
-from ..band import cuda_forward
+from ..band import cuda_forward, fold_on_cpu
 from ..torch_ops import define_op
 
 
@@ -61,6 +63,10 @@ def forward(
 
     if N == 0:
         return q.new_zeros(q.shape)
+    folded = fold_on_cpu(q, k, v, mask, key_padding, unit=segment_size, before=0, after=0, sinks=sinks, scale=scale,
+                         causal=causal, softcap=softcap)
+    if folded is not None:  # whole segments, nothing on top: torch's fused attention (band.segment_fold)
+        return folded
     # seg(i) is the same for S >= N, and G >= N already allows every key.
     S, G = min(segment_size, N), min(sinks, N)
     nseg = -(-N // S)
