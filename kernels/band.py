@@ -87,7 +87,7 @@ def _folded_segments_cpu(q: Tensor, k: Tensor, v: Tensor, fold: tuple[int, bool,
 
 
 _NEG_INF = float("-inf")
-FOLD_ON_CPU = True  # False keeps the blocked torch code for whole segments too (benchmarks/band_cpu.py compares)
+FOLD_ON_CPU = True  # False keeps the blocked torch code for whole segments too (benchmarks/cpu_ops.py compares)
 
 
 def fold_on_cpu(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, key_padding: Tensor | None, *, unit: int,

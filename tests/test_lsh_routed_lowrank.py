@@ -145,6 +145,27 @@ def test_identical_tokens_and_heavy_padding_give_no_nan(name, params):
             assert (expected[1] == 0).all() and expected[0].abs().sum() > 0
 
 
+def test_bucket_part_far_scores_survive_rows_the_part_leaves_empty():
+    """The CPU op's fused bucket part (``buckets._fused_part``) gives a row with no allowed key no weight:
+    its log-sum-exp is −inf, not the kernel's 0, so scores far below 0 in the other parts still merge."""
+    from attnopt.kernels.buckets import _fused_part, _merge
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 8, generator=g) for _ in range(3))
+    k = -40 * q.sum(0, keepdim=True).expand(2, 4, 8) / 8  # every score near −200: exp underflows against 0
+    allowed = torch.ones(2, 4, 4, dtype=torch.bool)
+    allowed[0] = False  # the first block's rows see no key in this part
+    top, total, out = _fused_part(q, k, v, allowed, 1.0)
+    assert torch.isneginf(top[0]).all() and (total[0] == 0).all() and (out[0] == 0).all()
+    # merged with a part that holds the same rows' real scores, the result is that part's own softmax
+    s = (q @ k.transpose(-1, -2))
+    other = (s.amax(-1), torch.exp(s - s.amax(-1, keepdim=True)).sum(-1),
+             torch.exp(s - s.amax(-1, keepdim=True)) @ v)
+    parts = [tuple(t[None, None, None] for t in part) for part in ((top, total, out), other)]  # (1, 1, 1, ...)
+    merged = _merge(parts)
+    torch.testing.assert_close(merged[0, 0, 0], torch.softmax(s[0], -1) @ v[0])
+
+
 def test_every_query_sees_at_least_its_own_chunk():
     """The local chunk: with one key per bucket and no key in the query's buckets, rows are still nonempty."""
     q, k, v = qkv(1, 1, 1, 16, 16, 4, 4)
