@@ -210,9 +210,10 @@ def _bucket_part(site: _Site, qb: Tensor, kb: Tensor, n_buckets: int, block: int
         allowed &= ~((rounds > r) & (q_r == k_r))
     if site.causal:
         allowed &= c <= qpos
-    # finfo.min padding must stay finite (a row of it is uniform), which the fused kernel's mask does not keep
-    if (not FUSE_ON_CPU or site.softcap or qs.dtype != torch.float32 or site.key_padding is not None
-            or site.mask is not None):
+    # The fused kernel is torch's CPU one (CUDA has the Triton op); finfo.min padding must stay finite (a row
+    # of it is uniform), which that kernel's mask does not keep.
+    if (not FUSE_ON_CPU or qs.device.type != "cpu" or site.softcap or qs.dtype != torch.float32
+            or site.key_padding is not None or site.mask is not None):
         scores = site.add_masks(site.scores(qs, ks), row_idx[..., :, None], c).masked_fill(~allowed, _NEG_INF)
         top, p, total = _partial(scores)
         out = p @ vs
@@ -240,8 +241,8 @@ def _fused_part(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor, scale: float):
     """``_partial``'s (max, sum, output) of the (…, bq, L) blocks from torch's fused CPU attention, for
     blocks with nothing on top of ``allowed`` (no padding, mask or softcap).
 
-    The fused kernel makes no score-sized exp, max or product passes (the op ran 1.3× faster at
-    N = 8192, fp32, 2 threads). It returns each row's normalised output and log-sum-exp, which
+    The fused kernel makes no score-sized exp, max or product passes (the ops ran 1.4–1.75× faster
+    at N = 4096 and 8192, fp32, 2 threads: benchmarks/cpu_ops.py). It returns each row's normalised output and log-sum-exp, which
     ``_merge`` weighs the same as a max with an unnormalised output when the sum is 1. Rows with
     no allowed key get −inf and a sum of 0 (the kernel reports a log-sum-exp of 0 for them).
     """
