@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .buckets import merge_parts
 from .reference import check_additive_mask, check_qkv, check_self_attention, softcapped
 
 MAX_BLOCK = 256
@@ -70,20 +71,20 @@ def _folded_segments_cpu(q: Tensor, k: Tensor, v: Tensor, fold: tuple[int, bool,
         return F.scaled_dot_product_attention(*folded, is_causal=causal, scale=scale).view(B, H, N, D)
     fused = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
     out, lse = fused(*folded, 0.0, causal, scale=scale)[:2]
-    outs, lses = [out.reshape(B, H, N, D).float()], [lse.reshape(B, H, N).float()]
+    # parts as buckets.merge_parts takes them: (log-sum-exp, sum 1, normalised output), a part axis at dim 2
+    parts = [(lse.reshape(B, H, 1, N).float(), out.reshape(B, H, 1, N, D).float())]
     if prev:  # segment s > 0 against segment s − 1, every pair allowed
         qs, ks, vs = (t.view(B * H, nseg, S, D) for t in (q, k, v))
         o2, l2 = fused(qs[:, 1:], ks[:, :-1], vs[:, :-1], 0.0, False, scale=scale)[:2]
-        outs.append(F.pad(o2.reshape(B, H, N - S, D).float(), (0, 0, S, 0)))
-        lses.append(F.pad(l2.reshape(B, H, N - S).float(), (S, 0), value=_NEG_INF))
+        parts.append((F.pad(l2.reshape(B, H, 1, N - S).float(), (S, 0), value=_NEG_INF),
+                      F.pad(o2.reshape(B, H, 1, N - S, D).float(), (0, 0, S, 0))))
     if G:  # the sinks, for rows whose band does not already hold them
         scores = (q.float() @ k[:, :, :G].float().transpose(-1, -2)) * scale  # (B, H, N, G)
         scores[:, :, :sinks_from] = _NEG_INF
-        lses.append(torch.logsumexp(scores, dim=-1))
-        outs.append(torch.softmax(scores, dim=-1).nan_to_num(0.0) @ v[:, :, :G].float())
-    lse_all = torch.stack(lses)
-    weights = torch.exp(lse_all - torch.logsumexp(lse_all, dim=0)).nan_to_num(0.0)  # (parts, B, H, N)
-    return (weights[..., None] * torch.stack(outs)).sum(0).to(q.dtype)
+        parts.append((torch.logsumexp(scores, dim=-1)[:, :, None],
+                      (torch.softmax(scores, dim=-1).nan_to_num(0.0) @ v[:, :, :G].float())[:, :, None]))
+    merged = merge_parts([(top, torch.isfinite(top).to(top.dtype), o) for top, o in parts])
+    return merged.to(q.dtype)
 
 
 _NEG_INF = float("-inf")

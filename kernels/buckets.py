@@ -86,7 +86,7 @@ def bucket_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, key_p
     parts = [_local_part(site)]
     if R:
         parts.append(_bucket_part(site, qb, k_buckets, n_buckets, block or block_rows(D)))
-    return _merge(parts).reshape(B, H, N, D).to(q.dtype)
+    return merge_parts(parts).reshape(B, H, N, D).to(q.dtype)
 
 
 class _Site:
@@ -243,7 +243,7 @@ def _fused_part(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor, scale: float):
 
     The fused kernel makes no score-sized exp, max or product passes (the ops ran 1.4–1.75× faster
     at N = 4096 and 8192, fp32, 2 threads: benchmarks/cpu_ops.py). It returns each row's normalised output and log-sum-exp, which
-    ``_merge`` weighs the same as a max with an unnormalised output when the sum is 1. Rows with
+    ``merge_parts`` weighs the same as a max with an unnormalised output when the sum is 1. Rows with
     no allowed key get −inf and a sum of 0 (the kernel reports a log-sum-exp of 0 for them).
     """
     bias = torch.where(allowed, torch.zeros((), dtype=q.dtype), torch.full((), _NEG_INF, dtype=q.dtype))
@@ -262,7 +262,7 @@ def _partial(scores: Tensor):
     return top, p, p.sum(dim=-1)
 
 
-def _merge(parts) -> Tensor:
+def merge_parts(parts) -> Tensor:
     """One softmax over the union of disjoint parts, from each part's (max, sum, output); empty rows give 0."""
     top = torch.cat([p[0] for p in parts], dim=2)  # (B, Hkv, parts, rows)
     total = torch.cat([p[1] for p in parts], dim=2)

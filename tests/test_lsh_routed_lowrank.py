@@ -148,7 +148,7 @@ def test_identical_tokens_and_heavy_padding_give_no_nan(name, params):
 def test_bucket_part_far_scores_survive_rows_the_part_leaves_empty():
     """The CPU op's fused bucket part (``buckets._fused_part``) gives a row with no allowed key no weight:
     its log-sum-exp is −inf, not the kernel's 0, so scores far below 0 in the other parts still merge."""
-    from attnopt.kernels.buckets import _fused_part, _merge
+    from attnopt.kernels.buckets import _fused_part, merge_parts
 
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2, 4, 8, generator=g) for _ in range(3))
@@ -162,7 +162,7 @@ def test_bucket_part_far_scores_survive_rows_the_part_leaves_empty():
     other = (s.amax(-1), torch.exp(s - s.amax(-1, keepdim=True)).sum(-1),
              torch.exp(s - s.amax(-1, keepdim=True)) @ v)
     parts = [tuple(t[None, None, None] for t in part) for part in ((top, total, out), other)]  # (1, 1, 1, ...)
-    merged = _merge(parts)
+    merged = merge_parts(parts)
     torch.testing.assert_close(merged[0, 0, 0], torch.softmax(s[0], -1) @ v[0])
 
 
