@@ -22,8 +22,12 @@ import statistics
 import sys
 import time
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 H, D = 12, 64
 # name: (variant, params, the module and flag of its fused path); S = 512 as the ONNX benchmarks use
@@ -57,6 +61,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     import importlib
 
+    from kernels import op_args
+
     from attnopt.kernels.registry import get_variant
 
     chosen = {name: row for name, row in ROWS.items() if not args.rows or any(w in name for w in args.rows)}
@@ -74,11 +80,8 @@ def main(argv=None) -> int:
             dense = median_ms(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal), args.repeats)
             for name, (variant, params, (module, flag)) in chosen.items():
                 spec = get_variant(variant)
-                params = {**{p.name: p.default for p in spec.params}, **params}
-                made = spec.tensors_for(params, tuple(q.shape), tuple(k.shape), 0)  # lsh's rotations
-                args_ = [torch.as_tensor(made[t.name]) for t in spec.tensor_inputs]
-                args_ += [params[p] for p in spec.param_names]
-                call = lambda: spec.torch_op(q, k, v, None, None, *args_, scale, causal, 0.0)  # noqa: E731
+                args_ = op_args(spec, {**{p.name: p.default for p in spec.params}, **params}, q, k, scale, causal)
+                call = lambda: spec.torch_op(q, k, v, None, None, *args_)  # noqa: E731
                 op = median_ms(call, args.repeats)
                 switch = importlib.import_module(f"attnopt.kernels.{module}")
                 setattr(switch, flag, False)

@@ -65,7 +65,7 @@ def host_profile(call, calls: int = 20, top: int = 12) -> list:
 
 
 def main(argv=None) -> int:
-    from kernels import ALL_ROWS, OP_ROWS, VARIANTS, op_row, random_qkv
+    from kernels import ALL_ROWS, OP_ROWS, VARIANTS, band_call, op_row, random_qkv
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("rows", nargs="+", help="kernels.py rows: " + ", ".join(ALL_ROWS))
@@ -80,18 +80,13 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available():
         print("benchmarks/kernel_times.py needs a CUDA GPU", file=sys.stderr)
         return 2
-    from attnopt.kernels import triton_band
-
     out = []
     for n in args.n:
         q, k, v = random_qkv(n)
         scale = q.shape[-1] ** -0.5
         for name in args.rows:
             if name in VARIANTS:
-                unit, before, after, sinks, causal, _ = VARIANTS[name]
-                kw = dict(unit=unit, before=before, after=after, sinks=sinks, scale=scale, causal=causal)
-                call = lambda kw=kw, fast="no fast path" not in name: triton_band._band_attention(
-                    q, k, v, **kw, fast_path=fast)
+                call = band_call(name, q, k, v, scale)
             else:
                 made = op_row(name, q, k, v, scale)
                 if made is None:

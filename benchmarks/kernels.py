@@ -162,6 +162,15 @@ def flex_fns(q, k, v, unit, before, after, sinks, causal, scale, slopes=None):
     return lambda: flex(q, k, v, score_mod=alibi, block_mask=block_mask, scale=scale)
 
 
+def band_call(name: str, q, k, v, scale: float):
+    """A VARIANTS row's call: the band launcher, its fast path off for rows marked "no fast path"."""
+    from attnopt.kernels import triton_band
+
+    unit, before, after, sinks, causal, _ = VARIANTS[name]
+    kw = dict(unit=unit, before=before, after=after, sinks=sinks, scale=scale, causal=causal)
+    return lambda: triton_band._band_attention(q, k, v, **kw, fast_path="no fast path" not in name)
+
+
 def op_row(name: str, q, k, v, scale: float):
     """(the op call, useful keys per query, Flex's arguments or None) for an OP_ROWS entry; None without a CUDA
     kernel for the variant (its torch code on the GPU is not what this table measures)."""
@@ -205,8 +214,6 @@ def hierarchical_keys_per_query(n: int, block: int, levels: int, sinks: int, cau
 
 def run(ns, rep_ms, variants, log, no_flex=False, on_row=None) -> list[dict]:
     """Every row; ``on_row(rows)`` after each, so a run cut short keeps what it measured."""
-    from attnopt.kernels import triton_band
-
     rows = []
     scale = 1.0 / math.sqrt(D)
     for n in ns:
@@ -217,9 +224,7 @@ def run(ns, rep_ms, variants, log, no_flex=False, on_row=None) -> list[dict]:
             sdpa_target = None
             if name in VARIANTS:
                 unit, before, after, sinks, causal, target = VARIANTS[name]
-                fast = "no fast path" not in name
-                kw = dict(unit=unit, before=before, after=after, sinks=sinks, scale=scale, causal=causal)
-                ours = lambda kw=kw, fast=fast: triton_band._band_attention(q, k, v, **kw, fast_path=fast)
+                ours = band_call(name, q, k, v, scale)
                 kpq = keys_per_query(n, n, unit, before, after, sinks, causal)
                 flex_kw = dict(unit=unit, before=before, after=after, sinks=sinks, causal=causal)
             else:

@@ -27,6 +27,7 @@ from .buckets import merge_parts
 from .reference import check_additive_mask, check_qkv, check_self_attention, softcapped
 
 MAX_BLOCK = 256
+_NEG_INF = float("-inf")
 
 
 def query_block(unit: int, before: int, after: int) -> int:
@@ -87,7 +88,6 @@ def _folded_segments_cpu(q: Tensor, k: Tensor, v: Tensor, fold: tuple[int, bool,
     return merged.to(q.dtype)
 
 
-_NEG_INF = float("-inf")
 FOLD_ON_CPU = True  # False keeps the blocked torch code for whole segments too (benchmarks/cpu_ops.py compares)
 
 

@@ -242,9 +242,10 @@ def _fused_part(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor, scale: float):
     blocks with nothing on top of ``allowed`` (no padding, mask or softcap).
 
     The fused kernel makes no score-sized exp, max or product passes (the ops ran 1.4–1.75× faster
-    at N = 4096 and 8192, fp32, 2 threads: benchmarks/cpu_ops.py). It returns each row's normalised output and log-sum-exp, which
-    ``merge_parts`` weighs the same as a max with an unnormalised output when the sum is 1. Rows with
-    no allowed key get −inf and a sum of 0 (the kernel reports a log-sum-exp of 0 for them).
+    at N = 4096 and 8192, fp32, 2 threads: benchmarks/cpu_ops.py). It returns each row's normalised
+    output and log-sum-exp, which ``merge_parts`` weighs the same as a max with an unnormalised output
+    when the sum is 1. Rows with no allowed key get −inf and a sum of 0 (the kernel reports a
+    log-sum-exp of 0 for them).
     """
     bias = torch.where(allowed, torch.zeros((), dtype=q.dtype), torch.full((), _NEG_INF, dtype=q.dtype))
     flat = [t.reshape(-1, 1, *t.shape[-2:]) for t in (q, k, v, bias)]

@@ -45,7 +45,7 @@ register ``band_attention`` as the CUDA implementation of every band variant.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -456,7 +456,8 @@ class BandConfig:
     warp_specialize: bool = False
 
 
-def default_config(head_dim: int, dtype: torch.dtype, device: torch.device, has_mask: bool = False) -> BandConfig:
+def default_config(head_dim: int, dtype: torch.dtype, device: torch.device, has_mask: bool = False,
+                   pooled: bool = False) -> BandConfig:
     """A fixed table (no autotuning: compile time matters more than the last few percent).
 
     Measured on the H200 (bf16, D=128, N=65536): 128×128 tiles, 8 warps, 3 stages
@@ -469,6 +470,10 @@ def default_config(head_dim: int, dtype: torch.dtype, device: torch.device, has_
         return BandConfig(block_m=16, block_n=16, num_warps=4, num_stages=1)
     if dtype == torch.float32:
         return BandConfig(block_m=64, block_n=32, num_warps=4, num_stages=2)
+    if pooled:
+        # hierarchical's coarse level, measured on the H200 (B=64, N=65536): 64×64 tiles on 4 warps, 2 stages,
+        # ran 2.0× faster than on 8 warps with L = 2, and 1.12× faster than 128-row tiles with L = 1
+        return BandConfig(block_m=64, block_n=64, num_warps=4, num_stages=2, use_tma=head_dim <= 128)
     if head_dim <= 64:
         return BandConfig(block_m=128, block_n=64, num_warps=4, num_stages=2 if has_mask else 3, use_tma=True)
     if head_dim <= 128:
@@ -728,7 +733,7 @@ class GroupTables:
 class PooledBlocks:
     """hierarchical's coarse level for the kernel: per-block sums of w·k, w·v and w (``triton_hierarchical``).
 
-    keys, values (B, Hkv, NB, D) fp32; mass (Bw, NB) fp32; shift (Bw,) fp32, the
+    keys, values (B, Hkv, NB, D) fp32; mass (B, NB) fp32; shift (B | 1,) fp32, the
     log-weight offset in log2 units; block: keys per block; levels: L; tables: the
     last level's groups pooled ahead.
     """
@@ -796,23 +801,17 @@ def _band_attention(q, k, v, *, unit, before, after, sinks, scale, causal, softc
     sinks = min(sinks, M)
     # a table gather or the pooled tiles take shared memory like a mask tile: the narrower configuration
     wide_tiles = mask is not None or pooled is not None or (bias is not None and bias.table.shape[-1] > 1)
-    cfg = config or default_config(D, q.dtype, q.device, has_mask=wide_tiles)
+    cfg = config or default_config(D, q.dtype, q.device, has_mask=wide_tiles, pooled=pooled is not None)
     block_m = cfg.block_m
     row_shift = 0
-    if pooled is not None:
-        if config is None and q.is_cuda and q.dtype != torch.float32:
-            # measured on the H200 (B=64, N=65536): 64×64 tiles on 4 warps, 2 stages, ran 2.0× faster than
-            # on 8 warps with L = 2, and 1.12× faster than 128-row tiles with L = 1
-            cfg = replace(cfg, block_m=min(block_m, 64), block_n=64, num_warps=4, num_stages=2)
-            block_m = cfg.block_m
-        if pooled.levels > 1:
-            # a program's rows must share one pooling block: tiles no taller than a block, aligned to
-            # positions (one level excludes per row and takes any tile)
-            while pooled.block % block_m:
-                block_m //= 2
-            if block_m < 16:
-                raise ValueError(f"the coarse level needs a block that is a multiple of 16; got {pooled.block}")
-            row_shift = (M - N) % block_m
+    if pooled is not None and pooled.levels > 1:
+        # a program's rows must share one pooling block: tiles no taller than a block, aligned to positions
+        # (one level excludes per row and takes any tile)
+        while pooled.block % block_m:
+            block_m //= 2
+        if block_m < 16:
+            raise ValueError(f"the coarse level needs a block that is a multiple of 16; got {pooled.block}")
+        row_shift = (M - N) % block_m
     head_dim = max(16, triton.next_power_of_2(D))
     # stride-1 head dim for the loads; other strides are free
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
