@@ -1,6 +1,7 @@
 """lsh, routed and lowrank on the GPU (their Triton forms) against dense SDPA, in one run.
 
     PYTHONUNBUFFERED=1 python3 benchmarks/kernels_sorted.py [--n 4096 16384 65536] [--json out.json] [--sweep]
+        [--rows NAME ...]
 
 bf16, B=1, H=16, D=128, random inputs. Every row calls ``torch.ops.attnopt.<variant>_attention``, as a
 rewritten model does, so lsh's and routed's times include hashing / routing and the sorts. For each row: time
@@ -25,6 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 # benchmarks/kernels.py: one setting, one timing rule and one baseline for both tables
+from kernel_times import kernel_times  # noqa: E402
 from kernels import D, H, bench, dense_sdpa, op_args, peak_extra_mib, random_qkv  # noqa: E402
 
 # name: (variant, params, causal)
@@ -88,7 +90,7 @@ def attended_pairs(qb, kb, chunk: int, sinks: int, causal: bool, sample: int = 4
     return total * N / len(rows)
 
 
-def run(ns, rep_ms: float, log, sweep: bool) -> list[dict]:
+def run(ns, rep_ms: float, log, sweep: bool, names=tuple(ROWS)) -> list[dict]:
     from attnopt.kernels.registry import get_variant
 
     rows = []
@@ -96,7 +98,8 @@ def run(ns, rep_ms: float, log, sweep: bool) -> list[dict]:
     for n in ns:
         q, k, v = random_qkv(n)
         sdpa = dense_sdpa(q, k, v, scale, rep_ms, log)
-        for name, (variant, params, causal) in ROWS.items():
+        for name in names:
+            variant, params, causal = ROWS[name]
             spec = get_variant(variant)
             kp = None
             if "key padding" in name:
@@ -151,10 +154,11 @@ def lsh_sweep(q, k, v, scale, rep_ms, log) -> list[dict]:
     ms = bench(ids_and_sorts, rep_ms)
     log(f"N={n} sweep lsh b=32 hashing + sorts: {ms:.3f} ms")
     out.append(dict(variant="sweep lsh b=32 hashing + sorts", n=n, ms=ms))
-    configs = [tb.BucketConfig(), tb.BucketConfig(presorted=True), tb.BucketConfig(block_n=128, presorted=True),
-               tb.BucketConfig(block_n=128), tb.BucketConfig(num_warps=8, num_stages=2),
-               tb.BucketConfig(block_m=64, block_n=64, num_warps=4, num_stages=3),
-               tb.BucketConfig(block_m=64, block_n=64, num_warps=4, num_stages=3, presorted=True)]
+    C = tb.BucketConfig
+    configs = [C(), C(presorted=True), C(presorted=True, use_tma=True), C(num_stages=2, presorted=True, use_tma=True),
+               C(block_n=128, presorted=True, use_tma=True), C(block_n=128), C(num_warps=8, num_stages=2),
+               C(block_m=128, block_n=64, num_warps=8, num_stages=3, presorted=True, use_tma=True),
+               C(block_m=128, block_n=128, num_warps=8, num_stages=3, presorted=True, use_tma=True)]
     for cfg in configs:
         fn = lambda cfg=cfg: tb.bucket_attention(q, k, v, None, None, qb, kb, n_buckets=32, chunk=64, sinks=0,
                                                   scale=scale, causal=False, config=cfg)
@@ -165,8 +169,10 @@ def lsh_sweep(q, k, v, scale, rep_ms, log) -> list[dict]:
         except Exception as exc:
             log(f"N={n} sweep {cfg}: {type(exc).__name__}: {exc}")
             continue
-        log(f"N={n} sweep lsh b=32 attention only {cfg}: {ms:.3f} ms")
-        out.append(dict(variant=f"sweep lsh b=32 attention only {cfg}", n=n, ms=ms))
+        times = kernel_times(fn, calls=3, top=4)  # the bucket kernel's own share, apart from the sorts and copies
+        log(f"N={n} sweep lsh b=32 attention only {cfg}: {ms:.3f} ms; device: "
+            + ", ".join(f"{name[:24]} {t:.3f}" for name, t, _ in times["kernels"]))
+        out.append(dict(variant=f"sweep lsh b=32 attention only {cfg}", n=n, ms=ms, kernels=times["kernels"]))
     return out
 
 
@@ -234,7 +240,15 @@ def main(argv=None) -> int:
     ap.add_argument("--md", help="write the markdown table here")
     ap.add_argument("--sweep", action="store_true", help="also time lsh's parts and tile configurations")
     ap.add_argument("--profile", action="store_true", help="only show where the time goes, at each --n")
+    ap.add_argument("--rows", nargs="*", default=None,
+                    help="rows whose name contains any of these (default: all; none with --sweep: the sweep alone): "
+                    + ", ".join(ROWS))
     args = ap.parse_args(argv)
+    names = list(ROWS) if args.rows is None else [r for r in ROWS if any(w in r for w in args.rows)]
+    if not names and not args.sweep:
+        print(f"kernels_sorted: --rows {' '.join(args.rows)} matches no row; rows: {', '.join(ROWS)}",
+              file=sys.stderr)
+        return 2
     if not torch.cuda.is_available():
         print("kernels_sorted: needs a CUDA GPU", file=sys.stderr)
         return 2
@@ -246,7 +260,7 @@ def main(argv=None) -> int:
         for n in args.n:
             profile(n, lambda s: print(s, flush=True))
         return 0
-    rows = run(args.n, args.rep_ms, lambda s: print(s, flush=True), args.sweep)
+    rows = run(args.n, args.rep_ms, lambda s: print(s, flush=True), args.sweep, names)
     table = markdown(rows)
     print(table)
     if args.json:

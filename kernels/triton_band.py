@@ -81,6 +81,27 @@ def _to_log2_additive(x):
 
 
 @triton.jit
+def _log2_scores(qk, scale2, cap2, cap_in, SOFTCAP: tl.constexpr):
+    """q·k as a score in log2 units: scale2·qk, or under a softcap c·tanh(s·qk / c), written
+    c − 2c / (e^{2x} + 1) so that it saturates without NaN."""
+    if SOFTCAP:
+        t = tl.math.exp2(qk * cap_in)
+        s = cap2 - (2.0 * cap2) / (t + 1.0)
+    else:
+        s = qk * scale2
+    return s
+
+
+@triton.jit
+def _exp_weights(m_i, s):
+    """(p, alpha, m_new) of one online-softmax step over log2 scores s that may hold −inf:
+    a row with no key yet keeps m = −inf and gets p = alpha = 0 instead of NaN."""
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    return tl.math.exp2(s - m_safe[:, None]), tl.math.exp2(m_i - m_safe), m_new
+
+
+@triton.jit
 def _attend_blocks(
     acc, l_i, m_i, q,
     K, V, desc_k, desc_v, b, hk, stride_kn, stride_vn,
@@ -122,12 +143,7 @@ def _attend_blocks(
             p = tl.math.exp2(qk * scale2 - m_new[:, None])
             alpha = tl.math.exp2(m_i - m_new)
         else:
-            if SOFTCAP:
-                # c·tanh(s·qk / c) in log2 units; tanh(x) = 1 − 2 / (e^{2x} + 1) saturates without NaN
-                t = tl.math.exp2(qk * cap_in)
-                s = cap2 - (2.0 * cap2) / (t + 1.0)
-            else:
-                s = qk * scale2
+            s = _log2_scores(qk, scale2, cap2, cap_in, SOFTCAP)
             if HAS_KP:
                 kpv = tl.load(KP + cols * stride_kpn, mask=cols < M, other=0.0)
                 s = s + _to_log2_additive(kpv)[None, :]
@@ -153,10 +169,7 @@ def _attend_blocks(
                     ok = ok & (c <= pos[:, None])
                 ok = ok & (c < M)
                 s = tl.where(ok, s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-            p = tl.math.exp2(s - m_safe[:, None])
-            alpha = tl.math.exp2(m_i - m_safe)
+            p, alpha, m_new = _exp_weights(m_i, s)
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None]
         if USE_TMA:
@@ -178,19 +191,10 @@ def _fold_coarse(acc, l_i, m_i, q, k, v, offset, keep, scale2, cap2, cap_in, SOF
                  PREC: tl.constexpr, HAS_KEEP: tl.constexpr = False):
     """One tile of pooled keys k (offset: log2 n + shift per key, −inf for none) into the online softmax;
     with HAS_KEEP only the (row, key) pairs ``keep`` holds."""
-    qk = tl.dot(q, tl.trans(k), input_precision=PREC)
-    if SOFTCAP:
-        t2 = tl.math.exp2(qk * cap_in)
-        s = cap2 - (2.0 * cap2) / (t2 + 1.0)
-    else:
-        s = qk * scale2
-    s = s + offset[None, :]
+    s = _log2_scores(tl.dot(q, tl.trans(k), input_precision=PREC), scale2, cap2, cap_in, SOFTCAP) + offset[None, :]
     if HAS_KEEP:
         s = tl.where(keep, s, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(s, 1))
-    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-    p = tl.math.exp2(s - m_safe[:, None])
-    alpha = tl.math.exp2(m_i - m_safe)
+    p, alpha, m_new = _exp_weights(m_i, s)
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PREC)
     return acc, l_i, m_new
@@ -456,8 +460,12 @@ class BandConfig:
     warp_specialize: bool = False
 
 
+# Bands of at most this many keys per row (unit + before + after) take 64×64 tiles: see default_config.
+NARROW_BAND = 4096
+
+
 def default_config(head_dim: int, dtype: torch.dtype, device: torch.device, has_mask: bool = False,
-                   pooled: bool = False) -> BandConfig:
+                   pooled: bool = False, span: int | None = None) -> BandConfig:
     """A fixed table (no autotuning: compile time matters more than the last few percent).
 
     Measured on the H200 (bf16, D=128, N=65536): 128×128 tiles, 8 warps, 3 stages
@@ -479,6 +487,12 @@ def default_config(head_dim: int, dtype: torch.dtype, device: torch.device, has_
     if head_dim <= 128:
         if has_mask:
             return BandConfig(block_m=128, block_n=64, num_warps=8, num_stages=2, use_tma=True)
+        if span is not None and span <= NARROW_BAND:
+            # a narrow band's edge blocks are a large share of its work, and 64-row tiles halve the masked area.
+            # H200 sweep (N=65536, 64×64 on 4 warps, 3 stages against 128×128 on 8): window W=1024 2.478 / 2.604 ms,
+            # causal 1.400 / 1.650, segmented + 4 sinks 1.272 / 1.577, hierarchical's fine window 0.481 / 0.827;
+            # memory S=M=1024 2.423 / 2.381 is the one row within 2% the other way
+            return BandConfig(block_m=64, block_n=64, num_warps=4, num_stages=3, use_tma=True)
         return BandConfig(block_m=128, block_n=128, num_warps=8, num_stages=3, use_tma=True)
     return BandConfig(block_m=64, block_n=32, num_warps=4, num_stages=2)
 
@@ -642,6 +656,17 @@ def _cudnn_lse(q, k, v, causal: bool, scale: float):
     return out, (lse.squeeze(-1) if lse.dim() == 4 else lse)
 
 
+def _fold_pays(segment: int, prev: bool, sinks: bool) -> bool:
+    """Whether cuDNN over folded segments beats the band kernel. Each extra part costs a second call or a merge
+    pass over q and the output, which short segments do not earn back. H200, bf16, H=16, D=128, N=65536,
+    fast path / kernel time: the previous segment (memory) 2.11 at S=64, 1.35 at 128, 1.00 at 256, 0.89 at 512;
+    sinks 1.20 at S=64, 0.89 at 128; plain segments 0.92 at S=64, 0.60 at 128.
+    """
+    if prev:
+        return segment >= 512
+    return segment >= 128 or not sinks
+
+
 def _segment_fast_path(q, k, v, *, unit, before, after, sinks, scale, causal, softcap, key_padding, mask,
                        sdpa=None):
     """Segmented and memory (M_mem = S) bands as fused SDPA over segments folded into the batch.
@@ -663,6 +688,8 @@ def _segment_fast_path(q, k, v, *, unit, before, after, sinks, scale, causal, so
     if fold is None:
         return None
     nseg, prev, sinks_from = fold
+    if sdpa is None and not _fold_pays(S, prev, sinks > 0 and sinks_from < N):
+        return None
     folded = [t.view(B, H * nseg, S, D) for t in (q, k, v)]
     if not prev and (sinks == 0 or sinks_from >= N):
         if sdpa is not None:
@@ -801,7 +828,8 @@ def _band_attention(q, k, v, *, unit, before, after, sinks, scale, causal, softc
     sinks = min(sinks, M)
     # a table gather or the pooled tiles take shared memory like a mask tile: the narrower configuration
     wide_tiles = mask is not None or pooled is not None or (bias is not None and bias.table.shape[-1] > 1)
-    cfg = config or default_config(D, q.dtype, q.device, has_mask=wide_tiles, pooled=pooled is not None)
+    cfg = config or default_config(D, q.dtype, q.device, has_mask=wide_tiles, pooled=pooled is not None,
+                                   span=unit + before + after)
     block_m = cfg.block_m
     row_shift = 0
     if pooled is not None and pooled.levels > 1:

@@ -152,6 +152,24 @@ def bucket_ids_match() -> dict:
     return out
 
 
+def sort_keys_match() -> dict:
+    """``sort_keys`` gives each round's rows in the permutation's order, the head dim padded with zeros; strided
+    inputs (a transposed (B, M, Hkv, D) layout) and more than one round."""
+    from attnopt.kernels import triton_buckets
+
+    gen = torch.Generator().manual_seed(5)
+    B, Hkv, R, M, D = 2, 3, 2, 37, 24
+    k = torch.randn(B, M, Hkv, D, generator=gen, dtype=torch.float16).transpose(1, 2)
+    v = torch.randn(B, M, Hkv, D, generator=gen, dtype=torch.float16).transpose(1, 2)
+    perm = torch.stack([torch.randperm(M, generator=gen) for _ in range(B * Hkv * R)]).view(B, Hkv, R, M)
+    ks, vs = triton_buckets.sort_keys(k, v, perm.to(torch.int32), 32)
+    idx = perm[..., None].expand(B, Hkv, R, M, D)
+    want = [torch.nn.functional.pad(torch.gather(t[:, :, None].expand(B, Hkv, R, M, D), 3, idx), (0, 32 - D))
+            for t in (k, v)]
+    return {"keys": bool(torch.equal(ks, want[0])), "values": bool(torch.equal(vs, want[1])),
+            "contiguous": ks.is_contiguous() and tuple(ks.shape) == (B, Hkv, R, M, 32)}
+
+
 def _rel(out: torch.Tensor, ref: torch.Tensor) -> float:
     return float((out.float() - ref.float()).norm() / ref.float().norm().clamp_min(1e-30))
 
@@ -179,6 +197,12 @@ def test_interpreted_bucket_ids_equal_the_torch_ones(interpreted_results):
     ids = interpreted_results["bucket_ids"]
     assert "error" not in ids, ids.get("error")
     assert ids and all(ids.values()), ids
+
+
+def test_interpreted_sort_keys_orders_rows_by_the_permutation(interpreted_results):
+    r = interpreted_results["sort_keys"]
+    assert "error" not in r, r.get("error")
+    assert r and all(r.values()), r
 
 
 def test_triton_forms_are_registered_for_cuda():
@@ -228,8 +252,13 @@ GPU_CASES = {
                                 {"causal": True}),
     "lsh_gqa_kp_fp16_d64": ("lsh", {"n_buckets": 16, "n_rounds": 1, "chunk": 64, "seed": 0, "sinks": 4}, 16384,
                             {"Hkv": 4, "kp": True, "dtype": torch.float16, "D": 64}),
-    "lsh_presorted": ("lsh", {"n_buckets": 32, "n_rounds": 1, "chunk": 64, "seed": 0, "sinks": 0}, 65536,
-                      {"presorted": True}),
+    # the CUDA default pre-sorts the keys and loads round 0's unmasked blocks through TMA; these two take the
+    # other load paths: keys gathered by index in the kernel, and pre-sorted keys loaded by pointer
+    "lsh_gathered": ("lsh", {"n_buckets": 32, "n_rounds": 1, "chunk": 64, "seed": 0, "sinks": 0}, 65536,
+                     {"presorted": False}),
+    "lsh_presorted_pointer_r2_sinks": ("lsh", {"n_buckets": 32, "n_rounds": 2, "chunk": 64, "seed": 0, "sinks": 4},
+                                       16384, {"presorted": True, "use_tma": False}),
+    "lsh_r2_sinks": ("lsh", {"n_buckets": 32, "n_rounds": 2, "chunk": 64, "seed": 0, "sinks": 4}, 16384, {}),
     "routed_c16": ("routed", {"n_clusters": 16, "top_k": 1, "iters": 2, "seed": 0, "chunk": 64, "sinks": 0}, 65536,
                    {}),
     "routed_c32_top2_causal_softcap": ("routed", {"n_clusters": 32, "top_k": 2, "iters": 2, "seed": 0, "chunk": 64,
@@ -255,9 +284,9 @@ class TestCuda:
         shape = (1, H, ex.get("Hkv", H), N, N, D)
         q, k, v, kw = make_inputs(shape, dtype, ex, seed=0, device="cuda")
         config = None
-        if ex.get("presorted"):
+        if "presorted" in ex:
             config = triton_buckets.BucketConfig(**{**triton_buckets.default_config(D, dtype, q.device).__dict__,
-                                                    "presorted": True})
+                                                    "presorted": ex["presorted"], "use_tma": ex.get("use_tma", False)})
         out = run_triton(variant, params, q, k, v, kw, config)
         torch.cuda.synchronize()
         assert out.shape == q.shape and out.dtype == q.dtype and torch.isfinite(out).all()
@@ -306,4 +335,5 @@ class TestCuda:
 # --- the interpreter subprocess ---------------------------------------------------------------------
 
 if __name__ == "__main__" and "--interpret" in sys.argv:
-    report([*CASES, "bucket_ids"], lambda case: bucket_ids_match() if case == "bucket_ids" else run_case(case))
+    extra = {"bucket_ids": bucket_ids_match, "sort_keys": sort_keys_match}
+    report([*CASES, *extra], lambda case: extra[case]() if case in extra else run_case(case))
