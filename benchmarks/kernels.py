@@ -26,6 +26,10 @@ Parts can be run cheaply: ``--variants`` takes names or substrings
 
 ``--sweep N [N ...]`` times a few tile configurations of the kernel itself (no fast path) for the rows
 in ``--sweep-rows``.
+
+``--fold-sweep N`` times the folded-segment fast path (cuDNN over segments folded into the batch, parts
+merged by log-sum-exp) against the band kernel for segments of 64 .. 1024, plain, with 4 sinks and with
+the previous segment: the measurements behind ``triton_band._fold_pays``.
 """
 
 from __future__ import annotations
@@ -348,16 +352,43 @@ def sweep(n: int, rep_ms: float, log, names=SWEEP_ROWS) -> list[dict]:
     return out
 
 
+def fold_sweep(n: int, rep_ms: float, log) -> list[dict]:
+    """Fast path / kernel time for whole-segment bands (``triton_band._fold_pays`` decides from these)."""
+    from attnopt.kernels import triton_band
+
+    q, k, v = random_qkv(n)
+    out = []
+    for seg in (64, 128, 256, 512, 1024):
+        for prev, sinks in ((False, 0), (False, 4), (True, 0)):
+            for causal in (False, True):
+                kw = dict(unit=seg, before=seg if prev else 0, after=0, sinks=sinks, scale=D ** -0.5, causal=causal)
+                # forced: timed even where _fold_pays declines it
+                ms_fast = bench(lambda kw=kw: triton_band._segment_fast_path(
+                    q, k, v, **kw, softcap=0.0, key_padding=None, mask=None, force=True), rep_ms)
+                ms_kernel = bench(lambda kw=kw: triton_band._band_attention(q, k, v, **kw, fast_path=False), rep_ms)
+                row = dict(n=n, segment=seg, prev=prev, sinks=sinks, causal=causal, fast_ms=ms_fast,
+                           kernel_ms=ms_kernel, ratio=ms_fast / ms_kernel,
+                           rule_takes_fast_path=triton_band._fold_pays(seg, prev, sinks > 0))
+                out.append(row)
+                log(f"fold sweep N={n} S={seg} prev={prev} sinks={sinks} causal={causal}: fast path {ms_fast:.3f} ms, "
+                    f"kernel {ms_kernel:.3f} ms, ratio {row['ratio']:.2f}, rule takes the fast path: "
+                    f"{row['rule_takes_fast_path']}")
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, nargs="+", default=[4096, 16384, 65536])
     ap.add_argument("--json", help="write all rows here")
     ap.add_argument("--md", help="also write the markdown table here")
     ap.add_argument("--rep-ms", type=float, default=200.0, help="do_bench repetition time per measurement")
-    ap.add_argument("--variants", nargs="+", default=None,
-                    help="rows whose name contains any of these (default: all): " + ", ".join(ALL_ROWS))
+    ap.add_argument("--variants", nargs="*", default=None,
+                    help="rows whose name contains any of these (default: all; none with a sweep: the sweep "
+                    "alone): " + ", ".join(ALL_ROWS))
     ap.add_argument("--no-flex", action="store_true", help="skip FlexAttention (its compiles take time)")
     ap.add_argument("--sweep", type=int, nargs="+", default=[], help="N for a tile-configuration sweep first")
+    ap.add_argument("--fold-sweep", type=int, nargs="+", default=[],
+                    help="N for a fast path / kernel comparison of whole-segment bands first")
     ap.add_argument("--sweep-rows", nargs="+", default=list(SWEEP_ROWS),
                     help="rows the sweep times (band rows and hierarchical ones)")
     args = ap.parse_args(argv)
@@ -384,8 +415,10 @@ def main(argv=None) -> int:
         print(f"--sweep-rows: no row {bad!r}; rows: {', '.join(ALL_ROWS)}", file=sys.stderr)
         return 2
     result["sweep"] = [r for n in args.sweep for r in sweep(n, args.rep_ms, log, args.sweep_rows)]
-    variants = ALL_ROWS if not args.variants else [r for r in ALL_ROWS if any(w in r for w in args.variants)]
-    if not variants:
+    result["fold_sweep"] = [r for n in args.fold_sweep for r in fold_sweep(n, args.rep_ms, log)]
+    variants = ALL_ROWS if args.variants is None else [r for r in ALL_ROWS if any(w in r for w in args.variants)]
+    sweeps_only = args.variants == [] and (args.sweep or args.fold_sweep)
+    if not variants and not sweeps_only:
         print(f"--variants {' '.join(args.variants)}: no row matches; rows: {', '.join(ALL_ROWS)}", file=sys.stderr)
         return 2
 
@@ -399,7 +432,7 @@ def main(argv=None) -> int:
             with open(args.md, "w") as f:
                 f.write(markdown(rows) + "\n")
 
-    rows = run(args.n, args.rep_ms, variants, log, args.no_flex, on_row=write)
+    rows = [] if sweeps_only else run(args.n, args.rep_ms, variants, log, args.no_flex, on_row=write)
     write(rows)
     table = markdown(rows)
     print()

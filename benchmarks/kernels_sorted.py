@@ -154,6 +154,25 @@ def lsh_sweep(q, k, v, scale, rep_ms, log) -> list[dict]:
     ms = bench(ids_and_sorts, rep_ms)
     log(f"N={n} sweep lsh b=32 hashing + sorts: {ms:.3f} ms")
     out.append(dict(variant="sweep lsh b=32 hashing + sorts", n=n, ms=ms))
+    # pre-sorting k and v: sort_keys (one Triton copy) against what torch offers, on lsh's own permutation
+    k_perm = torch.sort(kb, dim=-1, stable=True)[1].to(torch.int32)
+    B, Hkv, R = k_perm.shape[:3]
+    bi = torch.arange(B, device=k.device).view(B, 1, 1, 1)
+    hi = torch.arange(Hkv, device=k.device).view(1, Hkv, 1, 1)
+    sorts = {
+        "sort_keys (Triton copy of k and v)": lambda: tb.sort_keys(k, v, k_perm, D),
+        "torch.gather, index expanded over D (k and v)": lambda: [
+            torch.gather(t[:, :, None].expand(B, Hkv, R, n, D), 3, k_perm.long()[..., None].expand(B, Hkv, R, n, D))
+            for t in (k, v)],
+        "advanced indexing (k and v)": lambda: [t[bi, hi, k_perm.long()] for t in (k, v)],
+        "index_select on rows (k and v)": lambda: [
+            t.reshape(-1, D).index_select(0, (k_perm.long() + (bi * Hkv + hi) * n).reshape(-1)) for t in (k, v)],
+        "plain copy of k and v (the floor)": lambda: (k.clone(), v.clone()),
+    }
+    for label, fn in sorts.items():
+        ms = bench(fn, rep_ms)
+        log(f"N={n} sweep pre-sorting: {label}: {ms:.3f} ms")
+        out.append(dict(variant=f"sweep pre-sorting: {label}", n=n, ms=ms))
     C = tb.BucketConfig
     configs = [C(), C(presorted=True), C(presorted=True, use_tma=True), C(num_stages=2, presorted=True, use_tma=True),
                C(block_n=128, presorted=True, use_tma=True), C(block_n=128), C(num_warps=8, num_stages=2),

@@ -668,14 +668,15 @@ def _fold_pays(segment: int, prev: bool, sinks: bool) -> bool:
 
 
 def _segment_fast_path(q, k, v, *, unit, before, after, sinks, scale, causal, softcap, key_padding, mask,
-                       sdpa=None):
+                       sdpa=None, force: bool = False):
     """Segmented and memory (M_mem = S) bands as fused SDPA over segments folded into the batch.
 
     Exact where ``band.segment_fold`` says so (its docstring has the plan); here
     the fused kernel is cuDNN's and ``_merge_fwd`` folds in the sinks per row and
     merges the parts by their log-sum-exp. Returns None where it does not apply.
     ``sdpa`` stands in for the fused kernel (a (q, k, v, causal, scale) -> (out,
-    lse) function; the interpreted tests pass a torch one).
+    lse) function; the interpreted tests pass a torch one). ``force`` takes the path
+    where it is exact but ``_fold_pays`` declines it (benchmarks/kernels.py --fold-sweep).
     """
     B, H, N, D = q.shape
     S = unit
@@ -688,7 +689,7 @@ def _segment_fast_path(q, k, v, *, unit, before, after, sinks, scale, causal, so
     if fold is None:
         return None
     nseg, prev, sinks_from = fold
-    if sdpa is None and not _fold_pays(S, prev, sinks > 0 and sinks_from < N):
+    if sdpa is None and not force and not _fold_pays(S, prev, sinks > 0 and sinks_from < N):
         return None
     folded = [t.view(B, H * nseg, S, D) for t in (q, k, v)]
     if not prev and (sinks == 0 or sinks_from >= N):
