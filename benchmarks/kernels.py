@@ -316,7 +316,7 @@ def sweep(n: int, rep_ms: float, log, names=SWEEP_ROWS) -> list[dict]:
     ]
     # with more than one level the launcher caps the tile height at the block (64 here)
     pooled_configs = [C(128, 64, 8, 2, True), C(128, 128, 8, 2, True), C(128, 64, 8, 3, True), C(64, 64, 4, 2, True),
-                      C(128, 64, 4, 2, True), C(256, 64, 16, 2, True)]
+                      C(64, 64, 4, 3, True), C(128, 64, 4, 2, True), C(256, 64, 16, 2, True)]
     out = []
     for name in names:
         if name in VARIANTS:

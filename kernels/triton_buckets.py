@@ -43,7 +43,7 @@ import triton.language as tl
 from torch import Tensor
 
 from .reference import check_self_attention
-from .triton_band import _exp_weights, _log2_scores, _tma_ok, _to_log2_additive, launch
+from .triton_band import _accumulate, _exp_weights, _log2_scores, _tma_ok, _to_log2_additive, launch
 
 __all__ = ["BucketConfig", "bucket_attention", "default_config", "project_top"]
 
@@ -183,8 +183,7 @@ def _fold(
         if MASKED:
             s = tl.where(ok, s, float("-inf"))
         p, alpha, m_new = _exp_weights(m_i, s)
-    l_i = l_i * alpha + tl.sum(p, 1)
-    acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PREC)
+    acc, l_i = _accumulate(acc, l_i, p, alpha, v, PREC)
     return acc, l_i, m_new
 
 
