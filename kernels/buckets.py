@@ -191,10 +191,9 @@ def _bucket_part(site: _Site, qb: Tensor, kb: Tensor, n_buckets: int, block: int
     key_ok = at < hi[..., None]
     col = k_perm.gather(-1, at.clamp(max=m - 1).view(B, Hkv, R, -1)).view(B, Hkv, R, nblk, span)
 
-    qs = site.q.gather(2, row_idx.view(B, Hkv, -1, 1).expand(-1, -1, -1, D)).view(B, Hkv, R, nblk, bq, D)
-    key_at = col.view(B, Hkv, -1, 1).expand(-1, -1, -1, D)
-    ks = site.k.gather(2, key_at).view(B, Hkv, R, nblk, span, D)
-    vs = site.v.gather(2, key_at).view(B, Hkv, R, nblk, span, D)
+    qs = take_rows(site.q, row_idx.view(B, Hkv, -1)).view(B, Hkv, R, nblk, bq, D)
+    ks = take_rows(site.k, col.view(B, Hkv, -1)).view(B, Hkv, R, nblk, span, D)
+    vs = take_rows(site.v, col.view(B, Hkv, -1)).view(B, Hkv, R, nblk, span, D)
 
     qpos = (row_idx % n + off)[..., :, None]
     c = col[..., None, :]
@@ -220,14 +219,25 @@ def _bucket_part(site: _Site, qb: Tensor, kb: Tensor, n_buckets: int, block: int
     else:
         top, total, out = _fused_part(qs, ks, vs, allowed, site.scale)
     # Back to rows h·N + i; padding slots go to a spare row that is dropped.
-    dest = torch.where(row_ok, row_idx, rows).view(B, Hkv, R, -1)
+    dest = torch.where(row_ok, row_idx, rows).view(B * Hkv * R, -1)
+    slots = (dest + torch.arange(B * Hkv * R, device=dev)[:, None] * (rows + 1)).reshape(-1)
 
     def unsort(x: Tensor) -> Tensor:
-        x = x.reshape(B, Hkv, R, nblk * bq, *x.shape[5:])
-        idx = dest.view(*dest.shape, *(1,) * (x.dim() - 4)).expand_as(x)
-        return x.new_zeros(B, Hkv, R, rows + 1, *x.shape[4:]).scatter_(3, idx, x)[:, :, :, :rows]
+        tail = x.shape[5:]  # () for the row statistics, (D,) for the output
+        into = x.new_zeros(B * Hkv * R * (rows + 1), *tail).index_copy_(0, slots, x.reshape(-1, *tail))
+        return into.view(B, Hkv, R, rows + 1, *tail)[:, :, :, :rows]
 
     return unsort(top), unsort(total), unsort(out)
+
+
+def take_rows(x: Tensor, idx: Tensor) -> Tensor:
+    """x[b, h, idx[b, h, j]] for x (B, Hkv, L, D) and idx (B, Hkv, J): (B, Hkv, J, D).
+
+    Whole rows through index_select: ``gather`` with the index expanded over D reads an index per element.
+    """
+    B, Hkv, L, D = x.shape
+    base = torch.arange(B * Hkv, device=x.device).view(B, Hkv, 1) * L
+    return x.reshape(B * Hkv * L, D).index_select(0, (idx + base).reshape(-1)).view(B, Hkv, -1, D)
 
 
 def _bucket_ranges(buckets: Tensor, n_buckets: int) -> tuple[Tensor, Tensor]:

@@ -166,6 +166,17 @@ def test_bucket_part_far_scores_survive_rows_the_part_leaves_empty():
     torch.testing.assert_close(merged[0, 0, 0], torch.softmax(s[0], -1) @ v[0])
 
 
+def test_take_rows_reads_each_batch_and_head_at_its_own_indices():
+    """The whole-row copy the bucket part reads q, k and v with equals gather's, on a strided (transposed) input."""
+    from attnopt.kernels.buckets import take_rows
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 9, 3, 5, generator=g).transpose(1, 2)  # (B, Hkv, L, D), not contiguous
+    idx = torch.randint(0, 9, (2, 3, 14), generator=g)
+    want = x.gather(2, idx[..., None].expand(-1, -1, -1, 5))
+    assert torch.equal(take_rows(x, idx), want)
+
+
 def test_every_query_sees_at_least_its_own_chunk():
     """The local chunk: with one key per bucket and no key in the query's buckets, rows are still nonempty."""
     q, k, v = qkv(1, 1, 1, 16, 16, 4, 4)
