@@ -19,8 +19,10 @@ expected, with no N×M tensor:
 Each part yields, per query, its row max, row sum and unnormalised output, and
 the parts are merged the way flash attention merges key blocks: that is
 exactly one softmax over the union. A pair several parts allow is kept in one:
-the local part owns the chunk and the sinks, round r what no earlier round
-matched. The rep = H/Hkv query heads of one kv head are sorted together, as
+round r owns the pairs its buckets match and no earlier round's do, and the
+local part the chunk and sink pairs that no round matched (as in the Triton
+kernels). The bucket part, the large one, then masks only its padding, causality
+and earlier rounds; the pairwise bucket test runs on the local part's C + G keys. The rep = H/Hkv query heads of one kv head are sorted together, as
 rows h·N + i: they read the same keys.
 """
 
@@ -83,7 +85,7 @@ def bucket_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, key_p
                  n=N, rep=rep, chunk=chunk, sinks=min(sinks, M), scale=scale, causal=causal, softcap=softcap)
     # Rows h·N + i: the rep query heads of a kv head, one after the other.
     qb = q_buckets.reshape(B, Hkv, rep, R, N).transpose(2, 3).reshape(B, Hkv, R, rep * N)
-    parts = [_local_part(site)]
+    parts = [_local_part(site, qb, k_buckets)]
     if R:
         parts.append(_bucket_part(site, qb, k_buckets, n_buckets, block or block_rows(D)))
     return merge_parts(parts).reshape(B, H, N, D).to(q.dtype)
@@ -125,8 +127,9 @@ class _Site:
         return scores
 
 
-def _local_part(site: _Site):
-    """Each query against its chunk's keys and the sinks (this part owns those pairs, whatever their buckets)."""
+def _local_part(site: _Site, qb: Tensor, kb: Tensor):
+    """Each query against its chunk's keys and the sinks, but for the pairs a round's buckets match (the bucket
+    part owns those). qb (B, Hkv, R, rep·N) and kb (B, Hkv, R, M): the bucket ids."""
     B, Hkv, _, D = site.q.shape
     C, G, n, m, rep, off = site.chunk, site.sinks, site.n, site.m, site.rep, site.off
     dev = site.q.device
@@ -149,6 +152,11 @@ def _local_part(site: _Site):
     allowed = torch.cat([in_chunk.expand(nc, C, C), sink_ok.expand(nc, C, G)], dim=-1)
     if site.causal:
         allowed = allowed & (torch.cat([pos, j.expand(nc, G)], dim=1)[:, None, :] <= pos[:, :, None])
+    if qb.shape[2]:  # (B, Hkv, R, rep, nc, C, 1) against (B, Hkv, R, 1, nc, 1, C + G)
+        q_ids = F.pad(qb.view(*qb.shape[:3], rep, n), (front, nc * C - front - n), value=-1)
+        q_ids = q_ids.view(*qb.shape[:3], rep, nc, C, 1)
+        k_ids = kb[..., cols].view(*kb.shape[:3], 1, nc, 1, C + G)
+        allowed = allowed & ~(q_ids == k_ids).any(dim=2)
     row = (torch.arange(rep, device=dev).view(rep, 1, 1, 1) * n + (pos - off).clamp(0, n - 1)[:, :, None])
     scores = site.add_masks(scores, row, cols[:, None, :]).masked_fill(~allowed, _NEG_INF)
 
@@ -161,8 +169,8 @@ def _local_part(site: _Site):
 
 
 def _bucket_part(site: _Site, qb: Tensor, kb: Tensor, n_buckets: int, block: int):
-    """Round r: blocks of one bucket's sorted queries against that bucket's key range, minus what the
-    local part or an earlier round owns. Returns (max, sum, output) per round, rows in h·N + i order."""
+    """Round r: blocks of one bucket's sorted queries against that bucket's key range, minus what an earlier
+    round owns. Returns (max, sum, output) per round, rows in h·N + i order."""
     B, Hkv, rows, D = site.q.shape
     R, n, m, off = qb.shape[2], site.n, site.m, site.off
     dev = site.q.device
@@ -197,18 +205,17 @@ def _bucket_part(site: _Site, qb: Tensor, kb: Tensor, n_buckets: int, block: int
 
     qpos = (row_idx % n + off)[..., :, None]
     c = col[..., None, :]
-    allowed = row_ok[..., :, None] & key_ok[..., None, :]
-    # The local part owns the chunk and the sinks.
-    allowed &= (torch.div(qpos, site.chunk, rounding_mode="floor") != torch.div(c, site.chunk, rounding_mode="floor"))
-    allowed &= c >= site.sinks
+    # Every key of a block's range shares its bucket: only the padding past the range is masked, a mask per
+    # key (padding rows are dropped below). Pairs pile up only for causality and later rounds.
+    allowed = key_ok[..., None, :]
     # Round r owns a pair only if no earlier round matches it.
     rounds = torch.arange(R, device=dev).view(1, 1, R, 1, 1, 1)
     for r in range(R - 1):
         q_r = qb[:, :, r].gather(-1, row_idx.view(B, Hkv, -1)).view(B, Hkv, R, nblk, bq, 1)
         k_r = kb[:, :, r].gather(-1, col.view(B, Hkv, -1)).view(B, Hkv, R, nblk, 1, span)
-        allowed &= ~((rounds > r) & (q_r == k_r))
+        allowed = allowed & ~((rounds > r) & (q_r == k_r))
     if site.causal:
-        allowed &= c <= qpos
+        allowed = allowed & (c <= qpos)
     # The fused kernel is torch's CPU one (CUDA has the Triton op); finfo.min padding must stay finite (a row
     # of it is uniform), which that kernel's mask does not keep.
     if (not FUSE_ON_CPU or qs.device.type != "cpu" or site.softcap or qs.dtype != torch.float32
@@ -255,13 +262,14 @@ def _fused_part(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor, scale: float):
     at N = 4096 and 8192, fp32, 2 threads: benchmarks/cpu_ops.py). It returns each row's normalised
     output and log-sum-exp, which ``merge_parts`` weighs the same as a max with an unnormalised output
     when the sum is 1. Rows with no allowed key get −inf and a sum of 0 (the kernel reports a
-    log-sum-exp of 0 for them).
+    log-sum-exp of 0 for them). A mask of one row per block (…, 1, L) goes in as it is, broadcast by
+    the kernel over the block's rows.
     """
     bias = torch.where(allowed, torch.zeros((), dtype=q.dtype), torch.full((), _NEG_INF, dtype=q.dtype))
     flat = [t.reshape(-1, 1, *t.shape[-2:]) for t in (q, k, v, bias)]
     out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
         *flat[:3], 0.0, False, attn_mask=flat[3], scale=scale)[:2]
-    has = allowed.any(dim=-1)
+    has = allowed.any(dim=-1).expand(q.shape[:-1])  # ``allowed`` may be one row per block, for every row
     lse = torch.where(has, lse.view(has.shape), _NEG_INF)
     return lse, has.to(q.dtype), out.view(*q.shape[:-1], v.shape[-1])
 
