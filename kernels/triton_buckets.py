@@ -567,8 +567,9 @@ def bucket_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, key_p
         k_in, v_in = k, v
         k_strides = (k.stride(0), k.stride(1), k.stride(2))
     v_strides = k_strides if (R and cfg.presorted) else (v.stride(0), v.stride(1), v.stride(2))
+    # TMA coordinates are int32: the pre-sorted rows, B·Hkv·R·M of them, must fit
     use_tma = bool(R and cfg.presorted and cfg.use_tma and head_dim == D and not _interpreting()
-                   and _tma_ok(k_in) and _tma_ok(v_in))
+                   and B * Hkv * R * M < 2**31 and _tma_ok(k_in) and _tma_ok(v_in))
     if use_tma:
         from triton.tools.tensor_descriptor import TensorDescriptor
 
