@@ -665,8 +665,9 @@ def _cudnn_lse(q, k, v, causal: bool, scale: float):
 def _fold_pays(segment: int, prev: bool, sinks: bool) -> bool:
     """Whether cuDNN over folded segments beats the band kernel. Each extra part costs a second call or a merge
     pass over q and the output, which short segments do not earn back. H200, bf16, H=16, D=128, N=65536,
-    fast path / kernel time: the previous segment (memory) 2.11 at S=64, 1.35 at 128, 1.00 at 256, 0.89 at 512;
-    sinks 1.20 at S=64, 0.89 at 128; plain segments 0.92 at S=64, 0.60 at 128.
+    fast path / kernel time, non-causal (``benchmarks/kernels.py --fold-sweep 65536``): the previous segment
+    (memory) 2.08 at S=64, 1.34 at 128, 0.94 at 256 (causal 1.06), 0.92 at 512; sinks 1.19 at S=64, 0.88 at
+    128; plain segments 0.92 at S=64, 0.59 at 128.
     """
     if prev:
         return segment >= 512
