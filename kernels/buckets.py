@@ -22,8 +22,9 @@ exactly one softmax over the union. A pair several parts allow is kept in one:
 round r owns the pairs its buckets match and no earlier round's do, and the
 local part the chunk and sink pairs that no round matched (as in the Triton
 kernels). The bucket part, the large one, then masks only its padding, causality
-and earlier rounds; the pairwise bucket test runs on the local part's C + G keys. The rep = H/Hkv query heads of one kv head are sorted together, as
-rows h·N + i: they read the same keys.
+and earlier rounds; the pairwise bucket test runs on the local part's C + G
+keys. The rep = H/Hkv query heads of one kv head are sorted together, as rows
+h·N + i: they read the same keys.
 """
 
 from __future__ import annotations
