@@ -195,10 +195,13 @@ def op_row(name: str, q, k, v, scale: float):
         flex = dict(unit=BIG, before=0, after=0, sinks=0, causal=causal, slopes=extra[0] * params["bias_scale"])
     elif variant == "hierarchical":
         kpq = hierarchical_keys_per_query(n, params["block"], params["levels"], params["sinks"], causal)
-    elif variant == "lsh":  # expected: a bucket's share of the keys per round, plus the local chunk
-        kpq = params["n_rounds"] * (n / params["n_buckets"] + params["chunk"]) + params["sinks"]
-    elif variant == "routed":
-        kpq = params["top_k"] * n / params["n_clusters"] + params["chunk"] + params["sinks"]
+    elif variant in ("lsh", "routed"):
+        # expected: a bucket's share of the keys per round (lsh) or route (routed), plus the local chunk; causal, the
+        # keys at or before the query: half the bucket's on average, (C + 1) / 2 of the chunk's
+        rounds, share = ((params["n_rounds"], n / params["n_buckets"]) if variant == "lsh"
+                         else (params["top_k"], n / params["n_clusters"]))
+        chunk = (params["chunk"] + 1) / 2 if causal else params["chunk"]
+        kpq = rounds * (share / 2 if causal else share) + chunk + params["sinks"]
     else:  # lowrank: rank pooled keys
         kpq = params["rank"]
     return call, kpq, flex

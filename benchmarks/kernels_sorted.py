@@ -12,6 +12,10 @@ Target (issue 9): >= 50% of dense SDPA's TFLOP/s on the useful FLOPs.
 
 ``--sweep`` also times lsh's attention alone (bucket ids given) under a few tile configurations, with and
 without pre-sorted keys, and the share of the time spent hashing and sorting.
+
+``--kmeans`` times routed's k-means alone (c = 16 and 64, 2 Lloyd iterations) with the torch step and the
+Triton step (``kernels/triton_kmeans.py``): time, peak extra memory, and how many keys the two put in the
+same cluster.
 """
 
 from __future__ import annotations
@@ -57,16 +61,9 @@ def bucket_ids(variant: str, params: dict, q, k, key_padding=None):
         w = rot[None, None]
         return (triton_buckets.project_top(q, w, mod=params["n_buckets"], signed=True),
                 triton_buckets.project_top(k, w, mod=params["n_buckets"], signed=True))
-    from attnopt.kernels.routed.clusters import centroids, distinct, key_weights
+    from attnopt.kernels.routed.op import cuda_buckets
 
-    c = params["n_clusters"]
-    mu = centroids(k, key_weights(key_padding, k.shape[2], k.device), c, params["iters"])
-    bias = torch.where(distinct(mu), 0.0, float("-inf"))
-    w = mu.transpose(-1, -2)[:, :, None]
-    t = min(params["top_k"], c)
-    qb = triton_buckets.project_top(q, w, top=t, signed=False, col_bias=bias)
-    kb = triton_buckets.project_top(k, w, top=1, signed=False, normalize=True, col_bias=bias)
-    return qb, kb.expand(-1, -1, t, -1)
+    return cuda_buckets(q, k, key_padding, params["n_clusters"], params["top_k"], params["iters"])
 
 
 def attended_pairs(qb, kb, chunk: int, sinks: int, causal: bool, sample: int = 4096) -> float:
@@ -195,6 +192,32 @@ def lsh_sweep(q, k, v, scale, rep_ms, log) -> list[dict]:
     return out
 
 
+def kmeans_rows(ns, rep_ms: float, log) -> list[dict]:
+    """routed's centroids with the torch step against the Triton step, per N and c."""
+    from attnopt.kernels import triton_kmeans
+    from attnopt.kernels.routed import clusters
+
+    out = []
+    for n in ns:
+        _, k, _ = random_qkv(n)
+        w = clusters.key_weights(None, n, k.device)
+        for c in (16, 64):
+            mus = {}
+            for label, step in (("torch step", clusters.lloyd_sums), ("Triton step", triton_kmeans.lloyd_sums)):
+                call = lambda step=step, k=k, w=w, c=c: clusters.centroids(k, w, c, 2, step)
+                mus[label] = call()
+                ms, mem = bench(call, rep_ms), peak_extra_mib(call)
+                out.append(dict(variant=f"k-means c={c}, 2 iterations, {label}", n=n, ms=ms, peak_mib=mem))
+                log(f"N={n} k-means c={c}, 2 iterations, {label}: {ms:.3f} ms, peak extra {mem:.1f} MiB")
+            a, b = (clusters.nearest(k, mu, clusters.distinct(mu)) for mu in mus.values())
+            same = float((a == b).float().mean())
+            out[-1]["same_cluster"] = same
+            log(f"N={n} k-means c={c}: the two steps' centroids put {same:.5f} of the keys in the same cluster")
+        del k
+        torch.cuda.empty_cache()
+    return out
+
+
 def profile(n: int, log) -> None:
     """Where lsh's and lowrank's time goes at length n: the op, its CUDA function called directly, the same with
     Triton launched without torch.library.wrap_triton, host time per call, and the GPU kernels' own times."""
@@ -259,6 +282,7 @@ def main(argv=None) -> int:
     ap.add_argument("--md", help="write the markdown table here")
     ap.add_argument("--sweep", action="store_true", help="also time lsh's parts and tile configurations")
     ap.add_argument("--profile", action="store_true", help="only show where the time goes, at each --n")
+    ap.add_argument("--kmeans", action="store_true", help="only time routed's k-means, torch and Triton steps")
     ap.add_argument("--rows", nargs="*", default=None,
                     help="rows whose name contains any of these (default: all; none with --sweep: the sweep alone): "
                     + ", ".join(ROWS))
@@ -278,6 +302,12 @@ def main(argv=None) -> int:
     if args.profile:
         for n in args.n:
             profile(n, lambda s: print(s, flush=True))
+        return 0
+    if args.kmeans:
+        rows = kmeans_rows(args.n, args.rep_ms, lambda s: print(s, flush=True))
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(rows, f, indent=1)
         return 0
     rows = run(args.n, args.rep_ms, lambda s: print(s, flush=True), args.sweep, names)
     table = markdown(rows)

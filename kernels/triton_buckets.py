@@ -54,6 +54,26 @@ _LOG2E = 1.4426950408889634
 
 
 @triton.jit
+def _split_bf16(x, UPCAST: tl.constexpr):
+    """An fp32 tile as two bf16 terms, hi + lo (16 significant bits): a product with bf16 data as two bf16
+    products accumulated in fp32. UPCAST (the interpreter, whose bf16 products are wrong): the same values
+    as fp32 tiles."""
+    hi = x.to(tl.bfloat16)
+    lo = (x - hi.to(tl.float32)).to(tl.bfloat16)
+    if UPCAST:
+        return hi.to(tl.float32), lo.to(tl.float32)
+    return hi, lo
+
+
+@triton.jit
+def _dot(a, b, UPCAST: tl.constexpr):
+    """a·b accumulated in fp32; UPCAST: a and b are fp32 tiles holding bf16 values, multiplied exactly."""
+    if UPCAST:
+        return tl.dot(a, b, input_precision="ieee")
+    return tl.dot(a, b)
+
+
+@triton.jit
 def _project_fwd(
     X, W, COLBIAS, OUT,
     stride_xb, stride_xh, stride_xs,
@@ -62,9 +82,13 @@ def _project_fwd(
     H, GROUP, S, R, NCOL, MOD, T,
     HEAD_DIM: tl.constexpr, D_TRUE: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr,
     SIGNED: tl.constexpr, NORMALIZE: tl.constexpr, HAS_COLBIAS: tl.constexpr, PREC: tl.constexpr,
+    SPLIT: tl.constexpr, UPCAST: tl.constexpr,
 ):
     """OUT (B, H, R·T, S) int32. SIGNED: per round r, argmax over [x·W_r ; −x·W_r] mod MOD (lsh's hash).
-    Otherwise: the T best columns of x·W_0 + COLBIAS, best first, ties to the lowest column (routed)."""
+    Otherwise: the T best columns of x·W_0 + COLBIAS, best first, ties to the lowest column (routed).
+
+    SPLIT (bf16 x): x·W as x times W's two bf16 terms (``_split_bf16``), x as it is; NORMALIZE then scales
+    the products by 1/‖x‖. Otherwise x in fp32 and PREC products."""
     pid = tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // H
@@ -76,9 +100,13 @@ def _project_fwd(
     col_ok = cols < NCOL
     row_ok = rows < S
     x = tl.load(X + b.to(tl.int64) * stride_xb + h.to(tl.int64) * stride_xh + rows[:, None].to(tl.int64) * stride_xs
-                + offs_d[None, :], mask=row_ok[:, None] & (offs_d[None, :] < D_TRUE), other=0.0).to(tl.float32)
-    if NORMALIZE:  # F.normalize's x / max(‖x‖, 1e-12)
-        x = x / tl.maximum(tl.sqrt(tl.sum(x * x, 1)), 1e-12)[:, None]
+                + offs_d[None, :], mask=row_ok[:, None] & (offs_d[None, :] < D_TRUE), other=0.0)
+    xf = x.to(tl.float32)
+    inv_norm = 1.0 / tl.maximum(tl.sqrt(tl.sum(xf * xf, 1)), 1e-12)  # F.normalize's x / max(‖x‖, 1e-12)
+    if NORMALIZE and not SPLIT:
+        xf = xf * inv_norm[:, None]
+    if UPCAST or not SPLIT:
+        x = xf
     Wb = W + b.to(tl.int64) * stride_wb + hw.to(tl.int64) * stride_wh
     w_mask = (offs_d[:, None] < D_TRUE) & col_ok[None, :]
     out_base = OUT + bh.to(tl.int64) * (R * T) * S
@@ -86,7 +114,13 @@ def _project_fwd(
     for r in range(R):
         w = tl.load(Wb + r * stride_wr + offs_d[:, None] * stride_wd + cols[None, :] * stride_wc, mask=w_mask,
                     other=0.0).to(tl.float32)
-        proj = tl.dot(x, w, input_precision=PREC)  # (BLOCK_S, BLOCK_C)
+        if SPLIT:
+            w_hi, w_lo = _split_bf16(w, UPCAST)
+            proj = _dot(x, w_hi, UPCAST) + _dot(x, w_lo, UPCAST)  # (BLOCK_S, BLOCK_C)
+            if NORMALIZE:
+                proj = proj * inv_norm[:, None]
+        else:
+            proj = tl.dot(x, w, input_precision=PREC)
         if SIGNED:
             top = tl.max(tl.where(col_ok[None, :], proj, float("-inf")), 1)
             top_at = tl.min(tl.where(col_ok[None, :] & (proj == top[:, None]), cols[None, :], big), 1)
@@ -140,8 +174,10 @@ def project_top(x: Tensor, w: Tensor, *, mod: int = 0, top: int = 1, signed: boo
         Hx, Hx // Hw, S, R, n_col, max(mod, 1), 1 if signed else top,
         HEAD_DIM=max(16, triton.next_power_of_2(D)), D_TRUE=D, BLOCK_S=block_s, BLOCK_C=block_c,
         SIGNED=signed, NORMALIZE=normalize, HAS_COLBIAS=col_bias is not None,
-        # fp32 accuracy on the tensor cores (3 tf32 products); the FMA "ieee" dot took 3.8 ms for q at N=65536
-        PREC="ieee" if _interpreting() else "tf32x3", num_warps=4,
+        # fp32 accuracy on the tensor cores (3 tf32 products); the FMA "ieee" dot took 3.8 ms for q at N=65536.
+        # bf16 x: two bf16 products instead (SPLIT), x·W to 16 significant bits of W.
+        PREC="ieee" if _interpreting() else "tf32x3", SPLIT=x.dtype == torch.bfloat16, UPCAST=_interpreting(),
+        num_warps=4,
     )
     return out
 
@@ -203,7 +239,7 @@ def _bucket_fwd(
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
     stride_kpb, stride_kpn, stride_mb, stride_mh, stride_mn, stride_mm,
-    HKV, N, M, GROUP, ROWS, R, ROUND, NB, OFF, scale2, cap2, cap_in, KCUT, TILES,
+    HKV, N, M, GROUP, ROWS, R, ROUND, NB, OFF, scale2, cap2, cap_in, KCUT, KFULL, TILES,
     HEAD_DIM: tl.constexpr, D_TRUE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     CAUSAL: tl.constexpr, HAS_KP: tl.constexpr, HAS_MASK: tl.constexpr, MASK_BOOL: tl.constexpr,
     SOFTCAP: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, PRESORTED: tl.constexpr,
@@ -259,15 +295,19 @@ def _bucket_fwd(
     MSKb = MSK + b.to(tl.int64) * stride_mb
     mrow = h.to(tl.int64) * stride_mh + i.to(tl.int64) * stride_mn
 
-    if CAUSAL:  # the last bucket's keys after every query of the block are cut off (``causal_ends``)
+    if CAUSAL:  # the last bucket's keys after every query of the block are cut off (``causal_cuts``)
         hi = tl.minimum(hi, tl.maximum(tl.load(KCUT + seq * TILES + pid), lo))
 
-    # Whole key blocks of a single-bucket block need no mask at all when nothing rides on top.
-    SIMPLE: tl.constexpr = not (CAUSAL or HAS_KP or HAS_MASK or SOFTCAP)
+    # Whole key blocks of a single-bucket block need no mask at all when nothing rides on top; causal, the
+    # keys up to the block's earliest query position (``causal_cuts``), which every row may see.
+    SIMPLE: tl.constexpr = not (HAS_KP or HAS_MASK or SOFTCAP)
     plain_end = lo
     if SIMPLE:
         if (b_first == b_last) & (ROUND == 0):
-            plain_end = lo + ((hi - lo) // BLOCK_N) * BLOCK_N
+            full = hi
+            if CAUSAL:
+                full = tl.minimum(tl.maximum(tl.load(KFULL + seq * TILES + pid), lo), hi)
+            plain_end = lo + ((full - lo) // BLOCK_N) * BLOCK_N
         for start in range(lo, plain_end, BLOCK_N):
             kslot = start + offs_n
             if PRESORTED:
@@ -578,14 +618,15 @@ def bucket_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, key_p
     else:
         descs = (None, None)
     tiles = triton.cdiv(rows, cfg.block_m)
-    k_cut = causal_ends(q_sorted, q_perm, k_sorted, k_perm, cfg.block_m, N, M) if causal and R else k_start
+    k_full, k_cut = causal_cuts(q_sorted, q_perm, k_sorted, k_perm, cfg.block_m, N, M) if causal and R \
+        else (k_start, k_start)
     bucket_kernel = launch(_bucket_fwd)
     for r in range(R):
         bucket_kernel[(tiles, B * Hkv)](
             q, k_in, v_in, kp, msk, o_state, l_state, q_perm, q_sorted, k_perm, k_sorted, k_start, k_end, qb, kb,
             *descs,
             q.stride(0), q.stride(1), q.stride(2), *k_strides, *v_strides, *kp_strides, *m_strides,
-            Hkv, N, M, rep, rows, R, r, nb, off, scale2, cap2, cap_in, k_cut, tiles,
+            Hkv, N, M, rep, rows, R, r, nb, off, scale2, cap2, cap_in, k_cut, k_full, tiles,
             HEAD_DIM=head_dim, D_TRUE=D, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, PREC=prec, UPCAST=upcast,
             PRESORTED=bool(cfg.presorted), USE_TMA=use_tma, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **flags,
         )
@@ -601,24 +642,30 @@ def bucket_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, key_p
     return out
 
 
-def causal_ends(q_sorted: Tensor, q_perm: Tensor, k_sorted: Tensor, k_perm: Tensor, block_m: int, n: int,
-                m: int) -> Tensor:
-    """(B, Hkv, R, tiles) int32: for each block of ``block_m`` sorted query rows, the key slot where its last
-    bucket's keys pass the block's last query position.
+def causal_cuts(q_sorted: Tensor, q_perm: Tensor, k_sorted: Tensor, k_perm: Tensor, block_m: int, n: int,
+                m: int) -> tuple[Tensor, Tensor]:
+    """(full, ends), each (B, Hkv, R, tiles) int32, for each block of ``block_m`` sorted query rows: ``ends``, the
+    key slot where its last bucket's keys pass the block's last query position; ``full``, where its first
+    bucket's keys pass the block's first (earliest) query position.
 
     The sort is stable, so a bucket's keys sit in position order and (bucket, position) ascends along the
-    sorted keys: one searchsorted finds each cut. Every key of the last bucket from the cut on is after
+    sorted keys: one searchsorted finds each cut. Every key of the last bucket from ``ends`` on is after
     every query of the block, so the kernel stops there; without it a causal block visits as many keys as a
-    non-causal one.
+    non-causal one. Every key of the first bucket before ``full`` is at or before every query of the block,
+    so a single-bucket block runs those keys with no mask.
     """
     rows = q_sorted.shape[-1]
     tiles = -(-rows // block_m)
     pos = (q_perm % n + (m - n)).to(torch.int64)  # rows h·N + i; position i + M − N
-    pos = torch.nn.functional.pad(pos, (0, tiles * block_m - rows), value=-1)
-    last_pos = pos.unflatten(-1, (tiles, block_m)).amax(-1)
-    last = torch.clamp(torch.arange(1, tiles + 1, device=pos.device) * block_m, max=rows) - 1
-    key = q_sorted[..., last].to(torch.int64) * m + last_pos
-    return torch.searchsorted(k_sorted.to(torch.int64) * m + k_perm, key, right=True, out_int32=True).contiguous()
+    pad = tiles * block_m - rows
+    last_pos = torch.nn.functional.pad(pos, (0, pad), value=-1).unflatten(-1, (tiles, block_m)).amax(-1)
+    first_pos = torch.nn.functional.pad(pos, (0, pad), value=m).unflatten(-1, (tiles, block_m)).amin(-1)
+    first = torch.arange(tiles, device=pos.device) * block_m
+    last = torch.clamp(first + block_m, max=rows) - 1
+    sorted_keys = k_sorted.to(torch.int64) * m + k_perm
+    cut = [torch.searchsorted(sorted_keys, q_sorted[..., at].to(torch.int64) * m + p, right=True, out_int32=True)
+           for at, p in ((first, first_pos), (last, last_pos))]
+    return cut[0].contiguous(), cut[1].contiguous()
 
 
 def _key_padding_arg(key_padding: Tensor | None, like: Tensor, B: int, M: int):

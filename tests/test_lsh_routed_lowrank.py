@@ -250,6 +250,26 @@ def test_lowrank_cpu_op_builds_nothing_quadratic():
         assert seen.max_numel < n * n // 16, params
 
 
+def test_routing_upcasts_keys_and_queries_a_chunk_at_a_time(monkeypatch):
+    """k-means and routing hold fp32 copies of at most UPCAST rows (issue 9 item 4), with the same result as
+    in one piece: chunks of 7 rows (ragged at the end) against one chunk, bf16 keys, key padding, GQA."""
+    from attnopt.kernels.routed import clusters
+
+    gen = torch.Generator().manual_seed(11)
+    q = torch.randn(2, 4, 40, 16, generator=gen).bfloat16()
+    k = torch.randn(2, 2, 40, 16, generator=gen).bfloat16()
+    kp = torch.zeros(2, 40)
+    kp[1, 30:] = float("-inf")
+    whole = clusters.route(q, k, kp, n_clusters=5, top_k=2, iters=3)
+    monkeypatch.setattr(clusters, "UPCAST", 7)
+    upcast = []
+    monkeypatch.setattr(clusters, "unit_rows", lambda x, a: upcast.append(min(7, x.shape[2] - a)) or
+                        torch.nn.functional.normalize(x[:, :, a:a + 7].float(), dim=-1, eps=clusters.EPS))
+    chunked = clusters.route(q, k, kp, n_clusters=5, top_k=2, iters=3)
+    assert torch.equal(chunked[0], whole[0]) and torch.equal(chunked[1], whole[1])
+    assert upcast and max(upcast) == 7
+
+
 @pytest.mark.parametrize("name", ["lsh", "lowrank"])
 def test_onnx_body_builds_nothing_quadratic(name):
     """As the conformance test, with lsh's rotations drawn for the real head dim and lowrank not causal."""

@@ -36,6 +36,13 @@ CASES = {
     "lsh_exact_limit": (
         "lsh", {"n_buckets": 1, "n_rounds": 2, "chunk": 3, "seed": 5, "sinks": 2}, (1, 2, 1, 18, 18, 16),
         torch.float32, {"causal": True, "kp": True, "dense": True}),
+    # causal with nothing else on top: single-bucket blocks run the keys before their earliest query unmasked
+    "lsh_causal_plain_gqa_fp32": (
+        "lsh", {"n_buckets": 2, "n_rounds": 1, "chunk": 3, "seed": 3, "sinks": 2}, (1, 4, 2, 70, 70, 16),
+        torch.float32, {"causal": True}),
+    "lsh_causal_plain_presorted_bf16": (
+        "lsh", {"n_buckets": 2, "n_rounds": 1, "chunk": 5, "seed": 6, "sinks": 0}, (1, 2, 2, 90, 90, 16),
+        torch.bfloat16, {"causal": True, "presorted": True}),
     "routed_top2_gqa_causal_padding_bf16": (
         "routed", {"n_clusters": 4, "top_k": 2, "iters": 0, "seed": 0, "chunk": 3, "sinks": 2}, (1, 2, 1, 20, 20, 16),
         torch.bfloat16, {"causal": True, "kp": True}),
@@ -134,21 +141,47 @@ def bucket_ids_match() -> dict:
     from attnopt.kernels.lsh.hashing import hash_buckets
     from attnopt.kernels.routed.clusters import centroids, distinct, key_weights, route
 
-    q, k, _, kw = make_inputs((2, 2, 1, 24, 24, 24), torch.float32, {"kp": True}, seed=3)
     out = {}
-    for b in (1, 6, 32):
-        p = {"n_buckets": b, "n_rounds": 2, "chunk": 4, "seed": 4, "sinks": 0}
-        rot = torch.from_numpy(LSH.make_tensors(p, q.shape, k.shape)["rotations"])
-        got = triton_buckets.project_top(q, rot[None, None], mod=b, signed=True)
-        out[f"lsh_b{b}"] = bool(torch.equal(got.long(), hash_buckets(q, rot, b)))
-    for c, t in ((5, 2), (3, 3), (30, 1)):  # 30 > M: repeated centroids take nothing
-        mu = centroids(k, key_weights(kw["key_padding"], k.shape[2], k.device), c, 2)
-        bias = torch.where(distinct(mu), 0.0, float("-inf"))
-        w = mu.transpose(-1, -2)[:, :, None]
-        qb = triton_buckets.project_top(q, w, top=min(t, c), signed=False, col_bias=bias)
-        kb = triton_buckets.project_top(k, w, top=1, signed=False, normalize=True, col_bias=bias)
-        ref_q, ref_k = route(q, k, kw["key_padding"], n_clusters=c, top_k=t, iters=2)
-        out[f"routed_c{c}_t{t}"] = bool(torch.equal(qb.long(), ref_q) and torch.equal(kb.long(), ref_k[:, :, :1]))
+    # bf16 rows take the split products (two bf16 terms of the fp32 side), fp32 rows three tf32 products
+    for dtype in (torch.float32, torch.bfloat16):
+        q, k, _, kw = make_inputs((2, 2, 1, 24, 24, 24), dtype, {"kp": True}, seed=3)
+        for b in (1, 6, 32):
+            p = {"n_buckets": b, "n_rounds": 2, "chunk": 4, "seed": 4, "sinks": 0}
+            rot = torch.from_numpy(LSH.make_tensors(p, q.shape, k.shape)["rotations"])
+            got = triton_buckets.project_top(q, rot[None, None], mod=b, signed=True)
+            out[f"lsh_b{b}_{dtype}"] = bool(torch.equal(got.long(), hash_buckets(q, rot, b)))
+        for c, t in ((5, 2), (3, 3), (30, 1)):  # 30 > M: repeated centroids take nothing
+            mu = centroids(k, key_weights(kw["key_padding"], k.shape[2], k.device), c, 2)
+            bias = torch.where(distinct(mu), 0.0, float("-inf"))
+            w = mu.transpose(-1, -2)[:, :, None]
+            qb = triton_buckets.project_top(q, w, top=min(t, c), signed=False, col_bias=bias)
+            kb = triton_buckets.project_top(k, w, top=1, signed=False, normalize=True, col_bias=bias)
+            ref_q, ref_k = route(q, k, kw["key_padding"], n_clusters=c, top_k=t, iters=2)
+            out[f"routed_c{c}_t{t}_{dtype}"] = bool(torch.equal(qb.long(), ref_q)
+                                                    and torch.equal(kb.long(), ref_k[:, :, :1]))
+    return out
+
+
+def kmeans_match() -> dict:
+    """One Lloyd step in Triton (``triton_kmeans.lloyd_sums``) gives the torch step's sums and masses: key
+    padding weights, GQA-shaped batches, a ragged head dim, several programs per head, repeated centroids (c > M)
+    and bf16 keys; then whole k-means runs reach the same centroids."""
+    from attnopt.kernels import triton_kmeans
+    from attnopt.kernels.routed.clusters import centroids, distinct, key_weights, lloyd_sums
+
+    out = {}
+    for name, (shape, dtype, c) in {"kp_ragged": ((2, 2, 1, 150, 150, 24), torch.float32, 5),
+                                    "repeated": ((1, 2, 2, 20, 20, 16), torch.float32, 30),
+                                    "bf16": ((1, 2, 2, 70, 70, 32), torch.bfloat16, 9)}.items():
+        _, k, _, kw = make_inputs(shape, dtype, {"kp": True}, seed=7)
+        w = key_weights(kw["key_padding"], k.shape[2], k.device)
+        mu = centroids(k, w, c, 1)
+        keep = distinct(mu)
+        want, got = lloyd_sums(k, w, mu, keep), triton_kmeans.lloyd_sums(k, w, mu, keep)
+        out[f"{name}_sums"] = bool(torch.allclose(got[0], want[0], atol=1e-4, rtol=1e-5))
+        out[f"{name}_mass"] = bool(torch.allclose(got[1], want[1], atol=1e-5, rtol=1e-6))
+        out[f"{name}_centroids"] = bool(torch.allclose(centroids(k, w, c, 3, triton_kmeans.lloyd_sums),
+                                                       centroids(k, w, c, 3), atol=1e-5))
     return out
 
 
@@ -201,6 +234,12 @@ def test_interpreted_bucket_ids_equal_the_torch_ones(interpreted_results):
 
 def test_interpreted_sort_keys_orders_rows_by_the_permutation(interpreted_results):
     r = interpreted_results["sort_keys"]
+    assert "error" not in r, r.get("error")
+    assert r and all(r.values()), r
+
+
+def test_interpreted_kmeans_step_equals_the_torch_one(interpreted_results):
+    r = interpreted_results["kmeans"]
     assert "error" not in r, r.get("error")
     assert r and all(r.values()), r
 
@@ -261,6 +300,10 @@ GPU_CASES = {
     "lsh_r2_sinks": ("lsh", {"n_buckets": 32, "n_rounds": 2, "chunk": 64, "seed": 0, "sinks": 4}, 16384, {}),
     "routed_c16": ("routed", {"n_clusters": 16, "top_k": 1, "iters": 2, "seed": 0, "chunk": 64, "sinks": 0}, 65536,
                    {}),
+    "lsh_causal": ("lsh", {"n_buckets": 32, "n_rounds": 1, "chunk": 64, "seed": 0, "sinks": 0}, 65536,
+                   {"causal": True}),
+    "routed_causal_gqa": ("routed", {"n_clusters": 16, "top_k": 1, "iters": 2, "seed": 0, "chunk": 64, "sinks": 0},
+                          16384, {"causal": True, "Hkv": 4}),
     "routed_c32_top2_causal_softcap": ("routed", {"n_clusters": 32, "top_k": 2, "iters": 2, "seed": 0, "chunk": 64,
                                                   "sinks": 4}, 16384, {"causal": True, "softcap": 30.0}),
     "pool_r256": ("lowrank", {"rank": 256, "method": "pool", "pinv_steps": 6}, 65536, {}),
@@ -277,7 +320,7 @@ class TestCuda:
         from attnopt.kernels import triton_buckets
         from attnopt.kernels.lsh import SPEC as LSH
         from attnopt.kernels.lowrank.reference import reference as lowrank_reference
-        from attnopt.kernels.routed.clusters import centroids, distinct, key_weights
+        from attnopt.kernels.routed.op import cuda_buckets
 
         variant, params, N, ex = GPU_CASES[name]
         H, D, dtype = 16, ex.get("D", 128), ex.get("dtype", torch.bfloat16)
@@ -301,20 +344,43 @@ class TestCuda:
             qb = triton_buckets.project_top(q, w, mod=params["n_buckets"], signed=True).long()
             kb = triton_buckets.project_top(k, w, mod=params["n_buckets"], signed=True).long()
         else:
-            c = params["n_clusters"]
-            mu = centroids(k, key_weights(kw["key_padding"], N, k.device), c, params["iters"])
-            bias = torch.where(distinct(mu), 0.0, float("-inf"))
-            w = mu.transpose(-1, -2)[:, :, None]
-            t = min(params["top_k"], c)
-            qb = triton_buckets.project_top(q, w, top=t, signed=False, col_bias=bias).long()
-            kb = triton_buckets.project_top(k, w, top=1, signed=False, normalize=True,
-                                            col_bias=bias).long().expand(-1, -1, t, -1)
+            qb, kb = (b.long() for b in cuda_buckets(q, k, kw["key_padding"], params["n_clusters"], params["top_k"],
+                                                      params["iters"]))
         rows = torch.cat([torch.arange(0, 130), torch.arange(N - 130, N),
                           torch.randint(0, N, (300,), generator=torch.Generator().manual_seed(1))]).unique().cuda()
         ref = sampled_bucket_reference(q, k, v, qb, kb, rows, chunk=params["chunk"], sinks=params["sinks"],
                                        scale=kw["scale"], causal=kw["causal"], softcap=kw["softcap"],
                                        key_padding=kw["key_padding"])
         assert _rel(out[:, :, rows], ref) < tolerance(dtype, variant, params)
+
+    @pytest.mark.parametrize("c, kp", [(16, False), (64, True)])
+    def test_kmeans_step_at_full_size(self, c, kp):
+        """The Triton Lloyd step against the torch one at N = 65536 (bf16, 16 kv heads).
+
+        Keys drawn around c well-separated centres (the initial centroids fall one in each), so no key is near
+        a tie: the same clusters, masses equal exactly, sums to near-fp32 accuracy. Then on plain random keys,
+        where near-ties abound and the steps' different rounding (16 significant bits on the fp32 side) may
+        put a key in the other cluster: rarely, and the centroids stay close.
+        """
+        from attnopt.kernels import triton_kmeans
+        from attnopt.kernels.routed.clusters import centroids, distinct, key_weights, lloyd_sums, nearest
+
+        n, hkv, d = 65536, 16, 128
+        _, k, _, kw = make_inputs((1, hkv, hkv, n, n, d), torch.bfloat16, {"kp": kp}, device="cuda")
+        w = key_weights(kw["key_padding"], n, k.device)
+        gen = torch.Generator(device="cuda").manual_seed(2)
+        centres = torch.randn(1, hkv, c, d, generator=gen, device="cuda")
+        label = torch.arange(n, device="cuda") * c // n  # position ⌊t·n/c⌋, an initial centroid, has label t
+        apart = (centres[:, :, label] + 0.3 * torch.randn(1, hkv, n, d, generator=gen, device="cuda")).bfloat16()
+        mu0 = centroids(apart, w, c, 0)
+        got, want = triton_kmeans.lloyd_sums(apart, w, mu0, distinct(mu0)), lloyd_sums(apart, w, mu0, distinct(mu0))
+        assert torch.equal(got[1], want[1])
+        assert (got[0] - want[0]).abs().max() <= 1e-5 * want[0].abs().max()
+
+        mu_t, mu = centroids(k, w, c, 2, triton_kmeans.lloyd_sums), centroids(k, w, c, 2)
+        same = (nearest(k, mu_t, distinct(mu_t)) == nearest(k, mu, distinct(mu))).float().mean()
+        assert same > 0.999, float(same)
+        assert (mu_t - mu).abs().max() < 1e-2
 
     def test_compiles_without_graph_break(self):
         from attnopt.kernels.lsh import SPEC as LSH
@@ -335,5 +401,5 @@ class TestCuda:
 # --- the interpreter subprocess ---------------------------------------------------------------------
 
 if __name__ == "__main__" and "--interpret" in sys.argv:
-    extra = {"bucket_ids": bucket_ids_match, "sort_keys": sort_keys_match}
+    extra = {"bucket_ids": bucket_ids_match, "sort_keys": sort_keys_match, "kmeans": kmeans_match}
     report([*CASES, *extra], lambda case: extra[case]() if case in extra else run_case(case))

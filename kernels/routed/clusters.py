@@ -44,9 +44,26 @@ def distinct(mu: Tensor) -> Tensor:
     return ~((dist < SAME) & earlier).any(dim=-1)
 
 
-def similarity(x: Tensor, mu: Tensor) -> Tensor:
-    """(B, Hkv, S, c) x·μ_c, −inf for a repeated centroid."""
-    return torch.where(distinct(mu)[..., None, :], x @ mu.transpose(-1, -2), float("-inf"))
+def similarity(x: Tensor, mu: Tensor, keep: Tensor | None = None) -> Tensor:
+    """(B, Hkv, S, c) x·μ_c, −inf for a repeated centroid (``keep``: ``distinct(mu)``, if already known)."""
+    keep = distinct(mu) if keep is None else keep
+    return torch.where(keep[..., None, :], x @ mu.transpose(-1, -2), float("-inf"))
+
+
+# Rows upcast to fp32 at a time: k-means and routing never hold an fp32 copy of all of K or Q (issue 9, item 4:
+# no op upcasts a whole tensor). On the H200 (H = 16, D = 128) a chunk is 128 MiB of fp32.
+UPCAST = 16384
+
+
+def unit_rows(x: Tensor, start: int) -> Tensor:
+    """x's rows [start, start + UPCAST) along dim 2, in fp32 and normalised (F.normalize's rule)."""
+    return F.normalize(x[:, :, start:start + UPCAST].float(), dim=-1, eps=EPS)
+
+
+def nearest(x: Tensor, mu: Tensor, keep: Tensor) -> Tensor:
+    """(B, Hkv, S) the cluster of each row of x (B, Hkv, S, D): argmax_c μ_c·x̂, ties to the lowest c."""
+    return torch.cat([torch.argmax(similarity(unit_rows(x, a), mu, keep), dim=-1)
+                      for a in range(0, max(x.shape[2], 1), UPCAST)], dim=2)
 
 
 CHUNK = 1024  # keys per partial product in cluster_sums
@@ -70,19 +87,36 @@ def cluster_sums(member: Tensor, kn: Tensor) -> Tensor:
     return sums
 
 
-def centroids(k: Tensor, weights: Tensor, n_clusters: int, iters: int) -> Tensor:
-    """(B, Hkv, c, D) unit centroids after ``iters`` Lloyd iterations on the normalised keys."""
-    kn = F.normalize(k.float(), dim=-1, eps=EPS)
+def lloyd_sums(k: Tensor, weights: Tensor, mu: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
+    """One Lloyd step's statistics: (sums (B, Hkv, c, D), mass (B, Hkv, c)), Σ w_j·k̂_j and Σ w_j over the keys
+    nearest each centroid. torch, UPCAST keys at a time; ``triton_kmeans.lloyd_sums`` is the CUDA form."""
+    b, hkv, m, d = k.shape
+    c = mu.shape[-2]
+    clusters = torch.arange(c, device=k.device)
+    sums = mu.new_zeros(b, hkv, c, d)
+    mass = mu.new_zeros(b, hkv, c)
+    for a in range(0, m, UPCAST):
+        kn = unit_rows(k, a)
+        assign = torch.argmax(similarity(kn, mu, keep), dim=-1, keepdim=True)  # (B, Hkv, S, 1)
+        member = (assign == clusters).float() * weights[:, None, a:a + UPCAST, None]  # (B, Hkv, S, c)
+        sums = sums + cluster_sums(member, kn)
+        mass = mass + member.sum(dim=2)
+    return sums, mass
+
+
+def centroids(k: Tensor, weights: Tensor, n_clusters: int, iters: int, step=lloyd_sums) -> Tensor:
+    """(B, Hkv, c, D) unit centroids after ``iters`` Lloyd iterations on the normalised keys.
+
+    ``step`` computes one iteration's (sums, mass) (``lloyd_sums``'s signature): the torch form, or the
+    Triton one on CUDA.
+    """
     m = k.shape[2]
     clusters = torch.arange(n_clusters, device=k.device)
-    mu = kn[:, :, torch.div(clusters * m, n_clusters, rounding_mode="floor")]
-    w = weights[:, None, :, None]  # (B | 1, 1, M, 1)
+    first = torch.div(clusters * m, n_clusters, rounding_mode="floor")
+    mu = F.normalize(k[:, :, first].float(), dim=-1, eps=EPS)
     for _ in range(iters):
-        assign = torch.argmax(similarity(kn, mu), dim=-1, keepdim=True)  # (B, Hkv, M, 1)
-        member = (assign == clusters).float() * w  # (B, Hkv, M, c)
-        sums = cluster_sums(member, kn)
-        mass = member.sum(dim=2)[..., None]
-        mu = torch.where(mass > 0, F.normalize(sums, dim=-1, eps=EPS), mu)
+        sums, mass = step(k, weights, mu, distinct(mu))
+        mu = torch.where(mass[..., None] > 0, F.normalize(sums, dim=-1, eps=EPS), mu)
     return mu
 
 
@@ -93,11 +127,13 @@ def route(q: Tensor, k: Tensor, key_padding: Tensor | None, *, n_clusters: int, 
     B, H, N, D = q.shape
     Hkv, M = k.shape[1], k.shape[2]
     mu = centroids(k, key_weights(key_padding, M, k.device), n_clusters, iters)
-    kn = F.normalize(k.float(), dim=-1, eps=EPS)
-    assign = torch.argmax(similarity(kn, mu), dim=-1)  # (B, Hkv, M)
+    keep = distinct(mu)
+    assign = nearest(k, mu, keep)  # (B, Hkv, M)
     t = min(top_k, n_clusters)
-    # q̂ ranks clusters as q does (a positive factor), and q = 0 stays finite.
-    affinity = similarity(q.float().reshape(B, Hkv, -1, D), mu)  # (B, Hkv, rep·N, c)
-    routes = torch.sort(affinity, dim=-1, descending=True, stable=True).indices[..., :t]
+    # q̂ ranks clusters as q does (a positive factor): the rows need no normalising, and q = 0 stays finite.
+    qg = q.reshape(B, Hkv, -1, D)  # (B, Hkv, rep·N, D)
+    routes = torch.cat([torch.sort(similarity(qg[:, :, a:a + UPCAST].float(), mu, keep), dim=-1,
+                                   descending=True, stable=True).indices[..., :t]
+                        for a in range(0, max(qg.shape[2], 1), UPCAST)], dim=2)
     q_buckets = routes.reshape(B, Hkv, H // Hkv, N, t).permute(0, 1, 2, 4, 3).reshape(B, H, t, N)
     return q_buckets, assign[:, :, None].expand(B, Hkv, t, M)
