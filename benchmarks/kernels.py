@@ -68,6 +68,8 @@ VARIANTS = {
 OP_ROWS = {
     "relbias ALiBi": ("relbias", {"kind": "alibi"}, False, 1.3, 1.15),
     "relbias ALiBi causal": ("relbias", {"kind": "alibi"}, True, 1.3, 1.15),
+    # an all-zero key padding turns the kernel's skipping of too-far key blocks off: every block, as before
+    "relbias ALiBi (no block skipping)": ("relbias", {"kind": "alibi"}, False, 1.3, 1.15),
     "hierarchical B=64 L=1": ("hierarchical", {"block": 64, "levels": 1, "sinks": 0}, False, None, None),
     "hierarchical B=64 L=2 causal + 4 sinks": ("hierarchical", {"block": 64, "levels": 2, "sinks": 4}, True, None,
                                                None),
@@ -187,8 +189,9 @@ def op_row(name: str, q, k, v, scale: float):
     params = {**{p.name: p.default for p in spec.params}, **params}
     args = op_args(spec, params, q, k, scale, causal)
     extra = args[:len(spec.tensor_inputs)]
-    call = lambda: spec.torch_op(q, k, v, None, None, *args)
     n = q.shape[2]
+    kp = torch.zeros(1, n, device=q.device) if "no block skipping" in name else None
+    call = lambda: spec.torch_op(q, k, v, None, kp, *args)
     flex = None
     if variant == "relbias":
         kpq = keys_per_query(n, n, BIG, 0, 0, 0, causal)

@@ -44,6 +44,7 @@ register ``band_attention`` as the CUDA implementation of every band variant.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
@@ -290,14 +291,14 @@ def _band_fwd(
     stride_kpb, stride_kpn,
     stride_mb, stride_mh, stride_mn, stride_mm,
     H, N, M, GROUP, UNIT, BEFORE, AFTER, G, scale2, cap2, cap_in, ROW_SHIFT,
-    SL, TB, stride_slh, stride_tbh, R, slope_scale2, tab2,
+    SL, TB, stride_slh, stride_tbh, R, slope_scale2, tab2, KNORM, reach_bits,
     KS, VS, MS, SH, stride_ksb, stride_ksh, stride_ksn, stride_msb, stride_shb, NB, POOL_BLOCK, LEVELS,
     TK, TV, TO, stride_tb, stride_th, stride_tp, stride_tn, stride_tob, stride_top,
     HEAD_DIM: tl.constexpr, D_TRUE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     CAUSAL: tl.constexpr, HAS_KP: tl.constexpr, HAS_MASK: tl.constexpr, MASK_BOOL: tl.constexpr,
     SOFTCAP: tl.constexpr, USE_TMA: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
     WS: tl.constexpr, HAS_SLOPE: tl.constexpr, HAS_TABLE: tl.constexpr, COARSE: tl.constexpr,
-    GMAX: tl.constexpr, POOL_TILE: tl.constexpr, TABLE_TILE: tl.constexpr,
+    GMAX: tl.constexpr, POOL_TILE: tl.constexpr, TABLE_TILE: tl.constexpr, DECAY: tl.constexpr = False,
 ):
     # Inductor passes Python float arguments as fp64 scalars (Triton's launcher as fp32): fix them to fp32, or
     # the loop-carried softmax state would change type inside the loops.
@@ -306,6 +307,7 @@ def _band_fwd(
     cap_in = tl.cast(cap_in, tl.float32)
     slope_scale2 = tl.cast(slope_scale2, tl.float32)
     tab2 = tl.cast(tab2, tl.float32)
+    reach_bits = tl.cast(reach_bits, tl.float32)
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // H
@@ -369,10 +371,16 @@ def _band_fwd(
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
 
-    # fully allowed blocks first (the bulk of the work), then the edges, then sinks
+    # fully allowed blocks first (the bulk of the work), then the edges, then sinks. DECAY (a distance penalty
+    # alone, ALiBi): the full blocks next to the rows first, the far ones after the edges (below).
+    near_lo = full_lo
+    near_hi = full_hi
+    if DECAY:
+        near_lo = tl.minimum(tl.maximum((tl.maximum(p_first - BLOCK_N, 0) // BLOCK_N) * BLOCK_N, full_lo), full_hi)
+        near_hi = tl.maximum(tl.minimum(tl.cdiv(p_last + 1 + BLOCK_N, BLOCK_N) * BLOCK_N, full_hi), near_lo)
     acc, l_i, m_i = _attend_blocks(
         acc, l_i, m_i, q, Kb, Vb, desc_k, desc_v, b, hk, stride_kn, stride_vn, KPb, stride_kpn, MSKb,
-        stride_mn, stride_mm, rows, pos, band_lo, band_hi, offs_n, offs_d, full_lo, full_hi, N, M, G,
+        stride_mn, stride_mm, rows, pos, band_lo, band_hi, offs_n, offs_d, near_lo, near_hi, N, M, G,
         scale2, cap2, cap_in, slope2, TBh, R, tab2, False, CAUSAL, HAS_KP, HAS_MASK, MASK_BOOL, SOFTCAP,
         USE_TMA, D_TRUE, HEAD_DIM, BLOCK_N, PREC, UPCAST, HAS_SLOPE, HAS_TABLE, WS)
     acc, l_i, m_i = _attend_blocks(
@@ -385,6 +393,32 @@ def _band_fwd(
         stride_mn, stride_mm, rows, pos, band_lo, band_hi, offs_n, offs_d, full_hi, blk_hi, N, M, G,
         scale2, cap2, cap_in, slope2, TBh, R, tab2, True, CAUSAL, HAS_KP, HAS_MASK, MASK_BOOL, SOFTCAP,
         USE_TMA, D_TRUE, HEAD_DIM, BLOCK_N, PREC, UPCAST, HAS_SLOPE, HAS_TABLE)
+    if DECAY:
+        # A key at distance d scores at most ‖q‖·max‖k‖·s − slope·d (log2 units). Past ``reach`` from a row that
+        # is below the row's running max − reach_bits: a weight under 2^−reach_bits of the row's largest, so the
+        # far blocks whose every key is past every row's reach change no output bit that fp32 holds (the
+        # launcher sets reach_bits = 32 + log2 M, so all skipped keys together weigh under 2^−32).
+        qf = q.to(tl.float32)
+        bound = tl.sqrt(tl.sum(qf * qf, 1)) * tl.load(KNORM + b * (H // GROUP) + hk) * tl.abs(scale2)
+        far = (M + N + BLOCK_N).to(tl.float32)
+        reach = tl.where(slope2 > 0, (bound - m_i + reach_bits) / tl.where(slope2 > 0, slope2, 1.0), far)
+        reach = tl.minimum(reach, far)  # a row with no key yet (m_i = −inf) reaches everything
+        first_key = tl.min(tl.where(row_ok, pos.to(tl.float32) - reach, far), 0)
+        last_key = tl.max(tl.where(row_ok, pos.to(tl.float32) + reach, -far), 0)
+        cut_lo = tl.minimum(tl.maximum((tl.maximum(first_key, 0.0).to(tl.int32) // BLOCK_N) * BLOCK_N, full_lo),
+                            near_lo)
+        cut_hi = tl.maximum(tl.minimum(tl.cdiv(tl.maximum(last_key, 0.0).to(tl.int32) + 1, BLOCK_N) * BLOCK_N,
+                                       full_hi), near_hi)
+        acc, l_i, m_i = _attend_blocks(
+            acc, l_i, m_i, q, Kb, Vb, desc_k, desc_v, b, hk, stride_kn, stride_vn, KPb, stride_kpn, MSKb,
+            stride_mn, stride_mm, rows, pos, band_lo, band_hi, offs_n, offs_d, cut_lo, near_lo, N, M, G,
+            scale2, cap2, cap_in, slope2, TBh, R, tab2, False, CAUSAL, HAS_KP, HAS_MASK, MASK_BOOL, SOFTCAP,
+            USE_TMA, D_TRUE, HEAD_DIM, BLOCK_N, PREC, UPCAST, HAS_SLOPE, HAS_TABLE, WS)
+        acc, l_i, m_i = _attend_blocks(
+            acc, l_i, m_i, q, Kb, Vb, desc_k, desc_v, b, hk, stride_kn, stride_vn, KPb, stride_kpn, MSKb,
+            stride_mn, stride_mm, rows, pos, band_lo, band_hi, offs_n, offs_d, near_hi, cut_hi, N, M, G,
+            scale2, cap2, cap_in, slope2, TBh, R, tab2, False, CAUSAL, HAS_KP, HAS_MASK, MASK_BOOL, SOFTCAP,
+            USE_TMA, D_TRUE, HEAD_DIM, BLOCK_N, PREC, UPCAST, HAS_SLOPE, HAS_TABLE, WS)
     # sinks below the band (blocks end at or before blk_lo) and past it (start at blk_hi)
     acc, l_i, m_i = _attend_blocks(
         acc, l_i, m_i, q, Kb, Vb, desc_k, desc_v, b, hk, stride_kn, stride_vn, KPb, stride_kpn, MSKb,
@@ -874,6 +908,14 @@ def _band_attention(q, k, v, *, unit, before, after, sinks, scale, causal, softc
         has_slope, has_table = True, radius > 0
     else:
         bias_args, has_slope, has_table = (q, q, 0, 0, 0, 0.0, 0.0), False, False
+    # A distance penalty with nothing else on top (ALiBi): the kernel skips key blocks too far to weigh, from each
+    # kv head's largest key norm (O(M) fp32, no upcast copy of k).
+    decay = has_slope and not has_table and key_padding is None and mask is None and not softcap and pooled is None
+    if decay:
+        knorm = torch.linalg.vector_norm(k, dim=-1, dtype=torch.float32).amax(dim=-1).contiguous()  # (B, Hkv)
+        decay_args = (knorm, 32.0 + math.log2(max(M, 2)))
+    else:
+        decay_args = (q, 0.0)
     if pooled is not None:
         ks, vs, ms, sh = pooled.keys, pooled.values, pooled.mass, pooled.shift
         tab = pooled.tables
@@ -911,12 +953,12 @@ def _band_attention(q, k, v, *, unit, before, after, sinks, scale, causal, softc
         out.stride(0), out.stride(1), out.stride(2),
         *kp_strides, *m_strides,
         H, N, M, H // Hkv, unit, before, after, sinks, scale2, cap2, cap_in, row_shift,
-        *bias_args, *coarse_args,
+        *bias_args, *decay_args, *coarse_args,
         HEAD_DIM=head_dim, D_TRUE=D, BLOCK_M=block_m, BLOCK_N=cfg.block_n,
         CAUSAL=bool(causal), HAS_KP=key_padding is not None, HAS_MASK=mask is not None,
         MASK_BOOL=mask is not None and mask.dtype == torch.bool, SOFTCAP=bool(softcap), USE_TMA=use_tma,
         PREC=precision, UPCAST=upcast, WS=bool(cfg.warp_specialize), HAS_SLOPE=has_slope, HAS_TABLE=has_table,
-        COARSE=pooled is not None, GMAX=gmax, POOL_TILE=min(cfg.block_n, 32), TABLE_TILE=cfg.block_n,
+        COARSE=pooled is not None, GMAX=gmax, POOL_TILE=min(cfg.block_n, 32), TABLE_TILE=cfg.block_n, DECAY=decay,
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
     )

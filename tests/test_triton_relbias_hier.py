@@ -30,6 +30,14 @@ CASES: dict[str, dict] = {
     "relbias_table_mask_softcap": dict(variant="relbias", params=3, N=36, mask=True, softcap=5.0),
     "relbias_table_kv_cache": dict(variant="relbias", params=4, N=20, M=50, causal=True),
     "relbias_alibi_bf16_d24": dict(variant="relbias", params=0, N=33, D=24, dtype="bfloat16", causal=True),
+    # steep slopes: the kernel skips the key blocks too far to weigh (triton_band's DECAY); the gentlest head's
+    # far keys still count, so skipping too much fails
+    "relbias_alibi_far_blocks_skipped": dict(variant="relbias", params=0, bias_scale=12.0, H=4, N=300,
+                                             dtype="float32"),
+    "relbias_alibi_far_blocks_skipped_causal_gqa": dict(variant="relbias", params=0, bias_scale=12.0, H=4, Hkv=2,
+                                                        N=260, M=300, dtype="float32", causal=True),
+    "relbias_alibi_far_blocks_skipped_bf16": dict(variant="relbias", params=0, bias_scale=8.0, H=4, N=200, D=24,
+                                                  dtype="bfloat16"),
     "hier_l1": dict(variant="hierarchical", params=dict(block=16, levels=1, sinks=0), N=70),
     "hier_l2_sinks_causal": dict(variant="hierarchical", params=dict(block=16, levels=2, sinks=2), N=100,
                                  causal=True),
@@ -67,6 +75,8 @@ def make_case(spec: dict, seed: int = 0):
     variant = get_variant(spec["variant"])
     params = spec["params"]
     params = variant.test_params[params] if isinstance(params, int) else params
+    if "bias_scale" in spec:
+        params = {**params, "bias_scale": spec["bias_scale"]}
     kp = mask = None
     if spec.get("kp"):
         kp = torch.zeros(B, M)
