@@ -24,6 +24,13 @@ T (t5, table) comes from ``table_file`` (a .npy array, (H, num_buckets); one row
 is shared by every head, as the op broadcasts one-row slopes and tables), or is
 drawn N(0, init_std²) from the seed, or is zero. The bias is added after
 softcapping, like any mask. Exact limit: bias_scale = 0, or a zero table.
+
+On CUDA, ALiBi with nothing else on top (no table, key padding, mask or softcap)
+skips the key blocks too far from every row of a tile to weigh: a key at distance
+d scores at most ‖q‖·max‖k‖·s − m_h·d, and the kernel drops it once that bound is
+32 + log2 M below the row's running maximum (log2 units), so all dropped keys
+together weigh under 2^−32 of the row (``triton_band._band_fwd``, DECAY). Steep
+heads then cost a window, not the whole sequence.
 """
 
 from __future__ import annotations
