@@ -909,8 +909,9 @@ def _band_attention(q, k, v, *, unit, before, after, sinks, scale, causal, softc
     else:
         bias_args, has_slope, has_table = (q, q, 0, 0, 0, 0.0, 0.0), False, False
     # A distance penalty with nothing else on top (ALiBi): the kernel skips key blocks too far to weigh, from each
-    # kv head's largest key norm (O(M) fp32, no upcast copy of k).
-    decay = has_slope and not has_table and key_padding is None and mask is None and not softcap and pooled is None
+    # kv head's largest key norm (O(M) fp32, no upcast copy of k). A few key blocks have nothing to skip.
+    decay = (has_slope and not has_table and key_padding is None and mask is None and not softcap
+             and pooled is None and M > 4 * cfg.block_n)
     if decay:
         knorm = torch.linalg.vector_norm(k, dim=-1, dtype=torch.float32).amax(dim=-1).contiguous()  # (B, Hkv)
         decay_args = (knorm, 32.0 + math.log2(max(M, 2)))
