@@ -3,7 +3,7 @@
 The torch step (``routed.clusters.lloyd_sums``) runs a dozen kernels per chunk of keys:
 upcast, normalise, the similarity product, argmax, the one-hot, its weights and the
 (c × S)(S × D) sums, each a trip through memory. Here one program takes a run of keys
-of one (batch, kv head), upcasts and normalises each tile in registers, assigns every key
+of one (batch, kv head), takes each tile's norms in registers, assigns every key
 to its nearest centroid (the references' rule: ties to the lowest cluster, repeated
 centroids never win) and adds the weighted unit keys into per-program partial sums.
 torch then sums the partials: no atomics, so the result does not depend on the schedule.
