@@ -263,8 +263,8 @@ def test_routing_upcasts_keys_and_queries_a_chunk_at_a_time(monkeypatch):
     whole = clusters.route(q, k, kp, n_clusters=5, top_k=2, iters=3)
     monkeypatch.setattr(clusters, "UPCAST", 7)
     upcast = []
-    monkeypatch.setattr(clusters, "unit_rows", lambda x, a: upcast.append(min(7, x.shape[2] - a)) or
-                        torch.nn.functional.normalize(x[:, :, a:a + 7].float(), dim=-1, eps=clusters.EPS))
+    monkeypatch.setattr(clusters, "unit", lambda rows: upcast.append(rows.shape[2]) or
+                        torch.nn.functional.normalize(rows.float(), dim=-1, eps=clusters.EPS))
     chunked = clusters.route(q, k, kp, n_clusters=5, top_k=2, iters=3)
     assert torch.equal(chunked[0], whole[0]) and torch.equal(chunked[1], whole[1])
     assert upcast and max(upcast) == 7

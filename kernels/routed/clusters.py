@@ -55,15 +55,19 @@ def similarity(x: Tensor, mu: Tensor, keep: Tensor | None = None) -> Tensor:
 UPCAST = 16384
 
 
-def unit_rows(x: Tensor, start: int) -> Tensor:
-    """x's rows [start, start + UPCAST) along dim 2, in fp32 and normalised (F.normalize's rule)."""
-    return F.normalize(x[:, :, start:start + UPCAST].float(), dim=-1, eps=EPS)
+def row_chunks(x: Tensor) -> list[Tensor]:
+    """Views of x (B, Hkv, S, ...) of at most UPCAST rows along dim 2; an empty x gives one empty view."""
+    return [x[:, :, a:a + UPCAST] for a in range(0, max(x.shape[2], 1), UPCAST)]
+
+
+def unit(rows: Tensor) -> Tensor:
+    """One chunk of rows in fp32, normalised (F.normalize's rule)."""
+    return F.normalize(rows.float(), dim=-1, eps=EPS)
 
 
 def nearest(x: Tensor, mu: Tensor, keep: Tensor) -> Tensor:
     """(B, Hkv, S) the cluster of each row of x (B, Hkv, S, D): argmax_c μ_c·x̂, ties to the lowest c."""
-    return torch.cat([torch.argmax(similarity(unit_rows(x, a), mu, keep), dim=-1)
-                      for a in range(0, max(x.shape[2], 1), UPCAST)], dim=2)
+    return torch.cat([torch.argmax(similarity(unit(rows), mu, keep), dim=-1) for rows in row_chunks(x)], dim=2)
 
 
 CHUNK = 1024  # keys per partial product in cluster_sums
@@ -90,15 +94,15 @@ def cluster_sums(member: Tensor, kn: Tensor) -> Tensor:
 def lloyd_sums(k: Tensor, weights: Tensor, mu: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
     """One Lloyd step's statistics: (sums (B, Hkv, c, D), mass (B, Hkv, c)), Σ w_j·k̂_j and Σ w_j over the keys
     nearest each centroid. torch, UPCAST keys at a time; ``triton_kmeans.lloyd_sums`` is the CUDA form."""
-    b, hkv, m, d = k.shape
+    b, hkv, _, d = k.shape
     c = mu.shape[-2]
     clusters = torch.arange(c, device=k.device)
     sums = mu.new_zeros(b, hkv, c, d)
     mass = mu.new_zeros(b, hkv, c)
-    for a in range(0, m, UPCAST):
-        kn = unit_rows(k, a)
+    for rows, w in zip(row_chunks(k), row_chunks(weights[:, None])):
+        kn = unit(rows)
         assign = torch.argmax(similarity(kn, mu, keep), dim=-1, keepdim=True)  # (B, Hkv, S, 1)
-        member = (assign == clusters).float() * weights[:, None, a:a + UPCAST, None]  # (B, Hkv, S, c)
+        member = (assign == clusters).float() * w[..., None]  # (B, Hkv, S, c)
         sums = sums + cluster_sums(member, kn)
         mass = mass + member.sum(dim=2)
     return sums, mass
@@ -132,8 +136,7 @@ def route(q: Tensor, k: Tensor, key_padding: Tensor | None, *, n_clusters: int, 
     t = min(top_k, n_clusters)
     # q̂ ranks clusters as q does (a positive factor): the rows need no normalising, and q = 0 stays finite.
     qg = q.reshape(B, Hkv, -1, D)  # (B, Hkv, rep·N, D)
-    routes = torch.cat([torch.sort(similarity(qg[:, :, a:a + UPCAST].float(), mu, keep), dim=-1,
-                                   descending=True, stable=True).indices[..., :t]
-                        for a in range(0, max(qg.shape[2], 1), UPCAST)], dim=2)
+    routes = torch.cat([torch.sort(similarity(rows.float(), mu, keep), dim=-1, descending=True, stable=True)
+                        .indices[..., :t] for rows in row_chunks(qg)], dim=2)
     q_buckets = routes.reshape(B, Hkv, H // Hkv, N, t).permute(0, 1, 2, 4, 3).reshape(B, H, t, N)
     return q_buckets, assign[:, :, None].expand(B, Hkv, t, M)
