@@ -177,6 +177,8 @@ def _attend_blocks(
                 ok = ok & (c < M)
                 s = tl.where(ok, s, float("-inf"))
             p, alpha, m_new = _exp_weights(m_i, s)
+        # ``_accumulate``'s update, written out so that acc · alpha is issued before V's load and overlaps it:
+        # through the helper the window rows ran a few per cent slower (BENCHMARKS, issue 9, 2026-11-30 A/B)
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None]
         if USE_TMA:

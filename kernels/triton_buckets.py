@@ -102,9 +102,10 @@ def _project_fwd(
     x = tl.load(X + b.to(tl.int64) * stride_xb + h.to(tl.int64) * stride_xh + rows[:, None].to(tl.int64) * stride_xs
                 + offs_d[None, :], mask=row_ok[:, None] & (offs_d[None, :] < D_TRUE), other=0.0)
     xf = x.to(tl.float32)
-    inv_norm = 1.0 / tl.maximum(tl.sqrt(tl.sum(xf * xf, 1)), 1e-12)  # F.normalize's x / max(‖x‖, 1e-12)
-    if NORMALIZE and not SPLIT:
-        xf = xf * inv_norm[:, None]
+    if NORMALIZE:
+        inv_norm = 1.0 / tl.maximum(tl.sqrt(tl.sum(xf * xf, 1)), 1e-12)  # F.normalize's x / max(‖x‖, 1e-12)
+        if not SPLIT:
+            xf = xf * inv_norm[:, None]
     if UPCAST or not SPLIT:
         x = xf
     Wb = W + b.to(tl.int64) * stride_wb + hw.to(tl.int64) * stride_wh
