@@ -9,8 +9,10 @@ attended fraction is entries / M averaged over queries; on a causal site dense
 attention itself attends to about half the keys, so cost against dense divides
 by dense's entries instead.
 
-Only variants whose pattern does not depend on the data are served (the tuner's
-candidates); lsh, routed and lowrank raise ValueError.
+Those are the variants whose pattern does not depend on the data. routed's
+does: its keys follow k-means clusters of the site's own keys, so its fraction
+is measured on given q and k (``measured_fraction``, per query head; the tuner
+reads q and k off its calibration run). lsh and lowrank raise ValueError.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from functools import lru_cache
 import torch
 
 EXACT_KERNELS = ("dense", "relbias")  # every allowed key is scored (relbias only adds a bias)
+MEASURED_KERNELS = ("routed",)  # the keys depend on q and k: measured, never computed from the lengths
 
 
 def entries_per_query(kernel: str, params: dict, n: int, m: int, causal: bool) -> float:
@@ -63,6 +66,32 @@ def _entries(kernel: str, items: tuple, n: int, m: int, causal: bool) -> tuple[f
         groups[:, : params["sinks"]] = -1  # sinks are exact, never pooled
         pooled = sum(int(row[row >= 0].unique().numel()) for row in groups) / n
     else:
-        raise ValueError(f"the attended fraction of {kernel} depends on the data: not a tuner candidate")
+        raise ValueError(f"the attended fraction of {kernel} depends on the data"
+                         + (": use measured_fraction" if kernel in MEASURED_KERNELS else ": not a tuner candidate"))
     exact = with_sinks(allowed, params.get("sinks", 0)) & visible
     return float(exact.sum()) / n, pooled
+
+
+def measured_fraction(kernel: str, params: dict, q: torch.Tensor, k: torch.Tensor, causal: bool,
+                      key_padding: torch.Tensor | None = None) -> torch.Tensor:
+    """(H,) the mean fraction of the M keys each query head scores, for a variant whose keys depend on the data.
+
+    q (B, H, N, D), k (B, Hkv, M, D) and the additive (B | 1, M) key padding are the site's own (from a
+    calibration run). The padding steers routed's k-means as in the op; a padded key that a route selects
+    counts as scored, as dense's padded keys do. One batch row at a time, so the (H, N, M) allowed set is the
+    largest tensor.
+    """
+    if kernel not in MEASURED_KERNELS:
+        raise ValueError(f"the attended fraction of {kernel} does not depend on the data: use attended_fraction")
+    from attnopt.kernels.reference import positions
+    from attnopt.kernels.routed.reference import allowed_keys
+
+    n, m = q.shape[2], k.shape[2]
+    p, j = positions(n, m)
+    visible = (j <= p) if causal else torch.ones(n, m, dtype=torch.bool)
+    counts = torch.zeros(q.shape[1], dtype=torch.float64)
+    for b in range(q.shape[0]):
+        kp = key_padding if key_padding is None or key_padding.shape[0] == 1 else key_padding[b:b + 1]
+        allowed = allowed_keys(q[b:b + 1], k[b:b + 1], kp, **params)[0]  # (H, N, M)
+        counts += (allowed & visible).sum(dim=(1, 2), dtype=torch.float64)
+    return (counts / (q.shape[0] * n * m)).float()

@@ -16,6 +16,7 @@ from pathlib import Path
 import click
 
 from .errors import AttnoptError, one_line
+from .tune import TUNABLE
 
 EXIT_USER_ERROR = 2
 EXIT_INTERNAL_ERROR = 1
@@ -460,8 +461,9 @@ def bench(model, pass_name, params, seq_lens, provider, target, repeats, plot_pa
 @click.option("--inputs", "inputs_path", type=click.Path(dir_okay=False), metavar="CALIB.NPZ",
               help="Calibration inputs, one array per graph input name (default: random ones at --seq-len).")
 @click.option("--seq-len", type=click.IntRange(min=1), metavar="N", help="Sequence length of the random inputs.")
-@click.option("--variants", default=",".join(("segmented", "window", "memory", "hierarchical")), show_default=True,
-              metavar="A,B,...", help="The variants to try (besides keeping a site dense).")
+@click.option("--variants", default=",".join(TUNABLE), show_default=True, metavar="A,B,...",
+              help="The variants to try (besides keeping a site dense). routed's cost depends on the data: it is "
+                   "measured per head on the calibration inputs.")
 @click.option("--no-head-groups", is_flag=True, help="One choice per site for all its heads.")
 @click.option("--site-budget", type=float, metavar="COS",
               help="The cosine each site's own output must keep, upstream dense (default: --budget).")

@@ -5,11 +5,15 @@
 
 How it searches, and why so:
 
-1. **Candidates per site**: every registered training-free variant whose pattern does not
-   depend on the data (segmented, window, memory, hierarchical with one or two levels)
-   over sizes 16 .. N/2 with 4 sinks (StreamingLLM), plus "keep dense"; relbias fuse where
-   the site has a relative-position bias (exact, the same keys as dense, but the N×M
-   bias is never built). A candidate that scores as many keys as dense is not run.
+1. **Candidates per site**: every registered training-free variant: the fixed patterns
+   (segmented, window, memory, hierarchical with one or two levels) over sizes 16 .. N/2
+   with 4 sinks (StreamingLLM), routed (k-means clusters of the site's own keys, each
+   query routed to some of them, 4 sinks and a chunk of 16) over a few cluster counts
+   and routes, plus "keep dense"; relbias fuse where the site has a relative-position
+   bias (exact, the same keys as dense, but the N×M bias is never built). A fixed
+   pattern's cost follows from the lengths; routed's depends on the data, so it is
+   measured per head on the site's q and k from the dense calibration run. A candidate
+   that scores as many keys as dense is not run.
 2. **Measure each candidate alone** (the one expensive sweep): the model with only that
    site rewritten, all heads, runs on the calibration inputs. Upstream sites are dense,
    so the site's own error is isolated; the run also gives the whole model's measure
@@ -37,12 +41,14 @@ from typing import Callable
 
 import numpy as np
 
+from .attended import MEASURED_KERNELS
 from .errors import AttnoptError, InvalidParamsError
 from .metrics import as_numpy
 from .plan import DENSE, Plan, PlanGroup, SitePlan, apply_plan, fingerprint, site_signature
 
-TUNABLE = ("segmented", "window", "memory", "hierarchical")
+TUNABLE = ("segmented", "window", "memory", "hierarchical", "routed")
 SINKS = 4
+ROUTED_CHUNK = 16  # routed's local chunk: routed's default (64) would be a quarter of the keys at N = 256
 # Exactness for budget 1.0: floating cosines of equal arrays can land an ulp under 1.
 COSINE_SLACK = 1e-9
 EXACT_REL_L2 = 1e-5  # relbias fuse replaces dense only when it measured this close
@@ -99,6 +105,8 @@ def candidate_grid(site, n: int, variants=TUNABLE) -> list[Candidate]:
                     out += _hierarchical(size, n, g)
         if kernel == "hierarchical" and n >= 128:  # blocks of 8: fewer exact keys, more pooled ones
             out += _hierarchical(8, n, sinks[-1])
+        if kernel == "routed":
+            out += _routed(n, sinks[-1])
     if site.relative_bias is not None:
         out.append(candidate("relbias", whole_site=True, kind="fuse"))
     return out
@@ -109,6 +117,17 @@ def _hierarchical(block: int, n: int, sinks: int) -> list[Candidate]:
     the second level halves the pooled entries for about the same error."""
     levels = (1, 2) if n // block > 4 else (1,)
     return [candidate("hierarchical", block=block, levels=lv, sinks=sinks) for lv in levels]
+
+
+def _routed(n: int, sinks: int) -> list[Candidate]:
+    """Clusters of 8 keys or more on average, each query routed to 1/8, 1/4 or 3/8 of them. Queries favour
+    the smaller clusters, so the keys they score are fewer than those shares (measured, not assumed)."""
+    out = []
+    for c in (8, 16, 32):
+        if n // c >= 8:
+            for t in sorted({max(1, c // 8), c // 4, 3 * c // 8}):
+                out.append(candidate("routed", n_clusters=c, top_k=t, chunk=min(ROUTED_CHUNK, n), sinks=sinks))
+    return out
 
 
 # ----------------------------------------------------------------------------- what is measured
@@ -142,6 +161,38 @@ def _heads_first(array, site) -> np.ndarray:
     if site.output_layout == LAYOUT_FLAT and a.ndim == 3 and a.shape[0] % h == 0:
         return np.moveaxis(a.reshape(-1, h, *a.shape[1:]), 1, 0).reshape(h, -1)
     return a.reshape(1, -1)
+
+
+def _bhsd(array, layout: str, heads):
+    """A site input as a (B, H, S, D) float32 tensor, by the layout rules of the rewrites
+    (``fx_rewrite._to_bhsd``): any order of b, h, s, d; bsd; (bh)sd and (bh)ds. None where they do not apply."""
+    import torch
+
+    from .site import LAYOUT_BHSD, LAYOUT_BSD, LAYOUT_FLAT
+
+    a = torch.from_numpy(np.ascontiguousarray(as_numpy(array), dtype=np.float32))
+    if a.ndim == 4 and sorted(layout) == sorted(LAYOUT_BHSD):
+        return a.permute(*(layout.index(c) for c in LAYOUT_BHSD))
+    if not isinstance(heads, int) or a.ndim != 3:
+        return None
+    if layout == LAYOUT_BSD and a.shape[-1] % heads == 0:
+        return a.unflatten(-1, (heads, -1)).transpose(1, 2)
+    if layout in (LAYOUT_FLAT, "(bh)ds") and a.shape[0] % heads == 0:
+        return (a if layout == LAYOUT_FLAT else a.transpose(1, 2)).unflatten(0, (-1, heads))
+    return None
+
+
+def _key_padding(array, term, k):
+    """A site's key padding term as the ops take it: (B | 1, M) additive float, like the rewrites build it."""
+    import torch
+
+    from .frontends.fx_rewrite import additive
+    from .site import MASK_BOOLEAN, MASK_KEY_END
+
+    t, kind = torch.from_numpy(np.ascontiguousarray(as_numpy(array))), term.kind
+    if kind == MASK_KEY_END:  # (B,) counts: key j kept iff j < count
+        t, kind = torch.arange(k.shape[2])[None, :] < t.reshape(-1, 1), MASK_BOOLEAN
+    return torch.flatten(additive(t, k, kind, term.factor, term.fill), 1)
 
 
 def _site_length(array, site) -> int | None:
@@ -186,17 +237,29 @@ class CandidateResult:
     cosine: float = 1.0
     end_to_end: float = 1.0  # the whole model's measure with only this change
     error: str = ""  # why it could not be measured (a refusal): then it is never chosen
+    # Per unit: the attended fraction and the score entries. Equal across units for a fixed pattern; routed's
+    # differ per head. None: ``attended_fraction`` and an equal share of ``entries`` for every unit.
+    unit_fraction: np.ndarray | None = None
+    unit_entries: np.ndarray | None = None
+
+    def fraction(self, u: int) -> float:
+        return self.attended_fraction if self.unit_fraction is None else float(self.unit_fraction[u])
+
+    def cost(self, u: int, units: int) -> float:
+        return self.entries / units if self.unit_entries is None else float(self.unit_entries[u])
 
     def to_dict(self) -> dict:
         return {"site": self.site, "kernel": self.candidate.kernel, "params": self.candidate.param_dict,
                 "attended_fraction": self.attended_fraction, "rel_l2": self.rel_l2, "cosine": self.cosine,
-                "end_to_end": self.end_to_end, **({"error": self.error} if self.error else {})}
+                "end_to_end": self.end_to_end, **({"error": self.error} if self.error else {}),
+                **({"unit_fraction": [float(x) for x in self.unit_fraction]} if self.unit_fraction is not None
+                   else {})}
 
 
 class _Evaluator:
     """Runs plans of one model on the calibration feeds, against the dense run kept once."""
 
-    def __init__(self, model, example_inputs, inputs, seq_len, batch, seed, measure):
+    def __init__(self, model, example_inputs, inputs, seq_len, batch, seed, measure, read_qk=False):
         from .loaded import open_model
 
         self.model, self.example_inputs, self.measure = model, example_inputs, measure
@@ -207,12 +270,40 @@ class _Evaluator:
         self.feeds = self.frontend.inputs(self.loaded, inputs, seq_len=seq_len, batch=batch, seed=seed,
                                           example_inputs=example_inputs)
         self.expose = [self.frontend.exposed_value(self.loaded, s) for s in self.loaded.sites]
-        self.dense = self._run(self.loaded.model)
+        # (query, key, key padding or None) per site, read once in the dense run for the variants whose keys
+        # depend on them (k-means skips padded keys, as the op does)
+        self.qk = [self._qk_exposed(s) if read_qk else None for s in self.loaded.sites]
+        extra = {e.name: e for pair in self.qk if pair for e in pair
+                 if e is not None and e.name not in {x.name for x in self.expose}}
+        self.dense = self._run(self.loaded.model, list(extra.values()))
         self.runs = 0
 
-    def _run(self, model):
-        with self.frontend.runner(model, expose=self.expose) as r:
+    def _qk_exposed(self, site):
+        refs = (site.query, site.key, site.key_padding.value if site.key_padding is not None else None)
+        try:
+            return tuple(None if r is None else self.frontend.exposed_value(self.loaded, site, r) for r in refs)
+        except AttnoptError:
+            return None
+
+    def _run(self, model, extra=()):
+        with self.frontend.runner(model, expose=[*self.expose, *extra]) as r:
             return r.run(self.feeds)
+
+    def site_qk(self, index: int):
+        """(q (B, H, N, D), k (B, Hkv, M, D), key padding (B, M) additive or None) as float32 torch tensors of
+        site ``index`` in the dense run, or a string saying why they cannot be read."""
+        site, exposed = self.loaded.sites[index], self.qk[index]
+        if exposed is None or any(e is not None and e.name not in self.dense.exposed for e in exposed):
+            return "its query and key cannot be read out of a run"
+        q = _bhsd(self.dense.exposed[exposed[0].name], site.query_layout, site.num_heads)
+        k = _bhsd(self.dense.exposed[exposed[1].name], site.key_layout, site.kv_num_heads)
+        if q is None or k is None or q.shape[0] != k.shape[0] or q.shape[-1] != k.shape[-1] \
+                or q.shape[1] % k.shape[1]:
+            return "its query and key have a layout the tuner cannot read"
+        kp = None if exposed[2] is None else _key_padding(self.dense.exposed[exposed[2].name], site.key_padding, k)
+        if kp is not None and (kp.shape[-1] != k.shape[2] or kp.shape[0] not in (1, k.shape[0])):
+            return "its key padding has a shape the tuner cannot read"
+        return q, k, kp
 
     def run_plan(self, plan: Plan):
         """(end-to-end measure, run result) of the model rewritten by ``plan``."""
@@ -283,7 +374,8 @@ def tune(model, budget: float = 0.98, *, inputs=None, seq_len: int | None = None
     site_budget = budget if site_budget is None else site_budget
     measure = measure or output_cosine
     report = progress or (lambda *a, **k: None)
-    ev = _Evaluator(model, example_inputs, inputs, seq_len, batch, seed, measure)
+    ev = _Evaluator(model, example_inputs, inputs, seq_len, batch, seed, measure,
+                    read_qk=any(v in MEASURED_KERNELS for v in variants))
     sites = [_site_info(ev, i, head_groups, variants) for i in range(len(ev.loaded.sites))]
     _sweep(ev, sites, report)
     return _search(ev, sites, budget, site_budget, measure_name or _measure_name(measure), report, bisect_steps)
@@ -380,14 +472,37 @@ def _site_info(ev: _Evaluator, index: int, head_groups: bool, variants) -> SiteI
     reason = _why_dense_only(site, dense_out, n)
     if reason:
         info.skipped = reason
-    else:
-        for c in candidate_grid(site, n, variants):
-            frac = _fraction(c, n, site)
-            if frac >= info.candidates[0].attended_fraction and not c.whole_site:
-                continue  # never cheaper than dense (hierarchical with 3B >= N): not worth a run
-            info.candidates.append(CandidateResult(site.name, c, frac, frac / _dense_fraction(n, site) * dense_entries,
-                                                   zero, zero, zero))
+        return info
+    qk = None
+    for c in candidate_grid(site, n, variants):
+        if c.kernel in MEASURED_KERNELS:
+            qk = qk if qk is not None else ev.site_qk(index)
+            info.candidates.append(_measured(info, c, qk, dense_entries))
+            continue
+        frac = _fraction(c, n, site)
+        if frac >= info.candidates[0].attended_fraction and not c.whole_site:
+            continue  # never cheaper than dense (hierarchical with 3B >= N): not worth a run
+        info.candidates.append(CandidateResult(site.name, c, frac, frac / _dense_fraction(n, site) * dense_entries,
+                                               zero, zero, zero))
     return info
+
+
+def _measured(info: SiteInfo, c: Candidate, qk, dense_entries: float) -> CandidateResult:
+    """A data-dependent candidate with its attended fraction per unit, from the site's calibration q and k."""
+    from .attended import measured_fraction
+
+    zero = np.zeros(info.units)
+    if isinstance(qk, str):
+        return CandidateResult(info.name, c, 1.0, dense_entries, zero, zero, zero,
+                               error=f"{c.kernel}'s keys depend on the data, and {qk}")
+    q, k, key_padding = qk
+    per_head = measured_fraction(c.kernel, c.param_dict, q, k, bool(info.site.causal),
+                                 key_padding).double().numpy()
+    unit = per_head.reshape(info.units, -1).mean(1) if per_head.size % info.units == 0 else \
+        np.full(info.units, per_head.mean())
+    dense = _dense_fraction(info.n, info.site)
+    return CandidateResult(info.name, c, float(unit.mean()), float(unit.mean()) / dense * dense_entries, zero, zero,
+                           zero, unit_fraction=unit, unit_entries=unit / dense * dense_entries / info.units)
 
 
 def _dense_fraction(n, site) -> float:
@@ -417,7 +532,7 @@ def _why_dense_only(site, dense_out, n) -> str:
 
 def _sweep(ev: _Evaluator, sites: list[SiteInfo], report) -> None:
     """Each candidate alone at its site, all heads: per-unit error and the end-to-end effect."""
-    todo = [(s, c) for s in sites for c in s.candidates[1:]]
+    todo = [(s, c) for s in sites for c in s.candidates[1:] if not c.error]
     for i, (info, res) in enumerate(todo):
         report(i, len(todo), f"{info.name}: {res.candidate.label}")
         group = PlanGroup(0, info.site.num_heads if isinstance(info.site.num_heads, int) else 0,
@@ -479,7 +594,7 @@ def _assign(sites: list[SiteInfo], lam: float, budget: float, total_dense: float
             for u in range(info.units):
                 def score(i, u=u):
                     c = info.candidates[i]
-                    cost = c.entries / info.units / total_dense
+                    cost = c.cost(u, info.units) / total_dense
                     return cost + site_lam * info.sensitivity * float(c.unit_err[u]) / aa if math.isfinite(site_lam) \
                         else (float(c.unit_err[u]), cost)
                 picks.append(min(usable, key=score))
@@ -497,11 +612,12 @@ def _assign(sites: list[SiteInfo], lam: float, budget: float, total_dense: float
 
 
 def _cost(sites: list[SiteInfo], choice) -> float:
-    return sum(info.candidates[i].entries / info.units for info, picks in zip(sites, choice) for i in picks)
+    return sum(info.candidates[i].cost(u, info.units) for info, picks in zip(sites, choice)
+               for u, i in enumerate(picks))
 
 
 def _keys(sites: list[SiteInfo], choice) -> float:
-    fr = [info.candidates[i].attended_fraction for info, picks in zip(sites, choice) for i in picks
+    fr = [info.candidates[i].fraction(u) for info, picks in zip(sites, choice) for u, i in enumerate(picks)
           for _ in range(info.heads_per_unit)]
     return float(np.mean(fr)) if fr else 1.0
 
@@ -521,11 +637,12 @@ def _make_plan(sites: list[SiteInfo], choice, signature, budget, measure_name, e
                 c = info.candidates[picks[start]]
                 err = float(sum(c.unit_err[start:u]))
                 stop = u * rep if u < info.units else stop_all
+                frac = float(np.mean([c.fraction(x) for x in range(start, u)]))
                 groups.append(PlanGroup(start * rep, stop, c.candidate.kernel, c.candidate.param_dict,
-                                        c.attended_fraction, math.sqrt(err / aa) if aa > 0 else 0.0))
+                                        frac, math.sqrt(err / aa) if aa > 0 else 0.0))
                 start = u
         rel, cos = mix_error(info, [info.candidates[i] for i in picks])
-        frac = float(np.mean([info.candidates[i].attended_fraction for i in picks]))
+        frac = float(np.mean([info.candidates[i].fraction(u) for u, i in enumerate(picks)]))
         planned.append(SitePlan(info.name, tuple(groups), frac, rel, cos))
     calib = {"inputs": {k: list(np.shape(as_numpy(v))) for k, v in ev.feeds.items()},
              "lengths": sorted({s.n for s in sites if s.n})}

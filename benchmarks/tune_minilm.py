@@ -39,8 +39,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import quality_minilm as qm  # noqa: E402 - the model, the calibration paragraphs, pooling and cosine
 
-BATCH = 4  # texts per model call: torch.export fixes the batch; the held-out set runs in such batches
-CALIBRATION_TEXTS = 4  # the tuner runs the model once per candidate per site: keep the calibration set small
+# The tuner runs the model once per candidate per site: keep the calibration set small. torch.export fixes the
+# batch at the calibration set's size, so the held-out texts run in batches of that size.
+CALIBRATION_TEXTS = 4
 REFERENCE_SETTINGS = ["hierarchical:block=64,sinks=4", "segmented:segment_size=64,sinks=4"]
 
 # Held-out paragraphs: public-domain English prose, never seen by the tuner.
@@ -164,13 +165,13 @@ def texts(tokenizer, n: int, paragraphs, count: int) -> tuple[torch.Tensor, torc
     return ids[:count], mask[:count]
 
 
-def pooled(module, ids, mask) -> torch.Tensor:
-    """Mean-pooled embeddings, BATCH texts per call."""
-    return torch.cat([qm.mean_pool(qm._states(module, ids[i:i + BATCH], mask[i:i + BATCH]), mask[i:i + BATCH])
-                      for i in range(0, len(ids), BATCH)])
+def pooled(module, ids, mask, batch: int) -> torch.Tensor:
+    """Mean-pooled embeddings, ``batch`` texts per call."""
+    return torch.cat([qm.mean_pool(qm._states(module, ids[i:i + batch], mask[i:i + batch]), mask[i:i + batch])
+                      for i in range(0, len(ids), batch)])
 
 
-def run_n(n: int, configs, tokenizer, model, plot_stem, log=print) -> dict:
+def run_n(n: int, configs, tokenizer, model, plot_stem, log=print, calibration=CALIBRATION_TEXTS) -> dict:
     """One sweep at length n, then the search per (budget, site budget), each plan measured on held-out texts."""
     import attnopt
     from attnopt.attended import attended_fraction
@@ -178,14 +179,14 @@ def run_n(n: int, configs, tokenizer, model, plot_stem, log=print) -> dict:
     from attnopt.plan import apply_plan
     from attnopt.tune_report import plot
 
-    calib_ids, calib_mask = texts(tokenizer, n, qm.PARAGRAPHS, CALIBRATION_TEXTS)
+    calib_ids, calib_mask = texts(tokenizer, n, qm.PARAGRAPHS, calibration)
     held_ids, held_mask = texts(tokenizer, n, HELD_OUT, len(HELD_OUT))
     module = qm.TokenStates(model).eval()
     exported = torch.export.export(module, (calib_ids, calib_mask))
-    dense_held = pooled(module, held_ids, held_mask)
+    dense_held = pooled(module, held_ids, held_mask, calibration)
 
     def held_out(rewritten) -> dict:
-        cos = qm.cosine(pooled(rewritten.model, held_ids, held_mask), dense_held)
+        cos = qm.cosine(pooled(rewritten.model, held_ids, held_mask, calibration), dense_held)
         return {"mean_cosine": float(cos.mean()), "min_cosine": float(cos.min())}
 
     t0 = time.perf_counter()
@@ -238,7 +239,7 @@ def _progress(log, n):
 
 
 def markdown(report: dict, command: str) -> str:
-    lines = [f"MiniLM ({qm.PACKAGE}), tuned on {CALIBRATION_TEXTS} calibration texts, measured on "
+    lines = [f"MiniLM ({qm.PACKAGE}), tuned on {report['calibration_texts']} calibration texts, measured on "
              f"{len(HELD_OUT)} held-out texts "
              f"(public-domain prose); budget = mean pooled-embedding cosine on the calibration texts "
              f"(torch {report['torch']}, CPU, {report['threads']} threads).", "",
@@ -267,14 +268,21 @@ def main(argv=None) -> int:
     parser.add_argument("--n", type=int, nargs="+", default=[256, 512])
     parser.add_argument("--configs", nargs="+", default=["0.98:0.98", "0.98:0.5", "0.985:0.5"],
                         metavar="BUDGET:SITE_BUDGET", help="searches run on one sweep per N (default: %(default)s)")
+    parser.add_argument("--calibration-texts", type=int, default=CALIBRATION_TEXTS, metavar="K",
+                        help="tune on the first K calibration paragraphs (default %(default)s); the sweep's "
+                             "model runs grow with K")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--md", type=Path)
     parser.add_argument("--plot", metavar="STEM", help="write STEM_n<N>.png: error against attended fraction")
     args = parser.parse_args(argv)
+    if not 0 < args.calibration_texts <= len(qm.PARAGRAPHS) or len(HELD_OUT) % args.calibration_texts:
+        parser.error(f"--calibration-texts: at most {len(qm.PARAGRAPHS)}, and a divisor of the {len(HELD_OUT)} "
+                     "held-out texts (the export fixes the batch)")
     tokenizer, model, path = qm.load_minilm()
     configs = [tuple(float(x) for x in c.split(":")) for c in args.configs]
-    runs = [run_n(n, configs, tokenizer, model, args.plot) for n in args.n]
-    report = {"model": qm.PACKAGE, "configs": configs, "torch": torch.__version__,
+    runs = [run_n(n, configs, tokenizer, model, args.plot, calibration=args.calibration_texts) for n in args.n]
+    report = {"model": qm.PACKAGE, "configs": configs, "calibration_texts": args.calibration_texts,
+              "torch": torch.__version__,
               "threads": torch.get_num_threads(), "runs": runs}
     command = "python benchmarks/tune_minilm.py " + " ".join(shlex.quote(a) for a in argv)
     md = markdown(report, command.strip())

@@ -91,3 +91,23 @@ def test_texts_are_exactly_n_tokens(qm):
     ids, mask = qm.make_inputs(tokenizer, qm.N)
     assert ids.shape == mask.shape == (len(qm.PARAGRAPHS), qm.N) and bool((mask == 1).all())
     assert len(set(map(tuple, ids.tolist()))) == len(qm.PARAGRAPHS)  # every text differs
+
+
+def test_tune_script_refuses_a_calibration_size_the_export_cannot_batch(capsys):
+    """benchmarks/tune_minilm.py exports at the calibration batch and runs the held-out texts in such batches:
+    a size that does not divide them is refused before the model loads (so without the MiniLM package too)."""
+    import sys
+
+    path = SCRIPT.parent / "tune_minilm.py"
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        spec = importlib.util.spec_from_file_location("tune_minilm", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    for bad in ("3", "0", "17"):
+        with pytest.raises(SystemExit) as err:
+            module.main(["--calibration-texts", bad])
+        assert err.value.code == 2
+        assert "--calibration-texts" in capsys.readouterr().err

@@ -184,3 +184,90 @@ def test_cli_bad_plans(onnx_model, onnx_plan, tmp_path):
     one_line_error(cli("tune", onnx_model, "--budget", "1.5"), "--budget must be a cosine")
     one_line_error(cli("tune", onnx_model, "--budget", "0.9", "--variants", "lsh"), "not a tunable variant")
     assert not out.exists()
+
+
+# ----------------------------------------------------------------------------- routed: its cost measured on the data
+
+ROUTED_N = 64  # routed's grid wants clusters of 8 keys or more on average
+
+
+@pytest.fixture(scope="module")
+def routed_tuned():
+    module, inputs, _ = build_example("bert", seq_len=ROUTED_N, batch=2)
+    ep = torch.export.export(module, inputs)
+    return ep, attnopt.tune(ep, 0.5, variants=("routed",))
+
+
+def test_measured_fraction_is_the_specs_allowed_set():
+    from attnopt.attended import attended_fraction, measured_fraction
+    from attnopt.kernels.routed.reference import allowed_keys
+
+    torch.manual_seed(0)
+    q, k = torch.randn(3, 4, 48, 8), torch.randn(3, 2, 48, 8)
+    params = dict(n_clusters=4, top_k=2, iters=2, seed=0, chunk=8, sinks=2)
+    allowed = allowed_keys(q, k, **params)
+    for causal in (False, True):
+        visible = torch.ones(48, 48, dtype=torch.bool)
+        visible = visible.tril() if causal else visible
+        expected = (allowed & visible).float().mean(dim=(0, 2, 3))
+        got = measured_fraction("routed", params, q, k, causal)
+        assert torch.allclose(got, expected) and 0 < got.min() and got.max() < 1
+    assert torch.equal(measured_fraction("routed", {**params, "n_clusters": 1}, q, k, False), torch.ones(4))
+    with pytest.raises(ValueError, match="measured_fraction"):
+        attended_fraction("routed", params, 48, 48, False)
+
+
+def test_routed_cost_is_what_the_op_routes(routed_tuned, monkeypatch):
+    """The tuner reads each site's q and k off the dense run and routes them itself; the op, run on the same
+    calibration feeds, must route to the same keys, head by head."""
+    import attnopt.kernels.routed.op as routed_op
+    from attnopt.kernels.buckets import buckets_allowed
+    from attnopt.kernels.reference import with_sinks
+    from attnopt.tune import _bare_plan
+
+    _, result = routed_tuned
+    ev, seen, real = result._evaluator, [], routed_op.route
+    checked = 0
+    for info in result.sites:
+        for cand in [c for c in info.candidates if c.candidate.kernel == "routed"]:
+            p = cand.candidate.param_dict
+            assert not cand.error and cand.unit_fraction.shape == (info.units,)
+
+            def recording(q, k, key_padding, **kw):
+                qb, kb = real(q, k, key_padding, **kw)
+                seen.append(with_sinks(buckets_allowed(qb, kb, p["chunk"]), p["sinks"]).float().mean(dim=(0, 2, 3)))
+                return qb, kb
+
+            monkeypatch.setattr(routed_op, "route", recording)
+            seen.clear()
+            group = PlanGroup(0, info.site.num_heads, "routed", p)
+            ev.run_plan(_bare_plan(ev, {info.name: SitePlan(info.name, (group,))}))
+            assert len(seen) == 1
+            op_units = seen[0].reshape(info.units, -1).mean(1).double().numpy()
+            assert op_units == pytest.approx(cand.unit_fraction, abs=1e-6)
+            checked += 1
+    assert checked >= 2
+    # The plan's fractions are the chosen candidates' per-head ones.
+    for sp in result.plan.sites:
+        info = next(s for s in result.sites if s.name == sp.name)
+        for g in sp.groups:
+            if g.kernel == "routed":
+                cand = next(c for c in info.candidates if c.candidate.kernel == "routed"
+                            and c.candidate.param_dict == g.params)
+                assert g.attended_fraction == pytest.approx(float(cand.unit_fraction[g.start:g.stop].mean()))
+
+
+def test_routed_is_measured_on_onnx_too(onnx_model, routed_tuned):
+    """ONNX exports hand the site k in (b, s, h, d): read as the rewrite reads it, the same weights and feeds
+    give the fx tuner's per-head fractions (which the test above holds to the op's own routing)."""
+    import numpy as np
+
+    path = export_example("bert", onnx_model.parent / "bert64.onnx", seq_len=ROUTED_N)
+    on_onnx = attnopt.tune(str(path), 0.5, variants=("routed",), seq_len=ROUTED_N)
+    feeds = {name: np.asarray(v) for name, v in on_onnx._evaluator.feeds.items()}
+    on_fx = attnopt.tune(routed_tuned[0], 0.5, variants=("routed",), inputs=feeds)
+    pairs = [(a, b) for a, b in zip(on_onnx.candidates, on_fx.candidates) if a.candidate.kernel == "routed"]
+    assert len(pairs) >= 2 and all(a.candidate == b.candidate and a.site == b.site for a, b in pairs)
+    for a, b in pairs:
+        assert not a.error, a.error
+        assert a.unit_fraction == pytest.approx(b.unit_fraction, abs=1e-4)

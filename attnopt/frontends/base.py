@@ -120,13 +120,15 @@ class Frontend(ABC):
         Refuses a ``seq_len`` the model cannot take, so callers can ask before any work.
         """
 
-    def exposed_value(self, loaded: LoadedModel, site: AttentionSite) -> ExposedValue:
-        """The value ``site`` outputs in ``loaded``, to compare it between two runs."""
+    def exposed_value(self, loaded: LoadedModel, site: AttentionSite, ref=None) -> ExposedValue:
+        """The value ``site`` outputs in ``loaded``, to compare it between two runs; or ``ref``, another of the
+        site's values (the tuner reads q, k and the key padding to measure data-dependent variants)."""
         from ..errors import AttnoptError
 
-        obj = loaded.view.value_of.get(site.output)
+        obj = loaded.view.value_of.get(site.output if ref is None else ref)
         if obj is None:
-            raise AttnoptError(f"site {site.name}: its output is not a value of the original model")
+            raise AttnoptError(f"site {site.name}: its {'output' if ref is None else ref} is not a value of the "
+                               "original model")
         return ExposedValue(obj.name, obj)  # onnx_ir values and fx nodes both carry their name
 
     @abstractmethod
