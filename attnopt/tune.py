@@ -120,12 +120,14 @@ def _hierarchical(block: int, n: int, sinks: int) -> list[Candidate]:
 
 
 def _routed(n: int, sinks: int) -> list[Candidate]:
-    """Clusters of 8 keys or more on average, each query routed to 1/8, 1/4 or 3/8 of them. Queries favour
-    the smaller clusters, so the keys they score are fewer than those shares (measured, not assumed)."""
+    """Clusters of 8 keys or more on average, each query routed to 1/8 .. 3/4 of them. Queries favour the
+    smaller clusters, so the keys they score are fewer than those shares (measured, not assumed). The wide
+    shares serve the sensitive heads: on MiniLM, 1/2 and 3/4 replaced most of the last layer's dense heads
+    (BENCHMARKS, issue 11)."""
     out = []
     for c in (8, 16, 32):
         if n // c >= 8:
-            for t in sorted({max(1, c // 8), c // 4, 3 * c // 8}):
+            for t in sorted({max(1, c // 8), c // 4, 3 * c // 8, c // 2, 3 * c // 4}):
                 out.append(candidate("routed", n_clusters=c, top_k=t, chunk=min(ROUTED_CHUNK, n), sinks=sinks))
     return out
 
