@@ -41,7 +41,7 @@ import quality_minilm as qm  # noqa: E402 - the model, the calibration paragraph
 
 # The tuner runs the model once per candidate per site: keep the calibration set small. torch.export fixes the
 # batch at the calibration set's size, so the held-out texts run in batches of that size.
-CALIBRATION_TEXTS = 4
+CALIBRATION_TEXTS = 8  # 4 fitted routed's plans to the calibration texts (BENCHMARKS, issue 11)
 REFERENCE_SETTINGS = ["hierarchical:block=64,sinks=4", "segmented:segment_size=64,sinks=4"]
 
 # Held-out paragraphs: public-domain English prose, never seen by the tuner.
@@ -266,7 +266,7 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, nargs="+", default=[256, 512])
-    parser.add_argument("--configs", nargs="+", default=["0.98:0.98", "0.98:0.5", "0.985:0.5"],
+    parser.add_argument("--configs", nargs="+", default=["0.985:0.5", "0.9875:0.5", "0.99:0.5", "0.985:0.985"],
                         metavar="BUDGET:SITE_BUDGET", help="searches run on one sweep per N (default: %(default)s)")
     parser.add_argument("--calibration-texts", type=int, default=CALIBRATION_TEXTS, metavar="K",
                         help="tune on the first K calibration paragraphs (default %(default)s); the sweep's "
