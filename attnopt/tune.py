@@ -239,16 +239,17 @@ class CandidateResult:
     cosine: float = 1.0
     end_to_end: float = 1.0  # the whole model's measure with only this change
     error: str = ""  # why it could not be measured (a refusal): then it is never chosen
-    # Per unit: the attended fraction and the score entries. Equal across units for a fixed pattern; routed's
-    # differ per head. None: ``attended_fraction`` and an equal share of ``entries`` for every unit.
+    # The attended fraction per unit: equal across units for a fixed pattern (None, ``attended_fraction`` for
+    # every unit); routed's differs per head. ``attended_fraction`` is its mean.
     unit_fraction: np.ndarray | None = None
-    unit_entries: np.ndarray | None = None
 
     def fraction(self, u: int) -> float:
         return self.attended_fraction if self.unit_fraction is None else float(self.unit_fraction[u])
 
     def cost(self, u: int, units: int) -> float:
-        return self.entries / units if self.unit_entries is None else float(self.unit_entries[u])
+        """Unit u's score entries: its share of ``entries``, in proportion to its attended fraction."""
+        share = self.entries / units
+        return share if self.unit_fraction is None else share * self.fraction(u) / self.attended_fraction
 
     def to_dict(self) -> dict:
         return {"site": self.site, "kernel": self.candidate.kernel, "params": self.candidate.param_dict,
@@ -275,8 +276,8 @@ class _Evaluator:
         # (query, key, key padding or None) per site, read once in the dense run for the variants whose keys
         # depend on them (k-means skips padded keys, as the op does)
         self.qk = [self._qk_exposed(s) if read_qk else None for s in self.loaded.sites]
-        extra = {e.name: e for pair in self.qk if pair for e in pair
-                 if e is not None and e.name not in {x.name for x in self.expose}}
+        outputs = {x.name for x in self.expose}
+        extra = {e.name: e for pair in self.qk if pair for e in pair if e is not None and e.name not in outputs}
         self.dense = self._run(self.loaded.model, list(extra.values()))
         self.runs = 0
 
@@ -504,7 +505,7 @@ def _measured(info: SiteInfo, c: Candidate, qk, dense_entries: float) -> Candida
         np.full(info.units, per_head.mean())
     dense = _dense_fraction(info.n, info.site)
     return CandidateResult(info.name, c, float(unit.mean()), float(unit.mean()) / dense * dense_entries, zero, zero,
-                           zero, unit_fraction=unit, unit_entries=unit / dense * dense_entries / info.units)
+                           zero, unit_fraction=unit)
 
 
 def _dense_fraction(n, site) -> float:
