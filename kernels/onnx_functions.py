@@ -36,7 +36,11 @@ from onnxscript.values import Opset
 
 from attnopt.onnx_compat import DOMAIN, DOMAIN_VERSION, MIN_OPSET
 
+from .ort_cuda import msft_opset
+
 attnopt_opset = Opset(DOMAIN, DOMAIN_VERSION)
+# The versions of the non-default domains a body may use (com.microsoft: the ort-cuda lowerings' contrib ops).
+_DOMAIN_VERSIONS = {DOMAIN: DOMAIN_VERSION, msft_opset.domain: msft_opset.version}
 
 
 def _variant_bodies() -> dict:
@@ -116,11 +120,13 @@ def _function_bytes(op_type: str, opset_version: int) -> bytes:
     for entry in proto.opset_import:
         if entry.domain == "":
             entry.version = opset_version
-    # onnxscript imports the domains of the top-level nodes only; a helper called inside a Scan, Loop or If
-    # body needs (ai.attnopt) imported too, or onnx.checker refuses the model.
+    # onnxscript imports the domains of the top-level nodes only; a function (or a contrib op) called inside a
+    # Scan, Loop or If body needs its domain imported too, or onnx.checker refuses the model.
     imported = {entry.domain for entry in proto.opset_import}
-    if DOMAIN not in imported and any(node.domain == DOMAIN for node in all_nodes(proto.node)):
-        proto.opset_import.append(onnx.helper.make_opsetid(DOMAIN, DOMAIN_VERSION))
+    for domain in dict.fromkeys(node.domain for node in all_nodes(proto.node)):
+        if domain not in imported:
+            proto.opset_import.append(onnx.helper.make_opsetid(domain, _DOMAIN_VERSIONS[domain]))
+            imported.add(domain)
     return proto.SerializeToString(deterministic=True)
 
 

@@ -10,7 +10,10 @@ exactly declares that form in ``kernels/<variant>/ort_cuda.py``:
   as ``ai.attnopt::<Op>OrtCuda`` like any body;
 - ``why_not(facts)``: None where the lowering equals the portable body for this
   call, else the reason, which the rewrite report shows next to the fallback;
-- ``CALLS``: the functions the lowering calls (``kernels.ort_cuda_chunks``).
+- ``CALLS``: the functions the lowering calls (``kernels.ort_cuda_chunks``);
+- ``ATTRS`` (optional): further attributes every node of the lowering carries,
+  name -> value (``lowering_attrs``). Nodes set them explicitly: a function
+  attribute's default value is lost by onnx's own inliner.
 
 Found by looking, like the variants: a new lowering touches no list.
 """
@@ -83,6 +86,11 @@ def lowering_op_type(variant: str) -> str:
     from .registry import get_variant
 
     return get_variant(variant).onnx_op_type + LOWERING_SUFFIX
+
+
+def lowering_attrs(variant: str, num_heads: int) -> dict:
+    """The attributes a lowering's node carries beyond the portable body's."""
+    return {"num_heads": num_heads, **getattr(lowering_module(variant), "ATTRS", {})}
 
 
 def choose(variant: str, target: str, facts: LoweringFacts) -> tuple[str | None, str]:

@@ -14,8 +14,9 @@ import pytest
 from onnx import TensorProto, helper
 
 import attnopt
+from attnopt.kernels import onnx_functions
 from attnopt.kernels.onnx_functions import attach_functions
-from attnopt.kernels.ort_cuda import LoweringFacts, choose, lowering_module, lowering_op_type
+from attnopt.kernels.ort_cuda import LoweringFacts, choose, lowering_attrs, lowering_module, lowering_op_type
 from attnopt.kernels.registry import get_variant
 from attnopt.onnx_compat import DOMAIN
 
@@ -74,7 +75,7 @@ def _compare(provider, elem, case, variant="segmented"):
     attrs = {LOWERED[variant]: s, "sinks": 0, "scale": 0.3, "causal": causal, "softcap": 0.0}
     feeds = _feeds(b, h, n, d, kp, elem)
     portable = _run(get_variant(variant).onnx_op_type, attrs, feeds, elem, provider)
-    lowered = _run(lowering_op_type(variant), {**attrs, "num_heads": h}, feeds, elem, provider)
+    lowered = _run(lowering_op_type(variant), {**attrs, **lowering_attrs(variant, h)}, feeds, elem, provider)
     assert np.isfinite(lowered).all()
     np.testing.assert_allclose(lowered, portable, atol=TOLERANCE[elem], rtol=0)
 
@@ -94,7 +95,8 @@ RELBIAS_CASES = [  # (kind, N, M, causal, key padding, dense mask)
 ]
 
 
-def _compare_relbias(provider, elem, case):
+def _compare_relbias(provider, elem, case, chunk_rows=None):
+    """``chunk_rows``: the lowering's Scan takes that many queries a step (default: all N in one)."""
     kind, n, m, causal, kp_kind, dense = case
     spec = get_variant("relbias")
     b, h, d = 2, 3, 8
@@ -111,15 +113,47 @@ def _compare_relbias(provider, elem, case):
     attrs = {**{p: int(x) if isinstance(x, bool) else x for p, x in params.items()}, "scale": 0.3,
              "causal": causal, "softcap": 0.0}
     portable = _run(spec.onnx_op_type, attrs, feeds, elem, provider, RELBIAS_DIMS)
-    lowered = _run(lowering_op_type("relbias"), {**attrs, "num_heads": h}, feeds, elem, provider, RELBIAS_DIMS)
+    node_attrs = {**attrs, **lowering_attrs("relbias", h)}
+    if chunk_rows is not None:
+        node_attrs["step_elements"] = chunk_rows * h * m
+    lowered = _run(lowering_op_type("relbias"), node_attrs, feeds, elem, provider, RELBIAS_DIMS)
     assert np.isfinite(lowered).all()
     np.testing.assert_allclose(lowered, portable, atol=TOLERANCE[elem] * 2, rtol=0)
 
 
+@pytest.mark.parametrize("chunk_rows", [None, 4, 1], ids=["one-step", "4-rows", "1-row"])
 @pytest.mark.parametrize("elem", [TensorProto.FLOAT, TensorProto.FLOAT16], ids=["fp32", "fp16"])
 @pytest.mark.parametrize("case", RELBIAS_CASES, ids=lambda c: "-".join(map(str, c)))
-def test_relbias_lowering_equals_portable_body_cpu(case, elem):
-    _compare_relbias("CPUExecutionProvider", elem, case)
+def test_relbias_lowering_equals_portable_body_cpu(case, elem, chunk_rows):
+    """The lowering walks the queries in chunks (a ragged last one where 4 does not divide N): every chunking
+    gives the portable body's output."""
+    _compare_relbias("CPUExecutionProvider", elem, case, chunk_rows)
+
+
+def test_relbias_lowering_aligns_long_chunks():
+    """Chunks over 64 rows shrink to 64k + 1, so the keys grow by a multiple of 64: 70 rows become 65, three
+    chunks of 135 queries (70 would take two; cross-attention over 1200 keys), and the output is still the
+    portable body's."""
+    n, m, h = 135, 1200, 3
+    for elem in (TensorProto.FLOAT, TensorProto.FLOAT16):
+        _compare_relbias("CPUExecutionProvider", elem, ("t5", n, m, 1, "inf", True), chunk_rows=70)
+    import onnx.inliner
+
+    attrs = {**get_variant("relbias").defaults, "kind": "alibi", "scale": 0.3, "causal": 0, "softcap": 0.0,
+             **lowering_attrs("relbias", h), "step_elements": 70 * h * m}
+    attrs = {a: int(x) if isinstance(x, bool) else x for a, x in attrs.items()}
+    model = onnx.inliner.inline_local_functions(onnx.ModelProto.FromString(
+        _model(lowering_op_type("relbias"), attrs, TensorProto.FLOAT, RELBIAS_DIMS)))
+    (scan,) = [node for node in model.graph.node if node.op_type == "Scan"]
+    model.graph.output.append(helper.make_tensor_value_info(scan.output[0], TensorProto.INT64, None))
+    rng = np.random.default_rng(0)
+    q = rng.standard_normal((1, h, n, 8)).astype(np.float32)
+    kv = rng.standard_normal((1, h, m, 8)).astype(np.float32)
+    feeds = {"Q": q, "K": kv, "V": kv, "Mask": np.zeros((1, 1, 1, 1), np.float32),
+             "KeyPadding": np.zeros((1, 1), np.float32), "slopes": np.ones(h, np.float32),
+             "table": np.zeros((h, 1), np.float32)}
+    steps = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[1]
+    assert int(steps) == 3
 
 
 def test_every_lowering_is_tested():
@@ -150,6 +184,7 @@ def test_lowering_equals_portable_body_cuda(case, elem, variant):
 @pytest.mark.parametrize("case", RELBIAS_CASES, ids=lambda c: "-".join(map(str, c)))
 def test_relbias_lowering_equals_portable_body_cuda(case, elem):
     _compare_relbias("CUDAExecutionProvider", elem, case)
+    _compare_relbias("CUDAExecutionProvider", elem, case, chunk_rows=4)
 
 
 def test_lowering_declines_what_it_cannot_compute_exactly():
@@ -169,8 +204,12 @@ def test_lowering_declines_what_it_cannot_compute_exactly():
     relbias = {**facts, "attrs": {"kind": "alibi", "softcap": 0.0}, "dense_mask": True}
     assert choose("relbias", "ort-cuda", LoweringFacts(**relbias, q_len=64, kv_len=64))[0] == \
         lowering_op_type("relbias")
-    assert "symbolic" in choose("relbias", "ort-cuda", LoweringFacts(**relbias, q_len="seq", kv_len="seq"))[1]
-    assert "exceeds" in choose("relbias", "ort-cuda", LoweringFacts(**relbias, q_len=2**16, kv_len=2**16))[1]
+    # Chunked, its bias is bounded whatever the length: symbolic and long sites are lowered too.
+    for n in ("seq", 2**16):
+        assert choose("relbias", "ort-cuda", LoweringFacts(**relbias, q_len=n, kv_len=n))[0] == \
+            lowering_op_type("relbias")
+    assert "softcap" in choose("relbias", "ort-cuda", LoweringFacts(**{**relbias, "attrs": {
+        "kind": "alibi", "softcap": 30.0}}))[1]
 
 
 @pytest.fixture(scope="module")
@@ -180,23 +219,22 @@ def bert(tmp_path_factory):
     return str(export_example("bert", tmp_path_factory.mktemp("ortcuda") / "bert.onnx", seq_len=32))
 
 
-def test_rewrite_target_ort_cuda_matches_portable_model(bert, tmp_path):
-    lowered = attnopt.rewrite(bert, "segmented", segment_size=16, target="ort-cuda")
+@pytest.mark.parametrize("variant, params, seq_len", [
+    ("segmented", {"segment_size": 16}, 40), ("window", {"window": 8}, 37), ("relbias", {"kind": "alibi"}, 37),
+])
+def test_rewrite_target_ort_cuda_matches_portable_model(bert, tmp_path, variant, params, seq_len):
+    """The whole model rewritten with the lowering equals the portable rewrite, at a length other than the
+    export's (the example's length is symbolic)."""
+    lowered = attnopt.rewrite(bert, variant, target="ort-cuda", **params)
     assert [(o.target, o.fallback) for o in lowered.report] == [("ort-cuda", "")] * 2
     lowered.save(tmp_path / "lowered.onnx")
-    nodes = {(n.domain, n.op_type) for f in onnx.load(tmp_path / "lowered.onnx").functions for n in f.node}
+    model = onnx.load(tmp_path / "lowered.onnx")
+    nodes = {(n.domain, n.op_type) for f in model.functions for n in onnx_functions.all_nodes(f.node)}
     assert ("com.microsoft", "MultiHeadAttention") in nodes
-    attnopt.rewrite(bert, "segmented", segment_size=16).save(tmp_path / "portable.onnx")
-    report = attnopt.validate(str(tmp_path / "portable.onnx"), str(tmp_path / "lowered.onnx"), seq_len=40)
-    assert report.to_dict()["outputs"][0]["max_abs"] < 1e-5
-
-
-def test_rewrite_window_target_ort_cuda_matches_portable_model(bert, tmp_path):
-    lowered = attnopt.rewrite(bert, "window", window=8, target="ort-cuda")
-    assert [(o.target, o.fallback) for o in lowered.report] == [("ort-cuda", "")] * 2
-    lowered.save(tmp_path / "lowered.onnx")
-    attnopt.rewrite(bert, "window", window=8).save(tmp_path / "portable.onnx")
-    report = attnopt.validate(str(tmp_path / "portable.onnx"), str(tmp_path / "lowered.onnx"), seq_len=37)
+    calls = [n for n in model.graph.node if n.op_type == lowering_op_type(variant)]
+    assert calls and all({a.name for a in n.attribute} >= set(lowering_attrs(variant, 2)) for n in calls)
+    attnopt.rewrite(bert, variant, **params).save(tmp_path / "portable.onnx")
+    report = attnopt.validate(str(tmp_path / "portable.onnx"), str(tmp_path / "lowered.onnx"), seq_len=seq_len)
     assert report.to_dict()["outputs"][0]["max_abs"] < 1e-5
 
 

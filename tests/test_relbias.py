@@ -183,6 +183,32 @@ def test_onnx_body_scores_only_inside_its_scan():
                                atol=2e-5, rtol=1e-5)
 
 
+def test_onnx_body_steps_through_the_queries_in_blocks():
+    """Two heads over 4100 keys: a step takes STEP_ELEMENTS // (2·4100) = 4092 queries, so the Scan runs twice,
+    the second step ragged, and gives the reference's output."""
+    from attnopt.kernels.relbias.onnx_body import STEP_ELEMENTS
+
+    b, h, n, d = 1, 2, 4100, 4
+    rows = STEP_ELEMENTS // (h * n)
+    assert rows < n < 2 * rows  # the sizes this test needs, should the step size change
+    params = _params("alibi")
+    q, k, v = _qkv(b, h, h, n, n, d, 5)
+    kp = np.zeros((b, n), np.float32)
+    kp[0, -5:] = -np.inf
+    feeds = {"Q": q.numpy(), "K": k.numpy(), "V": v.numpy(), "Mask": np.zeros((1, 1, 1, 1), np.float32),
+             "KeyPadding": kp}
+    dims = {"Q": [b, h, "N", d], "K": [b, h, "N", d], "V": [b, h, "N", d], "Mask": [1, 1, 1, 1],
+            "KeyPadding": [b, "N"]}
+    model = onnx.inliner.inline_local_functions(
+        onnx_model("relbias", params, scale=SCALE, causal=True, dims=dims, q_shape=(b, h, n, d), k_shape=(b, h, n, d)))
+    (scan,) = [node for node in model.graph.node if node.op_type == "Scan"]
+    model.graph.output.append(onnx.helper.make_tensor_value_info(scan.output[0], onnx.TensorProto.INT64, None))
+    got, steps = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+    assert int(steps) == 2
+    want = run_reference("relbias", q, k, v, params, scale=SCALE, key_padding=torch.from_numpy(kp), causal=True)
+    torch.testing.assert_close(torch.from_numpy(got), want, atol=2e-6, rtol=1e-5)
+
+
 # --- the pass ---------------------------------------------------------------------------------------------------
 
 

@@ -21,7 +21,7 @@ from ..errors import SiteNotApplicable
 from ..onnx_compat import DOMAIN, IR_VERSION, MIN_OPSET
 from ..site import (LAYOUT_BHSD, LAYOUT_BSD, LAYOUT_FLAT, MASK_ADDITIVE, MASK_BOOLEAN,
                     MASK_BOOLEAN_BLOCKED, MASK_KEY_END, MASK_NONZERO_KEEP, AttentionSite)
-from ..kernels.ort_cuda import PORTABLE, LoweringFacts, choose
+from ..kernels.ort_cuda import PORTABLE, LoweringFacts, choose, lowering_attrs
 from .lowering import lower, mask_terms, state_dims, state_name
 
 
@@ -91,7 +91,7 @@ def apply(loaded, call, target: str = PORTABLE) -> list[str]:
         if op_type is None or g.state:
             op_type = g.spec.onnx_op_type
         else:
-            attrs["num_heads"] = heads
+            attrs.update(lowering_attrs(g.spec.name, heads))
         results = b.tape.op_multi_out(op_type, [gq, gk, gv, gmask, key_padding, *tensors, *states],
                                       attrs, domain=DOMAIN, name=b.name("attn"), num_outputs=1 + len(g.state))
         y = results[0]
