@@ -93,9 +93,8 @@ def test_texts_are_exactly_n_tokens(qm):
     assert len(set(map(tuple, ids.tolist()))) == len(qm.PARAGRAPHS)  # every text differs
 
 
-def test_tune_script_refuses_a_calibration_size_the_export_cannot_batch(capsys):
-    """benchmarks/tune_minilm.py exports at the calibration batch and runs the held-out texts in such batches:
-    a size that does not divide them is refused before the model loads (so without the MiniLM package too)."""
+@pytest.fixture(scope="module")
+def tune_script():
     import sys
 
     path = SCRIPT.parent / "tune_minilm.py"
@@ -106,8 +105,37 @@ def test_tune_script_refuses_a_calibration_size_the_export_cannot_batch(capsys):
         spec.loader.exec_module(module)
     finally:
         sys.path.remove(str(SCRIPT.parent))
+    return module
+
+
+def test_tune_script_refuses_a_calibration_size_the_export_cannot_batch(capsys, tune_script):
+    """benchmarks/tune_minilm.py exports at the calibration batch and runs the held-out texts in such batches:
+    a size that does not divide them is refused before the model loads (so without the MiniLM package too)."""
+    module = tune_script
     for bad in ("3", "0", "17"):
         with pytest.raises(SystemExit) as err:
             module.main(["--calibration-texts", bad])
         assert err.value.code == 2
         assert "--calibration-texts" in capsys.readouterr().err
+
+
+def test_tune_script_picks_on_held_out_texts_only(tune_script, qm):
+    """The rule: the tuned plan with the fewest keys whose held-out mean reaches the target. The confirmation
+    figures, the reference rows and the calibration cosine never sway it; nothing passing picks nothing."""
+    target = tune_script.TARGET_COSINE
+
+    def row(name, keys, held, confirm, tuned=True):
+        return {"setting": name, "tuned": tuned, "keys": keys, "calibration_cosine": 0.999,
+                "held_out": {"mean_cosine": held, "min_cosine": held},
+                "confirm": {"mean_cosine": confirm, "min_cosine": confirm}}
+
+    rows = [row("cheap, fails held-out", 0.2, target - 1e-4, 0.999),
+            row("reference, cheaper", 0.1, 0.999, 0.999, tuned=False),
+            row("passes", 0.3, target, target - 0.05),
+            row("passes, dearer", 0.4, 0.999, 0.999)]
+    assert tune_script.pick(rows)["setting"] == "passes"
+    assert tune_script.pick(rows[:2]) is None
+    # The three sets of texts are disjoint.
+    sets = [set(qm.PARAGRAPHS), set(tune_script.HELD_OUT), set(tune_script.CONFIRM)]
+    assert all(len(a & b) == 0 for i, a in enumerate(sets) for b in sets[i + 1:])
+    assert len(tune_script.CONFIRM) == len(set(tune_script.CONFIRM)) == 8
