@@ -461,6 +461,9 @@ def bench(model, pass_name, params, seq_lens, provider, target, repeats, plot_pa
 @click.option("--inputs", "inputs_path", type=click.Path(dir_okay=False), metavar="CALIB.NPZ",
               help="Calibration inputs, one array per graph input name (default: random ones at --seq-len).")
 @click.option("--seq-len", type=click.IntRange(min=1), metavar="N", help="Sequence length of the random inputs.")
+@click.option("--holdout", "holdout_path", type=click.Path(dir_okay=False), metavar="HELD.NPZ",
+              help="Inputs the tuner does not see, laid out as --inputs: the plan's end-to-end cosine on them is "
+                   "reported beside the calibration one (the tuner fits its calibration inputs).")
 @click.option("--variants", default=",".join(TUNABLE), show_default=True, metavar="A,B,...",
               help="The variants to try (besides keeping a site dense). routed's cost depends on the data: it is "
                    "measured per head on the calibration inputs.")
@@ -472,7 +475,8 @@ def bench(model, pass_name, params, seq_lens, provider, target, repeats, plot_pa
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), metavar="OUT.PNG",
               help="Also draw each site's error against its attended fraction (needs matplotlib).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result (plan, candidates, checks) as JSON.")
-def tune(model, budget, inputs_path, seq_len, variants, no_head_groups, site_budget, output, plot_path, as_json):
+def tune(model, budget, inputs_path, seq_len, holdout_path, variants, no_head_groups, site_budget, output, plot_path,
+         as_json):
     """Find the cheapest rewrite per site (and per head group) of MODEL that keeps its outputs within
     a cosine BUDGET of the original on calibration inputs; write it as a plan.
 
@@ -483,7 +487,7 @@ def tune(model, budget, inputs_path, seq_len, variants, no_head_groups, site_bud
 
     \b
     Example:
-      attnopt tune bert.onnx --budget 0.98 --inputs calib.npz -o plan.json --plot tune.png
+      attnopt tune bert.onnx --budget 0.98 --inputs calib.npz --holdout held.npz -o plan.json --plot tune.png
       attnopt rewrite bert.onnx --plan plan.json -o bert.tuned.onnx
     """
     import attnopt
@@ -494,8 +498,9 @@ def tune(model, budget, inputs_path, seq_len, variants, no_head_groups, site_bud
         raise AttnoptError(f"--site-budget must be a cosine in (0, 1], got {site_budget}")
     chosen = tuple(v.strip() for v in variants.split(",") if v.strip())
     _require_file(model)
-    if inputs_path is not None:
-        _require_file(inputs_path, "input file")
+    for path, what in ((inputs_path, "input file"), (holdout_path, "held-out input file")):
+        if path is not None:
+            _require_file(path, what)
     out = Path(output) if output else Path(model).with_name(Path(model).name.removesuffix(".onnx") + ".plan.json")
     _check_writable(out, model)
     if plot_path:
@@ -503,15 +508,22 @@ def tune(model, budget, inputs_path, seq_len, variants, no_head_groups, site_bud
         _require_matplotlib()
     with _Progress("tune", enabled=not as_json) as progress:
         result = attnopt.tune(model, budget, inputs=inputs_path, seq_len=seq_len, variants=chosen,
-                              head_groups=not no_head_groups, site_budget=site_budget, progress=progress)
+                              head_groups=not no_head_groups, site_budget=site_budget, progress=progress,
+                              holdout=holdout_path)
     result.plan.save(out)
     if plot_path:
         plot(result, plot_path, title=f"attnopt tune {Path(model).name}")
     if as_json:
-        _print_json({**result.to_dict(), "output": str(out), "plot": plot_path})
+        _print_json({**result.to_dict(), "output": str(out), "plot": plot_path, "holdout_inputs": holdout_path})
         return
     con = _console()
     con.print(table(result, f"{model}: tuned to cosine >= {budget}"))
+    if result.holdout is not None:
+        held, under = result.holdout, result.holdout < budget
+        con.print(f"held-out inputs ({holdout_path}): end-to-end cosine {held:.4f} (calibration "
+                  f"{result.end_to_end:.4f})" + (": under the budget; tune with a higher budget or more "
+                                                 "calibration data" if under else ""),
+                  style="yellow" if under else None, markup=False)
     con.print(f"wrote {out}" + (f" and {plot_path}" if plot_path else ""))
 
 

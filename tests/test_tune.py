@@ -76,6 +76,24 @@ def test_loose_budget_is_cheaper_and_holds(fx_model, tuned):
             assert 0 < site.attended_fraction < 1
 
 
+def test_holdout_is_the_plan_measured_on_other_inputs(fx_model):
+    """``holdout=``: the plan's end-to-end cosine on inputs the tuner did not see, as a fresh rewrite measures
+    it there; the calibration inputs themselves as holdout give the calibration figure; retune measures its
+    own plan; exact plans hold 1.0."""
+    ep, inputs = fx_model
+    ids, mask = inputs
+    other = (torch.randint(0, 100, ids.shape, generator=torch.Generator().manual_seed(7)), mask)
+    result = attnopt.tune(ep, 0.5, variants=VARIANTS, holdout=other)
+    assert result.plan.sites and result.holdout is not None and result.to_dict()["holdout"] == result.holdout
+    fresh = output_cosine(run_fx(ep.module(), other), run_fx(attnopt.rewrite(ep, plan=result.plan).model, other), {})
+    assert result.holdout == pytest.approx(fresh, abs=1e-6)
+    assert result.holdout != pytest.approx(result.end_to_end, abs=1e-6)  # other inputs, another figure
+    same = attnopt.tune(ep, 0.5, variants=VARIANTS, holdout=inputs)
+    assert same.holdout == pytest.approx(same.end_to_end, abs=1e-6)
+    assert result.retune(1.0).holdout == 1.0
+    assert attnopt.tune(ep, 0.5, variants=VARIANTS).holdout is None
+
+
 def test_head_group_errors_compose_exactly(fx_model, tuned):
     """Heads are independent: the error of a mixed plan (half the heads dense) follows from per-head
     measurements, and a real head-group rewrite measures the same."""
@@ -153,6 +171,29 @@ def test_cli_tune_then_rewrite_by_plan(onnx_model, onnx_plan):
     assert {s["site"] for s in json.loads(res.stdout)["sites"] if s["status"] == "rewritten"} == planned
     check = attnopt.validate(onnx_model, d / "tuned.onnx", seq_len=N)
     assert check.outputs[0].cosine >= 0.5
+
+
+def test_cli_holdout(onnx_model, tmp_path):
+    """--holdout: its cosine in the JSON and the table; a bad file is a one-line error before any tuning."""
+    import numpy as np
+    import onnx_ir as ir
+
+    from attnopt.inputs import onnx_inputs
+
+    held = tmp_path / "held.npz"
+    np.savez(held, **onnx_inputs(ir.load(onnx_model), None, N, batch=2, seed=11))
+    args = ["tune", onnx_model, "--budget", "0.5", "--seq-len", N, "--variants", ",".join(VARIANTS),
+            "-o", tmp_path / "plan.json"]
+    res = cli(*args, "--holdout", held, "--json")
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)
+    assert 0.0 < report["holdout"] <= 1.0 and report["holdout_inputs"] == str(held)
+    res = cli(*args, "--holdout", held)
+    assert res.exit_code == 0 and f"held-out inputs ({held}): end-to-end cosine {report['holdout']:.4f}" in \
+        res.stdout.replace("\n", " ")
+    np.savez(tmp_path / "bad.npz", nonsense=np.zeros(3))
+    one_line_error(cli(*args, "--holdout", tmp_path / "bad.npz"), "input")
+    one_line_error(cli(*args, "--holdout", tmp_path / "missing.npz"), "no such file")
 
 
 def test_cli_bad_plans(onnx_model, onnx_plan, tmp_path):
