@@ -42,7 +42,7 @@ from typing import Callable
 import numpy as np
 
 from .attended import MEASURED_KERNELS
-from .errors import AttnoptError, InvalidParamsError
+from .errors import AttnoptError, InvalidParamsError, SiteNotApplicable
 from .metrics import as_numpy
 from .plan import DENSE, Plan, PlanGroup, SitePlan, apply_plan, fingerprint, site_signature
 
@@ -166,22 +166,19 @@ def _heads_first(array, site) -> np.ndarray:
 
 
 def _bhsd(array, layout: str, heads):
-    """A site input as a (B, H, S, D) float32 tensor, by the layout rules of the rewrites
-    (``fx_rewrite._to_bhsd``): any order of b, h, s, d; bsd; (bh)sd and (bh)ds. None where they do not apply."""
+    """A site input as a (B, H, S, D) float32 tensor, by the fx rewrite's own layout rules
+    (``fx_rewrite.to_bhsd``, run eagerly). None where they do not apply."""
     import torch
 
-    from .site import LAYOUT_BHSD, LAYOUT_BSD, LAYOUT_FLAT
+    from .frontends.fx_rewrite import to_bhsd
 
     a = torch.from_numpy(np.ascontiguousarray(as_numpy(array), dtype=np.float32))
-    if a.ndim == 4 and sorted(layout) == sorted(LAYOUT_BHSD):
-        return a.permute(*(layout.index(c) for c in LAYOUT_BHSD))
-    if not isinstance(heads, int) or a.ndim != 3:
+    if a.ndim != (4 if len(layout) == 4 else 3) or (a.ndim == 3 and not isinstance(heads, int)):
         return None
-    if layout == LAYOUT_BSD and a.shape[-1] % heads == 0:
-        return a.unflatten(-1, (heads, -1)).transpose(1, 2)
-    if layout in (LAYOUT_FLAT, "(bh)ds") and a.shape[0] % heads == 0:
-        return (a if layout == LAYOUT_FLAT else a.transpose(1, 2)).unflatten(0, (-1, heads))
-    return None
+    try:
+        return to_bhsd(a, layout, heads)
+    except (SiteNotApplicable, RuntimeError):  # a layout no rewrite takes, or heads that do not divide the axis
+        return None
 
 
 def _key_padding(array, term, k):

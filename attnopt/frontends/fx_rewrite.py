@@ -57,9 +57,9 @@ def apply(loaded, call) -> None:
     _check_layouts(site)
     g = gm.graph
     with g.inserting_before(out_old):
-        q = _to_bhsd(g, node[site.query], site.query_layout, site.num_heads)
-        k = _to_bhsd(g, node[site.key], site.key_layout, site.kv_num_heads)
-        v = _to_bhsd(g, node[site.value], site.value_layout, site.kv_num_heads)
+        q = to_bhsd(node[site.query], site.query_layout, site.num_heads, g.call_function)
+        k = to_bhsd(node[site.key], site.key_layout, site.kv_num_heads, g.call_function)
+        v = to_bhsd(node[site.value], site.value_layout, site.kv_num_heads, g.call_function)
         masks, kp = mask_terms(call)
         mask = None
         for t in masks:
@@ -182,18 +182,24 @@ def _check_layouts(site: AttentionSite) -> None:
             raise SiteNotApplicable("the head count is not known statically")
 
 
-def _to_bhsd(g: fx.Graph, x: fx.Node, layout: str, heads) -> fx.Node:
+def to_bhsd(x, layout: str, heads, call=None):
+    """``x`` in ``layout`` as (B, H, S, D): any order of b, h, s, d; bsd; (bh)sd; (bh)ds.
+
+    ``call(fn, args)`` applies each torch function: an fx graph's ``call_function`` builds the nodes of a
+    rewrite; the default runs them on a tensor (the tuner reads q and k out of a calibration run this way).
+    """
+    call = call or (lambda fn, args: fn(*args))
     if layout == LAYOUT_BHSD:
         return x
     if layout == LAYOUT_BSD:
-        x = g.call_function(torch.unflatten, (x, -1, (heads, -1)))
-        return g.call_function(torch.permute, (x, (0, 2, 1, 3)))
+        x = call(torch.unflatten, (x, -1, (heads, -1)))
+        return call(torch.permute, (x, (0, 2, 1, 3)))
     if layout in (LAYOUT_FLAT, "(bh)ds"):
         if layout == "(bh)ds":
-            x = g.call_function(torch.transpose, (x, 1, 2))
-        return g.call_function(torch.unflatten, (x, 0, (-1, heads)))
+            x = call(torch.transpose, (x, 1, 2))
+        return call(torch.unflatten, (x, 0, (-1, heads)))
     if sorted(layout) == sorted(LAYOUT_BHSD):
-        return g.call_function(torch.permute, (x, tuple(layout.index(c) for c in LAYOUT_BHSD)))
+        return call(torch.permute, (x, tuple(layout.index(c) for c in LAYOUT_BHSD)))
     raise SiteNotApplicable(f"unsupported tensor layout {layout!r}")
 
 
