@@ -462,8 +462,9 @@ def bench(model, pass_name, params, seq_lens, provider, target, repeats, plot_pa
               help="Calibration inputs, one array per graph input name (default: random ones at --seq-len).")
 @click.option("--seq-len", type=click.IntRange(min=1), metavar="N", help="Sequence length of the random inputs.")
 @click.option("--holdout", "holdout_path", type=click.Path(dir_okay=False), metavar="HELD.NPZ",
-              help="Inputs the tuner does not see, laid out as --inputs: the plan's end-to-end cosine on them is "
-                   "reported beside the calibration one (the tuner fits its calibration inputs).")
+              help="Inputs the tuner does not see, laid out as --inputs: the plan's end-to-end cosine and attended "
+                   "fraction on them are reported beside the calibration ones (the tuner fits its calibration "
+                   "inputs, and routed's keys depend on the data).")
 @click.option("--variants", default=",".join(TUNABLE), show_default=True, metavar="A,B,...",
               help="The variants to try (besides keeping a site dense). routed's cost depends on the data: it is "
                    "measured per head on the calibration inputs.")
@@ -519,10 +520,11 @@ def tune(model, budget, inputs_path, seq_len, holdout_path, variants, no_head_gr
     con = _console()
     con.print(table(result, f"{model}: tuned to cosine >= {budget}"))
     if result.holdout is not None:
-        held, under = result.holdout, result.holdout < budget
-        con.print(f"held-out inputs ({holdout_path}): end-to-end cosine {held:.4f} (calibration "
-                  f"{result.end_to_end:.4f})" + (": under the budget; tune with a higher budget or more "
-                                                 "calibration data" if under else ""),
+        held, under = result.holdout, result.holdout.end_to_end < budget
+        con.print(f"held-out inputs ({holdout_path}): end-to-end cosine {held.end_to_end:.4f} (calibration "
+                  f"{result.end_to_end:.4f}), {held.attended_fraction:.3f} of keys attended (calibration "
+                  f"{result.attended_fraction:.3f})" + (": under the budget; tune with a higher budget or more "
+                                                        "calibration data" if under else ""),
                   style="yellow" if under else None, markup=False)
     con.print(f"wrote {out}" + (f" and {plot_path}" if plot_path else ""))
 

@@ -272,14 +272,14 @@ class _Evaluator:
         # Held-out feeds are read and checked before the sweep: a bad file fails in seconds, not after it.
         self.holdout = None if holdout is None else self.frontend.inputs(self.loaded, holdout,
                                                                          example_inputs=example_inputs)
-        self._holdout_dense = None
         self.expose = [self.frontend.exposed_value(self.loaded, s) for s in self.loaded.sites]
         # (query, key, key padding or None) per site, read once in the dense run for the variants whose keys
         # depend on them (k-means skips padded keys, as the op does)
         self.qk = [self._qk_exposed(s) if read_qk else None for s in self.loaded.sites]
         outputs = {x.name for x in self.expose}
         extra = {e.name: e for pair in self.qk if pair for e in pair if e is not None and e.name not in outputs}
-        self.dense = self._run(self.loaded.model, list(extra.values()))
+        self._qk_extra = list(extra.values())
+        self.dense = self._run(self.loaded.model, self._qk_extra)
         self.runs = 0
 
     def _qk_exposed(self, site):
@@ -289,38 +289,36 @@ class _Evaluator:
         except AttnoptError:
             return None
 
-    def _run(self, model, extra=()):
+    def _run(self, model, extra=(), feeds=None):
         with self.frontend.runner(model, expose=[*self.expose, *extra]) as r:
-            return r.run(self.feeds)
+            return r.run(self.feeds if feeds is None else feeds)
 
-    def site_qk(self, index: int):
+    def site_qk(self, index: int, run=None):
         """(q (B, H, N, D), k (B, Hkv, M, D), key padding (B, M) additive or None) as float32 torch tensors of
-        site ``index`` in the dense run, or a string saying why they cannot be read."""
-        site, exposed = self.loaded.sites[index], self.qk[index]
-        if exposed is None or any(e is not None and e.name not in self.dense.exposed for e in exposed):
+        site ``index`` in the dense calibration run (or ``run``), or a string saying why they cannot be read."""
+        site, exposed, run = self.loaded.sites[index], self.qk[index], run or self.dense
+        if exposed is None or any(e is not None and e.name not in run.exposed for e in exposed):
             return "its query and key cannot be read out of a run"
-        q = _bhsd(self.dense.exposed[exposed[0].name], site.query_layout, site.num_heads)
-        k = _bhsd(self.dense.exposed[exposed[1].name], site.key_layout, site.kv_num_heads)
+        q = _bhsd(run.exposed[exposed[0].name], site.query_layout, site.num_heads)
+        k = _bhsd(run.exposed[exposed[1].name], site.key_layout, site.kv_num_heads)
         if q is None or k is None or q.shape[0] != k.shape[0] or q.shape[-1] != k.shape[-1] \
                 or q.shape[1] % k.shape[1]:
             return "its query and key have a layout the tuner cannot read"
-        kp = None if exposed[2] is None else _key_padding(self.dense.exposed[exposed[2].name], site.key_padding, k)
+        kp = None if exposed[2] is None else _key_padding(run.exposed[exposed[2].name], site.key_padding, k)
         if kp is not None and (kp.shape[-1] != k.shape[2] or kp.shape[0] not in (1, k.shape[0])):
             return "its key padding has a shape the tuner cannot read"
         return q, k, kp
 
-    def measure_holdout(self, plan: Plan) -> float | None:
-        """``plan``'s end-to-end measure on the held-out feeds (None without them). Not counted in ``runs``,
-        which counts calibration runs."""
-        if self.holdout is None:
-            return None
-        if self._holdout_dense is None:
-            with self.frontend.runner(self.loaded.model) as r:
-                self._holdout_dense = r.run(self.holdout)
+    def check(self, plan: Plan, sites: list, feeds) -> "Check":
+        """``plan`` on other feeds than the calibration ones: its end-to-end measure, and its attended fraction
+        with routed's keys routed on those feeds' q and k (the dense run's, as in the sweep). Not counted in
+        ``runs``, which counts calibration runs."""
+        dense = self._run(self.loaded.model, self._qk_extra, feeds)
+        keys = _plan_keys(self, sites, plan, dense)
         if all(s.is_dense for s in plan.sites):
-            return 1.0
+            return Check(1.0, keys)
         with self.frontend.runner(apply_plan(self.model, plan, example_inputs=self.example_inputs).model) as r:
-            return float(self.measure(self._holdout_dense.outputs, r.run(self.holdout).outputs, self.holdout))
+            return Check(float(self.measure(dense.outputs, r.run(feeds).outputs, feeds)), keys)
 
     def run_plan(self, plan: Plan):
         """(end-to-end measure, run result) of the model rewritten by ``plan``."""
@@ -334,6 +332,16 @@ class _Evaluator:
 
 # ----------------------------------------------------------------------------- the result
 
+@dataclass(frozen=True)
+class Check:
+    """A plan measured on inputs the tuner did not tune on."""
+    end_to_end: float  # the end-to-end measure there
+    attended_fraction: float  # as TuneResult's, with routed's keys routed on those inputs
+
+    def to_dict(self) -> dict:
+        return {"end_to_end": self.end_to_end, "attended_fraction": self.attended_fraction}
+
+
 @dataclass
 class TuneResult:
     plan: Plan
@@ -344,7 +352,7 @@ class TuneResult:
     evaluated: list[dict]  # every whole plan the search ran: {"lambda", "cost_vs_dense", "end_to_end"}
     budget: float
     runs: int = 0  # model runs so far on the calibration inputs (the sweep's and the end-to-end checks')
-    holdout: float | None = None  # the plan's end-to-end measure on the held-out inputs, if tune was given them
+    holdout: "Check | None" = None  # the plan on the held-out inputs, if tune was given them
     _evaluator: object = field(default=None, repr=False)
     _measure_name: str = ""
 
@@ -356,13 +364,20 @@ class TuneResult:
         return _search(self._evaluator, self.sites, budget, budget if site_budget is None else site_budget,
                        self._measure_name, progress or (lambda *a, **k: None), bisect_steps)
 
+    def check(self, inputs) -> "Check":
+        """The plan on other inputs (a .npz path or name -> array, as ``tune``'s): its end-to-end measure and
+        its attended fraction there (routed's keys depend on the data)."""
+        ev = self._evaluator
+        return ev.check(self.plan, self.sites, ev.frontend.inputs(ev.loaded, inputs, example_inputs=ev.example_inputs))
+
     @property
     def candidates(self) -> list[CandidateResult]:
         return [c for s in self.sites for c in s.candidates]
 
     def to_dict(self) -> dict:
         return {"budget": self.budget, "end_to_end": self.end_to_end, "cost_vs_dense": self.cost_vs_dense,
-                "attended_fraction": self.attended_fraction, "runs": self.runs, "holdout": self.holdout,
+                "attended_fraction": self.attended_fraction, "runs": self.runs,
+                "holdout": None if self.holdout is None else self.holdout.to_dict(),
                 "plan": self.plan.to_dict(), "candidates": [c.to_dict() for c in self.candidates],
                 "skipped": {s.name: s.skipped for s in self.sites if s.skipped},
                 "evaluated": self.evaluated}
@@ -456,8 +471,9 @@ def _search(ev: _Evaluator, sites: list[SiteInfo], budget: float, site_budget: f
     plan.calibration["site_budget"] = site_budget
     plan.end_to_end = {"measure": e2e, "cost_vs_dense": cost / total_dense, "attended_fraction": keys,
                        "site_cosine_in_model": _cosines_in_model(plan, sites, out, ev)}
-    return TuneResult(plan, sites, e2e, cost / total_dense, keys, evaluated, budget, ev.runs,
-                      ev.measure_holdout(plan), ev, measure_name)
+    holdout = None if ev.holdout is None else ev.check(plan, sites, ev.holdout)
+    return TuneResult(plan, sites, e2e, cost / total_dense, keys, evaluated, budget, ev.runs, holdout, ev,
+                      measure_name)
 
 
 def _check_budgets(budget, site_budget) -> None:
@@ -641,6 +657,37 @@ def _cost(sites: list[SiteInfo], choice) -> float:
 def _keys(sites: list[SiteInfo], choice) -> float:
     fr = [info.candidates[i].fraction(u) for info, picks in zip(sites, choice) for u, i in enumerate(picks)
           for _ in range(info.heads_per_unit)]
+    return float(np.mean(fr)) if fr else 1.0
+
+
+def _plan_keys(ev: _Evaluator, sites: list[SiteInfo], plan: Plan, run) -> float:
+    """``plan``'s attended fraction as ``_keys`` counts it (mean over sites and query heads), on the inputs of
+    ``run`` (a dense run exposing the sites' outputs, q and k): routed's keys measured there, the fixed
+    patterns at that run's lengths."""
+    from .attended import attended_fraction, measured_fraction
+
+    planned = {s.name: s for s in plan.sites}
+    fr = []
+    for index, info in enumerate(sites):
+        heads = info.units * info.heads_per_unit
+        out = run.exposed.get(ev.expose[index].name)
+        n = _site_length(out, info.site) if out is not None else info.n
+        if not n:
+            fr += [info.candidates[0].fraction(0)] * heads
+            continue
+        causal = bool(info.site.causal)
+        groups = planned[info.name].groups if info.name in planned else (PlanGroup(0, heads, DENSE),)
+        for g in groups:
+            stop = g.stop if g.stop > g.start else heads  # a site of unknown heads plans [0, 0) for all
+            if g.kernel in MEASURED_KERNELS:
+                q, k, kp = ev.site_qk(index, run)  # the sweep measured this kernel here, so they can be read
+                rep = q.shape[1] // k.shape[1]
+                per_head = measured_fraction(g.kernel, g.params, q[:, g.start:stop], k[:, g.start // rep:stop // rep],
+                                             causal, kp)
+                fr += per_head.tolist()
+            else:
+                kernel = DENSE if g.kernel == "relbias" else g.kernel
+                fr += [attended_fraction(kernel, g.params, n, n, causal)] * (stop - g.start)
     return float(np.mean(fr)) if fr else 1.0
 
 

@@ -19,8 +19,10 @@ with its own job:
 
 Reported per N and per plan: the mean (and min) pooled cosine against dense on
 both sets, the mean attended fraction of keys (score entries per query over N;
-a pooled hierarchical block counts as one entry) and the attention cost against
-dense, beside single-setting-for-all-sites rows for reference.
+a pooled hierarchical block counts as one entry) on the calibration texts and,
+for tuned plans, on each set (routed's keys depend on the text), and the
+attention cost against dense, beside single-setting-for-all-sites rows for
+reference.
 
     python benchmarks/tune_minilm.py                       # N = 256 and 512, the default budgets
     python benchmarks/tune_minilm.py --n 256 --configs 0.985:0.5 --json out/t.json --md out/t.md --plot out/t
@@ -91,11 +93,15 @@ def run_n(n: int, configs, tokenizer, model, plot_stem, log=print, calibration=C
         ids, mask = texts(tokenizer, n, paragraphs, len(paragraphs))
         sets[name] = (ids, mask, pooled(module, ids, mask, calibration))
 
-    def measured(rewritten) -> dict:
+    def measured(rewritten, result=None) -> dict:
+        """Pooled cosines per text on both sets; for a tuned plan also its attended fraction on each set
+        (``TuneResult.check``: routed's keys depend on the texts; the fixed patterns' do not)."""
         row = {}
         for name, (ids, mask, dense) in sets.items():
             cos = qm.cosine(pooled(rewritten.model, ids, mask, calibration), dense)
             row[name] = {"mean_cosine": float(cos.mean()), "min_cosine": float(cos.min())}
+            if result is not None:
+                row[name]["keys"] = result.check({"input_ids": ids, "attention_mask": mask}).attended_fraction
         return row
 
     t0 = time.perf_counter()
@@ -114,7 +120,7 @@ def run_n(n: int, configs, tokenizer, model, plot_stem, log=print, calibration=C
             f"({result.runs} runs so far)")
         rows.append({"setting": label, "tuned": True, "keys": result.attended_fraction,
                      "cost_vs_dense": result.cost_vs_dense, "calibration_cosine": result.end_to_end,
-                     "search_seconds": search_s, **measured(apply_plan(exported, result.plan))})
+                     "search_seconds": search_s, **measured(apply_plan(exported, result.plan), result)})
         plot_path = None
         if plot_stem:
             plot_path = Path(f"{plot_stem}_n{n}_b{budget}_s{site_budget}.png")
@@ -131,7 +137,8 @@ def run_n(n: int, configs, tokenizer, model, plot_stem, log=print, calibration=C
                      "calibration_cosine": None, **measured(attnopt.rewrite(exported, name, **given))})
     for r in rows:
         log(f"  {r['setting']}: keys {r['keys']:.3f}; " + "; ".join(
-            f"{name} mean cosine {r[name]['mean_cosine']:.4f} (min {r[name]['min_cosine']:.4f})" for name in sets))
+            f"{name} mean cosine {r[name]['mean_cosine']:.4f} (min {r[name]['min_cosine']:.4f})"
+            + (f", keys {r[name]['keys']:.3f}" if "keys" in r[name] else "") for name in sets))
     picked = pick(rows)
     log(f"N={n} picked on the held-out texts: {picked['setting'] if picked else 'none reaches the target there'}")
     return {"n": n, "sweep_seconds": sweep_s, "runs": result.runs, "rows": rows, "plans": plans,
@@ -161,14 +168,15 @@ def markdown(report: dict, command: str) -> str:
              f"on {len(HELD_OUT)} held-out texts (the fewest keys with a held-out mean cosine ≥ {TARGET_COSINE}) and "
              f"confirmed on {len(CONFIRM)} others (public-domain prose); budget = mean pooled-embedding cosine on "
              f"the calibration texts (torch {report['torch']}, CPU, {report['threads']} threads).", "",
-             "| N | setting | keys attended | cost vs dense | calibration cosine | held-out mean (min) | "
-             "confirmation mean (min) |", "|---|---|---|---|---|---|---|"]
+             "| N | setting | keys attended (calibration) | cost vs dense | calibration cosine | held-out mean (min) | "
+             "held-out keys | confirmation mean (min) | confirmation keys |", "|---|---|---|---|---|---|---|---|---|"]
     for run in report["runs"]:
         for r in run["rows"]:
             cal = f"{r['calibration_cosine']:.4f}" if r["calibration_cosine"] is not None else ""
             mark = " **(picked)**" if (run["picked"] or {}).get("setting") == r["setting"] else ""
             lines.append(f"| {run['n']} | {r['setting']}{mark} | {r['keys']:.3f} | {r['cost_vs_dense']:.3f} | {cal} | "
-                         + " | ".join(f"{r[name]['mean_cosine']:.4f} ({r[name]['min_cosine']:.4f})"
+                         + " | ".join(f"{r[name]['mean_cosine']:.4f} ({r[name]['min_cosine']:.4f}) | "
+                                      + (f"{r[name]['keys']:.3f}" if "keys" in r[name] else "")
                                       for name in ("held_out", "confirm")) + " |")
     for run in report["runs"]:
         for p in run["plans"]:

@@ -78,19 +78,21 @@ def test_loose_budget_is_cheaper_and_holds(fx_model, tuned):
 
 def test_holdout_is_the_plan_measured_on_other_inputs(fx_model):
     """``holdout=``: the plan's end-to-end cosine on inputs the tuner did not see, as a fresh rewrite measures
-    it there; the calibration inputs themselves as holdout give the calibration figure; retune measures its
+    it there; the calibration inputs themselves as holdout give the calibration figures; retune measures its
     own plan; exact plans hold 1.0."""
     ep, inputs = fx_model
     ids, mask = inputs
     other = (torch.randint(0, 100, ids.shape, generator=torch.Generator().manual_seed(7)), mask)
     result = attnopt.tune(ep, 0.5, variants=VARIANTS, holdout=other)
-    assert result.plan.sites and result.holdout is not None and result.to_dict()["holdout"] == result.holdout
+    held = result.holdout
+    assert result.plan.sites and result.to_dict()["holdout"] == held.to_dict()
     fresh = output_cosine(run_fx(ep.module(), other), run_fx(attnopt.rewrite(ep, plan=result.plan).model, other), {})
-    assert result.holdout == pytest.approx(fresh, abs=1e-6)
-    assert result.holdout != pytest.approx(result.end_to_end, abs=1e-6)  # other inputs, another figure
-    same = attnopt.tune(ep, 0.5, variants=VARIANTS, holdout=inputs)
-    assert same.holdout == pytest.approx(same.end_to_end, abs=1e-6)
-    assert result.retune(1.0).holdout == 1.0
+    assert held.end_to_end == pytest.approx(fresh, abs=1e-6)
+    assert held.end_to_end != pytest.approx(result.end_to_end, abs=1e-6)  # other inputs, another figure
+    assert held.attended_fraction == pytest.approx(result.attended_fraction)  # fixed patterns, same length
+    same = result.check(inputs)
+    assert (same.end_to_end, same.attended_fraction) == pytest.approx((result.end_to_end, result.attended_fraction))
+    assert result.retune(1.0).holdout.end_to_end == 1.0
     assert attnopt.tune(ep, 0.5, variants=VARIANTS).holdout is None
 
 
@@ -187,10 +189,11 @@ def test_cli_holdout(onnx_model, tmp_path):
     res = cli(*args, "--holdout", held, "--json")
     assert res.exit_code == 0, res.output
     report = json.loads(res.stdout)
-    assert 0.0 < report["holdout"] <= 1.0 and report["holdout_inputs"] == str(held)
+    assert 0.0 < report["holdout"]["end_to_end"] <= 1.0 and report["holdout_inputs"] == str(held)
+    assert report["holdout"]["attended_fraction"] == pytest.approx(report["attended_fraction"])
     res = cli(*args, "--holdout", held)
-    assert res.exit_code == 0 and f"held-out inputs ({held}): end-to-end cosine {report['holdout']:.4f}" in \
-        res.stdout.replace("\n", " ")
+    line = f"held-out inputs ({held}): end-to-end cosine {report['holdout']['end_to_end']:.4f}"
+    assert res.exit_code == 0 and line in res.stdout.replace("\n", " ")
     np.savez(tmp_path / "bad.npz", nonsense=np.zeros(3))
     one_line_error(cli(*args, "--holdout", tmp_path / "bad.npz"), "input")
     one_line_error(cli(*args, "--holdout", tmp_path / "missing.npz"), "no such file")
@@ -296,6 +299,20 @@ def test_routed_cost_is_what_the_op_routes(routed_tuned, monkeypatch):
                 cand = next(c for c in info.candidates if c.candidate.kernel == "routed"
                             and c.candidate.param_dict == g.params)
                 assert g.attended_fraction == pytest.approx(float(cand.unit_fraction[g.start:g.stop].mean()))
+
+
+def test_routed_keys_are_measured_again_on_other_inputs(routed_tuned):
+    """``check``: on the calibration inputs the plan's attended fraction is the tuner's own (another code path,
+    plan groups instead of candidates); on other inputs routed routes other keys, so the fraction moves."""
+    ep, result = routed_tuned
+    assert any(g.kernel == "routed" for s in result.plan.sites for g in s.groups)
+    ev = result._evaluator
+    ids, mask = (ev.feeds[name] for name in ("input_ids", "attention_mask"))
+    same = result.check((ids, mask))
+    assert same.attended_fraction == pytest.approx(result.attended_fraction, abs=1e-9)
+    other = result.check((torch.randint(0, 100, ids.shape, generator=torch.Generator().manual_seed(3)), mask))
+    assert 0 < other.attended_fraction < 1 and other.attended_fraction != pytest.approx(same.attended_fraction,
+                                                                                         abs=1e-6)
 
 
 def test_routed_is_measured_on_onnx_too(onnx_model, routed_tuned):
