@@ -272,6 +272,7 @@ class _Evaluator:
         # Held-out feeds are read and checked before the sweep: a bad file fails in seconds, not after it.
         self.holdout = None if holdout is None else self.frontend.inputs(self.loaded, holdout,
                                                                          example_inputs=example_inputs)
+        self._holdout_dense = None
         self.expose = [self.frontend.exposed_value(self.loaded, s) for s in self.loaded.sites]
         # (query, key, key padding or None) per site, read once in the dense run for the variants whose keys
         # depend on them (k-means skips padded keys, as the op does)
@@ -313,7 +314,12 @@ class _Evaluator:
         """``plan`` on other feeds than the calibration ones: its end-to-end measure, and its attended fraction
         with routed's keys routed on those feeds' q and k (the dense run's, as in the sweep). Not counted in
         ``runs``, which counts calibration runs."""
-        dense = self._run(self.loaded.model, self._qk_extra, feeds)
+        if feeds is self.holdout:  # retune checks each plan on the held-out feeds: their dense run once
+            if self._holdout_dense is None:
+                self._holdout_dense = self._run(self.loaded.model, self._qk_extra, feeds)
+            dense = self._holdout_dense
+        else:
+            dense = self._run(self.loaded.model, self._qk_extra, feeds)
         keys = _plan_keys(self, sites, plan, dense)
         if all(s.is_dense for s in plan.sites):
             return Check(1.0, keys)
