@@ -523,7 +523,7 @@ def _site_info(ev: _Evaluator, index: int, head_groups: bool, variants) -> SiteI
             qk = qk if qk is not None else ev.site_qk(index)
             info.candidates.append(_measured(info, c, qk, dense_entries))
             continue
-        frac = _fraction(c, n, site)
+        frac = _fraction(c.kernel, c.param_dict, n, site)
         if frac >= info.candidates[0].attended_fraction and not c.whole_site:
             continue  # never cheaper than dense (hierarchical with 3B >= N): not worth a run
         info.candidates.append(CandidateResult(site.name, c, frac, frac / _dense_fraction(n, site) * dense_entries,
@@ -554,10 +554,10 @@ def _dense_fraction(n, site) -> float:
     return attended_fraction(DENSE, {}, n, n, bool(site.causal)) if n else 1.0
 
 
-def _fraction(c: Candidate, n: int, site) -> float:
+def _fraction(kernel: str, params: dict, n: int, site) -> float:
+    """A fixed pattern's attended fraction at length n (relbias fuse scores every key, as dense)."""
     from .attended import attended_fraction
-    kernel = DENSE if c.kernel == "relbias" else c.kernel
-    return attended_fraction(kernel, c.param_dict, n, n, bool(site.causal))
+    return attended_fraction(DENSE if kernel == "relbias" else kernel, params, n, n, bool(site.causal))
 
 
 def _why_dense_only(site, dense_out, n) -> str:
@@ -670,7 +670,7 @@ def _plan_keys(ev: _Evaluator, sites: list[SiteInfo], plan: Plan, run) -> float:
     """``plan``'s attended fraction as ``_keys`` counts it (mean over sites and query heads), on the inputs of
     ``run`` (a dense run exposing the sites' outputs, q and k): routed's keys measured there, the fixed
     patterns at that run's lengths."""
-    from .attended import attended_fraction, measured_fraction
+    from .attended import measured_fraction
 
     planned = {s.name: s for s in plan.sites}
     fr = []
@@ -681,19 +681,18 @@ def _plan_keys(ev: _Evaluator, sites: list[SiteInfo], plan: Plan, run) -> float:
         if not n:
             fr += [info.candidates[0].fraction(0)] * heads
             continue
-        causal = bool(info.site.causal)
         groups = planned[info.name].groups if info.name in planned else (PlanGroup(0, heads, DENSE),)
+        qk = None  # read once a site, for all its routed groups
         for g in groups:
             stop = g.stop if g.stop > g.start else heads  # a site of unknown heads plans [0, 0) for all
             if g.kernel in MEASURED_KERNELS:
-                q, k, kp = ev.site_qk(index, run)  # the sweep measured this kernel here, so they can be read
+                qk = qk or ev.site_qk(index, run)  # the sweep measured this kernel here, so they can be read
+                q, k, kp = qk
                 rep = q.shape[1] // k.shape[1]
-                per_head = measured_fraction(g.kernel, g.params, q[:, g.start:stop], k[:, g.start // rep:stop // rep],
-                                             causal, kp)
-                fr += per_head.tolist()
+                fr += measured_fraction(g.kernel, g.params, q[:, g.start:stop], k[:, g.start // rep:stop // rep],
+                                        bool(info.site.causal), kp).tolist()
             else:
-                kernel = DENSE if g.kernel == "relbias" else g.kernel
-                fr += [attended_fraction(kernel, g.params, n, n, causal)] * (stop - g.start)
+                fr += [_fraction(g.kernel, g.params, n, info.site)] * (stop - g.start)
     return float(np.mean(fr)) if fr else 1.0
 
 

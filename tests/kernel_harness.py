@@ -83,6 +83,21 @@ def run_onnx(name, q, k, v, params, *, scale, mask=None, key_padding=None, causa
     return torch.from_numpy(y)
 
 
+def run_counting_steps(model: onnx.ModelProto, feeds: dict) -> tuple[list, int]:
+    """The model's outputs and how many steps its one Scan (a body's query blocks) ran, on the CPU EP.
+
+    The body is inlined so the Scan's first output, its step counter, can be read as a graph output.
+    """
+    import onnx.inliner
+
+    model = onnx.inliner.inline_local_functions(model)
+    (scan,) = [node for node in model.graph.node if node.op_type == "Scan"]
+    model.graph.output.append(helper.make_tensor_value_info(scan.output[0], TensorProto.INT64, None))
+    *outputs, steps = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, feeds)
+    return outputs, int(steps)
+
+
 class MaxNumel(TorchDispatchMode):
     """Records the largest tensor any aten op produces, inside attnopt's own ops too.
 

@@ -19,6 +19,7 @@ from attnopt.kernels.onnx_functions import attach_functions
 from attnopt.kernels.ort_cuda import LoweringFacts, choose, lowering_attrs, lowering_module, lowering_op_type
 from attnopt.kernels.registry import get_variant
 from attnopt.onnx_compat import DOMAIN
+from kernel_harness import run_counting_steps
 
 DIMS = {"Q": ["B", "H", "N", "D"], "K": ["B", "H", "N", "D"], "V": ["B", "H", "N", "D"],
         "Mask": [1, 1, 1, 1], "KeyPadding": ["Bk", "N"]}
@@ -95,8 +96,9 @@ RELBIAS_CASES = [  # (kind, N, M, causal, key padding, dense mask)
 ]
 
 
-def _compare_relbias(provider, elem, case, chunk_rows=None):
-    """``chunk_rows``: the lowering's Scan takes that many queries a step (default: all N in one)."""
+def _relbias_call(elem, case, chunk_rows=None):
+    """(portable body's attributes, the lowering's, feeds) of one relbias case. ``chunk_rows``: the lowering's
+    Scan takes that many queries a step (default: its own step size, all N in one at these sizes)."""
     kind, n, m, causal, kp_kind, dense = case
     spec = get_variant("relbias")
     b, h, d = 2, 3, 8
@@ -112,11 +114,16 @@ def _compare_relbias(provider, elem, case, chunk_rows=None):
              **spec.tensors_for(params, q.shape, k.shape, 0)}
     attrs = {**{p: int(x) if isinstance(x, bool) else x for p, x in params.items()}, "scale": 0.3,
              "causal": causal, "softcap": 0.0}
-    portable = _run(spec.onnx_op_type, attrs, feeds, elem, provider, RELBIAS_DIMS)
-    node_attrs = {**attrs, **lowering_attrs("relbias", h)}
+    lowered = {**attrs, **lowering_attrs("relbias", h)}
     if chunk_rows is not None:
-        node_attrs["step_elements"] = chunk_rows * h * m
-    lowered = _run(lowering_op_type("relbias"), node_attrs, feeds, elem, provider, RELBIAS_DIMS)
+        lowered["step_elements"] = chunk_rows * h * m
+    return attrs, lowered, feeds
+
+
+def _compare_relbias(provider, elem, case, chunk_rows=None):
+    attrs, lowered_attrs, feeds = _relbias_call(elem, case, chunk_rows)
+    portable = _run(get_variant("relbias").onnx_op_type, attrs, feeds, elem, provider, RELBIAS_DIMS)
+    lowered = _run(lowering_op_type("relbias"), lowered_attrs, feeds, elem, provider, RELBIAS_DIMS)
     assert np.isfinite(lowered).all()
     np.testing.assert_allclose(lowered, portable, atol=TOLERANCE[elem] * 2, rtol=0)
 
@@ -134,26 +141,13 @@ def test_relbias_lowering_aligns_long_chunks():
     """Chunks over 64 rows shrink to 64k + 1, so the keys grow by a multiple of 64: 70 rows become 65, three
     chunks of 135 queries (70 would take two; cross-attention over 1200 keys), and the output is still the
     portable body's."""
-    n, m, h = 135, 1200, 3
+    case = ("t5", 135, 1200, 1, "inf", True)
     for elem in (TensorProto.FLOAT, TensorProto.FLOAT16):
-        _compare_relbias("CPUExecutionProvider", elem, ("t5", n, m, 1, "inf", True), chunk_rows=70)
-    import onnx.inliner
-
-    attrs = {**get_variant("relbias").defaults, "kind": "alibi", "scale": 0.3, "causal": 0, "softcap": 0.0,
-             **lowering_attrs("relbias", h), "step_elements": 70 * h * m}
-    attrs = {a: int(x) if isinstance(x, bool) else x for a, x in attrs.items()}
-    model = onnx.inliner.inline_local_functions(onnx.ModelProto.FromString(
-        _model(lowering_op_type("relbias"), attrs, TensorProto.FLOAT, RELBIAS_DIMS)))
-    (scan,) = [node for node in model.graph.node if node.op_type == "Scan"]
-    model.graph.output.append(helper.make_tensor_value_info(scan.output[0], TensorProto.INT64, None))
-    rng = np.random.default_rng(0)
-    q = rng.standard_normal((1, h, n, 8)).astype(np.float32)
-    kv = rng.standard_normal((1, h, m, 8)).astype(np.float32)
-    feeds = {"Q": q, "K": kv, "V": kv, "Mask": np.zeros((1, 1, 1, 1), np.float32),
-             "KeyPadding": np.zeros((1, 1), np.float32), "slopes": np.ones(h, np.float32),
-             "table": np.zeros((h, 1), np.float32)}
-    steps = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[1]
-    assert int(steps) == 3
+        _compare_relbias("CPUExecutionProvider", elem, case, chunk_rows=70)
+    _, lowered_attrs, feeds = _relbias_call(TensorProto.FLOAT, case, chunk_rows=70)
+    model = onnx.ModelProto.FromString(_model(lowering_op_type("relbias"), lowered_attrs, TensorProto.FLOAT,
+                                              RELBIAS_DIMS))
+    assert run_counting_steps(model, feeds)[1] == 3
 
 
 def test_every_lowering_is_tested():
