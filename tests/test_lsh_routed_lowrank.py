@@ -186,7 +186,12 @@ def test_every_query_sees_at_least_its_own_chunk():
     assert allowed.any(-1).all() and allowed.sum() == 16 * 4
     got = bucket_attention(q, k, v, None, None, q_buckets, k_buckets, n_buckets=2, chunk=4, sinks=0, scale=SCALE,
                            causal=True)
-    torch.testing.assert_close(got, restricted_attention(q, k, v, allowed, scale=SCALE, causal=True), **TOL)
+    expected = restricted_attention(q, k, v, allowed, scale=SCALE, causal=True)
+    torch.testing.assert_close(got, expected, **TOL)
+    # The ONNX body then has no (query block, key block) pair at all: its gathers still have a row to read.
+    got = _onnx_bucket_attention(q, k, v, torch.zeros(1, 1, 1, 1), torch.zeros(1, 1), q_buckets, k_buckets,
+                                 [2, 4, 0, 1], [SCALE, 0.0, True])
+    torch.testing.assert_close(got, expected, **TOL)
 
 
 # --- the sorted-bucket machinery at sizes with many blocks ------------------------------------
@@ -213,7 +218,8 @@ def test_bucket_machinery_matches_its_spec_at_larger_sizes(n_buckets, rounds):
         torch.testing.assert_close(got, expected, **TOL)
         # The ONNX form (blocks of 16 rows and 16 keys at D = 8): bucket 0 holds about half of them all,
         # so it spans several (query block, key block) pairs whose softmax pieces the body merges.
-        got = _onnx_bucket_attention(q, k, v, mask, kp, q_buckets, k_buckets, [n_buckets, 7, 3], [SCALE, 2.0, causal])
+        got = _onnx_bucket_attention(q, k, v, mask, kp, q_buckets, k_buckets, [n_buckets, 7, 3, rounds],
+                                     [SCALE, 2.0, causal])
         torch.testing.assert_close(got, expected, **TOL)
 
 

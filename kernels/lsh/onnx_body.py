@@ -34,7 +34,7 @@ def LshAttention(Q, K, V, Mask, KeyPadding, rotations, n_buckets: int, n_rounds:
     one = op.Constant(value_ints=[1])
     nb = op.Reshape(op.Constant(value_int=n_buckets), one)
     config = op.Concat(nb, op.Reshape(op.Constant(value_int=chunk), one), op.Reshape(op.Constant(value_int=sinks), one),
-                       axis=0)
+                       op.Reshape(op.Constant(value_int=n_rounds), one), axis=0)
     scalars = op.Concat(op.Reshape(op.Constant(value_float=scale), one), op.Reshape(op.Constant(value_float=softcap), one),
                         op.Reshape(op.Cast(op.Constant(value_int=causal), to=_FLOAT), one), axis=0)
     return BucketAttention(Q, K, V, Mask, KeyPadding, LshHash(Q, rotations, nb), LshHash(K, rotations, nb), config,
