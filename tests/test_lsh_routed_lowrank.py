@@ -246,6 +246,27 @@ def _onnx_bucket_attention(q, k, v, mask, kp, q_buckets, k_buckets, config, scal
     return torch.from_numpy(sess.run(None, feeds)[0])
 
 
+@pytest.mark.parametrize("name", ["lsh", "routed"])
+@pytest.mark.parametrize("causal", [False, True])
+def test_bucket_bodies_fold_every_if_at_load(name, causal, tmp_path):
+    """Every If in the bucket bodies tests a constant (the round count in Config, the cap, causality, the
+    mask's size), so onnxruntime folds them at load: an If left at run time copies its branch's output,
+    which here is the whole score tensor. "No mask" is an initializer, as the rewrites write it."""
+    from attnopt.kernels.onnx_functions import all_nodes
+
+    for params in get_variant(name).test_params:
+        model = onnx_model(name, params, scale=SCALE, causal=causal, q_shape=(2, 4, 40, 8), k_shape=(2, 2, 40, 8))
+        mask = next(i for i in model.graph.input if i.name == "Mask")
+        model.graph.input.remove(mask)
+        model.graph.initializer.append(onnx.numpy_helper.from_array(np.zeros((1, 1, 1, 1), np.float32), "Mask"))
+        options = ort.SessionOptions()
+        options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        ran = [n.op_type for n in all_nodes(onnx.load(options.optimized_model_filepath).graph.node)]
+        assert "If" not in ran, params
+
+
 def test_lowrank_cpu_op_builds_nothing_quadratic():
     """The conformance version runs causal, which lowrank refuses; the same check without it."""
     n = 2048

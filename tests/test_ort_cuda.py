@@ -19,7 +19,7 @@ from attnopt.kernels.onnx_functions import attach_functions
 from attnopt.kernels.ort_cuda import LoweringFacts, choose, lowering_attrs, lowering_module, lowering_op_type
 from attnopt.kernels.registry import get_variant
 from attnopt.onnx_compat import DOMAIN
-from kernel_harness import run_counting_steps
+from kernel_harness import onnx_model, run_counting_steps
 
 DIMS = {"Q": ["B", "H", "N", "D"], "K": ["B", "H", "N", "D"], "V": ["B", "H", "N", "D"],
         "Mask": [1, 1, 1, 1], "KeyPadding": ["Bk", "N"]}
@@ -179,6 +179,29 @@ def test_lowering_equals_portable_body_cuda(case, elem, variant):
 def test_relbias_lowering_equals_portable_body_cuda(case, elem):
     _compare_relbias("CUDAExecutionProvider", elem, case)
     _compare_relbias("CUDAExecutionProvider", elem, case, chunk_rows=4)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not _cuda_ep(), reason="needs a GPU and onnxruntime-gpu")
+@pytest.mark.parametrize("variant", ["lsh", "routed"])
+@pytest.mark.parametrize("causal", [0, 1])
+def test_bucket_bodies_on_cuda_equal_the_cpu_provider(variant, causal):
+    """lsh's and routed's portable bodies on the CUDA EP equal the CPU EP's result (which
+    test_variant_conformance ties to the spec): several blocks per bucket, rows with no allowed key in a
+    pair (key padding of −inf, causality), every test_params case (several rounds, sinks, many buckets)."""
+    b, h, n, d = 2, 3, 300, 8
+    dims = {"Q": [b, h, "N", d], "K": [b, h, "N", d], "V": [b, h, "N", d], "Mask": [1, 1, 1, 1],
+            "KeyPadding": [b, "N"]}
+    feeds = _feeds(b, h, n, d, "inf", TensorProto.FLOAT, seed=3)
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    for params in get_variant(variant).test_params:
+        model = onnx_model(variant, params, scale=0.3, causal=causal, dims=dims, q_shape=(b, h, n, d),
+                           k_shape=(b, h, n, d)).SerializeToString()
+        cpu, cuda = (ort.InferenceSession(model, opts, providers=[provider]).run(None, feeds)[0]
+                     for provider in ("CPUExecutionProvider", ("CUDAExecutionProvider", {"use_tf32": "0"})))
+        assert np.isfinite(cuda).all(), params
+        np.testing.assert_allclose(cuda, cpu, atol=1e-4, rtol=0, err_msg=str(params))
 
 
 def test_lowering_declines_what_it_cannot_compute_exactly():
