@@ -142,18 +142,18 @@ def BucketSort(Buckets, NBuckets):
 
 
 @onnxscript.script(attnopt_opset, default_opset=op)
-def RoundMask(Scores, QBuckets, KBuckets, QRows, KRows, QPos, KPos, Causal, Rounds):
+def RoundMask(Scores, QBuckets, KBuckets, QRows, KRows, QPos, KPos, Causal, Several):
     """Scores (..., R, npair, bq, bk), −inf where round r does not own the pair or causality forbids it.
 
     Round r owns a (query, key) pair its buckets match unless an earlier round matches it too (one
     softmax over the union counts it once). QRows / KRows (B, Hkv, R, npair, bq | bk) index the
     (batch·kv head)-flattened rows of QBuckets (B, Hkv, R, rows) and KBuckets (B, Hkv, R, M + 1).
-    One round and no causality leave the scores as they are, with no pass over them: Rounds (the
-    round count, from the variant's attributes) and Causal are constants, so onnxruntime folds both
-    tests at load. (The round count read off QBuckets' shape was not folded, and the If that stayed
-    copied the scores.)
+    One round and no causality leave the scores as they are, with no pass over them: Several (more
+    than one round, from the variant's attributes) and Causal are constants, so onnxruntime folds
+    both tests at load. (The round count read off QBuckets' shape was not folded, and the If that
+    stayed copied the scores.)
     """
-    if op.Greater(op.ReduceMax(Rounds, keepdims=0), op.Constant(value_int=1)):
+    if Several:
         # The round count is read again in the branch, to stay on the host (onnx_functions says why).
         r = op.Shape(QBuckets, start=2, end=3)
         by_row = op.Concat(op.Constant(value_ints=[-1]), r, axis=0)
@@ -165,21 +165,18 @@ def RoundMask(Scores, QBuckets, KBuckets, QRows, KRows, QPos, KPos, Causal, Roun
         matched = op.And(op.Equal(op.Unsqueeze(q_all, [5]), op.Unsqueeze(k_all, [4])), earlier)
         owned = op.Not(op.Greater(op.ReduceSum(op.Cast(matched, to=_INT64), op.Constant(value_ints=[-1]), keepdims=0),
                                   op.Constant(value_int=0)))
-        if Causal:
-            allowed = op.And(owned, op.LessOrEqual(KPos, QPos))
-        else:
-            allowed = op.Identity(owned)
-        kept = op.Where(allowed, Scores, _NEG_INF)
+        kept = op.Where(owned, Scores, _NEG_INF)
     else:
-        if Causal:
-            kept = op.Where(op.LessOrEqual(KPos, QPos), Scores, _NEG_INF)
-        else:
-            kept = op.Identity(Scores)
+        kept = op.Identity(Scores)
+    if Causal:
+        kept = op.Where(op.LessOrEqual(KPos, QPos), kept, _NEG_INF)
+    else:
+        kept = op.Identity(kept)
     return kept
 
 
 @onnxscript.script(attnopt_opset, default_opset=op)
-def UnmatchedKeys(QBuckets, KBuckets, Rows, Cols, Rounds):
+def UnmatchedKeys(QBuckets, KBuckets, Rows, Cols, Several):
     """(B, Hkv, rep, nc, C, C + G) bool: no round's buckets match the local part's (query, key) pair.
 
     QBuckets (B, Hkv, R, rows), KBuckets (B, Hkv, R, M + 1); Rows (rep, nc, C, 1) index the
@@ -188,7 +185,7 @@ def UnmatchedKeys(QBuckets, KBuckets, Rows, Cols, Rounds):
     """
     two = op.Constant(value_ints=[2])
     same = op.Equal(op.Gather(QBuckets, Rows, axis=3), op.Gather(KBuckets, Cols, axis=3))  # (B, Hkv, R, rep, ..)
-    if op.Greater(op.ReduceMax(Rounds, keepdims=0), op.Constant(value_int=1)):  # a constant (RoundMask)
+    if Several:  # a constant (RoundMask)
         hit = op.Greater(op.ReduceSum(op.Cast(same, to=_INT64), two, keepdims=0), op.Constant(value_int=0))
     else:  # one round: drop its axis (a Reshape: the other branch's R may be known, and Squeeze would not infer)
         hit = op.Reshape(same, op.Concat(op.Shape(same, start=0, end=2), op.Shape(same, start=3), axis=0))
@@ -196,9 +193,9 @@ def UnmatchedKeys(QBuckets, KBuckets, Rows, Cols, Rounds):
 
 
 @onnxscript.script(attnopt_opset, default_opset=op)
-def SumOverRounds(X, Rounds):
+def SumOverRounds(X, Several):
     """X (B, Hkv, R, ...) summed over its rounds, keeping the axis; one round is X itself (a constant If)."""
-    if op.Greater(op.ReduceMax(Rounds, keepdims=0), op.Constant(value_int=1)):
+    if Several:
         summed = op.ReduceSum(X, op.Constant(value_ints=[2]), keepdims=1)
     else:
         summed = op.Identity(X)
@@ -220,7 +217,7 @@ def BucketAttention(Q, K, V, Mask, KeyPadding, QBuckets, KBuckets, Config, Scala
     n_buckets = op.Slice(Config, zero, one)
     chunk = op.Slice(Config, one, two)
     sinks = op.Slice(Config, two, three)
-    rounds = op.Slice(Config, three, four)
+    several = op.Greater(op.ReduceMax(op.Slice(Config, three, four), keepdims=0), op.Constant(value_int=1))
     scale = op.Slice(Scalars, zero, one)
     cap = op.Slice(Scalars, one, two)
     causal = op.Cast(op.Slice(Scalars, two, three), to=onnx.TensorProto.BOOL)
@@ -302,7 +299,7 @@ def BucketAttention(Q, K, V, Mask, KeyPadding, QBuckets, KBuckets, Config, Scala
     # The rounds own every pair their buckets match (kernels.buckets' rule); the local part keeps the chunk
     # and sink keys no round matched.
     unmatched = UnmatchedKeys(qb, kb, op.Reshape(row_local, op.Concat(rep, nc, chunk, one, axis=0)),
-                              op.Unsqueeze(cols, op.Constant(value_ints=[0, 2])), rounds)
+                              op.Unsqueeze(cols, op.Constant(value_ints=[0, 2])), several)
     s_local = op.Where(op.And(ok_local, unmatched), s_local, _NEG_INF)
     top_local = LastAxisMax(s_local)
     p_local = op.Exp(op.Sub(s_local, op.Where(op.IsInf(top_local, detect_positive=0), 0.0, top_local)))
@@ -386,7 +383,7 @@ def BucketAttention(Q, K, V, Mask, KeyPadding, QBuckets, KBuckets, Config, Scala
     s = BucketDenseMask(s, Mask, batch6, op.Unsqueeze(op.Add(op.Mul(op.Squeeze(kv_head6, five), rep),
                                                             op.Div(row_idx, n)), five),
                         op.Unsqueeze(op.Mod(row_idx, n), five), col6)
-    s = RoundMask(s, qb, kb, q_rows, k_rows, qpos6, col6, causal, rounds)
+    s = RoundMask(s, qb, kb, q_rows, k_rows, qpos6, col6, causal, several)
     top = LastAxisMax(s)
     p = op.Exp(op.Sub(s, op.Where(op.IsInf(top, detect_positive=0), 0.0, top)))
     out = op.MatMul(p, vs)  # (B, Hkv, R, npair, bq, D + 4): column D holds the row sums
@@ -419,7 +416,7 @@ def BucketAttention(Q, K, V, Mask, KeyPadding, QBuckets, KBuckets, Config, Scala
     best = op.GatherElements(tops, op.ArgMax(tops, axis=2, keepdims=1), axis=2)
     weight = op.Unsqueeze(op.Exp(op.Sub(tops, op.Where(op.IsInf(best, detect_positive=0), 0.0, best))), four)
     total = op.Add(op.Mul(op.Slice(weight, zero, one, two), out_local),
-                   SumOverRounds(op.Mul(op.Slice(weight, one, op.Add(r, one), two), out_r), rounds))
+                   SumOverRounds(op.Mul(op.Slice(weight, one, op.Add(r, one), two), out_r), several))
     total_sum = op.Slice(total, d, op.Add(d, one), four)
     y = op.Where(op.Greater(total_sum, 0.0), op.Div(op.Slice(total, zero, d, four), op.Max(total_sum, 1e-38)), 0.0)
     return op.CastLike(op.Reshape(y, op.Concat(b, h, n, d, axis=0)), Q)

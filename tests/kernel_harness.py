@@ -83,6 +83,19 @@ def run_onnx(name, q, k, v, params, *, scale, mask=None, key_padding=None, causa
     return torch.from_numpy(y)
 
 
+def ops_onnxruntime_runs(model: onnx.ModelProto, path) -> list[str]:
+    """The op types (subgraphs included) of ``model`` as onnxruntime's CPU EP runs it: the graph it saves at
+    ``path`` after inlining the bodies and its extended optimisations (constant folding, If with a constant
+    condition replaced by its branch)."""
+    from attnopt.kernels.onnx_functions import all_nodes
+
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(path)
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return [n.op_type for n in all_nodes(onnx.load(str(path)).graph.node)]
+
+
 def run_counting_steps(model: onnx.ModelProto, feeds: dict) -> tuple[list, int]:
     """The model's outputs and how many steps its one Scan (a body's query blocks) ran, on the CPU EP.
 
