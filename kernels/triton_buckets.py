@@ -11,9 +11,10 @@ Three steps, each O(N·D) in memory:
   fp32 per row and keeping the best column(s) with the references' tie rule
   (lowest index first): lsh's signed argmax over [xR ; −xR], routed's top_k
   clusters (keys: argmax over the normalised key).
-- **sort**: per (batch, kv head, round), ``torch.sort`` (stable) of the query
-  rows h·N + i of the kv head's query heads and of the keys by bucket; bucket
-  b's keys are the sorted slots [start_b, end_b).
+- **sort**: per (batch, kv head, round), a stable counting sort
+  (``triton_sort.sort_buckets``) of the query rows h·N + i of the kv head's query
+  heads and of the keys by bucket; bucket b's keys are the sorted slots
+  [start_b, end_b).
 - **attention**, two kernels sharing one online softmax, in fp32:
   ``_bucket_fwd`` (one launch per round) takes BLOCK_M consecutive sorted query
   rows and visits only the sorted key slots of the buckets they hold,
@@ -44,6 +45,7 @@ from torch import Tensor
 
 from .reference import check_self_attention
 from .triton_band import _accumulate, _exp_weights, _log2_scores, _tma_ok, _to_log2_additive, launch
+from .triton_sort import sort_buckets
 
 __all__ = ["BucketConfig", "bucket_attention", "default_config", "project_top"]
 
@@ -580,12 +582,8 @@ def bucket_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, key_p
     # Rows h·N + i: the query heads of one kv head are sorted together (they read the same keys).
     qb = q_buckets.to(torch.int32).reshape(B, Hkv, rep, R, N).transpose(2, 3).reshape(B, Hkv, R, rows).contiguous()
     kb = k_buckets.to(torch.int32).contiguous()
-    q_sorted, q_perm = torch.sort(qb, dim=-1, stable=True)
-    k_sorted, k_perm = torch.sort(kb, dim=-1, stable=True)
-    q_perm, k_perm = q_perm.to(torch.int32), k_perm.to(torch.int32)
-    ids = torch.arange(nb, device=q.device, dtype=torch.int32).expand(B, Hkv, R, nb).contiguous()
-    k_start = torch.searchsorted(k_sorted, ids, out_int32=True)
-    k_end = torch.searchsorted(k_sorted, ids, right=True, out_int32=True)
+    q_sorted, q_perm, _, _ = sort_buckets(qb, nb)
+    k_sorted, k_perm, k_start, k_end = sort_buckets(kb, nb)
 
     kp, kp_strides = _key_padding_arg(key_padding, q, B, M)
     msk, m_strides = _mask_arg(mask, q, B, H, N, M)
@@ -619,7 +617,7 @@ def bucket_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, key_p
     else:
         descs = (None, None)
     tiles = triton.cdiv(rows, cfg.block_m)
-    k_full, k_cut = causal_cuts(q_sorted, q_perm, k_sorted, k_perm, cfg.block_m, N, M) if causal and R \
+    k_full, k_cut = causal_cuts(q_sorted, q_perm, k_perm, k_start, k_end, cfg.block_m, N, M) if causal and R \
         else (k_start, k_start)
     bucket_kernel = launch(_bucket_fwd)
     for r in range(R):
@@ -643,30 +641,66 @@ def bucket_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, key_p
     return out
 
 
-def causal_cuts(q_sorted: Tensor, q_perm: Tensor, k_sorted: Tensor, k_perm: Tensor, block_m: int, n: int,
-                m: int) -> tuple[Tensor, Tensor]:
+@triton.jit
+def _slots_up_to(KPERM, lo, hi, target, STEPS):
+    """Per lane: lo + how many of the key positions KPERM[lo:hi] (ascending) are <= target (a binary search)."""
+    for _ in range(STEPS):
+        live = lo < hi
+        mid = (lo + hi) // 2
+        right = live & (tl.load(KPERM + mid, mask=live, other=0) <= target)
+        hi = tl.where(live & ~right, mid, hi)
+        lo = tl.where(right, mid + 1, lo)
+    return lo
+
+
+@triton.jit
+def _causal_cuts_fwd(QPERM, QBS, KPERM, KSTART, KEND, FULL, ENDS, N, M, ROWS, NB, TILES, OFF,
+                     STEPS, BLOCK_M: tl.constexpr, BLOCK_T: tl.constexpr):
+    """FULL, ENDS (SEQ, TILES): for BLOCK_T blocks of BLOCK_M sorted query rows (``causal_cuts``)."""
+    seq = tl.program_id(1).to(tl.int64)
+    t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+    t_ok = t < TILES
+    slots = t[:, None] * BLOCK_M + tl.arange(0, BLOCK_M)[None, :]
+    in_rows = t_ok[:, None] & (slots < ROWS)
+    pos = tl.load(QPERM + seq * ROWS + slots, mask=in_rows, other=0) % N + OFF  # rows h·N + i: position i + M − N
+    first_pos = tl.min(tl.where(in_rows, pos, M), 1)
+    last_pos = tl.max(tl.where(in_rows, pos, -1), 1)
+    s0 = tl.minimum(t * BLOCK_M, ROWS - 1)
+    b_first = tl.load(QBS + seq * ROWS + s0, mask=t_ok, other=0)
+    b_last = tl.load(QBS + seq * ROWS + tl.minimum(s0 + BLOCK_M, ROWS) - 1, mask=t_ok, other=0)
+    kp = KPERM + seq * M
+    full = _slots_up_to(kp, tl.load(KSTART + seq * NB + b_first, mask=t_ok, other=0),
+                        tl.load(KEND + seq * NB + b_first, mask=t_ok, other=0), first_pos, STEPS)
+    ends = _slots_up_to(kp, tl.load(KSTART + seq * NB + b_last, mask=t_ok, other=0),
+                        tl.load(KEND + seq * NB + b_last, mask=t_ok, other=0), last_pos, STEPS)
+    tl.store(FULL + seq * TILES + t, full, mask=t_ok)
+    tl.store(ENDS + seq * TILES + t, ends, mask=t_ok)
+
+
+def causal_cuts(q_sorted: Tensor, q_perm: Tensor, k_perm: Tensor, k_start: Tensor, k_end: Tensor, block_m: int,
+                n: int, m: int) -> tuple[Tensor, Tensor]:
     """(full, ends), each (B, Hkv, R, tiles) int32, for each block of ``block_m`` sorted query rows: ``ends``, the
     key slot where its last bucket's keys pass the block's last query position; ``full``, where its first
     bucket's keys pass the block's first (earliest) query position.
 
-    The sort is stable, so a bucket's keys sit in position order and (bucket, position) ascends along the
-    sorted keys: one searchsorted finds each cut. Every key of the last bucket from ``ends`` on is after
-    every query of the block, so the kernel stops there; without it a causal block visits as many keys as a
-    non-causal one. Every key of the first bucket before ``full`` is at or before every query of the block,
-    so a single-bucket block runs those keys with no mask.
+    The sort is stable, so a bucket's keys sit in position order: a binary search in the bucket's run of
+    slots finds each cut (one launch). Every key of the last bucket from ``ends`` on is after every query of
+    the block, so the kernel stops there; without it a causal block visits as many keys as a non-causal one.
+    Every key of the first bucket before ``full`` is at or before every query of the block, so a
+    single-bucket block runs those keys with no mask.
     """
-    rows = q_sorted.shape[-1]
-    tiles = -(-rows // block_m)
-    pos = (q_perm % n + (m - n)).to(torch.int64)  # rows h·N + i; position i + M − N
-    pad = tiles * block_m - rows
-    last_pos = torch.nn.functional.pad(pos, (0, pad), value=-1).unflatten(-1, (tiles, block_m)).amax(-1)
-    first_pos = torch.nn.functional.pad(pos, (0, pad), value=m).unflatten(-1, (tiles, block_m)).amin(-1)
-    first = torch.arange(tiles, device=pos.device) * block_m
-    last = torch.clamp(first + block_m, max=rows) - 1
-    sorted_keys = k_sorted.to(torch.int64) * m + k_perm
-    cut = [torch.searchsorted(sorted_keys, q_sorted[..., at].to(torch.int64) * m + p, right=True, out_int32=True)
-           for at, p in ((first, first_pos), (last, last_pos))]
-    return cut[0].contiguous(), cut[1].contiguous()
+    lead, rows = q_sorted.shape[:-1], q_sorted.shape[-1]
+    nb = k_start.shape[-1]
+    tiles = triton.cdiv(rows, block_m)
+    n_seq = q_sorted.numel() // rows
+    full = torch.empty(*lead, tiles, dtype=torch.int32, device=q_sorted.device)
+    ends = torch.empty_like(full)
+    block_t = max(1, 1024 // block_m)
+    launch(_causal_cuts_fwd)[(triton.cdiv(tiles, block_t), n_seq)](
+        q_perm, q_sorted, k_perm, k_start, k_end, full, ends, n, m, rows, nb, tiles, m - n, int(m).bit_length(),
+        BLOCK_M=block_m, BLOCK_T=block_t, num_warps=4,
+    )
+    return full, ends
 
 
 def _key_padding_arg(key_padding: Tensor | None, like: Tensor, B: int, M: int):

@@ -107,6 +107,15 @@ def lloyd_sums(k: Tensor, weights: Tensor, mu: Tensor, keep: Tensor) -> tuple[Te
     k (B, Hkv, M, D) in its own dtype; weights (B | 1, M) fp32; mu (B, Hkv, c, D) fp32 unit
     centroids; keep (B, Hkv, c) bool, False for a repeated centroid.
     """
+    B, Hkv, _, D = k.shape
+    c = mu.shape[-2]
+    sums, mass = _partial_sums(k, weights, mu, torch.where(keep, 0.0, float("-inf")).float())
+    return sums.sum(dim=1)[:, :c, :D].reshape(B, Hkv, c, D), mass.sum(dim=1)[:, :c].reshape(B, Hkv, c)
+
+
+def _partial_sums(k: Tensor, weights: Tensor, mu: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:
+    """One Lloyd step's per-program partial sums (B·Hkv, parts, BLOCK_C, HEAD_DIM) and masses (B·Hkv, parts,
+    BLOCK_C); ``bias`` (B, Hkv, c) is 0 for a centroid that may take keys, −inf for a repeated one."""
     B, Hkv, M, D = k.shape
     c = mu.shape[-2]
     if k.stride(-1) != 1:
@@ -122,13 +131,87 @@ def lloyd_sums(k: Tensor, weights: Tensor, mu: Tensor, keep: Tensor) -> tuple[Te
     parts = triton.cdiv(M, keys)
     sums = torch.empty(B * Hkv, parts, block_c, head_dim, dtype=torch.float32, device=k.device)
     mass = torch.empty(B * Hkv, parts, block_c, dtype=torch.float32, device=k.device)
-    bias = torch.where(keep, 0.0, float("-inf")).float().contiguous()
     launch(_lloyd_fwd)[(parts, B * Hkv)](
-        k, weights, mu.float().contiguous(), bias, sums, mass,
+        k, weights, mu.float().contiguous(), bias.contiguous(), sums, mass,
         k.stride(0), k.stride(1), k.stride(2), weights.stride(0) if weights.shape[0] > 1 else 0,
         Hkv, M, c, parts,
         HEAD_DIM=head_dim, D_TRUE=D, BLOCK_S=block_s, BLOCK_C=block_c, KEYS=keys,
         PREC="ieee" if interpret else "tf32x3", SPLIT=k.dtype == torch.bfloat16, UPCAST=interpret, num_warps=4,
     )
-    sums = sums.sum(dim=1)[:, :c, :D].reshape(B, Hkv, c, D)
-    return sums, mass.sum(dim=1)[:, :c].reshape(B, Hkv, c)
+    return sums, mass
+
+
+@triton.jit
+def _update_fwd(
+    K, SUMS, MASS, MU, MU_OUT, BIAS_OUT, stride_kb, stride_kh, stride_kn, HKV, M, C, PARTS, eps, same,
+    INIT: tl.constexpr, HEAD_DIM: tl.constexpr, D_TRUE: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """One (batch, kv head)'s centroids after a Lloyd step, and which of them repeat an earlier one.
+
+    INIT: the first centroids, the unit keys at positions ⌊t·M/c⌋. Otherwise the step's partial sums and
+    masses (``_partial_sums``) summed, each centroid with mass the unit mean of its keys and the others kept.
+    MU_OUT (B·Hkv, C, D_TRUE) fp32; BIAS_OUT (B·Hkv, C) 0, or −inf for a centroid within squared distance
+    ``same`` of an earlier one (``clusters.distinct``), the column bias of the next step and of the routing.
+    """
+    eps, same = tl.cast(eps, tl.float32), tl.cast(same, tl.float32)  # torch.compile passes floats as fp64
+    bh = tl.program_id(0)
+    b = bh // HKV
+    h = bh % HKV
+    cols = tl.arange(0, BLOCK_C)
+    offs_d = tl.arange(0, HEAD_DIM)
+    col_ok = cols < C
+    tile_ok = col_ok[:, None] & (offs_d[None, :] < D_TRUE)
+    if INIT:
+        first = (cols.to(tl.int64) * M) // C
+        x = tl.load(K + b.to(tl.int64) * stride_kb + h.to(tl.int64) * stride_kh + first[:, None] * stride_kn
+                    + offs_d[None, :], mask=tile_ok, other=0.0).to(tl.float32)
+        has = col_ok
+    else:
+        x = tl.zeros([BLOCK_C, HEAD_DIM], dtype=tl.float32)
+        mass = tl.zeros([BLOCK_C], dtype=tl.float32)
+        for p in range(PARTS):
+            part = bh.to(tl.int64) * PARTS + p
+            x += tl.load(SUMS + part * BLOCK_C * HEAD_DIM + cols[:, None] * HEAD_DIM + offs_d[None, :])
+            mass += tl.load(MASS + part * BLOCK_C + cols)
+        has = mass > 0.0
+    unit = x / tl.maximum(tl.sqrt(tl.sum(x * x, 1)), eps)[:, None]  # F.normalize
+    out = bh.to(tl.int64) * C * D_TRUE + cols[:, None] * D_TRUE + offs_d[None, :]
+    if INIT:
+        mu = unit
+    else:
+        mu = tl.where(has[:, None], unit, tl.load(MU + out, mask=tile_ok, other=0.0))
+    tl.store(MU_OUT + out, mu, mask=tile_ok)
+    # clusters.distinct: ‖μ_i‖² + ‖μ_j‖² − 2 μ_i·μ_j < same for some earlier j
+    norms = tl.sum(mu * mu, 1)
+    dots = tl.dot(mu, tl.trans(mu), input_precision="ieee")
+    dist = norms[:, None] + tl.trans(norms[:, None]) - 2.0 * dots
+    earlier = (cols[None, :] < cols[:, None]) & col_ok[None, :]
+    repeated = tl.max(((dist < same) & earlier).to(tl.int32), 1) > 0
+    tl.store(BIAS_OUT + bh.to(tl.int64) * C + cols, tl.where(repeated, float("-inf"), 0.0), mask=col_ok)
+
+
+def centroids(k: Tensor, weights: Tensor, n_clusters: int, iters: int) -> tuple[Tensor, Tensor]:
+    """``routed.clusters.centroids`` and ``distinct`` of the result, in Triton: (mu (B, Hkv, c, D) fp32 unit,
+    bias (B, Hkv, c) fp32, 0 or −inf for a repeated centroid). Two launches a Lloyd step (the pass over k and
+    the update), where the torch step ran about twenty small kernels a step (issue 9: at N = 16384 the host's
+    launches set the op's time)."""
+    from .routed.clusters import EPS, SAME
+
+    B, Hkv, M, D = k.shape
+    c = n_clusters
+    if k.stride(-1) != 1:
+        k = k.contiguous()
+    mu = torch.empty(B, Hkv, c, D, dtype=torch.float32, device=k.device)
+    bias = torch.empty(B, Hkv, c, dtype=torch.float32, device=k.device)
+    meta = dict(HEAD_DIM=max(16, triton.next_power_of_2(D)), D_TRUE=D, BLOCK_C=max(16, triton.next_power_of_2(c)),
+                num_warps=4)
+    update = launch(_update_fwd)
+    update[(B * Hkv,)](k, mu, bias, mu, mu, bias, k.stride(0), k.stride(1), k.stride(2), Hkv, M, c, 0, EPS, SAME,
+                       INIT=True, **meta)
+    for _ in range(iters):
+        sums, mass = _partial_sums(k, weights, mu, bias)
+        new_mu, new_bias = torch.empty_like(mu), torch.empty_like(bias)
+        update[(B * Hkv,)](k, sums, mass, mu, new_mu, new_bias, k.stride(0), k.stride(1), k.stride(2), Hkv, M, c,
+                           sums.shape[1], EPS, SAME, INIT=False, **meta)
+        mu, bias = new_mu, new_bias
+    return mu, bias

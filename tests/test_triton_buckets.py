@@ -182,6 +182,78 @@ def kmeans_match() -> dict:
         out[f"{name}_mass"] = bool(torch.allclose(got[1], want[1], atol=1e-5, rtol=1e-6))
         out[f"{name}_centroids"] = bool(torch.allclose(centroids(k, w, c, 3, triton_kmeans.lloyd_sums),
                                                        centroids(k, w, c, 3), atol=1e-5))
+        # the CUDA path's whole k-means (the step and the update launches), with distinct() of its result
+        for iters in (0, 2):
+            mu_t, bias_t = triton_kmeans.centroids(k, w, c, iters)
+            mu = centroids(k, w, c, iters)
+            out[f"{name}_fused_{iters}_centroids"] = bool(torch.allclose(mu_t, mu, atol=1e-5))
+            out[f"{name}_fused_{iters}_repeated"] = bool(torch.equal(bias_t, torch.where(distinct(mu), 0.0,
+                                                                                         float("-inf"))))
+    return out
+
+
+def causal_cuts_match() -> dict:
+    """``triton_buckets.causal_cuts`` against its definition, by brute force over every key: skewed and empty
+    buckets, several query heads per kv head, a KV-cache offset (M > N), ragged last tiles, several rounds."""
+    from attnopt.kernels import triton_buckets
+    from attnopt.kernels.triton_sort import sort_buckets
+
+    gen = torch.Generator().manual_seed(8)
+    out = {}
+    for name, (B, Hkv, rep, R, N, M, nb, block_m) in {"plain": (1, 2, 1, 1, 70, 70, 4, 16),
+                                                      "gqa_cache_rounds": (2, 1, 3, 2, 45, 61, 6, 16),
+                                                      "skewed_one_tile": (1, 1, 1, 1, 20, 20, 3, 64),
+                                                      "one_bucket": (1, 1, 1, 1, 200, 200, 2, 16)}.items():
+        qb = torch.randint(0, nb, (B, Hkv, R, rep * N), generator=gen, dtype=torch.int32)
+        kb = torch.randint(0, nb, (B, Hkv, R, M), generator=gen, dtype=torch.int32)
+        if name.startswith("skewed"):
+            qb[..., : rep * N // 2], kb[..., 1::2] = 0, 2  # bucket 1 may be empty
+        if name == "one_bucket":  # the binary search spans every key
+            qb[:], kb[:] = 1, 1
+        q_sorted, q_perm, _, _ = sort_buckets(qb, nb)
+        k_sorted, k_perm, k_start, k_end = sort_buckets(kb, nb)
+        full, ends = triton_buckets.causal_cuts(q_sorted, q_perm, k_perm, k_start, k_end, block_m, N, M)
+        pos = (q_perm.long() % N) + (M - N)
+        key = k_sorted.long() * M + k_perm.long()  # (bucket, position) ascends along the sorted keys
+        ok = True
+        for t in range(-(-rep * N // block_m)):
+            block = slice(t * block_m, min((t + 1) * block_m, rep * N))
+            first = q_sorted[..., block.start].long() * M + pos[..., block].amin(-1)
+            last = q_sorted[..., block.stop - 1].long() * M + pos[..., block].amax(-1)
+            ok &= torch.equal(full[..., t].long(), (key <= first[..., None]).sum(-1))
+            ok &= torch.equal(ends[..., t].long(), (key <= last[..., None]).sum(-1))
+        out[name] = bool(ok)
+    return out
+
+
+def bucket_sort_match() -> dict:
+    """``triton_sort.sort_buckets`` equals torch.sort(stable=True) and searchsorted exactly: several programs per
+    sequence (rows past one CHUNK), a bucket holding every row, empty buckets, one bucket, int64 ids, and ids
+    too many for a one-hot tile (the torch fallback)."""
+    from attnopt.kernels import triton_sort
+
+    gen = torch.Generator().manual_seed(6)
+    out = {}
+    chunk = triton_sort.CHUNK
+    for name, (lead, rows, nb, ids) in {
+        "ragged": ((2, 3, 2), 37, 5, None),
+        "programs": ((1, 2, 1), 2 * chunk + 300, 32, None),
+        "one_bucket_full": ((1, 1, 1), chunk + 5, 8, "same"),
+        "single": ((2, 1, 1), 50, 1, None),
+        "many": ((1, 1, 2), 700, 300, None),
+        "fallback": ((1, 1, 1), 400, triton_sort.MAX_BUCKETS + 1, None),
+    }.items():
+        x = torch.randint(0, nb, (*lead, rows), generator=gen)
+        if ids == "same":
+            x = torch.full_like(x, nb - 2)
+        x = x if name == "ragged" else x.to(torch.int32)  # int64 ids in one case
+        srt, perm, start, end = triton_sort.sort_buckets(x, nb)
+        want, want_perm = torch.sort(x.to(torch.int32), dim=-1, stable=True)
+        every = torch.arange(nb, dtype=torch.int32).expand(*lead, nb).contiguous()
+        out[name] = bool(torch.equal(srt, want) and torch.equal(perm, want_perm.to(torch.int32))
+                         and torch.equal(start, torch.searchsorted(want, every, out_int32=True))
+                         and torch.equal(end, torch.searchsorted(want, every, right=True, out_int32=True))
+                         and perm.dtype == start.dtype == torch.int32)
     return out
 
 
@@ -226,20 +298,15 @@ def test_interpreted(interpreted_results, name):
         assert r["rel_dense"] <= tolerance(dtype, variant, params), r
 
 
-def test_interpreted_bucket_ids_equal_the_torch_ones(interpreted_results):
-    ids = interpreted_results["bucket_ids"]
-    assert "error" not in ids, ids.get("error")
-    assert ids and all(ids.values()), ids
+# Checks that are not attention cases: each function above returns {what: passed}.
+CHECKS = {"bucket_ids": bucket_ids_match, "sort_keys": sort_keys_match, "kmeans": kmeans_match,
+          "bucket_sort": bucket_sort_match, "causal_cuts": causal_cuts_match}
 
 
-def test_interpreted_sort_keys_orders_rows_by_the_permutation(interpreted_results):
-    r = interpreted_results["sort_keys"]
-    assert "error" not in r, r.get("error")
-    assert r and all(r.values()), r
-
-
-def test_interpreted_kmeans_step_equals_the_torch_one(interpreted_results):
-    r = interpreted_results["kmeans"]
+@pytest.mark.parametrize("check", sorted(CHECKS))
+def test_interpreted_check(interpreted_results, check):
+    """The Triton bucket ids, key sort, k-means, counting sort and causal cuts against their torch forms."""
+    r = interpreted_results[check]
     assert "error" not in r, r.get("error")
     assert r and all(r.values()), r
 
@@ -377,10 +444,28 @@ class TestCuda:
         assert torch.equal(got[1], want[1])
         assert (got[0] - want[0]).abs().max() <= 1e-5 * want[0].abs().max()
 
-        mu_t, mu = centroids(k, w, c, 2, triton_kmeans.lloyd_sums), centroids(k, w, c, 2)
-        same = (nearest(k, mu_t, distinct(mu_t)) == nearest(k, mu, distinct(mu))).float().mean()
+        (mu_t, bias_t), mu = triton_kmeans.centroids(k, w, c, 2), centroids(k, w, c, 2)  # as the op runs it
+        keep_t = bias_t == 0
+        assert torch.equal(keep_t, distinct(mu_t))
+        same = (nearest(k, mu_t, keep_t) == nearest(k, mu, distinct(mu))).float().mean()
         assert same > 0.999, float(same)
         assert (mu_t - mu).abs().max() < 1e-2
+
+    @pytest.mark.parametrize("nb", [32, 1000])
+    def test_bucket_sort_at_full_size(self, nb):
+        """The counting sort against torch.sort at lsh's full size (16 heads, 65536 rows; 4 query heads per kv
+        head: 262144 rows), skewed buckets included."""
+        from attnopt.kernels import triton_sort
+
+        gen = torch.Generator(device="cuda").manual_seed(3)
+        for lead, rows in (((1, 16, 1), 65536), ((1, 4, 1), 4 * 65536)):
+            x = (torch.randn(*lead, rows, generator=gen, device="cuda").abs() * nb / 3).long().clamp(max=nb - 1)
+            srt, perm, start, end = triton_sort.sort_buckets(x.to(torch.int32), nb)
+            want, want_perm = torch.sort(x.to(torch.int32), dim=-1, stable=True)
+            every = torch.arange(nb, device="cuda", dtype=torch.int32).expand(*lead, nb).contiguous()
+            assert torch.equal(srt, want) and torch.equal(perm, want_perm.to(torch.int32))
+            assert torch.equal(start, torch.searchsorted(want, every, out_int32=True))
+            assert torch.equal(end, torch.searchsorted(want, every, right=True, out_int32=True))
 
     def test_compiles_without_graph_break(self):
         from attnopt.kernels.lsh import SPEC as LSH
@@ -401,5 +486,4 @@ class TestCuda:
 # --- the interpreter subprocess ---------------------------------------------------------------------
 
 if __name__ == "__main__" and "--interpret" in sys.argv:
-    extra = {"bucket_ids": bucket_ids_match, "sort_keys": sort_keys_match, "kmeans": kmeans_match}
-    report([*CASES, *extra], lambda case: extra[case]() if case in extra else run_case(case))
+    report([*CASES, *CHECKS], lambda case: CHECKS[case]() if case in CHECKS else run_case(case))

@@ -24,17 +24,21 @@ def forward(q, k, v, mask, key_padding, n_clusters: int, top_k: int, iters: int,
 def cuda_buckets(q, k, key_padding, n_clusters: int, top_k: int, iters: int):
     """(q_buckets (B, H, T, N), k_buckets (B, Hkv, T, M)) as ``clusters.route`` gives them, in Triton.
 
-    The reference's Lloyd iterations, each step one Triton pass over k (the torch step where c or D is too wide
-    for its registers); its bf16 products round differently from torch's fp32 ones, so a key on a near-tie
+    The reference's Lloyd iterations, each step one Triton pass over k and one small update launch
+    (``triton_kmeans.centroids``; the torch step where c or D is too wide for its registers); its bf16 products round differently from torch's fp32 ones, so a key on a near-tie
     may join the other cluster (the GPU test bounds how many). Then one projection pass each for the keys'
     clusters and the queries' routes.
     """
     from .. import triton_buckets, triton_kmeans  # triton loads only where the Triton form runs
 
     B, Hkv, M, _ = k.shape
-    step = triton_kmeans.lloyd_sums if triton_kmeans.fits(k, n_clusters) else lloyd_sums
-    mu = centroids(k, key_weights(key_padding, M, k.device), n_clusters, iters, step)  # (B, Hkv, c, D) unit, fp32
-    repeated = torch.where(distinct(mu), 0.0, float("-inf"))  # a repeated centroid takes nothing
+    weights = key_weights(key_padding, M, k.device)
+    # (B, Hkv, c, D) unit centroids, fp32; a repeated centroid takes nothing (−inf)
+    if triton_kmeans.fits(k, n_clusters):
+        mu, repeated = triton_kmeans.centroids(k, weights, n_clusters, iters)
+    else:
+        mu = centroids(k, weights, n_clusters, iters, lloyd_sums)
+        repeated = torch.where(distinct(mu), 0.0, float("-inf"))
     w = mu.transpose(-1, -2)[:, :, None]  # (B, Hkv, 1, D, c)
     t = min(top_k, n_clusters)
     k_buckets = triton_buckets.project_top(k, w, top=1, signed=False, normalize=True, col_bias=repeated)
