@@ -246,7 +246,7 @@ def placement(model_path: str, feeds: Mapping, provider: str, warmup: int = 1) -
     ``cpu_ms`` (their summed kernel time), ``cpu_ops`` (op type -> count), ``memcpy_nodes``
     (host-device copies inside the model), ``nodes`` (all nodes that ran), ``run_ms`` (the
     profiled run), ``host_ms_by_op`` (the profile's time per op type, all providers, largest
-    first: on a GPU a kernel's entry is its launch, so a large share for ``MemcpyToHost`` is the
+    first; an If, Loop or Scan counts only its own time, its branches' nodes under their own types; on a GPU a kernel's entry is its launch, so a large share for ``MemcpyToHost`` is the
     host waiting for the device; under ``CUDA_LAUNCH_BLOCKING=1`` it is the kernel's) and
     ``memcpy_inputs`` ("MemcpyToHost <- Range": what each copy carries, by the op that made it,
     read off the graph onnxruntime saved after placing the nodes).
@@ -270,20 +270,20 @@ def placement(model_path: str, feeds: Mapping, provider: str, warmup: int = 1) -
     last = max(runs, key=lambda e: float(e.get("ts", 0)), default={})
     since = float(last.get("ts", 0))
     events = [e for e in events if float(e.get("ts", 0)) >= since]
+    kernels = [e for e in events if e.get("cat") == "Node" and "provider" in (e.get("args") or {})
+               and e.get("name", "").endswith("_kernel_time")]
     nodes: dict[tuple, tuple[str, str]] = {}
     cpu_us = 0.0
     host_us: dict[str, float] = defaultdict(float)
-    for e in events:
-        args = e.get("args") or {}
-        if e.get("cat") != "Node" or "provider" not in args or not e.get("name", "").endswith("_kernel_time"):
-            continue
+    for e, self_us in zip(kernels, _self_times(kernels)):
+        args = e["args"]
         # A node is its name with its op and index: names alone collide (an If and a node of its branch can
         # share one), and a node inside a Loop or Scan reports once per iteration.
         op = args.get("op_name", "?")
         nodes[(e["name"], op, args.get("node_index"))] = (op, args["provider"])
-        host_us[op] += float(e.get("dur", 0))
+        host_us[op] += self_us
         if args["provider"] == "CPUExecutionProvider":
-            cpu_us += float(e.get("dur", 0))
+            cpu_us += self_us
     cpu_ops = Counter(op for op, where in nodes.values() if where == "CPUExecutionProvider")
     by_op = sorted(host_us.items(), key=lambda kv: -kv[1])
     return {"nodes": len(nodes), "cpu_nodes": sum(cpu_ops.values()), "cpu_ms": round(cpu_us / 1e3, 3),
@@ -292,6 +292,29 @@ def placement(model_path: str, feeds: Mapping, provider: str, warmup: int = 1) -
             "memcpy_nodes": sum(1 for op, _ in nodes.values() if op.startswith("Memcpy")),
             "host_ms_by_op": {op: round(us / 1e3, 3) for op, us in by_op},
             "memcpy_inputs": memcpy_inputs}
+
+
+def _self_times(kernels: list[dict]) -> list[float]:
+    """Each profiled node's own time in µs: an If, Loop or Scan runs its branch's nodes inside its kernel, and
+    those nodes are profiled too, so a control-flow node keeps only what its directly nested nodes (same
+    thread, inside its interval) leave. Summed by op type, no time then counts twice."""
+    own = [float(e.get("dur", 0)) for e in kernels]
+    order = sorted(range(len(kernels)), key=lambda i: (kernels[i].get("tid", 0), float(kernels[i].get("ts", 0)),
+                                                      -own[i]))
+    open_flows: list[tuple[int, float]] = []  # (index, end) of the control-flow nodes enclosing the current one
+    last_tid = None
+    for i in order:
+        e = kernels[i]
+        start, end = float(e.get("ts", 0)), float(e.get("ts", 0)) + float(e.get("dur", 0))
+        if e.get("tid", 0) != last_tid:
+            open_flows, last_tid = [], e.get("tid", 0)
+        while open_flows and open_flows[-1][1] < end:
+            open_flows.pop()
+        if open_flows and start >= float(kernels[open_flows[-1][0]].get("ts", 0)):
+            own[open_flows[-1][0]] -= float(e.get("dur", 0))
+        if e["args"].get("op_name") in ("If", "Loop", "Scan"):
+            open_flows.append((i, end))
+    return [max(t, 0.0) for t in own]
 
 
 def _memcpy_inputs(optimized_path: str) -> dict:

@@ -287,6 +287,19 @@ def test_placement_counts_nodes_inside_if_branches_and_function_bodies(bert, tmp
     assert "Softmax" in p["cpu_ops"] and "If" in p["cpu_ops"]  # the body's Softmax runs inside an If branch
 
 
+def test_placement_counts_control_flow_nodes_by_their_own_time():
+    """An If's kernel runs its branch's nodes, which the profile lists too: the If keeps only what its direct
+    children leave (a nested Loop keeps its own share), other threads' nodes are not its children."""
+    from attnopt.ort_runtime import _self_times
+
+    def node(op, ts, dur, tid=1):
+        return {"ts": ts, "dur": dur, "tid": tid, "args": {"op_name": op}}
+
+    events = [node("MatMul", 10, 30), node("If", 0, 100), node("Loop", 50, 40), node("Add", 60, 10),
+              node("Mul", 20, 50, tid=2), node("Sub", 120, 5)]
+    assert _self_times(events) == [30.0, 30.0, 30.0, 10.0, 50.0, 5.0]
+
+
 @pytest.mark.skipif(_cuda_ep(), reason="onnxruntime's CUDA provider works here")
 def test_bench_provider_cuda_without_a_gpu_names_what_is_missing(bert):
     import subprocess
