@@ -338,14 +338,28 @@ def _anchor_name(view: View, nid: str) -> str:
 
 # --------------------------------------------------------------------------- the scores
 
-def _fill(view: View, v: ValueRef, gain: float) -> float:
+def _fill(view: View, v: ValueRef, gain: float, clamp: float | None = None) -> float:
     """The blocked value a where/masked_fill writes, as the softmax sees it: a finite fill (HF's finfo.min)
-    keeps fully masked rows uniform rather than empty, so the rewrite must use the same value."""
+    keeps fully masked rows uniform rather than empty, so the rewrite must use the same value. ``clamp``: a
+    max() above the fill (``_clamp_floor``) raises it to its floor."""
     c = view.scalar(v)
-    if c is None:
-        return float("-inf")
-    value = float(c) * gain
-    return value if np.isfinite(value) else float("-inf")
+    value = float("-inf") if c is None else float(c) * gain
+    value = value if np.isfinite(value) else float("-inf")
+    return value if clamp is None else max(value, clamp)
+
+
+def _clamp_floor(view: View, nid: str, gain: float) -> float | None:
+    """max(x, c) on the scores with a scalar constant c: the floor gain·c as the softmax sees it, where it lies
+    at or below MASK_FILL_MAX (only blocked entries reach it); None for any other max."""
+    ins = view.inputs(nid)
+    if len(ins) != 2 or None in ins or gain <= 0:
+        return None
+    consts = [view.scalar(x) for x in ins]
+    if sum(c is not None for c in consts) != 1 or any(view.const(x) is not None and c is None
+                                                      for x, c in zip(ins, consts)):
+        return None
+    floor = next(c for c in consts if c is not None) * gain
+    return floor if floor <= MASK_FILL_MAX else None
 
 
 @dataclass
@@ -415,7 +429,7 @@ def _walk_up(view: View, v: ValueRef) -> _Scores:
     At a tanh the gain so far is the cap c, and it carries on: x = c·tanh(w) with
     w = s'/c means the scores inside the cap are s' = c·w.
     """
-    gain, cap = 1.0, None
+    gain, cap, clamp = 1.0, None, None
     terms, nodes, heads = [], [], None
     for _ in range(48):
         nid = v.node
@@ -464,10 +478,10 @@ def _walk_up(view: View, v: ValueRef) -> _Scores:
             if op == "where":
                 cond, x, y = ins[:3]
                 if _is_neg_fill(view, y):  # where(keep, scores, -inf)
-                    terms.append(_Term(cond, MASK_BOOLEAN, flat=flat, fill=_fill(view, y, gain)))
+                    terms.append(_Term(cond, MASK_BOOLEAN, flat=flat, fill=_fill(view, y, gain, clamp)))
                     v = x
                 elif _is_neg_fill(view, x):  # where(blocked, -inf, scores)
-                    terms.append(_Term(cond, MASK_BOOLEAN_BLOCKED, flat=flat, fill=_fill(view, x, gain)))
+                    terms.append(_Term(cond, MASK_BOOLEAN_BLOCKED, flat=flat, fill=_fill(view, x, gain, clamp)))
                     v = y
                 else:
                     raise Mismatch("a where between the scores and the softmax that is not a -inf mask")
@@ -475,8 +489,19 @@ def _walk_up(view: View, v: ValueRef) -> _Scores:
                 x, cond, fill = ins[:3]
                 if not _is_neg_fill(view, fill):
                     raise Mismatch("a masked_fill of the scores with a value that is not -inf")
-                terms.append(_Term(cond, MASK_BOOLEAN_BLOCKED, flat=flat, fill=_fill(view, fill, gain)))
+                terms.append(_Term(cond, MASK_BOOLEAN_BLOCKED, flat=flat, fill=_fill(view, fill, gain, clamp)))
                 v = x
+        elif op == "max":
+            # max(x, c) at a constant no real score reaches: XGLM's guard that keeps a sum of two finfo.min
+            # masks finite. It changes only blocked entries, so the walk passes it; a -inf fill below it
+            # becomes c, as the softmax sees it (a fully blocked row stays uniform, not empty).
+            floor = _clamp_floor(view, nid, gain)
+            if floor is None:
+                raise Mismatch("the scores are clamped by a tensor or at a value real scores reach")
+            clamp = floor if clamp is None else max(clamp, floor)
+            if cap is not None:
+                raise Mismatch("the scores are clamped inside the tanh softcap")
+            v = next(x for x in ins[:2] if view.const(x) is None)
         elif op == "tanh":
             # x = c·tanh(w): softcapping with cap c (Gemma-2); the scores below are s' = c·w.
             if cap is not None:

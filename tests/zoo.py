@@ -356,6 +356,17 @@ def bloom(impl: str) -> Built:
     return Built(HFWrapper(model, names, {"use_cache": False}), _text_inputs(), names, ["last_hidden_state"])
 
 
+def xglm(impl: str) -> Built:
+    from transformers import XGLMConfig, XGLMModel
+
+    _hf_quiet()
+    cfg = XGLMConfig(vocab_size=VOCAB, d_model=32, ffn_dim=64, attention_heads=4, num_layers=2,
+                     max_position_embeddings=64)
+    model = _hf_model(XGLMModel, cfg, impl)
+    names = ["input_ids", "attention_mask"]
+    return Built(HFWrapper(model, names, {"use_cache": False}), _text_inputs(), names, ["last_hidden_state"])
+
+
 def deberta_v2(impl: str) -> Built:
     from transformers import DebertaV2Config, DebertaV2Model
 
@@ -591,6 +602,34 @@ class CausalTriuFill(HandAttention):
         return F.softmax(scores, dim=-1) @ v
 
 
+class ClampedFill(HandAttention):
+    """XGLM's guard, max(scores, finfo.min), after a -inf fill: row 3 blocks every key, and the clamp makes it
+    uniform where the fill alone would leave it empty (the rewrite must keep that)."""
+
+    def __init__(self):
+        super().__init__()
+        blocked = ~self.tril
+        blocked[3] = True
+        self.register_buffer("blocked", blocked, persistent=False)
+        self.register_buffer("floor", torch.tensor(torch.finfo(torch.float32).min), persistent=False)
+
+    def core(self, q, k, v):
+        scores = (q @ k.transpose(-2, -1)) * self.head_dim**-0.5
+        scores = torch.max(scores.masked_fill(self.blocked, float("-inf")), self.floor)
+        return scores.softmax(-1) @ v
+
+
+class ClampedScores(HandAttention):
+    """Not attention as the variants define it: the scores are clamped at 0, a value real scores reach."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("floor", torch.tensor(0.0), persistent=False)
+
+    def core(self, q, k, v):
+        return torch.max(q @ k.transpose(-2, -1) * self.head_dim**-0.5, self.floor).softmax(-1) @ v
+
+
 class HalfSoftmax(HandAttention):
     """fp16-style: softmax in float32, probabilities stored in float16, matmul back in the model dtype."""
 
@@ -817,6 +856,10 @@ CASES: list[ZooCase] = [
     # BLOOM folds the batch into the heads, (B·H, N, D), and adds ALiBi with baddbmm.
     ZooCase("bloom-eager", "bloom", _bind(bloom, "eager"), expected_sites=2, heads=4, head_dim=8,
             self_attention_sites=2, causal_sites=2, fx_tracers=(EXPORT,)),
+    # XGLM folds the heads into the batch, (B·H, N, D), and clamps the masked scores with max(s, finfo.min)
+    # before the softmax (no sdpa form in transformers 5); q is scaled before the heads split, as Whisper's.
+    ZooCase("xglm-eager", "xglm", _bind(xglm, "eager"), expected_sites=2, heads=4, head_dim=8,
+            scales=(1 / math.sqrt(8), 1.0), self_attention_sites=2, causal_sites=2, fx_tracers=(EXPORT,)),
     # Disentangled attention: c2p/p2c terms added to the (B·H, N, M) scores; scale 1/sqrt(3·d).
     ZooCase("deberta-v2-eager", "deberta-v2", _bind(deberta_v2, "eager"), expected_sites=2, heads=4, head_dim=8,
             scales=(1 / math.sqrt(3 * 8),), self_attention_sites=2, causal_sites=0, fx_tracers=(EXPORT,)),
@@ -877,6 +920,7 @@ CASES: list[ZooCase] = [
             self_attention_sites=1, **_HAND),
     ZooCase("hand-causal-triu", factory=hand(CausalTriuFill), expected_sites=1, causal_sites=1,
             self_attention_sites=1, **_HAND),
+    ZooCase("hand-clamped-fill", factory=hand(ClampedFill), expected_sites=1, self_attention_sites=1, **_HAND),
     ZooCase("hand-half-softmax", factory=hand(HalfSoftmax), expected_sites=1, causal_sites=0,
             self_attention_sites=1, atol=5e-3, **_HAND),
     ZooCase("hand-sdpa-causal", factory=hand(SdpaCausal), expected_sites=1, causal_sites=1,
@@ -890,6 +934,7 @@ CASES: list[ZooCase] = [
     ZooCase("neg-classifier", "negative", plain(ClassifierHead), expected_sites=0, fx_tracers=FX_TRACERS),
     ZooCase("neg-soft-lookup", "negative", plain(SoftLookup), expected_sites=0, fx_tracers=FX_TRACERS),
     ZooCase("neg-softmax-pooling", "negative", plain(SoftmaxPooling), expected_sites=0, fx_tracers=FX_TRACERS),
+    ZooCase("neg-clamped-scores", "negative", hand(ClampedScores), expected_sites=0, fx_tracers=FX_TRACERS),
 ]
 
 CASES_BY_NAME: dict[str, ZooCase] = {c.name: c for c in CASES}

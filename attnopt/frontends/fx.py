@@ -31,7 +31,7 @@ FUNCTION_TABLE = {
     F.dropout: "dropout", torch.unsqueeze: "unsqueeze", torch.sqrt: "sqrt", torch.isnan: "isnan",
     F.scaled_dot_product_attention: "sdpa", operator.invert: "not", torch.logical_not: "not",
     operator.getitem: "getitem", torch.einsum: "einsum", torch.tanh: "tanh", F.linear: "linear",
-    torch.baddbmm: "baddbmm",
+    torch.baddbmm: "baddbmm", torch.maximum: "max",
 }
 # Tensor methods -> canonical op.
 METHOD_TABLE = {
@@ -41,7 +41,7 @@ METHOD_TABLE = {
     "masked_fill": "masked_fill", "float": "cast", "half": "cast", "bfloat16": "cast", "to": "cast",
     "type": "cast", "type_as": "cast", "contiguous": "identity", "clone": "identity",
     "logical_not": "not", "mul_": "mul", "div_": "div", "add_": "add", "masked_fill_": "masked_fill",
-    "tanh": "tanh", "baddbmm": "baddbmm",
+    "tanh": "tanh", "baddbmm": "baddbmm", "maximum": "max",
 }
 # aten OpOverloadPacket names -> canonical op.
 ATEN_TABLE = {
@@ -54,7 +54,7 @@ ATEN_TABLE = {
     "alias": "identity", "detach": "identity", "lift_fresh_copy": "identity", "dropout": "dropout",
     "native_dropout": "dropout", "isnan": "isnan", "logical_not": "not", "bitwise_not": "not",
     "scaled_dot_product_attention": "sdpa", "einsum": "einsum", "mm": "matmul", "tanh": "tanh",
-    "linear": "linear", "addmm": "linear", "baddbmm": "baddbmm", "flatten": "reshape",
+    "linear": "linear", "addmm": "linear", "baddbmm": "baddbmm", "flatten": "reshape", "maximum": "max",
     # In-place forms as export records them (Falcon's `scores *= scale`); the graph still uses their result.
     "mul_": "mul", "div_": "div", "add_": "add", "masked_fill_": "masked_fill",
 }
@@ -168,9 +168,13 @@ def _canonical(gm: fx.GraphModule, node: fx.Node) -> tuple[str, dict, list]:
         name = node.target.overloadpacket.__name__
         if name == "cat":
             return "concat", {"axis": args[1] if len(args) > 1 else kwargs.get("dim", 0)}, list(args[0])
-        op = ATEN_TABLE.get(name, f"other:aten.{name}")
+        # aten.max.other is the elementwise maximum of two tensors; aten.max's other overloads reduce
+        op = "max" if (name, node.target._overloadname) == ("max", "other") else \
+            ATEN_TABLE.get(name, f"other:aten.{name}")
     elif node.op == "call_function":
         op = FUNCTION_TABLE.get(node.target, f"other:{getattr(node.target, '__name__', node.target)}")
+        if node.target is torch.max and len(args) == 2 and isinstance(args[1], fx.Node):
+            op = "max"  # torch.max(a, b): elementwise (torch.max(x, dim) reduces)
     elif node.op == "call_method":
         op = METHOD_TABLE.get(node.target, f"other:Tensor.{node.target}")
     elif node.op == "call_module":

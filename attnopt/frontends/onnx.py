@@ -37,6 +37,7 @@ OP_TABLE = {
     "Sqrt": "sqrt", "Reciprocal": "reciprocal", "Pow": "pow", "Softmax": "softmax",
     "Where": "where", "Cast": "cast", "CastLike": "cast", "Identity": "identity",
     "Dropout": "dropout", "IsNaN": "isnan", "Not": "not", "Constant": "constant", "Tanh": "tanh",
+    "Max": "max",
 }
 
 
