@@ -393,6 +393,8 @@ def validate(original, rewritten, inputs_path, seq_len, as_json):
     rows = [["output", r.get("name"), r.get("max_abs"), r.get("rel_l2"), r.get("cosine")] for r in d.get("outputs", [])]
     rows += [["site", r.get("name"), r.get("max_abs"), r.get("rel_l2"), r.get("cosine")] for r in d.get("sites", [])]
     _console().print(_table(f"{rewritten} vs {original}", ["", "name", "max abs", "rel L2", "cosine"], rows))
+    if report.note:
+        _console().print(f"[yellow]note:[/] {report.note}")
 
 
 @main.command()

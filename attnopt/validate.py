@@ -33,6 +33,14 @@ class ValidationReport:
     sites: list[Metric]
     inputs: dict = field(default_factory=dict)  # name -> {"shape": [...], "dtype": str}
     provider: str | None = None
+    # Set when the comparison was not exact: the original's outputs on a second run against its first (the
+    # worst rel L2). Above 0 the original is not deterministic (random ops, dropout left in training mode)
+    # and the errors above mix its noise with the rewrite's.
+    original_rerun_rel_l2: float | None = None
+
+    @property
+    def original_is_random(self) -> bool:
+        return bool(self.original_rerun_rel_l2)
 
     @property
     def not_comparable(self) -> list[Metric]:
@@ -59,7 +67,16 @@ class ValidationReport:
             "provider": self.provider, "inputs": self.inputs,
             "outputs": [m.to_dict() for m in self.outputs], "sites": [m.to_dict() for m in self.sites],
             "worst_rel_l2": worst if np.isfinite(worst) else str(worst), "exact": self.is_exact(),
+            "original_rerun_rel_l2": self.original_rerun_rel_l2, "note": self.note,
         }
+
+    @property
+    def note(self) -> str:
+        if not self.original_is_random:
+            return ""
+        return (f"the original is not deterministic: a second run of it differs from the first by rel L2 "
+                f"{self.original_rerun_rel_l2:.3g} (random ops, or dropout in training mode?); the errors above "
+                f"include that noise")
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -93,17 +110,23 @@ def validate(original, rewritten, inputs=None, seq_len: int | None = None, *, si
         examples = tuple(feeds.values()) if example_inputs is None else example_inputs
         rew_model, _ = frontend.read(rewritten, examples)
     values = [e for _, e in expose]
+    # The original's runner stays open: an inexact comparison runs it once more, in the same session (a new
+    # onnxruntime session replays the same random numbers), to tell the original's own noise from the rewrite's.
     with frontend.runner(orig.model, expose=values, provider=provider) as a:
         out_a = a.run(feeds)
-        names_a, label = a.input_names, a.label
-    with frontend.runner(rew_model, expose=values, provider=provider) as b:
-        if sorted(b.input_names) != sorted(names_a):
-            raise AttnoptError(f"the rewritten model's inputs ({', '.join(b.input_names)}) differ from the "
-                               f"original's ({', '.join(names_a)})")
-        out_b = b.run(feeds)
-    outputs = _compare_outputs(out_a.outputs, out_b.outputs)
-    metrics = [_compare_site(name, e.name, out_a.exposed, out_b.exposed) for name, e in expose]
-    return ValidationReport(frontend.kind, orig.source, _source(rewritten), outputs, metrics, describe(feeds), label)
+        with frontend.runner(rew_model, expose=values, provider=provider) as b:
+            if sorted(b.input_names) != sorted(a.input_names):
+                raise AttnoptError(f"the rewritten model's inputs ({', '.join(b.input_names)}) differ from the "
+                                   f"original's ({', '.join(a.input_names)})")
+            out_b = b.run(feeds)
+        outputs = _compare_outputs(out_a.outputs, out_b.outputs)
+        metrics = [_compare_site(name, e.name, out_a.exposed, out_b.exposed) for name, e in expose]
+        report = ValidationReport(frontend.kind, orig.source, _source(rewritten), outputs, metrics,
+                                  describe(feeds), a.label)
+        if not report.is_exact():
+            again = _compare_outputs(out_a.outputs, a.run(feeds).outputs)
+            report.original_rerun_rel_l2 = max((m.rel_l2 for m in again if m.comparable), default=0.0)
+    return report
 
 
 def _loaded(model):

@@ -240,6 +240,44 @@ def test_a_perturbed_copy_is_not_exact_and_the_site_shows_where(bert, tmp_path):
     assert report.worst_rel_l2 == max(m.rel_l2 for m in report.outputs + report.sites)
 
 
+def test_a_deterministic_original_behind_an_inexact_comparison_gets_no_note(bert, tmp_path):
+    """The second run of the original (paid only when the comparison is inexact) finds no noise in it."""
+    bad = tiny_bert_onnx(tmp_path / "bad.onnx", perturb_layer=1)
+    report = validate(bert, bad, seq_len=24)
+    assert report.original_rerun_rel_l2 == 0.0 and not report.note
+    assert validate(bert, bert, seq_len=8).original_rerun_rel_l2 is None  # exact: no second run
+
+
+def _with_random_output(path, out_path):
+    """``path`` with RandomUniformLike noise (scale 0.1) added to its first output: a model that is not
+    deterministic, as a dynamo export of a model left in training mode is (BEiT's drop path)."""
+    model = onnx.load(str(path))
+    out = model.graph.output[0].name
+    for node in model.graph.node:
+        node.output[:] = [f"{o}_clean" if o == out else o for o in node.output]
+    model.graph.node.extend([
+        helper.make_node("RandomUniformLike", [f"{out}_clean"], ["noise"], low=0.0, high=0.1),
+        helper.make_node("Add", [f"{out}_clean", "noise"], [out]),
+    ])
+    onnx.save(model, str(out_path))
+    return out_path
+
+
+def test_a_random_original_is_named_in_the_report_and_the_cli(bert, tmp_path):
+    from click.testing import CliRunner
+
+    from attnopt.cli import main
+
+    noisy = _with_random_output(bert, tmp_path / "noisy.onnx")
+    rewritten = tmp_path / "noisy.seg.onnx"
+    attnopt.rewrite(noisy, "segmented", segment_size=1 << 16).save(rewritten)
+    report = validate(noisy, rewritten, seq_len=24)
+    assert not report.is_exact() and report.original_rerun_rel_l2 > 1e-3
+    assert "not deterministic" in report.note and report.to_dict()["note"] == report.note
+    res = CliRunner().invoke(main, ["validate", str(noisy), str(rewritten), "--seq-len", "24"])
+    assert res.exit_code == 0 and "not deterministic" in res.output
+
+
 def test_a_site_missing_from_the_rewrite_is_reported_not_dropped(bert, tmp_path):
     renamed = tiny_bert_onnx(tmp_path / "renamed.onnx", rename_site_outputs=True)
     report = validate(bert, renamed, seq_len=8)
