@@ -208,8 +208,9 @@ def detect(model, verbose, as_json):
     One row per site: its name (from the module path), the pattern that matched
     (decomposed matmul/softmax, fused Attention, ...), heads, kv heads, head dim,
     scale, mask kind and causality. A site the rewriter cannot serve says why in
-    the note column. A model with no attention prints "no attention sites found"
-    and exits 0.
+    the note column. A model with no attention prints "no attention sites found",
+    with how many softmaxes were looked at and left (-v lists each with the
+    reason), and exits 0.
 
     \b
     Example:
@@ -228,7 +229,9 @@ def detect(model, verbose, as_json):
         rows = [[k.name, k.op, k.reason + (" (matcher error)" if k.internal_error else "")] for k in skipped]
         _console().print(_table("not attention sites", ["anchor", "op", "why"], rows))
     if not sites:
-        click.echo("no attention sites found")
+        hint = "" if verbose or not skipped else \
+            f" ({len(skipped)} softmax{'es' * (len(skipped) != 1)} looked at and left; -v says why)"
+        click.echo("no attention sites found" + hint)
         return
     rows = []
     for s in sites:

@@ -136,7 +136,7 @@ def test_detect_bad_input_is_one_line(bad_models, case, as_json):
 
 def test_detect_no_attention(no_attention):
     result = run("detect", no_attention)
-    assert result.stdout.strip() == "no attention sites found"
+    assert result.stdout.strip() == "no attention sites found (1 softmax looked at and left; -v says why)"
     assert json.loads(run("detect", no_attention, "--json").stdout)["sites"] == []
 
 
@@ -432,3 +432,6 @@ def test_detect_verbose_and_json_list_skipped_anchors(tmp_path):
     assert skipped and all(k["reason"] and not k["internal_error"] for k in skipped), skipped
     verbose = CliRunner().invoke(main, ["detect", str(path), "-v"])
     assert "not attention sites" in verbose.output and skipped[0]["reason"][:20] in verbose.output.replace("\n", " ")
+    # without -v, the empty result says that softmaxes were looked at, and how to see why they were left
+    plain = CliRunner().invoke(main, ["detect", str(path)])
+    assert plain.output.startswith("no attention sites found (1 softmax looked at and left; -v says why)"), plain.output
