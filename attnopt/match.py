@@ -495,12 +495,12 @@ def _walk_up(view: View, v: ValueRef) -> _Scores:
             # max(x, c) at a constant no real score reaches: XGLM's guard that keeps a sum of two finfo.min
             # masks finite. It changes only blocked entries, so the walk passes it; a -inf fill below it
             # becomes c, as the softmax sees it (a fully blocked row stays uniform, not empty).
+            if cap is not None:
+                raise Mismatch("the scores are clamped inside the tanh softcap")
             floor = _clamp_floor(view, nid, gain)
             if floor is None:
                 raise Mismatch("the scores are clamped by a tensor or at a value real scores reach")
             clamp = floor if clamp is None else max(clamp, floor)
-            if cap is not None:
-                raise Mismatch("the scores are clamped inside the tanh softcap")
             v = next(x for x in ins[:2] if view.const(x) is None)
         elif op == "tanh":
             # x = c·tanh(w): softcapping with cap c (Gemma-2); the scores below are s' = c·w.

@@ -246,8 +246,9 @@ def placement(model_path: str, feeds: Mapping, provider: str, warmup: int = 1) -
     ``cpu_ms`` (their summed kernel time), ``cpu_ops`` (op type -> count), ``memcpy_nodes``
     (host-device copies inside the model), ``nodes`` (all nodes that ran), ``run_ms`` (the
     profiled run), ``host_ms_by_op`` (the profile's time per op type, all providers, largest
-    first; an If, Loop or Scan counts only its own time, its branches' nodes under their own types; on a GPU a kernel's entry is its launch, so a large share for ``MemcpyToHost`` is the
-    host waiting for the device; under ``CUDA_LAUNCH_BLOCKING=1`` it is the kernel's) and
+    first; an If, Loop or Scan counts only its own time, its branches' nodes under their own types; on a
+    GPU a kernel's entry is its launch, so a large share for ``MemcpyToHost`` is the host waiting for the
+    device; under ``CUDA_LAUNCH_BLOCKING=1`` it is the kernel's) and
     ``memcpy_inputs`` ("MemcpyToHost <- Range": what each copy carries, by the op that made it,
     read off the graph onnxruntime saved after placing the nodes).
     """
@@ -303,15 +304,16 @@ def _self_times(kernels: list[dict]) -> list[float]:
                                                       -own[i]))
     open_flows: list[tuple[int, float]] = []  # (index, end) of the control-flow nodes enclosing the current one
     last_tid = None
-    for i in order:
+    for i in order:  # by start within a thread, so every open flow started at or before this node
         e = kernels[i]
-        start, end = float(e.get("ts", 0)), float(e.get("ts", 0)) + float(e.get("dur", 0))
+        dur = float(e.get("dur", 0))
+        end = float(e.get("ts", 0)) + dur
         if e.get("tid", 0) != last_tid:
             open_flows, last_tid = [], e.get("tid", 0)
         while open_flows and open_flows[-1][1] < end:
             open_flows.pop()
-        if open_flows and start >= float(kernels[open_flows[-1][0]].get("ts", 0)):
-            own[open_flows[-1][0]] -= float(e.get("dur", 0))
+        if open_flows:
+            own[open_flows[-1][0]] -= dur
         if e["args"].get("op_name") in ("If", "Loop", "Scan"):
             open_flows.append((i, end))
     return [max(t, 0.0) for t in own]

@@ -173,8 +173,9 @@ def _attend_block(
     HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
     HAS_SLOPE: tl.constexpr, HAS_TABLE: tl.constexpr, EDGES: tl.constexpr,
 ):
-    """One key block at start_n into the online softmax (``_attend_blocks``). EDGES: a plain band block that
-    is an edge block where ``edge`` is set, after a fully allowed one (``_attend_band``)."""
+    """One key block at start_n into the online softmax (``_attend_blocks``). EDGES: a plain band block
+    (``_attend_band``), masked by the band formula where ``edge`` is set; its rows may have met none of their
+    keys yet, so the step takes the −inf guard (``_exp_weights``)."""
     EVEN_D: tl.constexpr = HEAD_DIM == D_TRUE
     d_ok = offs_d[None, :] < D_TRUE
     start_n = tl.multiple_of(start_n, BLOCK_N)

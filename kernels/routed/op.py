@@ -11,7 +11,7 @@ import torch
 
 from ..buckets import bucket_attention
 from ..torch_ops import define_op
-from .clusters import centroids, distinct, key_weights, lloyd_sums, route
+from .clusters import centroids, distinct, key_weights, route
 
 
 def forward(q, k, v, mask, key_padding, n_clusters: int, top_k: int, iters: int, seed: int, chunk: int, sinks: int,
@@ -25,8 +25,9 @@ def cuda_buckets(q, k, key_padding, n_clusters: int, top_k: int, iters: int):
     """(q_buckets (B, H, T, N), k_buckets (B, Hkv, T, M)) as ``clusters.route`` gives them, in Triton.
 
     The reference's Lloyd iterations, each step one Triton pass over k and one small update launch
-    (``triton_kmeans.centroids``; the torch step where c or D is too wide for its registers); its bf16 products round differently from torch's fp32 ones, so a key on a near-tie
-    may join the other cluster (the GPU test bounds how many). Then one projection pass each for the keys'
+    (``triton_kmeans.centroids``; the torch step where c or D is too wide for its registers); its bf16
+    products round differently from torch's fp32 ones, so a key on a near-tie may join the other cluster
+    (the GPU test bounds how many). Then one projection pass each for the keys'
     clusters and the queries' routes.
     """
     from .. import triton_buckets, triton_kmeans  # triton loads only where the Triton form runs
@@ -37,7 +38,7 @@ def cuda_buckets(q, k, key_padding, n_clusters: int, top_k: int, iters: int):
     if triton_kmeans.fits(k, n_clusters):
         mu, repeated = triton_kmeans.centroids(k, weights, n_clusters, iters)
     else:
-        mu = centroids(k, weights, n_clusters, iters, lloyd_sums)
+        mu = centroids(k, weights, n_clusters, iters)  # the torch step
         repeated = torch.where(distinct(mu), 0.0, float("-inf"))
     w = mu.transpose(-1, -2)[:, :, None]  # (B, Hkv, 1, D, c)
     t = min(top_k, n_clusters)
