@@ -79,6 +79,11 @@ class View:
     def info(self, nid: str) -> NodeInfo:
         return self.g.nodes[nid]["info"]
 
+    def view_only(self, nid: str) -> bool:
+        """A node a frontend made for the matcher with no source node behind it (an einsum's transposes,
+        baddbmm's product): a rewrite cannot name its output."""
+        return self.info(nid).ref is None and self.info(nid).op not in ("input", "constant")
+
     def op(self, nid: str) -> str:
         return self.info(nid).op
 
@@ -213,12 +218,23 @@ def broadcast_dims(shapes, *, proven: bool = True) -> tuple | None:
     return tuple(out)
 
 
-def einsum_as_matmul(equation: str) -> str | None:
-    """'bhqd,bhkd->bhqk' -> 'nt' (A @ Bᵀ); 'bhqk,bhkd->bhqd' -> 'nn' (A @ B); else None.
+@dataclass(frozen=True)
+class EinsumMatmul:
+    """A two-operand einsum that is one batched matmul, as permutations around it.
 
-    Hand-written attention often uses einsum; both frontends show these two
-    forms as a ``matmul`` (with a transpose in front of B for 'nt').
+    A and B are permuted to (batch…, i, k) and (batch…, k, j), multiplied, and the (batch…, i, j)
+    product permuted to the output's order; a perm is None where that tensor is in order already.
+    The batch axes take the output's order.
     """
+    perm_a: tuple[int, ...] | None
+    perm_b: tuple[int, ...] | None
+    perm_out: tuple[int, ...] | None
+
+
+def einsum_as_matmul(equation: str) -> EinsumMatmul | None:
+    """'bhqd,bhkd->bhqk' -> B permuted (A @ Bᵀ); 'bnij,bjnd->bind' (Funnel) -> B and the product
+    permuted; None for anything that is not one batched matmul (sums over an operand's own axis,
+    repeated or several contracted letters, ellipses, a letter in only one operand)."""
     eq = equation.replace(" ", "")
     if "->" not in eq or "..." in eq:
         return None
@@ -227,30 +243,58 @@ def einsum_as_matmul(equation: str) -> str | None:
     if len(ops) != 2:
         return None
     a, b = ops
-    if not (len(a) == len(b) == len(out) >= 2) or len(set(a)) != len(a) or len(set(b)) != len(b):
+    if any(len(set(t)) != len(t) for t in (a, b, out)):
         return None
-    batch = a[:-2]
-    if b[:-2] != batch or out[:-2] != batch:
+    batch = [c for c in out if c in a and c in b]
+    i, j, k = ([c for c in a if c in out and c not in b], [c for c in b if c in out and c not in a],
+               [c for c in a if c in b and c not in out])
+    if len(i) != 1 or len(j) != 1 or len(k) != 1 or len(a) != len(batch) + 2 or len(b) != len(batch) + 2 \
+            or len(out) != len(batch) + 2:
         return None
-    i, k = a[-2:]
-    if out[-2] != i:
-        return None
-    j = out[-1]
-    if len({i, j, k}) != 3:
-        return None
-    if b[-2:] == k + j:
-        return "nn"
-    if b[-2:] == j + k:
-        return "nt"
-    return None
+
+    def perm(src: str, dst: list[str]) -> tuple[int, ...] | None:
+        p = tuple(src.index(c) for c in dst)
+        return None if p == tuple(range(len(p))) else p
+
+    product = batch + i + j
+    return EinsumMatmul(perm(a, batch + i + k), perm(b, batch + k + j), perm("".join(product), list(out)))
 
 
-def virtual_transpose(view: View, ref: ValueRef, nid: str) -> ValueRef:
-    """A View-only transpose of the last two axes (an einsum's 'nt' B operand); no frontend node behind it."""
+def virtual_transpose(view: View, ref: ValueRef, nid: str, perm: tuple[int, ...]) -> ValueRef:
+    """A View-only transpose: no frontend node behind it (see View.view_only)."""
     shape = view.shape(ref)
-    rank = len(shape) if shape is not None else None
-    view.add_node(nid, "transpose", attrs={"perm": list(range(rank - 2)) + [rank - 1, rank - 2]} if rank else {},
-                  shapes=[None if shape is None else tuple(shape[:-2]) + (shape[-1], shape[-2])],
-                  dtypes=[view.dtype(ref)])
+    view.add_node(nid, "transpose", attrs={"perm": list(perm)},
+                  shapes=[None if shape is None else tuple(shape[p] for p in perm)], dtypes=[view.dtype(ref)])
     view.connect(ref, nid, 0)
     return ValueRef(nid)
+
+
+def lift_einsum(view: View, nid: str, form: EinsumMatmul, a: ValueRef, b: ValueRef, out_shape,
+                dtype, name: str = "") -> list[ValueRef]:
+    """The View-only nodes in front of an einsum's own node; returns that node's inputs.
+
+    The operands are permuted as ``form`` says. Where the product is permuted too, the matmul is a
+    View-only node and the einsum's own node is the ``transpose`` after it (its op, from
+    ``einsum_op``), so the einsum's output stays the value the source graph holds.
+    """
+    if form.perm_a is not None:
+        a = virtual_transpose(view, a, f"{nid}.a", form.perm_a)
+    if form.perm_b is not None:
+        b = virtual_transpose(view, b, f"{nid}.b", form.perm_b)
+    if form.perm_out is None:
+        return [a, b]
+    shape = None
+    if out_shape is not None:
+        shape = [None] * len(out_shape)
+        for axis, p in enumerate(form.perm_out):
+            shape[p] = out_shape[axis]
+        shape = tuple(shape)
+    view.add_node(f"{nid}.mm", "matmul", shapes=[shape], dtypes=[dtype], name=name)
+    view.connect(a, f"{nid}.mm", 0)
+    view.connect(b, f"{nid}.mm", 1)
+    return [ValueRef(f"{nid}.mm")]
+
+
+def einsum_op(form: EinsumMatmul) -> tuple[str, dict]:
+    """The op of an einsum's own node in the View (see lift_einsum)."""
+    return ("matmul", {}) if form.perm_out is None else ("transpose", {"perm": list(form.perm_out)})

@@ -641,6 +641,19 @@ def _match_decomposed(view: View, sm: str) -> AttentionSite:
         # A key/value still folded with the query's heads (GQA repeated before the fold).
         geometry["kv_num_heads"] = geometry["num_heads"]
 
+    # An einsum in permuted layouts (Funnel's 'bind,bjnd->bnij') is a matmul between View-only
+    # transposes: the site names the values the source graph holds, in their own layouts.
+    q, layout, passed = _before_view_only(view, q, layout)
+    if passed:
+        q, q_scale2, qs2 = _strip_scale(view, q)
+        q_scale *= q_scale2
+        removed += passed + qs2
+    value, value_layout, passed = _before_view_only(view, value, value_layout)
+    output, output_layout, on = _after_view_only(view, output, output_layout)
+    removed += passed + on
+    if any(view.view_only(v.node) for v in (q, key, value, output)):
+        raise Mismatch("q, k, v or the output exist only inside an einsum the graph does not split")
+
     scale = up.scale * q_scale * k_scale
     terms, causal = _classify_masks(view, reversed(up.terms))  # graph order: innermost add first
     return AttentionSite(
@@ -682,6 +695,28 @@ def _site_output(view: View, out: ValueRef, flattened: bool, packed: ValueRef | 
         if packed is not None:
             raise Mismatch("GQA-packed queries whose output is not unpacked back to (B, H, N, D)")
     return out, (LAYOUT_FLAT if view.rank(out) == 3 else LAYOUT_BHSD), [], ()
+
+
+def _before_view_only(view: View, v: ValueRef, layout: str) -> tuple[ValueRef, str, list[str]]:
+    """v in ``layout`` made by a View-only 4-D transpose -> (its input, that input's layout, [transpose])."""
+    perm = view.attrs(v.node).get("perm") if view.op(v.node) == "transpose" else None
+    if not view.view_only(v.node) or layout != LAYOUT_BHSD or perm is None or len(perm) != 4:
+        return v, layout, []
+    before = [""] * 4
+    for axis, p in enumerate(perm):
+        before[p] = layout[axis]
+    return view.input(v.node, 0), "".join(before), [v.node]
+
+
+def _after_view_only(view: View, out: ValueRef, layout: str) -> tuple[ValueRef, str, list[str]]:
+    """A View-only value product -> (the transpose after it, which is the einsum's own node; its layout)."""
+    user = view.only_user(out)
+    if not view.view_only(out.node) or layout != LAYOUT_BHSD or user is None or view.op(user[0]) != "transpose":
+        return out, layout, []
+    perm = view.attrs(user[0]).get("perm")
+    if perm is None or len(perm) != 4:
+        return out, layout, []
+    return ValueRef(user[0], 0), "".join(layout[p] for p in perm), [user[0]]
 
 
 def _unpacks(q, o) -> bool:

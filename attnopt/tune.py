@@ -156,8 +156,9 @@ def _heads_first(array, site) -> np.ndarray:
     h = site.num_heads
     if not isinstance(h, int):
         return a.reshape(1, -1)
-    if site.output_layout == LAYOUT_BHSD and a.ndim == 4 and a.shape[1] == h:
-        return np.moveaxis(a, 1, 0).reshape(h, -1)
+    layout = site.output_layout
+    if sorted(layout) == sorted(LAYOUT_BHSD) and a.ndim == 4 and a.shape[layout.index("h")] == h:
+        return np.moveaxis(a, layout.index("h"), 0).reshape(h, -1)
     if site.output_layout == LAYOUT_BSD and a.shape[-1] % h == 0:
         return np.moveaxis(a.reshape(*a.shape[:-1], h, a.shape[-1] // h), -2, 0).reshape(h, -1)
     if site.output_layout == LAYOUT_FLAT and a.ndim == 3 and a.shape[0] % h == 0:
@@ -200,7 +201,8 @@ def _site_length(array, site) -> int | None:
     if isinstance(site.q_len, int):
         return site.q_len
     shape = np.shape(as_numpy(array))
-    axis = 2 if site.output_layout == LAYOUT_BHSD else 1
+    layout = site.output_layout
+    axis = layout.index("s") if sorted(layout) == sorted(LAYOUT_BHSD) else 1
     return int(shape[axis]) if len(shape) > axis else None
 
 

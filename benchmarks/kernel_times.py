@@ -8,7 +8,8 @@ total is the GPU's busy time; a call's wall time above it is the host's.
 
     python3 benchmarks/kernel_times.py "routed" "hierarchical B=64 L=1" --n 16384 65536 --json $OUT/times.json
 
-``--host`` adds the host side under cProfile: the Python functions a call spends its launch in.
+``--host`` adds the host side: its time per call with nothing waiting on the GPU, and under cProfile the
+Python functions a call spends it in.
 
 Rows are ``kernels.py``'s (``--help`` lists them); bf16, B=1, H=16, D=128 as there.
 """
@@ -45,12 +46,19 @@ def kernel_times(call, calls: int = 5, top: int = 12) -> dict:
             "kernels": [(name[:90], round(ms, 4), count) for name, ms, count in rows[:top]]}
 
 
-def host_profile(call, calls: int = 20, top: int = 12) -> list:
-    """[(function, host ms per call)] by own time under cProfile: where the host spends a call's launch."""
+def host_profile(call, calls: int = 20, top: int = 12) -> dict:
+    """Where the host spends a call: {"enqueue_ms": host time per call, timed with nothing waiting on the GPU;
+    "own": [(function, ms per call)] by own time under cProfile; "cumulative": the same by time inside}."""
     import cProfile
     import pstats
+    import time
 
     call()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(calls):  # a few calls fill no launch queue: this is the host's own time
+        call()
+    enqueue_ms = (time.perf_counter() - t0) * 1e3 / calls
     torch.cuda.synchronize()
     prof = cProfile.Profile()
     prof.enable()
@@ -59,9 +67,13 @@ def host_profile(call, calls: int = 20, top: int = 12) -> list:
     prof.disable()
     torch.cuda.synchronize()
     stats = pstats.Stats(prof).stats
-    rows = sorted(((f"{Path(fn).name}:{line}({name})", tt * 1e3 / calls) for (fn, line, name), (_, _, tt, _, _)
-                   in stats.items()), key=lambda r: -r[1])
-    return [(name, round(ms, 4)) for name, ms in rows[:top]]
+
+    def ranked(field: int) -> list:
+        rows = sorted(((f"{Path(fn).name}:{line}({name})", entry[field] * 1e3 / calls)
+                       for (fn, line, name), entry in stats.items()), key=lambda r: -r[1])
+        return [(name, round(ms, 4)) for name, ms in rows[:top]]
+
+    return {"enqueue_ms": round(enqueue_ms, 4), "own": ranked(2), "cumulative": ranked(3)}
 
 
 def main(argv=None) -> int:

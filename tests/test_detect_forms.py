@@ -206,3 +206,62 @@ def test_self_attention_without_shapes_is_proven():
     gm = torch.fx.symbolic_trace(_Scored(lambda s: s * D ** -0.5).eval())
     (site,) = attnopt.detect(gm)  # no example inputs: no shapes at all
     assert site.q_len is None and site.proven_self_attention and site.is_self_attention
+
+
+# --------------------------------------------------------------------------- einsum layouts
+
+@pytest.mark.parametrize("equation", ["bhqd,bhkd->bhqk", "bhqk,bhkd->bhqd", "bind,bjnd->bnij", "bnij,bjnd->bind",
+                                      "bqhd,bkhd->hbqk", "bhqk,bkhd->qbhd", "qd,kd->qk", "xbi,xjb->xji"])
+def test_an_einsum_that_is_one_matmul_is_read_as_permutes_around_it(equation):
+    from attnopt.graph import einsum_as_matmul
+
+    form = einsum_as_matmul(equation)
+    assert form is not None
+    lhs, out = equation.split("->")
+    sizes = dict(zip("bhqkdnijx", (2, 3, 4, 5, 6, 3, 4, 5, 2)))
+    a, b = (torch.randn(*(sizes[c] for c in t)) for t in lhs.split(","))
+    a2 = a if form.perm_a is None else a.permute(form.perm_a)
+    b2 = b if form.perm_b is None else b.permute(form.perm_b)
+    product = a2 @ b2
+    got = product if form.perm_out is None else product.permute(form.perm_out)
+    torch.testing.assert_close(got, torch.einsum(equation, a, b))
+
+
+@pytest.mark.parametrize("equation", ["bhqk,bhkd->bhd", "bhqd,bhkd->bhqkd", "bhqd,bhkd,bhkd->bhqk", "bhqd,bhkf->bhqk",
+                                      "...qd,...kd->...qk", "bhqq,bhqd->bhqd", "bqd,bkd->bq"])
+def test_an_einsum_that_is_not_one_matmul_is_left_alone(equation):
+    from attnopt.graph import einsum_as_matmul
+
+    assert einsum_as_matmul(equation) is None
+
+
+class _EinsumLayouts(nn.Module):
+    """Attention over k, v held as (B, N, H, D) and q and the output as (N, B, H, D): a layout whose
+    permutation is not its own inverse, unlike Funnel's."""
+
+    def forward(self, q, k, v):
+        p = torch.einsum("qbhd,bkhd->bhqk", q, k * D ** -0.5).softmax(-1)
+        return torch.einsum("bhqk,bkhd->qbhd", p, v)
+
+
+@pytest.mark.parametrize("how", ["onnx", "fx"])
+def test_einsum_operands_and_output_in_their_own_layouts_rewrite_exactly(how, tmp_path):
+    q, k, v = (torch.randn(*shape, generator=torch.Generator().manual_seed(i))
+               for i, shape in enumerate([(N, B, H, D), (B, N, H, D), (B, N, H, D)]))
+    model, kwargs = _EinsumLayouts().eval(), {}
+    if how == "onnx":
+        path = tmp_path / "einsum.onnx"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, (q, k, v), str(path), dynamo=False, opset_version=17,
+                              input_names=["q", "k", "v"], output_names=["y"])
+        model, inputs = str(path), {"q": q.numpy(), "k": k.numpy(), "v": v.numpy()}
+    else:
+        model = torch.export.export(model, (q, k, v)).module()
+        kwargs, inputs = {"example_inputs": (q, k, v)}, (q, k, v)
+    (site,) = attnopt.detect(model, **kwargs)
+    assert (site.query_layout, site.key_layout, site.value_layout, site.output_layout) == ("sbhd", "bshd", "bshd", "sbhd")
+    assert site.scale == pytest.approx(D ** -0.5) and (site.num_heads, site.head_dim, site.q_len) == (H, D, N)
+    result = attnopt.rewrite(model, "segmented", segment_size=1 << 16, **kwargs)
+    report = attnopt.validate(model, result.model, **({"inputs": inputs} if how == "onnx" else {"example_inputs": inputs}))
+    assert report.is_exact(1e-5), report.to_dict()

@@ -367,6 +367,18 @@ def xglm(impl: str) -> Built:
     return Built(HFWrapper(model, names, {"use_cache": False}), _text_inputs(), names, ["last_hidden_state"])
 
 
+def funnel(impl: str) -> Built:
+    from transformers import FunnelConfig, FunnelModel
+
+    _hf_quiet()
+    # Two one-layer blocks: the second pools its queries to half the keys (5 × 10); one decoder layer.
+    cfg = FunnelConfig(vocab_size=VOCAB, d_model=32, n_head=4, d_head=8, d_inner=64, block_sizes=[1, 1],
+                       num_decoder_layers=1, max_position_embeddings=64)
+    model = _hf_model(FunnelModel, cfg, impl)
+    names = ["input_ids", "attention_mask"]
+    return Built(HFWrapper(model, names), _text_inputs(), names, ["last_hidden_state"])
+
+
 def deberta_v2(impl: str) -> Built:
     from transformers import DebertaV2Config, DebertaV2Model
 
@@ -682,6 +694,18 @@ class EinsumAttention(HandAttention):
         return torch.einsum("bhqk,bhkd->bhqd", scores.softmax(-1), v)
 
 
+class PermutedEinsumAttention(HandAttention):
+    """Einsums that read and write (batch, seq, heads, dim) directly, as Funnel's do: no transposes in
+    the graph, the scale on the query before the product."""
+
+    def forward(self, x):
+        b, s, d = x.shape[0], x.shape[1], x.shape[2]
+        q, k, v = self.qkv(x).view(b, s, 3, self.heads, self.head_dim).unbind(2)
+        scores = torch.einsum("bqhd,bkhd->bhqk", q * self.head_dim**-0.5, k)
+        o = torch.einsum("bhqk,bkhd->bqhd", scores.softmax(-1), v)
+        return (self.out(o.reshape(b, s, d)),)
+
+
 def hand(cls, dynamic: bool = False) -> Callable[[], Built]:
     def factory() -> Built:
         dyn = {"x": {0: "batch", 1: "seq"}} if dynamic else None
@@ -863,6 +887,10 @@ CASES: list[ZooCase] = [
     # Disentangled attention: c2p/p2c terms added to the (B·H, N, M) scores; scale 1/sqrt(3·d).
     ZooCase("deberta-v2-eager", "deberta-v2", _bind(deberta_v2, "eager"), expected_sites=2, heads=4, head_dim=8,
             scales=(1 / math.sqrt(3 * 8),), self_attention_sites=2, causal_sites=0, fx_tracers=(EXPORT,)),
+    # Relative attention in einsums over (B, N, H, D) ("bind,bjnd->bnij"): the operands and the value
+    # product in permuted layouts; the query is pre-scaled, so the scores' own scale is 1.
+    ZooCase("funnel-eager", "funnel", _bind(funnel, "eager"), expected_sites=3, heads=4, head_dim=8,
+            scales=(1.0,), self_attention_sites=2, causal_sites=0, fx_tracers=(EXPORT,)),
     # Logit softcapping 50·tanh(s/50); the scale is query_pre_attn_scalar**-0.5, not 1/sqrt(head_dim).
     ZooCase("gemma2-eager", "gemma2", _bind(gemma2, "eager"), expected_sites=2, heads=4, kv_heads=2, head_dim=8,
             scales=(16 ** -0.5,), self_attention_sites=2, causal_sites=2, fx_tracers=(EXPORT,)),
@@ -930,6 +958,8 @@ CASES: list[ZooCase] = [
     ZooCase("hand-additive-mask-cross", factory=additive_mask_cross, expected_sites=1, causal_sites=0,
             self_attention_sites=0, **_HAND),
     ZooCase("hand-einsum", factory=hand(EinsumAttention), expected_sites=1, causal_sites=0,
+            self_attention_sites=1, **_HAND),
+    ZooCase("hand-einsum-permuted", factory=hand(PermutedEinsumAttention), expected_sites=1, causal_sites=0,
             self_attention_sites=1, **_HAND),
     ZooCase("neg-classifier", "negative", plain(ClassifierHead), expected_sites=0, fx_tracers=FX_TRACERS),
     ZooCase("neg-soft-lookup", "negative", plain(SoftLookup), expected_sites=0, fx_tracers=FX_TRACERS),

@@ -16,7 +16,7 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 
-from ..graph import View, einsum_as_matmul, virtual_transpose
+from ..graph import View, einsum_as_matmul, einsum_op, lift_einsum
 from ..site import LAYOUT_BHSD, LAYOUT_BSD, ValueRef
 
 MAX_FOLD_ELEMENTS = 1 << 22
@@ -107,7 +107,11 @@ def lift(model) -> View:
             op, const = "constant", _tensor_const(_fetch_attr(gm, node.target))
         elif op not in ("sdpa", "mha"):
             const = _fold_lazily(view, refs, node, shape)
-        transpose_b = attrs.pop("transpose_b", False)
+        einsum = attrs.pop("einsum", None)
+        if einsum is not None and all(p in refs for p in ports):
+            ports = lift_einsum(view, node.name, einsum, refs[ports[0]], refs[ports[1]], shape, dtype, _scope(node))
+        elif einsum is not None:
+            op, attrs = "other:einsum", {}
         baddbmm = attrs.pop("baddbmm", None)
         if baddbmm is not None:
             ports = _lift_baddbmm(view, refs, node, ports, baddbmm, shape, dtype, literal)
@@ -121,10 +125,7 @@ def lift(model) -> View:
         for port, arg in enumerate(ports):
             if isinstance(arg, fx.Node):
                 if arg in refs:
-                    src = refs[arg]
-                    if transpose_b and port == 1:
-                        src = virtual_transpose(view, src, f"{node.name}.bT")
-                    view.connect(src, node.name, port)
+                    view.connect(refs[arg], node.name, port)
             elif isinstance(arg, ValueRef):  # a View-only node made for this one (baddbmm)
                 view.connect(arg, node.name, port)
             elif isinstance(arg, (int, float, bool)) and not isinstance(arg, torch.SymInt):
@@ -206,9 +207,10 @@ def _canonical(gm: fx.GraphModule, node: fx.Node) -> tuple[str, dict, list]:
     elif op == "einsum":
         operands = list(args[1]) if len(args) == 2 and isinstance(args[1], (list, tuple)) else args[1:]
         form = einsum_as_matmul(str(args[0])) if len(operands) == 2 else None
-        if form is None:
+        if form is None or not all(isinstance(o, fx.Node) for o in operands):
             return "other:einsum", {}, operands
-        return "matmul", {"transpose_b": form == "nt"}, operands
+        op, attrs = einsum_op(form)
+        return op, {**attrs, "einsum": form}, operands
     elif op == "sdpa":
         return "sdpa", _sdpa_attrs(args, kwargs), args[:3] + [args[3] if len(args) > 3 else kwargs.get("attn_mask")]
     elif op == "linear" and _packet_name(node) == "addmm":

@@ -211,6 +211,8 @@ def _from_bhsd(g: fx.Graph, y: fx.Node, layout: str) -> fx.Node:
         return g.call_function(torch.flatten, (y, 2))
     if layout == LAYOUT_FLAT:
         return g.call_function(torch.flatten, (y, 0, 1))
+    if sorted(layout) == sorted(LAYOUT_BHSD) and len(layout) == 4:
+        return g.call_function(torch.permute, (y, tuple(LAYOUT_BHSD.index(c) for c in layout)))
     raise SiteNotApplicable(f"unsupported output layout {layout!r}")
 
 

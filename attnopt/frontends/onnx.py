@@ -18,7 +18,7 @@ import onnx
 import onnx_ir as ir
 
 from ..errors import ModelLoadError, UnsupportedModelError, one_line
-from ..graph import View, broadcast_dims, einsum_as_matmul, virtual_transpose
+from ..graph import View, broadcast_dims, einsum_as_matmul, einsum_op, lift_einsum
 from ..onnx_compat import DOMAIN
 from ..site import LAYOUT_BHSD, LAYOUT_BSD, MASK_ADDITIVE, MASK_KEY_END, MASK_NONZERO_KEEP, ValueRef
 from .onnx_fold import MAX_FOLD_ELEMENTS, dims_array, fold
@@ -168,12 +168,16 @@ def lift(model: ir.Model) -> View:
         args = [view.info(ids[v].node).consts[ids[v].port] if v is not None and v in ids else None
                 for v in node.inputs]
         consts = _shape_lazily(view, ids, node) or _fold_lazily(node, args)
+        inputs = [ids[v] if v is not None and v in ids else None for v in node.inputs]
+        einsum = attrs.pop("einsum", None)
+        if einsum is not None and None not in inputs:
+            inputs = lift_einsum(view, nid, einsum, *inputs, _shape(node.outputs[0]), _dtype(node.outputs[0]),
+                                 _scope(node))
+        elif einsum is not None:
+            op, attrs = "other:Einsum", {}
         view.add_node(nid, op, attrs=attrs, ref=node, outputs=len(node.outputs), name=_scope(node),
                       shapes=[_shape(v) for v in node.outputs], dtypes=[_dtype(v) for v in node.outputs],
                       consts=consts)
-        inputs = [ids[v] if v is not None and v in ids else None for v in node.inputs]
-        if attrs.pop("transpose_b", False):
-            inputs[1] = virtual_transpose(view, inputs[1], f"{nid}.bT")
         for port, ref in enumerate(inputs):
             if ref is not None:
                 view.connect(ref, nid, port)
@@ -441,7 +445,8 @@ def _canonical(node: ir.Node, opset: int) -> tuple[str, dict]:
         if node.op_type == "Einsum" and len(node.inputs) == 2:
             form = einsum_as_matmul(str(_attr(node, "equation", "")))
             if form is not None:
-                return "matmul", {"transpose_b": form == "nt"}
+                op, attrs = einsum_op(form)
+                return op, {**attrs, "einsum": form}
         return OP_TABLE.get(node.op_type, f"other:{node.op_type}"), {}
     if domain == "com.microsoft":
         if node.op_type == "MultiHeadAttention":

@@ -272,6 +272,8 @@ class _Builder:
                                      self.const(np.array([4], np.int64))])
             shape = self.op("Concat", [self.const(np.array([-1], np.int64)), tail], {"axis": 0})
             return self.op("Reshape", [y, shape])
+        if sorted(layout) == sorted(LAYOUT_BHSD) and len(layout) == 4:
+            return self.transpose(y, [LAYOUT_BHSD.index(c) for c in layout])
         raise SiteNotApplicable(f"unsupported output layout {layout!r}")
 
     def additive(self, mask: ir.Value, kind: str, dtype: ir.DataType, factor: float = 1.0,
