@@ -38,6 +38,24 @@ SHAPE_ONLY_OPS = frozenset({"other:Shape", "other:Size", "other:aten.sym_size", 
                             "other:Tensor.size", "other:Tensor.numel"})
 
 
+# Ops that draw random numbers (ONNX op types, aten overload packets, torch functions and methods), by the
+# name a frontend gives them after "other:" and an "aten." / "Tensor." prefix.
+RANDOM_OPS = frozenset({"RandomUniformLike", "RandomNormalLike", "RandomUniform", "RandomNormal", "Bernoulli",
+                        "Multinomial", "rand", "rand_like", "randn", "randn_like", "randint", "randint_like",
+                        "bernoulli", "bernoulli_", "multinomial", "normal", "normal_", "uniform_", "native_dropout"})
+
+
+def random_ops(view: "View") -> dict[str, int]:
+    """The view's random ops: name -> count (a model holding them answers differently from run to run)."""
+    found: dict[str, int] = {}
+    for nid in view.nodes():
+        op = view.op(nid)
+        name = op.removeprefix("other:").removeprefix("aten.").removeprefix("Tensor.")
+        if op.startswith("other:") and name in RANDOM_OPS:
+            found[name] = found.get(name, 0) + 1
+    return found
+
+
 @dataclass
 class NodeInfo:
     op: str

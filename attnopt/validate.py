@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import AttnoptError
+from .graph import random_ops
 from .metrics import Metric, compare, describe, not_comparable
 
 __all__ = ["Metric", "ValidationReport", "compare", "validate"]
@@ -37,10 +38,13 @@ class ValidationReport:
     # worst rel L2). Above 0 the original is not deterministic (random ops, dropout left in training mode)
     # and the errors above mix its noise with the rewrite's.
     original_rerun_rel_l2: float | None = None
+    # Set with it: the original's random ops by name and count. A session can replay its draws on a rerun
+    # (onnxruntime seeds each node once), so these show noise the rerun misses: the rewritten model draws anew.
+    random_ops: dict = field(default_factory=dict)
 
     @property
     def original_is_random(self) -> bool:
-        return bool(self.original_rerun_rel_l2)
+        return bool(self.original_rerun_rel_l2) or bool(self.random_ops)
 
     @property
     def not_comparable(self) -> list[Metric]:
@@ -67,16 +71,20 @@ class ValidationReport:
             "provider": self.provider, "inputs": self.inputs,
             "outputs": [m.to_dict() for m in self.outputs], "sites": [m.to_dict() for m in self.sites],
             "worst_rel_l2": worst if np.isfinite(worst) else str(worst), "exact": self.is_exact(),
-            "original_rerun_rel_l2": self.original_rerun_rel_l2, "note": self.note,
+            "original_rerun_rel_l2": self.original_rerun_rel_l2, "random_ops": self.random_ops, "note": self.note,
         }
 
     @property
     def note(self) -> str:
         if not self.original_is_random:
             return ""
-        return (f"the original is not deterministic: a second run of it differs from the first by rel L2 "
-                f"{self.original_rerun_rel_l2:.3g} (random ops, or dropout in training mode?); the errors above "
-                f"include that noise")
+        if self.original_rerun_rel_l2:
+            return (f"the original is not deterministic: a second run of it differs from the first by rel L2 "
+                    f"{self.original_rerun_rel_l2:.3g} (random ops, or dropout in training mode?); the errors "
+                    f"above include that noise")
+        ops = ", ".join(f"{name} ×{count}" for name, count in sorted(self.random_ops.items()))
+        return (f"the original holds random ops ({ops}; dropout or stochastic depth exported in training mode?) "
+                f"that draw other numbers in the rewritten model: the errors above include that noise")
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -126,6 +134,7 @@ def validate(original, rewritten, inputs=None, seq_len: int | None = None, *, si
         if not report.is_exact():
             again = _compare_outputs(out_a.outputs, a.run(feeds).outputs)
             report.original_rerun_rel_l2 = max((m.rel_l2 for m in again if m.comparable), default=0.0)
+            report.random_ops = random_ops(orig.view) if orig.view is not None else {}
     return report
 
 

@@ -289,3 +289,24 @@ def test_verification_names_the_site_at_fault(two_layer_onnx, tmp_path):
         result.save(tmp_path / "broken.onnx")
     assert "\n" not in str(e.value)
     assert str(e.value).startswith(f"site {site}: "), str(e.value)
+
+
+def test_an_original_that_fails_onnxruntime_is_blamed_not_the_rewrite(two_layer_onnx, tmp_path):
+    """Some exports fail onnxruntime outside any attention site (a TorchScript CANINE): the error says so."""
+    model = onnx.load(two_layer_onnx)
+    y = model.graph.output[0]
+    # a MatMul on the output with a weight of the wrong height: the checker passes, ORT's shape inference refuses
+    width = y.type.tensor_type.shape.dim[-1].dim_value
+    model.graph.initializer.append(onnx.numpy_helper.from_array(np.ones((width + 1, 2), np.float32), "odd_w"))
+    model.graph.node.append(onnx.helper.make_node("MatMul", [y.name, "odd_w"], ["odd"]))
+    model.graph.output.append(onnx.helper.make_tensor_value_info("odd", onnx.TensorProto.FLOAT, [None, None, 2]))
+    path = tmp_path / "odd.onnx"
+    onnx.save(model, str(path))
+    result = attnopt.rewrite(path, "segmented", segment_size=4)
+    with pytest.raises(attnopt.errors.RewriteVerificationError, match="original model fails onnxruntime too"):
+        result.save(tmp_path / "seg.onnx")
+    assert not (tmp_path / "seg.onnx").exists()
+    result = attnopt.rewrite(two_layer_onnx, "segmented", segment_size=4)  # a good original keeps the site's blame
+    _break_first_op(result)
+    with pytest.raises(attnopt.errors.RewriteVerificationError, match="the rewritten model fails"):
+        result.save(tmp_path / "broken.onnx")

@@ -248,15 +248,15 @@ def test_a_deterministic_original_behind_an_inexact_comparison_gets_no_note(bert
     assert validate(bert, bert, seq_len=8).original_rerun_rel_l2 is None  # exact: no second run
 
 
-def _with_random_output(path, out_path):
-    """``path`` with RandomUniformLike noise (scale 0.1) added to its first output: a model that is not
+def _with_random_output(path, out_path, high: float = 0.1):
+    """``path`` with RandomUniformLike noise (scale ``high``) added to its first output: a model that is not
     deterministic, as a dynamo export of a model left in training mode is (BEiT's drop path)."""
     model = onnx.load(str(path))
     out = model.graph.output[0].name
     for node in model.graph.node:
         node.output[:] = [f"{o}_clean" if o == out else o for o in node.output]
     model.graph.node.extend([
-        helper.make_node("RandomUniformLike", [f"{out}_clean"], ["noise"], low=0.0, high=0.1),
+        helper.make_node("RandomUniformLike", [f"{out}_clean"], ["noise"], low=0.0, high=high),
         helper.make_node("Add", [f"{out}_clean", "noise"], [out]),
     ])
     onnx.save(model, str(out_path))
@@ -276,6 +276,18 @@ def test_a_random_original_is_named_in_the_report_and_the_cli(bert, tmp_path):
     assert "not deterministic" in report.note and report.to_dict()["note"] == report.note
     res = CliRunner().invoke(main, ["validate", str(noisy), str(rewritten), "--seq-len", "24"])
     assert res.exit_code == 0 and "not deterministic" in res.output
+
+
+def test_random_ops_a_rerun_cannot_see_are_named(bert, tmp_path):
+    """A random op whose draws leave a rerun unchanged (Segformer's drop path, floor(0.9 + U), mostly does)
+    still draws other numbers in the rewritten model: the report names it from the graph."""
+    quiet = _with_random_output(bert, tmp_path / "quiet.onnx", high=0.0)  # draws zeros: reruns agree
+    bad = tiny_bert_onnx(tmp_path / "bad.onnx", perturb_layer=1)
+    report = validate(quiet, bad, seq_len=24)
+    assert not report.is_exact() and report.original_rerun_rel_l2 == 0.0
+    assert report.random_ops == {"RandomUniformLike": 1}
+    assert "random ops (RandomUniformLike ×1" in report.note and report.to_dict()["random_ops"] == report.random_ops
+    assert validate(bert, bad, seq_len=24).random_ops == {}
 
 
 def test_a_site_missing_from_the_rewrite_is_reported_not_dropped(bert, tmp_path):

@@ -93,6 +93,11 @@ class OnnxFrontend(Frontend):
         except Exception as e:
             culprit = next((name for name in sites if name and f"{name}/" in str(e)), None)
             where = f"site {culprit}: " if culprit else ""
+            if stage == "onnxruntime" and _original_fails(ort, loaded.source, options):
+                raise RewriteVerificationError(
+                    f"the original model fails onnxruntime too, so the rewrite could not be checked and was not "
+                    f"written (the export is broken outside attnopt's sites; try the other exporter): "
+                    f"{one_line(e)}") from None
             raise RewriteVerificationError(f"{where}the rewritten model fails {stage}, so it was not written: "
                                            f"{one_line(e)}") from None
 
@@ -153,3 +158,15 @@ class OnnxFrontend(Frontend):
 
 
 ONNX = OnnxFrontend()
+
+
+def _original_fails(ort, source: str, options) -> bool:
+    """Whether the model file the rewrite read fails to open in onnxruntime itself (some exports do: a
+    TorchScript export of CANINE fails ORT's shape inference in a layer no rewrite touches)."""
+    if not source or not os.path.isfile(source):
+        return False
+    try:
+        ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    except Exception:  # noqa: BLE001  any failure to open is the answer
+        return True
+    return False
