@@ -237,7 +237,8 @@ def detect(model, verbose, as_json):
     for s in sites:
         d = s.summary()
         rows.append([d["name"], d["form"], d["num_heads"], d["kv_num_heads"], d["head_dim"],
-                     _lens(d.get("q_len"), d.get("kv_len")), d["scale"], _mask_text(d), d["causal"],
+                     _lens(d.get("q_len"), d.get("kv_len")),
+                     f"{d['scale']:.4g} × per head" if d["per_head_scale"] else d["scale"], _mask_text(d), d["causal"],
                      s.unsupported or ""])
     _console().print(_table(f"{model}: {len(sites)} attention site{'s' * (len(sites) != 1)}",
                             ["name", "form", "heads", "kv heads", "head dim", "q × kv len", "scale",

@@ -369,6 +369,7 @@ class _Term:
     factor: float = 1.0
     flat: bool = False  # added to (B·H, N, M) scores: the rewrite unfolds it with the query
     fill: float = float("-inf")  # what a boolean term puts at blocked entries (scaled like the scores)
+    batch_split: bool = False  # MaskTerm.batch_split
 
 
 @dataclass
@@ -384,6 +385,8 @@ class _Scores:
     terms: list = field(default_factory=list)  # outermost first
     nodes: list = field(default_factory=list)
     heads: object = None  # H, where the chain reshapes (B·H, N, M) scores to (B, H, N, M)
+    factor: ValueRef | None = None  # a per-(batch, head) factor on q·kᵀ (AttentionSite.query_factor)
+    factor_flat: bool = False  # ... on (B·H, N, M) scores: the rewrite unfolds it with the query, as a term
 
 
 # Ops the walk from the softmax up to q·kᵀ passes without changing the algebra.
@@ -421,6 +424,45 @@ def _strip_term_scale(view: View, m: ValueRef) -> tuple[ValueRef, float]:
     return m, 1.0
 
 
+def _batch_split(inner, outer, split: bool) -> bool:
+    """Walking up through a reshape from ``outer`` to ``inner`` scores: True on entering scores viewed
+    (B/w, w, H, N, M) from (B, H, N, M) (the other dims kept), False on leaving them; raises where a reshape
+    inside that view does anything else."""
+    if not split:
+        return bool(outer is not None and inner is not None and len(outer) == 4 and len(inner) == 5
+                    and all(_same_dim(a, b) for a, b in zip(inner[2:], outer[1:])))
+    if outer is not None and inner is not None and len(outer) == 5 and len(inner) == 4:
+        return False
+    raise Mismatch("a reshape of the scores viewed with the batch split in two")
+
+
+def _split_term(view: View, term: ValueRef, split: bool) -> bool:
+    """Whether a term found in the walk is one of scores viewed with the batch split (MaskTerm.batch_split);
+    such a term must be the same for every image (extent 1 on the first axis), which the rewrites assume."""
+    if not split:
+        return False
+    shape = view.shape(term)
+    if shape is None or len(shape) > 5 or (len(shape) == 5 and shape[0] != 1):
+        raise Mismatch("a term that varies over the images of scores viewed with the batch split in two")
+    return True
+
+
+def _head_factor(view: View, nid: str, scores: ValueRef) -> tuple[ValueRef, ValueRef] | None:
+    """s·f with f one number per batch and head (extent 1 on the query and key axes, SwinV2's learned logit
+    scale) -> (s, f); None for any other product. Such a factor is q's: (q·f)·kᵀ = f·(q·kᵀ)."""
+    a, b = (view.inputs(nid) + [None, None])[:2]
+    if a is None or b is None:
+        return None
+    rank = view.rank(scores)
+    for s, f in ((a, b), (b, a)):
+        shape = view.shape(f)
+        if shape is None or rank is None or len(shape) > rank or view.view_only(f.node):
+            continue
+        if all(d == 1 for d in (1, 1, *shape)[-2:]) and _reaches_matmul(view, s) and not _reaches_matmul(view, f):
+            return s, f
+    return None
+
+
 def _walk_up(view: View, v: ValueRef) -> _Scores:
     """Collect softmax(x)'s x as cap(σ·q·kᵀ) + terms; raises Mismatch for anything else.
 
@@ -430,24 +472,36 @@ def _walk_up(view: View, v: ValueRef) -> _Scores:
     w = s'/c means the scores inside the cap are s' = c·w.
     """
     gain, cap, clamp = 1.0, None, None
-    terms, nodes, heads = [], [], None
+    terms, nodes, heads, factor, factor_flat = [], [], None, None, False
+    split = False  # while the walk is in scores viewed (B/w, w, H, N, M)
     for _ in range(48):
         nid = v.node
         op = view.op(nid)
         ins = view.inputs(nid)
         flat = view.rank(v) == 3
+        if split and op not in _SCORE_PASS | {"add", "sub", "where", "masked_fill", "mul", "div", "max"}:
+            raise Mismatch(f"'{op}' on the scores viewed with the batch split in two")
+        if factor is not None and op in ("add", "sub", "where", "masked_fill", "max"):
+            raise Mismatch("a mask or bias inside a per-head scale of the scores")
         if op == "matmul":
             a, b = ins[:2]
             if not (_dynamic(view, a) and _dynamic(view, b)):
                 raise Mismatch("the softmax input is a product with a constant (a lookup, not q·kᵀ)")
-            return _Scores(nid, gain, cap, terms, nodes, heads)
+            return _Scores(nid, gain, cap, terms, nodes, heads, factor, factor_flat)
         nodes.append(nid)
         if op in _SCORE_PASS:
             if op == "reshape" and view.rank(ins[0]) == 3 and view.rank(v) == 4:
                 heads = (view.shape(v) or (None, None))[1]
+            if op == "reshape":
+                split = _batch_split(view.shape(ins[0]), view.shape(v), split)
             v = ins[0]
         elif op in ("mul", "div"):
             found = _scalar_operand(view, nid)
+            if found is None and op == "mul" and factor is None and not split:
+                found = _head_factor(view, nid, v)
+                if found is not None:
+                    (v, factor), factor_flat = found, flat
+                    continue
             if found is None:
                 raise Mismatch(f"the scores are multiplied by a tensor ({op}), not by a scalar scale")
             x, c = found
@@ -468,7 +522,7 @@ def _walk_up(view: View, v: ValueRef) -> _Scores:
                 raise Mismatch("a term is added inside the tanh softcap")
             m, f = _strip_term_scale(view, term)
             sign = -1.0 if op == "sub" else 1.0
-            terms.append(_Term(m, MASK_ADDITIVE, sign * gain * f, flat))
+            terms.append(_Term(m, MASK_ADDITIVE, sign * gain * f, flat, batch_split=_split_term(view, m, split)))
             v = scores
         elif op in ("where", "masked_fill"):
             if cap is not None:
@@ -478,10 +532,12 @@ def _walk_up(view: View, v: ValueRef) -> _Scores:
             if op == "where":
                 cond, x, y = ins[:3]
                 if _is_neg_fill(view, y):  # where(keep, scores, -inf)
-                    terms.append(_Term(cond, MASK_BOOLEAN, flat=flat, fill=_fill(view, y, gain, clamp)))
+                    terms.append(_Term(cond, MASK_BOOLEAN, flat=flat, fill=_fill(view, y, gain, clamp),
+                                       batch_split=_split_term(view, cond, split)))
                     v = x
                 elif _is_neg_fill(view, x):  # where(blocked, -inf, scores)
-                    terms.append(_Term(cond, MASK_BOOLEAN_BLOCKED, flat=flat, fill=_fill(view, x, gain, clamp)))
+                    terms.append(_Term(cond, MASK_BOOLEAN_BLOCKED, flat=flat, fill=_fill(view, x, gain, clamp),
+                                       batch_split=_split_term(view, cond, split)))
                     v = y
                 else:
                     raise Mismatch("a where between the scores and the softmax that is not a -inf mask")
@@ -489,7 +545,8 @@ def _walk_up(view: View, v: ValueRef) -> _Scores:
                 x, cond, fill = ins[:3]
                 if not _is_neg_fill(view, fill):
                     raise Mismatch("a masked_fill of the scores with a value that is not -inf")
-                terms.append(_Term(cond, MASK_BOOLEAN_BLOCKED, flat=flat, fill=_fill(view, fill, gain, clamp)))
+                terms.append(_Term(cond, MASK_BOOLEAN_BLOCKED, flat=flat, fill=_fill(view, fill, gain, clamp),
+                                   batch_split=_split_term(view, cond, split)))
                 v = x
         elif op == "max":
             # max(x, c) at a constant no real score reaches: XGLM's guard that keeps a sum of two finfo.min
@@ -506,6 +563,8 @@ def _walk_up(view: View, v: ValueRef) -> _Scores:
             # x = c·tanh(w): softcapping with cap c (Gemma-2); the scores below are s' = c·w.
             if cap is not None:
                 raise Mismatch("two tanh between the scores and the softmax")
+            if factor is not None:
+                raise Mismatch("a per-head scale outside the tanh softcap")
             if gain <= 0:
                 raise Mismatch("tanh softcapping with a negative cap")
             cap = gain
@@ -516,11 +575,20 @@ def _walk_up(view: View, v: ValueRef) -> _Scores:
 
 
 def _walk_down(view: View, p: ValueRef, depth: int = 16):
-    """softmax output -> (value matmul node, nodes passed, flattened?, probabilities escape?)."""
-    nodes, flattened, escapes = [], False, False
+    """softmax output -> (value matmul node, nodes passed, flattened?, probabilities escape?, zeroed): zeroed
+    holds the conditions of where(c, 0, p) the walk passed (DeBERTa's XSoftmax zeroes its masked entries)."""
+    nodes, flattened, escapes, zeroed = [], False, False, []
     for _ in range(depth):
         users = view.users(p)
         ops = sorted(view.op(u) for u, _ in users)
+        if ops == ["where"]:
+            cond, x, y = (view.inputs(users[0][0]) + [None] * 3)[:3]
+            if cond is None or y != p or not _is_zero(view, x):
+                return None
+            zeroed.append(cond)
+            nodes.append(users[0][0])
+            p = ValueRef(users[0][0], 0)
+            continue
         if ops == ["isnan", "where"]:
             # where(isnan(p), 0, p): torch's SDPA decomposition guards fully masked rows.
             where = next(u for u, _ in users if view.op(u) == "where")
@@ -543,7 +611,7 @@ def _walk_down(view: View, p: ValueRef, depth: int = 16):
         u, port = users[0]
         op = view.op(u)
         if op == "matmul":
-            return (u, nodes, flattened, escapes) if port == 0 else None
+            return (u, nodes, flattened, escapes, zeroed) if port == 0 else None
         if op in TRANSPARENT or op in ("dropout", "expand"):
             nodes.append(u)
         elif op == "reshape":
@@ -553,6 +621,26 @@ def _walk_down(view: View, p: ValueRef, depth: int = 16):
             return None
         p = ValueRef(u, 0)
     return None
+
+
+def _zero_blocked_rows(view: View, cond: ValueRef, terms: list) -> None:
+    """where(cond, 0, p) after the softmax (DeBERTa's XSoftmax): exact when cond is the blocked set of a mask
+    term. Entries it blocks are 0 already; it zeroes the rows it blocks whole, where a finite fill had left
+    them uniform: the term's fill becomes −inf, whose empty rows the ops answer with 0. A condition that is a
+    constant False changes nothing."""
+    c = view.const(cond)
+    if c is not None and not np.any(c):
+        return
+    for t in terms:
+        blocked = t.value if t.kind == MASK_BOOLEAN_BLOCKED else None
+        if t.kind == MASK_BOOLEAN and view.op(cond.node) == "not" and view.input(cond.node, 0) == t.value:
+            blocked = cond
+        same = blocked == cond or (c is not None and blocked is not None and view.const(blocked) is not None
+                                   and np.array_equal(view.const(blocked), c))
+        if same:
+            t.fill = float("-inf")
+            return
+    raise Mismatch("the probabilities are zeroed where the scores are not masked")
 
 
 def _leads_to_value_matmul(view: View, user: str, port: int, depth: int) -> bool:
@@ -583,11 +671,13 @@ def _match_decomposed(view: View, sm: str) -> AttentionSite:
     down = _walk_down(view, ValueRef(sm, 0))
     if down is None:
         raise Mismatch("the probabilities do not go on to a matmul with the values")
-    mm2, down_nodes, flattened, escapes = down
+    mm2, down_nodes, flattened, escapes, zeroed = down
     value = view.input(mm2, 1)
     if not _dynamic(view, value):
         raise Mismatch("the probabilities multiply a constant (a soft lookup, not attention)")
     up = _walk_up(view, x)
+    for cond in zeroed:
+        _zero_blocked_rows(view, cond, up.terms)
     q, kt = view.inputs(up.matmul)[:2]
 
     removed = [sm, mm2, up.matmul] + up.nodes + down_nodes
@@ -602,11 +692,13 @@ def _match_decomposed(view: View, sm: str) -> AttentionSite:
     unprovable = None if packed else _packed_query_of_unknown_length(view, q4)
     # A term added to (B·H, N, M) scores is read with the query's folded layout, so the
     # query then stays folded; key and value unfold whenever they can (their own layout).
-    if not any(t.flat for t in up.terms):
+    if not any(t.flat for t in up.terms) and not up.factor_flat:
         q, q_scale = q4, q_scale * q4_scale
         removed += qn + qs4 + packed
     else:
         packed = []
+    if packed and up.factor is not None:
+        raise Mismatch("a per-head scale of GQA-packed scores")
     kt, kn = _unflatten_up(view, kt)
     removed += kn
     key, key_layout, tn = _strip_transpose(view, kt)
@@ -659,8 +751,8 @@ def _match_decomposed(view: View, sm: str) -> AttentionSite:
     return AttentionSite(
         name="", form="decomposed", query=q, key=key, value=value, output=output,
         query_layout=layout, key_layout=key_layout, value_layout=value_layout, output_layout=output_layout,
-        scale=_clean(scale, geometry["head_dim"]), softcap=up.softcap,
-        masks=tuple(MaskTerm(t.value, t.kind, t.factor, t.fill) for t in terms), causal=causal,
+        scale=_clean(scale, geometry["head_dim"]), softcap=up.softcap, query_factor=up.factor,
+        masks=tuple(MaskTerm(t.value, t.kind, t.factor, t.fill, t.batch_split) for t in terms), causal=causal,
         nodes=tuple(dict.fromkeys(removed)), anchor=sm, shape_readers=shape_readers,
         unsupported=("the attention probabilities are also used outside the site" if escapes else unprovable),
         **geometry,
@@ -924,6 +1016,8 @@ def _is_causal_const(view: View, mask: ValueRef, kind: str, factor: float = 1.0)
         return False
     c = np.asarray(c)
     n, m = c.shape[-2:]
+    if n == 1:  # one row broadcast over every query: an open row is no proof of causality (SEW-D's mask)
+        return False
     if kind == MASK_ADDITIVE:
         values = np.asarray(c, dtype=np.float64) * factor
         allowed = values > MASK_FILL_MAX

@@ -75,6 +75,9 @@ class MaskTerm:
     # What a boolean term adds at blocked entries: -inf, or the finite fill the model used (HF's
     # finfo.min), which makes a fully masked row uniform instead of empty.
     fill: float = float("-inf")
+    # Added to the scores viewed as (B/w, w, H, N, M), the batch split in two (Swin adds its shift mask to the
+    # windows of each image this way), the same for every image: the rewrites read it as (B, ·, N, M).
+    batch_split: bool = False
 
 
 @dataclass(frozen=True)
@@ -133,6 +136,9 @@ class AttentionSite:
     kv_len: Dim = None
     # The effective scale applied to q·kᵀ; None means the op's default 1/sqrt(head_dim).
     scale: float | None = None
+    # A per-(batch, head) factor on q·kᵀ besides the scale (SwinV2's learned logit scale): a value shaped like
+    # the scores with extent 1 on their query and key axes. The rewrites multiply q by it.
+    query_factor: ValueRef | None = None
     # Every term added to the scores that nothing structured describes (T5: position bias
     # + padding mask); the op receives their sum as one dense remainder mask.
     masks: tuple[MaskTerm, ...] = ()
@@ -205,6 +211,7 @@ class AttentionSite:
         d = {k: v for k, v in asdict(self).items() if k in keep}
         d["self_attention"] = self.is_self_attention
         d["scale"] = self.effective_scale
+        d["per_head_scale"] = self.query_factor is not None
         d["mask_kind"] = self.mask_kind
         d["key_padding"] = self.key_padding.kind if self.key_padding is not None else None
         if self.relative_bias is not None:

@@ -104,6 +104,26 @@ def test_gemma2_softcapping_is_reported_fx(zoo_fx_case):
         assert site.softcap == pytest.approx(50.0), zoo_fx_case.id
 
 
+def _swinv2_sites(detection):
+    """SwinV2: a per-head logit scale on every site, and the shift mask of the second block added to the
+    scores viewed (images, windows, H, N, N), twice (as transformers writes it)."""
+    first, second = detection.sites
+    for site in (first, second):
+        assert site.query_factor is not None and site.effective_scale == pytest.approx(1.0), site
+    assert not any(t.batch_split for t in first.masks)
+    assert sum(t.batch_split for t in second.masks) == 2, second.masks
+
+
+@pytest.mark.zoo(select=lambda case, how: case.family == "swinv2")
+def test_swinv2_per_head_scale_and_windowed_shift_mask(zoo_onnx_case):
+    _swinv2_sites(_zoo_detection(zoo_onnx_case))
+
+
+@pytest.mark.zoo(select=lambda case, how: case.family == "swinv2")
+def test_swinv2_per_head_scale_and_windowed_shift_mask_fx(zoo_fx_case):
+    _swinv2_sites(_zoo_detection(zoo_fx_case))
+
+
 def _alibi_factor_sites(detection):
     """Falcon eager: (s + alibi)·c + mask -> terms alibi (factor c) and mask (factor 1), scale c."""
     c = 1 / math.sqrt(8)

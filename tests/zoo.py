@@ -240,6 +240,21 @@ def swin(impl: str) -> Built:
     return Built(HFWrapper(model, ["pixel_values"]), (_pixels(32),), ["pixel_values"], ["last_hidden_state"])
 
 
+def swinv2(impl: str) -> Built:
+    """Swin's windows and shift mask with cosine attention: normalised q and k, and the scores multiplied by
+    a learned scale per head, exp(clamp(logit_scale)) of shape (H, 1, 1), before the position bias."""
+    from transformers import Swinv2Config, Swinv2Model
+
+    _hf_quiet()
+    cfg = Swinv2Config(image_size=32, patch_size=4, num_channels=3, embed_dim=16, depths=[2], num_heads=[2],
+                       window_size=4, mlp_ratio=2.0)
+    model = _hf_model(lambda c: Swinv2Model(c, add_pooling_layer=False), cfg, impl)
+    with torch.no_grad():  # distinct scales per head, so a rewrite that dropped them or mixed heads up shows
+        for block in model.encoder.layers[0].blocks:
+            block.attention.self.logit_scale.copy_(torch.log(torch.tensor([4.0, 12.0])).view(2, 1, 1))
+    return Built(HFWrapper(model, ["pixel_values"]), (_pixels(32),), ["pixel_values"], ["last_hidden_state"])
+
+
 def _t5_config():
     from transformers import T5Config
 
@@ -642,6 +657,30 @@ class ClampedScores(HandAttention):
         return torch.max(q @ k.transpose(-2, -1) * self.head_dim**-0.5, self.floor).softmax(-1) @ v
 
 
+class OpenConstantMask(HandAttention):
+    """A constant mask of one row that blocks nothing, (1, 1, 1, M) zeros, as a model exported without its
+    attention mask input bakes in (SEW-D): a row that is all open is not a causal mask."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("open_row", torch.zeros(1, 1, 1, SEQ), persistent=False)
+
+    def core(self, q, k, v):
+        return (q @ k.transpose(-2, -1) * self.head_dim**-0.5 + self.open_row).softmax(-1) @ v
+
+
+class KeyWeightedScores(HandAttention):
+    """Not attention as the variants define it: the scores are multiplied by a weight per key, which no
+    scaling of q can carry (a weight per head can: SwinV2's logit scale)."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.linspace(0.5, 1.5, SEQ))
+
+    def core(self, q, k, v):
+        return (q @ k.transpose(-2, -1) * self.weight).softmax(-1) @ v
+
+
 class HalfSoftmax(HandAttention):
     """fp16-style: softmax in float32, probabilities stored in float16, matmul back in the model dtype."""
 
@@ -877,6 +916,9 @@ CASES: list[ZooCase] = [
     # Windows folded into the batch; a relative-position bias on every site, the shift mask on the second.
     *_impl_cases("swin", swin, expected_sites=2, heads=2, head_dim=8, self_attention_sites=2, causal_sites=0,
                  excluded_sdpa={DYNAMO: _SWIN_SDPA_ERROR, DYNAMO_OPSET23: _SWIN_SDPA_ERROR}),
+    # SwinV2: cosine attention, the scale a learned tensor per head (no sdpa form in transformers 5).
+    ZooCase("swinv2-eager", "swinv2", _bind(swinv2, "eager"), expected_sites=2, heads=2, head_dim=8, scales=(1.0,),
+            self_attention_sites=2, causal_sites=0, fx_tracers=(EXPORT,)),
     # BLOOM folds the batch into the heads, (B·H, N, D), and adds ALiBi with baddbmm.
     ZooCase("bloom-eager", "bloom", _bind(bloom, "eager"), expected_sites=2, heads=4, head_dim=8,
             self_attention_sites=2, causal_sites=2, fx_tracers=(EXPORT,)),
@@ -961,10 +1003,13 @@ CASES: list[ZooCase] = [
             self_attention_sites=1, **_HAND),
     ZooCase("hand-einsum-permuted", factory=hand(PermutedEinsumAttention), expected_sites=1, causal_sites=0,
             self_attention_sites=1, **_HAND),
+    ZooCase("hand-open-constant-mask", factory=hand(OpenConstantMask), expected_sites=1, causal_sites=0,
+            self_attention_sites=1, **_HAND),
     ZooCase("neg-classifier", "negative", plain(ClassifierHead), expected_sites=0, fx_tracers=FX_TRACERS),
     ZooCase("neg-soft-lookup", "negative", plain(SoftLookup), expected_sites=0, fx_tracers=FX_TRACERS),
     ZooCase("neg-softmax-pooling", "negative", plain(SoftmaxPooling), expected_sites=0, fx_tracers=FX_TRACERS),
     ZooCase("neg-clamped-scores", "negative", hand(ClampedScores), expected_sites=0, fx_tracers=FX_TRACERS),
+    ZooCase("neg-key-weighted-scores", "negative", hand(KeyWeightedScores), expected_sites=0, fx_tracers=FX_TRACERS),
 ]
 
 CASES_BY_NAME: dict[str, ZooCase] = {c.name: c for c in CASES}

@@ -60,11 +60,17 @@ def apply(loaded, call) -> None:
         q = to_bhsd(node[site.query], site.query_layout, site.num_heads, g.call_function)
         k = to_bhsd(node[site.key], site.key_layout, site.kv_num_heads, g.call_function)
         v = to_bhsd(node[site.value], site.value_layout, site.kv_num_heads, g.call_function)
+        if site.query_factor is not None:  # (q·f)·kᵀ = f·(q·kᵀ): SwinV2's per-head logit scale
+            f = _mask_to_4d(g, node[site.query_factor], view.rank(site.query_factor), site)
+            q = g.call_function(operator.mul, (q, g.call_method("type_as", (f, q))))
         masks, kp = mask_terms(call)
         mask = None
         for t in masks:
             term = g.call_function(additive, (node[t.value], q, t.kind, t.factor, t.fill))
-            term = _mask_to_4d(g, term, view.rank(t.value), site)
+            if t.batch_split:
+                term = g.call_function(_unsplit_batch, (term, q))
+            else:
+                term = _mask_to_4d(g, term, view.rank(t.value), site)
             mask = term if mask is None else g.call_function(operator.add, (mask, term))
         key_padding = None
         if kp is not None:
@@ -214,6 +220,13 @@ def _from_bhsd(g: fx.Graph, y: fx.Node, layout: str) -> fx.Node:
     if sorted(layout) == sorted(LAYOUT_BHSD) and len(layout) == 4:
         return g.call_function(torch.permute, (y, tuple(LAYOUT_BHSD.index(c) for c in layout)))
     raise SiteNotApplicable(f"unsupported output layout {layout!r}")
+
+
+def _unsplit_batch(term: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """A term (1, w | 1, ·, N, M) of the scores viewed (B/w, w, ·, N, M) as one of (B, ·, N, M): repeated over
+    the images, then the two batch axes merged (MaskTerm.batch_split). w is the term's own axis 1."""
+    term = term.reshape((1,) * (5 - term.dim()) + tuple(term.shape))
+    return term.expand(q.shape[0] // term.shape[1], -1, -1, -1, -1).flatten(0, 1)
 
 
 def _mask_to_4d(g: fx.Graph, m: fx.Node, rank, site: AttentionSite) -> fx.Node:

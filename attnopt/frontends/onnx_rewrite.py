@@ -51,6 +51,9 @@ def apply(loaded, call, target: str = PORTABLE) -> list[str]:
                   site.head_dim)
     v = b.to_bhsd(b.projected(value, site.value, site.value_projection), site.value_layout, site.kv_num_heads,
                   site.head_dim)
+    if site.query_factor is not None:  # (q·f)·kᵀ = f·(q·kᵀ): SwinV2's per-head logit scale
+        f = b.mask_to_4d(value[site.query_factor], view.rank(site.query_factor), site)
+        q = b.op("Mul", [q, b.op("CastLike", [f, q])])
     q, k, v = b.own(q), b.own(k), b.own(v)
     b.keys = k
     dtype = value[site.query].dtype or ir.DataType.FLOAT
@@ -58,7 +61,8 @@ def apply(loaded, call, target: str = PORTABLE) -> list[str]:
     mask = None
     for term in masks:
         t = b.additive(value[term.value], term.kind, dtype, term.factor, term.fill)
-        t = b.mask_to_4d(t, view.rank(term.value), site)
+        t = b.unsplit_batch(t, view.rank(term.value), q) if term.batch_split else \
+            b.mask_to_4d(t, view.rank(term.value), site)
         mask = t if mask is None else b.op("Add", [mask, t])
     if mask is None:
         mask = b.const(np.zeros((1, 1, 1, 1), dtype.numpy()))
@@ -301,6 +305,18 @@ class _Builder:
         if factor != 1.0:
             mask = self.op("Mul", [mask, self.const(np.array(factor, np_dtype))])
         return mask
+
+    def unsplit_batch(self, mask: ir.Value, rank: int, q: ir.Value) -> ir.Value:
+        """A term (1, w | 1, ·, N, M) of the scores viewed (B/w, w, ·, N, M) as one of (B, ·, N, M): repeated
+        over the images, then the two batch axes merged (MaskTerm.batch_split). w is the term's own axis 1."""
+        i64 = lambda *xs: self.const(np.array(xs, np.int64))  # noqa: E731
+        if rank < 5:
+            mask = self.op("Unsqueeze", [mask, self.const(np.arange(5 - rank, dtype=np.int64))])
+        w = self.op("Shape", [mask], {"start": 1, "end": 2})
+        images = self.op("Div", [self.op("Shape", [q], {"start": 0, "end": 1}), w])
+        full = self.op("Expand", [mask, self.op("Concat", [images, w, i64(1, 1, 1)], {"axis": 0})])
+        return self.op("Reshape", [full, self.op("Concat", [i64(-1), self.op("Shape", [full], {"start": 2})],
+                                                 {"axis": 0})])
 
     def mask_to_4d(self, mask: ir.Value, rank, site: AttentionSite) -> ir.Value:
         if rank is None:
