@@ -581,8 +581,10 @@ def _walk_down(view: View, p: ValueRef, depth: int = 16):
     for _ in range(depth):
         users = view.users(p)
         ops = sorted(view.op(u) for u, _ in users)
-        if ops == ["where"]:
+        if ops in (["where"], ["masked_fill"]):
             cond, x, y = (view.inputs(users[0][0]) + [None] * 3)[:3]
+            if ops == ["masked_fill"]:  # masked_fill(p, cond, 0) = where(cond, 0, p)
+                y, cond, x = cond, x, y
             if cond is None or y != p or not _is_zero(view, x):
                 return None
             zeroed.append(cond)

@@ -669,6 +669,33 @@ class OpenConstantMask(HandAttention):
         return (q @ k.transpose(-2, -1) * self.head_dim**-0.5 + self.open_row).softmax(-1) @ v
 
 
+class XSoftmaxAttention(HandAttention):
+    """DeBERTa's XSoftmax: the blocked scores filled with finfo.min, then the same entries of the probabilities
+    zeroed. Row 3 is blocked whole: the fill leaves it uniform and the zeroing empties it (output 0)."""
+
+    def __init__(self):
+        super().__init__()
+        keep = torch.rand(SEQ, SEQ, generator=torch.Generator().manual_seed(5)) > 0.3
+        keep[3] = False
+        self.register_buffer("blocked", ~keep, persistent=False)
+
+    def core(self, q, k, v):
+        s = (q @ k.transpose(-2, -1) * self.head_dim**-0.5).masked_fill(self.blocked, torch.finfo(torch.float32).min)
+        return s.softmax(-1).masked_fill(self.blocked, 0.0) @ v
+
+
+class ZeroedProbabilities(HandAttention):
+    """Not attention as the variants define it: probabilities zeroed where the scores were not masked."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("dropped", torch.rand(SEQ, SEQ, generator=torch.Generator().manual_seed(6)) > 0.7,
+                             persistent=False)
+
+    def core(self, q, k, v):
+        return (q @ k.transpose(-2, -1) * self.head_dim**-0.5).softmax(-1).masked_fill(self.dropped, 0.0) @ v
+
+
 class KeyWeightedScores(HandAttention):
     """Not attention as the variants define it: the scores are multiplied by a weight per key, which no
     scaling of q can carry (a weight per head can: SwinV2's logit scale)."""
@@ -1005,11 +1032,15 @@ CASES: list[ZooCase] = [
             self_attention_sites=1, **_HAND),
     ZooCase("hand-open-constant-mask", factory=hand(OpenConstantMask), expected_sites=1, causal_sites=0,
             self_attention_sites=1, **_HAND),
+    ZooCase("hand-xsoftmax", factory=hand(XSoftmaxAttention), expected_sites=1, causal_sites=0,
+            self_attention_sites=1, **_HAND),
     ZooCase("neg-classifier", "negative", plain(ClassifierHead), expected_sites=0, fx_tracers=FX_TRACERS),
     ZooCase("neg-soft-lookup", "negative", plain(SoftLookup), expected_sites=0, fx_tracers=FX_TRACERS),
     ZooCase("neg-softmax-pooling", "negative", plain(SoftmaxPooling), expected_sites=0, fx_tracers=FX_TRACERS),
     ZooCase("neg-clamped-scores", "negative", hand(ClampedScores), expected_sites=0, fx_tracers=FX_TRACERS),
     ZooCase("neg-key-weighted-scores", "negative", hand(KeyWeightedScores), expected_sites=0, fx_tracers=FX_TRACERS),
+    ZooCase("neg-zeroed-probabilities", "negative", hand(ZeroedProbabilities), expected_sites=0,
+            fx_tracers=FX_TRACERS),
 ]
 
 CASES_BY_NAME: dict[str, ZooCase] = {c.name: c for c in CASES}
