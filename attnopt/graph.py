@@ -51,9 +51,16 @@ def random_ops(view: "View") -> dict[str, int]:
     for nid in view.nodes():
         op = view.op(nid)
         name = op.removeprefix("other:").removeprefix("aten.").removeprefix("Tensor.")
-        if op.startswith("other:") and name in RANDOM_OPS:
-            found[name] = found.get(name, 0) + 1
+        if op == "dropout" and len(view.inputs(nid)) > 2 and _true(view.const(view.input(nid, 2))):
+            name = "Dropout in training mode"  # ONNX Dropout's training_mode input (a dynamo export's native_dropout)
+        elif not (op.startswith("other:") and name in RANDOM_OPS):
+            continue
+        found[name] = found.get(name, 0) + 1
     return found
+
+
+def _true(c) -> bool:
+    return c is not None and np.size(c) == 1 and bool(np.asarray(c).reshape(()))
 
 
 @dataclass

@@ -250,11 +250,19 @@ def _probe(loaded, candidates: Sequence[_Candidate]) -> dict[ValueRef, _Verdict]
             if hyp.pad is not None and hyp.pad not in pads:
                 continue
             name = None if hyp.pad is None else pads[hyp.pad].name
-            if all(_holds(out[k], cand, hyp, None if name is None else feeds[name]) for feeds, out in runs):
+            if _holds_everywhere(runs, k, cand, hyp, name):
                 verdicts[cand.ref] = hyp.verdict(pads[hyp.pad].dtype if hyp.pad is not None else None)
                 break
     return verdicts
 
+
+
+def _holds_everywhere(runs, k: int, cand, hyp, name) -> bool:
+    """Whether ``hyp`` holds for the candidate on every probe run; a term it cannot read stays dense (exact)."""
+    try:
+        return all(_holds(out[k], cand, hyp, None if name is None else feeds[name]) for feeds, out in runs)
+    except Exception:  # noqa: BLE001
+        return False
 
 
 def _symbols(inputs) -> dict[str, str]:
@@ -536,7 +544,10 @@ def _probe_biases(loaded, candidates: list[_BiasCandidate]) -> dict[int, Relativ
             return found
         unbounded = []
         for c in pending:
-            rb = _judge_computed(loaded.view, c, probe, runs, symbols)
+            try:
+                rb = _judge_computed(loaded.view, c, probe, runs, symbols)
+            except Exception:  # noqa: BLE001  a term this analysis cannot read stays dense (exact)
+                rb = None
             if rb is _UNBOUNDED:
                 unbounded.append(c)
             elif rb is not None:
@@ -630,6 +641,10 @@ def _judge_bias(c: _BiasCandidate, runs, static: bool, pad_dtypes=None) -> Relat
         return None
     pattern, a, kept, _ = max(ones, key=lambda r: r[1].shape[-1])  # the longest probe reads the bias
     b, _, n_rows, m = a.shape
+    if kept is not None:  # a term shared by the batch (Switch's bias, (1, H, N, M)) under per-row padding
+        if b not in (1, kept.shape[0]):
+            return None
+        b = kept.shape[0]
     n = n_rows if n_rows > 1 else (site.q_len if isinstance(site.q_len, int) else m)
     if not isinstance(n, int) or n > m:
         return None

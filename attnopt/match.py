@@ -401,9 +401,9 @@ def _reaches_matmul(view: View, v: ValueRef, depth: int = 12) -> bool:
             a, b = view.inputs(v.node)[:2]
             return _dynamic(view, a) and _dynamic(view, b)
         if op in _SCORE_PASS | {"mul", "div", "add", "sub", "where", "masked_fill", "tanh"}:
-            ins = [x for x in view.inputs(v.node) if x is not None and view.const(x) is None]
-            if op == "where":
-                ins = ins[1:]
+            # where(cond, a, b) goes on through a or b, whichever is not a constant, whether cond is or not
+            ports = view.inputs(v.node)[1:3] if op == "where" else view.inputs(v.node)
+            ins = [x for x in ports if x is not None and view.const(x) is None]
             if not ins:
                 return False
             if op in ("add", "sub"):

@@ -78,11 +78,11 @@ class ValidationReport:
     def note(self) -> str:
         if not self.original_is_random:
             return ""
+        ops = ", ".join(f"{name} ×{count}" for name, count in sorted(self.random_ops.items()))
         if self.original_rerun_rel_l2:
             return (f"the original is not deterministic: a second run of it differs from the first by rel L2 "
-                    f"{self.original_rerun_rel_l2:.3g} (random ops, or dropout in training mode?); the errors "
-                    f"above include that noise")
-        ops = ", ".join(f"{name} ×{count}" for name, count in sorted(self.random_ops.items()))
+                    f"{self.original_rerun_rel_l2:.3g} ({ops or 'random ops, or dropout in training mode?'}); "
+                    f"the errors above include that noise")
         return (f"the original holds random ops ({ops}; dropout or stochastic depth exported in training mode?) "
                 f"that draw other numbers in the rewritten model: the errors above include that noise")
 

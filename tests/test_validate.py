@@ -290,6 +290,21 @@ def test_random_ops_a_rerun_cannot_see_are_named(bert, tmp_path):
     assert validate(bert, bad, seq_len=24).random_ops == {}
 
 
+def test_dropout_exported_in_training_mode_is_named(bert, tmp_path):
+    """A dynamo export can keep Dropout with training_mode=True (mT5, Switch): a random op, named as such."""
+    model = onnx.load(str(bert))
+    out = model.graph.output[0].name
+    for node in model.graph.node:
+        node.output[:] = [f"{o}_clean" if o == out else o for o in node.output]
+    model.graph.initializer.extend([onnx.numpy_helper.from_array(np.array(0.0, np.float32), "ratio"),
+                                    onnx.numpy_helper.from_array(np.array(True), "training")])
+    model.graph.node.append(helper.make_node("Dropout", [f"{out}_clean", "ratio", "training"], [out]))
+    dropped = tmp_path / "dropout.onnx"
+    onnx.save(model, str(dropped))
+    report = validate(dropped, tiny_bert_onnx(tmp_path / "bad.onnx", perturb_layer=1), seq_len=24)
+    assert report.random_ops == {"Dropout in training mode": 1} and "Dropout in training mode ×1" in report.note
+
+
 def test_a_site_missing_from_the_rewrite_is_reported_not_dropped(bert, tmp_path):
     renamed = tiny_bert_onnx(tmp_path / "renamed.onnx", rename_site_outputs=True)
     report = validate(bert, renamed, seq_len=8)

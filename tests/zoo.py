@@ -263,6 +263,34 @@ def _t5_config():
                     relative_attention_max_distance=16, decoder_start_token_id=0, pad_token_id=0)
 
 
+def gpt_neo(impl: str) -> Built:
+    """A global layer then a local one (a causal window of 4 keys), the scores unscaled; the causal (and window)
+    mask is a constant where(mask, scores, finfo.min)."""
+    from transformers import GPTNeoConfig, GPTNeoModel
+
+    _hf_quiet()
+    cfg = GPTNeoConfig(vocab_size=VOCAB, max_position_embeddings=64, hidden_size=32, num_heads=4, num_layers=2,
+                       attention_types=[[["global", "local"], 1]], window_size=4)
+    model = _hf_model(GPTNeoModel, cfg, impl)
+    names = ["input_ids", "attention_mask"]
+    return Built(HFWrapper(model, names, {"use_cache": False}), _text_inputs(), names, ["last_hidden_state"])
+
+
+def switch_transformers(impl: str) -> Built:
+    """T5's bucketed position bias, kept apart from the padding mask: a (1, H, N, M) term beside a (B, 1, 1, M)
+    one (the relative-bias probe once broadcast the first against the second's batch and raised)."""
+    from transformers import SwitchTransformersConfig, SwitchTransformersModel
+
+    _hf_quiet()
+    cfg = SwitchTransformersConfig(vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_decoder_layers=1,
+                                   num_heads=4, num_experts=2, relative_attention_num_buckets=8, dropout_rate=0.0,
+                                   decoder_start_token_id=0, pad_token_id=0)
+    model = _hf_model(SwitchTransformersModel, cfg, impl)
+    names = ["input_ids", "attention_mask", "decoder_input_ids"]
+    return Built(HFWrapper(model, names, {"use_cache": False}), (*_text_inputs(), _dec_ids()), names,
+                 ["last_hidden_state"])
+
+
 def t5_encoder(impl: str) -> Built:
     from transformers import T5EncoderModel
 
@@ -919,6 +947,12 @@ CASES: list[ZooCase] = [
                  self_attention_sites=2, causal_sites=0, excluded_sdpa=_T5_SDPA_DYNAMO),
     *_impl_cases("t5", t5, expected_sites=6, heads=4, head_dim=8, scales=(1.0,), self_attention_sites=4,
                  causal_sites=2, excluded_sdpa=_T5_SDPA_DYNAMO),
+    # A constant where(mask, scores, fill) with the condition folded (no sdpa form in transformers 5).
+    ZooCase("gpt-neo-eager", "gpt-neo", _bind(gpt_neo, "eager"), expected_sites=2, heads=4, head_dim=8,
+            scales=(1.0,), self_attention_sites=2, causal_sites=2, fx_tracers=(EXPORT,)),
+    # The same bias kept apart from the padding mask (no sdpa form in transformers 5).
+    ZooCase("switch-eager", "switch", _bind(switch_transformers, "eager"), expected_sites=3, heads=4, head_dim=8,
+            scales=(1.0,), self_attention_sites=2, causal_sites=1, fx_tracers=(EXPORT,)),
     *_impl_cases("bart", bart, expected_sites=6, heads=4, head_dim=8, self_attention_sites=4, causal_sites=2),
     *_impl_cases("llama-gqa", llama, expected_sites=2, heads=4, kv_heads=2, head_dim=16,
                  self_attention_sites=2, causal_sites=2),
