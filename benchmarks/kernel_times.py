@@ -9,7 +9,7 @@ total is the GPU's busy time; a call's wall time above it is the host's.
     python3 benchmarks/kernel_times.py "routed" "hierarchical B=64 L=1" --n 16384 65536 --json $OUT/times.json
 
 ``--host`` adds the host side: its time per call with nothing waiting on the GPU, and under cProfile the
-Python functions a call spends it in.
+Python functions a call spends it in. ``--compiled`` times the call under torch.compile beside the eager one.
 
 Rows are ``kernels.py``'s (``--help`` lists them); bf16, B=1, H=16, D=128 as there.
 """
@@ -76,6 +76,24 @@ def host_profile(call, calls: int = 20, top: int = 12) -> dict:
     return {"enqueue_ms": round(enqueue_ms, 4), "own": ranked(2), "cumulative": ranked(3)}
 
 
+def compiled_times(call, rep_ms: float = 60.0) -> dict:
+    """{"eager_ms", "compiled_ms", "compile_s", "max_abs_diff"}: the call as it is and under torch.compile
+    (Inductor traces the op's Python into its graph and launches the Triton kernels from generated code)."""
+    import time
+
+    from kernels import bench
+
+    torch._dynamo.reset()  # every row's call shares one code object: without a reset the rows count as recompiles
+    t0 = time.time()
+    compiled = torch.compile(call, fullgraph=True)
+    got = compiled()
+    torch.cuda.synchronize()
+    compile_s = time.time() - t0
+    diff = (got.float() - call().float()).abs().max().item()
+    return {"eager_ms": round(bench(call, rep_ms), 4), "compiled_ms": round(bench(compiled, rep_ms), 4),
+            "compile_s": round(compile_s, 1), "max_abs_diff": diff}
+
+
 def main(argv=None) -> int:
     from kernels import ALL_ROWS, OP_ROWS, VARIANTS, band_call, op_row, random_qkv
 
@@ -84,6 +102,9 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, nargs="+", default=[16384])
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--host", action="store_true", help="also profile the host side of a call (cProfile)")
+    ap.add_argument("--compiled", action="store_true",
+                    help="also time the call under torch.compile (fullgraph), as a compiled model runs it, "
+                         "against the eager call, both with do_bench")
     args = ap.parse_args(argv)
     unknown = [r for r in args.rows if r not in ALL_ROWS]
     if unknown:
@@ -108,6 +129,15 @@ def main(argv=None) -> int:
             r = {"row": name, "n": n, **kernel_times(call)}
             if args.host:
                 r["host"] = host_profile(call)
+            if args.compiled and name in VARIANTS:
+                # a band row calls the launcher itself, which dynamo does not trace (its TMA checks); a model
+                # compiles the op around it, which the op rows time
+                r["compiled"] = {"error": "a band row calls the launcher, not an op: time an op row"}
+            elif args.compiled:
+                try:
+                    r["compiled"] = compiled_times(call)
+                except Exception as exc:  # noqa: BLE001  report it, keep timing the other rows
+                    r["compiled"] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
             out.append(r)
             print(json.dumps(r), flush=True)
     if args.json:

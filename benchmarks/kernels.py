@@ -191,7 +191,8 @@ def op_row(name: str, q, k, v, scale: float):
     extra = args[:len(spec.tensor_inputs)]
     n = q.shape[2]
     kp = torch.zeros(1, n, device=q.device) if "no block skipping" in name else None
-    call = lambda: spec.torch_op(q, k, v, None, kp, *args)
+    op = spec.torch_op  # resolved once: the property imports the op's module on every access
+    call = lambda: op(q, k, v, None, kp, *args)
     flex = None
     if variant == "relbias":
         kpq = keys_per_query(n, n, BIG, 0, 0, 0, causal)
