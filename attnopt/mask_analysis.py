@@ -110,7 +110,7 @@ def refine_structured_masks(loaded, *, enabled: bool | None = None) -> list[Atte
     candidates: dict[ValueRef, _Candidate] = {}
     for site in sites:
         for term in site.masks:
-            if term.batch_split:  # read against scores viewed (B/w, w, H, N, M): it stays a dense term
+            if term.view is not None:  # added to the scores viewed in another shape: it stays a dense term
                 continue
             if term.value not in candidates and not _is_key_padding_shape(view, site, term):
                 cand = _candidate(view, site, term)
@@ -451,7 +451,7 @@ def find_relative_biases(loaded, sites: list[AttentionSite]) -> list[AttentionSi
     candidates: dict[tuple, _BiasCandidate | None] = {}
     for site in sites:
         for term in site.masks:
-            if term.batch_split:
+            if term.view is not None:
                 continue
             key = _bias_key(site, term)
             if key not in candidates:

@@ -369,7 +369,7 @@ class _Term:
     factor: float = 1.0
     flat: bool = False  # added to (B·H, N, M) scores: the rewrite unfolds it with the query
     fill: float = float("-inf")  # what a boolean term puts at blocked entries (scaled like the scores)
-    batch_split: bool = False  # MaskTerm.batch_split
+    view: tuple[str, str] | None = None  # MaskTerm.view
 
 
 @dataclass
@@ -424,27 +424,24 @@ def _strip_term_scale(view: View, m: ValueRef) -> tuple[ValueRef, float]:
     return m, 1.0
 
 
-def _batch_split(inner, outer, split: bool) -> bool:
-    """Walking up through a reshape from ``outer`` to ``inner`` scores: True on entering scores viewed
-    (B/w, w, H, N, M) from (B, H, N, M) (the other dims kept), False on leaving them; raises where a reshape
-    inside that view does anything else."""
-    if not split:
-        return bool(outer is not None and inner is not None and len(outer) == 4 and len(inner) == 5
-                    and all(_same_dim(a, b) for a, b in zip(inner[2:], outer[1:])))
-    if outer is not None and inner is not None and len(outer) == 5 and len(inner) == 4:
-        return False
-    raise Mismatch("a reshape of the scores viewed with the batch split in two")
-
-
-def _split_term(view: View, term: ValueRef, split: bool) -> bool:
-    """Whether a term found in the walk is one of scores viewed with the batch split (MaskTerm.batch_split);
-    such a term must be the same for every image (extent 1 on the first axis), which the rewrites assume."""
-    if not split:
-        return False
-    shape = view.shape(term)
-    if shape is None or len(shape) > 5 or (len(shape) == 5 and shape[0] != 1):
-        raise Mismatch("a term that varies over the images of scores viewed with the batch split in two")
-    return True
+def _viewed(view: View, nid: str, inner: ValueRef, outer: ValueRef, back: str | None, pending: list) -> str | None:
+    """Walking up through the reshape ``nid`` from ``outer`` to ``inner``: the id of the reshape back out of a
+    view of the scores while the walk is inside one (MaskTerm.view), else None. A reshape from scores of rank
+    ≤ 4 to a higher rank leads into such a view, one back leads out; on entering, the terms found inside
+    learn their pair of reshapes."""
+    r_in, r_out = view.rank(inner), view.rank(outer)
+    if r_in is None or r_out is None:
+        if back is not None:
+            raise Mismatch("a reshape of unknown rank inside a view of the scores")
+        return None
+    if back is None:
+        return nid if r_in > 4 >= r_out else None
+    if r_in <= 4 < r_out:
+        for t in pending:  # read back, a term has the shape of the scores the view came from
+            t.view, t.flat = (nid, back), view.rank(ValueRef(back, 0)) == 3
+        pending.clear()
+        return None
+    raise Mismatch("a second reshape inside a view of the scores")
 
 
 def _head_factor(view: View, nid: str, scores: ValueRef) -> tuple[ValueRef, ValueRef] | None:
@@ -473,31 +470,36 @@ def _walk_up(view: View, v: ValueRef) -> _Scores:
     """
     gain, cap, clamp = 1.0, None, None
     terms, nodes, heads, factor, factor_flat = [], [], None, None, False
-    split = False  # while the walk is in scores viewed (B/w, w, H, N, M)
+    back, pending, seen = None, [], 0  # inside a view of the scores: the reshape out of it, the terms found there
     for _ in range(48):
+        if back is not None:
+            pending.extend(terms[seen:])
+        seen = len(terms)
         nid = v.node
         op = view.op(nid)
         ins = view.inputs(nid)
         flat = view.rank(v) == 3
-        if split and op not in _SCORE_PASS | {"add", "sub", "where", "masked_fill", "mul", "div", "max"}:
-            raise Mismatch(f"'{op}' on the scores viewed with the batch split in two")
+        if back is not None and op not in _SCORE_PASS | {"add", "sub", "where", "masked_fill", "mul", "div", "max"}:
+            raise Mismatch(f"'{op}' on the scores viewed in another shape")
         if factor is not None and op in ("add", "sub", "where", "masked_fill", "max"):
             raise Mismatch("a mask or bias inside a per-head scale of the scores")
         if op == "matmul":
             a, b = ins[:2]
             if not (_dynamic(view, a) and _dynamic(view, b)):
                 raise Mismatch("the softmax input is a product with a constant (a lookup, not q·kᵀ)")
+            if back is not None:
+                raise Mismatch("q·kᵀ inside a view of the scores")
             return _Scores(nid, gain, cap, terms, nodes, heads, factor, factor_flat)
         nodes.append(nid)
         if op in _SCORE_PASS:
             if op == "reshape" and view.rank(ins[0]) == 3 and view.rank(v) == 4:
                 heads = (view.shape(v) or (None, None))[1]
             if op == "reshape":
-                split = _batch_split(view.shape(ins[0]), view.shape(v), split)
+                back = _viewed(view, nid, ins[0], v, back, pending)
             v = ins[0]
         elif op in ("mul", "div"):
             found = _scalar_operand(view, nid)
-            if found is None and op == "mul" and factor is None and not split:
+            if found is None and op == "mul" and factor is None and back is None:
                 found = _head_factor(view, nid, v)
                 if found is not None:
                     (v, factor), factor_flat = found, flat
@@ -522,7 +524,7 @@ def _walk_up(view: View, v: ValueRef) -> _Scores:
                 raise Mismatch("a term is added inside the tanh softcap")
             m, f = _strip_term_scale(view, term)
             sign = -1.0 if op == "sub" else 1.0
-            terms.append(_Term(m, MASK_ADDITIVE, sign * gain * f, flat, batch_split=_split_term(view, m, split)))
+            terms.append(_Term(m, MASK_ADDITIVE, sign * gain * f, flat))
             v = scores
         elif op in ("where", "masked_fill"):
             if cap is not None:
@@ -532,12 +534,10 @@ def _walk_up(view: View, v: ValueRef) -> _Scores:
             if op == "where":
                 cond, x, y = ins[:3]
                 if _is_neg_fill(view, y):  # where(keep, scores, -inf)
-                    terms.append(_Term(cond, MASK_BOOLEAN, flat=flat, fill=_fill(view, y, gain, clamp),
-                                       batch_split=_split_term(view, cond, split)))
+                    terms.append(_Term(cond, MASK_BOOLEAN, flat=flat, fill=_fill(view, y, gain, clamp)))
                     v = x
                 elif _is_neg_fill(view, x):  # where(blocked, -inf, scores)
-                    terms.append(_Term(cond, MASK_BOOLEAN_BLOCKED, flat=flat, fill=_fill(view, x, gain, clamp),
-                                       batch_split=_split_term(view, cond, split)))
+                    terms.append(_Term(cond, MASK_BOOLEAN_BLOCKED, flat=flat, fill=_fill(view, x, gain, clamp)))
                     v = y
                 else:
                     raise Mismatch("a where between the scores and the softmax that is not a -inf mask")
@@ -545,8 +545,7 @@ def _walk_up(view: View, v: ValueRef) -> _Scores:
                 x, cond, fill = ins[:3]
                 if not _is_neg_fill(view, fill):
                     raise Mismatch("a masked_fill of the scores with a value that is not -inf")
-                terms.append(_Term(cond, MASK_BOOLEAN_BLOCKED, flat=flat, fill=_fill(view, fill, gain, clamp),
-                                   batch_split=_split_term(view, cond, split)))
+                terms.append(_Term(cond, MASK_BOOLEAN_BLOCKED, flat=flat, fill=_fill(view, fill, gain, clamp)))
                 v = x
         elif op == "max":
             # max(x, c) at a constant no real score reaches: XGLM's guard that keeps a sum of two finfo.min
@@ -754,7 +753,7 @@ def _match_decomposed(view: View, sm: str) -> AttentionSite:
         name="", form="decomposed", query=q, key=key, value=value, output=output,
         query_layout=layout, key_layout=key_layout, value_layout=value_layout, output_layout=output_layout,
         scale=_clean(scale, geometry["head_dim"]), softcap=up.softcap, query_factor=up.factor,
-        masks=tuple(MaskTerm(t.value, t.kind, t.factor, t.fill, t.batch_split) for t in terms), causal=causal,
+        masks=tuple(MaskTerm(t.value, t.kind, t.factor, t.fill, t.view) for t in terms), causal=causal,
         nodes=tuple(dict.fromkeys(removed)), anchor=sm, shape_readers=shape_readers,
         unsupported=("the attention probabilities are also used outside the site" if escapes else unprovable),
         **geometry,
@@ -967,7 +966,9 @@ def _first_int(*dims):
 
 
 def _heads_from_split(view: View, v: ValueRef, head_dim) -> int | None:
-    """For flat (B*H, N, D) tensors: find the reshape that split E into (.., H*?, D), E = H*D."""
+    """For flat (B*H, N, D) tensors: find the reshape that split E into (.., H, D), E = H*D, or a fused
+    projection's E = 3·H·D into (.., 3, H, D) (ViTDet): the heads are the axis before D where the reshape
+    shows it, else E / D."""
     if not isinstance(head_dim, int):
         return None
     cur = v
@@ -979,6 +980,10 @@ def _heads_from_split(view: View, v: ValueRef, head_dim) -> int | None:
             src = view.input(nid, 0)
             e = _dim(view.shape(src), -1)
             if isinstance(e, int) and e != head_dim and e % head_dim == 0:
+                out = view.shape(ValueRef(nid, 0))
+                if out is not None and len(out) >= 2 and out[-1] == head_dim and isinstance(out[-2], int) \
+                        and out[-2] > 0 and e % (out[-2] * head_dim) == 0:
+                    return out[-2]
                 return e // head_dim
         cur = view.input(nid, 0)
     return None

@@ -75,9 +75,11 @@ class MaskTerm:
     # What a boolean term adds at blocked entries: -inf, or the finite fill the model used (HF's
     # finfo.min), which makes a fully masked row uniform instead of empty.
     fill: float = float("-inf")
-    # Added to the scores viewed as (B/w, w, H, N, M), the batch split in two (Swin adds its shift mask to the
-    # windows of each image this way), the same for every image: the rewrites read it as (B, ·, N, M).
-    batch_split: bool = False
+    # (into, back): View ids of two reshapes where the term is added to the scores viewed in another shape,
+    # ``into`` that view and ``back`` out of it (Swin adds its shift mask to the scores viewed (images, windows,
+    # H, N, M); ViTDet its relative positions to (B·H, qh, qw, kh, kw)). The rewrites broadcast the term to
+    # the view's shape and reshape it back, as the model does with the scores; None: added to the scores.
+    view: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True)

@@ -106,12 +106,12 @@ def test_gemma2_softcapping_is_reported_fx(zoo_fx_case):
 
 def _swinv2_sites(detection):
     """SwinV2: a per-head logit scale on every site, and the shift mask of the second block added to the
-    scores viewed (images, windows, H, N, N), twice (as transformers writes it)."""
+    scores viewed (images, windows, H, N, N), twice (as transformers writes it): MaskTerm.view."""
     first, second = detection.sites
     for site in (first, second):
         assert site.query_factor is not None and site.effective_scale == pytest.approx(1.0), site
-    assert not any(t.batch_split for t in first.masks)
-    assert sum(t.batch_split for t in second.masks) == 2, second.masks
+    assert not any(t.view for t in first.masks)
+    assert sum(t.view is not None for t in second.masks) == 2, second.masks
 
 
 @pytest.mark.zoo(select=lambda case, how: case.family == "swinv2")

@@ -255,6 +255,24 @@ def swinv2(impl: str) -> Built:
     return Built(HFWrapper(model, ["pixel_values"]), (_pixels(32),), ["pixel_values"], ["last_hidden_state"])
 
 
+def vitdet(impl: str) -> Built:
+    """Decomposed relative positions (ViTDet, and SAM's image encoder): terms computed from q added to the
+    scores viewed (B·H, qh, qw, kh, kw), one varying over kh and one over kw; a windowed block (2x2 windows
+    of the 4x4 patch grid folded into the batch) then a global one."""
+    from transformers import VitDetConfig, VitDetModel
+
+    _hf_quiet()
+    cfg = VitDetConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                       mlp_ratio=2, pretrain_image_size=32, use_relative_position_embeddings=True, window_size=2,
+                       window_block_indices=[0])
+    model = _hf_model(VitDetModel, cfg, impl)
+    with torch.no_grad():  # transformers starts the position tables at zero: random ones make the terms count
+        for name, p in model.named_parameters():
+            if "rel_pos" in name:
+                p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(7)))
+    return Built(HFWrapper(model, ["pixel_values"]), (_pixels(32),), ["pixel_values"], ["feature_maps"])
+
+
 def _t5_config():
     from transformers import T5Config
 
@@ -979,6 +997,8 @@ CASES: list[ZooCase] = [
                  excluded_sdpa={DYNAMO: _SWIN_SDPA_ERROR, DYNAMO_OPSET23: _SWIN_SDPA_ERROR}),
     # SwinV2: cosine attention, the scale a learned tensor per head (no sdpa form in transformers 5).
     ZooCase("swinv2-eager", "swinv2", _bind(swinv2, "eager"), expected_sites=2, heads=2, head_dim=8, scales=(1.0,),
+            self_attention_sites=2, causal_sites=0, fx_tracers=(EXPORT,)),
+    ZooCase("vitdet-eager", "vitdet", _bind(vitdet, "eager"), expected_sites=2, heads=4, head_dim=8,
             self_attention_sites=2, causal_sites=0, fx_tracers=(EXPORT,)),
     # BLOOM folds the batch into the heads, (B·H, N, D), and adds ALiBi with baddbmm.
     ZooCase("bloom-eager", "bloom", _bind(bloom, "eager"), expected_sites=2, heads=4, head_dim=8,

@@ -11,6 +11,7 @@ takes over the output node's name so validation can compare it per site.
 
 from __future__ import annotations
 
+import math
 import operator
 
 import numpy as np
@@ -19,7 +20,7 @@ import torch.fx as fx
 
 from ..errors import SiteNotApplicable
 from ..site import (LAYOUT_BHSD, LAYOUT_BSD, LAYOUT_FLAT, MASK_BOOLEAN, MASK_BOOLEAN_BLOCKED, MASK_NONZERO_KEEP,
-                    AttentionSite)
+                    AttentionSite, ValueRef)
 from .lowering import lower, mask_terms, state_name
 
 
@@ -67,10 +68,13 @@ def apply(loaded, call) -> None:
         mask = None
         for t in masks:
             term = g.call_function(additive, (node[t.value], q, t.kind, t.factor, t.fill))
-            if t.batch_split:
-                term = g.call_function(_unsplit_batch, (term, q))
-            else:
-                term = _mask_to_4d(g, term, view.rank(t.value), site)
+            rank = view.rank(t.value)
+            if t.view is not None:  # added to the scores viewed in another shape (MaskTerm.view)
+                into, back = (view.info(nid).ref for nid in t.view)
+                flat = view.rank(view.input(t.view[0], 0)) == 3
+                term = g.call_function(_through_view, (term, q, k, _sizes(into), _sizes(back), flat))
+                rank = view.rank(ValueRef(t.view[1], 0))
+            term = _mask_to_4d(g, term, rank, site)
             mask = term if mask is None else g.call_function(operator.add, (mask, term))
         key_padding = None
         if kp is not None:
@@ -222,11 +226,24 @@ def _from_bhsd(g: fx.Graph, y: fx.Node, layout: str) -> fx.Node:
     raise SiteNotApplicable(f"unsupported output layout {layout!r}")
 
 
-def _unsplit_batch(term: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """A term (1, w | 1, ·, N, M) of the scores viewed (B/w, w, ·, N, M) as one of (B, ·, N, M): repeated over
-    the images, then the two batch axes merged (MaskTerm.batch_split). w is the term's own axis 1."""
-    term = term.reshape((1,) * (5 - term.dim()) + tuple(term.shape))
-    return term.expand(q.shape[0] // term.shape[1], -1, -1, -1, -1).flatten(0, 1)
+def _sizes(node: fx.Node) -> list:
+    """The target sizes of a view/reshape node, ``x.view(a, b)`` or ``x.view([a, b])``."""
+    rest = node.args[1:]
+    return list(rest[0]) if len(rest) == 1 and isinstance(rest[0], (list, tuple)) else list(rest)
+
+
+def _through_view(term: torch.Tensor, q: torch.Tensor, k: torch.Tensor, into: list, back: list,
+                  flat: bool) -> torch.Tensor:
+    """A term added to the scores viewed as ``into`` (MaskTerm.view) as one of the scores: broadcast to the view,
+    then reshaped as the model reshapes the scores back (to ``back``). q and k are (B, H, N, D) and (B, Hkv, M, D);
+    the scores were (B·H, N, M) if ``flat``, else (B, H, N, M)."""
+    scores = (q.shape[0] * q.shape[1], q.shape[2], k.shape[2]) if flat else (*q.shape[:3], k.shape[2])
+    sizes = [int(s) for s in into]
+    if -1 in sizes:  # expand() reads −1 as "keep", a view as "infer"
+        known = math.prod(s for s in sizes if s != -1)
+        sizes[sizes.index(-1)] = math.prod(scores) // known
+    term = term.reshape((1,) * (len(sizes) - term.dim()) + tuple(term.shape))
+    return term.expand(sizes).reshape([int(s) for s in back])
 
 
 def _mask_to_4d(g: fx.Graph, m: fx.Node, rank, site: AttentionSite) -> fx.Node:

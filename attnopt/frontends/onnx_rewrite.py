@@ -20,7 +20,7 @@ from ..atomic import write_atomic
 from ..errors import SiteNotApplicable
 from ..onnx_compat import DOMAIN, IR_VERSION, MIN_OPSET
 from ..site import (LAYOUT_BHSD, LAYOUT_BSD, LAYOUT_FLAT, MASK_ADDITIVE, MASK_BOOLEAN,
-                    MASK_BOOLEAN_BLOCKED, MASK_KEY_END, MASK_NONZERO_KEEP, AttentionSite)
+                    MASK_BOOLEAN_BLOCKED, MASK_KEY_END, MASK_NONZERO_KEEP, AttentionSite, ValueRef)
 from ..kernels.ort_cuda import PORTABLE, LoweringFacts, choose, lowering_attrs
 from .lowering import lower, mask_terms, state_dims, state_name
 
@@ -61,8 +61,10 @@ def apply(loaded, call, target: str = PORTABLE) -> list[str]:
     mask = None
     for term in masks:
         t = b.additive(value[term.value], term.kind, dtype, term.factor, term.fill)
-        t = b.unsplit_batch(t, view.rank(term.value), q) if term.batch_split else \
-            b.mask_to_4d(t, view.rank(term.value), site)
+        rank = view.rank(term.value)
+        if term.view is not None:
+            t, rank = b.through_view(t, rank, view, term.view, q, k)
+        t = b.mask_to_4d(t, rank, site)
         mask = t if mask is None else b.op("Add", [mask, t])
     if mask is None:
         mask = b.const(np.zeros((1, 1, 1, 1), dtype.numpy()))
@@ -306,17 +308,48 @@ class _Builder:
             mask = self.op("Mul", [mask, self.const(np.array(factor, np_dtype))])
         return mask
 
-    def unsplit_batch(self, mask: ir.Value, rank: int, q: ir.Value) -> ir.Value:
-        """A term (1, w | 1, ·, N, M) of the scores viewed (B/w, w, ·, N, M) as one of (B, ·, N, M): repeated
-        over the images, then the two batch axes merged (MaskTerm.batch_split). w is the term's own axis 1."""
+    def through_view(self, mask: ir.Value, rank, view, pair: tuple[str, str], q: ir.Value, k: ir.Value):
+        """A term added to the scores viewed in another shape (MaskTerm.view) as one of the scores: broadcast to
+        the view's shape, then reshaped as the model reshapes the scores back. -> (term, its rank)."""
+        into, back = (view.info(nid).ref for nid in pair)
+        if into.op_type != "Reshape" or back.op_type != "Reshape" or rank is None:
+            raise SiteNotApplicable("a term added to a view of the scores the rewrite cannot read back")
         i64 = lambda *xs: self.const(np.array(xs, np.int64))  # noqa: E731
-        if rank < 5:
-            mask = self.op("Unsqueeze", [mask, self.const(np.arange(5 - rank, dtype=np.int64))])
-        w = self.op("Shape", [mask], {"start": 1, "end": 2})
-        images = self.op("Div", [self.op("Shape", [q], {"start": 0, "end": 1}), w])
-        full = self.op("Expand", [mask, self.op("Concat", [images, w, i64(1, 1, 1)], {"axis": 0})])
-        return self.op("Reshape", [full, self.op("Concat", [i64(-1), self.op("Shape", [full], {"start": 2})],
-                                                 {"axis": 0})])
+        q_shape, k_shape = self.op("Shape", [q]), self.op("Shape", [k])
+        heads_dims = self.op("Slice", [q_shape, i64(0), i64(3)])
+        if view.rank(view.input(pair[0], 0)) == 3:  # folded (B·H, N, M) scores
+            bh = self.op("Mul", [self.op("Slice", [q_shape, i64(0), i64(1)]), self.op("Slice", [q_shape, i64(1), i64(2)])])
+            heads_dims = self.op("Concat", [bh, self.op("Slice", [q_shape, i64(2), i64(3)])], {"axis": 0})
+        scores = self.op("Concat", [heads_dims, self.op("Slice", [k_shape, i64(2), i64(3)])], {"axis": 0})
+        shape = self._reshaped(view, pair[0], scores)
+        out_rank = view.rank(ValueRef(pair[0], 0))
+        if rank < out_rank:
+            mask = self.op("Unsqueeze", [mask, self.const(np.arange(out_rank - rank, dtype=np.int64))])
+        full = self.op("Expand", [mask, shape])
+        return self.op("Reshape", [full, self._reshaped(view, pair[1], shape)]), view.rank(ValueRef(pair[1], 0))
+
+    def _reshaped(self, view, nid: str, source: ir.Value) -> ir.Value:
+        """The shape the Reshape ``nid`` gives a tensor of shape ``source``: its target with ONNX's −1 (infer the
+        dim) resolved, and 0 (copy the dim) where the target is a constant; a computed target is taken to hold
+        sizes (torch's exporters write view sizes so)."""
+        node = view.info(nid).ref
+        target = node.inputs[1]
+        c = view.const(view.input(nid, 1))
+        if c is not None and any(d is None for d in np.asarray(c, dtype=object).reshape(-1)):
+            c = None  # a shape the View knows only in part (symbolic dims)
+        if c is not None:
+            c = np.asarray(c, np.int64).reshape(-1)
+            if not node.attributes.get_int("allowzero", 0) and (c == 0).any():
+                at = np.where(c == 0, np.arange(c.size), 0)
+                target = self.op("Where", [self.const(c == 0), self.op("Gather", [source, self.const(at)]),
+                                           self.const(c)])
+            elif not (c == -1).any():
+                return self.const(c)
+        minus = self.op("Equal", [target, self.const(np.array(-1, np.int64))])
+        known = self.op("ReduceProd", [self.op("Where", [minus, self.const(np.array(1, np.int64)), target])],
+                        {"keepdims": 1})
+        numel = self.op("ReduceProd", [source], {"keepdims": 1})
+        return self.op("Where", [minus, self.op("Div", [numel, known]), target])
 
     def mask_to_4d(self, mask: ir.Value, rank, site: AttentionSite) -> ir.Value:
         if rank is None:
