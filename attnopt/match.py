@@ -393,13 +393,20 @@ class _Scores:
 _SCORE_PASS = TRANSPARENT | {"reshape", "expand"}
 
 
+def _scores_product(view: View, q: ValueRef | None, kt: ValueRef | None) -> bool:
+    """Whether q @ kt can be attention scores: the keys come from the input. The queries may be learned
+    (Perceiver's latents, DETR's object queries in its first decoder layer); constant keys make a lookup
+    into a learned table (x @ W), as a classifier or a soft-MoE router computes."""
+    return q is not None and _dynamic(view, kt)
+
+
 def _reaches_matmul(view: View, v: ValueRef, depth: int = 12) -> bool:
     """Whether v leads up to a dynamic q·kᵀ product through ops the score walk accepts."""
     for _ in range(depth):
         op = view.op(v.node)
         if op == "matmul":
             a, b = view.inputs(v.node)[:2]
-            return _dynamic(view, a) and _dynamic(view, b)
+            return _scores_product(view, a, b)
         if op in _SCORE_PASS | {"mul", "div", "add", "sub", "where", "masked_fill", "tanh"}:
             # where(cond, a, b) goes on through a or b, whichever is not a constant, whether cond is or not
             ports = view.inputs(v.node)[1:3] if op == "where" else view.inputs(v.node)
@@ -485,8 +492,8 @@ def _walk_up(view: View, v: ValueRef) -> _Scores:
             raise Mismatch("a mask or bias inside a per-head scale of the scores")
         if op == "matmul":
             a, b = ins[:2]
-            if not (_dynamic(view, a) and _dynamic(view, b)):
-                raise Mismatch("the softmax input is a product with a constant (a lookup, not q·kᵀ)")
+            if not _scores_product(view, a, b):
+                raise Mismatch("the softmax input is a product with constant keys (a lookup, not q·kᵀ)")
             if back is not None:
                 raise Mismatch("q·kᵀ inside a view of the scores")
             return _Scores(nid, gain, cap, terms, nodes, heads, factor, factor_flat)

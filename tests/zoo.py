@@ -273,6 +273,22 @@ def vitdet(impl: str) -> Built:
     return Built(HFWrapper(model, ["pixel_values"]), (_pixels(32),), ["pixel_values"], ["feature_maps"])
 
 
+def perceiver(impl: str) -> Built:
+    """Learned latents attend to the inputs (queries from a parameter, keys and values from the input, with its
+    padding mask), then the latents attend to each other twice."""
+    from transformers import PerceiverConfig, PerceiverModel
+
+    _hf_quiet()
+    cfg = PerceiverConfig(num_latents=6, d_latents=32, d_model=32, num_blocks=1, num_self_attends_per_block=2,
+                          num_self_attention_heads=4, num_cross_attention_heads=4)
+    model = _hf_model(PerceiverModel, cfg, impl)
+    x = torch.randn(BATCH, SEQ, 32, generator=torch.Generator().manual_seed(6))
+    mask = torch.ones(BATCH, SEQ, dtype=torch.long)
+    mask[1, SEQ - 3:] = 0
+    names = ["inputs", "attention_mask"]
+    return Built(HFWrapper(model, names), (x, mask), names, ["last_hidden_state"])
+
+
 def _t5_config():
     from transformers import T5Config
 
@@ -742,6 +758,18 @@ class ZeroedProbabilities(HandAttention):
         return (q @ k.transpose(-2, -1) * self.head_dim**-0.5).softmax(-1).masked_fill(self.dropped, 0.0) @ v
 
 
+class LearnedKeys(HandAttention):
+    """Not attention as the variants define it: the input's queries score a learned table of keys (a router,
+    as soft mixtures of experts compute), whose weights then mix the input's values."""
+
+    def __init__(self):
+        super().__init__()
+        self.slots = nn.Parameter(torch.randn(self.heads, SEQ, self.head_dim))
+
+    def core(self, q, k, v):
+        return (q @ self.slots.transpose(-2, -1) * self.head_dim**-0.5).softmax(-1) @ v
+
+
 class KeyWeightedScores(HandAttention):
     """Not attention as the variants define it: the scores are multiplied by a weight per key, which no
     scaling of q can carry (a weight per head can: SwinV2's logit scale)."""
@@ -1000,6 +1028,9 @@ CASES: list[ZooCase] = [
             self_attention_sites=2, causal_sites=0, fx_tracers=(EXPORT,)),
     ZooCase("vitdet-eager", "vitdet", _bind(vitdet, "eager"), expected_sites=2, heads=4, head_dim=8,
             self_attention_sites=2, causal_sites=0, fx_tracers=(EXPORT,)),
+    # A cross-attention whose queries are learned (constant in the graph), then two self-attentions.
+    ZooCase("perceiver-eager", "perceiver", _bind(perceiver, "eager"), expected_sites=3, heads=4, head_dim=8,
+            self_attention_sites=2, causal_sites=0, fx_tracers=(EXPORT,)),
     # BLOOM folds the batch into the heads, (B·H, N, D), and adds ALiBi with baddbmm.
     ZooCase("bloom-eager", "bloom", _bind(bloom, "eager"), expected_sites=2, heads=4, head_dim=8,
             self_attention_sites=2, causal_sites=2, fx_tracers=(EXPORT,)),
@@ -1093,6 +1124,7 @@ CASES: list[ZooCase] = [
     ZooCase("neg-softmax-pooling", "negative", plain(SoftmaxPooling), expected_sites=0, fx_tracers=FX_TRACERS),
     ZooCase("neg-clamped-scores", "negative", hand(ClampedScores), expected_sites=0, fx_tracers=FX_TRACERS),
     ZooCase("neg-key-weighted-scores", "negative", hand(KeyWeightedScores), expected_sites=0, fx_tracers=FX_TRACERS),
+    ZooCase("neg-learned-keys", "negative", hand(LearnedKeys), expected_sites=0, fx_tracers=FX_TRACERS),
     ZooCase("neg-zeroed-probabilities", "negative", hand(ZeroedProbabilities), expected_sites=0,
             fx_tracers=FX_TRACERS),
 ]
