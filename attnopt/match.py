@@ -753,6 +753,7 @@ def _match_decomposed(view: View, sm: str) -> AttentionSite:
     removed += passed + on
     if any(view.view_only(v.node) for v in (q, key, value, output)):
         raise Mismatch("q, k, v or the output exist only inside an einsum the graph does not split")
+    unprovable = unprovable or _wider_values(_dim_of(view.shape(value), value_layout, "d"), geometry["head_dim"])
 
     scale = up.scale * q_scale * k_scale
     terms, causal = _classify_masks(view, reversed(up.terms))  # graph order: innermost add first
@@ -964,6 +965,14 @@ def _geometry(view: View, q4: ValueRef, key: ValueRef, key_layout: str, value: V
     )
 
 
+def _wider_values(dv, head_dim) -> str | None:
+    """Why a site whose values have another head dim than q and k is not rewritten (LeViT's are wider):
+    every op takes one head dim for q, k and v. None where they agree or either is unknown."""
+    if isinstance(dv, int) and isinstance(head_dim, int) and dv != head_dim:
+        return f"the values' head dim ({dv}) differs from the queries' ({head_dim})"
+    return None
+
+
 def _first_known(*dims):
     return next((d for d in dims if d is not None), None)
 
@@ -1108,7 +1117,9 @@ def _match_fused(view: View, nid: str) -> AttentionSite:
         scale=_clean(a["scale"], head_dim) if a.get("scale") else None,
         masks=(MaskTerm(mask, mask_kind),) if mask is not None else (), causal=bool(a.get("causal", False)),
         key_padding=key_padding, query_projection=projections[0], key_projection=projections[1],
-        value_projection=projections[2], nodes=(nid,), anchor=nid, unsupported=a.get("unsupported"),
+        value_projection=projections[2], nodes=(nid,), anchor=nid,
+        unsupported=a.get("unsupported") or (_wider_values(_dim(view.shape(v), -1), head_dim)
+                                             if layout == LAYOUT_BHSD else None),
         proven_self_attention=one_input,
     )
 

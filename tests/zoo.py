@@ -758,6 +758,32 @@ class ZeroedProbabilities(HandAttention):
         return (q @ k.transpose(-2, -1) * self.head_dim**-0.5).softmax(-1).masked_fill(self.dropped, 0.0) @ v
 
 
+class WideValues(nn.Module):
+    """Values twice as wide as queries and keys, per head (LeViT's): attention, but no op takes it (every op
+    has one head dim for q, k and v), so a rewrite must refuse it, not write a model onnxruntime rejects."""
+
+    heads, head_dim = 4, 8
+
+    def __init__(self, fused: bool = False):
+        super().__init__()
+        torch.manual_seed(0)
+        self.fused = fused
+        self.qk = nn.Linear(32, 2 * 32)
+        self.v = nn.Linear(32, 2 * 32)
+        self.out = nn.Linear(2 * 32, 32)
+
+    def forward(self, x):
+        b, s = x.shape[0], x.shape[1]
+        qk = self.qk(x).view(b, s, 2, self.heads, self.head_dim)
+        q, k = qk[:, :, 0].transpose(1, 2), qk[:, :, 1].transpose(1, 2)
+        v = self.v(x).view(b, s, self.heads, 2 * self.head_dim).transpose(1, 2)
+        if self.fused:
+            o = F.scaled_dot_product_attention(q, k, v)
+        else:
+            o = (q @ k.transpose(-2, -1) * self.head_dim**-0.5).softmax(-1) @ v
+        return (self.out(o.transpose(1, 2).reshape(b, s, 2 * 32)),)
+
+
 class LearnedKeys(HandAttention):
     """Not attention as the variants define it: the input's queries score a learned table of keys (a router,
     as soft mixtures of experts compute), whose weights then mix the input's values."""
@@ -1123,6 +1149,10 @@ CASES: list[ZooCase] = [
     ZooCase("neg-soft-lookup", "negative", plain(SoftLookup), expected_sites=0, fx_tracers=FX_TRACERS),
     ZooCase("neg-softmax-pooling", "negative", plain(SoftmaxPooling), expected_sites=0, fx_tracers=FX_TRACERS),
     ZooCase("neg-clamped-scores", "negative", hand(ClampedScores), expected_sites=0, fx_tracers=FX_TRACERS),
+    ZooCase("hand-wide-values", factory=plain(WideValues), expected_sites=1, causal_sites=0,
+            self_attention_sites=1, **_HAND),
+    ZooCase("hand-sdpa-wide-values", factory=plain(lambda: WideValues(fused=True)), expected_sites=1,
+            causal_sites=0, self_attention_sites=1, **_HAND),
     ZooCase("neg-key-weighted-scores", "negative", hand(KeyWeightedScores), expected_sites=0, fx_tracers=FX_TRACERS),
     ZooCase("neg-learned-keys", "negative", hand(LearnedKeys), expected_sites=0, fx_tracers=FX_TRACERS),
     ZooCase("neg-zeroed-probabilities", "negative", hand(ZeroedProbabilities), expected_sites=0,
