@@ -1,0 +1,263 @@
+"""Probe Hugging Face families the zoo does not hold: find where detection or the rewrite breaks.
+
+    python benchmarks/family_probe.py --json $OUT/families.json             # every family below
+    python benchmarks/family_probe.py funnel swinv2 --exporters dynamo      # some of them
+
+Each family is built from a tiny config with random weights, for each attention implementation transformers
+offers it (eager, sdpa), and exported with each exporter (TorchScript at opset 17, dynamo). attnopt then
+detects its sites, rewrites them with segmented at its exact limit (one segment longer than the input, two
+sinks) and validates the result against the original. One JSON line per (family, implementation, exporter):
+the stage reached (build, export, detect, rewrite, validate, done), the sites found and rewritten, whether
+the rewrite is exact, and the error where one stopped it. At the end a table counts the outcomes.
+
+An export that fails in torch, or a family this transformers cannot build, is not attnopt's; any other stop
+is. The house rule for those: add the family to ``tests/zoo.py``, then fix the general mechanism. The sizes
+and inputs come from the zoo's own helpers (2 sequences of 10 tokens, the second padded from token 7).
+This takes a few minutes on two cores; it is a development tool, not part of the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+# family: (builder kind, config class, model class, config keyword arguments) -- tiny, random weights
+FAMILIES = {
+    "phi3": ("dec", "Phi3Config", "Phi3Model", dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, pad_token_id=0, num_hidden_layers=2)),
+    "gpt_neox": ("dec", "GPTNeoXConfig", "GPTNeoXModel", dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_hidden_layers=2)),
+    "olmo2": ("dec", "Olmo2Config", "Olmo2Model", dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, pad_token_id=0, num_hidden_layers=2)),
+    "stablelm": ("dec", "StableLmConfig", "StableLmModel", dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2)),
+    "qwen3": ("dec", "Qwen3Config", "Qwen3Model", dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_hidden_layers=2)),
+    "granite": ("dec", "GraniteConfig", "GraniteModel", dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2)),
+    "starcoder2": ("dec", "Starcoder2Config", "Starcoder2Model", dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, sliding_window=None, num_hidden_layers=2)),
+    "cohere": ("dec", "CohereConfig", "CohereModel", dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, pad_token_id=0, num_hidden_layers=2)),
+    "gemma": ("dec", "GemmaConfig", "GemmaModel", dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, head_dim=16, pad_token_id=0, num_hidden_layers=2)),
+    "opt": ("dec", "OPTConfig", "OPTModel", dict(hidden_size=64, ffn_dim=128, num_attention_heads=4, word_embed_proj_dim=64, pad_token_id=1, num_hidden_layers=2)),
+    "roberta": ("enc", "RobertaConfig", "RobertaModel", dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, pad_token_id=1, num_hidden_layers=2)),
+    "electra": ("enc", "ElectraConfig", "ElectraModel", dict(hidden_size=64, embedding_size=32, intermediate_size=128, num_attention_heads=4, num_hidden_layers=2)),
+    "xlm_roberta": ("enc", "XLMRobertaConfig", "XLMRobertaModel", dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, pad_token_id=1, num_hidden_layers=2)),
+    "albert": ("enc", "AlbertConfig", "AlbertModel", dict(hidden_size=64, embedding_size=32, intermediate_size=128, num_attention_heads=4, num_hidden_layers=2)),
+    "mpnet": ("enc", "MPNetConfig", "MPNetModel", dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_hidden_layers=2)),
+    "phi": ("dec", "PhiConfig", "PhiModel", dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, partial_rotary_factor=0.5, num_hidden_layers=2)),
+    "gpt_bigcode": ("dec", "GPTBigCodeConfig", "GPTBigCodeModel", dict(n_embd=64, n_head=4, n_layer=2, n_positions=64, multi_query=True)),
+    "gptj": ("dec", "GPTJConfig", "GPTJModel", dict(n_embd=64, n_head=4, n_layer=2, n_positions=64, rotary_dim=8)),
+    "codegen": ("dec", "CodeGenConfig", "CodeGenModel", dict(n_embd=64, n_head=4, n_layer=2, n_positions=64, n_ctx=64, rotary_dim=8)),
+    "falcon_rotary": ("dec", "FalconConfig", "FalconModel", dict(hidden_size=64, num_attention_heads=4, alibi=False, new_decoder_architecture=True, num_kv_heads=2, num_hidden_layers=2)),
+    "biogpt": ("dec", "BioGptConfig", "BioGptModel", dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_hidden_layers=2)),
+    "xglm": ("dec", "XGLMConfig", "XGLMModel", dict(d_model=64, ffn_dim=128, attention_heads=4, num_layers=2)),
+    "mpt": ("dec", "MptConfig", "MptModel", dict(d_model=64, n_heads=4, n_layers=2, expansion_ratio=2)),
+    "llama_bias": ("dec", "LlamaConfig", "LlamaModel", dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=1, attention_bias=True, num_hidden_layers=2)),
+    "deit": ("vision", "DeiTConfig", "DeiTModel", dict(image_size=16, patch_size=4, num_channels=3, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)),
+    "beit": ("vision", "BeitConfig", "BeitModel", dict(use_relative_position_bias=True, image_size=16, patch_size=4, num_channels=3, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)),
+    "dinov2": ("vision", "Dinov2Config", "Dinov2Model", dict(image_size=16, patch_size=4, num_channels=3, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)),
+    "siglip": ("vision", "SiglipVisionConfig", "SiglipVisionModel", dict(image_size=16, patch_size=4, num_channels=3, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)),
+    "vit_mae": ("vision", "ViTMAEConfig", "ViTMAEModel", dict(mask_ratio=0.0, image_size=16, patch_size=4, num_channels=3, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)),
+    "blenderbot": ("encdec", "BlenderbotConfig", "BlenderbotModel", dict(d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64)),
+    "pegasus": ("encdec", "PegasusConfig", "PegasusModel", dict(d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64)),
+    "marian": ("encdec", "MarianConfig", "MarianModel", dict(d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, pad_token_id=0, decoder_start_token_id=0)),
+    "m2m100": ("encdec", "M2M100Config", "M2M100Model", dict(d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64)),
+    "wav2vec2": ("audio", "Wav2Vec2Config", "Wav2Vec2Model", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, conv_dim=(16, 16), conv_stride=(5, 4), conv_kernel=(10, 8), num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4)),
+    "roformer": ("enc", "RoFormerConfig", "RoFormerModel", dict(embedding_size=64, hidden_size=64, intermediate_size=128, num_attention_heads=4, num_hidden_layers=2)),
+    "megatron_bert": ("enc", "MegatronBertConfig", "MegatronBertModel", dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_hidden_layers=2)),
+    "ernie": ("enc", "ErnieConfig", "ErnieModel", dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_hidden_layers=2)),
+    "camembert": ("enc", "CamembertConfig", "CamembertModel", dict(pad_token_id=1, hidden_size=64, intermediate_size=128, num_attention_heads=4, num_hidden_layers=2)),
+    "layoutlm": ("enc", "LayoutLMConfig", "LayoutLMModel", dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_hidden_layers=2)),
+    "funnel": ("enc", "FunnelConfig", "FunnelModel", dict(d_model=64, n_head=4, d_head=16, d_inner=128, block_sizes=[1, 1], num_decoder_layers=1)),
+    "big_bird_sparse": ("enc", "BigBirdConfig", "BigBirdModel", dict(attention_type="block_sparse", block_size=2, num_random_blocks=1, hidden_size=64, intermediate_size=128, num_attention_heads=4, num_hidden_layers=2)),
+    "ctrl": ("dec", "CTRLConfig", "CTRLModel", dict(n_embd=64, dff=128, n_head=4, n_layer=2, n_positions=64)),
+    "mobilebert": ("enc", "MobileBertConfig", "MobileBertModel", dict(hidden_size=32, embedding_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2, intra_bottleneck_size=32, true_hidden_size=32)),
+    "squeezebert": ("enc", "SqueezeBertConfig", "SqueezeBertModel", dict(embedding_size=32, q_groups=1, k_groups=1, v_groups=1, post_attention_groups=1, intermediate_groups=1, output_groups=1, hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2)),
+    "convbert": ("enc", "ConvBertConfig", "ConvBertModel", dict(embedding_size=32, hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2)),
+    "rembert": ("enc", "RemBertConfig", "RemBertModel", dict(input_embedding_size=32, output_embedding_size=32, hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2)),
+    "esm": ("enc", "EsmConfig", "EsmModel", dict(pad_token_id=1, position_embedding_type="rotary", hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2)),
+    "canine": ("enc", "CanineConfig", "CanineModel", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2)),
+    "luke": ("enc", "LukeConfig", "LukeModel", dict(entity_vocab_size=10, entity_emb_size=32, hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2)),
+    "data2vec_text": ("enc", "Data2VecTextConfig", "Data2VecTextModel", dict(pad_token_id=1, hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2)),
+    "ibert": ("enc", "IBertConfig", "IBertModel", dict(pad_token_id=1, hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2)),
+    "markuplm": ("enc", "MarkupLMConfig", "MarkupLMModel", dict(pad_token_id=1, hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2)),
+    "splinter": ("enc", "SplinterConfig", "SplinterModel", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2)),
+    "yoso": ("enc", "YosoConfig", "YosoModel", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2)),
+    "mra": ("enc", "MraConfig", "MraModel", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2)),
+    "roc_bert": ("enc", "RoCBertConfig", "RoCBertModel", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2)),
+    "mistral": ("dec", "MistralConfig", "MistralModel", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2)),
+    "persimmon": ("dec", "PersimmonConfig", "PersimmonModel", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2)),
+    "olmo": ("dec", "OlmoConfig", "OlmoModel", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2, pad_token_id=0)),
+    "nemotron": ("dec", "NemotronConfig", "NemotronModel", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=8, num_hidden_layers=2, pad_token_id=0)),
+    "seed_oss": ("dec", "SeedOssConfig", "SeedOssModel", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=8, num_hidden_layers=2, pad_token_id=0)),
+    "smollm3": ("dec", "SmolLM3Config", "SmolLM3Model", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2, pad_token_id=0)),
+    "arcee": ("dec", "ArceeConfig", "ArceeModel", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2, pad_token_id=0)),
+    "bitnet": ("dec", "BitNetConfig", "BitNetModel", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2, pad_token_id=0)),
+    "gemma3_text": ("dec", "Gemma3TextConfig", "Gemma3TextModel", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=8, num_hidden_layers=2, pad_token_id=0, sliding_window=4096)),
+    "vit_msn": ("vision", "ViTMSNConfig", "ViTMSNModel", dict(image_size=16, patch_size=4, num_channels=3, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)),
+    "data2vec_vision": ("vision", "Data2VecVisionConfig", "Data2VecVisionModel", dict(use_relative_position_bias=True, image_size=16, patch_size=4, num_channels=3, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)),
+    "ijepa": ("vision", "IJepaConfig", "IJepaModel", dict(image_size=16, patch_size=4, num_channels=3, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)),
+    "swinv2": ("vision", "Swinv2Config", "Swinv2Model", dict(image_size=16, patch_size=2, embed_dim=16, depths=[1, 1], num_heads=[2, 2], window_size=4)),
+    "pvt_v2": ("vision", "PvtV2Config", "PvtV2Model", dict(image_size=32, hidden_sizes=[16, 32], num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1], num_attention_heads=[1, 2], patch_sizes=[7, 3], strides=[4, 2], mlp_ratios=[2, 2])),
+    "segformer": ("vision", "SegformerConfig", "SegformerModel", dict(image_size=32, hidden_sizes=[16, 32], num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1], num_attention_heads=[1, 2], patch_sizes=[7, 3], strides=[4, 2], mlp_ratios=[2, 2], decoder_hidden_size=32)),
+    "hubert": ("audio", "HubertConfig", "HubertModel", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, conv_dim=(16, 16), conv_stride=(5, 4), conv_kernel=(10, 8), num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4)),
+    "wavlm": ("audio", "WavLMConfig", "WavLMModel", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, conv_dim=(16, 16), conv_stride=(5, 4), conv_kernel=(10, 8), num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4, num_buckets=32, max_bucket_distance=64)),
+    "sew_d": ("audio", "SEWDConfig", "SEWDModel", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, conv_dim=(16, 16), conv_stride=(5, 4), conv_kernel=(10, 8), num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4, squeeze_factor=1, position_buckets=8, max_relative_positions=16)),
+    "data2vec_audio": ("audio", "Data2VecAudioConfig", "Data2VecAudioModel", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, conv_dim=(16, 16), conv_stride=(5, 4), conv_kernel=(10, 8), num_conv_pos_embeddings=4, conv_pos_kernel_size=4, num_conv_pos_embeddings_disabled=False)),
+    "unispeech": ("audio", "UniSpeechConfig", "UniSpeechModel", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, conv_dim=(16, 16), conv_stride=(5, 4), conv_kernel=(10, 8), num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4)),
+    "mbart": ("encdec", "MBartConfig", "MBartModel", dict(d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64)),
+    "plbart": ("encdec", "PLBartConfig", "PLBartModel", dict(d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64)),
+    "led": ("encdec", "LEDConfig", "LEDModel", dict(max_encoder_position_embeddings=64, max_decoder_position_embeddings=64, attention_window=4, d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64)),
+    "bigbird_pegasus": ("encdec", "BigBirdPegasusConfig", "BigBirdPegasusModel", dict(attention_type="original_full", d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64)),
+    "prophetnet": ("encdec", "ProphetNetConfig", "ProphetNetModel", dict(hidden_size=32, encoder_ffn_dim=64, decoder_ffn_dim=64, num_encoder_layers=1, num_decoder_layers=1, num_encoder_attention_heads=4, num_decoder_attention_heads=4)),
+    "deberta": ("enc", "DebertaConfig", "DebertaModel", dict(relative_attention=True, pos_att_type=["c2p", "p2c"], max_relative_positions=16, hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2)),
+    "deberta_noatt": ("enc", "DebertaConfig", "DebertaModel", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2)),
+    "tapas": ("enc", "TapasConfig", "TapasModel", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2)),
+    "xlm": ("enc", "XLMConfig", "XLMModel", dict(emb_dim=32, n_layers=2, n_heads=4)),
+    "flaubert": ("enc", "FlaubertConfig", "FlaubertModel", dict(emb_dim=32, n_layers=2, n_heads=4)),
+    "bert_relkq": ("enc", "BertConfig", "BertModel", dict(position_embedding_type="relative_key_query", hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2)),
+    "roberta_relk": ("enc", "RobertaConfig", "RobertaModel", dict(position_embedding_type="relative_key", pad_token_id=1, hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2)),
+    "ernie_relk": ("enc", "ErnieConfig", "ErnieModel", dict(position_embedding_type="relative_key_query", hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2)),
+    "mvp": ("encdec", "MvpConfig", "MvpModel", dict(d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64)),
+    "nllb_moe": ("encdec", "NllbMoeConfig", "NllbMoeModel", dict(num_experts=2, d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64)),
+    "switch": ("encdec", "SwitchTransformersConfig", "SwitchTransformersModel", dict(d_model=32, d_kv=8, d_ff=64, num_layers=1, num_decoder_layers=1, num_heads=4, num_experts=2, relative_attention_num_buckets=8)),
+    "longt5": ("encdec", "LongT5Config", "LongT5Model", dict(d_model=32, d_kv=8, d_ff=64, num_layers=1, num_decoder_layers=1, num_heads=4, relative_attention_num_buckets=8, encoder_attention_type="transient-global", local_radius=4, global_block_size=4)),
+    "longt5_local": ("encdec", "LongT5Config", "LongT5Model", dict(d_model=32, d_kv=8, d_ff=64, num_layers=1, num_decoder_layers=1, num_heads=4, relative_attention_num_buckets=8, encoder_attention_type="local", local_radius=4)),
+    "umt5": ("encdec", "UMT5Config", "UMT5Model", dict(d_model=32, d_kv=8, d_ff=64, num_layers=1, num_decoder_layers=1, num_heads=4, relative_attention_num_buckets=8)),
+    "mt5": ("encdec", "MT5Config", "MT5Model", dict(d_model=32, d_kv=8, d_ff=64, num_layers=1, num_decoder_layers=1, num_heads=4, relative_attention_num_buckets=8)),
+    "pegasus_x": ("encdec", "PegasusXConfig", "PegasusXModel", dict(block_size=4, num_global_tokens=2, stagger_local_blocks=True, d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64)),
+    "gpt_neo": ("dec", "GPTNeoConfig", "GPTNeoModel", dict(hidden_size=32, num_heads=4, num_layers=2, attention_types=[[["global", "local"], 1]], window_size=4)),
+    "falcon_new": ("dec", "FalconConfig", "FalconModel", dict(hidden_size=32, num_attention_heads=4, num_hidden_layers=2, new_decoder_architecture=True, num_kv_heads=2)),
+    "jetmoe": ("dec", "JetMoeConfig", "JetMoeModel", dict(hidden_size=32, num_attention_heads=4, num_hidden_layers=2, kv_channels=8, num_local_experts=2, num_experts_per_tok=1, intermediate_size=64)),
+    "clip_text": ("enc", "CLIPTextConfig", "CLIPTextModel", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2)),
+    "owlvit_text": ("enc", "OwlViTTextConfig", "OwlViTTextModel", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2)),
+    "siglip_text": ("enc", "SiglipTextConfig", "SiglipTextModel", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2)),
+    "xclip_text": ("enc", "XCLIPTextConfig", "XCLIPTextModel", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2)),
+    "groupvit_text": ("enc", "GroupViTTextConfig", "GroupViTTextModel", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2)),
+    "blip_text": ("enc", "BlipTextConfig", "BlipTextModel", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2, encoder_hidden_size=32)),
+    "git": ("enc", "GitConfig", "GitModel", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2, vision_config={"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4, "num_hidden_layers": 1, "image_size": 16, "patch_size": 4})),
+    "mobilevit": ("vision32", "MobileViTConfig", "MobileViTModel", dict(image_size=32, hidden_sizes=[16, 24, 32], neck_hidden_sizes=[8, 8, 16, 16, 24, 32, 64], num_attention_heads=2)),
+    "dpt": ("vision32", "DPTConfig", "DPTModel", dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, backbone_out_indices=[0, 1], neck_hidden_sizes=[8, 16], fusion_hidden_size=16, readout_type="project")),
+    "glpn": ("vision32", "GLPNConfig", "GLPNModel", dict(hidden_sizes=[16, 32], num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1], num_attention_heads=[1, 2], patch_sizes=[7, 3], strides=[4, 2], mlp_ratios=[2, 2], decoder_hidden_size=32)),
+    "vitdet": ("vision32", "VitDetConfig", "VitDetModel", dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, mlp_ratio=2, pretrain_image_size=32, use_relative_position_embeddings=True, window_size=2, window_block_indices=[0])),
+    "pvt": ("vision32", "PvtConfig", "PvtModel", dict(image_size=32, hidden_sizes=[16, 32], num_encoder_blocks=2, depths=[1, 1], sequence_reduction_ratios=[2, 1], num_attention_heads=[1, 2], patch_sizes=[4, 2], strides=[4, 2], mlp_ratios=[2, 2])),
+    "speech_to_text": ("speech2text", "Speech2TextConfig", "Speech2TextModel", dict(d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, input_feat_per_channel=8, conv_channels=16, max_source_positions=64, max_target_positions=64)),
+}
+
+KINDS = ("enc", "dec", "encdec", "vision", "vision32", "audio", "speech2text")
+
+
+def build(family: str, impl: str):
+    """The family's zoo.Built for one attention implementation."""
+    import transformers
+
+    from zoo import Built, HFWrapper, _dec_ids, _hf_model, _hf_quiet, _pixels, _text_inputs
+
+    kind, config_name, model_name, kwargs = FAMILIES[family]
+    config_cls, model_cls = getattr(transformers, config_name), getattr(transformers, model_name)
+    _hf_quiet()
+    if kind in ("enc", "dec", "encdec", "speech2text"):
+        kwargs = {"vocab_size": 100, **kwargs}
+    if kind in ("enc", "dec", "encdec"):
+        kwargs = {"max_position_embeddings": 64, **kwargs}
+    model = _hf_model(model_cls, config_cls(**kwargs), impl)
+    extra = {"use_cache": False} if kind in ("dec", "encdec", "speech2text") else {}
+    if kind in ("enc", "dec"):
+        names, inputs = ["input_ids", "attention_mask"], _text_inputs()
+    elif kind == "encdec":
+        names, inputs = ["input_ids", "attention_mask", "decoder_input_ids"], (*_text_inputs(), _dec_ids())
+    elif kind in ("vision", "vision32"):
+        names, inputs = ["pixel_values"], (_pixels(32 if kind == "vision32" else 16),)
+    elif kind == "audio":
+        names, inputs = ["input_values"], (torch.randn(2, 800, generator=torch.Generator().manual_seed(3)),)
+    else:  # speech2text: filter-bank features, padded like the text inputs
+        feats = torch.randn(2, 40, model.config.input_feat_per_channel * model.config.input_channels,
+                            generator=torch.Generator().manual_seed(4))
+        mask = torch.ones(2, 40, dtype=torch.long)
+        mask[1, 30:] = 0
+        names, inputs = ["input_features", "attention_mask", "decoder_input_ids"], (feats, mask, _dec_ids())
+    return Built(HFWrapper(model, names, extra), inputs, names, ["last_hidden_state"])
+
+
+def probe(family: str, impl: str, exporter: str, built, workdir: Path) -> dict:
+    """One export of one family through detect, rewrite and validate; the stage it reached and what it saw."""
+    import onnx
+
+    import attnopt
+
+    rec = {"family": family, "impl": impl, "exporter": exporter, "stage": "export"}
+    path = workdir / f"{family}-{impl}-{exporter}.onnx"
+    t0 = time.time()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if exporter == "dynamo":
+                torch.onnx.export(built.module, built.inputs, str(path), dynamo=True, external_data=False,
+                                  input_names=list(built.input_names), output_names=list(built.output_names),
+                                  verbose=False)
+            else:
+                torch.onnx.export(built.module, built.inputs, str(path), dynamo=False, opset_version=17,
+                                  input_names=list(built.input_names), output_names=list(built.output_names))
+        rec["stage"] = "detect"
+        sites = attnopt.detect(path)
+        rec["sites"], rec["unsupported"] = len(sites), sum(bool(s.unsupported) for s in sites)
+        rec["stage"] = "rewrite"
+        result = attnopt.rewrite(path, "segmented", segment_size=1 << 16, sinks=2)
+        rec["rewritten"] = len(result.rewritten)
+        out = path.with_suffix(".seg.onnx")
+        result.save(out)
+        rec["stage"] = "validate"
+        names = [i.name for i in onnx.load(str(path), load_external_data=False).graph.input]
+        report = attnopt.validate(path, out, inputs={n: t.numpy() for n, t in zip(names, built.inputs)})
+        rec["exact"], rec["worst_rel_l2"], rec["note"] = report.is_exact(1e-5), report.worst_rel_l2, report.note
+        rec["stage"] = "done"
+    except Exception as e:  # noqa: BLE001  a probe reports every failure and goes on
+        rec["error"] = f"{type(e).__name__}: {str(e)[:300]}"
+    rec["seconds"] = round(time.time() - t0, 1)
+    return rec
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("families", nargs="*", help="families to probe (default all): " + ", ".join(FAMILIES))
+    ap.add_argument("--exporters", nargs="+", default=["torchscript", "dynamo"], choices=["torchscript", "dynamo"])
+    ap.add_argument("--impls", nargs="+", default=["eager", "sdpa"], choices=["eager", "sdpa"])
+    ap.add_argument("--json", help="write every record here as a JSON list")
+    args = ap.parse_args(argv)
+    unknown = [f for f in args.families if f not in FAMILIES]
+    if unknown:
+        print(f"error: unknown family {unknown[0]!r}; see --help for the list", file=sys.stderr)
+        return 2
+    records = []
+    with tempfile.TemporaryDirectory(prefix="attnopt-probe-") as tmp:
+        for family in args.families or list(FAMILIES):
+            for impl in args.impls:
+                try:
+                    built = build(family, impl)
+                except Exception as e:  # noqa: BLE001  a family this transformers cannot build that way
+                    rec = {"family": family, "impl": impl, "stage": "build", "error": f"{type(e).__name__}: {str(e)[:200]}"}
+                    records.append(rec)
+                    print(json.dumps(rec), flush=True)
+                    continue
+                for exporter in args.exporters:
+                    rec = probe(family, impl, exporter, built, Path(tmp))
+                    records.append(rec)
+                    print(json.dumps(rec), flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(records, indent=1))
+    done = [r for r in records if r["stage"] == "done"]
+    print(f"\n{len(records)} probes: {sum(r['exact'] for r in done)} exact, {sum(not r['exact'] for r in done)} "
+          f"inexact, {sum(r['stage'] == 'build' for r in records)} not built, "
+          f"{sum(r['stage'] == 'export' for r in records)} not exported (torch), "
+          f"{sum(r['stage'] in ('detect', 'rewrite', 'validate') for r in records)} stopped in attnopt")
+    for r in records:
+        if r["stage"] in ("detect", "rewrite", "validate") or (r["stage"] == "done" and not r["exact"]):
+            print(f"  {r['family']} {r['impl']} {r['exporter']}: {r.get('error') or r.get('note') or 'inexact'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

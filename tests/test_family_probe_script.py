@@ -1,0 +1,45 @@
+"""benchmarks/family_probe.py: one family probed end to end, and its records when something stops it."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "family_probe.py"
+
+
+@pytest.fixture(scope="module")
+def fp():
+    spec = importlib.util.spec_from_file_location("family_probe", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_family_goes_through_detect_rewrite_and_validate(fp, tmp_path, capsys):
+    out = tmp_path / "probe.json"
+    assert fp.main(["gpt_neo", "--exporters", "torchscript", "--impls", "eager", "sdpa", "--json", str(out)]) == 0
+    eager, sdpa = json.loads(out.read_text())
+    assert (eager["stage"], eager["sites"], eager["rewritten"], eager["exact"]) == ("done", 2, 2, True)
+    assert sdpa["stage"] == "build" and "error" in sdpa  # transformers has no sdpa form of GPT-Neo
+    assert "2 probes: 1 exact, 0 inexact, 1 not built" in capsys.readouterr().out
+
+
+def test_a_stop_in_attnopt_is_listed_with_its_error(fp, monkeypatch, tmp_path, capsys):
+    import attnopt
+
+    def broken(*a, **k):
+        raise RuntimeError("planted")
+
+    monkeypatch.setattr(attnopt, "rewrite", broken)
+    assert fp.main(["gpt_neo", "--exporters", "torchscript", "--impls", "eager"]) == 0
+    out = capsys.readouterr().out
+    assert "1 stopped in attnopt" in out and "gpt_neo eager torchscript: RuntimeError: planted" in out
+
+
+def test_an_unknown_family_is_refused(fp, capsys):
+    assert fp.main(["nope"]) == 2
+    assert "unknown family 'nope'" in capsys.readouterr().err
