@@ -5,21 +5,14 @@ The one check that needs the package (the texts tokenize to exactly N tokens) is
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "quality_minilm.py"
+from bench_scripts import load
 
 
 @pytest.fixture(scope="module")
 def qm():
-    spec = importlib.util.spec_from_file_location("quality_minilm", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # importing it needs only torch, not the MiniLM package
-    return module
+    return load("quality_minilm")  # importing it needs only torch, not the MiniLM package
 
 
 def test_mean_pool_ignores_padded_tokens(qm):
@@ -95,17 +88,7 @@ def test_texts_are_exactly_n_tokens(qm):
 
 @pytest.fixture(scope="module")
 def tune_script():
-    import sys
-
-    path = SCRIPT.parent / "tune_minilm.py"
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        spec = importlib.util.spec_from_file_location("tune_minilm", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
-    return module
+    return load("tune_minilm")
 
 
 def test_tune_script_refuses_a_calibration_size_the_export_cannot_batch(capsys, tune_script):
