@@ -431,23 +431,23 @@ def _strip_term_scale(view: View, m: ValueRef) -> tuple[ValueRef, float]:
     return m, 1.0
 
 
-def _viewed(view: View, nid: str, inner: ValueRef, outer: ValueRef, back: str | None, pending: list) -> str | None:
-    """Walking up through the reshape ``nid`` from ``outer`` to ``inner``: the id of the reshape back out of a
-    view of the scores while the walk is inside one (MaskTerm.view), else None. A reshape from scores of rank
-    ≤ 4 to a higher rank leads into such a view, one back leads out; on entering, the terms found inside
-    learn their pair of reshapes."""
+def _viewed(view: View, nid: str, inner: ValueRef, outer: ValueRef, back: str | None, terms: list,
+            start: int) -> tuple[str | None, int]:
+    """Walking up through the reshape ``nid`` from ``outer`` to ``inner``: (the id of the reshape back out of a
+    view of the scores while the walk is inside one (MaskTerm.view), else None; the index in ``terms`` where
+    the view's terms start). A reshape from scores of rank ≤ 4 to a higher rank leads into such a view, one
+    back leads out; on entering, the terms found inside learn their pair of reshapes."""
     r_in, r_out = view.rank(inner), view.rank(outer)
     if r_in is None or r_out is None:
         if back is not None:
             raise Mismatch("a reshape of unknown rank inside a view of the scores")
-        return None
+        return None, start
     if back is None:
-        return nid if r_in > 4 >= r_out else None
+        return (nid, len(terms)) if r_in > 4 >= r_out else (None, start)
     if r_in <= 4 < r_out:
-        for t in pending:  # read back, a term has the shape of the scores the view came from
+        for t in terms[start:]:  # read back, a term has the shape of the scores the view came from
             t.view, t.flat = (nid, back), view.rank(ValueRef(back, 0)) == 3
-        pending.clear()
-        return None
+        return None, start
     raise Mismatch("a second reshape inside a view of the scores")
 
 
@@ -477,11 +477,8 @@ def _walk_up(view: View, v: ValueRef) -> _Scores:
     """
     gain, cap, clamp = 1.0, None, None
     terms, nodes, heads, factor, factor_flat = [], [], None, None, False
-    back, pending, seen = None, [], 0  # inside a view of the scores: the reshape out of it, the terms found there
+    back, start = None, 0  # inside a view of the scores: the reshape out of it, where its terms start
     for _ in range(48):
-        if back is not None:
-            pending.extend(terms[seen:])
-        seen = len(terms)
         nid = v.node
         op = view.op(nid)
         ins = view.inputs(nid)
@@ -502,7 +499,7 @@ def _walk_up(view: View, v: ValueRef) -> _Scores:
             if op == "reshape" and view.rank(ins[0]) == 3 and view.rank(v) == 4:
                 heads = (view.shape(v) or (None, None))[1]
             if op == "reshape":
-                back = _viewed(view, nid, ins[0], v, back, pending)
+                back, start = _viewed(view, nid, ins[0], v, back, terms, start)
             v = ins[0]
         elif op in ("mul", "div"):
             found = _scalar_operand(view, nid)

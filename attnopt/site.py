@@ -33,6 +33,11 @@ LAYOUT_BHDS = "bhds"  # key only: already transposed, (batch, heads, head_dim, s
 LAYOUT_FLAT = "(bh)sd"  # (batch*heads, seq, head_dim), as nn.MultiheadAttention's bmm
 
 
+def permutes_bhsd(layout: str) -> bool:
+    """Whether ``layout`` is (batch, heads, seq, head_dim) in some order of its four axes ("bshd", "sbhd")."""
+    return sorted(layout) == sorted(LAYOUT_BHSD)
+
+
 @dataclass(frozen=True)
 class Projection:
     """How a fused op derives q, k or v from its inputs, when the value the attention reads is not

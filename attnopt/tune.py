@@ -150,14 +150,14 @@ def output_cosine(reference: dict, outputs: dict, feeds: dict) -> float:
 
 def _heads_first(array, site) -> np.ndarray:
     """A site's output as (H, everything else) float64, whatever its layout; (1, ...) if heads are unknown."""
-    from .site import LAYOUT_BHSD, LAYOUT_BSD, LAYOUT_FLAT
+    from .site import LAYOUT_BSD, LAYOUT_FLAT, permutes_bhsd
 
     a = as_numpy(array).astype(np.float64)
     h = site.num_heads
     if not isinstance(h, int):
         return a.reshape(1, -1)
     layout = site.output_layout
-    if sorted(layout) == sorted(LAYOUT_BHSD) and a.ndim == 4 and a.shape[layout.index("h")] == h:
+    if permutes_bhsd(layout) and a.ndim == 4 and a.shape[layout.index("h")] == h:
         return np.moveaxis(a, layout.index("h"), 0).reshape(h, -1)
     if site.output_layout == LAYOUT_BSD and a.shape[-1] % h == 0:
         return np.moveaxis(a.reshape(*a.shape[:-1], h, a.shape[-1] // h), -2, 0).reshape(h, -1)
@@ -196,13 +196,13 @@ def _key_padding(array, term, k):
 
 
 def _site_length(array, site) -> int | None:
-    from .site import LAYOUT_BHSD
+    from .site import permutes_bhsd
 
     if isinstance(site.q_len, int):
         return site.q_len
     shape = np.shape(as_numpy(array))
     layout = site.output_layout
-    axis = layout.index("s") if sorted(layout) == sorted(LAYOUT_BHSD) else 1
+    axis = layout.index("s") if permutes_bhsd(layout) else 1
     return int(shape[axis]) if len(shape) > axis else None
 
 

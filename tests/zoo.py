@@ -151,6 +151,13 @@ class HFWrapper(nn.Module):
         return (out.last_hidden_state,)
 
 
+def _text_built(model: nn.Module, **extra) -> Built:
+    """A Hugging Face text model called with input_ids and attention_mask (``_text_inputs``) and keyword
+    ``extra`` (use_cache=False for decoders), its last_hidden_state the output."""
+    names = ["input_ids", "attention_mask"]
+    return Built(HFWrapper(model, names, extra), _text_inputs(), names, ["last_hidden_state"])
+
+
 def _text_inputs(seq: int = SEQ, pad_from: int | None = SEQ - 3, gen_seed: int = 1):
     g = torch.Generator().manual_seed(gen_seed)
     ids = torch.randint(1, VOCAB, (BATCH, seq), generator=g)
@@ -204,8 +211,7 @@ def distilbert(impl: str) -> Built:
     cfg = DistilBertConfig(vocab_size=VOCAB, dim=32, n_layers=2, n_heads=4, hidden_dim=64,
                            max_position_embeddings=64)
     model = _hf_model(DistilBertModel, cfg, impl)
-    names = ["input_ids", "attention_mask"]
-    return Built(HFWrapper(model, names), _text_inputs(), names, ["last_hidden_state"])
+    return _text_built(model)
 
 
 def gpt2(impl: str) -> Built:
@@ -214,8 +220,7 @@ def gpt2(impl: str) -> Built:
     _hf_quiet()
     cfg = GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64, n_inner=64)
     model = _hf_model(GPT2Model, cfg, impl)
-    names = ["input_ids", "attention_mask"]
-    return Built(HFWrapper(model, names, {"use_cache": False}), _text_inputs(), names, ["last_hidden_state"])
+    return _text_built(model, use_cache=False)
 
 
 def vit(impl: str) -> Built:
@@ -306,8 +311,7 @@ def gpt_neo(impl: str) -> Built:
     cfg = GPTNeoConfig(vocab_size=VOCAB, max_position_embeddings=64, hidden_size=32, num_heads=4, num_layers=2,
                        attention_types=[[["global", "local"], 1]], window_size=4)
     model = _hf_model(GPTNeoModel, cfg, impl)
-    names = ["input_ids", "attention_mask"]
-    return Built(HFWrapper(model, names, {"use_cache": False}), _text_inputs(), names, ["last_hidden_state"])
+    return _text_built(model, use_cache=False)
 
 
 def switch_transformers(impl: str) -> Built:
@@ -330,8 +334,7 @@ def t5_encoder(impl: str) -> Built:
 
     _hf_quiet()
     model = _hf_model(T5EncoderModel, _t5_config(), impl)
-    names = ["input_ids", "attention_mask"]
-    return Built(HFWrapper(model, names), _text_inputs(), names, ["last_hidden_state"])
+    return _text_built(model)
 
 
 def _dec_ids():
@@ -383,8 +386,7 @@ def mistral(impl: str) -> Built:
                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
                         sliding_window=None)
     model = _hf_model(MistralModel, cfg, impl)
-    names = ["input_ids", "attention_mask"]
-    return Built(HFWrapper(model, names, {"use_cache": False}), _text_inputs(), names, ["last_hidden_state"])
+    return _text_built(model, use_cache=False)
 
 
 def qwen2(impl: str) -> Built:
@@ -394,8 +396,7 @@ def qwen2(impl: str) -> Built:
     cfg = Qwen2Config(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
     model = _hf_model(Qwen2Model, cfg, impl)
-    names = ["input_ids", "attention_mask"]
-    return Built(HFWrapper(model, names, {"use_cache": False}), _text_inputs(), names, ["last_hidden_state"])
+    return _text_built(model, use_cache=False)
 
 
 def whisper_encoder(impl: str) -> Built:
@@ -429,8 +430,7 @@ def bloom(impl: str) -> Built:
     _hf_quiet()
     cfg = BloomConfig(vocab_size=VOCAB, hidden_size=32, n_layer=2, n_head=4)
     model = _hf_model(BloomModel, cfg, impl)
-    names = ["input_ids", "attention_mask"]
-    return Built(HFWrapper(model, names, {"use_cache": False}), _text_inputs(), names, ["last_hidden_state"])
+    return _text_built(model, use_cache=False)
 
 
 def xglm(impl: str) -> Built:
@@ -440,8 +440,7 @@ def xglm(impl: str) -> Built:
     cfg = XGLMConfig(vocab_size=VOCAB, d_model=32, ffn_dim=64, attention_heads=4, num_layers=2,
                      max_position_embeddings=64)
     model = _hf_model(XGLMModel, cfg, impl)
-    names = ["input_ids", "attention_mask"]
-    return Built(HFWrapper(model, names, {"use_cache": False}), _text_inputs(), names, ["last_hidden_state"])
+    return _text_built(model, use_cache=False)
 
 
 def funnel(impl: str) -> Built:
@@ -452,8 +451,7 @@ def funnel(impl: str) -> Built:
     cfg = FunnelConfig(vocab_size=VOCAB, d_model=32, n_head=4, d_head=8, d_inner=64, block_sizes=[1, 1],
                        num_decoder_layers=1, max_position_embeddings=64)
     model = _hf_model(FunnelModel, cfg, impl)
-    names = ["input_ids", "attention_mask"]
-    return Built(HFWrapper(model, names), _text_inputs(), names, ["last_hidden_state"])
+    return _text_built(model)
 
 
 def deberta_v2(impl: str) -> Built:
@@ -464,8 +462,7 @@ def deberta_v2(impl: str) -> Built:
                           intermediate_size=64, max_position_embeddings=64, relative_attention=True,
                           pos_att_type=["p2c", "c2p"], position_buckets=8, max_relative_positions=16)
     model = _hf_model(DebertaV2Model, cfg, impl)
-    names = ["input_ids", "attention_mask"]
-    return Built(HFWrapper(model, names), _text_inputs(), names, ["last_hidden_state"])
+    return _text_built(model)
 
 
 def gemma2(impl: str) -> Built:
@@ -476,8 +473,7 @@ def gemma2(impl: str) -> Built:
                        num_attention_heads=4, num_key_value_heads=2, head_dim=8, query_pre_attn_scalar=16,
                        attn_logit_softcapping=50.0, final_logit_softcapping=None, max_position_embeddings=64)
     model = _hf_model(Gemma2Model, cfg, impl)
-    names = ["input_ids", "attention_mask"]
-    return Built(HFWrapper(model, names, {"use_cache": False}), _text_inputs(), names, ["last_hidden_state"])
+    return _text_built(model, use_cache=False)
 
 
 class Float32Alibi(HFWrapper):

@@ -20,7 +20,7 @@ import torch.fx as fx
 
 from ..errors import SiteNotApplicable
 from ..site import (LAYOUT_BHSD, LAYOUT_BSD, LAYOUT_FLAT, MASK_BOOLEAN, MASK_BOOLEAN_BLOCKED, MASK_NONZERO_KEEP,
-                    AttentionSite, ValueRef)
+                    AttentionSite, ValueRef, permutes_bhsd)
 from .lowering import lower, mask_terms, state_name
 
 
@@ -208,7 +208,7 @@ def to_bhsd(x, layout: str, heads, call=None):
         if layout == "(bh)ds":
             x = call(torch.transpose, (x, 1, 2))
         return call(torch.unflatten, (x, 0, (-1, heads)))
-    if sorted(layout) == sorted(LAYOUT_BHSD):
+    if permutes_bhsd(layout):
         return call(torch.permute, (x, tuple(layout.index(c) for c in LAYOUT_BHSD)))
     raise SiteNotApplicable(f"unsupported tensor layout {layout!r}")
 
@@ -221,7 +221,7 @@ def _from_bhsd(g: fx.Graph, y: fx.Node, layout: str) -> fx.Node:
         return g.call_function(torch.flatten, (y, 2))
     if layout == LAYOUT_FLAT:
         return g.call_function(torch.flatten, (y, 0, 1))
-    if sorted(layout) == sorted(LAYOUT_BHSD) and len(layout) == 4:
+    if permutes_bhsd(layout):
         return g.call_function(torch.permute, (y, tuple(LAYOUT_BHSD.index(c) for c in layout)))
     raise SiteNotApplicable(f"unsupported output layout {layout!r}")
 

@@ -20,7 +20,7 @@ from ..atomic import write_atomic
 from ..errors import SiteNotApplicable
 from ..onnx_compat import DOMAIN, IR_VERSION, MIN_OPSET
 from ..site import (LAYOUT_BHSD, LAYOUT_BSD, LAYOUT_FLAT, MASK_ADDITIVE, MASK_BOOLEAN,
-                    MASK_BOOLEAN_BLOCKED, MASK_KEY_END, MASK_NONZERO_KEEP, AttentionSite, ValueRef)
+                    MASK_BOOLEAN_BLOCKED, MASK_KEY_END, MASK_NONZERO_KEEP, AttentionSite, ValueRef, permutes_bhsd)
 from ..kernels.ort_cuda import PORTABLE, LoweringFacts, choose, lowering_attrs
 from .lowering import lower, mask_terms, state_dims, state_name
 
@@ -263,7 +263,7 @@ class _Builder:
                                      self.const(np.array([3], np.int64))])
             shape = self.op("Concat", [self.const(np.array([-1, heads], np.int64)), tail], {"axis": 0})
             return self.op("Reshape", [x, shape])
-        if sorted(layout) == sorted(LAYOUT_BHSD) and len(layout) == 4:
+        if permutes_bhsd(layout):
             return self.transpose(x, [layout.index(c) for c in LAYOUT_BHSD])
         raise SiteNotApplicable(f"unsupported tensor layout {layout!r}")
 
@@ -278,7 +278,7 @@ class _Builder:
                                      self.const(np.array([4], np.int64))])
             shape = self.op("Concat", [self.const(np.array([-1], np.int64)), tail], {"axis": 0})
             return self.op("Reshape", [y, shape])
-        if sorted(layout) == sorted(LAYOUT_BHSD) and len(layout) == 4:
+        if permutes_bhsd(layout):
             return self.transpose(y, [LAYOUT_BHSD.index(c) for c in layout])
         raise SiteNotApplicable(f"unsupported output layout {layout!r}")
 
