@@ -180,19 +180,13 @@ def band_call(name: str, q, k, v, scale: float):
 def op_row(name: str, q, k, v, scale: float):
     """(the op call, useful keys per query, Flex's arguments or None) for an OP_ROWS entry; None without a CUDA
     kernel for the variant (its torch code on the GPU is not what this table measures)."""
-    from attnopt.kernels.registry import get_variant
-
     variant, params, causal, _, _ = OP_ROWS[name]
-    spec = get_variant(variant)
-    if not torch._C._dispatch_has_kernel_for_dispatch_key(spec.torch_op.default.name(), "CUDA"):
-        return None
-    params = {**{p.name: p.default for p in spec.params}, **params}
-    args = op_args(spec, params, q, k, scale, causal)
-    extra = args[:len(spec.tensor_inputs)]
     n = q.shape[2]
     kp = torch.zeros(1, n, device=q.device) if "no block skipping" in name else None
-    op = spec.torch_op  # resolved once: the property imports the op's module on every access
-    call = lambda: op(q, k, v, None, kp, *args)
+    made = op_call(variant, params, causal, q, k, v, scale, key_padding=kp)
+    if made is None:
+        return None
+    call, spec, params, extra = made
     flex = None
     if variant == "relbias":
         kpq = keys_per_query(n, n, BIG, 0, 0, 0, causal)
@@ -209,6 +203,20 @@ def op_row(name: str, q, k, v, scale: float):
     else:  # lowrank: rank pooled keys
         kpq = params["rank"]
     return call, kpq, flex
+
+
+def op_call(variant: str, params: dict, causal: bool, q, k, v, scale: float, key_padding=None):
+    """(the call of ``variant``'s torch op, its spec, its complete params, its tensor inputs); None where the
+    variant has no CUDA kernel."""
+    from attnopt.kernels.registry import get_variant
+
+    spec = get_variant(variant)
+    if not torch._C._dispatch_has_kernel_for_dispatch_key(spec.torch_op.default.name(), "CUDA"):
+        return None
+    params = {**{p.name: p.default for p in spec.params}, **params}
+    args = op_args(spec, params, q, k, scale, causal)
+    op = spec.torch_op  # resolved once: the property imports the op's module on every access
+    return (lambda: op(q, k, v, None, key_padding, *args)), spec, params, args[:len(spec.tensor_inputs)]
 
 
 def hierarchical_keys_per_query(n: int, block: int, levels: int, sinks: int, causal: bool) -> float:

@@ -17,7 +17,7 @@ def define_op(variant: str, forward: Callable, *, cuda: Callable | None = None):
     serves every device unless ``cuda`` is given. ``cuda`` is a Triton
     implementation registered the way ``torch.library.triton_op`` does it (see
     ``_register_triton``): it launches its kernels through
-    ``torch.library.wrap_triton`` (``kernels.triton_band.launch``), and may return
+    ``torch.library.wrap_triton`` (``kernels.triton_launch.launch``), and may return
     None for arguments its kernels do not serve, where ``forward`` runs instead.
     Returns the op.
     """

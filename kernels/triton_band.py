@@ -35,8 +35,9 @@ How the kernel stays block sparse:
   values, one per group of blocks, folded into the same online softmax after
   the exact keys (``_attend_pooled``; the per-block sums come from
   ``triton_hierarchical``).
-- Every launch goes through ``launch`` (``torch.library.wrap_triton``), so the
-  ops that ``torch_ops.define_op`` registers are transparent to torch.compile.
+- Every launch goes through ``triton_launch.launch`` (``torch.library.wrap_triton``),
+  so the ops that ``torch_ops.define_op`` registers are transparent to torch.compile,
+  TMA descriptors included.
 
 Imports only torch, triton and the standard library, so the op layer can
 register ``band_attention`` as the CUDA implementation of every band variant.
@@ -55,8 +56,9 @@ import triton.language as tl
 from torch import Tensor
 
 from .band import segment_fold
+from .triton_launch import launch, tma_descriptor, tma_ok
 
-__all__ = ["BandConfig", "GroupTables", "PooledBlocks", "RelativeBias", "band_attention", "default_config", "launch",
+__all__ = ["BandConfig", "GroupTables", "PooledBlocks", "RelativeBias", "band_attention", "default_config",
            "relbias_attention"]
 
 _LOG2E = 1.4426950408889634
@@ -468,7 +470,7 @@ def _band_fwd(
         # launcher sets reach_bits = 32 + log2 M, so all skipped keys together weigh under 2^−32).
         qf = q.to(tl.float32)
         bound = tl.sqrt(tl.sum(qf * qf, 1)) * tl.load(KNORM + b * (H // GROUP) + hk) * tl.abs(scale2)
-        far = (M + N + BLOCK_N).to(tl.float32)
+        far = (M + N + BLOCK_N) * 1.0  # not .to(): torch.compile's kernel analysis passes M and N as Python ints
         reach = tl.where(slope2 > 0, (bound - m_i + reach_bits) / tl.where(slope2 > 0, slope2, 1.0), far)
         reach = tl.minimum(reach, far)  # a row with no key yet (m_i = −inf) reaches everything
         first_key = tl.min(tl.where(row_ok, pos.to(tl.float32) - reach, far), 0)
@@ -891,38 +893,6 @@ class PooledBlocks:
     tables: GroupTables
 
 
-def launch(kernel):
-    """``kernel`` for ``[grid](...)``, through ``torch.library.wrap_triton`` so that tracers record it.
-
-    Under a dispatch mode (torch.compile's functionalization of the ops that
-    ``torch_ops.define_op`` registers, make_fx) the launch becomes a
-    ``triton_kernel_wrapper`` node Inductor compiles; with no mode active
-    (eager) wrap_triton is switched off and hands back the kernel itself, which
-    skips the higher-order op's dispatch (about a millisecond a launch).
-    Under the interpreter it is the interpreted kernel.
-    """
-    from torch._library.triton import set_wrap_triton_enabled
-    from torch.utils._python_dispatch import _get_current_dispatch_mode
-
-    if _get_current_dispatch_mode() is None:
-        if not isinstance(kernel, (triton.runtime.JITFunction, triton.runtime.Autotuner)):
-            return kernel  # the interpreter's function: torch 2.11's wrap_triton refuses it even switched off
-        with set_wrap_triton_enabled(False):
-            return torch.library.wrap_triton(kernel)
-    return torch.library.wrap_triton(kernel)
-
-
-def _tma_ok(t: Tensor) -> bool:
-    """16-byte aligned base and strides (the storage offset stands for the base: the allocator aligns storages
-    far beyond 16 bytes). Not while torch.compile traces the launch: wrap_triton records host-side TMA
-    descriptors only when dynamo itself traces them (torch 2.11-2.13), so the traced kernel loads by pointer."""
-    from torch._subclasses.fake_tensor import is_fake
-
-    size = t.element_size()
-    return (not is_fake(t) and t.storage_offset() * size % 16 == 0
-            and all(st * size % 16 == 0 for st in t.stride()[:3]))
-
-
 def _band_attention(q, k, v, *, unit, before, after, sinks, scale, causal, softcap=0.0, key_padding=None,
                     mask=None, config: BandConfig | None = None, fast_path: bool = True,
                     bias: RelativeBias | None = None, pooled: PooledBlocks | None = None) -> Tensor:
@@ -1004,11 +974,9 @@ def _band_attention(q, k, v, *, unit, before, after, sinks, scale, causal, softc
     else:
         coarse_args, gmax = (q, q, q, q, 0, 0, 0, 0, 0, 0, 1, 1, q, q, q, 0, 0, 0, 0, 0, 0), 1
 
-    use_tma = bool(cfg.use_tma and head_dim == D and row_shift == 0 and all(_tma_ok(t) for t in (q, k, v, out)))
+    use_tma = bool(cfg.use_tma and head_dim == D and row_shift == 0 and all(tma_ok(t) for t in (q, k, v, out)))
     if use_tma:
-        from triton.tools.tensor_descriptor import TensorDescriptor
-
-        descs = tuple(TensorDescriptor.from_tensor(t, [1, 1, rows, D])
+        descs = tuple(tma_descriptor(t, [1, 1, rows, D])
                       for t, rows in ((q, block_m), (k, cfg.block_n), (v, cfg.block_n), (out, block_m)))
     else:
         descs = (None, None, None, None)

@@ -29,7 +29,7 @@ that no round matched. Between launches the running softmax is carried per row
 as (normalised output fp32, log2-sum-exp), which is exact (the previous keys'
 weights sum to 1 relative to their log-sum-exp).
 
-Every kernel is launched through ``triton_band.launch`` (``torch.library.wrap_triton``
+Every kernel is launched through ``triton_launch.launch`` (``torch.library.wrap_triton``
 under a tracer), so torch.compile sees the kernels through the op layer.
 """
 
@@ -44,7 +44,8 @@ import triton.language as tl
 from torch import Tensor
 
 from .reference import check_self_attention
-from .triton_band import _accumulate, _exp_weights, _log2_scores, _tma_ok, _to_log2_additive, launch
+from .triton_band import _accumulate, _exp_weights, _log2_scores, _to_log2_additive
+from .triton_launch import launch, tma_descriptor, tma_ok
 from .triton_sort import sort_buckets
 
 __all__ = ["BucketConfig", "bucket_attention", "default_config", "project_top"]
@@ -608,11 +609,9 @@ def bucket_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, key_p
     v_strides = k_strides if (R and cfg.presorted) else (v.stride(0), v.stride(1), v.stride(2))
     # TMA coordinates are int32: the pre-sorted rows, B·Hkv·R·M of them, must fit
     use_tma = bool(R and cfg.presorted and cfg.use_tma and head_dim == D and not _interpreting()
-                   and B * Hkv * R * M < 2**31 and _tma_ok(k_in) and _tma_ok(v_in))
+                   and B * Hkv * R * M < 2**31 and tma_ok(k_in) and tma_ok(v_in))
     if use_tma:
-        from triton.tools.tensor_descriptor import TensorDescriptor
-
-        descs = tuple(TensorDescriptor.from_tensor(t.view(-1, head_dim), [cfg.block_n, head_dim])
+        descs = tuple(tma_descriptor(t.view(-1, head_dim), [cfg.block_n, head_dim])
                       for t in (k_in, v_in))
     else:
         descs = (None, None)

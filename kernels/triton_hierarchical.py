@@ -37,7 +37,8 @@ import triton.language as tl
 from torch import Tensor
 
 from .pooling import pooling_log_weights
-from .triton_band import GroupTables, PooledBlocks, _band_attention, launch
+from .triton_band import GroupTables, PooledBlocks, _band_attention
+from .triton_launch import launch
 
 __all__ = ["group_tables", "hierarchical_attention", "pool_blocks", "supported"]
 

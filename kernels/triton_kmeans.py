@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .triton_band import launch
+from .triton_launch import launch
 from .triton_buckets import _dot, _interpreting, _split_bf16
 
 # Keys per program: at M = 65536 and 16 kv heads, 1024 programs, and the partial sums stay a few MiB.

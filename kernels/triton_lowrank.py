@@ -28,7 +28,8 @@ from torch import Tensor
 
 from .lowrank.linalg import newton_schulz_pinv
 from .reference import softcapped
-from .triton_band import band_attention, launch
+from .triton_band import band_attention
+from .triton_launch import launch
 
 __all__ = ["lowrank_attention", "pool_groups"]
 

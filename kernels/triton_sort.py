@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .triton_band import launch
+from .triton_launch import launch
 
 __all__ = ["MAX_BUCKETS", "sort_buckets"]
 

@@ -192,6 +192,10 @@ def test_compile_traces_into_the_triton_kernels(name):
     code = graphs[0].code
     assert "triton_kernel_wrapper_functional" in code, code
     assert "attnopt" not in code, code
+    # the band kernel's TMA descriptors travel as Inductor's metadata, so the compiled kernel loads by TMA too
+    band = [n for n in graphs[0].graph.nodes if n.kwargs.get("tma_descriptor_metadata")]
+    assert len(band) == 1, code
+    assert set(band[0].kwargs["tma_descriptor_metadata"]) == {"desc_q", "desc_k", "desc_v", "desc_o"}
 
 
 if __name__ == "__main__" and "--interpret" in sys.argv:
