@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import re
+from typing import NamedTuple
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -73,8 +74,8 @@ def detect(view: View) -> Detection:
         if op not in ANCHOR_OPS:
             continue
         try:
-            site = _match_decomposed(view, nid) if op == "softmax" else _match_fused(view, nid)
-            sites.append(_finish(view, site))
+            found = _match_decomposed(view, nid) if op == "softmax" else [_match_fused(view, nid)]
+            sites += [_finish(view, site) for site in found]
         except Mismatch as e:
             skipped.append(SkippedAnchor(nid, _anchor_name(view, nid), op, str(e)))
         except Exception as e:  # noqa: BLE001  one unreadable anchor must not hide the other sites
@@ -577,9 +578,24 @@ def _walk_up(view: View, v: ValueRef) -> _Scores:
     raise Mismatch("too many ops between the scores and the softmax")
 
 
-def _walk_down(view: View, p: ValueRef, depth: int = 16):
-    """softmax output -> (value matmul node, nodes passed, flattened?, probabilities escape?, zeroed): zeroed
-    holds the conditions of where(c, 0, p) the walk passed (DeBERTa's XSoftmax zeroes its masked entries)."""
+class _Down(NamedTuple):
+    """One way from the softmax down to a value product: the product's node, the nodes passed, whether a reshape
+    folded the probabilities to rank 3, whether they also leave the site, the where(c, 0, p) conditions passed
+    (DeBERTa's XSoftmax zeroes its masked entries)."""
+
+    matmul: str
+    nodes: list
+    flattened: bool
+    escapes: bool
+    zeroed: list
+
+
+def _walk_down(view: View, p: ValueRef, depth: int = 16) -> list[_Down] | None:
+    """softmax output -> every value product it reaches, or None where it reaches none or goes elsewhere.
+
+    Usually one. Several when the graph computes the probabilities once for several values: DiffLlama attends
+    twice with the same q and k, and the exporter's common-subexpression pass merges the two softmaxes. Each
+    product is then a site of its own."""
     nodes, flattened, escapes, zeroed = [], False, False, []
     for _ in range(depth):
         users = view.users(p)
@@ -605,18 +621,28 @@ def _walk_down(view: View, p: ValueRef, depth: int = 16):
             p = ValueRef(where, 0)
             continue
         if len(users) > 1:
-            # The probabilities also leave the site (need_weights=True): follow the one
-            # path that goes on to the value matmul; the site then can't be rewritten.
             onward = [(u, port) for u, port in users if _leads_to_value_matmul(view, u, port, depth - 1)]
-            if len(onward) != 1:
+            if not onward:
                 return None
-            escapes, users = True, onward
+            # Anything else that reads the probabilities (need_weights=True) makes every product's site
+            # unrewritable: its dense probabilities must stay.
+            escapes = escapes or len(onward) < len(users)
+            if len(onward) > 1:
+                found = []
+                for u, port in onward:
+                    branch = _step_down(view, u, port, depth - 1)
+                    if branch is None:
+                        return None
+                    found += [_Down(d.matmul, nodes + d.nodes, flattened or d.flattened, escapes or d.escapes,
+                                    zeroed + d.zeroed) for d in branch]
+                return found
+            users = onward
         if not users:
             return None
         u, port = users[0]
         op = view.op(u)
         if op == "matmul":
-            return (u, nodes, flattened, escapes, zeroed) if port == 0 else None
+            return [_Down(u, nodes, flattened, escapes, zeroed)] if port == 0 else None
         if op in TRANSPARENT or op in ("dropout", "expand"):
             nodes.append(u)
         elif op == "reshape":
@@ -626,6 +652,17 @@ def _walk_down(view: View, p: ValueRef, depth: int = 16):
             return None
         p = ValueRef(u, 0)
     return None
+
+
+def _step_down(view: View, user: str, port: int, depth: int) -> list[_Down] | None:
+    """The value products reached through one reader of the probabilities (a branch of ``_walk_down``)."""
+    if view.op(user) == "matmul":
+        return [_Down(user, [], False, False, [])] if port == 0 else None
+    found = _walk_down(view, ValueRef(user, 0), depth)
+    if found is None:
+        return None
+    flat = view.op(user) == "reshape" and view.rank(ValueRef(user, 0)) == 3
+    return [_Down(d.matmul, [user] + d.nodes, flat or d.flattened, d.escapes, d.zeroed) for d in found]
 
 
 def _zero_blocked_rows(view: View, cond: ValueRef, terms: list) -> None:
@@ -654,12 +691,12 @@ def _leads_to_value_matmul(view: View, user: str, port: int, depth: int) -> bool
     if depth <= 0 or view.op(user) not in TRANSPARENT | {"dropout", "expand", "reshape"}:
         return False
     found = _walk_down(view, ValueRef(user, 0), depth)
-    return found is not None and not found[3]
+    return bool(found) and not any(d.escapes for d in found)
 
 
 # --------------------------------------------------------------------------- decomposed
 
-def _match_decomposed(view: View, sm: str) -> AttentionSite:
+def _match_decomposed(view: View, sm: str) -> list[AttentionSite]:
     x = view.input(sm, 0)
     if x is None:
         raise Mismatch("softmax without an input")
@@ -674,8 +711,13 @@ def _match_decomposed(view: View, sm: str) -> AttentionSite:
         raise Mismatch("softmax not over the last axis")
 
     down = _walk_down(view, ValueRef(sm, 0))
-    if down is None:
+    if not down:
         raise Mismatch("the probabilities do not go on to a matmul with the values")
+    return [_match_product(view, sm, x, d) for d in down]
+
+
+def _match_product(view: View, sm: str, x: ValueRef, down: _Down) -> AttentionSite:
+    """The site of one value product of softmax ``sm`` (over scores ``x``)."""
     mm2, down_nodes, flattened, escapes, zeroed = down
     value = view.input(mm2, 1)
     if not _dynamic(view, value):

@@ -55,6 +55,7 @@ FAMILIES = {
     "biogpt": ("dec", "BioGptConfig", "BioGptModel", dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_hidden_layers=2)),
     "xglm": ("dec", "XGLMConfig", "XGLMModel", dict(d_model=64, ffn_dim=128, attention_heads=4, num_layers=2)),
     "mpt": ("dec", "MptConfig", "MptModel", dict(d_model=64, n_heads=4, n_layers=2, expansion_ratio=2)),
+    "diffllama": ("dec", "DiffLlamaConfig", "DiffLlamaModel", dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2)),
     "llama_bias": ("dec", "LlamaConfig", "LlamaModel", dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=1, attention_bias=True, num_hidden_layers=2)),
     "deit": ("vision", "DeiTConfig", "DeiTModel", dict(image_size=16, patch_size=4, num_channels=3, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)),
     "beit": ("vision", "BeitConfig", "BeitModel", dict(use_relative_position_bias=True, image_size=16, patch_size=4, num_channels=3, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)),

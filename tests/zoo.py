@@ -377,6 +377,17 @@ def llama(impl: str, dynamic: bool = False) -> Built:
     return Built(HFWrapper(model, names, {"use_cache": False}), _text_inputs(), names, ["last_hidden_state"], dyn)
 
 
+def diffllama(impl: str) -> Built:
+    """Differential attention: each layer attends twice with the same q and k (two halves of the values); the
+    dynamo exporter merges the two softmaxes into one that two value products read."""
+    from transformers import DiffLlamaConfig, DiffLlamaModel
+
+    _hf_quiet()
+    cfg = DiffLlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    return _text_built(_hf_model(DiffLlamaModel, cfg, impl), use_cache=False)
+
+
 def mistral(impl: str) -> Built:
     from transformers import MistralConfig, MistralModel
 
@@ -742,6 +753,15 @@ class XSoftmaxAttention(HandAttention):
         return s.softmax(-1).masked_fill(self.blocked, 0.0) @ v
 
 
+class SharedProbabilities(HandAttention):
+    """One softmax read by two value products, as DiffLlama's two attention calls with the same q and k become
+    once an exporter merges their identical softmaxes: two sites."""
+
+    def core(self, q, k, v):
+        p = (q @ k.transpose(-2, -1) * self.head_dim**-0.5).softmax(-1)
+        return p @ v - 0.5 * (p @ torch.tanh(v))
+
+
 class ZeroedProbabilities(HandAttention):
     """Not attention as the variants define it: probabilities zeroed where the scores were not masked."""
 
@@ -1024,6 +1044,10 @@ CASES: list[ZooCase] = [
     *_impl_cases("bart", bart, expected_sites=6, heads=4, head_dim=8, self_attention_sites=4, causal_sites=2),
     *_impl_cases("llama-gqa", llama, expected_sites=2, heads=4, kv_heads=2, head_dim=16,
                  self_attention_sites=2, causal_sites=2),
+    # Two attention calls a layer with the same q and k (one shared softmax once exported); TorchScript cannot
+    # export its RMSNorm at opset 17.
+    *_impl_cases("diffllama", diffllama, expected_sites=4, heads=4, kv_heads=2, head_dim=16, self_attention_sites=4,
+                 causal_sites=4, fx_tracers=(EXPORT,), onnx_exporters=(DYNAMO, DYNAMO_OPSET23)),
     *_impl_cases("mistral-gqa", mistral, expected_sites=2, heads=4, kv_heads=2, head_dim=16,
                  self_attention_sites=2, causal_sites=2),
     *_impl_cases("qwen2-gqa", qwen2, expected_sites=2, heads=4, kv_heads=2, head_dim=16,
@@ -1139,6 +1163,8 @@ CASES: list[ZooCase] = [
             self_attention_sites=1, **_HAND),
     ZooCase("hand-open-constant-mask", factory=hand(OpenConstantMask), expected_sites=1, causal_sites=0,
             self_attention_sites=1, **_HAND),
+    ZooCase("hand-shared-probabilities", factory=hand(SharedProbabilities), expected_sites=2, causal_sites=0,
+            self_attention_sites=2, **_HAND),
     ZooCase("hand-xsoftmax", factory=hand(XSoftmaxAttention), expected_sites=1, causal_sites=0,
             self_attention_sites=1, **_HAND),
     ZooCase("neg-classifier", "negative", plain(ClassifierHead), expected_sites=0, fx_tracers=FX_TRACERS),
