@@ -641,10 +641,9 @@ def _judge_bias(c: _BiasCandidate, runs, static: bool, pad_dtypes=None) -> Relat
         return None
     pattern, a, kept, _ = max(ones, key=lambda r: r[1].shape[-1])  # the longest probe reads the bias
     b, _, n_rows, m = a.shape
-    if kept is not None:  # a term shared by the batch (Switch's bias, (1, H, N, M)) under per-row padding
-        if b not in (1, kept.shape[0]):
-            return None
-        b = kept.shape[0]
+    b = _term_batch(b, kept)
+    if b is None:
+        return None
     n = n_rows if n_rows > 1 else (site.q_len if isinstance(site.q_len, int) else m)
     if not isinstance(n, int) or n > m:
         return None
@@ -677,6 +676,14 @@ def _judge_bias(c: _BiasCandidate, runs, static: bool, pad_dtypes=None) -> Relat
                             tuple(tuple(map(float, row)) for row in table), key_padding,
                             contiguous_padding_only=not all(holds))
     return None
+
+
+def _term_batch(b: int, kept) -> int | None:
+    """The batch a term of batch ``b`` is judged over: a term shared by the batch (Switch's bias, (1, H, N, M))
+    under per-row key padding is read once per row; None where the two batches disagree."""
+    if kept is None:
+        return b
+    return kept.shape[0] if b in (1, kept.shape[0]) else None
 
 
 def _visible(site: AttentionSite, b: int, n: int, m: int, kept) -> np.ndarray:
@@ -790,8 +797,9 @@ def _reproduces(a: np.ndarray, kept, pads, hyp, site: AttentionSite, slopes, tab
     None if not; else (True, the fill the term puts at the keys the padding blocks, None where it blocks none).
     """
     b, h1, n_rows, m = a.shape
+    b = _term_batch(b, kept)
     n = n_rows if n_rows > 1 else (site.q_len if isinstance(site.q_len, int) else m)
-    if n > m:
+    if b is None or n > m:
         return None
     a = np.broadcast_to(a, (b, site.num_heads, n, m))
     vis = np.broadcast_to(_visible(site, b, n, m, kept), a.shape)

@@ -87,6 +87,23 @@ def test_fx_fuse_is_exact_and_leaves_no_nxm_bias(zoo_fx_case):
     assert not left, f"{zoo_fx_case.id}: N×M values after the rewrite:\n" + "\n".join(left)
 
 
+@pytest.mark.zoo(select=lambda case, how: case.family == "switch" and how != zoo_lib.ORT_FUSED)
+def test_onnx_fuse_reads_a_bias_the_batch_shares(zoo_onnx_case, zoo, tmp_path):
+    """Switch adds its (1, H, N, M) bias apart from the per-row padding (TorchScript keeps them apart): the
+    bias is read once per row, and every site fuses, the encoder's included (it stayed dense before)."""
+    path = zoo_onnx_case.path
+    sites = attnopt.detect(path)
+    assert all(s.relative_bias is not None for s in sites), [s.summary() for s in sites]
+    result = attnopt.rewrite(path, "relbias", **FUSE)
+    assert len(result.rewritten) == zoo_onnx_case.case.expected_sites, result.to_dict()
+    out = tmp_path / "fused.onnx"
+    result.save(out)
+    report = attnopt.validate(path, out, inputs=_onnx_feeds(path, zoo.build(zoo_onnx_case.case.name)))
+    assert report.is_exact(1e-5), report.to_dict()
+    left = _nm_values_onnx(out, SEQ)
+    assert not left, f"{zoo_onnx_case.id}: the encoder's N×N values after the rewrite:\n" + "\n".join(left)
+
+
 @pytest.mark.zoo(select=lambda case, how: case.family == "t5-encoder" and how in (zoo_lib.DYNAMO,
                                                                                    zoo_lib.TORCHSCRIPT))
 def test_onnx_unfused_pass_keeps_the_bias(zoo_onnx_case, zoo, tmp_path):
