@@ -56,7 +56,16 @@ FAMILIES = {
     "xglm": ("dec", "XGLMConfig", "XGLMModel", dict(d_model=64, ffn_dim=128, attention_heads=4, num_layers=2)),
     "mpt": ("dec", "MptConfig", "MptModel", dict(d_model=64, n_heads=4, n_layers=2, expansion_ratio=2)),
     "diffllama": ("dec", "DiffLlamaConfig", "DiffLlamaModel", dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2)),
+    "mixtral": ("dec", "MixtralConfig", "MixtralModel", dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2, num_local_experts=2)),
+    "olmoe": ("dec", "OlmoeConfig", "OlmoeModel", dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2, num_experts=2, num_experts_per_tok=1, pad_token_id=0)),
+    "cohere2": ("dec", "Cohere2Config", "Cohere2Model", dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2, sliding_window=4, pad_token_id=0)),
+    "modernbert": ("enc", "ModernBertConfig", "ModernBertModel", dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_hidden_layers=3, global_attn_every_n_layers=3, local_attention=4, pad_token_id=0, bos_token_id=1, eos_token_id=2, cls_token_id=1, sep_token_id=2)),
+    "longformer": ("enc", "LongformerConfig", "LongformerModel", dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_hidden_layers=2, attention_window=4, pad_token_id=1)),
+    "xlnet": ("enc", "XLNetConfig", "XLNetModel", dict(d_model=64, n_layer=2, n_head=4, d_inner=128, max_position_embeddings=None)),
+    "deberta_v2": ("enc", "DebertaV2Config", "DebertaV2Model", dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_hidden_layers=2, relative_attention=True, pos_att_type=["p2c", "c2p"], position_buckets=8)),
+    "reformer": ("enc", "ReformerConfig", "ReformerModel", dict(hidden_size=64, num_attention_heads=4, attention_head_size=16, feed_forward_size=128, axial_pos_embds=False, attn_layers=["local", "lsh"], local_attn_chunk_length=4, lsh_attn_chunk_length=4, num_buckets=2, is_decoder=False)),
     "llama_bias": ("dec", "LlamaConfig", "LlamaModel", dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=1, attention_bias=True, num_hidden_layers=2)),
+    "hiera": ("vision32", "HieraConfig", "HieraModel", dict(embed_dim=16, image_size=[32, 32], patch_size=[3, 3], patch_stride=[2, 2], patch_padding=[1, 1], depths=[1, 1], num_heads=[1, 2], num_query_pool=1, query_stride=[2, 2], masked_unit_size=[4, 4], masked_unit_attention=[True, False], mlp_ratio=2.0)),
     "deit": ("vision", "DeiTConfig", "DeiTModel", dict(image_size=16, patch_size=4, num_channels=3, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)),
     "beit": ("vision", "BeitConfig", "BeitModel", dict(use_relative_position_bias=True, image_size=16, patch_size=4, num_channels=3, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)),
     "dinov2": ("vision", "Dinov2Config", "Dinov2Model", dict(image_size=16, patch_size=4, num_channels=3, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)),
@@ -164,6 +173,7 @@ def build(family: str, impl: str):
         kwargs = {"vocab_size": 100, **kwargs}
     if kind in ("enc", "dec", "encdec"):
         kwargs = {"max_position_embeddings": 64, **kwargs}
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}  # None: a config that refuses the key
     model = _hf_model(model_cls, config_cls(**kwargs), impl)
     extra = {"use_cache": False} if kind in ("dec", "encdec", "speech2text") else {}
     if kind in ("enc", "dec"):
