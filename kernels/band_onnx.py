@@ -84,16 +84,14 @@ def BandAttention(Q, K, V, Mask, KeyPadding, Band, Scalars):
     allowed = op.Concat(ok, sink_ok, axis=-1)  # (nblk, bq, L + G)
     cols = op.Concat(idx_c, op.Expand(op.Unsqueeze(j, zero), op.Concat(nblk, n_sinks, axis=0)), axis=1)
 
-    # The MatMuls run in the model's dtype (tensor cores for a float16 model on CUDA; float32 GEMMs were the
-    # largest kernel time there), the scores and the softmax in float32: see ``onnx_functions``.
-    q = op.CastLike(op.Mul(op.Cast(Q, to=_FLOAT), scale), Q)
+    q = op.Mul(op.Cast(Q, to=_FLOAT), scale)
     pads = op.Concat(op.Constant(value_ints=[0, 0]), front, zero, op.Constant(value_ints=[0, 0]),
                      op.Sub(op.Mul(nblk, bq), op.Add(front, n)), zero, axis=0)
     qp = op.Reshape(op.Pad(q, pads), op.Concat(b, hkv, rep, nblk, bq, d, axis=0))
     # One Gather reads each block's band keys and the sinks (cols): no copies to concatenate.
-    k_all = op.Unsqueeze(op.Gather(K, cols, axis=2), two)  # (B, Hkv, 1, nblk, L + G, D)
-    v_all = op.Unsqueeze(op.Gather(V, cols, axis=2), two)
-    raw = op.Cast(op.MatMul(qp, op.Transpose(k_all, perm=_KT_PERM)), to=_FLOAT)  # (B, Hkv, rep, nblk, bq, L + G)
+    k_all = op.Unsqueeze(op.Gather(op.Cast(K, to=_FLOAT), cols, axis=2), two)  # (B, Hkv, 1, nblk, L + G, D)
+    v_all = op.Unsqueeze(op.Gather(op.Cast(V, to=_FLOAT), cols, axis=2), two)
+    raw = op.MatMul(qp, op.Transpose(k_all, perm=_KT_PERM))  # (B, Hkv, rep, nblk, bq, L + G)
     raw = Softcap(raw, cap)
 
     # Key padding (Bk, Mk) and the dense remainder (Bm, Hm, Nm, Mm) read only at the visited keys;
@@ -115,7 +113,7 @@ def BandAttention(Q, K, V, Mask, KeyPadding, Band, Scalars):
     # axis unless they have one), so the (B, H, N, L + G) scores see a single Add, not three passes.
     bias = op.Where(allowed, op.Add(kp, blocks), _NEG_INF)
     probs = op.Softmax(op.Add(raw, bias), axis=-1)
-    out = op.Cast(op.MatMul(op.CastLike(probs, V), v_all), to=_FLOAT)
+    out = op.MatMul(probs, v_all)
     # A row with no allowed key softmaxes to NaN: zero it on the (rows, D) output, not on the
     # (rows, keys) probabilities (a Where over every score).
     out = op.Where(op.IsNaN(out), 0.0, out)

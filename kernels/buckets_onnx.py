@@ -261,11 +261,6 @@ def BucketAttention(Q, K, V, Mask, KeyPadding, QBuckets, KBuckets, Config, Scala
     v_ext = op.Concat(op.Concat(v, spare_key, axis=2), op.ConstantOfShape(op.Concat(lead_k, one, axis=0), value=_ONE_F),
                       zeros_k, axis=3)
     d4 = op.Add(d, four)
-    # The gathers and MatMuls below read the rows in the model's dtype, the scores and merges are float32
-    # (``onnx_functions``): rounded once here, the scale and the bias column included.
-    q_ext = op.CastLike(q_ext, Q)
-    k_ext = op.CastLike(k_ext, K)
-    v_ext = op.CastLike(v_ext, V)
 
     batch6 = op.Reshape(op.Range(0, op.Squeeze(b), 1), op.Constant(value_ints=[-1, 1, 1, 1, 1, 1]))
     kv_head6 = op.Reshape(op.Range(0, op.Squeeze(hkv), 1), op.Constant(value_ints=[1, -1, 1, 1, 1, 1]))
@@ -285,8 +280,7 @@ def BucketAttention(Q, K, V, Mask, KeyPadding, QBuckets, KBuckets, Config, Scala
                     op.Concat(b, hkv, rep, nc, chunk, d4, axis=0))
     k_local = op.Unsqueeze(op.Gather(k_ext, cols, axis=2), two)  # (B, Hkv, 1, nc, C + G, D + 4)
     v_local = op.Unsqueeze(op.Gather(v_ext, cols, axis=2), two)
-    # (B, Hkv, rep, nc, C, C + G)
-    s_local = op.Cast(op.MatMul(qp, op.Transpose(k_local, perm=[0, 1, 2, 3, 5, 4])), to=_FLOAT)
+    s_local = op.MatMul(qp, op.Transpose(k_local, perm=[0, 1, 2, 3, 5, 4]))  # (B, Hkv, rep, nc, C, C + G)
     if capped:
         s_local = op.Add(Softcap(s_local, cap), op.Unsqueeze(op.Gather(bias, cols, axis=2), op.Constant(value_ints=[2, 4])))
     else:
@@ -309,8 +303,7 @@ def BucketAttention(Q, K, V, Mask, KeyPadding, QBuckets, KBuckets, Config, Scala
     s_local = op.Where(op.And(ok_local, unmatched), s_local, _NEG_INF)
     top_local = LastAxisMax(s_local)
     p_local = op.Exp(op.Sub(s_local, op.Where(op.IsInf(top_local, detect_positive=0), 0.0, top_local)))
-    # (B, Hkv, rep, nc, C, D + 4): column D holds the row sums
-    out_local = op.Cast(op.MatMul(op.CastLike(p_local, V), v_local), to=_FLOAT)
+    out_local = op.MatMul(p_local, v_local)  # (B, Hkv, rep, nc, C, D + 4): column D holds the row sums
     local_shape = op.Concat(b, hkv, rep, op.Mul(nc, chunk), axis=0)
     keep_end = op.Add(front, n)
     part_shape = op.Concat(b, hkv, one, rows, axis=0)
@@ -378,7 +371,7 @@ def BucketAttention(Q, K, V, Mask, KeyPadding, QBuckets, KBuckets, Config, Scala
     qs = op.Gather(op.Reshape(q_ext, flat_d), q_rows, axis=0)  # (B, Hkv, R, npair, bq, D + 4)
     ks = op.Gather(op.Reshape(k_ext, flat_d), k_rows, axis=0)  # (B, Hkv, R, npair, bk, D + 4)
     vs = op.Gather(op.Reshape(v_ext, flat_d), k_rows, axis=0)
-    s = op.Cast(op.MatMul(qs, op.Transpose(ks, perm=[0, 1, 2, 3, 5, 4])), to=_FLOAT)  # (B, Hkv, R, npair, bq, bk)
+    s = op.MatMul(qs, op.Transpose(ks, perm=[0, 1, 2, 3, 5, 4]))  # (B, Hkv, R, npair, bq, bk)
     if capped:
         s = op.Add(Softcap(s, cap), op.Unsqueeze(op.Gather(op.Reshape(bias, op.Constant(value_ints=[-1])), k_rows,
                                                            axis=0), four))
@@ -393,8 +386,7 @@ def BucketAttention(Q, K, V, Mask, KeyPadding, QBuckets, KBuckets, Config, Scala
     s = RoundMask(s, qb, kb, q_rows, k_rows, qpos6, col6, causal, several)
     top = LastAxisMax(s)
     p = op.Exp(op.Sub(s, op.Where(op.IsInf(top, detect_positive=0), 0.0, top)))
-    # (B, Hkv, R, npair, bq, D + 4): column D holds the row sums
-    out = op.Cast(op.MatMul(op.CastLike(p, V), vs), to=_FLOAT)
+    out = op.MatMul(p, vs)  # (B, Hkv, R, npair, bq, D + 4): column D holds the row sums
 
     # Back to rows h·N + i, merging the key blocks of a row as flash attention does. A row's pairs are the
     # key blocks of its query block, consecutive pairs from its bucket's first pair: each row gathers the

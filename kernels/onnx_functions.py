@@ -24,14 +24,6 @@ shapes and attributes, never from a reduction over a device tensor where a
 formula exists, an ``If`` condition reads shapes, not values, and the sizes an
 ``If`` branch needs are computed before it (or from a ``Shape`` inside it).
 Data-dependent sizes (lsh's and routed's bucket pairs) pay one such copy.
-
-Precision: the score and output MatMuls run in the model's dtype, everything
-between them (scores, masks, softmax, merges) in float32. For a float16 model on
-CUDA that puts the MatMuls on tensor cores and halves the bytes the bodies gather
-(float32 GEMMs and gathers of float32 rows were a third of lsh's kernel time there,
-BENCHMARKS.md, issue 10). The scores
-are then rounded to the model's dtype once, as the original's own unfused
-MatMul rounds them; a float32 model computes as before.
 """
 
 from __future__ import annotations

@@ -50,9 +50,8 @@ def RelbiasAttention(Q, K, V, Mask, KeyPadding, slopes, table, kind: str, num_bu
     is_causal = op.Cast(op.Constant(value_int=causal), to=onnx.TensorProto.BOOL)
 
     # Read by every step: keys, values, the per-head bias parameters split as (Hkv, rep), the padding.
-    # The MatMuls run in the model's dtype, the scores and the softmax in float32 (``onnx_functions``).
-    k_t = op.Unsqueeze(op.Transpose(K, perm=[0, 1, 3, 2]), [2])  # (B, Hkv, 1, D, M)
-    v = op.Unsqueeze(V, [2])
+    k_t = op.Unsqueeze(op.Transpose(op.Cast(K, to=_FLOAT), perm=[0, 1, 3, 2]), [2])  # (B, Hkv, 1, D, M)
+    v = op.Unsqueeze(op.Cast(V, to=_FLOAT), [2])
     bias_scale_t = op.Constant(value_float=bias_scale)
     # One row per head, or one row every head shares (Expand broadcasts it).
     slope = op.Unsqueeze(op.Expand(op.Mul(op.Cast(slopes, to=_FLOAT), bias_scale_t), h), [1])  # (H, 1)
@@ -67,7 +66,7 @@ def RelbiasAttention(Q, K, V, Mask, KeyPadding, slopes, table, kind: str, num_bu
                            op.Shape(Mask, start=3, end=4), axis=0)
 
     # Scan inputs: query blocks (nblk, B, Hkv, rep, Bq, D) and their positions (nblk, Bq).
-    q = op.CastLike(op.Mul(op.Cast(Q, to=_FLOAT), op.Constant(value_float=scale)), Q)
+    q = op.Mul(op.Cast(Q, to=_FLOAT), op.Constant(value_float=scale))
     pads = op.Concat(op.Constant(value_ints=[0, 0, 0, 0, 0, 0]), op.Sub(op.Mul(nblk, bq), n), zero, axis=0)
     q_blocks = op.Transpose(op.Reshape(op.Pad(q, pads), op.Concat(b, hkv, rep, nblk, bq, d, axis=0)),
                             perm=[3, 0, 1, 2, 4, 5])
@@ -79,7 +78,7 @@ def RelbiasAttention(Q, K, V, Mask, KeyPadding, slopes, table, kind: str, num_bu
         u = RelativeBiasDistances(per_distance, slope, first, bq, m, is_causal)
         rows_bias = op.Slice(ToeplitzRows(u, bq), zero, m, op.Constant(value_ints=[2]))  # (H, Bq, M)
         bias = op.Reshape(rows_bias, op.Concat(hkv, rep, bq, m, axis=0))  # (Hkv, rep, Bq, M)
-        raw = op.CastLike(op.MatMul(q_block, k_t), cap)  # (B, Hkv, rep, Bq, M), float32 like cap
+        raw = op.MatMul(q_block, k_t)  # (B, Hkv, rep, Bq, M)
         raw = Softcap(raw, cap)
         dense = op.Gather(Mask, op.Min(op.Min(row, op.Sub(n, one)), mask_rows), axis=2)  # (Bm, Hm, Bq, Mm)
         # The masks summed at their own size first (key padding alone is (Bk, 1, 1, 1, M)): one Add fewer over the
@@ -87,7 +86,7 @@ def RelbiasAttention(Q, K, V, Mask, KeyPadding, slopes, table, kind: str, num_bu
         masks = op.Add(kp, op.Reshape(op.CastLike(dense, cap), mask_shape))
         scores = op.Add(op.Add(raw, bias), masks)
         probs = op.Softmax(scores, axis=-1)
-        out = op.CastLike(op.MatMul(op.CastLike(probs, v), v), cap)
+        out = op.MatMul(probs, v)
         # A row with no allowed key softmaxes to NaN: zero it on the (rows, D) output, not on the
         # (rows, keys) probabilities (a Where over every score).
         out = op.Where(op.IsNaN(out), 0.0, out)
