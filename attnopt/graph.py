@@ -38,6 +38,18 @@ SHAPE_ONLY_OPS = frozenset({"other:Shape", "other:Size", "other:aten.sym_size", 
                             "other:Tensor.size", "other:Tensor.numel"})
 
 
+# Ops that read only their input's shape and dtype to make a new tensor (a dropout's draw of the same shape,
+# torch.empty_like), by the name a frontend gives them after "other:" and an "aten." / "Tensor." prefix.
+LIKE_OPS = frozenset({"RandomUniformLike", "RandomNormalLike", "rand_like", "randn_like", "randint_like",
+                      "empty_like", "zeros_like", "ones_like", "full_like"})
+
+
+def reads_shape_only(view: "View", nid: str) -> bool:
+    """Whether the node reads nothing of its input but the shape (and dtype)."""
+    op = view.op(nid)
+    return op in SHAPE_ONLY_OPS or (op.startswith("other:") and _random_name(op) in LIKE_OPS)
+
+
 # Ops that draw random numbers (ONNX op types, aten overload packets, torch functions and methods), by the
 # name a frontend gives them after "other:" and an "aten." / "Tensor." prefix.
 RANDOM_OPS = frozenset({"RandomUniformLike", "RandomNormalLike", "RandomUniform", "RandomNormal", "Bernoulli",
@@ -50,13 +62,24 @@ def random_ops(view: "View") -> dict[str, int]:
     found: dict[str, int] = {}
     for nid in view.nodes():
         op = view.op(nid)
-        name = op.removeprefix("other:").removeprefix("aten.").removeprefix("Tensor.")
         if op == "dropout" and len(view.inputs(nid)) > 2 and _true(view.const(view.input(nid, 2))):
             name = "Dropout in training mode"  # ONNX Dropout's training_mode input (a dynamo export's native_dropout)
-        elif not (op.startswith("other:") and name in RANDOM_OPS):
+        elif draws_random(view, nid):
+            name = _random_name(op)
+        else:
             continue
         found[name] = found.get(name, 0) + 1
     return found
+
+
+def _random_name(op: str) -> str:
+    return op.removeprefix("other:").removeprefix("aten.").removeprefix("Tensor.")
+
+
+def draws_random(view: "View", nid: str) -> bool:
+    """Whether the node draws random numbers (``RANDOM_OPS``)."""
+    op = view.op(nid)
+    return op.startswith("other:") and _random_name(op) in RANDOM_OPS
 
 
 def _true(c) -> bool:

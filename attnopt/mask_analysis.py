@@ -207,8 +207,9 @@ def _int_extent(view, ref: ValueRef) -> int:
     the mask compares against, and are left out.
     """
     shape, dtype = view.shape(ref), view.dtype(ref)
-    if shape is None or int(np.prod(shape)) != 1 or (dtype is not None and "int" not in str(dtype)):
-        return 0
+    if shape is None or not all(isinstance(d, int) for d in shape) or int(np.prod(shape)) != 1 \
+            or (dtype is not None and "int" not in str(dtype)):
+        return 0  # a constant whose shape the view does not know (a ConstantOfShape) is no length either
     c = view.const(ref)
     if c is None or np.size(c) != 1 or not np.issubdtype(np.asarray(c).dtype, np.integer):
         return 0

@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import math
 import re
-from typing import NamedTuple
 from dataclasses import dataclass, field, replace
+from typing import NamedTuple
 
 import numpy as np
 
-from .graph import SHAPE_ONLY_OPS, View, broadcast_dims
+from .graph import SHAPE_ONLY_OPS, View, broadcast_dims, draws_random, reads_shape_only
 from .site import (LAYOUT_BHDS, LAYOUT_BHSD, LAYOUT_FLAT, MASK_ADDITIVE, MASK_BOOLEAN,
                    MASK_BOOLEAN_BLOCKED, MASK_NONZERO_KEEP, AttentionSite, MaskTerm, Projection, ValueRef)
 
@@ -598,7 +598,8 @@ def _walk_down(view: View, p: ValueRef, depth: int = 16) -> list[_Down] | None:
     product is then a site of its own."""
     nodes, flattened, escapes, zeroed = [], False, False, []
     for _ in range(depth):
-        users = view.users(p)
+        # A reader of the shape alone (a dropout's rand_like(p)) dies with the site once its consumers do.
+        users = [(u, port) for u, port in view.users(p) if not reads_shape_only(view, u)]
         ops = sorted(view.op(u) for u, _ in users)
         if ops in (["where"], ["masked_fill"]):
             cond, x, y = (view.inputs(users[0][0]) + [None] * 3)[:3]
@@ -606,9 +607,17 @@ def _walk_down(view: View, p: ValueRef, depth: int = 16) -> list[_Down] | None:
                 y, cond, x = cond, x, y
             if cond is None or y != p or not _is_zero(view, x):
                 return None
-            zeroed.append(cond)
             nodes.append(users[0][0])
             p = ValueRef(users[0][0], 0)
+            if _drawn_at_random(view, cond):
+                # Dropout exported in training mode, written out (SEW-D's XDropout): the rewrite leaves it out,
+                # as it leaves out an ONNX Dropout, and its 1/(1 − p) scale with it (validate names the random ops)
+                after = view.users(p)
+                if len(after) == 1 and view.op(after[0][0]) == "mul" and _scalar_operand(view, after[0][0]):
+                    nodes.append(after[0][0])
+                    p = ValueRef(after[0][0], 0)
+                continue
+            zeroed.append(cond)
             continue
         if ops == ["isnan", "where"]:
             # where(isnan(p), 0, p): torch's SDPA decomposition guards fully masked rows.
@@ -663,6 +672,22 @@ def _step_down(view: View, user: str, port: int, depth: int) -> list[_Down] | No
         return None
     flat = view.op(user) == "reshape" and view.rank(ValueRef(user, 0)) == 3
     return [_Down(d.matmul, [user] + d.nodes, flat or d.flattened, d.escapes, d.zeroed) for d in found]
+
+
+def _drawn_at_random(view: View, v: ValueRef, depth: int = 8) -> bool:
+    """Whether ``v`` comes from random numbers within ``depth`` ops (a dropout's keep mask)."""
+    seen, frontier = set(), [v.node]
+    for _ in range(depth):
+        ahead = []
+        for nid in frontier:
+            if nid in seen:
+                continue
+            seen.add(nid)
+            if draws_random(view, nid):
+                return True
+            ahead += [x.node for x in view.inputs(nid) if x is not None]
+        frontier = ahead
+    return False
 
 
 def _zero_blocked_rows(view: View, cond: ValueRef, terms: list) -> None:

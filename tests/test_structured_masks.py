@@ -387,3 +387,21 @@ def _cli(*args):
     result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     return result
+
+
+def test_a_constant_the_view_cannot_size_is_no_length():
+    """SEW-D's dynamo export feeds a mask from a ConstantOfShape whose shape the view does not know; reading it
+    as a candidate length raised a numpy TypeError out of ``attnopt.detect``."""
+    from attnopt.graph import ValueRef
+
+    class UnsizedConstant:
+        def shape(self, ref):
+            return (None,)
+
+        def dtype(self, ref):
+            return "int64"
+
+        def const(self, ref):
+            return np.array([7])
+
+    assert mask_analysis._int_extent(UnsizedConstant(), ValueRef("n", 0)) == 0

@@ -762,6 +762,18 @@ class SharedProbabilities(HandAttention):
         return p @ v - 0.5 * (p @ torch.tanh(v))
 
 
+class DroppedProbabilities(HandAttention):
+    """Dropout on the probabilities written out, as a model exported in training mode has it (SEW-D's
+    XDropout): zero where a uniform draw falls under p, rescale by 1/(1 − p). The rewrite leaves it out, as it
+    leaves out an ONNX Dropout. At p = 0 no draw falls under it: the model is deterministic and the rewrite exact."""
+
+    drop = 0.0
+
+    def core(self, q, k, v):
+        p = (q @ k.transpose(-2, -1) * self.head_dim**-0.5).softmax(-1)
+        return p.masked_fill(torch.rand_like(p) < self.drop, 0.0) * (1.0 / (1.0 - self.drop)) @ v
+
+
 class ZeroedProbabilities(HandAttention):
     """Not attention as the variants define it: probabilities zeroed where the scores were not masked."""
 
@@ -1165,6 +1177,9 @@ CASES: list[ZooCase] = [
             self_attention_sites=1, **_HAND),
     ZooCase("hand-shared-probabilities", factory=hand(SharedProbabilities), expected_sites=2, causal_sites=0,
             self_attention_sites=2, **_HAND),
+    # onnxruntime has no RandomUniformLike for opset 22+ (the opset-23 export's).
+    ZooCase("hand-dropped-probabilities", factory=hand(DroppedProbabilities), expected_sites=1, causal_sites=0,
+            self_attention_sites=1, onnx_exporters=(DYNAMO, TORCHSCRIPT), **_HAND),
     ZooCase("hand-xsoftmax", factory=hand(XSoftmaxAttention), expected_sites=1, causal_sites=0,
             self_attention_sites=1, **_HAND),
     ZooCase("neg-classifier", "negative", plain(ClassifierHead), expected_sites=0, fx_tracers=FX_TRACERS),
