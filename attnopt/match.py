@@ -817,7 +817,8 @@ def _match_product(view: View, sm: str, x: ValueRef, down: _Down) -> AttentionSi
     removed += passed + on
     if any(view.view_only(v.node) for v in (q, key, value, output)):
         raise Mismatch("q, k, v or the output exist only inside an einsum the graph does not split")
-    unprovable = unprovable or _wider_values(_dim_of(view.shape(value), value_layout, "d"), geometry["head_dim"])
+    unprovable = (unprovable or _extra_axes(view, q, key, value, output)
+                  or _wider_values(_dim_of(view.shape(value), value_layout, "d"), geometry["head_dim"]))
 
     scale = up.scale * q_scale * k_scale
     terms, causal = _classify_masks(view, reversed(up.terms))  # graph order: innermost add first
@@ -1027,6 +1028,16 @@ def _geometry(view: View, q4: ValueRef, key: ValueRef, key_layout: str, value: V
         q_len=_dim_of(qs, q_layout, "s"),
         kv_len=_dim_of(ks, key_layout, "s"),
     )
+
+
+def _extra_axes(view: View, *values: ValueRef) -> str | None:
+    """Why a site over more than four axes cannot be rewritten: attention batched over an extra axis (Hiera's
+    mask units, (B, H, windows, N, D)) has no (batch, heads, seq, head_dim) layout the ops take."""
+    rank = max((r for r in (view.rank(v) for v in values) if r is not None), default=None)
+    if rank is not None and rank > 4:
+        return (f"its q, k and v have {rank} axes (attention batched over an extra axis, as Hiera's mask units); "
+                "the ops take (batch, heads, seq, head_dim)")
+    return None
 
 
 def _wider_values(dv, head_dim) -> str | None:

@@ -260,6 +260,19 @@ def swinv2(impl: str) -> Built:
     return Built(HFWrapper(model, ["pixel_values"]), (_pixels(32),), ["pixel_values"], ["last_hidden_state"])
 
 
+def hiera(impl: str) -> Built:
+    """Mask-unit attention over five axes, (B, H, windows, N, D): a windowed block, then a global one over one
+    "window" with pooled queries. Detected, and refused with the reason: the ops take four axes."""
+    from transformers import HieraConfig, HieraModel
+
+    _hf_quiet()
+    cfg = HieraConfig(embed_dim=16, image_size=[32, 32], patch_size=[3, 3], patch_stride=[2, 2], patch_padding=[1, 1],
+                      depths=[1, 1], num_heads=[1, 2], num_query_pool=1, query_stride=[2, 2], masked_unit_size=[4, 4],
+                      masked_unit_attention=[True, False], mlp_ratio=2.0)
+    model = _hf_model(HieraModel, cfg, impl)
+    return Built(HFWrapper(model, ["pixel_values"]), (_pixels(32),), ["pixel_values"], ["last_hidden_state"])
+
+
 def vitdet(impl: str) -> Built:
     """Decomposed relative positions (ViTDet, and SAM's image encoder): terms computed from q added to the
     scores viewed (B·H, qh, qw, kh, kw), one varying over kh and one over kw; a windowed block (2x2 windows
@@ -1086,6 +1099,7 @@ CASES: list[ZooCase] = [
             self_attention_sites=2, causal_sites=0, fx_tracers=(EXPORT,)),
     ZooCase("vitdet-eager", "vitdet", _bind(vitdet, "eager"), expected_sites=2, heads=4, head_dim=8,
             self_attention_sites=2, causal_sites=0, fx_tracers=(EXPORT,)),
+    ZooCase("hiera-eager", "hiera", _bind(hiera, "eager"), expected_sites=2, head_dim=16, fx_tracers=(EXPORT,)),
     # A cross-attention whose queries are learned (constant in the graph), then two self-attentions.
     ZooCase("perceiver-eager", "perceiver", _bind(perceiver, "eager"), expected_sites=3, heads=4, head_dim=8,
             self_attention_sites=2, causal_sites=0, fx_tracers=(EXPORT,)),
