@@ -1363,6 +1363,19 @@ _BROADCASTING = frozenset({"add", "sub", "mul", "div", "pow", "where", "masked_f
                            "tanh", "not", "isnan"})
 
 
+# Reductions, by the name a frontend gives them after "other:" and an "aten." / "Tensor." / "torch." prefix.
+_REDUCTIONS = frozenset({"ReduceMax", "ReduceMin", "ReduceMean", "ReduceSum", "ReduceProd", "ReduceL1", "ReduceL2",
+                         "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare", "ArgMax", "ArgMin", "amax", "amin",
+                         "mean", "sum", "max", "min", "prod", "logsumexp", "norm", "std", "var", "argmax", "argmin"})
+
+
+def _reduces(view: View, nid: str) -> bool:
+    name = view.op(nid).removeprefix("other:")
+    for prefix in ("aten.", "Tensor.", "torch."):
+        name = name.removeprefix(prefix)
+    return name in _REDUCTIONS
+
+
 def _operand_extent(view: View, out: ValueRef, d_in, d_out):
     """An operand's dim as ``out``'s op makes it: where an elementwise op's output has extent 1, so has
     every operand, whatever symbol the exporter left on it (dynamo keeps, in some values, the symbol of a
@@ -1394,10 +1407,12 @@ def _token_wise_operands(view: View, out: ValueRef, dyn: list[ValueRef], tokens)
     carry = []
     for x in dyn:
         s_in = view.shape(x)
-        if len(s_in) == len(s_out) + 1 and all(
-                not view.is_dynamic(i) for i in view.inputs(out.node)[1:] if i is not None):
-            carry.append(x)  # x[..., i, :] with a constant i
-            continue
+        if len(s_in) == len(s_out) + 1:
+            if _reduces(view, out.node):
+                return None  # a reduction dropping an axis (pooled queries: max over token pairs) mixes what it drops
+            if all(not view.is_dynamic(i) for i in view.inputs(out.node)[1:] if i is not None):
+                carry.append(x)  # x[..., i, :] with a constant i
+                continue
         if len(s_in) != len(s_out):
             continue
         s_in = tuple(_operand_extent(view, out, a, b) for a, b in zip(s_in, s_out))

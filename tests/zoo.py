@@ -787,6 +787,23 @@ class DroppedProbabilities(HandAttention):
         return p.masked_fill(torch.rand_like(p) < self.drop, 0.0) * (1.0 / (1.0 - self.drop)) @ v
 
 
+class PooledQueries(HandAttention):
+    """Queries max-pooled over token pairs (MViT's and SAM 2's query pooling) against every key: cross-attention
+    of N/2 queries over N keys, though q and k come from the same projection. With a dynamic length the two
+    lengths are symbols, and the dataflow alone must not prove them equal."""
+
+    def core(self, q, k, v):
+        b, h, n, d = q.shape
+        q = q.reshape(b, h, n // 2, 2, d).amax(3)
+        return (q @ k.transpose(-2, -1) * self.head_dim**-0.5).softmax(-1) @ v
+
+    def forward(self, x):
+        b, s, d = x.shape[0], x.shape[1], x.shape[2]
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        o = self.core(self.split(q), self.split(k), self.split(v))
+        return (self.out(o.transpose(1, 2).reshape(b, s // 2, d)),)
+
+
 class ZeroedProbabilities(HandAttention):
     """Not attention as the variants define it: probabilities zeroed where the scores were not masked."""
 
@@ -1166,6 +1183,8 @@ CASES: list[ZooCase] = [
     ZooCase("torch-encoder-dynamic", "torch", _bind(torch_encoder, False, dynamic=True), expected_sites=2,
             heads=4, head_dim=8, self_attention_sites=2, causal_sites=0),
     ZooCase("hand-scale-q", factory=hand(ScaleQ), expected_sites=1, causal_sites=0, self_attention_sites=1, **_HAND),
+    ZooCase("hand-pooled-queries-dynamic", factory=hand(PooledQueries, dynamic=True), expected_sites=1,
+            causal_sites=0, self_attention_sites=0, **_HAND),
     ZooCase("hand-scale-q-dynamic", factory=hand(ScaleQ, dynamic=True), expected_sites=1, causal_sites=0,
             **_HAND),
     ZooCase("hand-div-sqrt", factory=hand(DivSqrt), expected_sites=1, causal_sites=0, self_attention_sites=1,
