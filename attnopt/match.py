@@ -1240,10 +1240,19 @@ def _finish(view: View, site: AttentionSite) -> AttentionSite:
             == _projection_sources(view, site.value, site.kv_len)):
         return site
     q_len, kv_len = site.q_len, site.kv_len
-    if isinstance(q_len, int) and isinstance(kv_len, int) and q_len != kv_len:
+    if _contradict(q_len, kv_len):
         return site  # the shapes contradict the dataflow: trust neither, claim nothing
     length = _prefer_named(q_len, kv_len)
     return replace(site, proven_self_attention=True, q_len=length, kv_len=length)
+
+
+def _contradict(a, b) -> bool:
+    """Whether two recorded lengths are known to differ: two sizes, or two symbols the exporter named itself
+    (an unk__ name, or no name, says nothing; dynamo names a pooled length s80 where the keys' is 2*seq)."""
+    if isinstance(a, int) and isinstance(b, int):
+        return a != b
+    named = [d for d in (a, b) if isinstance(d, str) and not d.startswith("unk__")]
+    return len(named) == 2 and named[0] != named[1]
 
 
 def _prefer_named(a, b):
@@ -1344,6 +1353,8 @@ def _projection_sources(view: View, v: ValueRef, tokens) -> frozenset | None:
             return None  # a product of two dynamic tensors mixes tokens
         if op in _LAYOUT_OPS:
             if ins and ins[0] is not None and view.is_dynamic(ins[0]):
+                if _merges_rows(view, ins[0], u):
+                    return None
                 stack.append(ins[0])
             continue
         followed = _token_wise_operands(view, u, dyn, tokens)
@@ -1351,6 +1362,18 @@ def _projection_sources(view: View, v: ValueRef, tokens) -> frozenset | None:
             return None
         stack.extend(followed)
     return frozenset(sources)
+
+
+def _merges_rows(view: View, before: ValueRef, after: ValueRef) -> bool:
+    """A reshape that keeps the rank and widens the last axis folds rows into features (queries pooled by a
+    reshape, two tokens into one row of 2·D), so the rows it yields need not be the tokens it read. Splitting
+    heads or rotary pairs changes the rank instead."""
+    if view.op(after.node) != "reshape":
+        return False
+    s_in, s_out = view.shape(before), view.shape(after)
+    if s_in is None or s_out is None or len(s_in) != len(s_out) or not s_in:
+        return False
+    return isinstance(s_in[-1], int) and isinstance(s_out[-1], int) and s_out[-1] > s_in[-1]
 
 
 def _same_extent(a, b) -> bool:

@@ -793,15 +793,27 @@ class PooledQueries(HandAttention):
     lengths are symbols, and the dataflow alone must not prove them equal."""
 
     def core(self, q, k, v):
+        return (self.pool(q) @ k.transpose(-2, -1) * self.head_dim**-0.5).softmax(-1) @ v
+
+    def pool(self, q):
         b, h, n, d = q.shape
-        q = q.reshape(b, h, n // 2, 2, d).amax(3)
-        return (q @ k.transpose(-2, -1) * self.head_dim**-0.5).softmax(-1) @ v
+        return q.reshape(b, h, n // 2, 2, d).amax(3)
 
     def forward(self, x):
         b, s, d = x.shape[0], x.shape[1], x.shape[2]
         q, k, v = self.qkv(x).chunk(3, dim=-1)
         o = self.core(self.split(q), self.split(k), self.split(v))
         return (self.out(o.transpose(1, 2).reshape(b, s // 2, d)),)
+
+
+class ReshapePooledQueries(PooledQueries):
+    """The same with the pairs summed through a reshape (two tokens become one row of 2·D features): every op on
+    the way is a layout op or elementwise, so only the two length symbols tell the lengths apart."""
+
+    def pool(self, q):
+        b, h, n, d = q.shape
+        pairs = q.reshape(b, h, n // 2, 2 * d)
+        return pairs[..., :d] + pairs[..., d:]
 
 
 class ZeroedProbabilities(HandAttention):
@@ -1185,6 +1197,8 @@ CASES: list[ZooCase] = [
     ZooCase("hand-scale-q", factory=hand(ScaleQ), expected_sites=1, causal_sites=0, self_attention_sites=1, **_HAND),
     ZooCase("hand-pooled-queries-dynamic", factory=hand(PooledQueries, dynamic=True), expected_sites=1,
             causal_sites=0, self_attention_sites=0, **_HAND),
+    ZooCase("hand-reshape-pooled-queries-dynamic", factory=hand(ReshapePooledQueries, dynamic=True),
+            expected_sites=1, causal_sites=0, self_attention_sites=0, **_HAND),
     ZooCase("hand-scale-q-dynamic", factory=hand(ScaleQ, dynamic=True), expected_sites=1, causal_sites=0,
             **_HAND),
     ZooCase("hand-div-sqrt", factory=hand(DivSqrt), expected_sites=1, causal_sites=0, self_attention_sites=1,
