@@ -310,3 +310,42 @@ def test_an_original_that_fails_onnxruntime_is_blamed_not_the_rewrite(two_layer_
     _break_first_op(result)
     with pytest.raises(attnopt.errors.RewriteVerificationError, match="the rewritten model fails"):
         result.save(tmp_path / "broken.onnx")
+
+
+def _fails_when_run(graph, value):
+    """An extra output that reshapes ``value`` to a size it cannot have: the model loads, and fails its first run."""
+    import onnx_ir as ir
+
+    shape = ir.Value(name="odd_shape", const_value=ir.tensor(np.array([-1, 7, 3], np.int64)))
+    graph.initializers[shape.name] = shape
+    node = ir.node("Reshape", [value, shape], name="odd_reshape")
+    node.outputs[0].name = "odd"
+    node.outputs[0].dtype = ir.DataType.FLOAT
+    node.outputs[0].shape = ir.Shape([None, 7, 3])
+    graph.append(node)
+    graph.outputs.append(node.outputs[0])
+
+
+def test_a_rewrite_that_fails_its_first_run_is_never_written(two_layer_onnx, tmp_path):
+    """Loading is not enough: verification runs the rewritten model once on made-up inputs (a rewrite that fed
+    pooled queries to segmented as self-attention loaded, and failed on its first run)."""
+    result = attnopt.rewrite(two_layer_onnx, "segmented", segment_size=4)
+    op = next(n for n in result.model.graph if n.domain == "ai.attnopt")
+    _fails_when_run(result.model.graph, op.outputs[0])
+    out = tmp_path / "fails.onnx"
+    with pytest.raises(attnopt.errors.RewriteVerificationError, match="fails onnxruntime \\(a run\\)"):
+        result.save(out)
+    assert not out.exists()
+
+
+def test_made_up_inputs_the_original_cannot_take_prove_nothing(two_layer_onnx, tmp_path):
+    """Where the original itself fails on the made-up inputs, the run cannot blame the rewrite: it is written."""
+    import onnx_ir as ir
+
+    model = ir.load(str(two_layer_onnx))
+    _fails_when_run(model.graph, model.graph.outputs[0])
+    path = tmp_path / "odd.onnx"
+    ir.save(model, str(path))
+    result = attnopt.rewrite(path, "segmented", segment_size=4)
+    result.save(tmp_path / "seg.onnx")
+    assert (tmp_path / "seg.onnx").exists()
