@@ -276,8 +276,9 @@ def _lens(q, kv) -> str:
                    "position dependence is a recognised relative bias (ALiBi, as BLOOM builds it). Every site "
                    "streams, or the rewrite is refused.")
 @click.option("--no-verify", is_flag=True,
-              help="Skip checking that the output loads in onnxruntime (onnx.checker + a CPU session) before "
-                   "writing it; for models where that costs too much.")
+              help="Skip checking that the output loads and runs in onnxruntime (onnx.checker, a CPU session "
+                   "and one run on made-up inputs of 16 tokens) before writing it; for models where that costs "
+                   "too much.")
 @click.option("--target", default="portable", show_default=True, metavar="portable|ort-cuda",
               help="portable: ai.attnopt function bodies, any execution provider. ort-cuda: where a variant has "
                    "an exact com.microsoft lowering (segmented: MultiHeadAttention over segments folded into the "
@@ -293,9 +294,9 @@ def rewrite(model, pass_name, params, layers, names, output, streaming, no_verif
     Each selected site is replaced by an ai.attnopt op whose ONNX function body
     travels inside the model, so stock onnxruntime runs it with nothing extra
     installed. Sites the pass cannot serve stay dense and the table says why.
-    The output is checked first (onnx.checker and an onnxruntime CPU session;
-    --no-verify skips that) and written atomically: on any error nothing is
-    written, and the error names the site at fault.
+    The output is checked first (onnx.checker, an onnxruntime CPU session and
+    one run on made-up inputs; --no-verify skips that) and written atomically:
+    on any error nothing is written, and the error names the site at fault.
 
     \b
     Example:
