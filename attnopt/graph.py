@@ -47,7 +47,7 @@ LIKE_OPS = frozenset({"RandomUniformLike", "RandomNormalLike", "rand_like", "ran
 def reads_shape_only(view: "View", nid: str) -> bool:
     """Whether the node reads nothing of its input but the shape (and dtype)."""
     op = view.op(nid)
-    return op in SHAPE_ONLY_OPS or (op.startswith("other:") and _random_name(op) in LIKE_OPS)
+    return op in SHAPE_ONLY_OPS or (op.startswith("other:") and plain_op_name(op) in LIKE_OPS)
 
 
 # Ops that draw random numbers (ONNX op types, aten overload packets, torch functions and methods), by the
@@ -65,21 +65,23 @@ def random_ops(view: "View") -> dict[str, int]:
         if op == "dropout" and len(view.inputs(nid)) > 2 and _true(view.const(view.input(nid, 2))):
             name = "Dropout in training mode"  # ONNX Dropout's training_mode input (a dynamo export's native_dropout)
         elif draws_random(view, nid):
-            name = _random_name(op)
+            name = plain_op_name(op)
         else:
             continue
         found[name] = found.get(name, 0) + 1
     return found
 
 
-def _random_name(op: str) -> str:
+def plain_op_name(op: str) -> str:
+    """A View op's name without the frontend's "other:" and an "aten." / "Tensor." prefix (ONNX op types,
+    aten overload packets, torch functions and methods all come out as their bare names)."""
     return op.removeprefix("other:").removeprefix("aten.").removeprefix("Tensor.")
 
 
 def draws_random(view: "View", nid: str) -> bool:
     """Whether the node draws random numbers (``RANDOM_OPS``)."""
     op = view.op(nid)
-    return op.startswith("other:") and _random_name(op) in RANDOM_OPS
+    return op.startswith("other:") and plain_op_name(op) in RANDOM_OPS
 
 
 def _true(c) -> bool:

@@ -25,7 +25,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .graph import SHAPE_ONLY_OPS, View, broadcast_dims, draws_random, reads_shape_only
+from .graph import SHAPE_ONLY_OPS, View, broadcast_dims, draws_random, plain_op_name, reads_shape_only
 from .site import (LAYOUT_BHDS, LAYOUT_BHSD, LAYOUT_FLAT, MASK_ADDITIVE, MASK_BOOLEAN,
                    MASK_BOOLEAN_BLOCKED, MASK_NONZERO_KEEP, AttentionSite, MaskTerm, Projection, ValueRef)
 
@@ -596,8 +596,8 @@ def _walk_down(view: View, p: ValueRef, depth: int = 16) -> list[_Down] | None:
     Usually one. Several when the graph computes the probabilities once for several values: DiffLlama attends
     twice with the same q and k, and the exporter's common-subexpression pass merges the two softmaxes. Each
     product is then a site of its own."""
-    nodes, flattened, escapes, zeroed = [], False, False, []
-    for _ in range(depth):
+    nodes, zeroed = [], []
+    for step in range(depth):
         # A reader of the shape alone (a dropout's rand_like(p)) dies with the site once its consumers do.
         users = [(u, port) for u, port in view.users(p) if not reads_shape_only(view, u)]
         ops = sorted(view.op(u) for u, _ in users)
@@ -629,48 +629,30 @@ def _walk_down(view: View, p: ValueRef, depth: int = 16) -> list[_Down] | None:
             nodes += [isnan, where]
             p = ValueRef(where, 0)
             continue
-        if len(users) > 1:
-            onward = [(u, port) for u, port in users if _leads_to_value_matmul(view, u, port, depth - 1)]
-            if not onward:
-                return None
-            # Anything else that reads the probabilities (need_weights=True) makes every product's site
-            # unrewritable: its dense probabilities must stay.
-            escapes = escapes or len(onward) < len(users)
-            if len(onward) > 1:
-                found = []
-                for u, port in onward:
-                    branch = _step_down(view, u, port, depth - 1)
-                    if branch is None:
-                        return None
-                    found += [_Down(d.matmul, nodes + d.nodes, flattened or d.flattened, escapes or d.escapes,
-                                    zeroed + d.zeroed) for d in branch]
-                return found
-            users = onward
-        if not users:
+        branches = [_step_down(view, u, port, depth - step - 1) for u, port in users]
+        onward = [b for b in branches if b and (len(users) == 1 or not any(d.escapes for d in b))]
+        if not onward:
             return None
-        u, port = users[0]
-        op = view.op(u)
-        if op == "matmul":
-            return [_Down(u, nodes, flattened, escapes, zeroed)] if port == 0 else None
-        if op in TRANSPARENT or op in ("dropout", "expand"):
-            nodes.append(u)
-        elif op == "reshape":
-            flattened = flattened or view.rank(ValueRef(u, 0)) == 3
-            nodes.append(u)
-        else:
-            return None
-        p = ValueRef(u, 0)
+        # Anything else that reads the probabilities (need_weights=True) makes every product's site
+        # unrewritable: its dense probabilities must stay.
+        escapes = len(onward) < len(users)
+        return [_Down(d.matmul, nodes + d.nodes, d.flattened, escapes or d.escapes, zeroed + d.zeroed)
+                for b in onward for d in b]
     return None
 
 
 def _step_down(view: View, user: str, port: int, depth: int) -> list[_Down] | None:
-    """The value products reached through one reader of the probabilities (a branch of ``_walk_down``)."""
-    if view.op(user) == "matmul":
+    """The value products reached through one reader of the probabilities (a step of ``_walk_down``): the value
+    matmul itself, or an op the probabilities pass unchanged (a reshape may fold them to rank 3)."""
+    op = view.op(user)
+    if op == "matmul":
         return [_Down(user, [], False, False, [])] if port == 0 else None
+    if depth <= 0 or op not in TRANSPARENT | {"dropout", "expand", "reshape"}:
+        return None
     found = _walk_down(view, ValueRef(user, 0), depth)
     if found is None:
         return None
-    flat = view.op(user) == "reshape" and view.rank(ValueRef(user, 0)) == 3
+    flat = op == "reshape" and view.rank(ValueRef(user, 0)) == 3
     return [_Down(d.matmul, [user] + d.nodes, flat or d.flattened, d.escapes, d.zeroed) for d in found]
 
 
@@ -708,15 +690,6 @@ def _zero_blocked_rows(view: View, cond: ValueRef, terms: list) -> None:
             t.fill = float("-inf")
             return
     raise Mismatch("the probabilities are zeroed where the scores are not masked")
-
-
-def _leads_to_value_matmul(view: View, user: str, port: int, depth: int) -> bool:
-    if view.op(user) == "matmul":
-        return port == 0
-    if depth <= 0 or view.op(user) not in TRANSPARENT | {"dropout", "expand", "reshape"}:
-        return False
-    found = _walk_down(view, ValueRef(user, 0), depth)
-    return bool(found) and not any(d.escapes for d in found)
 
 
 # --------------------------------------------------------------------------- decomposed
@@ -1386,17 +1359,15 @@ _BROADCASTING = frozenset({"add", "sub", "mul", "div", "pow", "where", "masked_f
                            "tanh", "not", "isnan"})
 
 
-# Reductions, by the name a frontend gives them after "other:" and an "aten." / "Tensor." / "torch." prefix.
+# Reductions, by their bare names (graph.plain_op_name).
 _REDUCTIONS = frozenset({"ReduceMax", "ReduceMin", "ReduceMean", "ReduceSum", "ReduceProd", "ReduceL1", "ReduceL2",
                          "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare", "ArgMax", "ArgMin", "amax", "amin",
                          "mean", "sum", "max", "min", "prod", "logsumexp", "norm", "std", "var", "argmax", "argmin"})
 
 
 def _reduces(view: View, nid: str) -> bool:
-    name = view.op(nid).removeprefix("other:")
-    for prefix in ("aten.", "Tensor.", "torch."):
-        name = name.removeprefix(prefix)
-    return name in _REDUCTIONS
+    op = view.op(nid)
+    return op.startswith("other:") and plain_op_name(op) in _REDUCTIONS
 
 
 def _operand_extent(view: View, out: ValueRef, d_in, d_out):
