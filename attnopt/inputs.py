@@ -92,6 +92,11 @@ def dim_roles(shape) -> list[str]:
     return roles
 
 
+def has_seq_dim(specs) -> bool:
+    """Whether any input has a symbolic sequence dim (one ``seq_len`` can set)."""
+    return any(r == "seq" for s in specs for r in dim_roles(s.shape))
+
+
 # ----------------------------------------------------------------------------- ONNX
 
 def onnx_input_specs(model) -> list[InputSpec]:
@@ -152,8 +157,7 @@ def resolve_shapes(specs: Sequence[InputSpec], seq_len: int | None = None, batch
         raise AttnoptError(f"--seq-len must be a positive integer, got {seq_len!r}")
     if batch < 1:
         raise AttnoptError(f"batch must be >= 1, got {batch}")
-    has_seq = any(r == "seq" for s in specs for r in dim_roles(s.shape))
-    if seq_len is not None and not has_seq:
+    if seq_len is not None and not has_seq_dim(specs):
         check_static_seq_len(specs, seq_len, seq_hint)
     n = int(seq_len) if seq_len is not None else DEFAULT_SEQ_LEN
     shapes = {}
@@ -186,7 +190,7 @@ def check_static_seq_len(specs: Sequence[InputSpec], seq_len: int, seq_hint: int
     """Raise if the model's sequence dim is static and differs from ``seq_len``."""
     found = static_seq_len(specs, seq_hint)
     if found is None:
-        if any(s.shape for s in specs) and not any(r == "seq" for s in specs for r in dim_roles(s.shape)):
+        if any(s.shape for s in specs) and not has_seq_dim(specs):
             first = next(s for s in specs if s.shape is not None)
             raise AttnoptError(f"model input '{first.name}' has static shape {format_shape(first.shape)}; "
                                f"--seq-len {seq_len} is not possible")

@@ -75,7 +75,17 @@ class OnnxFrontend(Frontend):
         from .onnx_rewrite import has_external_data
 
         external = has_external_data(model)
-        stage = "onnx.checker"
+        stage, feeds = "onnx.checker", None
+
+        def open_and_run(source) -> None:
+            nonlocal stage, feeds
+            stage = "onnxruntime"
+            session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+            feeds = _verify_feeds(model)
+            if feeds is not None:
+                stage = "onnxruntime (a run)"
+                session.run(None, feeds)
+
         try:
             options = ort.SessionOptions()
             options.log_severity_level = 3
@@ -84,27 +94,17 @@ class OnnxFrontend(Frontend):
                     path = f"{tmp}/model.onnx"
                     ir.save(model, path, external_data="model.onnx.data")
                     onnx.checker.check_model(path)
-                    stage = "onnxruntime"
-                    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-                    feeds = _verify_feeds(model)
-                    if feeds is not None:
-                        stage = "onnxruntime (a run)"
-                        session.run(None, feeds)
+                    open_and_run(path)
             else:
                 proto = ir.serde.serialize_model(model)
                 onnx.checker.check_model(proto)
-                stage = "onnxruntime"
-                session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
-                feeds = _verify_feeds(model)
-                if feeds is not None:
-                    stage = "onnxruntime (a run)"
-                    session.run(None, feeds)
+                open_and_run(proto.SerializeToString())
         except Exception as e:
             culprit = next((name for name in sites if name and f"{name}/" in str(e)), None)
             where = f"site {culprit}: " if culprit else ""
-            if stage == "onnxruntime (a run)" and not _original_runs(ort, loaded.source, options, feeds):
+            if stage == "onnxruntime (a run)" and not _original_works(ort, loaded.source, options, feeds):
                 return  # the original cannot take these made-up inputs either: the run proves nothing
-            if stage == "onnxruntime" and _original_fails(ort, loaded.source, options):
+            if stage == "onnxruntime" and _original_works(ort, loaded.source, options) is False:
                 raise RewriteVerificationError(
                     f"the original model fails onnxruntime too, so the rewrite could not be checked and was not "
                     f"written (the export is broken outside attnopt's sites; try the other exporter): "
@@ -179,34 +179,24 @@ VERIFY_SEQ_LEN = 16
 def _verify_feeds(model) -> dict | None:
     """Inputs for one verification run, or None where the model's inputs cannot be made up."""
     from ..errors import AttnoptError
-    from ..inputs import dim_roles, make_onnx_inputs, onnx_input_specs
+    from ..inputs import has_seq_dim, make_onnx_inputs, onnx_input_specs
 
-    specs = onnx_input_specs(model)
-    symbolic = any(r == "seq" for sp in specs if sp.shape for r in dim_roles(sp.shape))
     try:
-        return make_onnx_inputs(model, VERIFY_SEQ_LEN if symbolic else None)
+        return make_onnx_inputs(model, VERIFY_SEQ_LEN if has_seq_dim(onnx_input_specs(model)) else None)
     except AttnoptError:
         return None
 
 
-def _original_runs(ort, source: str, options, feeds: dict) -> bool:
-    """Whether the model file the rewrite read runs on ``feeds``."""
+def _original_works(ort, source: str, options, feeds: dict | None = None) -> bool | None:
+    """Whether the model file the rewrite read opens in onnxruntime and, given ``feeds``, runs on them; None
+    where there is no file to try. Some exports fail on their own: a TorchScript export of CANINE fails ORT's
+    shape inference in a layer no rewrite touches."""
     if not source or not os.path.isfile(source):
-        return False
+        return None
     try:
-        ort.InferenceSession(source, options, providers=["CPUExecutionProvider"]).run(None, feeds)
+        session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+        if feeds is not None:
+            session.run(None, feeds)
     except Exception:  # noqa: BLE001  any failure is the answer
         return False
     return True
-
-
-def _original_fails(ort, source: str, options) -> bool:
-    """Whether the model file the rewrite read fails to open in onnxruntime itself (some exports do: a
-    TorchScript export of CANINE fails ORT's shape inference in a layer no rewrite touches)."""
-    if not source or not os.path.isfile(source):
-        return False
-    try:
-        ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
-    except Exception:  # noqa: BLE001  any failure to open is the answer
-        return True
-    return False
