@@ -4,9 +4,10 @@
     python benchmarks/family_probe.py funnel swinv2 --exporters dynamo      # some of them
 
 Each family is built from a tiny config with random weights, for each attention implementation transformers
-offers it (eager, sdpa), and exported with each exporter (TorchScript at opset 17, dynamo). attnopt then
-detects its sites, rewrites them with segmented at its exact limit (one segment longer than the input, two
-sinks) and validates the result against the original. One JSON line per (family, implementation, exporter):
+offers it (eager, sdpa), and exported with each exporter (TorchScript at opset 17, dynamo) or traced for the
+fx path (``export``: torch.export with the sequence axes dynamic, as ``torch.export.Dim.AUTO`` leaves them).
+attnopt then detects its sites, rewrites them with segmented at its exact limit (one segment longer than the
+input, two sinks) and validates the result against the original. One JSON line per (family, implementation, exporter):
 the stage reached (build, export, detect, rewrite, validate, done), the sites found and rewritten, whether
 the rewrite is exact, and the error where one stopped it. At the end a table counts the outcomes.
 
@@ -155,6 +156,29 @@ FAMILIES = {
     "vitdet": ("vision32", "VitDetConfig", "VitDetModel", dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, mlp_ratio=2, pretrain_image_size=32, use_relative_position_embeddings=True, window_size=2, window_block_indices=[0])),
     "pvt": ("vision32", "PvtConfig", "PvtModel", dict(image_size=32, hidden_sizes=[16, 32], num_encoder_blocks=2, depths=[1, 1], sequence_reduction_ratios=[2, 1], num_attention_heads=[1, 2], patch_sizes=[4, 2], strides=[4, 2], mlp_ratios=[2, 2])),
     "speech_to_text": ("speech2text", "Speech2TextConfig", "Speech2TextModel", dict(d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, input_feat_per_channel=8, conv_channels=16, max_source_positions=64, max_target_positions=64)),
+    "gpt_oss": ("dec", "GptOssConfig", "GptOssModel", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2, pad_token_id=0, head_dim=8, num_local_experts=2, num_experts_per_tok=1, sliding_window=4, layer_types=["sliding_attention", "full_attention"])),
+    "deepseek_v3": ("dec", "DeepseekV3Config", "DeepseekV3Model", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=4, num_hidden_layers=2, pad_token_id=0, kv_lora_rank=16, q_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16, n_routed_experts=2, num_experts_per_tok=1, first_k_dense_replace=2, n_group=1, topk_group=1, moe_intermediate_size=32)),
+    # DeepSeek's own shapes: q·k over 192 dims, values of 128 (here 16 and 8).
+    "deepseek_v3_mla": ("dec", "DeepseekV3Config", "DeepseekV3Model", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=4, num_hidden_layers=2, pad_token_id=0, kv_lora_rank=16, q_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=8, n_routed_experts=2, num_experts_per_tok=1, first_k_dense_replace=2, n_group=1, topk_group=1, moe_intermediate_size=32)),
+    "deepseek_v2": ("dec", "DeepseekV2Config", "DeepseekV2Model", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=4, num_hidden_layers=2, pad_token_id=0, kv_lora_rank=16, q_lora_rank=None, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16, n_routed_experts=2, num_experts_per_tok=1, first_k_dense_replace=2, n_group=1, topk_group=1, moe_intermediate_size=32)),
+    "exaone4": ("dec", "Exaone4Config", "Exaone4Model", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2, pad_token_id=0, sliding_window=4, sliding_window_pattern=2)),
+    "glm": ("dec", "GlmConfig", "GlmModel", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2, pad_token_id=0, head_dim=8)),
+    "glm4": ("dec", "Glm4Config", "Glm4Model", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2, pad_token_id=0, head_dim=8)),
+    "helium": ("dec", "HeliumConfig", "HeliumModel", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2, pad_token_id=0, head_dim=8)),
+    "apertus": ("dec", "ApertusConfig", "ApertusModel", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2, pad_token_id=0)),
+    "ministral": ("dec", "MinistralConfig", "MinistralModel", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2, pad_token_id=0, head_dim=8, sliding_window=4, layer_types=["sliding_attention", "full_attention"])),
+    "hunyuan_v1_dense": ("dec", "HunYuanDenseV1Config", "HunYuanDenseV1Model", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2, pad_token_id=0, head_dim=8)),
+    "ernie4_5": ("dec", "Ernie4_5Config", "Ernie4_5Model", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2, pad_token_id=0, head_dim=8)),
+    "olmo3": ("dec", "Olmo3Config", "Olmo3Model", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2, pad_token_id=0, sliding_window=4)),
+    "vaultgemma": ("dec", "VaultGemmaConfig", "VaultGemmaModel", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2, pad_token_id=0, head_dim=8, sliding_window=4)),
+    "flex_olmo": ("dec", "FlexOlmoConfig", "FlexOlmoModel", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2, pad_token_id=0, num_experts=2, num_experts_per_tok=1)),
+    "qwen2_moe": ("dec", "Qwen2MoeConfig", "Qwen2MoeModel", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2, pad_token_id=0, num_experts=2, num_experts_per_tok=1, moe_intermediate_size=32, shared_expert_intermediate_size=32)),
+    "qwen3_moe": ("dec", "Qwen3MoeConfig", "Qwen3MoeModel", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2, pad_token_id=0, head_dim=8, num_experts=2, num_experts_per_tok=1, moe_intermediate_size=32)),
+    "granitemoe": ("dec", "GraniteMoeConfig", "GraniteMoeModel", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2, pad_token_id=0, num_local_experts=2, num_experts_per_tok=1)),
+    "doge": ("dec", "DogeConfig", "DogeModel", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2, pad_token_id=0)),
+    "gemma3n_text": ("dec", "Gemma3nTextConfig", "Gemma3nTextModel", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2, pad_token_id=0, head_dim=8, vocab_size_per_layer_input=100, hidden_size_per_layer_input=8, num_kv_shared_layers=0, laurel_rank=4, altup_num_inputs=2, activation_sparsity_pattern=[0.0, 0.0], layer_types=["sliding_attention", "full_attention"], sliding_window=4)),
+    "lfm2": ("dec", "Lfm2Config", "Lfm2Model", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2, pad_token_id=0, layer_types=["conv", "full_attention"])),
+    "llama4_text": ("dec", "Llama4TextConfig", "Llama4TextModel", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2, pad_token_id=0, head_dim=8, num_local_experts=2, num_experts_per_tok=1, intermediate_size_mlp=64, attention_chunk_size=4, no_rope_layers=[1, 0])),
 }
 
 KINDS = ("enc", "dec", "encdec", "vision", "vision32", "audio", "speech2text")
@@ -195,34 +219,26 @@ def build(family: str, impl: str):
 
 def probe(family: str, impl: str, exporter: str, built, workdir: Path) -> dict:
     """One export of one family through detect, rewrite and validate; the stage it reached and what it saw."""
-    import onnx
-
     import attnopt
 
     rec = {"family": family, "impl": impl, "exporter": exporter, "stage": "export"}
-    path = workdir / f"{family}-{impl}-{exporter}.onnx"
     t0 = time.time()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            if exporter == "dynamo":
-                torch.onnx.export(built.module, built.inputs, str(path), dynamo=True, external_data=False,
-                                  input_names=list(built.input_names), output_names=list(built.output_names),
-                                  verbose=False)
-            else:
-                torch.onnx.export(built.module, built.inputs, str(path), dynamo=False, opset_version=17,
-                                  input_names=list(built.input_names), output_names=list(built.output_names))
+            model, inputs = _export(exporter, built, workdir / f"{family}-{impl}-{exporter}.onnx")
         rec["stage"] = "detect"
-        sites = attnopt.detect(path)
+        sites = attnopt.detect(model)
         rec["sites"], rec["unsupported"] = len(sites), sum(bool(s.unsupported) for s in sites)
         rec["stage"] = "rewrite"
-        result = attnopt.rewrite(path, "segmented", segment_size=1 << 16, sinks=2)
+        result = attnopt.rewrite(model, "segmented", segment_size=1 << 16, sinks=2)
         rec["rewritten"] = len(result.rewritten)
-        out = path.with_suffix(".seg.onnx")
-        result.save(out)
+        rewritten = result.model
+        if isinstance(model, Path):
+            rewritten = model.with_suffix(".seg.onnx")
+            result.save(rewritten)
         rec["stage"] = "validate"
-        names = [i.name for i in onnx.load(str(path), load_external_data=False).graph.input]
-        report = attnopt.validate(path, out, inputs={n: t.numpy() for n, t in zip(names, built.inputs)})
+        report = attnopt.validate(model, rewritten, inputs=inputs)
         rec["exact"], rec["worst_rel_l2"], rec["note"] = report.is_exact(1e-5), report.worst_rel_l2, report.note
         rec["stage"] = "done"
     except Exception as e:  # noqa: BLE001  a probe reports every failure and goes on
@@ -231,10 +247,28 @@ def probe(family: str, impl: str, exporter: str, built, workdir: Path) -> dict:
     return rec
 
 
+def _export(exporter: str, built, path: Path):
+    """(the model attnopt reads, the inputs validate feeds it): an ONNX file, or for ``export`` the
+    ExportedProgram (every axis but the batch AUTO, so a dynamic length stays symbolic)."""
+    built.module.eval()  # a dynamo export that fails can leave the module in training mode (XLNet's did)
+    if exporter == "export":
+        dims = tuple({ax: torch.export.Dim.AUTO for ax in range(1, t.dim())} if t.dim() > 1 else None
+                     for t in built.inputs)
+        return torch.export.export(built.module, built.inputs, dynamic_shapes=dims), tuple(built.inputs)
+    names = dict(input_names=list(built.input_names), output_names=list(built.output_names))
+    if exporter == "dynamo":
+        torch.onnx.export(built.module, built.inputs, str(path), dynamo=True, external_data=False, verbose=False,
+                          **names)
+    else:
+        torch.onnx.export(built.module, built.inputs, str(path), dynamo=False, opset_version=17, **names)
+    return path, {n: t.numpy() for n, t in zip(built.input_names, built.inputs)}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("families", nargs="*", help="families to probe (default all): " + ", ".join(FAMILIES))
-    ap.add_argument("--exporters", nargs="+", default=["torchscript", "dynamo"], choices=["torchscript", "dynamo"])
+    ap.add_argument("--exporters", nargs="+", default=["torchscript", "dynamo", "export"],
+                    choices=["torchscript", "dynamo", "export"])
     ap.add_argument("--impls", nargs="+", default=["eager", "sdpa"], choices=["eager", "sdpa"])
     ap.add_argument("--json", help="write every record here as a JSON list")
     args = ap.parse_args(argv)
@@ -262,7 +296,7 @@ def main(argv=None) -> int:
     done = [r for r in records if r["stage"] == "done"]
     print(f"\n{len(records)} probes: {sum(r['exact'] for r in done)} exact, {sum(not r['exact'] for r in done)} "
           f"inexact, {sum(r['stage'] == 'build' for r in records)} not built, "
-          f"{sum(r['stage'] == 'export' for r in records)} not exported (torch), "
+          f"{sum(r['stage'] == 'export' for r in records)} not exported or traced (torch), "
           f"{sum(r['stage'] in ('detect', 'rewrite', 'validate') for r in records)} stopped in attnopt")
     for r in records:
         if r["stage"] in ("detect", "rewrite", "validate") or (r["stage"] == "done" and not r["exact"]):

@@ -24,6 +24,11 @@ shapes and attributes, never from a reduction over a device tensor where a
 formula exists, an ``If`` condition reads shapes, not values, and the sizes an
 ``If`` branch needs are computed before it (or from a ``Shape`` inside it).
 Data-dependent sizes (lsh's and routed's bucket pairs) pay one such copy.
+
+Each body reads its own sizes (B, H, N, D, Hkv, M) off Q and K, though the lines repeat: a shared helper
+function whose inputs feed only Shape nodes made onnxruntime 1.32's constant folding drop the producer of
+such an input when it was a Transpose the rewrite had inserted ("Node input ... is not a graph input,
+initializer, or output of a previous node" at load; tried 2026-11-30 with a ``QKDims(Q, K)`` helper).
 """
 
 from __future__ import annotations

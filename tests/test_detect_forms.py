@@ -285,3 +285,19 @@ def test_einsum_operands_and_output_in_their_own_layouts_rewrite_exactly(how, tm
     result = attnopt.rewrite(model, "segmented", segment_size=1 << 16, **kwargs)
     report = attnopt.validate(model, result.model, **({"inputs": inputs} if how == "onnx" else {"example_inputs": inputs}))
     assert report.is_exact(1e-5), report.to_dict()
+
+
+def test_kv_heads_a_reshape_infers_from_its_size_are_known(zoo):
+    """TorchScript writes JetMoE's key heads as a -1 in a Reshape whose other sizes come from Shape; ONNX's
+    inference leaves that axis unknown, onnxruntime's symbolic inference solves it."""
+    sites = attnopt.detect(zoo.onnx_path("jetmoe-eager", "torchscript"))
+    assert [(s.num_heads, s.kv_num_heads) for s in sites] == [(16, 16)] * 2
+
+
+def test_shape_inference_writes_nothing_where_it_runs(zoo, tmp_path, monkeypatch):
+    """onnxruntime's symbolic inference, left to itself, saves the model and its weights in the working
+    directory whenever a shape stays unknown (Swin's TorchScript export has such shapes)."""
+    path = zoo.onnx_path("swin-eager", "torchscript")
+    monkeypatch.chdir(tmp_path)
+    assert attnopt.detect(path)
+    assert list(tmp_path.iterdir()) == []

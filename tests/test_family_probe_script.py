@@ -22,6 +22,13 @@ def test_a_family_goes_through_detect_rewrite_and_validate(fp, tmp_path, capsys)
     assert "2 probes: 1 exact, 0 inexact, 1 not built" in capsys.readouterr().out
 
 
+def test_the_fx_path_is_probed_through_torch_export(fp, tmp_path):
+    out = tmp_path / "probe.json"
+    assert fp.main(["gpt_neo", "--exporters", "export", "--impls", "eager", "--json", str(out)]) == 0
+    (rec,) = json.loads(out.read_text())
+    assert (rec["exporter"], rec["stage"], rec["sites"], rec["rewritten"], rec["exact"]) == ("export", "done", 2, 2, True)
+
+
 def test_a_stop_in_attnopt_is_listed_with_its_error(fp, monkeypatch, tmp_path, capsys):
     import attnopt
 

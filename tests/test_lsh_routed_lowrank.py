@@ -227,9 +227,7 @@ def _onnx_bucket_attention(q, k, v, mask, kp, q_buckets, k_buckets, config, scal
     """ai.attnopt::BucketAttention alone in onnxruntime (CPU)."""
     from onnx import TensorProto, helper
 
-    from attnopt.kernels.buckets_onnx import CALLS
-    from attnopt.kernels.row_max_onnx import LastAxisMax
-    from attnopt.kernels.softcap_onnx import Softcap
+    from attnopt.kernels.onnx_functions import attach_functions
     from attnopt.onnx_compat import DOMAIN, DOMAIN_VERSION
 
     names = ["Q", "K", "V", "Mask", "KeyPadding", "QBuckets", "KBuckets", "Config", "Scalars"]
@@ -241,7 +239,8 @@ def _onnx_bucket_attention(q, k, v, mask, kp, q_buckets, k_buckets, config, scal
                               [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(DOMAIN,
                                                                                                      DOMAIN_VERSION)],
-                              ir_version=10, functions=[f.to_function_proto() for f in (Softcap, LastAxisMax, *CALLS)])
+                              ir_version=10)
+    attach_functions(model, ["LshAttention"])  # BucketAttention is what lsh's body calls, with its own callees
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     return torch.from_numpy(sess.run(None, feeds)[0])
 

@@ -228,6 +228,31 @@ def test_fx_rewrite_matches_dense_at_the_limit_and_reference_below(tracer):
     assert all(s.causal for s in sites)  # the constant triu mask was recognised as causal
 
 
+class ViewsSdpaOutput(torch.nn.Module):
+    """Calls ``.view`` on SDPA's transposed output (as JetMoE does): valid only because torch stores the
+    (B, H, N, D) output as (B, N, H, D)."""
+
+    def __init__(self):
+        super().__init__()
+        self.qkv = torch.nn.Linear(E, 3 * E)
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, H, E // H).permute(2, 0, 3, 1, 4)
+        y = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        return y.transpose(1, 2).view(b, n, E)
+
+
+@pytest.mark.parametrize("tracer", ["export", "symbolic_trace"])
+def test_fx_rewrite_keeps_the_outputs_memory_order(tracer):
+    module, inputs = ViewsSdpaOutput().eval(), _inputs()[:1]
+    model = torch.export.export(module, inputs) if tracer == "export" else torch.fx.symbolic_trace(module)
+    result = attnopt.rewrite(model, "segmented", segment_size=N, example_inputs=inputs)
+    assert [o.status for o in result.report] == ["rewritten"]
+    with torch.no_grad():  # a contiguous (B, H, N, D) result would make the model's .view raise here
+        torch.testing.assert_close(result.model(*inputs), module(*inputs), atol=1e-5, rtol=1e-5)
+
+
 def test_fx_rewrite_does_not_touch_the_callers_graph():
     module = SelfAttention().eval()
     gm = torch.fx.symbolic_trace(module)

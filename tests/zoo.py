@@ -401,6 +401,27 @@ def diffllama(impl: str) -> Built:
     return _text_built(_hf_model(DiffLlamaModel, cfg, impl), use_cache=False)
 
 
+def jetmoe(impl: str) -> Built:
+    """Mixture of attention heads; its sdpa form calls ``.view`` on the transposed output, which works only
+    because torch's SDPA stores (B, H, N, D) as (B, N, H, D): a rewrite must keep that memory order."""
+    from transformers import JetMoeConfig, JetMoeModel
+
+    _hf_quiet()
+    cfg = JetMoeConfig(vocab_size=VOCAB, hidden_size=32, num_attention_heads=4, num_hidden_layers=2, kv_channels=8,
+                       num_local_experts=2, num_experts_per_tok=1, intermediate_size=64, max_position_embeddings=64)
+    return _text_built(_hf_model(JetMoeModel, cfg, impl), use_cache=False)
+
+
+def xlnet(impl: str) -> Built:
+    """Relative attention in einsums over (N, B, H, D); with no segment ids its scores get a literal 0 added
+    (in fx, a Python number, not a graph value)."""
+    from transformers import XLNetConfig, XLNetModel
+
+    _hf_quiet()
+    cfg = XLNetConfig(vocab_size=VOCAB, d_model=64, n_layer=2, n_head=4, d_inner=128)
+    return _text_built(_hf_model(XLNetModel, cfg, impl))
+
+
 def mistral(impl: str) -> Built:
     from transformers import MistralConfig, MistralModel
 
@@ -1102,6 +1123,13 @@ CASES: list[ZooCase] = [
     # export its RMSNorm at opset 17.
     *_impl_cases("diffllama", diffllama, expected_sites=4, heads=4, kv_heads=2, head_dim=16, self_attention_sites=4,
                  causal_sites=4, fx_tracers=(EXPORT,), onnx_exporters=(DYNAMO, DYNAMO_OPSET23)),
+    # torch's SDPA output is stored (B, N, H, D), and JetMoE's sdpa form relies on it (a .view after the transpose).
+    *_impl_cases("jetmoe", jetmoe, expected_sites=2, heads=16, head_dim=8, self_attention_sites=2, causal_sites=2,
+                 fx_tracers=(EXPORT,)),
+    # Relative attention over (N, B, H, D) whose scores add a literal 0 (no segment ids); no sdpa form. The
+    # dynamo exporter fails on it in torch (aten::sub of a float and a tensor, from `1.0 - attention_mask`).
+    ZooCase("xlnet-eager", "xlnet", _bind(xlnet, "eager"), expected_sites=2, heads=4, head_dim=16,
+            self_attention_sites=2, causal_sites=0, fx_tracers=(EXPORT,), onnx_exporters=(TORCHSCRIPT,)),
     *_impl_cases("mistral-gqa", mistral, expected_sites=2, heads=4, kv_heads=2, head_dim=16,
                  self_attention_sites=2, causal_sites=2),
     *_impl_cases("qwen2-gqa", qwen2, expected_sites=2, heads=4, kv_heads=2, head_dim=16,

@@ -67,7 +67,7 @@ def apply(loaded, call) -> None:
         masks, kp = mask_terms(call)
         mask = None
         for t in masks:
-            term = g.call_function(additive, (node[t.value], q, t.kind, t.factor, t.fill))
+            term = g.call_function(additive, (_operand(gm, view, t.value), q, t.kind, t.factor, t.fill))
             rank = view.rank(t.value)
             if t.view is not None:  # added to the scores viewed in another shape (MaskTerm.view)
                 into, back = (view.info(nid).ref for nid in t.view)
@@ -99,13 +99,49 @@ def apply(loaded, call) -> None:
                 call_ = g.call_function(operator.getitem, (call_, 0))
             outputs.append(call_)
         y = outputs[0] if len(outputs) == 1 else g.call_function(torch.cat, (outputs, 1))
-        y = _from_bhsd(g, y, site.output_layout)
+        y = _in_memory_order_of(g, _from_bhsd(g, y, site.output_layout), out_old)
     for reader, old, same_shape in site.shape_readers:  # see AttentionSite.shape_readers
         view.info(reader).ref.replace_input_with(node[old], node[same_shape])
     name = out_old.name
     out_old.replace_all_uses_with(y)
     g.erase_node(out_old)
     y.name = name  # the fx namespace is freed by the erase above
+
+
+def _in_memory_order_of(g: fx.Graph, y: fx.Node, original: fx.Node) -> fx.Node:
+    """``y`` laid out in memory as the site's original output was. torch's SDPA returns (B, H, N, D) stored as
+    (B, N, H, D), and a model may rely on it: JetMoE calls ``.view`` on the transposed output, which fails on
+    a contiguous (B, H, N, D). The ops return contiguous tensors, so a permuted original costs one copy here,
+    and the copy the model's own transpose-and-reshape would make disappears."""
+    order = _memory_order(original)
+    if order is None or order == sorted(order):
+        return y
+    inverse = [order.index(i) for i in range(len(order))]
+    physical = g.call_method("contiguous", (g.call_method("permute", (y, order)),))
+    return g.call_method("permute", (physical, inverse))
+
+
+def _memory_order(node: fx.Node) -> list[int] | None:
+    """The node's axes from outermost to innermost in memory: torch.export's fake value, or the strides a
+    shape propagation recorded (symbolic_trace with example inputs); None where neither is there."""
+    val = node.meta.get("val")
+    if isinstance(val, torch.Tensor):
+        return list(val.dim_order())
+    stride = getattr(node.meta.get("tensor_meta"), "stride", None)
+    if stride and all(isinstance(st, int) for st in stride):
+        return sorted(range(len(stride)), key=lambda i: -stride[i])  # stable: equal strides keep their order
+    return None
+
+
+def _operand(gm: fx.GraphModule, view, ref: ValueRef) -> fx.Node:
+    """The fx node behind ``ref``; where the graph passed a Python number instead of a node (XLNet adds a
+    literal 0 to its scores when it has no segment term), that number as a constant of the module."""
+    if ref in view.value_of:
+        return view.value_of[ref]
+    const = view.const(ref)
+    if const is None:
+        raise SiteNotApplicable(f"a mask term ({ref.node}) is neither a graph value nor a constant")
+    return _constant(gm, gm.graph, const, "literal")
 
 
 def _state_input(g: fx.Graph, site: AttentionSite, state) -> fx.Node:
@@ -144,7 +180,7 @@ def _constant(gm: fx.GraphModule, g: fx.Graph, array, what: str) -> fx.Node:
     while hasattr(gm, name):
         i += 1
         name = f"{base}_{i}"
-    gm.register_buffer(name, torch.as_tensor(np.ascontiguousarray(array)))
+    gm.register_buffer(name, torch.as_tensor(np.array(array, order="C")))  # ascontiguousarray makes 0-d 1-d
     return g.get_attr(name)
 
 
