@@ -388,6 +388,9 @@ class _Scores:
     heads: object = None  # H, where the chain reshapes (B·H, N, M) scores to (B, H, N, M)
     factor: ValueRef | None = None  # a per-(batch, head) factor on q·kᵀ (AttentionSite.query_factor)
     factor_flat: bool = False  # ... on (B·H, N, M) scores: the rewrite unfolds it with the query, as a term
+    # Columns concatenated after the keys' scores (GPT-OSS's learned per-head sink logits): the softmax spans
+    # them, the value product reads the keys' columns only.
+    extra_columns: bool = False
 
 
 # Ops the walk from the softmax up to q·kᵀ passes without changing the algebra.
@@ -478,6 +481,7 @@ def _walk_up(view: View, v: ValueRef) -> _Scores:
     """
     gain, cap, clamp = 1.0, None, None
     terms, nodes, heads, factor, factor_flat = [], [], None, None, False
+    extra = False  # columns concatenated after the scores (_Scores.extra_columns)
     back, start = None, 0  # inside a view of the scores: the reshape out of it, where its terms start
     for _ in range(48):
         nid = v.node
@@ -494,7 +498,7 @@ def _walk_up(view: View, v: ValueRef) -> _Scores:
                 raise Mismatch("the softmax input is a product with constant keys (a lookup, not q·kᵀ)")
             if back is not None:
                 raise Mismatch("q·kᵀ inside a view of the scores")
-            return _Scores(nid, gain, cap, terms, nodes, heads, factor, factor_flat)
+            return _Scores(nid, gain, cap, terms, nodes, heads, factor, factor_flat, extra)
         nodes.append(nid)
         if op in _SCORE_PASS:
             if op == "reshape" and view.rank(ins[0]) == 3 and view.rank(v) == 4:
@@ -516,6 +520,20 @@ def _walk_up(view: View, v: ValueRef) -> _Scores:
                 raise Mismatch("the scores are scaled by zero")
             gain *= c if op == "mul" else 1.0 / c
             v = x
+        elif op == "concat":
+            # [scores, sink logits] along the keys: GPT-OSS adds a learned logit a head to every row's softmax
+            # and drops its column afterwards (_walk_down passes that slice).
+            rank = view.rank(v)
+            if extra or back is not None or cap is not None or terms or rank is None \
+                    or view.attrs(nid).get("axis") % rank != rank - 1:
+                raise Mismatch("a concat between the scores and the softmax that is not sink logits after them")
+            if not _reaches_matmul(view, ins[0]) or any(_reaches_matmul(view, x) for x in ins[1:]):
+                raise Mismatch("a concat of scores between the scores and the softmax")
+            extra, v = True, ins[0]
+        elif op == "sub" and _row_max_of(view, ins[1], ins[0]) is not None:
+            # x − max(x) over the last axis: a softmax does not see it (the overflow guard GPT-OSS writes out)
+            nodes += _row_max_of(view, ins[1], ins[0])
+            v = ins[0]
         elif op in ("add", "sub"):
             a, b = ins[:2]
             on_a, on_b = _reaches_matmul(view, a), _reaches_matmul(view, b)
@@ -578,6 +596,25 @@ def _walk_up(view: View, v: ValueRef) -> _Scores:
     raise Mismatch("too many ops between the scores and the softmax")
 
 
+def _row_max_of(view: View, m: ValueRef | None, x: ValueRef | None) -> list[str] | None:
+    """The nodes of ``m`` = max(x) over x's last axis, kept as an axis of 1 (a torch max.dim's values, or a
+    ReduceMax), or None. Read from the shapes: the same rank, every axis but the last as x's."""
+    if m is None or x is None:
+        return None
+    nodes, nid = [], m.node
+    if plain_op_name(view.op(nid)) in ("getitem", "getattr"):  # max.dim's values: [0] (export), .values (fx)
+        nodes.append(nid)
+        nid = view.input(nid, 0).node if view.input(nid, 0) is not None else None
+    if nid is None or not _reduces(view, nid) or plain_op_name(view.op(nid)) not in ("ReduceMax", "amax", "max") \
+            or view.input(nid, 0) != x:
+        return None
+    ms, xs = view.shape(m), view.shape(x)
+    if ms is None or xs is None or len(ms) != len(xs) or ms[-1] != 1 \
+            or not all(_same_dim(a, b) for a, b in zip(ms[:-1], xs[:-1])):
+        return None
+    return nodes + [nid]
+
+
 class _Down(NamedTuple):
     """One way from the softmax down to a value product: the product's node, the nodes passed, whether a reshape
     folded the probabilities to rank 3, whether they also leave the site, the where(c, 0, p) conditions passed
@@ -588,6 +625,7 @@ class _Down(NamedTuple):
     flattened: bool
     escapes: bool
     zeroed: list
+    sliced: bool = False  # a slice of the probabilities passed on the way (dropping _Scores.extra_columns)
 
 
 def _walk_down(view: View, p: ValueRef, depth: int = 16) -> list[_Down] | None:
@@ -636,7 +674,7 @@ def _walk_down(view: View, p: ValueRef, depth: int = 16) -> list[_Down] | None:
         # Anything else that reads the probabilities (need_weights=True) makes every product's site
         # unrewritable: its dense probabilities must stay.
         escapes = len(onward) < len(users)
-        return [_Down(d.matmul, nodes + d.nodes, d.flattened, escapes or d.escapes, zeroed + d.zeroed)
+        return [_Down(d.matmul, nodes + d.nodes, d.flattened, escapes or d.escapes, zeroed + d.zeroed, d.sliced)
                 for b in onward for d in b]
     return None
 
@@ -647,13 +685,16 @@ def _step_down(view: View, user: str, port: int, depth: int) -> list[_Down] | No
     op = view.op(user)
     if op == "matmul":
         return [_Down(user, [], False, False, [])] if port == 0 else None
-    if depth <= 0 or op not in TRANSPARENT | {"dropout", "expand", "reshape"}:
+    if plain_op_name(op) == "getitem" and view.rank(ValueRef(user, 0)) == view.rank(view.input(user, port)) is not None:
+        op = "slice"  # p[..., :-1] as symbolic_trace records it (an index would drop an axis)
+    if depth <= 0 or op not in TRANSPARENT | {"dropout", "expand", "reshape", "slice"}:
         return None
     found = _walk_down(view, ValueRef(user, 0), depth)
     if found is None:
         return None
     flat = op == "reshape" and view.rank(ValueRef(user, 0)) == 3
-    return [_Down(d.matmul, [user] + d.nodes, flat or d.flattened, d.escapes, d.zeroed) for d in found]
+    return [_Down(d.matmul, [user] + d.nodes, flat or d.flattened, d.escapes, d.zeroed, d.sliced or op == "slice")
+            for d in found]
 
 
 def _drawn_at_random(view: View, v: ValueRef, depth: int = 8) -> bool:
@@ -716,11 +757,14 @@ def _match_decomposed(view: View, sm: str) -> list[AttentionSite]:
 
 def _match_product(view: View, sm: str, x: ValueRef, down: _Down) -> AttentionSite:
     """The site of one value product of softmax ``sm`` (over scores ``x``)."""
-    mm2, down_nodes, flattened, escapes, zeroed = down
+    mm2, down_nodes, flattened, escapes, zeroed = down[:5]
     value = view.input(mm2, 1)
     if not _dynamic(view, value):
         raise Mismatch("the probabilities multiply a constant (a soft lookup, not attention)")
     up = _walk_up(view, x)
+    if down.sliced != up.extra_columns:
+        raise Mismatch("the probabilities are sliced before the value product" if down.sliced else
+                       "the softmax spans columns besides the scores that the value product reads")
     for cond in zeroed:
         _zero_blocked_rows(view, cond, up.terms)
     q, kt = view.inputs(up.matmul)[:2]
@@ -790,8 +834,10 @@ def _match_product(view: View, sm: str, x: ValueRef, down: _Down) -> AttentionSi
     removed += passed + on
     if any(view.view_only(v.node) for v in (q, key, value, output)):
         raise Mismatch("q, k, v or the output exist only inside an einsum the graph does not split")
-    unprovable = (unprovable or _extra_axes(view, q, key, value, output)
-                  or _wider_values(_dim_of(view.shape(value), value_layout, "d"), geometry["head_dim"]))
+    unprovable = unprovable or _extra_axes(view, q, key, value, output) or (
+        "its softmax also spans learned sink logits, a column a head after the keys (GPT-OSS); no op takes them"
+        if up.extra_columns else None)
+    geometry["value_head_dim"] = _other_head_dim(_dim_of(view.shape(value), value_layout, "d"), geometry["head_dim"])
 
     scale = up.scale * q_scale * k_scale
     terms, causal = _classify_masks(view, reversed(up.terms))  # graph order: innermost add first
@@ -1013,11 +1059,10 @@ def _extra_axes(view: View, *values: ValueRef) -> str | None:
     return None
 
 
-def _wider_values(dv, head_dim) -> str | None:
-    """Why a site whose values have another head dim than q and k is not rewritten (LeViT's are wider):
-    every op takes one head dim for q, k and v. None where they agree or either is unknown."""
+def _other_head_dim(dv, head_dim) -> int | None:
+    """The values' head dim where it is known to differ from q's and k's (AttentionSite.value_head_dim)."""
     if isinstance(dv, int) and isinstance(head_dim, int) and dv != head_dim:
-        return f"the values' head dim ({dv}) differs from the queries' ({head_dim})"
+        return dv
     return None
 
 
@@ -1162,12 +1207,12 @@ def _match_fused(view: View, nid: str) -> AttentionSite:
         output=ValueRef(nid, 0), query_layout=layouts[0], key_layout=layouts[1], value_layout=layouts[2],
         output_layout=a.get("output_layout", layout),
         num_heads=heads, kv_num_heads=kv_heads or heads, head_dim=head_dim, q_len=q_len, kv_len=kv_len,
+        value_head_dim=_other_head_dim(_dim(view.shape(v), -1), head_dim) if layout == LAYOUT_BHSD else None,
         scale=_clean(a["scale"], head_dim) if a.get("scale") else None,
         masks=(MaskTerm(mask, mask_kind),) if mask is not None else (), causal=bool(a.get("causal", False)),
         key_padding=key_padding, query_projection=projections[0], key_projection=projections[1],
         value_projection=projections[2], nodes=(nid,), anchor=nid,
-        unsupported=a.get("unsupported") or (_wider_values(_dim(view.shape(v), -1), head_dim)
-                                             if layout == LAYOUT_BHSD else None),
+        unsupported=a.get("unsupported"),
         proven_self_attention=one_input,
     )
 

@@ -139,6 +139,9 @@ class AttentionSite:
     num_heads: Dim = None
     kv_num_heads: Dim = None
     head_dim: Dim = None
+    # The values' head dim where it differs from q's and k's (DeepSeek's MLA: 128 against 192; LeViT's values are
+    # wider); None where it is the same or unknown. The rewrites zero-pad the narrower side to one head dim.
+    value_head_dim: Dim = None
     q_len: Dim = None
     kv_len: Dim = None
     # The effective scale applied to q·kᵀ; None means the op's default 1/sqrt(head_dim).
@@ -221,6 +224,8 @@ class AttentionSite:
         d["per_head_scale"] = self.query_factor is not None
         d["mask_kind"] = self.mask_kind
         d["key_padding"] = self.key_padding.kind if self.key_padding is not None else None
+        if self.value_head_dim is not None:
+            d["value_head_dim"] = self.value_head_dim
         if self.relative_bias is not None:
             d["relative_bias"] = self.relative_bias.summary()
         if self.unsupported:

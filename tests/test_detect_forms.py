@@ -19,6 +19,7 @@ from onnx import TensorProto, helper
 
 import attnopt
 from attnopt import match
+from attnopt.errors import NoSitesError
 from attnopt.loaded import open_model
 
 
@@ -301,3 +302,13 @@ def test_shape_inference_writes_nothing_where_it_runs(zoo, tmp_path, monkeypatch
     monkeypatch.chdir(tmp_path)
     assert attnopt.detect(path)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_learned_sink_logits_are_attention_that_no_op_takes(zoo):
+    """GPT-OSS: [scores, sink] − max, softmax, the sink's column dropped. Found, with the reason it stays dense."""
+    for exporter in ("dynamo", "torchscript"):
+        path = zoo.onnx_path("hand-sink-logits", exporter)
+        (site,) = attnopt.detect(path)
+        assert "sink logits" in site.unsupported
+        with pytest.raises(NoSitesError, match="sink logits"):
+            attnopt.rewrite(path, "segmented", segment_size=4)

@@ -422,6 +422,20 @@ def xlnet(impl: str) -> Built:
     return _text_built(_hf_model(XLNetModel, cfg, impl))
 
 
+def deepseek_mla(impl: str) -> Built:
+    """Multi-head latent attention (DeepSeek V2/V3, Kimi K2): q and k over 16 dims (8 of them rotary), values
+    over 8, as DeepSeek's 192 against 128; the rewrites zero-pad the values and cut the output back."""
+    from transformers import DeepseekV3Config, DeepseekV3Model
+
+    _hf_quiet()
+    cfg = DeepseekV3Config(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_attention_heads=4,
+                           num_key_value_heads=4, num_hidden_layers=2, max_position_embeddings=64, kv_lora_rank=16,
+                           q_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=8,
+                           first_k_dense_replace=2, n_routed_experts=2, num_experts_per_tok=1, n_group=1,
+                           topk_group=1, moe_intermediate_size=32, pad_token_id=0)
+    return _text_built(_hf_model(DeepseekV3Model, cfg, impl), use_cache=False)
+
+
 def mistral(impl: str) -> Built:
     from transformers import MistralConfig, MistralModel
 
@@ -850,8 +864,8 @@ class ZeroedProbabilities(HandAttention):
 
 
 class WideValues(nn.Module):
-    """Values twice as wide as queries and keys, per head (LeViT's): attention, but no op takes it (every op
-    has one head dim for q, k and v), so a rewrite must refuse it, not write a model onnxruntime rejects."""
+    """Values twice as wide as queries and keys, per head (LeViT's). Every op takes one head dim for q, k and v,
+    so the rewrites zero-pad q and k to the values' (no q·k changes)."""
 
     heads, head_dim = 4, 8
 
@@ -873,6 +887,31 @@ class WideValues(nn.Module):
         else:
             o = (q @ k.transpose(-2, -1) * self.head_dim**-0.5).softmax(-1) @ v
         return (self.out(o.transpose(1, 2).reshape(b, s, 2 * 32)),)
+
+
+class SinkLogits(nn.Module):
+    """GPT-OSS's attention sinks: a learned logit a head joins every row's softmax as an extra column, which
+    is dropped before the value product. Attention, but no op takes the extra logit, so it is reported
+    unsupported with that reason (the rewrite must refuse it, not drop the sinks)."""
+
+    heads, head_dim = 4, 8
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.qkv = nn.Linear(32, 3 * 32)
+        self.sinks = nn.Parameter(torch.randn(self.heads))
+        self.out = nn.Linear(32, 32)
+
+    def forward(self, x):
+        b, s = x.shape[0], x.shape[1]
+        q, k, v = self.qkv(x).view(b, s, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        scores = q @ k.transpose(-2, -1) * self.head_dim**-0.5
+        sinks = self.sinks.reshape(1, -1, 1, 1).expand(b, -1, s, -1)
+        logits = torch.cat([scores, sinks], dim=-1)
+        logits = logits - logits.max(dim=-1, keepdim=True).values
+        o = logits.softmax(-1)[..., :-1] @ v
+        return (self.out(o.transpose(1, 2).reshape(b, s, 32)),)
 
 
 class LearnedKeys(HandAttention):
@@ -1130,6 +1169,9 @@ CASES: list[ZooCase] = [
     # dynamo exporter fails on it in torch (aten::sub of a float and a tensor, from `1.0 - attention_mask`).
     ZooCase("xlnet-eager", "xlnet", _bind(xlnet, "eager"), expected_sites=2, heads=4, head_dim=16,
             self_attention_sites=2, causal_sites=0, fx_tracers=(EXPORT,), onnx_exporters=(TORCHSCRIPT,)),
+    # MLA: values narrower than q and k (8 against 16 dims a head); the scale is 1/sqrt(16).
+    *_impl_cases("deepseek-mla", deepseek_mla, expected_sites=2, heads=4, head_dim=16, self_attention_sites=2,
+                 causal_sites=2, fx_tracers=(EXPORT,)),
     *_impl_cases("mistral-gqa", mistral, expected_sites=2, heads=4, kv_heads=2, head_dim=16,
                  self_attention_sites=2, causal_sites=2),
     *_impl_cases("qwen2-gqa", qwen2, expected_sites=2, heads=4, kv_heads=2, head_dim=16,
@@ -1265,6 +1307,8 @@ CASES: list[ZooCase] = [
             self_attention_sites=1, **_HAND),
     ZooCase("hand-sdpa-wide-values", factory=plain(lambda: WideValues(fused=True)), expected_sites=1,
             causal_sites=0, self_attention_sites=1, **_HAND),
+    ZooCase("hand-sink-logits", factory=plain(SinkLogits), expected_sites=1, causal_sites=0,
+            self_attention_sites=1, **_HAND),
     ZooCase("neg-key-weighted-scores", "negative", hand(KeyWeightedScores), expected_sites=0, fx_tracers=FX_TRACERS),
     ZooCase("neg-learned-keys", "negative", hand(LearnedKeys), expected_sites=0, fx_tracers=FX_TRACERS),
     ZooCase("neg-zeroed-probabilities", "negative", hand(ZeroedProbabilities), expected_sites=0,

@@ -165,10 +165,11 @@ def _lift_baddbmm(view: View, refs: dict, node: fx.Node, ports: list, factors, s
 def _canonical(gm: fx.GraphModule, node: fx.Node) -> tuple[str, dict, list]:
     """-> (canonical op, attrs, positional inputs) for one fx node."""
     args, kwargs = list(node.args), dict(node.kwargs)
-    if node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload):
-        name = node.target.overloadpacket.__name__
-        if name == "cat":
-            return "concat", {"axis": args[1] if len(args) > 1 else kwargs.get("dim", 0)}, list(args[0])
+    packet = node.target.overloadpacket.__name__ if isinstance(node.target, torch._ops.OpOverload) else None
+    if node.op == "call_function" and (packet == "cat" or node.target in (torch.cat, torch.concat)):
+        return "concat", {"axis": args[1] if len(args) > 1 else kwargs.get("dim", 0)}, list(args[0])
+    if node.op == "call_function" and packet is not None:
+        name = packet
         # aten.max.other is the elementwise maximum of two tensors; aten.max's other overloads reduce
         op = "max" if (name, node.target._overloadname) == ("max", "other") else \
             ATEN_TABLE.get(name, f"other:aten.{name}")

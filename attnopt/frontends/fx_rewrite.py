@@ -21,7 +21,7 @@ import torch.fx as fx
 from ..errors import SiteNotApplicable
 from ..site import (LAYOUT_BHSD, LAYOUT_BSD, LAYOUT_FLAT, MASK_BOOLEAN, MASK_BOOLEAN_BLOCKED, MASK_NONZERO_KEEP,
                     AttentionSite, ValueRef, permutes_bhsd)
-from .lowering import lower, mask_terms, state_name
+from .lowering import head_dim_padding, lower, mask_terms, state_name
 
 
 def boolean_to_additive(mask: torch.Tensor, like: torch.Tensor, keep_when_true: bool,
@@ -64,6 +64,11 @@ def apply(loaded, call) -> None:
         if site.query_factor is not None:  # (q·f)·kᵀ = f·(q·kᵀ): SwinV2's per-head logit scale
             f = _mask_to_4d(g, node[site.query_factor], view.rank(site.query_factor), site)
             q = g.call_function(operator.mul, (q, g.call_method("type_as", (f, q))))
+        pad_qk, pad_v = head_dim_padding(site)
+        if pad_qk:
+            q, k = (g.call_function(torch.nn.functional.pad, (t, (0, pad_qk))) for t in (q, k))
+        if pad_v:
+            v = g.call_function(torch.nn.functional.pad, (v, (0, pad_v)))
         masks, kp = mask_terms(call)
         mask = None
         for t in masks:
@@ -99,6 +104,8 @@ def apply(loaded, call) -> None:
                 call_ = g.call_function(operator.getitem, (call_, 0))
             outputs.append(call_)
         y = outputs[0] if len(outputs) == 1 else g.call_function(torch.cat, (outputs, 1))
+        if pad_v:  # the padded value columns come out zero: the site's output has the values' head dim
+            y = g.call_function(operator.getitem, (y, (Ellipsis, slice(None, site.value_head_dim))))
         y = _in_memory_order_of(g, _from_bhsd(g, y, site.output_layout), out_old)
     for reader, old, same_shape in site.shape_readers:  # see AttentionSite.shape_readers
         view.info(reader).ref.replace_input_with(node[old], node[same_shape])

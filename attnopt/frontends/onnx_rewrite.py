@@ -22,7 +22,7 @@ from ..onnx_compat import DOMAIN, IR_VERSION, MIN_OPSET
 from ..site import (LAYOUT_BHSD, LAYOUT_BSD, LAYOUT_FLAT, MASK_ADDITIVE, MASK_BOOLEAN,
                     MASK_BOOLEAN_BLOCKED, MASK_KEY_END, MASK_NONZERO_KEEP, AttentionSite, ValueRef, permutes_bhsd)
 from ..kernels.ort_cuda import PORTABLE, LoweringFacts, choose, lowering_attrs
-from .lowering import lower, mask_terms, state_dims, state_name
+from .lowering import head_dim_padding, lower, mask_terms, state_dims, state_name
 
 
 def apply(loaded, call, target: str = PORTABLE) -> list[str]:
@@ -50,11 +50,13 @@ def apply(loaded, call, target: str = PORTABLE) -> list[str]:
     k = b.to_bhsd(b.projected(value, site.key, site.key_projection), site.key_layout, site.kv_num_heads,
                   site.head_dim)
     v = b.to_bhsd(b.projected(value, site.value, site.value_projection), site.value_layout, site.kv_num_heads,
-                  site.head_dim)
+                  site.value_head_dim or site.head_dim)
     if site.query_factor is not None:  # (q·f)·kᵀ = f·(q·kᵀ): SwinV2's per-head logit scale
         f = b.mask_to_4d(value[site.query_factor], view.rank(site.query_factor), site)
         q = b.op("Mul", [q, b.op("CastLike", [f, q])])
     q, k, v = b.own(q), b.own(k), b.own(v)
+    pad_qk, pad_v = head_dim_padding(site)
+    q, k, v = b.wider(q, pad_qk), b.wider(k, pad_qk), b.wider(v, pad_v)
     b.keys = k
     dtype = value[site.query].dtype or ir.DataType.FLOAT
     masks, kp = mask_terms(call)
@@ -109,7 +111,10 @@ def apply(loaded, call, target: str = PORTABLE) -> list[str]:
             model.graph.outputs.append(value)
         outputs.append(y)
     y = outputs[0] if len(outputs) == 1 else b.op("Concat", outputs, {"axis": 1})
-    y = b.from_bhsd(y, site.output_layout, site.num_heads, site.head_dim)
+    if pad_v:  # the padded value columns come out zero: the site's output has the values' head dim
+        y = b.op("Slice", [y, b.const(np.array([0], np.int64)), b.const(np.array([site.value_head_dim], np.int64)),
+                           b.const(np.array([3], np.int64))])
+    y = b.from_bhsd(y, site.output_layout, site.num_heads, site.value_head_dim or site.head_dim)
 
     anchor.graph.insert_before(anchor, b.tape.nodes)
     for reader, old, same_shape in site.shape_readers:  # see AttentionSite.shape_readers
@@ -366,6 +371,12 @@ class _Builder:
         if rank > 4:
             raise SiteNotApplicable(f"a {rank}-D mask")
         return mask
+
+    def wider(self, x: ir.Value, columns: int) -> ir.Value:
+        """A bhsd tensor with ``columns`` zero columns appended to its head dim (``lowering.head_dim_padding``)."""
+        if not columns:
+            return x
+        return self.op("Pad", [x, self.const(np.array([0, 0, 0, 0, 0, 0, 0, columns], np.int64))])
 
     def heads(self, x: ir.Value, start: int, stop: int) -> ir.Value:
         """x[:, start:stop] (the head axis of a bhsd tensor)."""
