@@ -15,6 +15,7 @@ Skipped without CUDA. Run on the GPU machine:
 
 from __future__ import annotations
 
+import copy
 
 import pytest
 import torch
@@ -243,3 +244,48 @@ def test_compiled_rewrite_runs_the_triton_kernel(name, params):
         compiled, code = run_and_get_code(torch.compile(gm, fullgraph=True), x, pad)
     assert "_band_fwd" in "\n".join(code), "Inductor did not see the band kernel"
     torch.testing.assert_close(compiled, eager, atol=1e-4, rtol=1e-4)
+
+
+# --- values with their own head dim (DeepSeek's MLA shapes) ------------------------------------------------
+
+
+class _NarrowValues(torch.nn.Module):
+    """MLA's shapes: q and k over 192 dims a head, values over 128 (the rewrites pad the values to 192)."""
+
+    def __init__(self, heads: int = 4, dqk: int = 192, dv: int = 128, width: int = 256):
+        super().__init__()
+        self.heads, self.dqk, self.dv = heads, dqk, dv
+        self.qk = torch.nn.Linear(width, 2 * heads * dqk)
+        self.v = torch.nn.Linear(width, heads * dv)
+        self.out = torch.nn.Linear(heads * dv, width)
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        q, k = self.qk(x).view(b, n, 2, self.heads, self.dqk).permute(2, 0, 3, 1, 4)
+        v = self.v(x).view(b, n, self.heads, self.dv).transpose(1, 2)
+        o = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.out(o.transpose(1, 2).reshape(b, n, self.heads * self.dv))
+
+
+@pytest.mark.parametrize("name, exact, below", [("segmented", dict(segment_size=1 << 16), dict(segment_size=128)),
+                                                ("window", dict(window=1 << 16), dict(window=100, sinks=4))])
+def test_narrower_values_through_the_kernels(name, exact, below):
+    import attnopt
+
+    torch.manual_seed(0)
+    model = _NarrowValues().eval()
+    x = torch.randn(2, 1000, 256)
+    program = torch.export.export(model, (x,))
+    (site,) = attnopt.detect(program)
+    assert (site.head_dim, site.value_head_dim) == (192, 128)
+    gpu = copy.deepcopy(model).to(DEV, torch.bfloat16)  # the CPU program keeps the float32 weights
+    xg = x.to(DEV, torch.bfloat16)
+    with torch.no_grad():
+        dense = gpu(xg).float()
+        at_limit = attnopt.rewrite(torch.export.export(gpu, (xg,)), name, **exact).model(xg).float()
+        torch.testing.assert_close(at_limit, dense, atol=3e-2, rtol=3e-2)
+        # Below the limit: the same plan on the GPU's kernels (bf16) and the CPU's torch code (float32).
+        got = attnopt.rewrite(torch.export.export(gpu, (xg,)), name, **below).model(xg).float().cpu()
+        want = attnopt.rewrite(program, name, **below).model(x)
+    assert (got - dense.cpu()).abs().max() > 0.05  # a restriction the model feels
+    torch.testing.assert_close(got, want, atol=3e-2, rtol=3e-2)
