@@ -133,7 +133,10 @@ def _memory_order(node: fx.Node) -> list[int] | None:
     shape propagation recorded (symbolic_trace with example inputs); None where neither is there."""
     val = node.meta.get("val")
     if isinstance(val, torch.Tensor):
-        return list(val.dim_order())
+        try:
+            return list(val.dim_order())
+        except Exception:  # strides torch cannot order (unbacked symbols): keep the ops' own layout
+            return None
     stride = getattr(node.meta.get("tensor_meta"), "stride", None)
     if stride and all(isinstance(st, int) for st in stride):
         return sorted(range(len(stride)), key=lambda i: -stride[i])  # stable: equal strides keep their order
