@@ -401,6 +401,9 @@ def main(argv=None) -> int:
                     help="rows whose name contains any of these (default: all; none with a sweep: the sweep "
                     "alone): " + ", ".join(ALL_ROWS))
     ap.add_argument("--no-flex", action="store_true", help="skip FlexAttention (its compiles take time)")
+    ap.add_argument("--head-dim", type=int, default=128,
+                    help="D of q, k and v (default %(default)s); 192 is DeepSeek MLA's q·k width, to which the "
+                         "rewrites pad its 128-wide values")
     ap.add_argument("--sweep", type=int, nargs="+", default=[], help="N for a tile-configuration sweep first")
     ap.add_argument("--fold-sweep", type=int, nargs="+", default=[],
                     help="N for a fast path / kernel comparison of whole-segment bands first")
@@ -410,6 +413,7 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available():
         print("benchmarks/kernels.py needs a CUDA GPU", file=sys.stderr)
         return 2
+    globals()["D"] = args.head_dim  # every row, FLOP count and reference here reads the module's D
     import torch._dynamo as dynamo
 
     dynamo.config.cache_size_limit = 256

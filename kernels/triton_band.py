@@ -611,6 +611,12 @@ def default_config(head_dim: int, dtype: torch.dtype, device: torch.device, has_
             # memory S=M=1024 2.423 / 2.381 is the one row within 2% the other way
             return BandConfig(block_m=64, block_n=64, num_warps=4, num_stages=3, use_tma=True)
         return BandConfig(block_m=128, block_n=128, num_warps=8, num_stages=3, use_tma=True)
+    if head_dim <= 256 and not has_mask:
+        # DeepSeek MLA's 192 (its values padded to it; the kernel pads to 256). H200 sweep, N=65536
+        # (`benchmarks/kernels.py --head-dim 192 --sweep 65536`): 128×64 tiles on 8 warps, 2 stages, ran window
+        # W=1024 in 4.46 ms against 5.44 for the 64×32 below, memory causal 3.50 against 4.36, segmented + 4
+        # sinks 2.58 against 3.13; 64×64 on 4 warps was slower (5.79, 4.97, 3.43), 3 stages do not fit.
+        return BandConfig(block_m=128, block_n=64, num_warps=8, num_stages=2, use_tma=True)
     return BandConfig(block_m=64, block_n=32, num_warps=4, num_stages=2)
 
 
@@ -799,8 +805,7 @@ def _segment_fast_path(q, k, v, *, unit, before, after, sinks, scale, causal, so
     B, H, N, D = q.shape
     S = unit
     if not ((q.is_cuda or sdpa is not None) and q.dtype in (torch.float16, torch.bfloat16)
-            and q.is_contiguous() and k.is_contiguous() and v.is_contiguous()
-            and D % 8 == 0 and D <= 256 and D == triton.next_power_of_2(D)):
+            and q.is_contiguous() and k.is_contiguous() and v.is_contiguous() and D % 8 == 0 and D <= 256):
         return None
     fold = segment_fold(q, k, unit=unit, before=before, after=after, sinks=sinks, softcap=softcap,
                         key_padding=key_padding, mask=mask)
@@ -818,6 +823,8 @@ def _segment_fast_path(q, k, v, *, unit, before, after, sinks, scale, causal, so
             out = part[0] if part is not None else F.scaled_dot_product_attention(*folded, is_causal=causal,
                                                                                    scale=scale)
         return out.reshape(B, H, N, D)
+    if D != triton.next_power_of_2(D):  # the merge kernel's rows are tl.arange(0, D) (MLA's 192 takes the band)
+        return None
     sdpa = sdpa or _cudnn_lse
     part = sdpa(*folded, causal, scale)
     if part is None:

@@ -238,6 +238,10 @@ GPU_CASES = {
     "mask_dense_remainder": (4096, (1, 255, 255, 0), False, {"mask": True}),
     "tma_window": (65536, (1, 1023, 1023, 4), True, {"tma": True}),
     "fp16_d64": (16384, (256, 256, 0, 0), True, {"dtype": torch.float16, "D": 64}),
+    # DeepSeek MLA's width (values padded to it): 128×64 tiles, the kernel's head dim padded to 256
+    "mla_d192_window_causal": (65536, (1, 1023, 1023, 4), True, {"D": 192}),
+    "mla_d192_segmented_fast_path": (16384, (1024, 0, 0, 0), False, {"D": 192}),
+    "mla_d192_memory_sinks": (16384, (1024, 1024, 0, 4), True, {"D": 192}),
 }
 
 
