@@ -206,8 +206,9 @@ def detect(model, verbose, as_json):
     """List every attention site in an ONNX MODEL.
 
     One row per site: its name (from the module path), the pattern that matched
-    (decomposed matmul/softmax, fused Attention, ...), heads, kv heads, head dim,
-    scale, mask kind and causality. A site the rewriter cannot serve says why in
+    (decomposed matmul/softmax, fused Attention, ...), heads, kv heads, head dim
+    ("192 (v 128)" where the values have their own, as DeepSeek's MLA), scale,
+    mask kind and causality. A site the rewriter cannot serve says why in
     the note column. A model with no attention prints "no attention sites found",
     with how many softmaxes were looked at and left (-v lists each with the
     reason), and exits 0.
@@ -236,7 +237,8 @@ def detect(model, verbose, as_json):
     rows = []
     for s in sites:
         d = s.summary()
-        rows.append([d["name"], d["form"], d["num_heads"], d["kv_num_heads"], d["head_dim"],
+        head_dim = d["head_dim"] if "value_head_dim" not in d else f"{d['head_dim']} (v {d['value_head_dim']})"
+        rows.append([d["name"], d["form"], d["num_heads"], d["kv_num_heads"], head_dim,
                      _lens(d.get("q_len"), d.get("kv_len")),
                      f"{d['scale']:.4g} × per head" if d["per_head_scale"] else d["scale"], _mask_text(d), d["causal"],
                      s.unsupported or ""])

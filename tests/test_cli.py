@@ -109,6 +109,13 @@ def test_detect_json(bert):
         assert s["q_len"] == s["kv_len"]  # the sequence axis stays dynamic, and is the same symbol
 
 
+def test_detect_shows_the_values_own_head_dim(zoo):
+    path = zoo.onnx_path("hand-wide-values", "torchscript")  # values twice as wide as q and k
+    assert "8 (v 16)" in run("detect", path).stdout
+    (site,) = json.loads(run("detect", path, "--json").stdout)["sites"]
+    assert (site["head_dim"], site["value_head_dim"]) == (8, 16)
+
+
 def test_example_module_and_export_agree(bert):
     """The exported example computes what the torch module does, at a length it was not traced with."""
     module, _, names = build_example("bert", seq_len=32)
