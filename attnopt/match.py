@@ -530,9 +530,9 @@ def _walk_up(view: View, v: ValueRef) -> _Scores:
             if not _reaches_matmul(view, ins[0]) or any(_reaches_matmul(view, x) for x in ins[1:]):
                 raise Mismatch("a concat of scores between the scores and the softmax")
             extra, v = True, ins[0]
-        elif op == "sub" and _row_max_of(view, ins[1], ins[0]) is not None:
+        elif op == "sub" and (row_max := _row_max_of(view, ins[1], ins[0])) is not None:
             # x − max(x) over the last axis: a softmax does not see it (the overflow guard GPT-OSS writes out)
-            nodes += _row_max_of(view, ins[1], ins[0])
+            nodes += row_max
             v = ins[0]
         elif op in ("add", "sub"):
             a, b = ins[:2]
@@ -757,13 +757,13 @@ def _match_decomposed(view: View, sm: str) -> list[AttentionSite]:
 
 def _match_product(view: View, sm: str, x: ValueRef, down: _Down) -> AttentionSite:
     """The site of one value product of softmax ``sm`` (over scores ``x``)."""
-    mm2, down_nodes, flattened, escapes, zeroed = down[:5]
+    mm2, down_nodes, flattened, escapes, zeroed, sliced = down
     value = view.input(mm2, 1)
     if not _dynamic(view, value):
         raise Mismatch("the probabilities multiply a constant (a soft lookup, not attention)")
     up = _walk_up(view, x)
-    if down.sliced != up.extra_columns:
-        raise Mismatch("the probabilities are sliced before the value product" if down.sliced else
+    if sliced != up.extra_columns:
+        raise Mismatch("the probabilities are sliced before the value product" if sliced else
                        "the softmax spans columns besides the scores that the value product reads")
     for cond in zeroed:
         _zero_blocked_rows(view, cond, up.terms)
