@@ -206,8 +206,10 @@ def detect(model, verbose, as_json):
     """List every attention site in an ONNX MODEL.
 
     One row per site: its name (from the module path), the pattern that matched
-    (decomposed matmul/softmax, fused Attention, ...), heads, kv heads, head dim
-    ("192 (v 128)" where the values have their own, as DeepSeek's MLA), scale,
+    (decomposed matmul/softmax, fused Attention, ...), heads ("2 (+1 axis)" where
+    the attention is also batched over an axis after the heads, as Hiera's mask
+    units), kv heads, head dim ("192 (v 128)" where the values have their own,
+    as DeepSeek's MLA), scale,
     mask kind and causality. A site the rewriter cannot serve says why in
     the note column. A model with no attention prints "no attention sites found",
     with how many softmaxes were looked at and left (-v lists each with the
@@ -238,7 +240,9 @@ def detect(model, verbose, as_json):
     for s in sites:
         d = s.summary()
         head_dim = d["head_dim"] if "value_head_dim" not in d else f"{d['head_dim']} (v {d['value_head_dim']})"
-        rows.append([d["name"], d["form"], d["num_heads"], d["kv_num_heads"], head_dim,
+        heads = d["num_heads"] if "extra_axes" not in d else \
+            f"{d['num_heads']} (+{d['extra_axes']} axis{'es' * (d['extra_axes'] > 1)})"
+        rows.append([d["name"], d["form"], heads, d["kv_num_heads"], head_dim,
                      _lens(d.get("q_len"), d.get("kv_len")),
                      f"{d['scale']:.4g} × per head" if d["per_head_scale"] else d["scale"], _mask_text(d), d["causal"],
                      s.unsupported or ""])

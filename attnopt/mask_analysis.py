@@ -110,7 +110,9 @@ def refine_structured_masks(loaded, *, enabled: bool | None = None) -> list[Atte
     candidates: dict[ValueRef, _Candidate] = {}
     for site in sites:
         for term in site.masks:
-            if term.view is not None:  # added to the scores viewed in another shape: it stays a dense term
+            # A term added to the scores viewed in another shape, or to scores with extra batching axes (whose
+            # analysis here reads 4-D scores), stays a dense term.
+            if term.view is not None or site.extra_axes:
                 continue
             if term.value not in candidates and not _is_key_padding_shape(view, site, term):
                 cand = _candidate(view, site, term)
@@ -452,7 +454,7 @@ def find_relative_biases(loaded, sites: list[AttentionSite]) -> list[AttentionSi
     candidates: dict[tuple, _BiasCandidate | None] = {}
     for site in sites:
         for term in site.masks:
-            if term.view is not None:
+            if term.view is not None or site.extra_axes:  # as in refine_structured_masks
                 continue
             key = _bias_key(site, term)
             if key not in candidates:

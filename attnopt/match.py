@@ -26,8 +26,9 @@ from typing import NamedTuple
 import numpy as np
 
 from .graph import SHAPE_ONLY_OPS, View, broadcast_dims, draws_random, plain_op_name, reads_shape_only
-from .site import (LAYOUT_BHDS, LAYOUT_BHSD, LAYOUT_FLAT, MASK_ADDITIVE, MASK_BOOLEAN,
-                   MASK_BOOLEAN_BLOCKED, MASK_NONZERO_KEEP, AttentionSite, MaskTerm, Projection, ValueRef)
+from .site import (LAYOUT_BHDS, LAYOUT_BHSD, LAYOUT_FLAT, MASK_ADDITIVE, MASK_BOOLEAN, MASK_BOOLEAN_BLOCKED,
+                   MASK_NONZERO_KEEP, AttentionSite, MaskTerm, Projection, ValueRef, extra_axis_count,
+                   with_extra_axes)
 
 # Ops that do not change the values the matcher cares about (dtype casts aside).
 TRANSPARENT = frozenset({"cast", "identity"})
@@ -210,6 +211,8 @@ def _strip_transpose(view: View, v: ValueRef) -> tuple[ValueRef, str, list[str]]
             return src, "".join(layout), [nid]
         if perm is not None and len(perm) == 3 and list(perm) == [0, 2, 1]:
             return src, LAYOUT_FLAT, [nid]
+        if perm is not None and len(perm) > 4 and _is_swap_last2(view, nid, len(perm)):
+            return src, with_extra_axes(LAYOUT_BHSD, len(perm)), [nid]  # kᵀ over extra axes (EXTRA_AXIS)
     if view.op(nid) == "reshape":
         inner = _skip_up(view, view.input(nid, 0))
         if view.op(inner.node) == "transpose" and _is_swap_last2(view, inner.node, view.rank(view.input(inner.node, 0))):
@@ -225,7 +228,8 @@ def _strip_transpose(view: View, v: ValueRef) -> tuple[ValueRef, str, list[str]]
                 if s_src is not None and s_out is not None and len(s_src) == len(s_out) == 4 \
                         and s_src[:2] == s_out[:2] and s_src[2] == s_out[3] and s_src[3] == s_out[2]:
                     return src, LAYOUT_BHSD, [nid, inner.node, flat.node]
-    return v, (LAYOUT_BHDS if view.rank(v) == 4 else "(bh)ds"), []
+    rank = view.rank(v)
+    return v, (with_extra_axes(LAYOUT_BHDS, rank) if rank is not None and rank >= 4 else "(bh)ds"), []
 
 
 def _dim_of(shape, layout: str, letter: str):
@@ -834,7 +838,11 @@ def _match_product(view: View, sm: str, x: ValueRef, down: _Down) -> AttentionSi
     removed += passed + on
     if any(view.view_only(v.node) for v in (q, key, value, output)):
         raise Mismatch("q, k, v or the output exist only inside an einsum the graph does not split")
-    unprovable = unprovable or _extra_axes(view, q, key, value, output) or (
+    layout, value_layout, output_layout = (with_extra_axes(lay, view.rank(x)) for lay, x in (
+        (layout, q), (value_layout, value), (output_layout, output)))
+    unprovable = unprovable or _extra_axes(view, {q: layout, key: key_layout, value: value_layout,
+                                                  output: output_layout}, geometry["num_heads"],
+                                           geometry["kv_num_heads"], up.terms, up.factor) or (
         "its softmax also spans learned sink logits, a column a head after the keys (GPT-OSS); no op takes them"
         if up.extra_columns else None)
     geometry["value_head_dim"] = _other_head_dim(_dim_of(view.shape(value), value_layout, "d"), geometry["head_dim"])
@@ -1035,11 +1043,12 @@ def _geometry(view: View, q4: ValueRef, key: ValueRef, key_layout: str, value: V
     with its heads on their own axis where the graph has it that way.
     """
     qs, ks = view.shape(q4), view.shape(key)
-    q_layout = LAYOUT_BHSD if qs is not None and len(qs) == 4 else LAYOUT_FLAT
+    q_layout = with_extra_axes(LAYOUT_BHSD, len(qs)) if qs is not None and len(qs) >= 4 else LAYOUT_FLAT
     head_dim = _first_int(_dim(qs, -1), _dim_of(ks, key_layout, "d"), _dim(view.shape(value), -1))
     heads = _first_int(_dim_of(qs, q_layout, "h"), up.heads, _dim(view.shape(output), 1)
-                       if view.rank(output) == 4 else None)
-    kv_heads = _first_int(_dim_of(ks, key_layout, "h"), _dim(view.shape(value), 1) if view.rank(value) == 4 else None)
+                       if (view.rank(output) or 0) >= 4 else None)
+    kv_heads = _first_int(_dim_of(ks, key_layout, "h"),
+                          _dim(view.shape(value), 1) if (view.rank(value) or 0) >= 4 else None)
     return dict(
         num_heads=_first_known(heads, _dim_of(qs, q_layout, "h")),
         kv_num_heads=_first_known(kv_heads, _dim_of(ks, key_layout, "h"), heads),
@@ -1049,13 +1058,27 @@ def _geometry(view: View, q4: ValueRef, key: ValueRef, key_layout: str, value: V
     )
 
 
-def _extra_axes(view: View, *values: ValueRef) -> str | None:
-    """Why a site over more than four axes cannot be rewritten: attention batched over an extra axis (Hiera's
-    mask units, (B, H, windows, N, D)) has no (batch, heads, seq, head_dim) layout the ops take."""
-    rank = max((r for r in (view.rank(v) for v in values) if r is not None), default=None)
-    if rank is not None and rank > 4:
-        return (f"its q, k and v have {rank} axes (attention batched over an extra axis, as Hiera's mask units); "
-                "the ops take (batch, heads, seq, head_dim)")
+def _extra_axes(view: View, layouts: dict[ValueRef, str], heads, kv_heads, terms, factor) -> str | None:
+    """Why a site batched over extra axes (site.EXTRA_AXIS: Hiera's mask units, (B, H, units, N, D)) cannot
+    be folded into (B, H·units, N, D), or None. The fold is exact when q, k, v and the output carry the same
+    extra axes right after the heads and every query head reads its own key head (the ops' GQA pairs folded
+    heads by index, which would cross units); a term added to the scores then folds the same way."""
+    counts = {extra_axis_count(layout) for layout in layouts.values()}
+    ranks = {view.rank(v) for v in layouts}
+    if counts == {0} and not any((r or 0) > 4 for r in ranks):
+        return None
+    if len(counts) != 1 or None in ranks:
+        return (f"its q, k, v and output have {'/'.join(str(view.rank(v)) for v in layouts)} axes; extra "
+                "batching axes fold into the heads only where all four carry them after the heads")
+    q, *others = layouts
+    n = counts.pop()
+    mid = lambda v: tuple(view.shape(v) or (None,) * (4 + n))[2:2 + n]  # noqa: E731
+    if not all(all(_same_dim(a, b) for a, b in zip(mid(q), mid(v))) for v in others):
+        return f"its extra batching axes {mid(q)} are not provably the same in q, k, v and the output"
+    if not _same_dim(heads, kv_heads):
+        return f"grouped-query attention ({heads} query heads, {kv_heads} key heads) over extra batching axes"
+    if factor is not None or any(t.view is not None or t.flat for t in terms):
+        return "a per-head scale or a term on a view of the scores, over extra batching axes"
     return None
 
 

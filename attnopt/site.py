@@ -38,6 +38,30 @@ def permutes_bhsd(layout: str) -> bool:
     return sorted(layout) == sorted(LAYOUT_BHSD)
 
 
+# An axis that batches the attention besides batch and heads, between heads and seq: Hiera attends within
+# mask units laid out (B, H, units, N, D), layout "bhxsd". Each (head, unit) pair is an independent
+# attention with the same structure, so the rewrites fold the extra axes into the heads by a reshape
+# (no copy) and unfold the output the same way.
+EXTRA_AXIS = "x"
+
+
+def with_extra_axes(layout: str, rank: int | None) -> str:
+    """A plain (batch, heads, ...) layout widened to ``rank`` axes by extra axes right after the heads."""
+    if rank is None or rank <= len(layout) or not layout.startswith("bh"):
+        return layout
+    return "bh" + EXTRA_AXIS * (rank - len(layout)) + layout[2:]
+
+
+def extra_axis_count(layout: str) -> int:
+    """How many extra batching axes ``layout`` has (see EXTRA_AXIS)."""
+    return layout.count(EXTRA_AXIS)
+
+
+def folded(layout: str) -> str:
+    """``layout`` with its extra axes folded into the heads."""
+    return layout.replace(EXTRA_AXIS, "")
+
+
 @dataclass(frozen=True)
 class Projection:
     """How a fused op derives q, k or v from its inputs, when the value the attention reads is not
@@ -184,6 +208,11 @@ class AttentionSite:
     shape_readers: tuple[tuple[str, ValueRef, ValueRef], ...] = ()
 
     @property
+    def extra_axes(self) -> int:
+        """Axes between heads and seq that batch the attention (see EXTRA_AXIS); 0 for plain sites."""
+        return extra_axis_count(self.query_layout)
+
+    @property
     def effective_scale(self) -> float | None:
         if self.scale is not None:
             return self.scale
@@ -226,6 +255,8 @@ class AttentionSite:
         d["key_padding"] = self.key_padding.kind if self.key_padding is not None else None
         if self.value_head_dim is not None:
             d["value_head_dim"] = self.value_head_dim
+        if self.extra_axes:
+            d["extra_axes"] = self.extra_axes
         if self.relative_bias is not None:
             d["relative_bias"] = self.relative_bias.summary()
         if self.unsupported:

@@ -174,7 +174,7 @@ def _bhsd(array, layout: str, heads):
     from .frontends.fx_rewrite import to_bhsd
 
     a = torch.from_numpy(np.ascontiguousarray(as_numpy(array), dtype=np.float32))
-    if a.ndim != (4 if len(layout) == 4 else 3) or (a.ndim == 3 and not isinstance(heads, int)):
+    if a.ndim != len(layout.replace("(bh)", "b")) or (a.ndim == 3 and not isinstance(heads, int)):
         return None
     try:
         return to_bhsd(a, layout, heads)
@@ -196,13 +196,11 @@ def _key_padding(array, term, k):
 
 
 def _site_length(array, site) -> int | None:
-    from .site import permutes_bhsd
-
     if isinstance(site.q_len, int):
         return site.q_len
     shape = np.shape(as_numpy(array))
-    layout = site.output_layout
-    axis = layout.index("s") if permutes_bhsd(layout) else 1
+    axes = site.output_layout.replace("(bh)", "b")  # one letter an axis: "bsd", "bhsd", "bhxsd"
+    axis = axes.index("s") if "s" in axes else 1
     return int(shape[axis]) if len(shape) > axis else None
 
 

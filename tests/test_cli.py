@@ -116,6 +116,14 @@ def test_detect_shows_the_values_own_head_dim(zoo):
     assert (site["head_dim"], site["value_head_dim"]) == (8, 16)
 
 
+def test_detect_shows_extra_batching_axes(zoo):
+    path = zoo.onnx_path("hand-mask-units", "torchscript")  # (B, H, units, N, D), as Hiera's mask units
+    assert "4 (+1 axis)" in run("detect", path).stdout
+    (site,) = json.loads(run("detect", path, "--json").stdout)["sites"]
+    assert (site["num_heads"], site["extra_axes"], site["q_len"]) == (4, 1, 5)
+    assert "unsupported" not in site
+
+
 def test_example_module_and_export_agree(bert):
     """The exported example computes what the torch module does, at a length it was not traced with."""
     module, _, names = build_example("bert", seq_len=32)

@@ -278,14 +278,57 @@ def test_narrower_values_through_the_kernels(name, exact, below):
     program = torch.export.export(model, (x,))
     (site,) = attnopt.detect(program)
     assert (site.head_dim, site.value_head_dim) == (192, 128)
+    _check_rewrites_on_the_gpu(model, program, x, name, exact, below)
+
+
+def _check_rewrites_on_the_gpu(model, program, x, name, exact, below):
+    """At the limit the rewritten model on the GPU (bf16) equals the model there; below it, the same plan on
+    the GPU's kernels equals the CPU's torch code (float32, ``program``), and differs from dense."""
+    import attnopt
+
     gpu = copy.deepcopy(model).to(DEV, torch.bfloat16)  # the CPU program keeps the float32 weights
     xg = x.to(DEV, torch.bfloat16)
     with torch.no_grad():
         dense = gpu(xg).float()
         at_limit = attnopt.rewrite(torch.export.export(gpu, (xg,)), name, **exact).model(xg).float()
         torch.testing.assert_close(at_limit, dense, atol=3e-2, rtol=3e-2)
-        # Below the limit: the same plan on the GPU's kernels (bf16) and the CPU's torch code (float32).
         got = attnopt.rewrite(torch.export.export(gpu, (xg,)), name, **below).model(xg).float().cpu()
         want = attnopt.rewrite(program, name, **below).model(x)
     assert (got - dense.cpu()).abs().max() > 0.05  # a restriction the model feels
     torch.testing.assert_close(got, want, atol=3e-2, rtol=3e-2)
+
+
+# --- attention batched over extra axes (Hiera's mask units) ------------------------------------------------
+
+
+class _MaskUnits(torch.nn.Module):
+    """Hiera's layout: (B, H, units, N, D) from one permute of the packed projection, plus a bias per unit."""
+
+    def __init__(self, heads: int = 4, dim: int = 64, units: int = 4, unit_len: int = 512):
+        super().__init__()
+        self.heads, self.dim, self.units = heads, dim, units
+        self.qkv = torch.nn.Linear(heads * dim, 3 * heads * dim)
+        self.register_buffer("unit_bias", torch.randn(1, 1, units, unit_len, unit_len))
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        qkv = self.qkv(x).view(b, self.units, n // self.units, 3, self.heads, self.dim).permute(3, 0, 4, 1, 2, 5)
+        q, k, v = qkv.unbind(0)
+        s = q @ k.transpose(-1, -2) * self.dim**-0.5 + self.unit_bias
+        return (s.softmax(-1) @ v).transpose(1, 3).reshape(b, n, -1)
+
+
+@pytest.mark.parametrize("name, exact, below", [("segmented", dict(segment_size=1 << 16), dict(segment_size=128)),
+                                                ("window", dict(window=1 << 16), dict(window=100, sinks=4))])
+def test_extra_axes_through_the_kernels(name, exact, below):
+    """Each (head, unit) pair reaches the kernels as a head, the per-unit bias as a dense mask folded the same way:
+    at the limit the output equals the model's, below it the GPU's kernels equal the CPU's torch code."""
+    import attnopt
+
+    torch.manual_seed(0)
+    model = _MaskUnits().eval()
+    x = torch.randn(2, 2048, 256)
+    program = torch.export.export(model, (x,))
+    (site,) = attnopt.detect(program)
+    assert (site.num_heads, site.extra_axes, site.q_len) == (4, 1, 512)
+    _check_rewrites_on_the_gpu(model, program, x, name, exact, below)

@@ -134,3 +134,15 @@ def test_bad_head_groups_are_refused(tmp_path, groups, reason):
     result = Pipeline().add(Bad(window=WINDOW)).run(str(path), require_rewrite=False)
     (outcome,) = result.report
     assert outcome.status == "refused" and reason in outcome.reason, outcome
+
+
+def test_head_groups_refuse_heads_folded_with_extra_axes(zoo):
+    """Hiera-style attention over (B, H, units, N, D) reaches the ops with each (head, unit) pair as a head: a
+    head range would mean something else there, so a split plan is refused with the reason; the whole site is
+    rewritten (test_local_variants_zoo checks its numbers)."""
+    path = str(zoo.onnx_path("hand-mask-units", "dynamo"))
+    result = Pipeline().add(HalfDense(window=WINDOW)).run(path, require_rewrite=False)
+    (outcome,) = result.report
+    assert outcome.status == "refused" and "extra batching axes" in outcome.reason, outcome
+    (outcome,) = attnopt.rewrite(path, "window", window=WINDOW).report
+    assert outcome.status == "rewritten", outcome

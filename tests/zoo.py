@@ -79,7 +79,7 @@ class ZooCase:
     family: str
     factory: Callable[[], Built] = field(repr=False)
     expected_sites: int
-    heads: int | None = None
+    heads: int | tuple[int, ...] | None = None  # a tuple: each site's, in graph order (Hiera's stages differ)
     kv_heads: int | None = None  # None: same as heads
     head_dim: int | None = None
     # Acceptable values of the effective scale; None: (1/sqrt(head_dim),).
@@ -262,7 +262,7 @@ def swinv2(impl: str) -> Built:
 
 def hiera(impl: str) -> Built:
     """Mask-unit attention over five axes, (B, H, windows, N, D): a windowed block, then a global one over one
-    "window" with pooled queries. Detected, and refused with the reason: the ops take four axes."""
+    "window" with pooled queries (4 queries against 16 keys). The rewrites fold the windows into the heads."""
     from transformers import HieraConfig, HieraModel
 
     _hf_quiet()
@@ -786,6 +786,26 @@ class OpenConstantMask(HandAttention):
         return (q @ k.transpose(-2, -1) * self.head_dim**-0.5 + self.open_row).softmax(-1) @ v
 
 
+class MaskUnitAttention(HandAttention):
+    """Attention within mask units batched over an extra axis, (B, H, units, N, D) as Hiera lays it out, with
+    two terms: a bias of its own per unit (it folds with the heads as q does) and keys blocked per sequence,
+    computed at run time and shared by every head and unit (it folds to a single row)."""
+
+    units = 2
+
+    def __init__(self):
+        super().__init__()
+        n = SEQ // self.units
+        g = torch.Generator().manual_seed(6)
+        self.register_buffer("unit_bias", torch.randn(1, 1, self.units, n, n, generator=g), persistent=False)
+
+    def core(self, q, k, v):
+        q, k, v = (t.unflatten(2, (self.units, -1)) for t in (q, k, v))
+        blocked = torch.where(k[:, 0, 0, :, 0] > 0.5, -1e4, 0.0)[:, None, None, None, :]  # (B, 1, 1, 1, N)
+        s = q @ k.transpose(-2, -1) * self.head_dim**-0.5 + self.unit_bias + blocked
+        return (s.softmax(-1) @ v).flatten(2, 3)
+
+
 class XSoftmaxAttention(HandAttention):
     """DeBERTa's XSoftmax: the blocked scores filled with finfo.min, then the same entries of the probabilities
     zeroed. Row 3 is blocked whole: the fill leaves it uniform and the zeroing empties it (output 0)."""
@@ -1198,7 +1218,9 @@ CASES: list[ZooCase] = [
             self_attention_sites=2, causal_sites=0, fx_tracers=(EXPORT,)),
     ZooCase("vitdet-eager", "vitdet", _bind(vitdet, "eager"), expected_sites=2, heads=4, head_dim=8,
             self_attention_sites=2, causal_sites=0, fx_tracers=(EXPORT,)),
-    ZooCase("hiera-eager", "hiera", _bind(hiera, "eager"), expected_sites=2, head_dim=16, fx_tracers=(EXPORT,)),
+    ZooCase("hiera-eager", "hiera", _bind(hiera, "eager"), expected_sites=2, heads=(1, 2), head_dim=16,
+            self_attention_sites=1,
+            causal_sites=0, fx_tracers=(EXPORT,)),
     # A cross-attention whose queries are learned (constant in the graph), then two self-attentions.
     ZooCase("perceiver-eager", "perceiver", _bind(perceiver, "eager"), expected_sites=3, heads=4, head_dim=8,
             self_attention_sites=2, causal_sites=0, fx_tracers=(EXPORT,)),
@@ -1308,6 +1330,8 @@ CASES: list[ZooCase] = [
     ZooCase("hand-sdpa-wide-values", factory=plain(lambda: WideValues(fused=True)), expected_sites=1,
             causal_sites=0, self_attention_sites=1, **_HAND),
     ZooCase("hand-sink-logits", factory=plain(SinkLogits), expected_sites=1, causal_sites=0,
+            self_attention_sites=1, **_HAND),
+    ZooCase("hand-mask-units", factory=hand(MaskUnitAttention), expected_sites=1, causal_sites=0,
             self_attention_sites=1, **_HAND),
     ZooCase("neg-key-weighted-scores", "negative", hand(KeyWeightedScores), expected_sites=0, fx_tracers=FX_TRACERS),
     ZooCase("neg-learned-keys", "negative", hand(LearnedKeys), expected_sites=0, fx_tracers=FX_TRACERS),

@@ -20,7 +20,7 @@ import torch.fx as fx
 
 from ..errors import SiteNotApplicable
 from ..site import (LAYOUT_BHSD, LAYOUT_BSD, LAYOUT_FLAT, MASK_BOOLEAN, MASK_BOOLEAN_BLOCKED, MASK_NONZERO_KEEP,
-                    AttentionSite, ValueRef, permutes_bhsd)
+                    AttentionSite, ValueRef, extra_axis_count, folded, permutes_bhsd)
 from .lowering import head_dim_padding, lower, mask_terms, state_name
 
 
@@ -58,11 +58,12 @@ def apply(loaded, call) -> None:
     _check_layouts(site)
     g = gm.graph
     with g.inserting_before(out_old):
-        q = to_bhsd(node[site.query], site.query_layout, site.num_heads, g.call_function)
+        q_in = node[site.query]
+        q = to_bhsd(q_in, site.query_layout, site.num_heads, g.call_function)
         k = to_bhsd(node[site.key], site.key_layout, site.kv_num_heads, g.call_function)
         v = to_bhsd(node[site.value], site.value_layout, site.kv_num_heads, g.call_function)
         if site.query_factor is not None:  # (q·f)·kᵀ = f·(q·kᵀ): SwinV2's per-head logit scale
-            f = _mask_to_4d(g, node[site.query_factor], view.rank(site.query_factor), site)
+            f = _mask_to_4d(g, node[site.query_factor], view.rank(site.query_factor), site, q_in)
             q = g.call_function(operator.mul, (q, g.call_method("type_as", (f, q))))
         pad_qk, pad_v = head_dim_padding(site)
         if pad_qk:
@@ -79,7 +80,7 @@ def apply(loaded, call) -> None:
                 flat = view.rank(view.input(t.view[0], 0)) == 3
                 term = g.call_function(_through_view, (term, q, k, _sizes(into), _sizes(back), flat))
                 rank = view.rank(ValueRef(t.view[1], 0))
-            term = _mask_to_4d(g, term, rank, site)
+            term = _mask_to_4d(g, term, rank, site, q_in)
             mask = term if mask is None else g.call_function(operator.add, (mask, term))
         key_padding = None
         if kp is not None:
@@ -106,7 +107,7 @@ def apply(loaded, call) -> None:
         y = outputs[0] if len(outputs) == 1 else g.call_function(torch.cat, (outputs, 1))
         if pad_v:  # the padded value columns come out zero: the site's output has the values' head dim
             y = g.call_function(operator.getitem, (y, (Ellipsis, slice(None, site.value_head_dim))))
-        y = _in_memory_order_of(g, _from_bhsd(g, y, site.output_layout), out_old)
+        y = _in_memory_order_of(g, _from_bhsd(g, y, site.output_layout, q_in), out_old)
     for reader, old, same_shape in site.shape_readers:  # see AttentionSite.shape_readers
         view.info(reader).ref.replace_input_with(node[old], node[same_shape])
     name = out_old.name
@@ -245,6 +246,9 @@ def to_bhsd(x, layout: str, heads, call=None):
     rewrite; the default runs them on a tensor (the tuner reads q and k out of a calibration run this way).
     """
     call = call or (lambda fn, args: fn(*args))
+    if extra_axis_count(layout):  # (B, H, X.., ...) -> (B, H·X.., ...): site.EXTRA_AXIS
+        x = call(torch.flatten, (x, 1, 1 + extra_axis_count(layout)))
+        layout = folded(layout)
     if layout == LAYOUT_BHSD:
         return x
     if layout == LAYOUT_BSD:
@@ -259,7 +263,12 @@ def to_bhsd(x, layout: str, heads, call=None):
     raise SiteNotApplicable(f"unsupported tensor layout {layout!r}")
 
 
-def _from_bhsd(g: fx.Graph, y: fx.Node, layout: str) -> fx.Node:
+def _from_bhsd(g: fx.Graph, y: fx.Node, layout: str, query: fx.Node) -> fx.Node:
+    """(B, H, N, D) ``y`` in the output's ``layout``; extra batching axes unfold as in ``query``, the site's q."""
+    if extra_axis_count(layout):
+        if folded(layout) != LAYOUT_BHSD:
+            raise SiteNotApplicable(f"unsupported output layout {layout!r}")
+        return g.call_function(unfold_heads, (y, query))
     if layout == LAYOUT_BHSD:
         return y
     if layout == LAYOUT_BSD:
@@ -292,7 +301,25 @@ def _through_view(term: torch.Tensor, q: torch.Tensor, k: torch.Tensor, into: li
     return term.expand(sizes).reshape([int(s) for s in back])
 
 
-def _mask_to_4d(g: fx.Graph, m: fx.Node, rank, site: AttentionSite) -> fx.Node:
+def unfold_heads(y: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+    """(B, H·X.., N, D) -> (B, H, X.., N, D), the heads and extra axes of the site's ``query`` (site.EXTRA_AXIS)."""
+    return y.unflatten(1, query.shape[1:-2])
+
+
+def fold_term(term: torch.Tensor, query: torch.Tensor, rank: int) -> torch.Tensor:
+    """A term added to scores (B, H, X.., N, M) as the same term on the folded scores (B, H·X.., N, M).
+
+    A term shared by every head and extra axis stays shared (extent 1, nothing materialised); one that
+    varies along any of them is first broadcast to all of them, so that it folds as q did."""
+    term = term.reshape((1,) * (rank - term.dim()) + tuple(term.shape))
+    if any(s != 1 for s in term.shape[1:-2]):
+        term = term.expand(term.shape[0], *query.shape[1:-2], *term.shape[-2:])
+    return term.flatten(1, rank - 3)
+
+
+def _mask_to_4d(g: fx.Graph, m: fx.Node, rank, site: AttentionSite, query: fx.Node) -> fx.Node:
+    if site.extra_axes:
+        return g.call_function(fold_term, (m, query, 4 + site.extra_axes))
     if rank is None:
         raise SiteNotApplicable("the mask's rank is unknown")
     if site.query_layout == LAYOUT_FLAT and rank == 3:

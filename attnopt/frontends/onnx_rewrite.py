@@ -20,7 +20,8 @@ from ..atomic import write_atomic
 from ..errors import SiteNotApplicable
 from ..onnx_compat import DOMAIN, IR_VERSION, MIN_OPSET
 from ..site import (LAYOUT_BHSD, LAYOUT_BSD, LAYOUT_FLAT, MASK_ADDITIVE, MASK_BOOLEAN,
-                    MASK_BOOLEAN_BLOCKED, MASK_KEY_END, MASK_NONZERO_KEEP, AttentionSite, ValueRef, permutes_bhsd)
+                    MASK_BOOLEAN_BLOCKED, MASK_KEY_END, MASK_NONZERO_KEEP, AttentionSite, ValueRef, extra_axis_count,
+                    folded, permutes_bhsd)
 from ..kernels.ort_cuda import PORTABLE, LoweringFacts, choose, lowering_attrs
 from .lowering import head_dim_padding, lower, mask_terms, state_dims, state_name
 
@@ -45,14 +46,14 @@ def apply(loaded, call, target: str = PORTABLE) -> list[str]:
     anchor: ir.Node = out_old.producer()
     b = _Builder(site.name)  # every node and value it adds is named after the site, so errors can name it
 
-    q = b.to_bhsd(b.projected(value, site.query, site.query_projection), site.query_layout, site.num_heads,
-                  site.head_dim)
+    q_in = b.projected(value, site.query, site.query_projection)
+    q = b.to_bhsd(q_in, site.query_layout, site.num_heads, site.head_dim)
     k = b.to_bhsd(b.projected(value, site.key, site.key_projection), site.key_layout, site.kv_num_heads,
                   site.head_dim)
     v = b.to_bhsd(b.projected(value, site.value, site.value_projection), site.value_layout, site.kv_num_heads,
                   site.value_head_dim or site.head_dim)
     if site.query_factor is not None:  # (q·f)·kᵀ = f·(q·kᵀ): SwinV2's per-head logit scale
-        f = b.mask_to_4d(value[site.query_factor], view.rank(site.query_factor), site)
+        f = b.mask_to_4d(value[site.query_factor], view.rank(site.query_factor), site, q_in)
         q = b.op("Mul", [q, b.op("CastLike", [f, q])])
     q, k, v = b.own(q), b.own(k), b.own(v)
     pad_qk, pad_v = head_dim_padding(site)
@@ -66,7 +67,7 @@ def apply(loaded, call, target: str = PORTABLE) -> list[str]:
         rank = view.rank(term.value)
         if term.view is not None:
             t, rank = b.through_view(t, rank, view, term.view, q, k)
-        t = b.mask_to_4d(t, rank, site)
+        t = b.mask_to_4d(t, rank, site, q_in)
         mask = t if mask is None else b.op("Add", [mask, t])
     if mask is None:
         mask = b.const(np.zeros((1, 1, 1, 1), dtype.numpy()))
@@ -90,6 +91,8 @@ def apply(loaded, call, target: str = PORTABLE) -> list[str]:
         attrs = {n: int(x) if isinstance(x, bool) else x for n, x in g.attrs.items()}
         heads = site.num_heads if g.q_heads is None else g.q_heads[1] - g.q_heads[0]
         kv_heads = site.kv_num_heads if g.kv_heads is None else g.kv_heads[1] - g.kv_heads[0]
+        if site.extra_axes:  # the op's heads are the folded (head, extra axes) pairs: a count no lowering reads
+            heads = kv_heads = None
         facts = LoweringFacts(dict(g.attrs), heads, kv_heads, bool(masks),
                               self_attention=bool(site.is_self_attention) and site.past_len is None,
                               q_len=site.q_len, kv_len=site.kv_len)
@@ -114,7 +117,7 @@ def apply(loaded, call, target: str = PORTABLE) -> list[str]:
     if pad_v:  # the padded value columns come out zero: the site's output has the values' head dim
         y = b.op("Slice", [y, b.const(np.array([0], np.int64)), b.const(np.array([site.value_head_dim], np.int64)),
                            b.const(np.array([3], np.int64))])
-    y = b.from_bhsd(y, site.output_layout, site.num_heads, site.value_head_dim or site.head_dim)
+    y = b.from_bhsd(y, site.output_layout, site.num_heads, site.value_head_dim or site.head_dim, q_in)
 
     anchor.graph.insert_before(anchor, b.tape.nodes)
     for reader, old, same_shape in site.shape_readers:  # see AttentionSite.shape_readers
@@ -256,6 +259,10 @@ class _Builder:
         return self.op("Reshape", [x, self.const(np.zeros(4, np.int64))])  # op inputs here are all 4-D
 
     def to_bhsd(self, x: ir.Value, layout: str, heads, head_dim) -> ir.Value:
+        if extra_axis_count(layout):  # (B, H, X.., ...) -> (B, H·X.., ...): site.EXTRA_AXIS
+            tail = self.op("Shape", [x], {"start": -2})
+            x = self.op("Reshape", [x, self.op("Concat", [self.const(np.array([0, -1], np.int64)), tail], {"axis": 0})])
+            layout = folded(layout)
         if layout in (LAYOUT_BSD,):
             _need_int(heads, "head count")
             x = self.op("Reshape", [x, self.const(np.array([0, 0, heads, -1], np.int64))])
@@ -272,7 +279,14 @@ class _Builder:
             return self.transpose(x, [layout.index(c) for c in LAYOUT_BHSD])
         raise SiteNotApplicable(f"unsupported tensor layout {layout!r}")
 
-    def from_bhsd(self, y: ir.Value, layout: str, heads, head_dim) -> ir.Value:
+    def from_bhsd(self, y: ir.Value, layout: str, heads, head_dim, query: ir.Value) -> ir.Value:
+        """(B, H, N, D) ``y`` in the output's ``layout``; extra batching axes unfold as in ``query``, the site's q."""
+        if extra_axis_count(layout):
+            if folded(layout) != LAYOUT_BHSD:
+                raise SiteNotApplicable(f"unsupported output layout {layout!r}")
+            shape = self.op("Concat", [self.op("Shape", [query], {"end": -1}), self.op("Shape", [y], {"start": -1})],
+                            {"axis": 0})
+            return self.op("Reshape", [y, shape])
         if layout == LAYOUT_BHSD:
             return y
         if layout == LAYOUT_BSD:
@@ -356,7 +370,9 @@ class _Builder:
         numel = self.op("ReduceProd", [source], {"keepdims": 1})
         return self.op("Where", [minus, self.op("Div", [numel, known]), target])
 
-    def mask_to_4d(self, mask: ir.Value, rank, site: AttentionSite) -> ir.Value:
+    def mask_to_4d(self, mask: ir.Value, rank, site: AttentionSite, query: ir.Value) -> ir.Value:
+        if site.extra_axes:
+            return self.fold_term(mask, 4 + site.extra_axes, query)
         if rank is None:
             raise SiteNotApplicable("the mask's rank is unknown")
         if site.query_layout == LAYOUT_FLAT and rank == 3:
@@ -371,6 +387,22 @@ class _Builder:
         if rank > 4:
             raise SiteNotApplicable(f"a {rank}-D mask")
         return mask
+
+    def fold_term(self, term: ir.Value, scores_rank: int, query: ir.Value) -> ir.Value:
+        """A term added to scores (B, H, X.., N, M) as the same term on the folded scores (B, H·X.., N, M),
+        as ``fx_rewrite.fold_term``: shared across heads and extra axes it stays shared (extent 1); varying
+        along any of them, it is broadcast to all of them first, so that it folds as q did."""
+        i64 = lambda *xs: self.const(np.array(xs, np.int64))  # noqa: E731
+        # To the scores' rank by broadcasting against ones: it needs no rank known here (TorchScript's exports
+        # leave some terms' ranks unknown), and a term is as small as the scores' rows at most.
+        term = self.op("Expand", [term, self.const(np.ones(scores_rank, np.int64))])
+        shape = self.op("Shape", [term])
+        mid = self.op("Slice", [shape, i64(1), i64(-2)])
+        shared = self.op("Equal", [self.op("ReduceMax", [mid], {"keepdims": 1}), i64(1)])
+        mid = self.op("Where", [shared, mid, self.op("Slice", [self.op("Shape", [query]), i64(1), i64(-2)])])
+        ends = (self.op("Slice", [shape, i64(0), i64(1)]), self.op("Slice", [shape, i64(-2), i64(scores_rank)]))
+        term = self.op("Expand", [term, self.op("Concat", [ends[0], mid, ends[1]], {"axis": 0})])
+        return self.op("Reshape", [term, self.op("Concat", [ends[0], i64(-1), ends[1]], {"axis": 0})])
 
     def wider(self, x: ir.Value, columns: int) -> ir.Value:
         """A bhsd tensor with ``columns`` zero columns appended to its head dim (``lowering.head_dim_padding``)."""
