@@ -12,7 +12,7 @@ total is the GPU's busy time; a call's wall time above it is the host's.
 Python functions a call spends it in. ``--compiled`` times the call under torch.compile beside the eager one; a band row is
 timed there as its variant's op (``BAND_OPS``), which is what a compiled model traces.
 
-Rows are ``kernels.py``'s (``--help`` lists them); bf16, B=1, H=16, D=128 as there.
+Rows are ``kernels.py``'s (``--help`` lists them); bf16, B=1, H=16, D=128 as there (``--head-dim`` another D).
 """
 
 from __future__ import annotations
@@ -122,12 +122,14 @@ def compiled_times(call, rep_ms: float = 60.0) -> dict:
 
 
 def main(argv=None) -> int:
+    import kernels
     from kernels import ALL_ROWS, OP_ROWS, VARIANTS, band_call, op_row, random_qkv
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("rows", nargs="+", help="kernels.py rows: " + ", ".join(ALL_ROWS))
     ap.add_argument("--n", type=int, nargs="+", default=[16384])
     ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--head-dim", type=int, default=kernels.D, help="D of q, k and v (default %(default)s)")
     ap.add_argument("--host", action="store_true", help="also profile the host side of a call (cProfile)")
     ap.add_argument("--compiled", action="store_true",
                     help="also time the call under torch.compile (fullgraph), as a compiled model runs it, "
@@ -140,6 +142,7 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available():
         print("benchmarks/kernel_times.py needs a CUDA GPU", file=sys.stderr)
         return 2
+    kernels.D = args.head_dim  # kernels.py's rows read its module's D, as its own --head-dim sets it
     out = []
     for n in args.n:
         q, k, v = random_qkv(n)
@@ -153,7 +156,7 @@ def main(argv=None) -> int:
                     print(f"{name}: no CUDA kernel registered for {OP_ROWS[name][0]}; skipped", flush=True)
                     continue
                 call = made[0]
-            r = {"row": name, "n": n, **kernel_times(call)}
+            r = {"row": name, "n": n, "head_dim": args.head_dim, **kernel_times(call)}
             if args.host:
                 r["host"] = host_profile(call)
             if args.compiled and name in VARIANTS and name not in BAND_OPS:

@@ -523,11 +523,18 @@ def default_config(head_dim: int, dtype: torch.dtype, device: torch.device) -> B
       stages 9.37 ms;
     - keys pre-sorted (``sort_keys``, one copy of k and v per round) and loaded through TMA: 2.86 ms, or 3.29 ms
       by pointer. The copy costs more memory, 2·R·M·D elements, still O(N·D) for a fixed number of rounds.
+
+    Head dims past 128 (DeepSeek MLA's 192, padded to 256), whole op, N = 65536: 128×64 tiles on 8 warps, 2
+    stages, pre-sorted keys through TMA ran lsh in 9.10 ms and routed in 13.61, against 10.94 and 18.89 for the
+    64×32 tiles gathering keys by index; 64×32 pre-sorted 9.04 / 14.77, 64×64 12.4 / 19.4 (BENCHMARKS, issue 9).
     """
     if device.type != "cuda":  # interpreter: small tiles keep the Python loops short
         return BucketConfig(block_m=16, block_n=16, num_warps=4, num_stages=1, local_block_m=16, local_block_n=16)
-    if dtype == torch.float32 or head_dim > 128:
+    if dtype == torch.float32:
         return BucketConfig(block_m=64, block_n=32, num_warps=4, num_stages=2, local_block_m=32, local_block_n=32)
+    if head_dim > 128:
+        return BucketConfig(block_m=128, block_n=64, num_warps=8, num_stages=2, local_block_m=64, local_block_n=64,
+                            local_warps=8, presorted=True, use_tma=True)
     return BucketConfig(presorted=True, use_tma=True)
 
 
@@ -608,7 +615,8 @@ def bucket_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, key_p
         k_strides = (k.stride(0), k.stride(1), k.stride(2))
     v_strides = k_strides if (R and cfg.presorted) else (v.stride(0), v.stride(1), v.stride(2))
     # TMA coordinates are int32: the pre-sorted rows, B·Hkv·R·M of them, must fit
-    use_tma = bool(R and cfg.presorted and cfg.use_tma and head_dim == D and not _interpreting()
+    # (the pre-sorted copies are head_dim wide, their padding zero: any D loads whole rows)
+    use_tma = bool(R and cfg.presorted and cfg.use_tma and not _interpreting()
                    and B * Hkv * R * M < 2**31 and tma_ok(k_in) and tma_ok(v_in))
     if use_tma:
         descs = tuple(tma_descriptor(t.view(-1, head_dim), [cfg.block_n, head_dim])

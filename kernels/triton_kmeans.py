@@ -28,8 +28,13 @@ from .triton_buckets import _dot, _interpreting, _split_bf16
 # Keys per program: at M = 65536 and 16 kv heads, 1024 programs, and the partial sums stay a few MiB.
 KEYS_PER_PROGRAM = 1024
 # Register budget: the (c, D) sums and the centroid tile live in registers, so wider problems take the torch step.
+# Head dims past 128 (DeepSeek MLA's 192, padded to 256) run on twice the warps, so each thread holds as much.
 MAX_CLUSTERS = 64
-MAX_HEAD_DIM = 128
+MAX_HEAD_DIM = 256
+
+
+def _warps(head_dim: int) -> int:
+    return 4 if head_dim <= 128 else 8
 
 
 @triton.jit
@@ -136,7 +141,8 @@ def _partial_sums(k: Tensor, weights: Tensor, mu: Tensor, bias: Tensor) -> tuple
         k.stride(0), k.stride(1), k.stride(2), weights.stride(0) if weights.shape[0] > 1 else 0,
         Hkv, M, c, parts,
         HEAD_DIM=head_dim, D_TRUE=D, BLOCK_S=block_s, BLOCK_C=block_c, KEYS=keys,
-        PREC="ieee" if interpret else "tf32x3", SPLIT=k.dtype == torch.bfloat16, UPCAST=interpret, num_warps=4,
+        PREC="ieee" if interpret else "tf32x3", SPLIT=k.dtype == torch.bfloat16, UPCAST=interpret,
+        num_warps=_warps(head_dim),
     )
     return sums, mass
 
@@ -203,8 +209,8 @@ def centroids(k: Tensor, weights: Tensor, n_clusters: int, iters: int) -> tuple[
         k = k.contiguous()
     mu = torch.empty(B, Hkv, c, D, dtype=torch.float32, device=k.device)
     bias = torch.empty(B, Hkv, c, dtype=torch.float32, device=k.device)
-    meta = dict(HEAD_DIM=max(16, triton.next_power_of_2(D)), D_TRUE=D, BLOCK_C=max(16, triton.next_power_of_2(c)),
-                num_warps=4)
+    head_dim = max(16, triton.next_power_of_2(D))
+    meta = dict(HEAD_DIM=head_dim, D_TRUE=D, BLOCK_C=max(16, triton.next_power_of_2(c)), num_warps=_warps(head_dim))
     update = launch(_update_fwd)
     update[(B * Hkv,)](k, mu, bias, mu, mu, bias, k.stride(0), k.stride(1), k.stride(2), Hkv, M, c, 0, EPS, SAME,
                        INIT=True, **meta)

@@ -172,7 +172,8 @@ def kmeans_match() -> dict:
     out = {}
     for name, (shape, dtype, c) in {"kp_ragged": ((2, 2, 1, 150, 150, 24), torch.float32, 5),
                                     "repeated": ((1, 2, 2, 20, 20, 16), torch.float32, 30),
-                                    "bf16": ((1, 2, 2, 70, 70, 32), torch.bfloat16, 9)}.items():
+                                    "bf16": ((1, 2, 2, 70, 70, 32), torch.bfloat16, 9),
+                                    "wide": ((1, 1, 1, 40, 40, 160), torch.float32, 6)}.items():
         _, k, _, kw = make_inputs(shape, dtype, {"kp": True}, seed=7)
         w = key_weights(kw["key_padding"], k.shape[2], k.device)
         mu = centroids(k, w, c, 1)
@@ -376,6 +377,11 @@ GPU_CASES = {
     "pool_r256": ("lowrank", {"rank": 256, "method": "pool", "pinv_steps": 6}, 65536, {}),
     "pool_r64_kp_gqa": ("lowrank", {"rank": 64, "method": "pool", "pinv_steps": 6}, 16384, {"kp": True, "Hkv": 4}),
     "nystrom_r64": ("lowrank", {"rank": 64, "method": "nystrom", "pinv_steps": 6}, 16384, {}),
+    # DeepSeek MLA's head dim: its own tiles, pre-sorted keys padded to 256 columns and loaded through TMA, and
+    # (routed) the Triton k-means on 8 warps
+    "lsh_d192": ("lsh", {"n_buckets": 32, "n_rounds": 1, "chunk": 64, "seed": 0, "sinks": 0}, 65536, {"D": 192}),
+    "routed_c16_d192_causal_sinks": ("routed", {"n_clusters": 16, "top_k": 1, "iters": 2, "seed": 0, "chunk": 64,
+                                                "sinks": 4}, 16384, {"D": 192, "causal": True}),
 }
 
 
@@ -420,9 +426,9 @@ class TestCuda:
                                        key_padding=kw["key_padding"])
         assert _rel(out[:, :, rows], ref) < tolerance(dtype, variant, params)
 
-    @pytest.mark.parametrize("c, kp", [(16, False), (64, True)])
-    def test_kmeans_step_at_full_size(self, c, kp):
-        """The Triton Lloyd step against the torch one at N = 65536 (bf16, 16 kv heads).
+    @pytest.mark.parametrize("c, kp, d", [(16, False, 128), (64, True, 128), (32, False, 192)])
+    def test_kmeans_step_at_full_size(self, c, kp, d):
+        """The Triton Lloyd step against the torch one at N = 65536 (bf16, 16 kv heads; head dim 128, and MLA's 192).
 
         Keys drawn around c well-separated centres (the initial centroids fall one in each), so no key is near
         a tie: the same clusters, masses equal exactly, sums to near-fp32 accuracy. Then on plain random keys,
@@ -432,7 +438,7 @@ class TestCuda:
         from attnopt.kernels import triton_kmeans
         from attnopt.kernels.routed.clusters import centroids, distinct, key_weights, lloyd_sums, nearest
 
-        n, hkv, d = 65536, 16, 128
+        n, hkv = 65536, 16
         _, k, _, kw = make_inputs((1, hkv, hkv, n, n, d), torch.bfloat16, {"kp": kp}, device="cuda")
         w = key_weights(kw["key_padding"], n, k.device)
         gen = torch.Generator(device="cuda").manual_seed(2)
