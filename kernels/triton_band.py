@@ -594,11 +594,17 @@ def default_config(head_dim: int, dtype: torch.dtype, device: torch.device, has_
         return BandConfig(block_m=16, block_n=16, num_warps=4, num_stages=1)
     if dtype == torch.float32:
         return BandConfig(block_m=64, block_n=32, num_warps=4, num_stages=2)
+    if pooled and head_dim > 128:
+        # DeepSeek MLA's 192 (padded to 256), H200 sweep (B=64, N=65536, `kernels.py --head-dim 192 --sweep`):
+        # 128×64 tiles on 8 warps, 2 stages, TMA ran L = 1 in 4.06 ms against 5.58 for the 64×64 / 4-warp entry
+        # below, L = 2 causal + 4 sinks (tiles capped at the block's 64 rows) 3.76 against 4.43; 3 stages and
+        # 128×128 tiles do not fit in shared memory
+        return BandConfig(block_m=128, block_n=64, num_warps=8, num_stages=2, use_tma=True)
     if pooled:
         # hierarchical's coarse level, measured on the H200 (B=64, N=65536): 64×64 tiles on 4 warps, 2 stages,
         # ran 2.0× faster than on 8 warps with L = 2, and 1.12× faster than 128-row tiles with L = 1; 3 stages,
         # which narrow bands prefer, were slower here (L = 1 2.543 against 2.290 ms, L = 2 1.570 against 1.365)
-        return BandConfig(block_m=64, block_n=64, num_warps=4, num_stages=2, use_tma=head_dim <= 128)
+        return BandConfig(block_m=64, block_n=64, num_warps=4, num_stages=2, use_tma=True)
     if head_dim <= 64:
         return BandConfig(block_m=128, block_n=64, num_warps=4, num_stages=2 if has_mask else 3, use_tma=True)
     if head_dim <= 128:

@@ -87,11 +87,11 @@ def test_cuda_op_equals_the_reference(name, causal):
 # --- full sizes, sampled rows --------------------------------------------------------------------------
 
 
-def _qkv(n: int, hkv: int = 16, dtype=torch.bfloat16, seed: int = 0):
+def _qkv(n: int, hkv: int = 16, dtype=torch.bfloat16, seed: int = 0, d: int = 128):
     torch.manual_seed(seed)
-    q = torch.randn(1, 16, n, 128, device=DEV, dtype=dtype)
-    k = torch.randn(1, hkv, n, 128, device=DEV, dtype=dtype)
-    v = torch.randn(1, hkv, n, 128, device=DEV, dtype=dtype)
+    q = torch.randn(1, 16, n, d, device=DEV, dtype=dtype)
+    k = torch.randn(1, hkv, n, d, device=DEV, dtype=dtype)
+    v = torch.randn(1, hkv, n, d, device=DEV, dtype=dtype)
     return q, k, v
 
 
@@ -175,24 +175,27 @@ def test_relbias_full_size(kind, n, causal, padding):
                   f"relbias {kind} {n}")
 
 
-@pytest.mark.parametrize("n, params, causal", [
-    (65536, dict(block=64, levels=1, sinks=4), False),
-    (65536, dict(block=128, levels=3, sinks=0), True),
-    (16384, dict(block=64, levels=2, sinks=2), False),
+@pytest.mark.parametrize("n, params, causal, d", [
+    (65536, dict(block=64, levels=1, sinks=4), False, 128),
+    (65536, dict(block=128, levels=3, sinks=0), True, 128),
+    (16384, dict(block=64, levels=2, sinks=2), False, 128),
+    # DeepSeek MLA's head dim: the pooled level's own tiles past 128
+    (65536, dict(block=64, levels=1, sinks=4), False, 192),
+    (16384, dict(block=64, levels=2, sinks=4), True, 192),
 ])
-def test_hierarchical_full_size(n, params, causal):
+def test_hierarchical_full_size(n, params, causal, d):
     """Against the op's torch code on the GPU (tested against the spec in tests/test_hierarchical.py): the
     spec's (N, C, M) group membership does not fit at these sizes. Key padding included."""
     from attnopt.kernels.hierarchical.op import forward as torch_forward
 
     spec = get_variant("hierarchical")
-    q, k, v = _qkv(n, hkv=4)
+    q, k, v = _qkv(n, hkv=4, d=d)
     kp = torch.zeros(1, n, device=DEV)
     kp[0, torch.randperm(n, device=DEV)[: n // 10]] = float("-inf")
     args = [params[p] for p in spec.param_names]
-    got = spec.torch_op(q, k, v, None, kp, *args, 128 ** -0.5, causal, 0.0)
+    got = spec.torch_op(q, k, v, None, kp, *args, d ** -0.5, causal, 0.0)
     rows = _sample_rows(n, params["block"])
-    want = torch_forward(q, k, v, None, kp, *args, 128 ** -0.5, causal, 0.0)
+    want = torch_forward(q, k, v, None, kp, *args, d ** -0.5, causal, 0.0)
     _assert_close(got[:, :, rows], want[:, :, rows], f"hierarchical {n} {params}")
 
 
