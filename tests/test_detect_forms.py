@@ -312,3 +312,35 @@ def test_learned_sink_logits_are_attention_that_no_op_takes(zoo):
         assert "sink logits" in site.unsupported
         with pytest.raises(NoSitesError, match="sink logits"):
             attnopt.rewrite(path, "segmented", segment_size=4)
+
+
+class _SharedKeysOverUnits(nn.Module):
+    """Attention over (B, H, units, N, D) whose keys and values have one head broadcast to the four query heads:
+    folding the units into the heads would pair query and key heads across units, so it stays dense."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.q, self.kv = nn.Linear(32, 32), nn.Linear(32, 16)
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        q = self.q(x).view(b, 2, n // 2, 4, 8).permute(0, 3, 1, 2, 4)  # (B, 4, 2, N/2, 8)
+        k, v = self.kv(x).view(b, 2, n // 2, 2, 1, 8).permute(3, 0, 4, 1, 2, 5)  # (B, 1, 2, N/2, 8) each
+        s = q @ k.transpose(-1, -2) * 8 ** -0.5
+        return (s.softmax(-1) @ v).permute(0, 2, 3, 1, 4).reshape(b, n, 32)
+
+
+def test_grouped_query_heads_over_extra_axes_stay_dense(tmp_path):
+    x = torch.randn(2, 10, 32)
+    path = tmp_path / "units.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_SharedKeysOverUnits().eval(), (x,), str(path), dynamo=False, opset_version=17,
+                          input_names=["x"], output_names=["y"])
+    for model in (str(path), torch.export.export(_SharedKeysOverUnits().eval(), (x,))):
+        (site,) = attnopt.detect(model)
+        assert (site.query_layout, site.num_heads, site.kv_num_heads) == ("bhxsd", 4, 1)
+        assert "grouped-query attention (4 query heads, 1 key heads) over extra batching axes" in site.unsupported
+        with pytest.raises(NoSitesError, match="over extra batching axes"):
+            attnopt.rewrite(model, "segmented", segment_size=4)
