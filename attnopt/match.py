@@ -475,6 +475,70 @@ def _head_factor(view: View, nid: str, scores: ValueRef) -> tuple[ValueRef, Valu
     return None
 
 
+# Ops that move or copy a tensor's values without computing new ones: a 0/1 tensor stays 0/1 through them.
+_VALUE_PRESERVING = TRANSPARENT | {"reshape", "expand", "slice", "unsqueeze", "squeeze", "transpose"}
+
+
+def _zero_one(view: View, b: ValueRef) -> np.ndarray | bool | None:
+    """b's values where they are constant and all 0 or 1; True where b is a slice (reshape, ...) of such a constant
+    or a boolean cast to numbers; None where neither is shown."""
+    c = view.const(b)
+    if c is not None:
+        try:
+            arr = np.asarray(c, dtype=np.float64)
+        except (TypeError, ValueError):
+            return None
+        return arr if np.isin(arr, (0.0, 1.0)).all() else None
+    for _ in range(16):
+        op = view.op(b.node)
+        ins = view.inputs(b.node)
+        if not ins or ins[0] is None:
+            return None
+        if op == "cast" and view.dtype(ins[0]) == "bool":
+            return True
+        if op not in _VALUE_PRESERVING:
+            return None
+        b = ins[0]
+        c = view.const(b)
+        if c is not None:
+            return True if _zero_one(view, b) is not None else None
+    return None
+
+
+def _blended_mask(view: View, product: ValueRef, term: ValueRef) -> tuple[ValueRef, ValueRef, float] | None:
+    """s·b + t, with b all 0s and 1s, t 0 where b is 1 and a mask fill (<= MASK_FILL_MAX) where b is 0: the
+    scores where b keeps them and the fill elsewhere, masked_fill written as a blend (GPT-1's
+    ``w * b + -1e4 * (1 - b)``) -> (s, b, the fill); None for any other sum.
+
+    Both sides constant (an exporter folded t) are compared value by value; otherwise t must be c·(1 − b) for
+    the same b, with a scalar c."""
+    if view.op(product.node) != "mul":
+        return None
+    pair = view.inputs(product.node)[:2]
+    for s, b in (pair, pair[::-1]):
+        if s is None or b is None or not _reaches_matmul(view, s) or _reaches_matmul(view, b):
+            continue
+        keep = _zero_one(view, b)
+        t = view.const(term)
+        if isinstance(keep, np.ndarray) and t is not None:
+            try:
+                keep_b, t_b = np.broadcast_arrays(keep, np.asarray(t, dtype=np.float64))
+            except ValueError:
+                continue
+            blocked = keep_b == 0
+            if np.all(t_b[~blocked] == 0) and blocked.any() and np.all(t_b[blocked] <= MASK_FILL_MAX):
+                return s, b, float(np.max(t_b[blocked]))
+        elif keep is not None and view.op(term.node) == "mul":
+            found = _scalar_operand(view, term.node)
+            if found is None or found[1] > MASK_FILL_MAX:
+                continue
+            x, c = found
+            if view.op(x.node) == "sub" and view.scalar(view.input(x.node, 0)) == 1.0 \
+                    and view.input(x.node, 1) == b:
+                return s, b, float(c)
+    return None
+
+
 def _walk_up(view: View, v: ValueRef) -> _Scores:
     """Collect softmax(x)'s x as cap(σ·q·kᵀ) + terms; raises Mismatch for anything else.
 
@@ -549,6 +613,13 @@ def _walk_up(view: View, v: ValueRef) -> _Scores:
                 raise Mismatch("the scores are subtracted from a term (negated scores)")
             if cap is not None:
                 raise Mismatch("a term is added inside the tanh softcap")
+            blend = _blended_mask(view, scores, term) if op == "add" and gain > 0 else None
+            if blend is not None:  # s·b + fill·(1 − b): a masked_fill written as a blend (GPT-1)
+                s_in, keep, fill = blend
+                terms.append(_Term(keep, MASK_NONZERO_KEEP, flat=flat, fill=max(fill * gain, clamp or -np.inf)))
+                nodes.append(scores.node)
+                v = s_in
+                continue
             m, f = _strip_term_scale(view, term)
             sign = -1.0 if op == "sub" else 1.0
             terms.append(_Term(m, MASK_ADDITIVE, sign * gain * f, flat))

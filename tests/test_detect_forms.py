@@ -344,3 +344,51 @@ def test_grouped_query_heads_over_extra_axes_stay_dense(tmp_path):
         assert "grouped-query attention (4 query heads, 1 key heads) over extra batching axes" in site.unsupported
         with pytest.raises(NoSitesError, match="over extra batching axes"):
             attnopt.rewrite(model, "segmented", segment_size=4)
+
+
+class _BlendedMask(nn.Module):
+    """masked_fill written as a blend, ``s * b + fill * (1 - b)`` (GPT-1's causal mask), with b a 0/1 buffer that
+    keeps an arbitrary pattern; ``b`` with another value in it (0.5) scales scores instead: no mask, no site."""
+
+    def __init__(self, keep_value: float = 1.0):
+        super().__init__()
+        torch.manual_seed(0)
+        self.qkv = nn.Linear(16, 48)
+        keep = (torch.rand(1, 1, 8, 8, generator=torch.Generator().manual_seed(3)) > 0.4).float()
+        keep[..., 0] = 1.0  # every row keeps a key
+        self.register_buffer("b", keep * keep_value)
+
+    def forward(self, x):
+        n = x.shape[1]
+        q, k, v = (t.view(x.shape[0], n, 2, 8).transpose(1, 2) for t in self.qkv(x).chunk(3, -1))
+        b = self.b[:, :, :n, :n]
+        s = q @ k.transpose(-1, -2) / 8 ** 0.5 * b + -1e9 * (1 - b)
+        return (s.softmax(-1) @ v).transpose(1, 2).reshape(x.shape[0], n, 16)
+
+
+def test_a_blended_mask_is_a_masked_fill(tmp_path):
+    """Folded by the exporter (TorchScript: a constant product and term) and written out (torch.export with a
+    dynamic length: b is a slice of the buffer, the term c·(1 − b) of the same b): both read as b's nonzero
+    entries kept, the rest filled with -1e9, and the rewrite at the limit is exact."""
+    x = torch.randn(2, 6, 16)
+    model = _BlendedMask().eval()
+    path = tmp_path / "blend.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=17, input_names=["x"],
+                          output_names=["y"])
+    program = torch.export.export(model, (x,), dynamic_shapes=({1: torch.export.Dim("n", min=2, max=7)},))
+    for m in (str(path), program):
+        (site,) = attnopt.detect(m)
+        assert not site.unsupported and not site.causal
+        (term,) = site.masks
+        assert (term.kind, term.fill) == ("nonzero-keep", -1e9)
+        result = attnopt.rewrite(m, "segmented", segment_size=1 << 16)
+        kw = {"inputs": {"x": x.numpy()}} if isinstance(m, str) else {"example_inputs": (x,)}
+        out = tmp_path / "blend.seg.onnx"
+        if isinstance(m, str):
+            result.save(out)
+        assert attnopt.validate(m, out if isinstance(m, str) else result.model, **kw).is_exact(1e-5)
+    # a factor that is not 0 or 1 scales the scores: no site
+    half = torch.export.export(_BlendedMask(keep_value=0.5).eval(), (x,))
+    assert not attnopt.detect(half)

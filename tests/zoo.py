@@ -223,6 +223,17 @@ def gpt2(impl: str) -> Built:
     return _text_built(model, use_cache=False)
 
 
+def openai_gpt(impl: str) -> Built:
+    """GPT-1: its causal mask is a blend, ``w * b + -1e4 * (1 - b)`` with b the 0/1 lower triangle, which is
+    masked_fill written as arithmetic (no sdpa form)."""
+    from transformers import OpenAIGPTConfig, OpenAIGPTModel
+
+    _hf_quiet()
+    cfg = OpenAIGPTConfig(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64)
+    model = _hf_model(OpenAIGPTModel, cfg, impl)
+    return _text_built(model)
+
+
 def vit(impl: str) -> Built:
     from transformers import ViTConfig, ViTModel
 
@@ -1162,6 +1173,8 @@ CASES: list[ZooCase] = [
     *_impl_cases("distilbert", distilbert, expected_sites=2, heads=4, head_dim=8, self_attention_sites=2,
                  causal_sites=0, symtrace_error=_HF_SYMTRACE_SLICE),
     *_impl_cases("gpt2", gpt2, expected_sites=2, heads=4, head_dim=8, self_attention_sites=2, causal_sites=2),
+    ZooCase("openai-gpt-eager", "openai-gpt", _bind(openai_gpt, "eager"), expected_sites=2, heads=4, head_dim=8,
+            self_attention_sites=2, causal_sites=2, fx_tracers=(EXPORT,)),
     *_impl_cases("vit", vit, expected_sites=2, heads=2, head_dim=16, self_attention_sites=2, causal_sites=0,
                  onnx_exporters=(*ONNX_EXPORTERS, ORT_FUSED)),
     # T5 does not scale q.k at all.

@@ -173,6 +173,8 @@ def _canonical(gm: fx.GraphModule, node: fx.Node) -> tuple[str, dict, list]:
         # aten.max.other is the elementwise maximum of two tensors; aten.max's other overloads reduce
         op = "max" if (name, node.target._overloadname) == ("max", "other") else \
             ATEN_TABLE.get(name, f"other:aten.{name}")
+        if name == "rsub":  # rsub(x, y) = y − x, as export records ``1 - x``
+            op, args = "sub", [args[1], args[0], *args[2:]]
     elif node.op == "call_function":
         op = FUNCTION_TABLE.get(node.target, f"other:{getattr(node.target, '__name__', node.target)}")
         if node.target is torch.max and len(args) == 2 and isinstance(args[1], fx.Node):
