@@ -31,6 +31,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+# One small config that many recent families build from as they are.
+_GENERIC = dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2,
+                head_dim=8, pad_token_id=0)
+
 # family: (builder kind, config class, model class, config keyword arguments) -- tiny, random weights
 FAMILIES = {
     "phi3": ("dec", "Phi3Config", "Phi3Model", dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, pad_token_id=0, num_hidden_layers=2)),
@@ -209,6 +213,38 @@ FAMILIES = {
     "unispeech_sat": ("audio", "UniSpeechSatConfig", "UniSpeechSatModel", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, conv_dim=(16, 16), conv_stride=(5, 4), conv_kernel=(10, 8), num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4)),
     "wav2vec2_conformer": ("audio", "Wav2Vec2ConformerConfig", "Wav2Vec2ConformerModel", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, conv_dim=(16, 16), conv_stride=(5, 4), conv_kernel=(10, 8), num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4, position_embeddings_type="relative", conv_depthwise_kernel_size=3)),
     "wav2vec2_conformer_rope": ("audio", "Wav2Vec2ConformerConfig", "Wav2Vec2ConformerModel", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, conv_dim=(16, 16), conv_stride=(5, 4), conv_kernel=(10, 8), num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4, position_embeddings_type="rotary", conv_depthwise_kernel_size=3)),
+    # the nineteenth batch: families of this transformers (5.24) built from one generic small config (MoE, hybrid
+    # Mamba/attention stacks, sliding windows, embedding encoders)
+    "afmoe": ("dec", "AfmoeConfig", "AfmoeModel", _GENERIC),
+    "cohere2_moe": ("dec", "Cohere2MoeConfig", "Cohere2MoeModel", _GENERIC),
+    "cwm": ("dec", "CwmConfig", "CwmModel", _GENERIC),
+    "ernie4_5_moe": ("dec", "Ernie4_5_MoeConfig", "Ernie4_5_MoeModel", _GENERIC),
+    "exaone_moe": ("dec", "ExaoneMoeConfig", "ExaoneMoeModel", _GENERIC),
+    "falcon_h1": ("dec", "FalconH1Config", "FalconH1Model", _GENERIC),
+    "granite_swa": ("dec", "GraniteSWAConfig", "GraniteSWAModel", _GENERIC),
+    "granitemoe_swa": ("dec", "GraniteMoeSWAConfig", "GraniteMoeSWAModel", _GENERIC),
+    "granitemoeshared": ("dec", "GraniteMoeSharedConfig", "GraniteMoeSharedModel", _GENERIC),
+    "hunyuan_v1_moe": ("dec", "HunYuanMoEV1Config", "HunYuanMoEV1Model", _GENERIC),
+    "jais2": ("dec", "Jais2Config", "Jais2Model", _GENERIC),
+    "laguna": ("dec", "LagunaConfig", "LagunaModel", _GENERIC),
+    "mellum": ("dec", "MellumConfig", "MellumModel", _GENERIC),
+    "mimo_v2_flash": ("dec", "MiMoV2FlashConfig", "MiMoV2FlashModel", _GENERIC),
+    "minimax": ("dec", "MiniMaxConfig", "MiniMaxModel", _GENERIC),
+    "minimax_m2": ("dec", "MiniMaxM2Config", "MiniMaxM2Model", _GENERIC),
+    "ministral3": ("dec", "Ministral3Config", "Ministral3Model", _GENERIC),
+    "nemotron_h": ("dec", "NemotronHConfig", "NemotronHModel", _GENERIC),
+    "olmo_hybrid": ("dec", "OlmoHybridConfig", "OlmoHybridModel", _GENERIC),
+    "sarvam_moe": ("dec", "SarvamMoEConfig", "Glm4MoeModel", _GENERIC),
+    "solar_open": ("dec", "SolarOpenConfig", "SolarOpenModel", _GENERIC),
+    "hyperclovax": ("dec", "HyperCLOVAXConfig", "HyperCLOVAXModel", _GENERIC),
+    "gpt_neox_japanese": ("dec", "GPTNeoXJapaneseConfig", "GPTNeoXJapaneseModel", _GENERIC),
+    "ultrabert": ("enc", "UltrabertConfig", "UltrabertModel", _GENERIC),
+    "gte": ("enc", "GteConfig", "GteModel", _GENERIC),
+    "jina_embeddings_v3": ("enc", "JinaEmbeddingsV3Config", "JinaEmbeddingsV3Model", _GENERIC),
+    "embedding_gemma2_text": ("enc", "EmbeddingGemma2TextConfig", "EmbeddingGemma2TextModel", _GENERIC),
+    "qwen2": ("dec", "Qwen2Config", "Qwen2Model", _GENERIC),
+    "hy_v3": ("dec", "HYV3Config", "HYV3Model", _GENERIC),
+    "apertus1p5_text": ("dec", "Apertus1p5TextConfig", "Apertus1p5TextModel", _GENERIC),
     "llama4_text": ("dec", "Llama4TextConfig", "Llama4TextModel", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2, pad_token_id=0, head_dim=8, num_local_experts=2, num_experts_per_tok=1, intermediate_size_mlp=64, attention_chunk_size=4, no_rope_layers=[1, 0])),
 }
 
