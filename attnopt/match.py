@@ -909,7 +909,7 @@ def _match_product(view: View, sm: str, x: ValueRef, down: _Down) -> AttentionSi
     removed += passed + on
     if any(view.view_only(v.node) for v in (q, key, value, output)):
         raise Mismatch("q, k, v or the output exist only inside an einsum the graph does not split")
-    layout, value_layout, output_layout = (with_extra_axes(lay, view.rank(x)) for lay, x in (
+    layout, value_layout, output_layout = (with_extra_axes(lay, view.rank(t)) for lay, t in (
         (layout, q), (value_layout, value), (output_layout, output)))
     unprovable = unprovable or _extra_axes(view, {q: layout, key: key_layout, value: value_layout,
                                                   output: output_layout}, geometry["num_heads"],
