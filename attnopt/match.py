@@ -911,8 +911,8 @@ def _match_product(view: View, sm: str, x: ValueRef, down: _Down) -> AttentionSi
         raise Mismatch("q, k, v or the output exist only inside an einsum the graph does not split")
     layout, value_layout, output_layout = (with_extra_axes(lay, view.rank(t)) for lay, t in (
         (layout, q), (value_layout, value), (output_layout, output)))
-    unprovable = unprovable or _extra_axes(view, {q: layout, key: key_layout, value: value_layout,
-                                                  output: output_layout}, geometry["num_heads"],
+    unprovable = unprovable or _extra_axes(view, ((q, layout), (key, key_layout), (value, value_layout),
+                                                  (output, output_layout)), geometry["num_heads"],
                                            geometry["kv_num_heads"], up.terms, up.factor) or (
         "its softmax also spans learned sink logits, a column a head after the keys (GPT-OSS); no op takes them"
         if up.extra_columns else None)
@@ -1129,19 +1129,21 @@ def _geometry(view: View, q4: ValueRef, key: ValueRef, key_layout: str, value: V
     )
 
 
-def _extra_axes(view: View, layouts: dict[ValueRef, str], heads, kv_heads, terms, factor) -> str | None:
+def _extra_axes(view: View, layouts: tuple[tuple[ValueRef, str], ...], heads, kv_heads, terms,
+                factor) -> str | None:
     """Why a site batched over extra axes (site.EXTRA_AXIS: Hiera's mask units, (B, H, units, N, D)) cannot
-    be folded into (B, H·units, N, D), or None. The fold is exact when q, k, v and the output carry the same
-    extra axes right after the heads and every query head reads its own key head (the ops' GQA pairs folded
-    heads by index, which would cross units); a term added to the scores then folds the same way."""
-    counts = {extra_axis_count(layout) for layout in layouts.values()}
-    ranks = {view.rank(v) for v in layouts}
+    be folded into (B, H·units, N, D), or None. ``layouts``: (q, k, v, output), each with its layout. The fold
+    is exact when all four carry the same extra axes right after the heads and every query head reads its own
+    key head (the ops' GQA pairs folded heads by index, which would cross units); a term added to the scores
+    then folds the same way."""
+    counts = {extra_axis_count(layout) for _, layout in layouts}
+    ranks = [view.rank(v) for v, _ in layouts]
     if counts == {0} and not any((r or 0) > 4 for r in ranks):
         return None
     if len(counts) != 1 or None in ranks:
-        return (f"its q, k, v and output have {'/'.join(str(view.rank(v)) for v in layouts)} axes; extra "
+        return (f"its q, k, v and output have {'/'.join(map(str, ranks))} axes; extra "
                 "batching axes fold into the heads only where all four carry them after the heads")
-    q, *others = layouts
+    q, others = layouts[0][0], [v for v, _ in layouts[1:]]
     n = counts.pop()
     mid = lambda v: tuple(view.shape(v) or (None,) * (4 + n))[2:2 + n]  # noqa: E731
     if not all(all(_same_dim(a, b) for a, b in zip(mid(q), mid(v))) for v in others):

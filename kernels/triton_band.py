@@ -594,13 +594,7 @@ def default_config(head_dim: int, dtype: torch.dtype, device: torch.device, has_
         return BandConfig(block_m=16, block_n=16, num_warps=4, num_stages=1)
     if dtype == torch.float32:
         return BandConfig(block_m=64, block_n=32, num_warps=4, num_stages=2)
-    if pooled and head_dim > 128:
-        # DeepSeek MLA's 192 (padded to 256), H200 sweep (B=64, N=65536, `kernels.py --head-dim 192 --sweep`):
-        # 128×64 tiles on 8 warps, 2 stages, TMA ran L = 1 in 4.06 ms against 5.58 for the 64×64 / 4-warp entry
-        # below, L = 2 causal + 4 sinks (tiles capped at the block's 64 rows) 3.76 against 4.43; 3 stages and
-        # 128×128 tiles do not fit in shared memory
-        return BandConfig(block_m=128, block_n=64, num_warps=8, num_stages=2, use_tma=True)
-    if pooled:
+    if pooled and head_dim <= 128:
         # hierarchical's coarse level, measured on the H200 (B=64, N=65536): 64×64 tiles on 4 warps, 2 stages,
         # ran 2.0× faster than on 8 warps with L = 2, and 1.12× faster than 128-row tiles with L = 1; 3 stages,
         # which narrow bands prefer, were slower here (L = 1 2.543 against 2.290 ms, L = 2 1.570 against 1.365)
@@ -617,11 +611,14 @@ def default_config(head_dim: int, dtype: torch.dtype, device: torch.device, has_
             # memory S=M=1024 2.423 / 2.381 is the one row within 2% the other way
             return BandConfig(block_m=64, block_n=64, num_warps=4, num_stages=3, use_tma=True)
         return BandConfig(block_m=128, block_n=128, num_warps=8, num_stages=3, use_tma=True)
-    if head_dim <= 256 and not has_mask:
+    if head_dim <= 256 and (pooled or not has_mask):
         # DeepSeek MLA's 192 (its values padded to it; the kernel pads to 256). H200 sweep, N=65536
         # (`benchmarks/kernels.py --head-dim 192 --sweep 65536`): 128×64 tiles on 8 warps, 2 stages, ran window
         # W=1024 in 4.46 ms against 5.44 for the 64×32 below, memory causal 3.50 against 4.36, segmented + 4
         # sinks 2.58 against 3.13; 64×64 on 4 warps was slower (5.79, 4.97, 3.43), 3 stages do not fit.
+        # hierarchical's coarse level (B=64): L = 1 4.06 ms against 5.58 for its own D <= 128 entry above,
+        # L = 2 causal + 4 sinks (tiles capped at the block's 64 rows) 3.76 against 4.43; 128×128 tiles or
+        # 3 stages do not fit in shared memory.
         return BandConfig(block_m=128, block_n=64, num_warps=8, num_stages=2, use_tma=True)
     return BandConfig(block_m=64, block_n=32, num_warps=4, num_stages=2)
 

@@ -92,16 +92,17 @@ def lower(call) -> list[GroupCall]:
     common = {"scale": float(scale), "causal": bool(site.causal), "softcap": float(site.softcap or 0.0)}
     groups = list(call.groups)
     whole = len(groups) == 1 and groups[0].start == 0 and groups[0].stop is None
-    if site.extra_axes and (not whole or any(get_variant(g.kernel).state for g in groups)):
+    stateful = any(get_variant(g.kernel).state for g in groups)
+    if site.extra_axes and (not whole or stateful):
         # The op sees each (head, extra axes) pair as a head (site.EXTRA_AXIS): head ranges and a state's
         # (B, Hkv, ...) shape would mean something else there.
         raise SiteNotApplicable("head groups and streaming states need plain heads; this site's heads are folded "
                                 "with extra batching axes")
     if not whole:
         _check_cover(site, groups)
-        if any(get_variant(g.kernel).state for g in groups):
+        if stateful:
             raise SiteNotApplicable("a stateful (streaming) kernel takes the whole site, not a head group")
-    if any(get_variant(g.kernel).state for g in groups) and any(head_dim_padding(site)):
+    if stateful and any(head_dim_padding(site)):
         raise SiteNotApplicable(f"a streaming state holds keys and values of one head dim; the values' "
                                 f"({site.value_head_dim}) differs from the keys' ({site.head_dim})")
     out = []
