@@ -6,7 +6,10 @@ bf16, B=1, H=16, D=128. For each variant and N: time (median of
 triton.testing.do_bench), useful TFLOP/s (4·N·keys_per_query·D·H, counting only
 allowed keys), peak extra memory (max_memory_allocated above the inputs), and in
 the same run dense F.scaled_dot_product_attention and torch.compile'd
-flex_attention with a create_block_mask expressing the same sparsity.
+flex_attention with a create_block_mask expressing the same sparsity; and, where
+it can express the rows' keys (dense, the sliding window, ALiBi), FlashAttention-2
+as torch builds it (``aten._flash_attention_forward`` with its window sizes and
+ALiBi slopes): the same math in a hand-written CUDA kernel.
 
 Beyond the bands: relbias ALiBi (vs dense SDPA and Flex with an ALiBi
 score_mod), the hierarchical fine window (vs Flex with the same window) and
@@ -168,6 +171,24 @@ def flex_fns(q, k, v, unit, before, after, sinks, causal, scale, slopes=None):
     return lambda: flex(q, k, v, score_mod=alibi, block_mask=block_mask, scale=scale)
 
 
+def flash_fn(q, k, v, unit, before, after, sinks, causal, scale, slopes=None):
+    """FlashAttention-2 (torch's own build, ``aten._flash_attention_forward``) on the same keys where it can say
+    which: dense, a sliding window |i − j| <= before (and <= after), ALiBi through its ``alibi_slopes``; None
+    for segments, memory bands and sinks, which it has no way to express."""
+    n, m = q.shape[2], k.shape[2]
+    window = unit == 1 and sinks == 0 and n == m
+    if not (unit >= BIG or window):
+        return None
+    kw = dict(scale=scale)
+    if window:
+        kw.update(window_size_left=before, window_size_right=0 if causal else after)
+    if slopes is not None:
+        kw.update(alibi_slopes=slopes.float().contiguous())
+    qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))  # FlashAttention's (B, N, H, D), a view
+    flash = torch.ops.aten._flash_attention_forward
+    return lambda: flash(qt, kt, vt, None, None, n, m, 0.0, causal, False, **kw)[0].transpose(1, 2)
+
+
 def band_call(name: str, q, k, v, scale: float):
     """A VARIANTS row's call: the band launcher, its fast path off for rows marked "no fast path"."""
     from attnopt.kernels import triton_band
@@ -274,8 +295,17 @@ def run(ns, rep_ms, variants, log, no_flex=False, on_row=None) -> list[dict]:
             except Exception as exc:  # report, keep going
                 log(f"  flex: {type(exc).__name__}: {exc}")
                 flex_ms, flex_mem, err, flex_compile_s = float("nan"), float("nan"), float("nan"), 0.0
+            flash_ms, flash_err = float("nan"), float("nan")
+            fa = None if flex_kw is None else flash_fn(q, k, v, scale=scale, **flex_kw)
+            if fa is not None:
+                try:
+                    flash_err = (ours().float() - fa().float()).abs().max().item()
+                    flash_ms = bench(fa, rep_ms)
+                except RuntimeError as exc:  # report, keep going
+                    log(f"  flash: {type(exc).__name__}: {exc}")
             row = dict(
                 variant=name, n=n, keys_per_query=kpq, ms=ms, tflops=tf, peak_mib=mem,
+                flash_ms=flash_ms, speedup_vs_flash=flash_ms / ms, max_abs_diff_vs_flash=flash_err,
                 sdpa_ms=sdpa[False]["ms"], sdpa_tflops=sdpa[False]["tflops"], sdpa_causal_ms=sdpa[True]["ms"],
                 flex_ms=flex_ms, flex_peak_mib=flex_mem, max_abs_diff_vs_flex=err,
                 speedup_vs_flex=flex_ms / ms, speedup_vs_sdpa=sdpa[causal]["ms"] / ms,
@@ -291,7 +321,8 @@ def run(ns, rep_ms, variants, log, no_flex=False, on_row=None) -> list[dict]:
             log(f"N={n} {name}: {ms:.3f} ms {tf:.0f} TFLOP/s peak {mem:.0f} MiB | flex {flex_ms:.3f} ms "
                 f"(x{row['speedup_vs_flex']:.2f}, compile {flex_compile_s:.0f}s) | "
                 f"x{row['speedup_vs_sdpa']:.2f} vs SDPA | "
-                f"{row['frac_sdpa_tflops'] * 100:.0f}% of SDPA TFLOP/s | diff {err:.3g} | {time.time() - t0:.0f}s")
+                f"{row['frac_sdpa_tflops'] * 100:.0f}% of SDPA TFLOP/s | diff {err:.3g} | "
+                f"FA2 {flash_ms:.3f} ms (x{row['speedup_vs_flash']:.2f}, diff {flash_err:.3g}) | {time.time() - t0:.0f}s")
         del q, k, v
         torch.cuda.empty_cache()
     return rows
@@ -299,8 +330,9 @@ def run(ns, rep_ms, variants, log, no_flex=False, on_row=None) -> list[dict]:
 
 def markdown(rows: list[dict]) -> str:
     head = ("| variant | N | keys/query | ms | useful TFLOP/s | % dense SDPA TFLOP/s | peak extra MiB | "
-            "FlexAttention ms | × vs Flex (target) | dense SDPA ms | × vs dense SDPA |")
-    lines = [head, "|" + "---|" * 11]
+            "FlexAttention ms | × vs Flex (target) | dense SDPA ms | × vs dense SDPA | FlashAttention-2 ms | "
+            "× vs FA2 |")
+    lines = [head, "|" + "---|" * 13]
     for r in rows:
         tgt = "" if r["flex_target"] is None else f" (≥{r['flex_target']}: {'ok' if r['meets_flex_target'] else 'MISS'})"
         frac = f"{r['frac_sdpa_tflops'] * 100:.0f}%" + ("" if r["meets_tflops_target"] else " MISS")
@@ -311,8 +343,13 @@ def markdown(rows: list[dict]) -> str:
         lines.append(
             f"| {r['variant']} | {r['n']} | {r['keys_per_query']:.0f} | {r['ms']:.3f} | {r['tflops']:.0f} | {frac} | "
             f"{r['peak_mib']:.0f} | {r['flex_ms']:.3f} | {r['speedup_vs_flex']:.2f}{tgt} | {sdpa_ms:.3f} | "
-            f"{vs_sdpa} |")
+            f"{vs_sdpa} | {_opt(r.get('flash_ms'))} | {_opt(r.get('speedup_vs_flash'), 2)} |")
     return "\n".join(lines)
+
+
+def _opt(x, digits: int = 3) -> str:
+    """A number for the table, a dash where the row has none (NaN or missing)."""
+    return "-" if x is None or x != x else f"{x:.{digits}f}"
 
 
 SWEEP_ROWS = ("segmented S=1024 + 4 sinks", "window W=1024", "memory S=M=1024 causal")
