@@ -258,6 +258,8 @@ def _mask_text(summary: dict) -> str:
         parts.append(f"key padding ({summary['key_padding']})")
     if summary.get("mask_kind"):
         parts.append(summary["mask_kind"])
+    if summary.get("sink_logits"):
+        parts.append("sink logits")
     return " + ".join(parts) or "-"
 
 

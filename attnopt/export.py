@@ -21,14 +21,21 @@ from .onnx_compat import DOMAIN, IR_VERSION
 
 def _translation(spec):
     """A custom_translation_table entry for one variant: the op's arguments in ``spec.torch_schema`` order."""
+    import onnx
     from onnxscript import opset18 as op
 
     from attnopt.kernels.onnx_functions import attnopt_opset
 
+    no_sinks = onnx.helper.make_tensor("no_sink_logits", onnx.TensorProto.FLOAT, [0], [])
     tensor_names = [t.name for t in spec.tensor_inputs]
     attr_types = {name: spec.onnx_attr_type(name) for name in spec.attr_names}
 
-    def translate(q, k, v, mask, key_padding, *rest):
+    def translate(q, k, v, mask, key_padding, *rest, sink_logits=None):
+        sinks = []
+        if spec.serves_sink_logits:  # the torch op's last argument; in ONNX after KeyPadding, empty for none
+            if len(rest) > len(tensor_names) + len(spec.attr_names):
+                *rest, sink_logits = rest
+            sinks = [op.Constant(value=no_sinks) if sink_logits is None else op.Cast(sink_logits, to=1)]
         tensors, attrs = rest[:len(tensor_names)], dict(zip(spec.attr_names, rest[len(tensor_names):]))
         attrs = {n: int(x) if attr_types[n] == "int" else float(x) if attr_types[n] == "float" else x
                  for n, x in attrs.items()}
@@ -37,7 +44,7 @@ def _translation(spec):
             mask = op.Expand(zero, op.Constant(value_ints=[1, 1, 1, 1]))
         if key_padding is None:
             key_padding = op.Expand(zero, op.Constant(value_ints=[1, 1]))
-        return getattr(attnopt_opset, spec.onnx_op_type)(q, k, v, mask, key_padding, *tensors, **attrs)
+        return getattr(attnopt_opset, spec.onnx_op_type)(q, k, v, mask, key_padding, *sinks, *tensors, **attrs)
 
     translate.__name__ = f"attnopt_{spec.op_name}"
     return translate

@@ -393,8 +393,9 @@ class _Scores:
     factor: ValueRef | None = None  # a per-(batch, head) factor on q·kᵀ (AttentionSite.query_factor)
     factor_flat: bool = False  # ... on (B·H, N, M) scores: the rewrite unfolds it with the query, as a term
     # Columns concatenated after the keys' scores (GPT-OSS's learned per-head sink logits): the softmax spans
-    # them, the value product reads the keys' columns only.
+    # them, the value product reads the keys' columns only. ``sink``: that concat's second input.
     extra_columns: bool = False
+    sink: ValueRef | None = None
 
 
 # Ops the walk from the softmax up to q·kᵀ passes without changing the algebra.
@@ -549,7 +550,7 @@ def _walk_up(view: View, v: ValueRef) -> _Scores:
     """
     gain, cap, clamp = 1.0, None, None
     terms, nodes, heads, factor, factor_flat = [], [], None, None, False
-    extra = False  # columns concatenated after the scores (_Scores.extra_columns)
+    extra, sink = False, None  # columns concatenated after the scores (_Scores.extra_columns, sink)
     back, start = None, 0  # inside a view of the scores: the reshape out of it, where its terms start
     for _ in range(48):
         nid = v.node
@@ -566,7 +567,7 @@ def _walk_up(view: View, v: ValueRef) -> _Scores:
                 raise Mismatch("the softmax input is a product with constant keys (a lookup, not q·kᵀ)")
             if back is not None:
                 raise Mismatch("q·kᵀ inside a view of the scores")
-            return _Scores(nid, gain, cap, terms, nodes, heads, factor, factor_flat, extra)
+            return _Scores(nid, gain, cap, terms, nodes, heads, factor, factor_flat, extra, sink)
         nodes.append(nid)
         if op in _SCORE_PASS:
             if op == "reshape" and view.rank(ins[0]) == 3 and view.rank(v) == 4:
@@ -597,7 +598,9 @@ def _walk_up(view: View, v: ValueRef) -> _Scores:
                 raise Mismatch("a concat between the scores and the softmax that is not sink logits after them")
             if not _reaches_matmul(view, ins[0]) or any(_reaches_matmul(view, x) for x in ins[1:]):
                 raise Mismatch("a concat of scores between the scores and the softmax")
+            # the sink enters the softmax as it is: only a gain of 1 so far leaves it unscaled
             extra, v = True, ins[0]
+            sink = ins[1] if len(ins) == 2 and gain == 1.0 else None
         elif op == "sub" and (row_max := _row_max_of(view, ins[1], ins[0])) is not None:
             # x − max(x) over the last axis: a softmax does not see it (the overflow guard GPT-OSS writes out)
             nodes += row_max
@@ -913,9 +916,11 @@ def _match_product(view: View, sm: str, x: ValueRef, down: _Down) -> AttentionSi
         (layout, q), (value_layout, value), (output_layout, output)))
     unprovable = unprovable or _extra_axes(view, ((q, layout), (key, key_layout), (value, value_layout),
                                                   (output, output_layout)), geometry["num_heads"],
-                                           geometry["kv_num_heads"], up.terms, up.factor) or (
-        "its softmax also spans learned sink logits, a column a head after the keys (GPT-OSS); no op takes them"
-        if up.extra_columns else None)
+                                           geometry["kv_num_heads"], up.terms, up.factor)
+    sink_logits = _per_head_sink(view, up.sink, geometry["num_heads"]) if up.extra_columns else None
+    if up.extra_columns and sink_logits is None:
+        unprovable = unprovable or ("its softmax also spans columns after the keys that are not one learned "
+                                    "logit a head (GPT-OSS's sinks are); no op takes them")
     geometry["value_head_dim"] = _other_head_dim(_dim_of(view.shape(value), value_layout, "d"), geometry["head_dim"])
 
     scale = up.scale * q_scale * k_scale
@@ -925,10 +930,33 @@ def _match_product(view: View, sm: str, x: ValueRef, down: _Down) -> AttentionSi
         query_layout=layout, key_layout=key_layout, value_layout=value_layout, output_layout=output_layout,
         scale=_clean(scale, geometry["head_dim"]), softcap=up.softcap, query_factor=up.factor,
         masks=tuple(MaskTerm(t.value, t.kind, t.factor, t.fill, t.view) for t in terms), causal=causal,
-        nodes=tuple(dict.fromkeys(removed)), anchor=sm, shape_readers=shape_readers,
+        nodes=tuple(dict.fromkeys(removed)), anchor=sm, shape_readers=shape_readers, sink_logits=sink_logits,
         unsupported=("the attention probabilities are also used outside the site" if escapes else unprovable),
         **geometry,
     )
+
+
+def _per_head_sink(view: View, sink: ValueRef | None, heads) -> ValueRef | None:
+    """The value behind a sink column that holds one logit a head, or None.
+
+    GPT-OSS writes ``sinks.reshape(1, -1, 1, 1).expand(B, -1, N, -1)``. Past the expands (and casts), a
+    (1, H, 1, 1) value holds one logit a head, the same for every batch and query; so does a (B, H, N, 1)
+    constant (an exporter folded the expand at fixed sizes) whose values repeat along the batch and the
+    queries. The rewrite then reads it at batch 0 and query 0 as an (H,) vector. Anything else (a column that
+    varies per query, a (B·H, N, 1) layout) is not proven.
+    """
+    while sink is not None and view.op(sink.node) in ("expand", "cast"):
+        sink = view.inputs(sink.node)[0]
+    shape = view.shape(sink) if sink is not None else None
+    if shape is None or len(shape) != 4 or shape[3] != 1:
+        return None
+    if isinstance(shape[1], int) and isinstance(heads, int) and shape[1] != heads:
+        return None
+    if shape[0] != 1 or shape[2] != 1:
+        c = view.const(sink)
+        if c is None or c.ndim != 4 or not np.array_equal(c, np.broadcast_to(c[:1, :, :1], c.shape)):
+            return None
+    return sink
 
 
 def _site_output(view: View, out: ValueRef, flattened: bool, packed: ValueRef | None,

@@ -182,6 +182,10 @@ class AttentionSite:
     key_padding: MaskTerm | None = None
     # tanh softcapping of the scores, c·tanh(s/c) before the mask (Gemma-2); None = none.
     softcap: float | None = None
+    # Learned sink logits (GPT-OSS): a (B | 1, H, N | 1, 1) value holding one logit a head (the matcher proves
+    # it the same for every batch and query), which every row's softmax also spans as a column of value zero;
+    # the rewrite reads it at batch 0, query 0. None = none.
+    sink_logits: ValueRef | None = None
     # KV-cache step: keys are past_len cached tokens followed by the q_len new ones.
     past_len: Dim = None
     # q, k and v as a fused op derives them from its inputs (see Projection); None where ``query``
@@ -257,6 +261,8 @@ class AttentionSite:
             d["value_head_dim"] = self.value_head_dim
         if self.extra_axes:
             d["extra_axes"] = self.extra_axes
+        if self.sink_logits is not None:
+            d["sink_logits"] = True
         if self.relative_bias is not None:
             d["relative_bias"] = self.relative_bias.summary()
         if self.unsupported:

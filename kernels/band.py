@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .buckets import merge_parts
-from .reference import check_additive_mask, check_qkv, check_self_attention, softcapped
+from .reference import check_additive_mask, check_qkv, check_self_attention, softcapped, softmax_with_sink
 
 MAX_BLOCK = 256
 _NEG_INF = float("-inf")
@@ -61,14 +61,15 @@ def segment_fold(q: Tensor, k: Tensor, *, unit: int, before: int, after: int, si
 
 
 def _folded_segments_cpu(q: Tensor, k: Tensor, v: Tensor, fold: tuple[int, bool, int], *, sinks: int,
-                         scale: float, causal: bool) -> Tensor:
-    """``segment_fold``'s plan with torch's fused CPU attention; parts merged by log-sum-exp in fp32."""
+                         scale: float, causal: bool, sink_logits: Tensor | None = None) -> Tensor:
+    """``segment_fold``'s plan with torch's fused CPU attention; parts merged by log-sum-exp in fp32. Sink logits
+    are one more part: log-sum-exp σ_h, output zero."""
     B, H, N, D = q.shape
     nseg, prev, sinks_from = fold
     S = N // nseg
     folded = [t.view(B, H * nseg, S, D) for t in (q, k, v)]
     G = sinks if sinks_from < N else 0
-    if not prev and not G:
+    if not prev and not G and sink_logits is None:
         return F.scaled_dot_product_attention(*folded, is_causal=causal, scale=scale).view(B, H, N, D)
     fused = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
     out, lse = fused(*folded, 0.0, causal, scale=scale)[:2]
@@ -84,6 +85,8 @@ def _folded_segments_cpu(q: Tensor, k: Tensor, v: Tensor, fold: tuple[int, bool,
         scores[:, :, :sinks_from] = _NEG_INF
         parts.append((torch.logsumexp(scores, dim=-1)[:, :, None],
                       (torch.softmax(scores, dim=-1).nan_to_num(0.0) @ v[:, :, :G].float())[:, :, None]))
+    if sink_logits is not None:
+        parts.append((sink_logits.float().reshape(1, H, 1, 1).expand(B, H, 1, N), q.new_zeros(B, H, 1, N, D).float()))
     merged = merge_parts([(top, torch.isfinite(top).to(top.dtype), o) for top, o in parts])
     return merged.to(q.dtype)
 
@@ -92,7 +95,8 @@ FOLD_ON_CPU = True  # False keeps the blocked torch code for whole segments too 
 
 
 def fold_on_cpu(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, key_padding: Tensor | None, *, unit: int,
-                before: int, after: int, sinks: int, scale: float, causal: bool, softcap: float) -> Tensor | None:
+                before: int, after: int, sinks: int, scale: float, causal: bool, softcap: float,
+                sink_logits: Tensor | None = None) -> Tensor | None:
     """The CPU op's output through torch's fused attention where ``segment_fold`` allows it, else None."""
     if not (FOLD_ON_CPU and q.device.type == "cpu" and all(t.is_contiguous() for t in (q, k, v))):
         return None
@@ -101,12 +105,12 @@ def fold_on_cpu(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, key_paddin
                         key_padding=key_padding, mask=mask)
     if fold is None:
         return None
-    return _folded_segments_cpu(q, k, v, fold, sinks=sinks, scale=scale, causal=causal)
+    return _folded_segments_cpu(q, k, v, fold, sinks=sinks, scale=scale, causal=causal, sink_logits=sink_logits)
 
 
 def band_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, key_padding: Tensor | None, *,
                    unit: int, before: int, after: int, sinks: int, scale: float, causal: bool,
-                   softcap: float = 0.0, block: int | None = None) -> Tensor:
+                   softcap: float = 0.0, block: int | None = None, sink_logits: Tensor | None = None) -> Tensor:
     check_qkv(q, k, v)
     B, H, N, D = q.shape
     Hkv, M = k.shape[1], k.shape[2]
@@ -116,7 +120,7 @@ def band_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, key_pad
         return q.new_zeros(q.shape)
     if block is None:  # whole segments: torch's fused attention, several times faster than the blocks below
         out = fold_on_cpu(q, k, v, mask, key_padding, unit=unit, before=before, after=after, sinks=sinks,
-                          scale=scale, causal=causal, softcap=softcap)
+                          scale=scale, causal=causal, softcap=softcap, sink_logits=sink_logits)
         if out is not None:
             return out
     rep, off, dev = H // Hkv, M - N, q.device
@@ -167,7 +171,7 @@ def band_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, key_pad
         blocks = mask[:, :, rows[:, :, None], cols.clamp(max=mask.shape[3] - 1)[:, None, :]].to(compute)
         hm = blocks.shape[1]  # 1 or H: split like the scores' (Hkv, rep) to broadcast
         scores = scores + blocks.reshape(blocks.shape[0], min(hm, Hkv), hm // min(hm, Hkv), *blocks.shape[2:])
-    p = torch.softmax(scores, dim=-1)
+    p = softmax_with_sink(scores, sink_logits, head_axes=2)  # scores are (B, Hkv, rep, nblk, bq, L + G)
     p = torch.where(torch.isnan(p), 0.0, p)
     out = p[..., :span] @ vb
     if G:
@@ -179,15 +183,16 @@ def cuda_forward(to_band):
     """The CUDA implementation of a band variant's op: the Triton kernel (``kernels.triton_band``).
 
     ``to_band(*params, causal)`` -> (unit, before, after, sinks) maps the variant's
-    parameters onto the band; the op's arguments arrive as in ``spec.torch_schema``.
+    parameters onto the band; the op's arguments arrive as in ``spec.torch_schema``
+    (every band variant takes sink logits last).
     """
 
     def forward(q, k, v, mask, key_padding, *args):
-        *params, scale, causal, softcap = args
+        *params, scale, causal, softcap, sink_logits = args
         unit, before, after, sinks = to_band(*params, causal)
         from .triton_band import band_attention as triton_band  # triton loads only where CUDA runs
 
         return triton_band(q, k, v, unit=unit, before=before, after=after, sinks=sinks, scale=scale, causal=causal,
-                           softcap=softcap, key_padding=key_padding, mask=mask)
+                           softcap=softcap, key_padding=key_padding, mask=mask, sink_logits=sink_logits)
 
     return forward

@@ -15,6 +15,7 @@ import onnxscript
 from onnxscript import opset18 as op
 
 from .onnx_functions import attnopt_opset
+from .sink_onnx import SoftmaxWithSink
 from .softcap_onnx import Softcap
 
 _FLOAT = onnx.TensorProto.FLOAT
@@ -24,8 +25,11 @@ _KT_PERM = [0, 1, 2, 3, 5, 4]  # kᵀ of the (B, Hkv, 1, nblk, L, D) key blocks
 
 
 @onnxscript.script(attnopt_opset, default_opset=op)
-def BandAttention(Q, K, V, Mask, KeyPadding, Band, Scalars):
-    """Band = [unit, before, after, sinks, block] (int64); Scalars = [scale, softcap, causal] (float)."""
+def BandAttention(Q, K, V, Mask, KeyPadding, SinkLogits, Band, Scalars):
+    """Band = [unit, before, after, sinks, block] (int64); Scalars = [scale, softcap, causal] (float).
+
+    SinkLogits is the op contract's: (H,), or empty (0,) for none (``sink_onnx``).
+    """
     zero = op.Constant(value_ints=[0])
     one = op.Constant(value_ints=[1])
     two = op.Constant(value_ints=[2])
@@ -112,7 +116,7 @@ def BandAttention(Q, K, V, Mask, KeyPadding, Band, Scalars):
     # Band, key padding and mask as one additive term, built at the masks' size (no batch or head
     # axis unless they have one), so the (B, H, N, L + G) scores see a single Add, not three passes.
     bias = op.Where(allowed, op.Add(kp, blocks), _NEG_INF)
-    probs = op.Softmax(op.Add(raw, bias), axis=-1)
+    probs = SoftmaxWithSink(op.Add(raw, bias), SinkLogits)
     out = op.MatMul(probs, v_all)
     # A row with no allowed key softmaxes to NaN: zero it on the (rows, D) output, not on the
     # (rows, keys) probabilities (a Where over every score).
@@ -120,3 +124,6 @@ def BandAttention(Q, K, V, Mask, KeyPadding, Band, Scalars):
     out = op.Reshape(out, op.Concat(b, h, op.Mul(nblk, bq), d, axis=0))
     return op.CastLike(op.Slice(out, front, op.Add(front, n), two), Q)
 
+
+# What a body calling BandAttention lists in its CALLS.
+CALLS = (BandAttention, SoftmaxWithSink)

@@ -6,7 +6,8 @@ with no custom-op library. Each variant's body lives in its folder
 (``kernels/<variant>/onnx_body.py``, ``BODY`` plus the functions it calls in
 ``CALLS``); the op contract is ``kernels.spec``'s. Inputs are always present:
 a function cannot test an empty optional input, so "no mask" is a
-(1, 1, 1, 1) zero and "no key padding" a (1, 1) zero, which broadcast.
+(1, 1, 1, 1) zero and "no key padding" a (1, 1) zero, which broadcast, and
+"no sink logits" an empty (0,) tensor, whose size an ``If`` tests (``sink_onnx``).
 
 Three facts make an attached function load in onnxruntime: the model imports
 (``ai.attnopt``, 1); the function's default-domain opset equals the model's
@@ -198,6 +199,7 @@ _INPUT_DOCS = {
     "V": ("T", "values (B, Hkv, M, D)"),
     "Mask": ("TM", "dense remainder mask, additive, 4-D, broadcastable to (B, H, N, M); a (1,1,1,1) zero for none"),
     "KeyPadding": ("TM", "key padding, additive, (B | 1, M); a (1, 1) zero for none"),
+    "SinkLogits": ("tensor(float)", "learned sink logit per query head, (H,); an empty (0,) tensor for none"),
 }
 
 

@@ -45,6 +45,7 @@ class LoweringFacts:
     self_attention: bool = True  # queries and keys are one sequence (N == M), not a KV-cache step
     q_len: int | str | None = None  # N and M where the model fixes them (int), else a symbol or None
     kv_len: int | str | None = None
+    sink_logits: bool = False  # the call carries learned sink logits (GPT-OSS)
 
     def common_refusal(self, takes_dense_mask: bool = False) -> str | None:
         """The limits MultiHeadAttention shares across lowerings (None: none applies).
@@ -59,6 +60,8 @@ class LoweringFacts:
             return "the site's mask varies per query, which this lowering does not carry"
         if self.attrs.get("softcap"):
             return "MultiHeadAttention has no softcapping"
+        if self.sink_logits:
+            return "MultiHeadAttention has no learned sink logits"
         return None
 
 

@@ -20,6 +20,9 @@ and the op contract in ``kernels.spec``):
 - A row with no allowed key outputs exactly 0 (as torch's SDPA decomposition,
   which emits Where(IsNaN(p), 0, p)). Finite very negative masks (HF's
   finfo.min) are ordinary softmax inputs.
+- ``sink_logits`` (H,), where a variant takes them: each row's softmax also
+  spans one more column of score σ_h and value zero (GPT-OSS's learned sinks),
+  so a row's weights sum to less than one.
 - fp16/bf16 inputs are computed in float32 and cast back.
 """
 
@@ -38,6 +41,7 @@ __all__ = [
     "positions",
     "restricted_attention",
     "softcapped",
+    "softmax_with_sink",
     "with_sinks",
 ]
 
@@ -94,6 +98,22 @@ def softcapped(scores: Tensor, softcap: float) -> Tensor:
     return softcap * torch.tanh(scores / softcap) if softcap else scores
 
 
+def softmax_with_sink(scores: Tensor, sink_logits: Tensor | None, head_axes: int = 1) -> Tensor:
+    """softmax over the last axis, which also spans a sink column of score σ_h and value zero when
+    ``sink_logits`` (H,) is given (GPT-OSS); the weights of the scores' own columns come back.
+
+    The H heads are the ``head_axes`` axes after the batch ((B, H, ...), or (B, Hkv, rep, ...) where GQA is
+    a broadcast). A row with no allowed key and no sink is NaN, as torch.softmax leaves it; with a sink it is 0.
+    """
+    if sink_logits is None:
+        return torch.softmax(scores, dim=-1)
+    heads = scores.shape[1:1 + head_axes]
+    sink = sink_logits.to(scores.dtype).reshape(1, *heads, *(1,) * (scores.dim() - 1 - head_axes))
+    top = torch.maximum(scores.amax(dim=-1, keepdim=True), sink)
+    e = torch.exp(scores - top)
+    return e / (e.sum(dim=-1, keepdim=True) + torch.exp(sink - top))
+
+
 def positions(n: int, m: int, device=None) -> tuple[Tensor, Tensor]:
     """(query positions (n, 1), key positions (1, m)); query i sits at i + m − n."""
     return (torch.arange(n, device=device) + (m - n))[:, None], torch.arange(m, device=device)[None, :]
@@ -121,8 +141,9 @@ def restricted_attention(
     key_padding: Tensor | None = None,
     causal: bool = False,
     softcap: float = 0.0,
+    sink_logits: Tensor | None = None,
 ) -> Tensor:
-    """softmax(s·QKᵀ + A) V over the keys a variant allows.
+    """softmax(s·QKᵀ + A) V over the keys a variant allows (and a sink column per head, ``sink_logits``).
 
     ``allowed`` is the variant's bool restriction, (N, M) or anything
     broadcastable to (B, H, N, M) for content-dependent variants (None = every
@@ -152,7 +173,7 @@ def restricted_attention(
     if mask is not None:
         scores = _add_mask(scores, mask, compute)
 
-    probs = torch.softmax(scores, dim=-1)
+    probs = softmax_with_sink(scores, sink_logits)
     probs = torch.where(torch.isnan(probs), 0.0, probs)  # rows with no allowed key -> 0
     return (probs @ v).to(out_dtype)
 
@@ -176,7 +197,8 @@ def dense_attention(
     key_padding: Tensor | None = None,
     causal: bool = False,
     softcap: float = 0.0,
+    sink_logits: Tensor | None = None,
 ) -> Tensor:
     """Plain scaled-dot-product attention: every variant's exact limit."""
     return restricted_attention(q, k, v, None, scale=scale, mask=mask, key_padding=key_padding, causal=causal,
-                                softcap=softcap)
+                                softcap=softcap, sink_logits=sink_logits)

@@ -13,6 +13,12 @@ The op contract, common to every variant:
 - ``mask``: the dense remainder of the site's mask, additive, 4-D and
   broadcastable to (B, H, N, M), or None (in ONNX a (1, 1, 1, 1) zero);
 - ``key_padding``: additive (B | 1, M), or None (in ONNX a (1, 1) zero);
+- ``sink_logits``, only where the spec ``serves_sink_logits``: one learned
+  logit per query head, (H,) float, or None. In ONNX it is the input after
+  ``KeyPadding`` (an empty (0,) tensor for none); in torch the last argument,
+  None by default. Each row's softmax then also spans a column of that score
+  whose value is zero (GPT-OSS's attention sinks):
+  out_i = Σ_j e^{s_ij} v_j / (Σ_j e^{s_ij} + e^{σ_h});
 - the variant's constant tensor inputs (``TensorInput``), in declared order;
 - the variant's parameters (``Param``), in declared order, then the common
   attributes ``scale`` (float), ``causal`` (query i sits at i + M − N and sees
@@ -103,6 +109,8 @@ class VariantSpec:
     subquadratic: bool = True  # no N×M tensor anywhere (False only for dense)
     serves_causal: bool = True  # lowrank pools future keys into the past: it refuses causal sites
     serves_dense_mask: bool = True  # a mask that varies per query (not key padding) can be applied
+    # takes learned per-head sink logits (GPT-OSS) as the input after the key padding (``sink_logits``)
+    serves_sink_logits: bool = False
     tensor_inputs: tuple[TensorInput, ...] = ()
     # (params, q shape, k shape, seed) -> {tensor input name: array}; required when tensor_inputs is set.
     make_tensors: Callable[..., dict] | None = None
@@ -152,12 +160,16 @@ class VariantSpec:
         tensors = "".join(f", Tensor {t.name}" for t in self.tensor_inputs + self.state)
         scalars = "".join(f", {_TORCH_TYPES[p.type]} {p.name}" for p in self.params)
         common = "".join(f", {kind} {name}" for name, kind in COMMON_ATTRS)
+        # last, with a default, so that a call without sinks reads as before
+        sinks = ", Tensor? sink_logits=None" if self.serves_sink_logits else ""
         out = "Tensor" if not self.state else "(" + ", ".join(["Tensor"] * (1 + len(self.state))) + ")"
-        return f"(Tensor q, Tensor k, Tensor v, Tensor? mask, Tensor? key_padding{tensors}{scalars}{common}) -> {out}"
+        return (f"(Tensor q, Tensor k, Tensor v, Tensor? mask, Tensor? key_padding{tensors}{scalars}{common}{sinks}) "
+                f"-> {out}")
 
     @property
     def onnx_inputs(self) -> tuple[str, ...]:
-        return ("Q", "K", "V", "Mask", "KeyPadding") + tuple(t.name for t in self.tensor_inputs + self.state)
+        sinks = ("SinkLogits",) if self.serves_sink_logits else ()
+        return ("Q", "K", "V", "Mask", "KeyPadding") + sinks + tuple(t.name for t in self.tensor_inputs + self.state)
 
     @property
     def onnx_outputs(self) -> tuple[str, ...]:

@@ -8,6 +8,7 @@ from typing import Callable
 import torch
 
 from .registry import get_variant
+from .spec import COMMON_ATTRS
 
 
 def define_op(variant: str, forward: Callable, *, cuda: Callable | None = None):
@@ -56,10 +57,10 @@ def _register_triton(op, cuda: Callable, forward: Callable) -> None:
     from torch._subclasses.fake_tensor import FakeTensor
     from torch._subclasses.functional_tensor import FunctionalTensor, FunctionalTensorMode
 
-    def eager(*args):
+    def eager(*args, **kwargs):
         with set_wrap_triton_enabled(False):
-            out = cuda(*args)
-        return forward(*args) if out is None else out
+            out = cuda(*args, **kwargs)
+        return forward(*args, **kwargs) if out is None else out
 
     op.register_kernel("cuda", eager)
 
@@ -86,12 +87,17 @@ def _register_triton(op, cuda: Callable, forward: Callable) -> None:
 def _checked(spec, fn: Callable) -> Callable:
     """``fn`` behind the spec's parameter checks, so a bad value called straight at the op is a clear ValueError."""
     first = 5 + len(spec.tensor_inputs) + len(spec.state)  # q, k, v, mask, key_padding, tensors, states, params
+    complete = first + len(spec.params) + len(COMMON_ATTRS) + spec.serves_sink_logits
 
-    def checked(*args):
+    def checked(*args, **kwargs):
+        if spec.serves_sink_logits and len(args) < complete:
+            # the schema's last argument has a default, which a caller may leave out or name: every
+            # implementation gets it positionally
+            args = (*args, kwargs.pop("sink_logits", None))
         for p, value in zip(spec.params, args[first:first + len(spec.params)]):
             if p.check is not None and not p.check(value):
                 raise ValueError(f"{spec.op_name}: {p.name} {p.rule}, got {value!r}")
-        return fn(*args)
+        return fn(*args, **kwargs)
 
     checked.__name__ = fn.__name__
     return checked

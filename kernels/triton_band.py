@@ -343,7 +343,7 @@ def _attend_table(
 
 @triton.jit
 def _band_fwd(
-    Q, K, V, O, KP, MSK, desc_q, desc_k, desc_v, desc_o,
+    Q, K, V, O, KP, MSK, SINKL, desc_q, desc_k, desc_v, desc_o,
     stride_qb, stride_qh, stride_qn,
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
@@ -359,7 +359,7 @@ def _band_fwd(
     SOFTCAP: tl.constexpr, USE_TMA: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
     WS: tl.constexpr, HAS_SLOPE: tl.constexpr, HAS_TABLE: tl.constexpr, COARSE: tl.constexpr,
     GMAX: tl.constexpr, POOL_TILE: tl.constexpr, TABLE_TILE: tl.constexpr, DECAY: tl.constexpr = False,
-    UNIFIED: tl.constexpr = False,
+    UNIFIED: tl.constexpr = False, HAS_SINKL: tl.constexpr = False,
 ):
     # Inductor passes Python float arguments as fp64 scalars (Triton's launcher as fp32): fix them to fp32, or
     # the loop-carried softmax state would change type inside the loops.
@@ -543,6 +543,11 @@ def _band_fwd(
                     TOb + phase_r * stride_top, stride_tn, first_r, first_r + n_right, qb, scale2, cap2, cap_in,
                     offs_d, SOFTCAP, TABLE_TILE, PREC)
 
+    if HAS_SINKL:
+        # the head's learned sink (GPT-OSS): one more term of the denominator, its value zero. A row with no key
+        # (m_i = −inf) gets an infinite sum, so its output is 0 as without a sink.
+        sink2 = tl.load(SINKL + h).to(tl.float32) * 1.4426950408889634
+        l_i = l_i + tl.math.exp2(sink2 - m_i)
     has_any = l_i > 0.0
     out = acc / tl.where(has_any, l_i, 1.0)[:, None]
     out = tl.where(has_any[:, None], out, 0.0)
@@ -637,15 +642,18 @@ def band_attention(
     softcap: float = 0.0,
     key_padding: Tensor | None = None,
     mask: Tensor | None = None,
+    sink_logits: Tensor | None = None,
 ) -> Tensor:
     """softmax over the band's keys (plus sinks), with causal / key padding / mask / softcap on top.
 
     q (B, H, N, D); k, v (B, Hkv, M, D); key_padding (B, M) additive float (stride-0
-    batch allowed); mask (B|1, H|1, N, M) additive float or bool (True = keep).
+    batch allowed); mask (B|1, H|1, N, M) additive float or bool (True = keep);
+    sink_logits (H,): a column of that score and value zero in every row's softmax.
     Returns (B, H, N, D) in q's dtype.
     """
     return _band_attention(q, k, v, unit=unit, before=before, after=after, sinks=sinks, scale=scale,
-                           causal=causal, softcap=softcap, key_padding=key_padding, mask=mask)
+                           causal=causal, softcap=softcap, key_padding=key_padding, mask=mask,
+                           sink_logits=sink_logits)
 
 
 def relbias_attention(q: Tensor, k: Tensor, v: Tensor, *, slopes: Tensor, table: Tensor, bias_scale: float,
@@ -664,7 +672,7 @@ _EVERY_KEY = 1 << 30  # a unit longer than any sequence: the band is every key
 
 
 def _check(q: Tensor, k: Tensor, v: Tensor, unit: int, before: int, after: int, sinks: int, softcap: float,
-           key_padding: Tensor | None, mask: Tensor | None) -> None:
+           key_padding: Tensor | None, mask: Tensor | None, sink_logits: Tensor | None = None) -> None:
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise ValueError(f"band_attention expects 4-D q, k, v; got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
     if k.shape != v.shape:
@@ -694,18 +702,21 @@ def _check(q: Tensor, k: Tensor, v: Tensor, unit: int, before: int, after: int, 
             raise ValueError(f"mask must be (B|1, H|1, N, M) with N={N}, M={M}; got {tuple(mask.shape)}")
         if not (mask.is_floating_point() or mask.dtype == torch.bool):
             raise TypeError(f"mask must be additive float or bool; got {mask.dtype}")
+    if sink_logits is not None and (tuple(sink_logits.shape) != (q.shape[1],) or not sink_logits.is_floating_point()):
+        raise ValueError(f"sink_logits must be (H,) = ({q.shape[1]},) float; got {sink_logits.dtype} "
+                         f"{tuple(sink_logits.shape)}")
 
 
 @triton.jit
 def _merge_fwd(
-    O, LSE, O2, LSE2, Q, K, V,
+    O, LSE, O2, LSE2, Q, K, V, SINKL,
     stride_lb, stride_ls, stride_li,
     stride_o2b, stride_o2s, stride_o2i, stride_l2b, stride_l2s, stride_l2i,
     H, N, SEG, NSEG, G, sinks_from, scale2,
     HEAD_DIM: tl.constexpr, BLOCK_R: tl.constexpr, G_PAD: tl.constexpr,
-    HAS_PREV: tl.constexpr, HAS_SINKS: tl.constexpr,
+    HAS_PREV: tl.constexpr, HAS_SINKS: tl.constexpr, HAS_SINKL: tl.constexpr = False,
 ):
-    """Fold a second partial attention (the previous segment) and the sink keys into O, in place.
+    """Fold a second partial attention (the previous segment), the sink keys and the sink logits into O, in place.
 
     Every partial is (output, log-sum-exp): o = Σ_a e^{lse_a − L} o_a with L the
     log-sum-exp over all parts. O/Q/K/V are contiguous (B, H, ·, D); the LSE
@@ -755,6 +766,9 @@ def _merge_fwd(
         p = tl.math.exp2(sc - m_new[:, None])
         acc = acc * a1[:, None] + tl.dot(p.to(vs.dtype), vs)
         w_sum = w_sum * a1 + tl.sum(p, 1)
+        m = m_new
+    if HAS_SINKL:  # the head's learned sink: weight only, its value zero
+        w_sum = w_sum + tl.math.exp2(tl.load(SINKL + h).to(tl.float32) * 1.4426950408889634 - m)
     out = acc / w_sum[:, None]
     tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=row_ok[:, None])
 
@@ -795,7 +809,7 @@ def _fold_pays(segment: int, prev: bool, sinks: bool) -> bool:
 
 
 def _segment_fast_path(q, k, v, *, unit, before, after, sinks, scale, causal, softcap, key_padding, mask,
-                       sdpa=None, force: bool = False):
+                       sdpa=None, force: bool = False, sink_logits=None):
     """Segmented and memory (M_mem = S) bands as fused SDPA over segments folded into the batch.
 
     Exact where ``band.segment_fold`` says so (its docstring has the plan); here
@@ -818,7 +832,7 @@ def _segment_fast_path(q, k, v, *, unit, before, after, sinks, scale, causal, so
     if sdpa is None and not force and not _fold_pays(S, prev, sinks > 0 and sinks_from < N):
         return None
     folded = [t.view(B, H * nseg, S, D) for t in (q, k, v)]
-    if not prev and (sinks == 0 or sinks_from >= N):
+    if not prev and (sinks == 0 or sinks_from >= N) and sink_logits is None:
         if sdpa is not None:
             out = sdpa(*folded, causal, scale)[0]
         else:
@@ -847,14 +861,15 @@ def _segment_fast_path(q, k, v, *, unit, before, after, sinks, scale, causal, so
     else:
         o2, lse2, o2_strides, l2_strides = out, lse, (0, 0, 0), (0, 0, 0)
     has_sinks = sinks > 0 and sinks_from < N
+    sinkl = q if sink_logits is None else sink_logits.to(device=q.device, dtype=torch.float32).contiguous()
     block_r = 64
     grid = (triton.cdiv(N, block_r), B * H)
     launch(_merge_fwd)[grid](
-        out, lse, o2, lse2, q, k, v,
+        out, lse, o2, lse2, q, k, v, sinkl,
         lse.stride(0), lse.stride(1), lse.stride(2), *o2_strides, *l2_strides,
         H, N, S, nseg, sinks, sinks_from, float(scale) * _LOG2E,
         HEAD_DIM=D, BLOCK_R=block_r, G_PAD=max(16, triton.next_power_of_2(max(sinks, 1))),
-        HAS_PREV=prev, HAS_SINKS=has_sinks, num_warps=4,
+        HAS_PREV=prev, HAS_SINKS=has_sinks, HAS_SINKL=sink_logits is not None, num_warps=4,
     )
     return out
 
@@ -905,11 +920,13 @@ class PooledBlocks:
 
 def _band_attention(q, k, v, *, unit, before, after, sinks, scale, causal, softcap=0.0, key_padding=None,
                     mask=None, config: BandConfig | None = None, fast_path: bool = True,
-                    bias: RelativeBias | None = None, pooled: PooledBlocks | None = None) -> Tensor:
-    _check(q, k, v, unit, before, after, sinks, softcap, key_padding, mask)
+                    bias: RelativeBias | None = None, pooled: PooledBlocks | None = None,
+                    sink_logits: Tensor | None = None) -> Tensor:
+    _check(q, k, v, unit, before, after, sinks, softcap, key_padding, mask, sink_logits)
     if fast_path and bias is None and pooled is None:
         out = _segment_fast_path(q, k, v, unit=unit, before=before, after=after, sinks=sinks, scale=scale,
-                                 causal=causal, softcap=softcap, key_padding=key_padding, mask=mask)
+                                 causal=causal, softcap=softcap, key_padding=key_padding, mask=mask,
+                                 sink_logits=sink_logits)
         if out is not None:
             return out
     B, H, N, D = q.shape
@@ -984,6 +1001,7 @@ def _band_attention(q, k, v, *, unit, before, after, sinks, scale, causal, softc
     else:
         coarse_args, gmax = (q, q, q, q, 0, 0, 0, 0, 0, 0, 1, 1, q, q, q, 0, 0, 0, 0, 0, 0), 1
 
+    sinkl = q if sink_logits is None else sink_logits.to(device=q.device, dtype=torch.float32).contiguous()
     use_tma = bool(cfg.use_tma and head_dim == D and row_shift == 0 and all(tma_ok(t) for t in (q, k, v, out)))
     if use_tma:
         descs = tuple(tma_descriptor(t, [1, 1, rows, D])
@@ -1000,7 +1018,7 @@ def _band_attention(q, k, v, *, unit, before, after, sinks, scale, causal, softc
 
     grid = (triton.cdiv(N + row_shift, block_m), B * H)
     launch(_band_fwd)[grid](
-        q, k, v, out, kp, msk, *descs,
+        q, k, v, out, kp, msk, sinkl, *descs,
         q.stride(0), q.stride(1), q.stride(2),
         k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2),
@@ -1013,7 +1031,7 @@ def _band_attention(q, k, v, *, unit, before, after, sinks, scale, causal, softc
         MASK_BOOL=mask is not None and mask.dtype == torch.bool, SOFTCAP=bool(softcap), USE_TMA=use_tma,
         PREC=precision, UPCAST=upcast, WS=bool(cfg.warp_specialize), HAS_SLOPE=has_slope, HAS_TABLE=has_table,
         COARSE=pooled is not None, GMAX=gmax, POOL_TILE=min(cfg.block_n, 32), TABLE_TILE=cfg.block_n, DECAY=decay,
-        UNIFIED=unit + before + after <= SHORT_BAND_BLOCKS * cfg.block_n,
+        UNIFIED=unit + before + after <= SHORT_BAND_BLOCKS * cfg.block_n, HAS_SINKL=sink_logits is not None,
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
     )

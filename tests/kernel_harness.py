@@ -23,7 +23,9 @@ register_schemas()
 
 # Symbolic dims for the ONNX graph inputs: every size, N and M included, is left to run time.
 RANKS = {"Q": ["B", "H", "N", "D"], "K": ["B", "Hkv", "M", "D"], "V": ["B", "Hkv", "M", "D"],
-         "Mask": ["Bm", "Hm", "Nm", "Mm"], "KeyPadding": ["Bk", "Mk"]}
+         "Mask": ["Bm", "Hm", "Nm", "Mm"], "KeyPadding": ["Bk", "Mk"], "SinkLogits": ["Hs"]}
+# The op contract's graph inputs (the variant's constant tensors are initializers); SinkLogits where served.
+COMMON = ("Q", "K", "V", "Mask", "KeyPadding", "SinkLogits")
 
 
 def tensors(spec, params: dict, q: torch.Tensor, k: torch.Tensor, seed: int = 0) -> dict:
@@ -31,18 +33,23 @@ def tensors(spec, params: dict, q: torch.Tensor, k: torch.Tensor, seed: int = 0)
             spec.tensors_for(params, tuple(q.shape), tuple(k.shape), seed).items()}
 
 
-def run_reference(name, q, k, v, params, *, scale, mask=None, key_padding=None, causal=False, softcap=0.0):
+def run_reference(name, q, k, v, params, *, scale, mask=None, key_padding=None, causal=False, softcap=0.0,
+                  sink_logits=None):
     spec = get_variant(name)
     extra = tensors(spec, params, q, k)
+    if sink_logits is not None:
+        extra["sink_logits"] = sink_logits
     return spec.reference(q, k, v, **params, **extra, scale=scale, mask=mask, key_padding=key_padding,
                           causal=causal, softcap=softcap)
 
 
-def run_op(name, q, k, v, params, *, scale, mask=None, key_padding=None, causal=False, softcap=0.0):
+def run_op(name, q, k, v, params, *, scale, mask=None, key_padding=None, causal=False, softcap=0.0,
+           sink_logits=None):
     spec = get_variant(name)
     extra = tensors(spec, params, q, k)
     args = [extra[t.name] for t in spec.tensor_inputs] + [params[p] for p in spec.param_names]
-    return spec.torch_op(q, k, v, mask, key_padding, *args, scale, causal, softcap)
+    sinks = [sink_logits] if spec.serves_sink_logits else []
+    return spec.torch_op(q, k, v, mask, key_padding, *args, scale, causal, softcap, *sinks)
 
 
 def onnx_model(name, params: dict, *, scale, causal, softcap=0.0, opset=18, elem_type=TensorProto.FLOAT,
@@ -54,8 +61,9 @@ def onnx_model(name, params: dict, *, scale, causal, softcap=0.0, opset=18, elem
     consts = spec.tensors_for(params, q_shape, k_shape, 0)
     node = helper.make_node(spec.onnx_op_type, list(spec.onnx_inputs), ["Y"], domain=DOMAIN,
                             **{a: attrs[a] for a in spec.attr_names})
-    inputs = [helper.make_tensor_value_info(n, elem_type if n in "QKV" else TensorProto.FLOAT, dims[n])
-              for n in ("Q", "K", "V", "Mask", "KeyPadding")]
+    inputs = [helper.make_tensor_value_info(n, elem_type if n in "QKV" else TensorProto.FLOAT,
+                                            dims.get(n, RANKS[n]))
+              for n in COMMON if n in spec.onnx_inputs]
     inits = [onnx.numpy_helper.from_array(np.asarray(consts[t.name]), t.name) for t in spec.tensor_inputs]
     graph = helper.make_graph([node], name, inputs, [helper.make_tensor_value_info("Y", elem_type, dims["Q"])],
                               initializer=inits)
@@ -72,13 +80,18 @@ def _session(name, frozen_params, scale, causal, softcap, opset, q_shape, k_shap
     return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
 
 
-def run_onnx(name, q, k, v, params, *, scale, mask=None, key_padding=None, causal=False, softcap=0.0, opset=18):
-    """The ONNX body in onnxruntime (CPU); "no mask" and "no key padding" are the documented broadcast zeros."""
-    shapes = (tuple(q.shape), tuple(k.shape)) if get_variant(name).tensor_inputs else ((1,) * 4, (1,) * 4)
+def run_onnx(name, q, k, v, params, *, scale, mask=None, key_padding=None, causal=False, softcap=0.0, opset=18,
+             sink_logits=None):
+    """The ONNX body in onnxruntime (CPU); "no mask", "no key padding" and "no sink logits" are the documented
+    broadcast zeros and empty vector."""
+    spec = get_variant(name)
+    shapes = (tuple(q.shape), tuple(k.shape)) if spec.tensor_inputs else ((1,) * 4, (1,) * 4)
     sess = _session(name, tuple(sorted(params.items())), float(scale), bool(causal), float(softcap), opset, *shapes)
     mask = torch.zeros(1, 1, 1, 1) if mask is None else mask.float()
     key_padding = torch.zeros(1, 1) if key_padding is None else key_padding.float()
     feeds = {"Q": q.numpy(), "K": k.numpy(), "V": v.numpy(), "Mask": mask.numpy(), "KeyPadding": key_padding.numpy()}
+    if spec.serves_sink_logits:
+        feeds["SinkLogits"] = (torch.zeros(0) if sink_logits is None else sink_logits.float()).numpy()
     (y,) = sess.run(None, feeds)
     return torch.from_numpy(y)
 

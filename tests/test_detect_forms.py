@@ -304,14 +304,17 @@ def test_shape_inference_writes_nothing_where_it_runs(zoo, tmp_path, monkeypatch
     assert list(tmp_path.iterdir()) == []
 
 
-def test_learned_sink_logits_are_attention_that_no_op_takes(zoo):
-    """GPT-OSS: [scores, sink] − max, softmax, the sink's column dropped. Found, with the reason it stays dense."""
+def test_learned_sink_logits_are_found_as_one_logit_a_head(zoo):
+    """GPT-OSS: [scores, sink] − max, softmax, the sink's column dropped. Found, the sink value being the
+    (1, H, 1, 1) logits behind the expand; a variant that does not take them refuses the site with the reason
+    (tests/test_sink_logits.py rewrites it)."""
     for exporter in ("dynamo", "torchscript"):
         path = zoo.onnx_path("hand-sink-logits", exporter)
         (site,) = attnopt.detect(path)
-        assert "sink logits" in site.unsupported
-        with pytest.raises(NoSitesError, match="sink logits"):
-            attnopt.rewrite(path, "segmented", segment_size=4)
+        assert site.unsupported is None and site.sink_logits is not None
+        assert site.summary()["sink_logits"] is True
+        with pytest.raises(NoSitesError, match="sink logits.*lsh does not take them"):
+            attnopt.rewrite(path, "lsh")
 
 
 class _SharedKeysOverUnits(nn.Module):

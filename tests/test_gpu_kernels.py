@@ -82,6 +82,12 @@ def test_cuda_op_equals_the_reference(name, causal):
         want = spec.reference(q.float(), k.float(), v.float(), **params, **names, scale=d ** -0.5, key_padding=kp,
                               causal=causal)
         _assert_close(got, want, f"{name} {params}")
+        if spec.serves_sink_logits:  # GPT-OSS's learned sinks, one a head, as the op's last argument
+            sinks = torch.tensor([-1.0, 2.0, float("-inf"), 6.0], device=DEV)
+            got = spec.torch_op(q, k, v, None, kp, *args, d ** -0.5, causal, 0.0, sinks)
+            want = spec.reference(q.float(), k.float(), v.float(), **params, **names, scale=d ** -0.5,
+                                  key_padding=kp, causal=causal, sink_logits=sinks)
+            _assert_close(got, want, f"{name} {params} with sink logits")
 
 
 # --- full sizes, sampled rows --------------------------------------------------------------------------
@@ -246,6 +252,31 @@ def test_compiled_rewrite_runs_the_triton_kernel(name, params):
         eager = gm(x, pad)
         compiled, code = run_and_get_code(torch.compile(gm, fullgraph=True), x, pad)
     assert "_band_fwd" in "\n".join(code), "Inductor did not see the band kernel"
+    torch.testing.assert_close(compiled, eager, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name, params", [("segmented", dict(segment_size=16)), ("window", dict(window=9)),
+                                          ("memory", dict(segment_size=16, memory=16, sinks=1))])
+def test_sink_logits_through_the_kernels_eager_and_compiled(name, params):
+    """GPT-OSS's learned sinks: the rewritten model on the GPU equals the CPU's torch code, eager and compiled
+    (the sink logits reach the band kernel's epilogue, or the fast path's merge, through Inductor too)."""
+    from torch._inductor.utils import run_and_get_code
+
+    import attnopt
+    from test_sink_logits import Sinks
+
+    torch.manual_seed(0)
+    model = Sinks().eval()
+    x = torch.randn(2, 64, 32)
+    gm = attnopt.rewrite(torch.export.export(model, (x,)), name, **params).model
+    with torch.no_grad():
+        want = gm(x)
+        gm = gm.to(DEV)
+        eager = gm(x.to(DEV))
+        torch._dynamo.reset()
+        compiled, code = run_and_get_code(torch.compile(gm, fullgraph=True), x.to(DEV))
+    assert "_band_fwd" in "\n".join(code) or "_merge_fwd" in "\n".join(code)
+    torch.testing.assert_close(eager.cpu(), want, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(compiled, eager, atol=1e-4, rtol=1e-4)
 
 

@@ -74,9 +74,11 @@ def _compare(provider, elem, case, variant="segmented"):
     s, n, causal, kp = case
     b, h, d = 2, 3, 8
     attrs = {LOWERED[variant]: s, "sinks": 0, "scale": 0.3, "causal": causal, "softcap": 0.0}
-    feeds = _feeds(b, h, n, d, kp, elem)
-    portable = _run(get_variant(variant).onnx_op_type, attrs, feeds, elem, provider)
-    lowered = _run(lowering_op_type(variant), {**attrs, **lowering_attrs(variant, h)}, feeds, elem, provider)
+    # the band variants take sink logits after the key padding: none here (an empty vector), as a lowering needs
+    feeds = {**_feeds(b, h, n, d, kp, elem), "SinkLogits": np.zeros(0, np.float32)}
+    dims = {**DIMS, "SinkLogits": [0]}
+    portable = _run(get_variant(variant).onnx_op_type, attrs, feeds, elem, provider, dims)
+    lowered = _run(lowering_op_type(variant), {**attrs, **lowering_attrs(variant, h)}, feeds, elem, provider, dims)
     assert np.isfinite(lowered).all()
     np.testing.assert_allclose(lowered, portable, atol=TOLERANCE[elem], rtol=0)
 

@@ -102,10 +102,10 @@ def test_segmented_contract():
     assert SPEC.torch_op is op is torch.ops.attnopt.segmented_attention
     assert SPEC.onnx_op_type == "SegmentedAttention"
     assert [a.name for a in op.default._schema.arguments] == [
-        "q", "k", "v", "mask", "key_padding", "segment_size", "sinks", "scale", "causal", "softcap"]
+        "q", "k", "v", "mask", "key_padding", "segment_size", "sinks", "scale", "causal", "softcap", "sink_logits"]
     proto = onnx_functions.function_proto("SegmentedAttention", 18)
     assert (proto.domain, proto.name) == (DOMAIN, "SegmentedAttention")
-    assert list(proto.input) == ["Q", "K", "V", "Mask", "KeyPadding"]
+    assert list(proto.input) == ["Q", "K", "V", "Mask", "KeyPadding", "SinkLogits"]
     assert list(proto.attribute) == ["segment_size", "sinks", "scale", "causal", "softcap"]
     assert SPEC.defaults == {"segment_size": 512, "sinks": 0}
     assert not SPEC.kv_cache and SPEC.needs_self_attention and SPEC.subquadratic
@@ -431,7 +431,8 @@ def bare_model(opset):
 def run_session(model, q, k, v):
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     (y,) = sess.run(None, {"Q": q.numpy(), "K": k.numpy(), "V": v.numpy(),
-                           "Mask": np.zeros((1, 1, 1, 1), np.float32), "KeyPadding": np.zeros((1, 1), np.float32)})
+                           "Mask": np.zeros((1, 1, 1, 1), np.float32), "KeyPadding": np.zeros((1, 1), np.float32),
+                           "SinkLogits": np.zeros(0, np.float32)})
     return torch.from_numpy(y)
 
 
@@ -503,7 +504,7 @@ def test_onnx_body_reads_a_dense_mask_block_by_block():
     q, k, v = (torch.randn(1, h, n, D, generator=gen) for h in (hq, 1, 1))
     mask = torch.randn(1, 1, n, n, generator=gen)
     results = sess.run(None, {"Q": q.numpy(), "K": k.numpy(), "V": v.numpy(), "Mask": mask.numpy(),
-                              "KeyPadding": np.zeros((1, 1), np.float32)})
+                              "KeyPadding": np.zeros((1, 1), np.float32), "SinkLogits": np.zeros(0, np.float32)})
     torch.testing.assert_close(
         torch.from_numpy(results[0]),
         run_reference(NAME, q, k, v, params(seg, 4), scale=SCALE, mask=mask, causal=True), **TOL)

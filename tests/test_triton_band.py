@@ -36,7 +36,7 @@ def band_allowed(rows: torch.Tensor, m: int, offset: int, unit: int, before: int
 
 
 def reference(q, k, v, *, unit, before, after, sinks, scale, causal, softcap=0.0, key_padding=None, mask=None,
-              rows=None):
+              rows=None, sink_logits=None):
     """Band attention for query rows ``rows`` (all by default), from explicit masks, in fp32."""
     B, H, N, D = q.shape
     Hkv, M = k.shape[1], k.shape[2]
@@ -54,7 +54,9 @@ def reference(q, k, v, *, unit, before, after, sinks, scale, causal, softcap=0.0
     if mask is not None:
         mk = mask[:, :, rows]
         s = s.masked_fill(~mk, float("-inf")) if mk.dtype == torch.bool else s + mk.float()
-    p = torch.softmax(s, dim=-1)
+    if sink_logits is not None:  # GPT-OSS's sink: a column of score σ_h and value zero, dropped after the softmax
+        s = torch.cat([s, sink_logits.float().reshape(1, H, 1, 1).expand(*s.shape[:3], 1)], dim=-1)
+    p = torch.softmax(s, dim=-1)[..., :M]
     p = torch.where(torch.isnan(p), 0.0, p)
     return (p @ vf).to(q.dtype)
 
@@ -103,6 +105,12 @@ CASES: dict[str, dict] = {
     "fast_memory_causal_sinks": dict(B=2, N=80, band=(16, 16, 0, 4), causal=True, fast=True),
     "tiles_m32_n16": dict(N=75, M=90, band=(1, 13, 13, 3), causal=True, blocks=(32, 16)),
     "tiles_m16_n32": dict(N=75, band=(16, 16, 0, 5), causal=True, blocks=(16, 32)),
+    # GPT-OSS's learned sink logits: one more denominator term a head, in the kernel's epilogue or the merge
+    "sink_logits_window": dict(N=77, band=(1, 11, 11, 0), sinkl=True),
+    "sink_logits_gqa_causal_sinks": dict(H=4, Hkv=2, N=50, band=(16, 0, 0, 3), causal=True, sinkl=True),
+    "sink_logits_empty_rows": dict(N=40, band=(16, 0, 0, 0), kp="neg_inf_segment", sinkl=True),
+    "fast_segmented_sink_logits": dict(N=64, band=(16, 0, 0, 0), fast=True, sinkl=True),
+    "fast_memory_causal_sinks_sink_logits": dict(B=2, N=80, band=(16, 16, 0, 4), causal=True, fast=True, sinkl=True),
 }
 
 
@@ -125,6 +133,8 @@ def make_inputs(spec: dict, device="cpu", seed=0):
     unit, before, after, sinks = spec["band"]
     kw = dict(unit=unit, before=before, after=after, sinks=sinks, scale=1.0 / math.sqrt(D),
               causal=spec.get("causal", False), softcap=spec.get("softcap", 0.0))
+    if spec.get("sinkl"):  # large enough to matter next to scores of about ±2, one head's below them
+        kw["sink_logits"] = torch.tensor([2.5, -1.0, 4.0, 0.0][:H], device=device)
     kp = spec.get("kp")
     if kp == "pad":
         pad = torch.zeros(B, M)
@@ -242,6 +252,10 @@ GPU_CASES = {
     "mla_d192_window_causal": (65536, (1, 1023, 1023, 4), True, {"D": 192}),
     "mla_d192_segmented_fast_path": (16384, (1024, 0, 0, 0), False, {"D": 192}),
     "mla_d192_memory_sinks": (16384, (1024, 1024, 0, 4), True, {"D": 192}),
+    # GPT-OSS's sink logits: the kernel's epilogue, and the fast path's merge
+    "sink_logits_window_causal": (65536, (1, 1023, 1023, 0), True, {"sinkl": True}),
+    "sink_logits_segmented_fast_path": (65536, (1024, 0, 0, 0), False, {"sinkl": True}),
+    "sink_logits_memory_sinks_fast_path": (16384, (1024, 1024, 0, 4), True, {"sinkl": True}),
 }
 
 
@@ -270,6 +284,8 @@ class TestCuda:
             kw["key_padding"] = kp
         if ex.get("mask"):
             kw["mask"] = torch.randn(1, 1, N, M, device=dev)
+        if ex.get("sinkl"):
+            kw["sink_logits"] = torch.linspace(-2.0, 6.0, H, device=dev)
         cfg = None
         if ex.get("tma"):
             cfg = triton_band.BandConfig(**{**triton_band.default_config(D, dtype, q.device).__dict__, "use_tma": True})

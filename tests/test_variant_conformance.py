@@ -81,6 +81,18 @@ def test_op_and_onnx_body_equal_the_reference(name, params, causal):
                 torch.testing.assert_close(run_onnx(name, q, k, v, params, **kw), expected, **TOL,
                                            msg=lambda m: f"ONNX body, {shape} {kind} softcap={softcap}: {m}")
                 checked += 1
+            if spec.serves_sink_logits and kind in ("none", "both"):
+                # GPT-OSS's learned sinks, one a head: one large enough to take most of a row, one -inf (none)
+                sinks = torch.linspace(-1.0, 3.0, q.shape[1])
+                sinks[0] = float("-inf")
+                kw = dict(scale=SCALE, mask=mask, key_padding=kp, causal=causal, sink_logits=sinks)
+                expected = run_reference(name, q, k, v, params, **kw)
+                if expected.abs().sum() > 0:  # (a query whose every key is padded out outputs 0 either way)
+                    assert not torch.allclose(expected, run_reference(name, q, k, v, params,
+                                                                      **{**kw, "sink_logits": None}))
+                for impl in (run_op, run_onnx):
+                    torch.testing.assert_close(impl(name, q, k, v, params, **kw), expected, **TOL,
+                                               msg=lambda m: f"{impl.__name__} with sink logits, {shape} {kind}: {m}")
     assert checked >= 12
 
 
@@ -128,7 +140,10 @@ def test_signatures_follow_the_spec(name):
     assert sig == list(spec.onnx_inputs) + list(spec.attr_names)
     schema = spec.torch_op.default._schema
     assert [a.name for a in schema.arguments] == (["q", "k", "v", "mask", "key_padding"]
-                                                  + [t.name for t in spec.tensor_inputs] + list(spec.attr_names))
+                                                  + [t.name for t in spec.tensor_inputs] + list(spec.attr_names)
+                                                  + ["sink_logits"] * spec.serves_sink_logits)
+    if spec.serves_sink_logits:
+        assert "sink_logits" in inspect.signature(spec.reference).parameters
     assert set(inspect.signature(spec.reference).parameters) >= set(spec.param_names) | {"scale", "mask", "causal",
                                                                                          "key_padding", "softcap"}
     assert onnx.defs.has(spec.onnx_op_type, "ai.attnopt")
@@ -180,8 +195,11 @@ def test_onnx_body_builds_nothing_quadratic(name):
     q, k, v = (torch.randn(1, h, n, d, generator=gen) for h in (2, 1, 1))
     kp = torch.zeros(1, n)
     kp[0, -5:] = float("-inf")
-    results = sess.run(None, {"Q": q.numpy(), "K": k.numpy(), "V": v.numpy(), "Mask": np.zeros((1, 1, 1, 1), np.float32),
-                              "KeyPadding": kp.numpy()})
+    feeds = {"Q": q.numpy(), "K": k.numpy(), "V": v.numpy(), "Mask": np.zeros((1, 1, 1, 1), np.float32),
+             "KeyPadding": kp.numpy()}
+    if spec.serves_sink_logits:
+        feeds["SinkLogits"] = np.zeros(0, np.float32)
+    results = sess.run(None, feeds)
     sizes = {out.name: arr.size for out, arr in zip(model.graph.output, results)}
     assert not {k_: s for k_, s in sizes.items() if s >= n * n}
     torch.testing.assert_close(torch.from_numpy(results[0]),

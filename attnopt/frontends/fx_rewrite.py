@@ -48,6 +48,12 @@ def heads_if_many(mask: torch.Tensor, start: int, stop: int, heads: int) -> torc
     return mask[:, start:stop] if mask.shape[1] == heads else mask
 
 
+def sink_vector(sinks: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
+    """A site's (B | 1, H, N | 1, 1) learned sink logits (GPT-OSS), at batch 0 and query 0 (the matcher proved
+    them the same for all), as the op's float (H,), heads [start, stop)."""
+    return sinks[:1, :, :1].reshape(-1)[start:stop].float()
+
+
 def apply(loaded, call) -> None:
     site: AttentionSite = call.site
     gm: fx.GraphModule = loaded.model
@@ -95,10 +101,13 @@ def apply(loaded, call) -> None:
                 gv = g.call_function(operator.getitem, (v, (slice(None), slice(*group.kv_heads))))
                 if mask is not None:
                     gmask = g.call_function(heads_if_many, (mask, *group.q_heads, site.num_heads))
+            sinks = []  # the op's last argument, None by default
+            if site.sink_logits is not None:
+                sinks = [g.call_function(sink_vector, (_operand(gm, view, site.sink_logits), *(group.q_heads or ())))]
             tensors = [_constant(gm, g, arr, f"{group.spec.name}_{name}") for name, arr in group.tensors]
             states = [_state_input(g, site, st) for st in group.state]
-            call_ = g.call_function(group.spec.torch_op.default,
-                                    (gq, gk, gv, gmask, key_padding, *tensors, *states, *group.attrs.values()))
+            call_ = g.call_function(group.spec.torch_op.default, (gq, gk, gv, gmask, key_padding, *tensors, *states,
+                                                                  *group.attrs.values(), *sinks))
             if group.state:
                 _state_outputs(g, site, group.state, [g.call_function(operator.getitem, (call_, i + 1))
                                                       for i in range(len(group.state))])

@@ -102,6 +102,8 @@ def lower(call) -> list[GroupCall]:
         _check_cover(site, groups)
         if stateful:
             raise SiteNotApplicable("a stateful (streaming) kernel takes the whole site, not a head group")
+    if site.sink_logits is not None:
+        _check_sink_logits(site, groups)
     if stateful and any(head_dim_padding(site)):
         raise SiteNotApplicable(f"a streaming state holds keys and values of one head dim; the values' "
                                 f"({site.value_head_dim}) differs from the keys' ({site.head_dim})")
@@ -123,6 +125,20 @@ def lower(call) -> list[GroupCall]:
             stop = site.num_heads if g.stop is None else g.stop
             out.append(GroupCall(spec, (g.start, stop), (g.start // rep, stop // rep), attrs, tensors))
     return out
+
+
+def _check_sink_logits(site: AttentionSite, groups) -> None:
+    """Learned sink logits (GPT-OSS) reach only kernels that take them, one logit a plain head."""
+    from attnopt.kernels.registry import all_variants, get_variant
+
+    if site.extra_axes:
+        raise SiteNotApplicable("learned sink logits are one a head; this site's heads are folded with extra "
+                                "batching axes")
+    refused = [g.kernel for g in groups if not get_variant(g.kernel).serves_sink_logits]
+    if refused:
+        takers = ", ".join(s.name for s in all_variants() if s.serves_sink_logits)
+        raise SiteNotApplicable(f"its softmax also spans learned sink logits (GPT-OSS); {refused[0]} does not take "
+                                f"them ({takers} do)")
 
 
 def _check_cover(site: AttentionSite, groups) -> None:

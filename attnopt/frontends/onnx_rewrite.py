@@ -78,9 +78,19 @@ def apply(loaded, call, target: str = PORTABLE) -> list[str]:
     else:
         key_padding = b.const(np.zeros((1, 1), dtype.numpy()))
 
+    # learned sink logits (GPT-OSS): the site's (B | 1, H, N | 1, 1) value at batch 0, query 0 as the op's float
+    # (H,) (site.sink_logits); none is an empty vector
+    if site.sink_logits is not None:
+        i64 = lambda *xs: b.const(np.array(xs, np.int64))  # noqa: E731
+        first = b.op("Slice", [value[site.sink_logits], i64(0, 0), i64(1, 1), i64(0, 2)])
+        sinks = b.op("Cast", [b.op("Reshape", [first, i64(-1)])], {"to": ir.DataType.FLOAT})
     outputs, fallbacks = [], []
     for g in groups:
         gq, gk, gv, gmask = q, k, v, mask
+        gsinks = []
+        if g.spec.serves_sink_logits:
+            gsinks = [b.const(np.zeros(0, np.float32)) if site.sink_logits is None else
+                      sinks if g.q_heads is None else b.cut(sinks, *g.q_heads)]
         if g.q_heads is not None:
             gq = b.heads(q, *g.q_heads)
             gk, gv = b.heads(k, *g.kv_heads), b.heads(v, *g.kv_heads)
@@ -95,7 +105,7 @@ def apply(loaded, call, target: str = PORTABLE) -> list[str]:
             heads = kv_heads = None
         facts = LoweringFacts(dict(g.attrs), heads, kv_heads, bool(masks),
                               self_attention=bool(site.is_self_attention) and site.past_len is None,
-                              q_len=site.q_len, kv_len=site.kv_len)
+                              q_len=site.q_len, kv_len=site.kv_len, sink_logits=site.sink_logits is not None)
         op_type, fallback = choose(g.spec.name, target, facts)
         if fallback:
             fallbacks.append(fallback)
@@ -103,7 +113,7 @@ def apply(loaded, call, target: str = PORTABLE) -> list[str]:
             op_type = g.spec.onnx_op_type
         else:
             attrs.update(lowering_attrs(g.spec.name, heads))
-        results = b.tape.op_multi_out(op_type, [gq, gk, gv, gmask, key_padding, *tensors, *states],
+        results = b.tape.op_multi_out(op_type, [gq, gk, gv, gmask, key_padding, *gsinks, *tensors, *states],
                                       attrs, domain=DOMAIN, name=b.name("attn"), num_outputs=1 + len(g.state))
         y = results[0]
         y.name = b.name("y")

@@ -13,4 +13,5 @@ SPEC = VariantSpec(
     needs_self_attention=False,
     kv_cache=True,
     subquadratic=False,
+    serves_sink_logits=True,
 )

@@ -7,6 +7,7 @@ import onnxscript
 from onnxscript import opset18 as op
 
 from ..onnx_functions import attnopt_opset
+from ..sink_onnx import SoftmaxWithSink
 from ..softcap_onnx import Softcap
 
 _FLOAT = onnx.TensorProto.FLOAT
@@ -15,7 +16,7 @@ _KT_PERM = [0, 1, 2, 4, 3]
 
 
 @onnxscript.script(attnopt_opset, default_opset=op)
-def DenseAttention(Q, K, V, Mask, KeyPadding, scale: float, causal: int, softcap: float):
+def DenseAttention(Q, K, V, Mask, KeyPadding, SinkLogits, scale: float, causal: int, softcap: float):
     """Every key, with the site's mask, key padding and causality; rows with no allowed key output 0."""
     one = op.Constant(value_ints=[1])
     b = op.Shape(Q, start=0, end=1)
@@ -45,7 +46,7 @@ def DenseAttention(Q, K, V, Mask, KeyPadding, scale: float, causal: int, softcap
     hm_kv = op.Min(hm, hkv)
     mask = op.Reshape(op.Cast(Mask, to=_FLOAT), op.Concat(op.Shape(Mask, start=0, end=1), hm_kv, op.Div(hm, hm_kv),
                                                            op.Shape(Mask, start=2, end=4), axis=0))
-    probs = op.Softmax(op.Add(op.Add(scores, kp), mask), axis=-1)
+    probs = SoftmaxWithSink(op.Add(op.Add(scores, kp), mask), SinkLogits)
     out = op.MatMul(probs, v)
     # A row with no allowed key softmaxes to NaN: zero it on the (rows, D) output, not on the
     # (rows, keys) probabilities (a Where over every score).
@@ -54,3 +55,4 @@ def DenseAttention(Q, K, V, Mask, KeyPadding, scale: float, causal: int, softcap
 
 
 BODY = DenseAttention
+CALLS = (SoftmaxWithSink,)

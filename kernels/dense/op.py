@@ -7,9 +7,9 @@ from ..band import cuda_forward
 from ..torch_ops import define_op
 
 
-def forward(q, k, v, mask, key_padding, scale: float, causal: bool, softcap: float):
+def forward(q, k, v, mask, key_padding, scale: float, causal: bool, softcap: float, sink_logits=None):
     return restricted_attention(q, k, v, None, scale=scale, mask=mask, key_padding=key_padding, causal=causal,
-                                softcap=softcap)
+                                softcap=softcap, sink_logits=sink_logits)
 
 
 # One unit wider than any sequence: every key is in the band.

@@ -22,6 +22,7 @@ SPEC = VariantSpec(
     demo_params={"segment_size": 32, "memory": 32, "sinks": 2},
     kv_cache=True,
     streaming_form="memory_stream",
+    serves_sink_logits=True,
 )
 
 

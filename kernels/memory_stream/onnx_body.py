@@ -43,7 +43,8 @@ def MemoryStreamAttention(Q, K, V, Mask, KeyPadding, slopes, table, memory_k, me
     slope = op.Unsqueeze(op.Cast(slopes, to=onnx.TensorProto.FLOAT), [1, 2])  # (Hs, 1, 1)
     bias = op.Sub(per_distance, op.Mul(slope, op.Cast(op.Abs(delta), to=onnx.TensorProto.FLOAT)))
     mask = op.Add(op.Cast(Mask, to=onnx.TensorProto.FLOAT), op.Unsqueeze(bias, zero))  # (1, H | 1, S, K)
-    Y = DenseAttention(Q, keys, values, mask, kp, scale=scale, causal=causal, softcap=softcap)
+    no_sink_logits = op.ConstantOfShape(op.Constant(value_ints=[0]))  # an empty float vector: no learned sinks
+    Y = DenseAttention(Q, keys, values, mask, kp, no_sink_logits, scale=scale, causal=causal, softcap=softcap)
     stream_k = op.Concat(memory_k, K, axis=2)
     stream_v = op.Concat(memory_v, V, axis=2)
     keep = op.Max(op.Sub(op.Shape(stream_k, start=2, end=3), op.Reshape(op.Constant(value_int=memory), [1])), zero)

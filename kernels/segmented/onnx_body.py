@@ -15,6 +15,7 @@ import onnxscript
 from onnxscript import opset18 as op
 
 from ..onnx_functions import attnopt_opset
+from ..sink_onnx import SoftmaxWithSink
 from ..softcap_onnx import Softcap
 
 # Python globals are embedded by onnxscript as constants / attribute values.
@@ -25,8 +26,8 @@ _KT_PERM = [0, 1, 2, 3, 5, 4]  # kᵀ of the (B, Hkv, 1, nseg, S, D) segment vie
 
 
 @onnxscript.script(attnopt_opset, default_opset=op)
-def SegmentedAttention(Q, K, V, Mask, KeyPadding, segment_size: int, sinks: int, scale: float, causal: int,
-                       softcap: float):
+def SegmentedAttention(Q, K, V, Mask, KeyPadding, SinkLogits, segment_size: int, sinks: int, scale: float,
+                       causal: int, softcap: float):
     """allowed(i, j) = i // S == j // S or j < sinks; cost O(N·(S+G)·D).
 
     N may be symbolic: the padding of a ragged last segment is computed from
@@ -78,7 +79,9 @@ def SegmentedAttention(Q, K, V, Mask, KeyPadding, segment_size: int, sinks: int,
     unmasked = op.And(op.And(op.And(no_mask, op.Not(ragged)), op.Squeeze(not_causal)), op.Not(capped))
     # Sinks add nothing when there are none or when every sink is in the only segment.
     sinks_inside = op.Squeeze(op.Or(op.Equal(g_n, zero), op.Equal(nseg, one)))
-    plain_local = op.And(unmasked, sinks_inside)
+    # The plain path leaves out a one-element mask, which a softmax ignores but a sink logit's column would not.
+    no_sink_logits = op.Equal(op.Size(SinkLogits), op.Constant(value_int=0))
+    plain_local = op.And(op.And(unmasked, sinks_inside), no_sink_logits)
 
     # View q as (B, Hkv, rep, nseg, S, D) and k, v as (B, Hkv, 1, nseg, S, D), so GQA
     # is a MatMul broadcast. Only the masked path pads a ragged tail: the plain path
@@ -174,12 +177,12 @@ def SegmentedAttention(Q, K, V, Mask, KeyPadding, segment_size: int, sinks: int,
             raw = op.MatMul(qs, op.Transpose(k_all, perm=_KT_PERM))
             raw = Softcap(raw, cap)
             scores = op.Add(op.Add(raw, bias), op.Unsqueeze(kp_bias, op.Constant(value_ints=[2, 4])))
-        masked = op.MatMul(op.Softmax(scores, axis=-1), v_all)
+        masked = op.MatMul(SoftmaxWithSink(scores, SinkLogits), v_all)
         out = op.Where(op.IsNaN(masked), 0.0, masked)  # rows with no allowed key -> 0 (N×D, not scores)
     out = op.Slice(op.Reshape(out, op.Concat(b, h, n_pad, d, axis=0)), zero, n, two)
     Y = op.CastLike(out, Q)
     return Y
 
 
-
 BODY = SegmentedAttention
+CALLS = (SoftmaxWithSink,)

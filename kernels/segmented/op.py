@@ -20,7 +20,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ..reference import check_qkv, softcapped
+from ..reference import check_qkv, softcapped, softmax_with_sink
 from ..band import cuda_forward, fold_on_cpu
 from ..torch_ops import define_op
 
@@ -49,6 +49,7 @@ def forward(
     scale: float,
     causal: bool,
     softcap: float,
+    sink_logits: Optional[Tensor] = None,
 ) -> Tensor:
     check_qkv(q, k, v)
     B, H, N, D = q.shape
@@ -64,7 +65,7 @@ def forward(
     if N == 0:
         return q.new_zeros(q.shape)
     folded = fold_on_cpu(q, k, v, mask, key_padding, unit=segment_size, before=0, after=0, sinks=sinks, scale=scale,
-                         causal=causal, softcap=softcap)
+                         causal=causal, softcap=softcap, sink_logits=sink_logits)
     if folded is not None:  # whole segments, nothing on top: torch's fused attention (band.segment_fold)
         return folded
     # seg(i) is the same for S >= N, and G >= N already allows every key.
@@ -108,7 +109,7 @@ def forward(
         cols = torch.cat([pos, j.expand(nseg, G)], dim=1).clamp(max=key_padding.shape[-1] - 1)
         scores = scores + key_padding.to(compute)[:, cols][:, None, :, None, :]
 
-    p = torch.softmax(scores, dim=-1)
+    p = softmax_with_sink(scores, sink_logits)  # scores are (B, H, nseg, S, S + G)
     p = torch.where(torch.isnan(p), 0.0, p).view(B, Hkv, rep, nseg, S, S + G)
     out = p[..., :S] @ vs
     if G:

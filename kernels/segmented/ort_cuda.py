@@ -19,9 +19,10 @@ from ..ort_cuda_chunks import ChunkedMultiHeadAttention
 
 
 @onnxscript.script(attnopt_opset, default_opset=op)
-def SegmentedAttentionOrtCuda(Q, K, V, Mask, KeyPadding, segment_size: int, sinks: int, scale: float,
+def SegmentedAttentionOrtCuda(Q, K, V, Mask, KeyPadding, SinkLogits, segment_size: int, sinks: int, scale: float,
                               causal: int, softcap: float, num_heads: int):
-    """allowed(i, j) = i // S == j // S (sinks = 0, no dense mask, no softcap); Mask is not read."""
+    """allowed(i, j) = i // S == j // S (sinks = 0, no dense mask, no softcap, no sink logits); Mask and
+    SinkLogits are not read."""
     one = op.Constant(value_ints=[1])
     n = op.Shape(Q, start=2, end=3)
     seg = op.Min(op.Reshape(op.Constant(value_int=segment_size), one), n)  # seg(i) is the same for S >= N

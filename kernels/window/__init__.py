@@ -18,6 +18,7 @@ SPEC = VariantSpec(
     test_params=({"window": 3, "sinks": 0}, {"window": 4, "sinks": 2}, {"window": 1, "sinks": 5}),
     demo_params={"window": 16, "sinks": 2},
     kv_cache=True,
+    serves_sink_logits=True,
 )
 
 

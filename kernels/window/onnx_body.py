@@ -6,12 +6,14 @@ import onnx
 import onnxscript
 from onnxscript import opset18 as op
 
+from ..band_onnx import CALLS as BAND_CALLS
 from ..band_onnx import BandAttention
 from ..onnx_functions import attnopt_opset
 
 
 @onnxscript.script(attnopt_opset, default_opset=op)
-def WindowAttention(Q, K, V, Mask, KeyPadding, window: int, sinks: int, scale: float, causal: int, softcap: float):
+def WindowAttention(Q, K, V, Mask, KeyPadding, SinkLogits, window: int, sinks: int, scale: float, causal: int,
+                    softcap: float):
     """|i - j| < W or j < sinks; cost O(N·(2W+G)·D), O(N·(W+G)·D) causal. Rows with no allowed key output 0."""
     w = op.Constant(value_int=window)
     is_causal = op.Constant(value_int=causal)
@@ -24,8 +26,8 @@ def WindowAttention(Q, K, V, Mask, KeyPadding, window: int, sinks: int, scale: f
                      op.Reshape(op.Constant(value_int=sinks), [1]), op.Reshape(block, [1]), axis=0)
     scalars = op.Concat(op.Reshape(op.Constant(value_float=scale), [1]), op.Reshape(op.Constant(value_float=softcap), [1]),
                         op.Reshape(op.Cast(is_causal, to=onnx.TensorProto.FLOAT), [1]), axis=0)
-    return BandAttention(Q, K, V, Mask, KeyPadding, band, scalars)
+    return BandAttention(Q, K, V, Mask, KeyPadding, SinkLogits, band, scalars)
 
 
 BODY = WindowAttention
-CALLS = (BandAttention,)
+CALLS = BAND_CALLS

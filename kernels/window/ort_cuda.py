@@ -20,9 +20,10 @@ from ..ort_cuda_chunks import ChunkedMultiHeadAttention
 
 
 @onnxscript.script(attnopt_opset, default_opset=op)
-def WindowAttentionOrtCuda(Q, K, V, Mask, KeyPadding, window: int, sinks: int, scale: float, causal: int,
+def WindowAttentionOrtCuda(Q, K, V, Mask, KeyPadding, SinkLogits, window: int, sinks: int, scale: float, causal: int,
                            softcap: float, num_heads: int):
-    """|i - j| < W (i - W < j <= i causal), sinks = 0, N == M, no dense mask, no softcap; Mask is not read."""
+    """|i - j| < W (i - W < j <= i causal), sinks = 0, N == M, no dense mask, no softcap, no sink logits; Mask and
+    SinkLogits are not read."""
     one = op.Constant(value_ints=[1])
     n = op.Shape(Q, start=2, end=3)
     w = op.Reshape(op.Constant(value_int=window), one)
