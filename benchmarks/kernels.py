@@ -189,12 +189,15 @@ def flash_fn(q, k, v, unit, before, after, sinks, causal, scale, slopes=None):
     return lambda: flash(qt, kt, vt, None, None, n, m, 0.0, causal, False, **kw)[0].transpose(1, 2)
 
 
-def band_call(name: str, q, k, v, scale: float):
-    """A VARIANTS row's call: the band launcher, its fast path off for rows marked "no fast path"."""
+def band_call(name: str, q, k, v, scale: float, sink_logits: bool = False):
+    """A VARIANTS row's call: the band launcher, its fast path off for rows marked "no fast path";
+    ``sink_logits``: with GPT-OSS's learned sinks, one logit a head."""
     from attnopt.kernels import triton_band
 
     unit, before, after, sinks, causal, _ = VARIANTS[name]
     kw = dict(unit=unit, before=before, after=after, sinks=sinks, scale=scale, causal=causal)
+    if sink_logits:
+        kw["sink_logits"] = torch.linspace(-2.0, 6.0, q.shape[1], device=q.device)
     return lambda: triton_band._band_attention(q, k, v, **kw, fast_path="no fast path" not in name)
 
 
@@ -252,8 +255,9 @@ def hierarchical_keys_per_query(n: int, block: int, levels: int, sinks: int, cau
     return fine + float(groups.mean())
 
 
-def run(ns, rep_ms, variants, log, no_flex=False, on_row=None) -> list[dict]:
-    """Every row; ``on_row(rows)`` after each, so a run cut short keeps what it measured."""
+def run(ns, rep_ms, variants, log, no_flex=False, on_row=None, sink_logits=False) -> list[dict]:
+    """Every row; ``on_row(rows)`` after each, so a run cut short keeps what it measured. ``sink_logits``: the
+    band rows with GPT-OSS's sink logits (no other row takes them)."""
     rows = []
     scale = 1.0 / math.sqrt(D)
     for n in ns:
@@ -264,7 +268,7 @@ def run(ns, rep_ms, variants, log, no_flex=False, on_row=None) -> list[dict]:
             sdpa_target = None
             if name in VARIANTS:
                 unit, before, after, sinks, causal, target = VARIANTS[name]
-                ours = band_call(name, q, k, v, scale)
+                ours = band_call(name, q, k, v, scale, sink_logits)
                 kpq = keys_per_query(n, n, unit, before, after, sinks, causal)
                 flex_kw = dict(unit=unit, before=before, after=after, sinks=sinks, causal=causal)
             else:
@@ -296,7 +300,7 @@ def run(ns, rep_ms, variants, log, no_flex=False, on_row=None) -> list[dict]:
                 log(f"  flex: {type(exc).__name__}: {exc}")
                 flex_ms, flex_mem, err, flex_compile_s = float("nan"), float("nan"), float("nan"), 0.0
             flash_ms, flash_err = float("nan"), float("nan")
-            fa = None if flex_kw is None else flash_fn(q, k, v, scale=scale, **flex_kw)
+            fa = None if flex_kw is None or sink_logits else flash_fn(q, k, v, scale=scale, **flex_kw)
             if fa is not None:
                 try:
                     flash_err = (ours().float() - fa().float()).abs().max().item()
@@ -304,7 +308,7 @@ def run(ns, rep_ms, variants, log, no_flex=False, on_row=None) -> list[dict]:
                 except RuntimeError as exc:  # report, keep going
                     log(f"  flash: {type(exc).__name__}: {exc}")
             row = dict(
-                variant=name, n=n, keys_per_query=kpq, ms=ms, tflops=tf, peak_mib=mem,
+                variant=name + (" + sink logits" if sink_logits and name in VARIANTS else ""), n=n, keys_per_query=kpq, ms=ms, tflops=tf, peak_mib=mem,
                 flash_ms=flash_ms, speedup_vs_flash=flash_ms / ms, max_abs_diff_vs_flash=flash_err,
                 sdpa_ms=sdpa[False]["ms"], sdpa_tflops=sdpa[False]["tflops"], sdpa_causal_ms=sdpa[True]["ms"],
                 flex_ms=flex_ms, flex_peak_mib=flex_mem, max_abs_diff_vs_flex=err,
@@ -438,6 +442,9 @@ def main(argv=None) -> int:
                     help="rows whose name contains any of these (default: all; none with a sweep: the sweep "
                     "alone): " + ", ".join(ALL_ROWS))
     ap.add_argument("--no-flex", action="store_true", help="skip FlexAttention (its compiles take time)")
+    ap.add_argument("--sink-logits", action="store_true",
+                    help="the band rows with GPT-OSS's learned sink logits, one a head (needs --no-flex: Flex and "
+                         "FlashAttention have no sink column, so their rows would compute another function)")
     ap.add_argument("--head-dim", type=int, default=128,
                     help="D of q, k and v (default %(default)s); 192 is DeepSeek MLA's q·k width, to which the "
                          "rewrites pad its 128-wide values")
@@ -447,6 +454,8 @@ def main(argv=None) -> int:
     ap.add_argument("--sweep-rows", nargs="+", default=list(SWEEP_ROWS),
                     help="rows the sweep times (band rows and hierarchical ones)")
     args = ap.parse_args(argv)
+    if args.sink_logits and not args.no_flex:
+        ap.error("--sink-logits needs --no-flex")
     if not torch.cuda.is_available():
         print("benchmarks/kernels.py needs a CUDA GPU", file=sys.stderr)
         return 2
@@ -488,7 +497,8 @@ def main(argv=None) -> int:
             with open(args.md, "w") as f:
                 f.write(markdown(rows) + "\n")
 
-    rows = [] if sweeps_only else run(args.n, args.rep_ms, variants, log, args.no_flex, on_row=write)
+    rows = [] if sweeps_only else run(args.n, args.rep_ms, variants, log, args.no_flex, on_row=write,
+                                      sink_logits=args.sink_logits)
     write(rows)
     table = markdown(rows)
     print()
