@@ -171,3 +171,19 @@ def test_without_sinks_the_onnx_op_gets_an_empty_vector(zoo):
     sinks = node.inputs[5]
     assert sinks.producer().op_type == "Constant"
     assert np.asarray(sinks.producer().attributes["value"].value).shape == (0,)
+
+
+@pytest.mark.parametrize("variant, exact, below", [
+    ("window", dict(window=1 << 16), dict(window=3)),
+    ("memory", dict(segment_size=1 << 16, memory=1 << 16), dict(segment_size=4, memory=2)),
+])
+def test_gpt_oss_rewritten_with_its_sinks(zoo, variant, exact, below):
+    """The real family (transformers' GptOssModel, random weights, through torch.export): both layers' sites
+    carry their sink logits, exact at the limit, restricting below it."""
+    graph, inputs = zoo.fx_graph("gpt-oss-eager", "export")
+    assert all(s.sink_logits is not None and not s.unsupported for s in attnopt.detect(graph))
+    for params, is_exact in ((exact, True), (below, False)):
+        result = attnopt.rewrite(graph, variant, example_inputs=inputs, **params)
+        assert [o.status for o in result.report] == ["rewritten"] * 2
+        assert attnopt.validate(graph, result.model, example_inputs=inputs).is_exact(1e-5) == is_exact
+

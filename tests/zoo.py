@@ -447,6 +447,20 @@ def deepseek_mla(impl: str) -> Built:
     return _text_built(_hf_model(DeepseekV3Model, cfg, impl), use_cache=False)
 
 
+def gpt_oss(impl: str) -> Built:
+    """GPT-OSS: one learned sink logit a head joins every row's softmax as a column of value zero (the ops take
+    it); sliding-window and full layers alternate. Neither ONNX exporter of torch exports it (TorchScript:
+    aten::histc in the MoE router; dynamo: a conversion error), so it is an fx case (no sdpa form either)."""
+    from transformers import GptOssConfig, GptOssModel
+
+    _hf_quiet()
+    cfg = GptOssConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_attention_heads=4,
+                       num_key_value_heads=2, num_hidden_layers=2, pad_token_id=0, head_dim=8, num_local_experts=2,
+                       num_experts_per_tok=1, sliding_window=4, layer_types=["sliding_attention", "full_attention"],
+                       max_position_embeddings=64)
+    return _text_built(_hf_model(GptOssModel, cfg, impl), use_cache=False)
+
+
 def mistral(impl: str) -> Built:
     from transformers import MistralConfig, MistralModel
 
@@ -1205,6 +1219,9 @@ CASES: list[ZooCase] = [
     # MLA: values narrower than q and k (8 against 16 dims a head); the scale is 1/sqrt(16).
     *_impl_cases("deepseek-mla", deepseek_mla, expected_sites=2, heads=4, head_dim=16, self_attention_sites=2,
                  causal_sites=2, fx_tracers=(EXPORT,)),
+    # Its sliding-window layer's mask (window, causality and padding in one additive term) stays a dense term.
+    ZooCase("gpt-oss-eager", "gpt-oss", _bind(gpt_oss, "eager"), expected_sites=2, heads=4, kv_heads=2, head_dim=8,
+            self_attention_sites=2, causal_sites=1, fx_tracers=(EXPORT,), onnx_exporters=()),
     *_impl_cases("mistral-gqa", mistral, expected_sites=2, heads=4, kv_heads=2, head_dim=16,
                  self_attention_sites=2, causal_sites=2),
     *_impl_cases("qwen2-gqa", qwen2, expected_sites=2, heads=4, kv_heads=2, head_dim=16,
