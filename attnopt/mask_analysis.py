@@ -16,10 +16,16 @@ VARIANTS.md, "Structured masks". Two rules, no per-model op sequences:
    if it holds exactly on every probe:
 
        allowed(b, h, i, j) == [causal: j <= i + M - N] and [padding: key_mask[b, j] != 0]
+                              and [window: j > i + M - N - W]
 
    with ``key_mask`` one of those 2-D inputs (for a boolean one also read as
-   True = padding). Rows the hypothesis leaves without any allowed key are not
-   compared (HF un-masks them to avoid NaN); a term with one row broadcast over
+   True = padding), and W one of the construction's integer constants (a causal
+   sliding window: Mistral's, Gemma's and GPT-OSS's local layers). A window term
+   stays among the site's terms, marked with W, besides the causal flag and key
+   padding it also states: an op that sees no key W or more positions back
+   drops it (``lowering.mask_terms``), any other keeps it. Rows the hypothesis
+   leaves without any allowed key are not compared (HF un-masks them to avoid
+   NaN); a term with one row broadcast over
    the queries is never causal. Additive terms must be exactly 0 where allowed
    and <= MASK_FILL_MAX where blocked. A term that fails every hypothesis, or
    whose evaluation fails, stays dense. A term the View did fold is checked the
@@ -60,6 +66,7 @@ _PATTERNS = ("right", "left", "random")
 # are "infinity" sentinels (Slice ends), not lengths.
 _MAX_HORIZON_PROBE = 4098
 _SENTINEL = 1 << 30
+_MAX_WINDOWS = 8  # sliding-window lengths tried per term (a construction's smallest integer constants)
 _POSITION_NAME = re.compile(r"position|cache_pos", re.I)
 
 
@@ -67,6 +74,7 @@ _POSITION_NAME = re.compile(r"position|cache_pos", re.I)
 class _Verdict:
     causal: bool
     key_padding: MaskTerm | None
+    window: int = 0  # the term also holds a causal sliding window of this many keys (MaskTerm.window)
 
 
 @dataclass(frozen=True)
@@ -74,15 +82,16 @@ class _Hypothesis:
     causal: bool
     pad: ValueRef | None = None  # the (B, M) graph input, None for causal only
     inverted: bool = False  # boolean inputs only: True marks padding (torch's key_padding_mask)
+    window: int = 0  # with causal: keys j > p − window only (a sliding window); 0: none
 
     def verdict(self, pad_dtype) -> _Verdict:
         if self.pad is None:
-            return _Verdict(self.causal, None)
+            return _Verdict(self.causal, None, self.window)
         if pad_dtype == np.bool_:
             kind = MASK_BOOLEAN_BLOCKED if self.inverted else MASK_BOOLEAN
         else:
             kind = MASK_NONZERO_KEEP
-        return _Verdict(self.causal, MaskTerm(self.pad, kind))
+        return _Verdict(self.causal, MaskTerm(self.pad, kind), self.window)
 
 
 @dataclass
@@ -173,7 +182,7 @@ def _candidate(view, site: AttentionSite, term: MaskTerm) -> _Candidate | None:
         return _Candidate(term.value, term.kind, rank, heads, [_Hypothesis(True)], value=np.asarray(const))
     if view.op(term.value.node) == "input":
         return None  # a mask the caller passes in: its values are whatever the caller gives
-    inputs, horizon = _ancestry(view, term.value)
+    inputs, lengths = _ancestry(view, term.value)
     pads = [r for r in inputs if _is_padding_input(view, r)]
     hyps = []
     for pad in pads:
@@ -182,12 +191,16 @@ def _candidate(view, site: AttentionSite, term: MaskTerm) -> _Candidate | None:
             if view.dtype(pad) == "bool":
                 hyps.append(_Hypothesis(causal, pad, inverted=True))
     hyps.append(_Hypothesis(True))
-    return _Candidate(term.value, term.kind, rank, heads, hyps, horizon)
+    # A causal sliding window whose length is one of the construction's integer constants (after the plain
+    # hypotheses: a window no probe reaches is plain causality, which is exact at every length then).
+    hyps += [replace(h, window=w) for w in lengths[:_MAX_WINDOWS] for h in list(hyps) if h.causal]
+    return _Candidate(term.value, term.kind, rank, heads, hyps, max(lengths, default=0))
 
 
-def _ancestry(view, ref: ValueRef) -> tuple[list[ValueRef], int]:
-    """(graph inputs the value depends on, through shapes too, in graph order; largest integer constant)."""
-    seen, stack, found, horizon = set(), [ref.node], [], 0
+def _ancestry(view, ref: ValueRef) -> tuple[list[ValueRef], list[int]]:
+    """(graph inputs the value depends on, through shapes too, in graph order; its integer constants above 1,
+    the lengths it may compare against, in increasing order)."""
+    seen, stack, found, lengths = set(), [ref.node], [], set()
     while stack:
         nid = stack.pop()
         if nid in seen:
@@ -197,9 +210,9 @@ def _ancestry(view, ref: ValueRef) -> tuple[list[ValueRef], int]:
         if op == "input":
             found.append(nid)
         elif op == "constant":
-            horizon = max(horizon, _int_extent(view, ValueRef(nid)))
+            lengths.add(_int_extent(view, ValueRef(nid)))
         stack.extend(view.g.predecessors(nid))
-    return [ValueRef(n) for n in sorted(found, key=lambda n: view.info(n).order)], horizon
+    return [ValueRef(n) for n in sorted(found, key=lambda n: view.info(n).order)], sorted(x for x in lengths if x > 1)
 
 
 def _int_extent(view, ref: ValueRef) -> int:
@@ -370,6 +383,8 @@ def _holds(value: np.ndarray, cand: _Candidate, hyp: _Hypothesis, pad: np.ndarra
     expected = np.ones((1, 1, n, m), bool)
     if hyp.causal:
         expected &= np.tril(np.ones((n, m), bool), k=m - n)
+    if hyp.window:  # j > i + M − N − W
+        expected &= ~np.tril(np.ones((n, m), bool), k=m - n - hyp.window)
     if hyp.pad is not None:
         if pad.ndim != 2 or pad.shape[1] != m:
             return False
@@ -404,6 +419,8 @@ def _refined(view, site: AttentionSite, verdicts: dict[ValueRef, _Verdict]) -> A
             if verdict.key_padding is None or key_padding in (None, verdict.key_padding):
                 causal = causal or verdict.causal
                 key_padding = verdict.key_padding or key_padding
+                if verdict.window:  # the window stays in the term, for the ops that reach past it
+                    kept.append(replace(term, window=verdict.window))
                 continue
         elif key_padding is None and _is_key_padding_shape(view, site, term):
             key_padding = term
@@ -491,8 +508,8 @@ def _bias_candidate(view, site: AttentionSite, term: MaskTerm) -> _BiasCandidate
         return _BiasCandidate(term.value, term.factor, site, value=np.asarray(const))
     if view.op(term.value.node) == "input" or _reads_activations(view, term.value):
         return None
-    _, horizon = _ancestry(view, term.value)
-    return _BiasCandidate(term.value, term.factor, site, horizon)
+    _, lengths = _ancestry(view, term.value)
+    return _BiasCandidate(term.value, term.factor, site, max(lengths, default=0))
 
 
 def _reads_activations(view, ref: ValueRef) -> bool:

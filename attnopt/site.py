@@ -109,6 +109,10 @@ class MaskTerm:
     # H, N, M); ViTDet its relative positions to (B·H, qh, qw, kh, kw)). The rewrites broadcast the term to
     # the view's shape and reshape it back, as the model does with the scores; None: added to the scores.
     view: tuple[str, str] | None = None
+    # W where mask analysis proved the term exactly causality, the site's key padding and a causal sliding
+    # window of W keys (j > i + M − N − W, Mistral's and Gemma's local layers): an op that sees no key W or
+    # more positions back anyway needs the term no more (``lowering.mask_terms``). 0: not such a term.
+    window: int = 0
 
 
 @dataclass(frozen=True)
@@ -263,6 +267,8 @@ class AttentionSite:
             d["extra_axes"] = self.extra_axes
         if self.sink_logits is not None:
             d["sink_logits"] = True
+        if any(t.window for t in self.masks):
+            d["window"] = max(t.window for t in self.masks)
         if self.relative_bias is not None:
             d["relative_bias"] = self.relative_bias.summary()
         if self.unsupported:

@@ -111,6 +111,10 @@ class VariantSpec:
     serves_dense_mask: bool = True  # a mask that varies per query (not key padding) can be applied
     # takes learned per-head sink logits (GPT-OSS) as the input after the key padding (``sink_logits``)
     serves_sink_logits: bool = False
+    # params -> how far back from its query position a key may be and still be seen, sinks aside (W − 1 for a
+    # window of W); None where some key at any distance may be (dense, pooled or hashed keys). A site's
+    # sliding-window mask term is left out of an op that reaches no farther (``lowering.mask_terms``).
+    reach: Callable[[dict], int | None] | None = None
     tensor_inputs: tuple[TensorInput, ...] = ()
     # (params, q shape, k shape, seed) -> {tensor input name: array}; required when tensor_inputs is set.
     make_tensors: Callable[..., dict] | None = None

@@ -16,6 +16,7 @@ import json
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import torch
 import torch.nn as nn
@@ -289,7 +290,7 @@ def _rule_onnx(rule: str, path, **kw):
 
 @pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
 @pytest.mark.parametrize("rule,causal,padding", [("causal", True, True), ("bidirectional", False, True),
-                                                 ("headpad", False, True), ("window", None, None),
+                                                 ("headpad", False, True), ("window", "window", True),
                                                  ("strict", None, None), ("anticausal", None, None)])
 def test_mask_rules_fx(rule, causal, padding, dynamic):
     (site,) = attnopt.detect(_rule_export(rule, dynamic))
@@ -297,27 +298,74 @@ def test_mask_rules_fx(rule, causal, padding, dynamic):
 
 
 @pytest.mark.parametrize("rule,causal,padding", [("causal", True, True), ("headpad", False, True),
-                                                 ("window", None, None), ("anticausal", None, None)])
+                                                 ("window", "window", True), ("anticausal", None, None)])
 def test_mask_rules_onnx(rule, causal, padding, tmp_path):
     (site,) = attnopt.detect(_rule_onnx(rule, tmp_path / f"{rule}.onnx"))
     _check_rule(site, causal, padding, f"{rule} onnx")
 
 
-def _check_rule(site, causal, padding, where: str) -> None:
+def _check_rule(site, causal, padding, where: str, window: int = 3) -> None:
     if causal is None:  # not causal-plus-padding: the mask stays as it is
         assert not site.causal and site.key_padding is None and site.masks, (where, site)
+    elif causal == "window":  # causal plus padding plus a sliding window, which stays in the term, marked
+        assert site.causal and site.key_padding is not None, (where, site)
+        assert [t.window for t in site.masks] == [window], (where, site)
     else:
         assert site.causal is causal and not site.masks and (site.key_padding is not None) is padding, (where, site)
 
 
 @pytest.mark.parametrize("form", ["fx", "onnx"])
-def test_a_window_wider_than_the_probes_stays_dense(form, tmp_path):
-    """Mistral v0.1's 4096-token window looks causal at every small length: the probe must reach past it."""
+def test_a_window_wider_than_the_probes_is_found(form, tmp_path):
+    """Mistral v0.1's 4096-token window looks causal at every small length: the probe must reach past it (and
+    must not take it for plain causality)."""
     if form == "fx":
         (site,) = attnopt.detect(_rule_export("window", True, window=100))
     else:
         (site,) = attnopt.detect(_rule_onnx("window", tmp_path / "w.onnx", window=100))
-    assert not site.causal and site.key_padding is None and site.masks, site
+    _check_rule(site, "window", True, form, window=100)
+
+
+@pytest.mark.parametrize("form", ["fx", "onnx"])
+def test_a_sliding_window_term_is_left_out_where_the_op_reaches_no_farther(form, tmp_path):
+    """A causal sliding window of 3 (with padding): window 3 or segments of 3 see no key 3 back, so the op gets
+    the causal flag and key padding alone and no N×M mask is built; window 4 reaches past it and keeps the
+    term. Every rewrite equals the same variant's spec with the window applied as a mask."""
+    from attnopt.kernels.registry import get_variant
+
+    x, pad = _rule_inputs()
+    pad[1] = 1
+    pad[1, -1] = 0  # every query keeps a key in its window (HF un-masks rows with none: not compared)
+    model = RuleMasked("window").eval()
+    if form == "fx":
+        graph = _rule_export("window", True)
+        source = graph
+    else:
+        source = str(_rule_onnx("window", tmp_path / "w.onnx"))
+    q, k, v = model.qkv(x).view(2, SEQ, 3, 2, 8).permute(2, 0, 3, 1, 4).unbind(0)
+    i, j = torch.arange(SEQ)[:, None], torch.arange(SEQ)[None, :]
+    site_window = torch.where((j > i - 3), 0.0, float("-inf"))[None, None]
+    kp = torch.where(pad != 0, 0.0, float("-inf"))
+    for variant, params, kept in (("window", {"window": 3}, False), ("segmented", {"segment_size": 3}, False),
+                                  ("window", {"window": 4}, True)):
+        result = attnopt.rewrite(source, variant, **params)
+        with torch.no_grad():
+            want = get_variant(variant).reference(q, k, v, **params, scale=8 ** -0.5, mask=site_window,
+                                                  key_padding=kp, causal=True)
+            want = want.transpose(1, 2).reshape(2, SEQ, 16)
+            # whether the op reads a mask: the term (fx: an argument, not None; ONNX: not the constant zero)
+            if form == "fx":
+                got = result.model(x, pad)[0]
+                (op,) = [n for n in result.model.graph.nodes if "attnopt" in str(n.target)]
+                has_term = op.args[3] is not None
+            else:
+                out = tmp_path / f"{variant}{params}.onnx"
+                result.save(out)
+                got = torch.from_numpy(ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(
+                    None, {"x": x.numpy(), "attention_mask": pad.numpy()})[0])
+                (op,) = [n for n in result.model.graph if n.domain == "ai.attnopt"]
+                has_term = op.inputs[3].producer().op_type != "Constant"
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+        assert has_term == kept, (form, variant, params)
 
 
 # ----------------------------------------------------------------------------- rewrite: no N×M left, still exact

@@ -45,7 +45,7 @@ def mask_terms(call) -> tuple[tuple[MaskTerm, ...], MaskTerm | None]:
     site: AttentionSite = call.site
     rb = site.relative_bias
     if FUSED_RELATIVE_BIAS not in getattr(call, "fuses", ()):
-        return site.masks, site.key_padding
+        return tuple(t for t in site.masks if not _window_implied(call, t)), site.key_padding
     if rb is None or rb.term not in site.masks:
         raise SiteNotApplicable("the plan fuses a relative-position bias the site does not have")
     key_padding = site.key_padding
@@ -54,6 +54,22 @@ def mask_terms(call) -> tuple[tuple[MaskTerm, ...], MaskTerm | None]:
             raise SiteNotApplicable("the relative bias carries a padding mask besides the site's key padding")
         key_padding = rb.key_padding
     return tuple(t for t in site.masks if t != rb.term), key_padding
+
+
+def _window_implied(call, term: MaskTerm) -> bool:
+    """Whether a sliding-window term (MaskTerm.window: causality, the key padding and a window of W keys, which
+    the site states apart too) says nothing the kernels do not: each sees no key W or more positions back and
+    has no sinks (a sink may lie farther back)."""
+    from attnopt.kernels.registry import get_variant
+
+    if not term.window or not call.site.causal:
+        return False
+    for g in call.groups:
+        spec = get_variant(g.kernel)
+        reach = spec.reach(g.attrs) if spec.reach is not None else None
+        if reach is None or reach >= term.window or g.attrs.get("sinks", 0):
+            return False
+    return True
 
 
 def state_name(site_name: str, state, next_: bool = False) -> str:

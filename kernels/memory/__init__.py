@@ -23,6 +23,7 @@ SPEC = VariantSpec(
     kv_cache=True,
     streaming_form="memory_stream",
     serves_sink_logits=True,
+    reach=lambda p: p["segment_size"] - 1 + p["memory"],
 )
 
 

@@ -17,4 +17,5 @@ SPEC = VariantSpec(
     test_params=({"segment_size": 4, "sinks": 0}, {"segment_size": 5, "sinks": 2}, {"segment_size": 3, "sinks": 7}),
     demo_params={"segment_size": 32, "sinks": 2},
     serves_sink_logits=True,
+    reach=lambda p: p["segment_size"] - 1,
 )

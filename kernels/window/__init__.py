@@ -19,6 +19,7 @@ SPEC = VariantSpec(
     demo_params={"window": 16, "sinks": 2},
     kv_cache=True,
     serves_sink_logits=True,
+    reach=lambda p: p["window"] - 1,
 )
 
 
