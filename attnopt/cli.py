@@ -257,7 +257,7 @@ def _mask_text(summary: dict) -> str:
     if summary.get("key_padding"):
         parts.append(f"key padding ({summary['key_padding']})")
     if summary.get("mask_kind"):
-        parts.append(summary["mask_kind"])
+        parts.append(summary["mask_kind"] + (f" (sliding window {summary['window']})" if summary.get("window") else ""))
     if summary.get("sink_logits"):
         parts.append("sink logits")
     return " + ".join(parts) or "-"

@@ -323,6 +323,9 @@ def test_a_window_wider_than_the_probes_is_found(form, tmp_path):
     else:
         (site,) = attnopt.detect(_rule_onnx("window", tmp_path / "w.onnx", window=100))
     _check_rule(site, "window", True, form, window=100)
+    if form == "onnx":
+        detected = CliRunner().invoke(main, ["detect", str(tmp_path / "w.onnx")])
+        assert "sliding window 100" in detected.output, detected.output
 
 
 @pytest.mark.parametrize("form", ["fx", "onnx"])
