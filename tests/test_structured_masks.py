@@ -371,6 +371,38 @@ def test_a_sliding_window_term_is_left_out_where_the_op_reaches_no_farther(form,
         assert has_term == kept, (form, variant, params)
 
 
+def test_a_sliding_window_term_stays_where_any_head_group_reaches_past_it():
+    """Head 0 dense, head 1 windowed by 3: the dense group sees every earlier key, so both calls keep the term
+    (one mask for the site), and each head equals its own kernel's spec under the site's window."""
+    from attnopt.kernels.reference import dense_attention
+    from attnopt.kernels.window.reference import reference as window_reference
+    from attnopt.passes.base import AttentionPass, HeadGroup, OpCall
+    from attnopt.pipeline import Pipeline
+
+    class DenseThenWindow(AttentionPass):
+        variant = "window"
+
+        def plan_site(self, site):
+            return OpCall(site, (HeadGroup("dense", {}, 0, 1), HeadGroup("window", {"window": 3, "sinks": 0}, 1, None)))
+
+    x, pad = _rule_inputs()
+    pad[1] = 1
+    pad[1, -1] = 0  # every query keeps a key in its window
+    model = RuleMasked("window").eval()
+    result = Pipeline().add(DenseThenWindow()).run(_rule_export("window", True))
+    ops = [n for n in result.model.graph.nodes if "attnopt" in str(n.target)]
+    assert len(ops) == 2 and all(op.args[3] is not None for op in ops)
+    q, k, v = model.qkv(x).view(2, SEQ, 3, 2, 8).permute(2, 0, 3, 1, 4).unbind(0)
+    i, j = torch.arange(SEQ)[:, None], torch.arange(SEQ)[None, :]
+    kw = dict(scale=8 ** -0.5, mask=torch.where(j > i - 3, 0.0, float("-inf"))[None, None],
+              key_padding=torch.where(pad != 0, 0.0, float("-inf")), causal=True)
+    with torch.no_grad():
+        want = torch.cat([dense_attention(q[:, :1], k[:, :1], v[:, :1], **kw),
+                          window_reference(q[:, 1:], k[:, 1:], v[:, 1:], window=3, **kw)], dim=1)
+        torch.testing.assert_close(result.model(x, pad)[0], want.transpose(1, 2).reshape(2, SEQ, 16),
+                                   atol=1e-5, rtol=1e-5)
+
+
 # ----------------------------------------------------------------------------- rewrite: no N×M left, still exact
 
 def _nm_values_onnx(path, n: int) -> list[str]:
