@@ -619,7 +619,10 @@ def passes(name, as_json):
         con.print(f"exact limit: {info['exact_limit']}")
         if info["cost"]:
             con.print(f"cost: {info['cost']}")
-        con.print("refuses: " + ("; ".join(info["refuses"]) or "nothing"))
+        refuses = info["refuses"] + ([] if info["takes_sink_logits"] else ["learned sink logits (GPT-OSS)"])
+        con.print("refuses: " + ("; ".join(refuses) or "nothing"))
+        if info["takes_sink_logits"]:
+            con.print("takes: learned sink logits (GPT-OSS's, one a head)")
         return
     info = [describe(n) for n in pass_names()]
     if as_json:

@@ -50,4 +50,6 @@ def describe(name: str) -> dict:
                         "rule": p.rule, **({"choices": list(p.choices)} if p.choices else {})} for p in spec.params],
         "exact_limit": spec.exact_limit, "cost": spec.cost, "refuses": list(spec.refuses),
         "needs_self_attention": spec.needs_self_attention,
+        # GPT-OSS's learned sink logits: a site with them is refused by a variant that does not take them
+        "takes_sink_logits": spec.serves_sink_logits,
     }

@@ -412,10 +412,13 @@ def test_passes_name_shows_parameters_exact_limit_and_refusals():
     from attnopt.cli import main
     out = CliRunner().invoke(main, ["passes", "window"])
     assert out.exit_code == 0, out.output
-    for text in ("window", "sinks", "must be >= 1", "exact limit: window >= N", "refuses: cross-attention"):
+    for text in ("window", "sinks", "must be >= 1", "exact limit: window >= N", "refuses: cross-attention",
+                 "takes: learned sink logits"):
         assert text in out.output
+    assert "learned sink logits (GPT-OSS)" in CliRunner().invoke(main, ["passes", "lsh"]).output.split("refuses:")[1]
     js = CliRunner().invoke(main, ["passes", "memory", "--json"])
     info = json.loads(js.output)
+    assert info["takes_sink_logits"] is True
     assert info["exact_limit"].startswith("memory >= N") and [p["name"] for p in info["parameters"]] == [
         "segment_size", "memory", "sinks"]
     bad = CliRunner().invoke(main, ["passes", "nope"])
