@@ -21,9 +21,9 @@ VARIANTS.md, "Structured masks". Two rules, no per-model op sequences:
    with ``key_mask`` one of those 2-D inputs (for a boolean one also read as
    True = padding), and W one of the construction's integer constants (a causal
    sliding window: Mistral's, Gemma's and GPT-OSS's local layers). A window term
-   stays among the site's terms, marked with W, besides the causal flag and key
-   padding it also states: an op that sees no key W or more positions back
-   drops it (``lowering.mask_terms``), any other keeps it. Rows the hypothesis
+   stays among the site's terms, marked with W and its key padding: an op that
+   sees no key W or more positions back is run causal with that key padding
+   instead (``lowering.window_terms``), any other reads the term as it is. Rows the hypothesis
    leaves without any allowed key are not compared (HF un-masks them to avoid
    NaN); a term with one row broadcast over
    the queries is never causal. Additive terms must be exactly 0 where allowed
@@ -415,12 +415,15 @@ def _refined(view, site: AttentionSite, verdicts: dict[ValueRef, _Verdict]) -> A
     causal, key_padding, kept = site.causal, site.key_padding, []
     for term in site.masks:
         verdict = verdicts.get(term.value)
+        if verdict is not None and verdict.window:
+            # the term stays whole for the ops that reach past the window (exact, HF's un-masked empty rows
+            # included); the ops that do not take causality and the padding instead (lowering.window_terms)
+            kept.append(replace(term, window=verdict.window, window_padding=verdict.key_padding))
+            continue
         if verdict is not None:
             if verdict.key_padding is None or key_padding in (None, verdict.key_padding):
                 causal = causal or verdict.causal
                 key_padding = verdict.key_padding or key_padding
-                if verdict.window:  # the window stays in the term, for the ops that reach past it
-                    kept.append(replace(term, window=verdict.window))
                 continue
         elif key_padding is None and _is_key_padding_shape(view, site, term):
             key_padding = term

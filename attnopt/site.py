@@ -109,10 +109,12 @@ class MaskTerm:
     # H, N, M); ViTDet its relative positions to (B·H, qh, qw, kh, kw)). The rewrites broadcast the term to
     # the view's shape and reshape it back, as the model does with the scores; None: added to the scores.
     view: tuple[str, str] | None = None
-    # W where mask analysis proved the term exactly causality, the site's key padding and a causal sliding
-    # window of W keys (j > i + M − N − W, Mistral's and Gemma's local layers): an op that sees no key W or
-    # more positions back anyway needs the term no more (``lowering.mask_terms``). 0: not such a term.
+    # W where mask analysis proved the term exactly causality, key padding (``window_padding``, or none) and a
+    # causal sliding window of W keys (j > i + M − N − W, Mistral's and Gemma's local layers). An op that sees
+    # no key W or more positions back is run causal with that key padding instead (``lowering.window_terms``);
+    # any other reads the term as it is. 0: not such a term.
     window: int = 0
+    window_padding: "MaskTerm | None" = None
 
 
 @dataclass(frozen=True)

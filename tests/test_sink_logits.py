@@ -193,10 +193,11 @@ def test_gpt_oss_sliding_layer_rewritten_by_its_own_window_reads_no_mask(zoo):
     so window 4 over that layer alone equals the model and its op reads no N×M mask."""
     graph, inputs = zoo.fx_graph("gpt-oss-eager", "export")
     (sliding, full) = attnopt.detect(graph)
-    assert [t.window for t in sliding.masks] == [4] and sliding.causal and full.causal and not full.masks
+    assert [t.window for t in sliding.masks] == [4] and sliding.masks[0].window_padding is not None
+    assert full.causal and not full.masks
     result = attnopt.rewrite(graph, "window", layers="0", example_inputs=inputs, window=4)
     assert [o.status for o in result.report] == ["rewritten", "skipped"]
     (op,) = [n for n in result.model.graph.nodes if "attnopt" in str(n.target)]
-    assert op.args[3] is None  # no dense mask: the causal flag and the (B, M) key padding only
+    assert op.args[3] is None and op.args[4] is not None and op.args[8] is True  # causal, (B, M) padding, no mask
     assert attnopt.validate(graph, result.model, example_inputs=inputs).is_exact(1e-5)
 

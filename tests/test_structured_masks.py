@@ -307,9 +307,9 @@ def test_mask_rules_onnx(rule, causal, padding, tmp_path):
 def _check_rule(site, causal, padding, where: str, window: int = 3) -> None:
     if causal is None:  # not causal-plus-padding: the mask stays as it is
         assert not site.causal and site.key_padding is None and site.masks, (where, site)
-    elif causal == "window":  # causal plus padding plus a sliding window, which stays in the term, marked
-        assert site.causal and site.key_padding is not None, (where, site)
-        assert [t.window for t in site.masks] == [window], (where, site)
+    elif causal == "window":  # causal plus padding plus a sliding window: the term stays whole, marked
+        assert not site.causal and site.key_padding is None, (where, site)
+        assert [t.window for t in site.masks] == [window] and site.masks[0].window_padding is not None, (where, site)
     else:
         assert site.causal is causal and not site.masks and (site.key_padding is not None) is padding, (where, site)
 

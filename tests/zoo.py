@@ -1219,10 +1219,10 @@ CASES: list[ZooCase] = [
     # MLA: values narrower than q and k (8 against 16 dims a head); the scale is 1/sqrt(16).
     *_impl_cases("deepseek-mla", deepseek_mla, expected_sites=2, heads=4, head_dim=16, self_attention_sites=2,
                  causal_sites=2, fx_tracers=(EXPORT,)),
-    # Its sliding-window layer's mask (window, causality and padding in one term) is causal plus key padding plus
-    # a window of 4 (mask analysis).
+    # Its sliding-window layer's mask (window, causality and padding in one term) stays whole, marked as a window
+    # of 4 with its key padding (mask analysis): that site reads as causal only where an op replaces the term.
     ZooCase("gpt-oss-eager", "gpt-oss", _bind(gpt_oss, "eager"), expected_sites=2, heads=4, kv_heads=2, head_dim=8,
-            self_attention_sites=2, causal_sites=2, fx_tracers=(EXPORT,), onnx_exporters=()),
+            self_attention_sites=2, causal_sites=1, fx_tracers=(EXPORT,), onnx_exporters=()),
     *_impl_cases("mistral-gqa", mistral, expected_sites=2, heads=4, kv_heads=2, head_dim=16,
                  self_attention_sites=2, causal_sites=2),
     *_impl_cases("qwen2-gqa", qwen2, expected_sites=2, heads=4, kv_heads=2, head_dim=16,

@@ -45,7 +45,9 @@ def mask_terms(call) -> tuple[tuple[MaskTerm, ...], MaskTerm | None]:
     site: AttentionSite = call.site
     rb = site.relative_bias
     if FUSED_RELATIVE_BIAS not in getattr(call, "fuses", ()):
-        return tuple(t for t in site.masks if not _window_implied(call, t)), site.key_padding
+        implied = window_terms(call)
+        pads = {t.window_padding for t in implied} - {None}
+        return tuple(t for t in site.masks if t not in implied), site.key_padding or next(iter(pads), None)
     if rb is None or rb.term not in site.masks:
         raise SiteNotApplicable("the plan fuses a relative-position bias the site does not have")
     key_padding = site.key_padding
@@ -56,20 +58,26 @@ def mask_terms(call) -> tuple[tuple[MaskTerm, ...], MaskTerm | None]:
     return tuple(t for t in site.masks if t != rb.term), key_padding
 
 
-def _window_implied(call, term: MaskTerm) -> bool:
-    """Whether a sliding-window term (MaskTerm.window: causality, the key padding and a window of W keys, which
-    the site states apart too) says nothing the kernels do not: each sees no key W or more positions back and
-    has no sinks (a sink may lie farther back)."""
+def window_terms(call) -> tuple[MaskTerm, ...]:
+    """The site's sliding-window terms (MaskTerm.window) that the kernels replace by causality and key padding:
+    each kernel sees no key W or more positions back and has no sinks (a sink may lie farther back), and the
+    terms' key padding agrees with the site's. The op then runs causal, with that key padding, and without them.
+    """
     from attnopt.kernels.registry import get_variant
 
-    if not term.window or not call.site.causal:
-        return False
+    site = call.site
+    terms = [t for t in site.masks if t.window]
+    if not terms or FUSED_RELATIVE_BIAS in getattr(call, "fuses", ()):
+        return ()
+    pads = {t.window_padding for t in terms} | {site.key_padding}
+    if len(pads - {None}) > 1:
+        return ()
     for g in call.groups:
         spec = get_variant(g.kernel)
         reach = spec.reach(g.attrs) if spec.reach is not None else None
-        if reach is None or reach >= term.window or g.attrs.get("sinks", 0):
-            return False
-    return True
+        if reach is None or reach >= min(t.window for t in terms) or g.attrs.get("sinks", 0):
+            return ()
+    return tuple(terms)
 
 
 def state_name(site_name: str, state, next_: bool = False) -> str:
@@ -105,7 +113,8 @@ def lower(call) -> list[GroupCall]:
     scale = site.effective_scale
     if scale is None:
         raise SiteNotApplicable("the head dim (and so the default scale) is unknown")
-    common = {"scale": float(scale), "causal": bool(site.causal), "softcap": float(site.softcap or 0.0)}
+    causal = site.causal or bool(window_terms(call))  # a sliding-window term the op replaces is causal
+    common = {"scale": float(scale), "causal": bool(causal), "softcap": float(site.softcap or 0.0)}
     groups = list(call.groups)
     whole = len(groups) == 1 and groups[0].start == 0 and groups[0].stop is None
     stateful = any(get_variant(g.kernel).state for g in groups)
