@@ -35,11 +35,12 @@ from pathlib import Path
 HIDDEN, HEADS, KV_HEADS, FFN, VOCAB = 512, 8, 2, 1024, 1000
 
 
-def export_llama(path: Path, layers: int, max_positions: int, exporter: str) -> Path:
+def export_llama(path: Path, layers: int, max_positions: int, exporter: str, sliding_window: int = 0) -> Path:
+    """The Llama-shaped decoder; with ``sliding_window`` W, Mistral's (every layer attends to the last W keys)."""
     import warnings
 
     import torch
-    from transformers import LlamaConfig, LlamaModel
+    from transformers import LlamaConfig, LlamaModel, MistralConfig, MistralModel
 
     class Wrapper(torch.nn.Module):
         def __init__(self, model):
@@ -49,12 +50,15 @@ def export_llama(path: Path, layers: int, max_positions: int, exporter: str) -> 
         def forward(self, input_ids, attention_mask):
             return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
 
-    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=FFN, num_hidden_layers=layers,
-                      num_attention_heads=HEADS, num_key_value_heads=KV_HEADS,
-                      max_position_embeddings=max_positions)
+    shape = dict(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=FFN, num_hidden_layers=layers,
+                 num_attention_heads=HEADS, num_key_value_heads=KV_HEADS, max_position_embeddings=max_positions)
+    if sliding_window:
+        cfg, make = MistralConfig(**shape, sliding_window=sliding_window), MistralModel
+    else:
+        cfg, make = LlamaConfig(**shape), LlamaModel
     cfg._attn_implementation = "sdpa"
     torch.manual_seed(0)
-    model = Wrapper(LlamaModel(cfg).eval()).eval()
+    model = Wrapper(make(cfg).eval()).eval()
     ids = torch.randint(0, VOCAB, (2, 16))
     mask = torch.ones(2, 16, dtype=torch.long)
     mask[1, 12:] = 0
@@ -90,7 +94,7 @@ def rewrite(src: Path, dst: Path, structured: bool, segment_size: int) -> dict:
     out = _child([sys.executable, "-c", code, str(src), str(dst), str(segment_size)], env)
     sites = json.loads(out.stdout.strip().splitlines()[-1])
     return {"causal": [s["causal"] for s in sites], "key_padding": [s["key_padding"] for s in sites],
-            "mask_kind": [s["mask_kind"] for s in sites]}
+            "mask_kind": [s["mask_kind"] for s in sites], "window": [s.get("window") for s in sites]}
 
 
 def measure(model: Path, seq_len: int, threads: int | None) -> dict:
@@ -141,15 +145,16 @@ def worker(model: str, seq_len: int, threads: int) -> None:
 def run(args) -> dict:
     out: dict = {"command": " ".join([Path(sys.executable).name, *sys.argv]),
                  "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-                 "model": f"Llama-shaped, {args.layers} layers, hidden {HIDDEN}, {HEADS} heads, {KV_HEADS} kv heads, "
-                          f"ffn {FFN}, random weights, {args.exporter} export",
+                 "model": f"{'Mistral' if args.sliding_window else 'Llama'}-shaped, {args.layers} layers, hidden "
+                          f"{HIDDEN}, {HEADS} heads, {KV_HEADS} kv heads, ffn {FFN}, random weights, {args.exporter} "
+                          f"export" + (f", sliding window {args.sliding_window}" if args.sliding_window else ""),
                  "seq_len": args.seq_len, "segment_size": args.segment_size, "threads": args.threads, "rows": {}}
     with tempfile.TemporaryDirectory(prefix="bench-structured-masks-") as tmp:
         tmp = Path(tmp) if args.keep is None else args.keep
         tmp.mkdir(parents=True, exist_ok=True)
         src = tmp / "llama.onnx"
         _child([sys.executable, __file__, "--export", str(src), str(args.layers), str(max(args.seq_len, 64)),
-                args.exporter])
+                args.exporter, str(args.sliding_window)])
         models = {"original": src} if args.with_original else {}
         for label, structured in (("off", False), ("on", True)):
             dst = tmp / f"llama.segmented.{label}.onnx"
@@ -174,13 +179,16 @@ def main(argv=None) -> int:
         worker(argv[1], int(argv[2]), int(argv[3]))
         return 0
     if argv and argv[0] == "--export":
-        export_llama(Path(argv[1]), int(argv[2]), int(argv[3]), argv[4])
+        export_llama(Path(argv[1]), int(argv[2]), int(argv[3]), argv[4], int(argv[5]))
         return 0
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seq-len", type=int, default=8192)
     p.add_argument("--segment-size", type=int, default=1024)
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--exporter", choices=("dynamo", "torchscript"), default="dynamo")
+    p.add_argument("--sliding-window", type=int, default=0, metavar="W",
+                   help="Mistral's sliding window of W keys in every layer (0: Llama, none). Segments of W or fewer "
+                        "keys see nothing past it, so with structured masks on the op reads no N×M mask.")
     p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: its own).")
     p.add_argument("--with-original", action="store_true", help="Also run the dense export (several GB at 8192).")
     p.add_argument("--json", type=Path, help="Also write the results as JSON here.")
