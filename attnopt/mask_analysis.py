@@ -23,9 +23,9 @@ VARIANTS.md, "Structured masks". Two rules, no per-model op sequences:
    sliding window: Mistral's, Gemma's and GPT-OSS's local layers). A window term
    stays among the site's terms, marked with W and its key padding: an op that
    sees no key W or more positions back is run causal with that key padding
-   instead (``lowering.window_terms``), any other reads the term as it is. Rows the hypothesis
-   leaves without any allowed key are not compared (HF un-masks them to avoid
-   NaN); a term with one row broadcast over
+   instead (``lowering.window_terms``), any other reads the term as it is.
+   Rows the hypothesis leaves without any allowed key are not compared (HF
+   un-masks them to avoid NaN); a term with one row broadcast over
    the queries is never causal. Additive terms must be exactly 0 where allowed
    and <= MASK_FILL_MAX where blocked. A term that fails every hypothesis, or
    whose evaluation fails, stays dense. A term the View did fold is checked the

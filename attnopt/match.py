@@ -945,9 +945,10 @@ def _per_head_sink(view: View, sink: ValueRef | None, heads) -> ValueRef | None:
     queries. The rewrite then reads it at batch 0 and query 0 as an (H,) vector. Anything else (a column that
     varies per query, a (B·H, N, 1) layout) is not proven.
     """
-    while sink is not None and view.op(sink.node) in ("expand", "cast"):
-        sink = view.inputs(sink.node)[0]
-    shape = view.shape(sink) if sink is not None else None
+    if sink is None:
+        return None
+    sink = _skip_up(view, sink, ("expand", "cast"))
+    shape = view.shape(sink)
     if shape is None or len(shape) != 4 or shape[3] != 1:
         return None
     if isinstance(shape[1], int) and isinstance(heads, int) and shape[1] != heads:

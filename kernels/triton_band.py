@@ -861,7 +861,7 @@ def _segment_fast_path(q, k, v, *, unit, before, after, sinks, scale, causal, so
     else:
         o2, lse2, o2_strides, l2_strides = out, lse, (0, 0, 0), (0, 0, 0)
     has_sinks = sinks > 0 and sinks_from < N
-    sinkl = q if sink_logits is None else sink_logits.to(device=q.device, dtype=torch.float32).contiguous()
+    sinkl = _sink_pointer(sink_logits, q)
     block_r = 64
     grid = (triton.cdiv(N, block_r), B * H)
     launch(_merge_fwd)[grid](
@@ -872,6 +872,12 @@ def _segment_fast_path(q, k, v, *, unit, before, after, sinks, scale, causal, so
         HAS_PREV=prev, HAS_SINKS=has_sinks, HAS_SINKL=sink_logits is not None, num_warps=4,
     )
     return out
+
+
+def _sink_pointer(sink_logits: Tensor | None, q: Tensor) -> Tensor:
+    """The kernels' SINKL argument: the (H,) sink logits as contiguous fp32 on q's device, or q as a placeholder
+    where there are none (HAS_SINKL off: never read)."""
+    return q if sink_logits is None else sink_logits.to(device=q.device, dtype=torch.float32).contiguous()
 
 
 @dataclass(frozen=True)
@@ -1001,7 +1007,7 @@ def _band_attention(q, k, v, *, unit, before, after, sinks, scale, causal, softc
     else:
         coarse_args, gmax = (q, q, q, q, 0, 0, 0, 0, 0, 0, 1, 1, q, q, q, 0, 0, 0, 0, 0, 0), 1
 
-    sinkl = q if sink_logits is None else sink_logits.to(device=q.device, dtype=torch.float32).contiguous()
+    sinkl = _sink_pointer(sink_logits, q)
     use_tma = bool(cfg.use_tma and head_dim == D and row_shift == 0 and all(tma_ok(t) for t in (q, k, v, out)))
     if use_tma:
         descs = tuple(tma_descriptor(t, [1, 1, rows, D])

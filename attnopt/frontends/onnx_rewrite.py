@@ -81,9 +81,8 @@ def apply(loaded, call, target: str = PORTABLE) -> list[str]:
     # learned sink logits (GPT-OSS): the site's (B | 1, H, N | 1, 1) value at batch 0, query 0 as the op's float
     # (H,) (site.sink_logits); none is an empty vector
     if site.sink_logits is not None:
-        i64 = lambda *xs: b.const(np.array(xs, np.int64))  # noqa: E731
-        first = b.op("Slice", [value[site.sink_logits], i64(0, 0), i64(1, 1), i64(0, 2)])
-        sinks = b.op("Cast", [b.op("Reshape", [first, i64(-1)])], {"to": ir.DataType.FLOAT})
+        first = b.op("Slice", [value[site.sink_logits], b.ints(0, 0), b.ints(1, 1), b.ints(0, 2)])
+        sinks = b.op("Cast", [b.op("Reshape", [first, b.ints(-1)])], {"to": ir.DataType.FLOAT})
     outputs, fallbacks = [], []
     for g in groups:
         gq, gk, gv, gmask = q, k, v, mask
@@ -217,6 +216,10 @@ class _Builder:
     def const(self, array) -> ir.Value:
         return self.op("Constant", [], {"value": ir.tensor(np.asarray(array), name=self.name("c"))})
 
+    def ints(self, *xs: int) -> ir.Value:
+        """An int64 vector constant (starts, ends, axes, shapes)."""
+        return self.const(np.array(xs, np.int64))
+
     def transpose(self, x, perm) -> ir.Value:
         return x if list(perm) == list(range(len(perm))) else self.op("Transpose", [x], {"perm": list(perm)})
 
@@ -343,13 +346,13 @@ class _Builder:
         into, back = (view.info(nid).ref for nid in pair)
         if into.op_type != "Reshape" or back.op_type != "Reshape" or rank is None:
             raise SiteNotApplicable("a term added to a view of the scores the rewrite cannot read back")
-        i64 = lambda *xs: self.const(np.array(xs, np.int64))  # noqa: E731
         q_shape, k_shape = self.op("Shape", [q]), self.op("Shape", [k])
-        heads_dims = self.op("Slice", [q_shape, i64(0), i64(3)])
+        heads_dims = self.op("Slice", [q_shape, self.ints(0), self.ints(3)])
         if view.rank(view.input(pair[0], 0)) == 3:  # folded (B·H, N, M) scores
-            bh = self.op("Mul", [self.op("Slice", [q_shape, i64(0), i64(1)]), self.op("Slice", [q_shape, i64(1), i64(2)])])
-            heads_dims = self.op("Concat", [bh, self.op("Slice", [q_shape, i64(2), i64(3)])], {"axis": 0})
-        scores = self.op("Concat", [heads_dims, self.op("Slice", [k_shape, i64(2), i64(3)])], {"axis": 0})
+            bh = self.op("Mul", [self.op("Slice", [q_shape, self.ints(0), self.ints(1)]),
+                                 self.op("Slice", [q_shape, self.ints(1), self.ints(2)])])
+            heads_dims = self.op("Concat", [bh, self.op("Slice", [q_shape, self.ints(2), self.ints(3)])], {"axis": 0})
+        scores = self.op("Concat", [heads_dims, self.op("Slice", [k_shape, self.ints(2), self.ints(3)])], {"axis": 0})
         shape = self._reshaped(view, pair[0], scores)
         out_rank = view.rank(ValueRef(pair[0], 0))
         if rank < out_rank:
@@ -402,17 +405,18 @@ class _Builder:
         """A term added to scores (B, H, X.., N, M) as the same term on the folded scores (B, H·X.., N, M),
         as ``fx_rewrite.fold_term``: shared across heads and extra axes it stays shared (extent 1); varying
         along any of them, it is broadcast to all of them first, so that it folds as q did."""
-        i64 = lambda *xs: self.const(np.array(xs, np.int64))  # noqa: E731
         # To the scores' rank by broadcasting against ones: it needs no rank known here (TorchScript's exports
         # leave some terms' ranks unknown), and a term is as small as the scores' rows at most.
         term = self.op("Expand", [term, self.const(np.ones(scores_rank, np.int64))])
         shape = self.op("Shape", [term])
-        mid = self.op("Slice", [shape, i64(1), i64(-2)])
-        shared = self.op("Equal", [self.op("ReduceMax", [mid], {"keepdims": 1}), i64(1)])
-        mid = self.op("Where", [shared, mid, self.op("Slice", [self.op("Shape", [query]), i64(1), i64(-2)])])
-        ends = (self.op("Slice", [shape, i64(0), i64(1)]), self.op("Slice", [shape, i64(-2), i64(scores_rank)]))
+        mid = self.op("Slice", [shape, self.ints(1), self.ints(-2)])
+        shared = self.op("Equal", [self.op("ReduceMax", [mid], {"keepdims": 1}), self.ints(1)])
+        mid = self.op("Where", [shared, mid,
+                                self.op("Slice", [self.op("Shape", [query]), self.ints(1), self.ints(-2)])])
+        ends = (self.op("Slice", [shape, self.ints(0), self.ints(1)]),
+                self.op("Slice", [shape, self.ints(-2), self.ints(scores_rank)]))
         term = self.op("Expand", [term, self.op("Concat", [ends[0], mid, ends[1]], {"axis": 0})])
-        return self.op("Reshape", [term, self.op("Concat", [ends[0], i64(-1), ends[1]], {"axis": 0})])
+        return self.op("Reshape", [term, self.op("Concat", [ends[0], self.ints(-1), ends[1]], {"axis": 0})])
 
     def wider(self, x: ir.Value, columns: int) -> ir.Value:
         """A bhsd tensor with ``columns`` zero columns appended to its head dim (``lowering.head_dim_padding``)."""
