@@ -19,7 +19,8 @@ VARIANTS.md, "Structured masks". Two rules, no per-model op sequences:
                               and [window: j > i + M - N - W]
 
    with ``key_mask`` one of those 2-D inputs (for a boolean one also read as
-   True = padding), and W one of the construction's integer constants (a causal
+   True = padding), and W one of the construction's integer constants or one
+   more (j > i − W or j ≥ i − W as written; a causal
    sliding window: Mistral's, Gemma's and GPT-OSS's local layers). A window term
    stays among the site's terms, marked with W and its key padding: an op that
    sees no key W or more positions back is run causal with that key padding
@@ -28,9 +29,10 @@ VARIANTS.md, "Structured masks". Two rules, no per-model op sequences:
    un-masks them to avoid NaN); a term with one row broadcast over
    the queries is never causal. Additive terms must be exactly 0 where allowed
    and <= MASK_FILL_MAX where blocked. A term that fails every hypothesis, or
-   whose evaluation fails, stays dense. A term the View did fold is checked the
-   same way for plain causality, without a probe. Masks that are graph inputs
-   are left as they are.
+   whose evaluation fails, stays dense. A term the View did fold (an exporter
+   folds the construction at static shapes) is checked the same way, without a
+   probe, for plain causality or a causal window as wide as its last row. Masks
+   that are graph inputs are left as they are.
 
 All candidate terms are evaluated in one probe (one pruned model, a handful of
 runs), and only when a candidate exists; sites whose term is the same value
@@ -178,8 +180,10 @@ def _candidate(view, site: AttentionSite, term: MaskTerm) -> _Candidate | None:
         return None
     rank, heads = _scores_rank(site), site.num_heads  # the flat rank; _holds widens it for 4-D values
     const = view.const(term.value)
-    if const is not None:  # a folded constant is its own evidence: is it exactly causal?
-        return _Candidate(term.value, term.kind, rank, heads, [_Hypothesis(True)], value=np.asarray(const))
+    if const is not None:  # a folded constant is its own evidence: is it exactly causal, or a causal window?
+        value = np.asarray(const)
+        hyps = [_Hypothesis(True)] + [_Hypothesis(True, window=w) for w in _folded_window(value, term.kind)]
+        return _Candidate(term.value, term.kind, rank, heads, hyps, value=value)
     if view.op(term.value.node) == "input":
         return None  # a mask the caller passes in: its values are whatever the caller gives
     inputs, lengths = _ancestry(view, term.value)
@@ -192,9 +196,24 @@ def _candidate(view, site: AttentionSite, term: MaskTerm) -> _Candidate | None:
                 hyps.append(_Hypothesis(causal, pad, inverted=True))
     hyps.append(_Hypothesis(True))
     # A causal sliding window whose length is one of the construction's integer constants (after the plain
-    # hypotheses: a window no probe reaches is plain causality, which is exact at every length then).
-    hyps += [replace(h, window=w) for w in lengths[:_MAX_WINDOWS] for h in list(hyps) if h.causal]
+    # hypotheses: a window no probe reaches is plain causality, which is exact at every length then). HF
+    # writes j > i − W; a model written as j ≥ i − W keeps W + 1 keys, so both are tried.
+    windows = sorted({w + extra for w in lengths[:_MAX_WINDOWS] for extra in (0, 1)})
+    hyps += [replace(h, window=w) for w in windows for h in list(hyps) if h.causal]
     return _Candidate(term.value, term.kind, rank, heads, hyps, max(lengths, default=0))
+
+
+def _folded_window(value: np.ndarray, kind: str) -> list[int]:
+    """The one window a folded term could hold: the keys its last query row allows, when that is a run
+    short of the row (then ``_holds`` checks every row against it); else none."""
+    if value.ndim < 2 or value.shape[-2] < 2:
+        return []
+    last = value.reshape(-1, *value.shape[-2:])[0, -1]
+    allowed = (last == 0) if kind == MASK_ADDITIVE else last.astype(bool)
+    if kind == MASK_BOOLEAN_BLOCKED:
+        allowed = ~allowed
+    w = int(allowed.sum())
+    return [w] if 0 < w < allowed.size else []
 
 
 def _ancestry(view, ref: ValueRef) -> tuple[list[ValueRef], list[int]]:

@@ -187,7 +187,7 @@ def supported(k: Tensor, block: int) -> bool:
 
 def hierarchical_attention(q: Tensor, k: Tensor, v: Tensor, *, block: int, levels: int, sinks: int, scale: float,
                            causal: bool, softcap: float = 0.0, key_padding: Tensor | None = None,
-                           mask: Tensor | None = None, config=None) -> Tensor:
+                           mask: Tensor | None = None, config=None, sink_logits: Tensor | None = None) -> Tensor:
     """``torch.ops.attnopt.hierarchical_attention`` in Triton (the caller checks ``supported`` first).
 
     The mask applies to the exact keys only, as in the reference.
@@ -199,4 +199,4 @@ def hierarchical_attention(q: Tensor, k: Tensor, v: Tensor, *, block: int, level
     pooled = pool_blocks(k, v, key_padding, bs, levels, min(sinks, M))
     return _band_attention(q, k, v, unit=bs, before=bs, after=0 if causal else bs, sinks=sinks, scale=scale,
                            causal=causal, softcap=softcap, key_padding=key_padding, mask=mask, config=config,
-                           fast_path=False, pooled=pooled)
+                           fast_path=False, pooled=pooled, sink_logits=sink_logits)

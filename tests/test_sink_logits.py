@@ -1,5 +1,6 @@
 """GPT-OSS's learned sink logits through both frontends: found as one logit a head, carried to the ops that take
-them (segmented, window, memory, dense), sliced per head group, refused with the reason where no op takes them.
+them (segmented, window, memory, hierarchical, dense), sliced per head group, refused with the reason where no
+op takes them.
 
 The zoo case ``hand-sink-logits`` is the model; test_rewrite_zoo and test_local_variants_zoo rewrite it at and
 below the variants' limits in every exporter. Here: what those sweeps do not show.
@@ -185,6 +186,19 @@ def test_gpt_oss_rewritten_with_its_sinks(zoo, variant, exact, below):
     for params, is_exact in ((exact, True), (below, False)):
         result = attnopt.rewrite(graph, variant, example_inputs=inputs, **params)
         assert [o.status for o in result.report] == ["rewritten"] * 2
+        assert attnopt.validate(graph, result.model, example_inputs=inputs).is_exact(1e-5) == is_exact
+
+
+def test_gpt_oss_full_layer_rewritten_by_hierarchical_with_its_sinks(zoo):
+    """hierarchical takes the sink logits too. It pools far keys, so it refuses the sliding-window layer (a
+    per-query mask it cannot pool) and serves the full-attention layer: exact at the limit, restricting below."""
+    graph, inputs = zoo.fx_graph("gpt-oss-eager", "export")
+    for params, is_exact in ((dict(block=1 << 16, levels=1, sinks=0), True), (dict(block=2, levels=1, sinks=1), False)):
+        result = attnopt.rewrite(graph, "hierarchical", example_inputs=inputs, **params)
+        assert [o.status for o in result.report] == ["refused", "rewritten"], result.report
+        assert "neither causal nor key padding" in result.report[0].reason
+        (op,) = [n for n in result.model.graph.nodes if "attnopt" in str(n.target)]
+        assert op.args[-1] is not None  # the sink logits reach the op
         assert attnopt.validate(graph, result.model, example_inputs=inputs).is_exact(1e-5) == is_exact
 
 

@@ -255,11 +255,15 @@ class RuleMasked(nn.Module):
             "causal": j <= i,
             "bidirectional": torch.ones(n, n, dtype=torch.bool, device=x.device),
             "window": (j <= i) & (j > i - self.window),
+            "window_ge": (j <= i) & (j >= i - self.window),  # written the other way: window + 1 keys
+            "window_const": (j <= i) & (j > i - self.window),  # no padding: a static export folds it
             "strict": j < i,
             "anticausal": j >= i,
             "headpad": torch.ones(1, n, dtype=torch.bool, device=x.device),  # one row per head, every query
         }[self.rule]
-        allowed = allowed[None, None] & (attention_mask[:, None, None, :] != 0)
+        allowed = allowed[None, None]
+        if self.rule != "window_const":
+            allowed = allowed & (attention_mask[:, None, None, :] != 0)
         if self.rule == "headpad":  # (B, H, 1, M): not (B, 1, 1, M), so only the probe can call it padding
             allowed = allowed.expand(b, 2, 1, n)
         scores = (q @ k.transpose(-1, -2)) * 8**-0.5
@@ -288,28 +292,43 @@ def _rule_onnx(rule: str, path, **kw):
     return path
 
 
+# (rule, causal, padding); "window" rules also name the window the term must be marked with
+_WINDOW_RULES = [("window", "window", True, 3), ("window_ge", "window", True, 4), ("window_const", "window", False, 3)]
+
+
 @pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
-@pytest.mark.parametrize("rule,causal,padding", [("causal", True, True), ("bidirectional", False, True),
-                                                 ("headpad", False, True), ("window", "window", True),
-                                                 ("strict", None, None), ("anticausal", None, None)])
-def test_mask_rules_fx(rule, causal, padding, dynamic):
+@pytest.mark.parametrize("rule,causal,padding,window", [("causal", True, True, 0), ("bidirectional", False, True, 0),
+                                                        ("headpad", False, True, 0), *_WINDOW_RULES,
+                                                        ("strict", None, None, 0), ("anticausal", None, None, 0)])
+def test_mask_rules_fx(rule, causal, padding, window, dynamic):
+    """window_const static: torch.export folds the whole construction, so the window is read off the constant."""
     (site,) = attnopt.detect(_rule_export(rule, dynamic))
-    _check_rule(site, causal, padding, f"{rule} fx {'dynamic' if dynamic else 'static'}")
+    _check_rule(site, causal, padding, f"{rule} fx {'dynamic' if dynamic else 'static'}", window)
 
 
-@pytest.mark.parametrize("rule,causal,padding", [("causal", True, True), ("headpad", False, True),
-                                                 ("window", "window", True), ("anticausal", None, None)])
-def test_mask_rules_onnx(rule, causal, padding, tmp_path):
+@pytest.mark.parametrize("rule,causal,padding,window", [("causal", True, True, 0), ("headpad", False, True, 0),
+                                                        *_WINDOW_RULES, ("anticausal", None, None, 0)])
+def test_mask_rules_onnx(rule, causal, padding, window, tmp_path):
     (site,) = attnopt.detect(_rule_onnx(rule, tmp_path / f"{rule}.onnx"))
-    _check_rule(site, causal, padding, f"{rule} onnx")
+    _check_rule(site, causal, padding, f"{rule} onnx", window)
+
+
+def test_a_folded_window_in_a_dynamo_export_is_found(tmp_path):
+    """The dynamo exporter folds a static sliding window (no padding) into an N×N initializer."""
+    with zoo_lib.quiet():
+        torch.onnx.export(RuleMasked("window_const").eval(), _rule_inputs(), str(tmp_path / "w.onnx"), dynamo=True,
+                          input_names=["x", "attention_mask"])
+    (site,) = attnopt.detect(tmp_path / "w.onnx")
+    _check_rule(site, "window", False, "window_const dynamo", 3)
 
 
 def _check_rule(site, causal, padding, where: str, window: int = 3) -> None:
     if causal is None:  # not causal-plus-padding: the mask stays as it is
         assert not site.causal and site.key_padding is None and site.masks, (where, site)
-    elif causal == "window":  # causal plus padding plus a sliding window: the term stays whole, marked
+    elif causal == "window":  # causal (plus padding) plus a sliding window: the term stays whole, marked
         assert not site.causal and site.key_padding is None, (where, site)
-        assert [t.window for t in site.masks] == [window] and site.masks[0].window_padding is not None, (where, site)
+        assert [t.window for t in site.masks] == [window], (where, site)
+        assert (site.masks[0].window_padding is not None) is padding, (where, site)
     else:
         assert site.causal is causal and not site.masks and (site.key_padding is not None) is padding, (where, site)
 
@@ -328,35 +347,41 @@ def test_a_window_wider_than_the_probes_is_found(form, tmp_path):
         assert "sliding window 100" in detected.output, detected.output
 
 
-@pytest.mark.parametrize("form", ["fx", "onnx"])
-def test_a_sliding_window_term_is_left_out_where_the_op_reaches_no_farther(form, tmp_path):
-    """A causal sliding window of 3 (with padding): window 3 or segments of 3 see no key 3 back, so the op gets
-    the causal flag and key padding alone and no N×M mask is built; window 4 reaches past it and keeps the
-    term. Every rewrite equals the same variant's spec with the window applied as a mask."""
+@pytest.mark.parametrize("form,rule", [("fx", "window"), ("onnx", "window"), ("fx", "window_ge"),
+                                       ("fx-static", "window_const"), ("onnx-dynamo", "window_const")])
+def test_a_sliding_window_term_is_left_out_where_the_op_reaches_no_farther(form, rule, tmp_path):
+    """A causal sliding window of W keys (3; 4 written as j ≥ i − 3; 3 folded to a constant, no padding):
+    window W or segments of W see no key W back, so the op gets the causal flag and key padding alone and no
+    N×M mask is built; window W + 1 reaches past it and keeps the term. Every rewrite equals the same
+    variant's spec with the window applied as a mask."""
     from attnopt.kernels.registry import get_variant
 
+    w = 4 if rule == "window_ge" else 3
     x, pad = _rule_inputs()
     pad[1] = 1
     pad[1, -1] = 0  # every query keeps a key in its window (HF un-masks rows with none: not compared)
-    model = RuleMasked("window").eval()
-    if form == "fx":
-        graph = _rule_export("window", True)
-        source = graph
+    model = RuleMasked(rule).eval()
+    if form.startswith("fx"):
+        source = _rule_export(rule, form != "fx-static")
+    elif form == "onnx-dynamo":
+        source = str(tmp_path / "w.onnx")
+        with zoo_lib.quiet():
+            torch.onnx.export(model, _rule_inputs(), source, dynamo=True, input_names=["x", "attention_mask"])
     else:
-        source = str(_rule_onnx("window", tmp_path / "w.onnx"))
+        source = str(_rule_onnx(rule, tmp_path / "w.onnx"))
     q, k, v = model.qkv(x).view(2, SEQ, 3, 2, 8).permute(2, 0, 3, 1, 4).unbind(0)
     i, j = torch.arange(SEQ)[:, None], torch.arange(SEQ)[None, :]
-    site_window = torch.where((j > i - 3), 0.0, float("-inf"))[None, None]
-    kp = torch.where(pad != 0, 0.0, float("-inf"))
-    for variant, params, kept in (("window", {"window": 3}, False), ("segmented", {"segment_size": 3}, False),
-                                  ("window", {"window": 4}, True)):
+    site_window = torch.where((j > i - w), 0.0, float("-inf"))[None, None]
+    kp = None if rule == "window_const" else torch.where(pad != 0, 0.0, float("-inf"))
+    for variant, params, kept in (("window", {"window": w}, False), ("segmented", {"segment_size": w}, False),
+                                  ("window", {"window": w + 1}, True)):
         result = attnopt.rewrite(source, variant, **params)
         with torch.no_grad():
             want = get_variant(variant).reference(q, k, v, **params, scale=8 ** -0.5, mask=site_window,
                                                   key_padding=kp, causal=True)
             want = want.transpose(1, 2).reshape(2, SEQ, 16)
             # whether the op reads a mask: the term (fx: an argument, not None; ONNX: not the constant zero)
-            if form == "fx":
+            if form.startswith("fx"):
                 got = result.model(x, pad)[0]
                 (op,) = [n for n in result.model.graph.nodes if "attnopt" in str(n.target)]
                 has_term = op.args[3] is not None
@@ -366,7 +391,8 @@ def test_a_sliding_window_term_is_left_out_where_the_op_reaches_no_farther(form,
                 got = torch.from_numpy(ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(
                     None, {"x": x.numpy(), "attention_mask": pad.numpy()})[0])
                 (op,) = [n for n in result.model.graph if n.domain == "ai.attnopt"]
-                has_term = op.inputs[3].producer().op_type != "Constant"
+                producer = op.inputs[3].producer()  # None: an initializer (the folded term itself)
+                has_term = producer is None or producer.op_type != "Constant"
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
         assert has_term == kept, (form, variant, params)
 

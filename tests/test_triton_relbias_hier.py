@@ -60,6 +60,10 @@ CASES: dict[str, dict] = {
                                tile=(64, 16)),
     "hier_l1_tall_tiles_causal_offset": dict(variant="hierarchical", params=dict(block=16, levels=1, sinks=0),
                                              N=70, M=150, causal=True, tile=(32, 16)),
+    # GPT-OSS's learned sink logits: one more column per head in the epilogue, beside the pooled ones
+    "hier_l2_sink_logits_gqa_causal": dict(variant="hierarchical", params=dict(block=16, levels=2, sinks=1), H=4,
+                                           Hkv=2, N=100, causal=True, kp=True, sinkl=True),
+    "hier_l1_sink_logits": dict(variant="hierarchical", params=dict(block=16, levels=1, sinks=0), N=70, sinkl=True),
 }
 
 
@@ -86,6 +90,8 @@ def make_case(spec: dict, seed: int = 0):
         mask = torch.randn(1, H, N, M, generator=g) * 2
     kw = dict(scale=1.0 / math.sqrt(D), mask=mask, key_padding=kp, causal=spec.get("causal", False),
               softcap=spec.get("softcap", 0.0))
+    if spec.get("sinkl"):  # one a head, -inf among them (no sink) and one large enough to take most of a row
+        kw["sink_logits"] = torch.tensor([2.5, -1.0, float("-inf"), 4.0][:H])
     return variant, params, q, k, v, kw
 
 
@@ -106,8 +112,9 @@ def run_case(name: str) -> dict:
         out = hierarchical_attention(q, k, v, **params, **kw, config=BandConfig(*spec["tile"], 4, 1))
     else:
         cuda_forward = importlib.import_module(f"attnopt.kernels.{variant.name}.op").cuda_forward
+        sinkl = [kw["sink_logits"]] if "sink_logits" in kw else []
         out = cuda_forward(q, k, v, kw["mask"], kw["key_padding"], *args, kw["scale"], kw["causal"],
-                           kw["softcap"])
+                           kw["softcap"], *sinkl)
     assert out is not None, "the kernel declined the case"
     if q.shape[2] == k.shape[2]:
         ref = run_reference(variant.name, q, k, v, params, **kw)

@@ -936,7 +936,7 @@ class WideValues(nn.Module):
 
 class SinkLogits(nn.Module):
     """GPT-OSS's attention sinks: a learned logit a head joins every row's softmax as an extra column, which
-    is dropped before the value product. The ops that take sink logits (segmented, window, memory, dense)
+    is dropped before the value product. The ops that take sink logits (segmented, window, memory, hierarchical, dense)
     carry them; the others refuse the site with that reason (a rewrite must never drop the sinks)."""
 
     heads, head_dim = 4, 8

@@ -13,7 +13,7 @@ p = i + (M − N), is in block ⌊p / B⌋. By block distance d = b − ⌊p / B
   window). L = 1 pools every block on its own.
 - sinks: the first G keys are always exact and never pooled, so no key counts twice.
 
-One softmax covers fine, sink and pooled entries.
+One softmax covers fine, sink and pooled entries (and GPT-OSS's learned sink logit, where given).
 
 A dense remainder mask (``mask``) is per query and key, so it cannot be pooled:
 it applies to the exact entries (fine and sinks) only, and the pass refuses
@@ -42,5 +42,6 @@ SPEC = VariantSpec(
                  {"block": 1, "levels": 3, "sinks": 1}, {"block": 8, "levels": 2, "sinks": 2}),
     demo_params={"block": 16, "levels": 1, "sinks": 2},
     kv_cache=True,
+    serves_sink_logits=True,
 )
 

@@ -16,6 +16,7 @@ from onnxscript import opset18 as op
 from ..onnx_functions import attnopt_opset
 from ..softcap_onnx import Softcap
 from ..pooling_onnx import BlockPrefix, PoolRanges, PoolWindows
+from ..sink_onnx import SoftmaxWithSink
 
 _FLOAT = onnx.TensorProto.FLOAT
 _NEG_INF = float("-inf")
@@ -23,8 +24,8 @@ _KT_PERM = [0, 1, 2, 3, 5, 4]  # kᵀ of the (B, Hkv, 1, nqb, L, D) key blocks
 
 
 @onnxscript.script(attnopt_opset, default_opset=op)
-def HierarchicalAttention(Q, K, V, Mask, KeyPadding, block: int, levels: int, sinks: int, scale: float, causal: int,
-                          softcap: float):
+def HierarchicalAttention(Q, K, V, Mask, KeyPadding, SinkLogits, block: int, levels: int, sinks: int, scale: float,
+                          causal: int, softcap: float):
     """Fine window (3B keys, 2B causal) + G sinks + pooled groups, one softmax; rows with no entry output 0."""
     zero = op.Constant(value_ints=[0])
     one = op.Constant(value_ints=[1])
@@ -141,7 +142,7 @@ def HierarchicalAttention(Q, K, V, Mask, KeyPadding, block: int, levels: int, si
     lead = op.Max(op.Shape(exact, start=0, end=5), op.Shape(pooled, start=0, end=5))  # their broadcast
     bias = op.Concat(op.Expand(exact, op.Concat(lead, op.Shape(exact, start=5, end=6), axis=0)),
                      op.Expand(pooled, op.Concat(lead, op.Shape(pooled, start=5, end=6), axis=0)), axis=-1)
-    probs = op.Softmax(op.Add(raw, bias), axis=-1)
+    probs = SoftmaxWithSink(op.Add(raw, bias), SinkLogits)
     out = op.MatMul(probs, values)
     # A row with no allowed key softmaxes to NaN: zero it on the (rows, D) output, not on the
     # (rows, keys) probabilities (a Where over every score).
@@ -151,4 +152,4 @@ def HierarchicalAttention(Q, K, V, Mask, KeyPadding, block: int, levels: int, si
 
 
 BODY = HierarchicalAttention
-CALLS = (BlockPrefix, PoolRanges, PoolWindows)
+CALLS = (BlockPrefix, PoolRanges, PoolWindows, SoftmaxWithSink)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..pooling import block_prefix, pool_ranges
-from ..reference import check_additive_mask, check_qkv, check_self_attention, softcapped
+from ..reference import check_additive_mask, check_qkv, check_self_attention, softcapped, softmax_with_sink
 from ..torch_ops import define_op
 
 CHUNK_ELEMENTS = 1 << 17  # scores per chunk of query blocks, all batches and heads together
@@ -58,7 +58,7 @@ def coarse_columns(qb: Tensor, key_blocks: int, levels: int, causal: bool) -> tu
 
 
 def forward(q, k, v, mask, key_padding, block: int, levels: int, sinks: int, scale: float, causal: bool,
-            softcap: float):
+            softcap: float, sink_logits=None):
     check_qkv(q, k, v)
     b, h, n, d = q.shape
     hkv, m = k.shape[1], k.shape[2]
@@ -111,7 +111,7 @@ def forward(q, k, v, mask, key_padding, block: int, levels: int, sinks: int, sca
         if mask is not None:
             exact = exact + _mask_blocks(mask, rows[sl], cols, hkv, compute)
         pooled = raw[..., cols.shape[1]:] + log_n[:, None, None, :, None, :]
-        p = torch.softmax(torch.cat([exact, pooled], dim=-1), dim=-1)
+        p = softmax_with_sink(torch.cat([exact, pooled], dim=-1), sink_logits, head_axes=2)  # (b, hkv, rep, ..)
         out[:, :, :, sl] = torch.where(torch.isnan(p), 0.0, p) @ values
     return out.reshape(b, h, nqb * bs, d)[:, :, front:front + n].to(out_dtype).contiguous()
 
@@ -138,7 +138,7 @@ def _mask_blocks(mask: Tensor, rows: Tensor, cols: Tensor, hkv: int, compute) ->
 
 
 def cuda_forward(q, k, v, mask, key_padding, block: int, levels: int, sinks: int, scale: float, causal: bool,
-                 softcap: float):
+                 softcap: float, sink_logits=None):
     """On CUDA: the Triton band kernel, fine level and pooled coarse level in one softmax; None (the torch
     code above runs) where the kernel's tiles cannot hold a block's queries (a block not a multiple of 16)."""
     from .. import triton_hierarchical  # triton loads only where CUDA runs
@@ -149,7 +149,7 @@ def cuda_forward(q, k, v, mask, key_padding, block: int, levels: int, sinks: int
     check_additive_mask(mask)
     return triton_hierarchical.hierarchical_attention(q, k, v, block=block, levels=levels, sinks=sinks, scale=scale,
                                                       causal=causal, softcap=softcap, key_padding=key_padding,
-                                                      mask=mask)
+                                                      mask=mask, sink_logits=sink_logits)
 
 
 hierarchical_attention = define_op("hierarchical", forward, cuda=cuda_forward)

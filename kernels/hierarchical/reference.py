@@ -12,7 +12,8 @@ import math
 import torch
 from torch import Tensor
 
-from ..reference import band_allowed, check_qkv, check_self_attention, positions, softcapped, with_sinks
+from ..reference import (band_allowed, check_qkv, check_self_attention, positions, softcapped, softmax_with_sink,
+                         with_sinks)
 
 
 def coarse_groups(n: int, m: int, block: int, levels: int, causal: bool, device=None) -> Tensor:
@@ -38,7 +39,7 @@ def coarse_groups(n: int, m: int, block: int, levels: int, causal: bool, device=
 
 def reference(q: Tensor, k: Tensor, v: Tensor, *, block: int, levels: int = 1, sinks: int = 0,
               scale: float | None = None, mask: Tensor | None = None, key_padding: Tensor | None = None,
-              causal: bool = False, softcap: float = 0.0) -> Tensor:
+              causal: bool = False, softcap: float = 0.0, sink_logits: Tensor | None = None) -> Tensor:
     check_qkv(q, k, v)
     n, m, d = q.shape[2], k.shape[2], q.shape[3]
     check_self_attention("hierarchical", n, m)
@@ -78,7 +79,7 @@ def reference(q: Tensor, k: Tensor, v: Tensor, *, block: int, levels: int = 1, s
     v_bar = torch.einsum("bncm,bhmd->bhncd", weights, v)
     pooled = capped(torch.einsum("bhnd,bhncd->bhnc", q, k_bar) * scale) + log_n[:, None]
 
-    probs = torch.softmax(torch.cat([scores, pooled], dim=-1), dim=-1)
+    probs = softmax_with_sink(torch.cat([scores, pooled], dim=-1), sink_logits)
     probs = torch.where(torch.isnan(probs), 0.0, probs)  # rows with no allowed entry -> 0
     out = probs[..., :m] @ v + torch.einsum("bhnc,bhncd->bhnd", probs[..., m:], v_bar)
     return out.to(out_dtype)
