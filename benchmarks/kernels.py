@@ -197,17 +197,24 @@ def band_call(name: str, q, k, v, scale: float, sink_logits: bool = False):
     unit, before, after, sinks, causal, _ = VARIANTS[name]
     kw = dict(unit=unit, before=before, after=after, sinks=sinks, scale=scale, causal=causal)
     if sink_logits:
-        kw["sink_logits"] = torch.linspace(-2.0, 6.0, q.shape[1], device=q.device)
+        kw["sink_logits"] = sink_logit_values(q)
     return lambda: triton_band._band_attention(q, k, v, **kw, fast_path="no fast path" not in name)
 
 
-def op_row(name: str, q, k, v, scale: float):
+def sink_logit_values(q):
+    """GPT-OSS's learned sinks for the ``--sink-logits`` rows: one logit a head, from well under to well over a
+    row's scores."""
+    return torch.linspace(-2.0, 6.0, q.shape[1], device=q.device)
+
+
+def op_row(name: str, q, k, v, scale: float, sink_logits: bool = False):
     """(the op call, useful keys per query, Flex's arguments or None) for an OP_ROWS entry; None without a CUDA
-    kernel for the variant (its torch code on the GPU is not what this table measures)."""
+    kernel for the variant (its torch code on the GPU is not what this table measures). ``sink_logits``: the
+    call passes GPT-OSS's sinks where the variant takes them."""
     variant, params, causal, _, _ = OP_ROWS[name]
     n = q.shape[2]
     kp = torch.zeros(1, n, device=q.device) if "no block skipping" in name else None
-    made = op_call(variant, params, causal, q, k, v, scale, key_padding=kp)
+    made = op_call(variant, params, causal, q, k, v, scale, key_padding=kp, sink_logits=sink_logits)
     if made is None:
         return None
     call, spec, params, extra = made
@@ -229,9 +236,10 @@ def op_row(name: str, q, k, v, scale: float):
     return call, kpq, flex
 
 
-def op_call(variant: str, params: dict, causal: bool, q, k, v, scale: float, key_padding=None):
+def op_call(variant: str, params: dict, causal: bool, q, k, v, scale: float, key_padding=None,
+            sink_logits: bool = False):
     """(the call of ``variant``'s torch op, its spec, its complete params, its tensor inputs); None where the
-    variant has no CUDA kernel."""
+    variant has no CUDA kernel. ``sink_logits``: GPT-OSS's sinks as the last argument, where the op takes them."""
     from attnopt.kernels.registry import get_variant
 
     spec = get_variant(variant)
@@ -239,6 +247,8 @@ def op_call(variant: str, params: dict, causal: bool, q, k, v, scale: float, key
         return None
     params = {**{p.name: p.default for p in spec.params}, **params}
     args = op_args(spec, params, q, k, scale, causal)
+    if sink_logits and spec.serves_sink_logits:
+        args.append(sink_logit_values(q))
     op = spec.torch_op  # resolved once: the property imports the op's module on every access
     return (lambda: op(q, k, v, None, key_padding, *args)), spec, params, args[:len(spec.tensor_inputs)]
 
@@ -255,9 +265,16 @@ def hierarchical_keys_per_query(n: int, block: int, levels: int, sinks: int, cau
     return fine + float(groups.mean())
 
 
+def takes_sinks(name: str) -> bool:
+    """Whether a row's call takes GPT-OSS's sink logits: every band row, and the ops whose spec serves them."""
+    from attnopt.kernels.registry import get_variant
+
+    return name in VARIANTS or get_variant(OP_ROWS[name][0]).serves_sink_logits
+
+
 def run(ns, rep_ms, variants, log, no_flex=False, on_row=None, sink_logits=False) -> list[dict]:
     """Every row; ``on_row(rows)`` after each, so a run cut short keeps what it measured. ``sink_logits``: the
-    band rows with GPT-OSS's sink logits (no other row takes them)."""
+    rows whose variant takes GPT-OSS's sink logits, with them (the others as they are)."""
     rows = []
     scale = 1.0 / math.sqrt(D)
     for n in ns:
@@ -272,7 +289,7 @@ def run(ns, rep_ms, variants, log, no_flex=False, on_row=None, sink_logits=False
                 kpq = keys_per_query(n, n, unit, before, after, sinks, causal)
                 flex_kw = dict(unit=unit, before=before, after=after, sinks=sinks, causal=causal)
             else:
-                made = op_row(name, q, k, v, scale)
+                made = op_row(name, q, k, v, scale, sink_logits)
                 if made is None:
                     log(f"N={n} {name}: no CUDA kernel registered for the op; skipped")
                     continue
@@ -308,7 +325,8 @@ def run(ns, rep_ms, variants, log, no_flex=False, on_row=None, sink_logits=False
                 except RuntimeError as exc:  # report, keep going
                     log(f"  flash: {type(exc).__name__}: {exc}")
             row = dict(
-                variant=name + (" + sink logits" if sink_logits and name in VARIANTS else ""), n=n, keys_per_query=kpq, ms=ms, tflops=tf, peak_mib=mem,
+                variant=name + (" + sink logits" if sink_logits and takes_sinks(name) else ""), n=n,
+                keys_per_query=kpq, ms=ms, tflops=tf, peak_mib=mem,
                 flash_ms=flash_ms, speedup_vs_flash=flash_ms / ms, max_abs_diff_vs_flash=flash_err,
                 sdpa_ms=sdpa[False]["ms"], sdpa_tflops=sdpa[False]["tflops"], sdpa_causal_ms=sdpa[True]["ms"],
                 flex_ms=flex_ms, flex_peak_mib=flex_mem, max_abs_diff_vs_flex=err,
@@ -443,7 +461,8 @@ def main(argv=None) -> int:
                     "alone): " + ", ".join(ALL_ROWS))
     ap.add_argument("--no-flex", action="store_true", help="skip FlexAttention (its compiles take time)")
     ap.add_argument("--sink-logits", action="store_true",
-                    help="the band rows with GPT-OSS's learned sink logits, one a head (needs --no-flex: Flex and "
+                    help="every row whose variant takes GPT-OSS's learned sink logits (the band rows, hierarchical, "
+                         "relbias, lsh, routed), with one a head (needs --no-flex: Flex and "
                          "FlashAttention have no sink column, so their rows would compute another function)")
     ap.add_argument("--head-dim", type=int, default=128,
                     help="D of q, k and v (default %(default)s); 192 is DeepSeek MLA's q·k width, to which the "

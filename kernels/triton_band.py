@@ -658,14 +658,14 @@ def band_attention(
 
 def relbias_attention(q: Tensor, k: Tensor, v: Tensor, *, slopes: Tensor, table: Tensor, bias_scale: float,
                       scale: float, causal: bool, softcap: float = 0.0, key_padding: Tensor | None = None,
-                      mask: Tensor | None = None) -> Tensor:
+                      mask: Tensor | None = None, sink_logits: Tensor | None = None) -> Tensor:
     """Dense attention plus relbias's relative-position bias, computed in the kernel from δ = j − p.
 
     The band is every key (unit past any length); see ``kernels.relbias`` for the bias.
     """
     return _band_attention(q, k, v, unit=_EVERY_KEY, before=0, after=0, sinks=0, scale=scale, causal=causal,
                            softcap=softcap, key_padding=key_padding, mask=mask,
-                           bias=RelativeBias(slopes, table, bias_scale))
+                           bias=RelativeBias(slopes, table, bias_scale), sink_logits=sink_logits)
 
 
 _EVERY_KEY = 1 << 30  # a unit longer than any sequence: the band is every key

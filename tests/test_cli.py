@@ -415,7 +415,8 @@ def test_passes_name_shows_parameters_exact_limit_and_refusals():
     for text in ("window", "sinks", "must be >= 1", "exact limit: window >= N", "refuses: cross-attention",
                  "takes: learned sink logits"):
         assert text in out.output
-    assert "learned sink logits (GPT-OSS)" in CliRunner().invoke(main, ["passes", "lsh"]).output.split("refuses:")[1]
+    lowrank = CliRunner().invoke(main, ["passes", "lowrank"]).output
+    assert "learned sink logits (GPT-OSS)" in lowrank.split("refuses:")[1]
     js = CliRunner().invoke(main, ["passes", "memory", "--json"])
     info = json.loads(js.output)
     assert info["takes_sink_logits"] is True

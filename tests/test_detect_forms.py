@@ -313,8 +313,8 @@ def test_learned_sink_logits_are_found_as_one_logit_a_head(zoo):
         (site,) = attnopt.detect(path)
         assert site.unsupported is None and site.sink_logits is not None
         assert site.summary()["sink_logits"] is True
-        with pytest.raises(NoSitesError, match="sink logits.*lsh does not take them"):
-            attnopt.rewrite(path, "lsh")
+        with pytest.raises(NoSitesError, match="sink logits.*lowrank does not take them"):
+            attnopt.rewrite(path, "lowrank")
 
 
 class _SharedKeysOverUnits(nn.Module):

@@ -91,7 +91,8 @@ def test_lowering_equals_portable_body_cpu(case, elem, variant):
 
 
 RELBIAS_DIMS = {"Q": ["B", "H", "N", "D"], "K": ["B", "H", "M", "D"], "V": ["B", "H", "M", "D"],
-                "Mask": ["Bm", "Hm", "Nm", "Mm"], "KeyPadding": ["Bk", "M"], "slopes": ["H"], "table": ["H", "T"]}
+                "Mask": ["Bm", "Hm", "Nm", "Mm"], "KeyPadding": ["Bk", "M"], "SinkLogits": [0], "slopes": ["H"],
+                "table": ["H", "T"]}
 RELBIAS_CASES = [  # (kind, N, M, causal, key padding, dense mask)
     ("alibi", 12, 12, 0, "none", False), ("alibi", 9, 12, 1, "finite", False), ("t5", 12, 12, 0, "inf", True),
     ("t5", 7, 7, 1, "none", True), ("alibi", 5, 11, 0, "inf", False),
@@ -112,7 +113,7 @@ def _relbias_call(elem, case, chunk_rows=None):
     k, v = (rng.standard_normal((b, h, m, d)).astype(dtype) for _ in range(2))
     kp = _feeds(b, h, m, d, kp_kind, elem)["KeyPadding"]
     mask = (rng.standard_normal((1, h, n, m)) if dense else np.zeros((1, 1, 1, 1))).astype(dtype)
-    feeds = {"Q": q, "K": k, "V": v, "Mask": mask, "KeyPadding": kp,
+    feeds = {"Q": q, "K": k, "V": v, "Mask": mask, "KeyPadding": kp, "SinkLogits": np.zeros(0, np.float32),
              **spec.tensors_for(params, q.shape, k.shape, 0)}
     attrs = {**{p: int(x) if isinstance(x, bool) else x for p, x in params.items()}, "scale": 0.3,
              "causal": causal, "softcap": 0.0}

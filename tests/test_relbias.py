@@ -177,7 +177,8 @@ def test_onnx_body_scores_only_inside_its_scan():
     q, k, v = _qkv(b, h, h, n, n, d, 4)
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     results = sess.run(None, {"Q": q.numpy(), "K": k.numpy(), "V": v.numpy(), "Mask": np.zeros((1, 1, 1, 1), np.float32),
-                              "KeyPadding": np.zeros((1, n), np.float32)})
+                              "KeyPadding": np.zeros((1, n), np.float32),
+                              "SinkLogits": np.zeros(0, np.float32)})
     assert max(a.size for a in results) < b * h * n * n // 8
     torch.testing.assert_close(torch.from_numpy(results[0]), run_reference("relbias", q, k, v, params, scale=SCALE),
                                atol=2e-5, rtol=1e-5)
@@ -196,7 +197,7 @@ def test_onnx_body_steps_through_the_queries_in_blocks():
     kp = np.zeros((b, n), np.float32)
     kp[0, -5:] = -np.inf
     feeds = {"Q": q.numpy(), "K": k.numpy(), "V": v.numpy(), "Mask": np.zeros((1, 1, 1, 1), np.float32),
-             "KeyPadding": kp}
+             "KeyPadding": kp, "SinkLogits": np.zeros(0, np.float32)}
     dims = {"Q": [b, h, "N", d], "K": [b, h, "N", d], "V": [b, h, "N", d], "Mask": [1, 1, 1, 1],
             "KeyPadding": [b, "N"]}
     model = onnx_model("relbias", params, scale=SCALE, causal=True, dims=dims, q_shape=(b, h, n, d),

@@ -22,7 +22,7 @@ from onnx import TensorProto, helper
 from attnopt.kernels.onnx_functions import attach_functions, register_schemas
 from attnopt.kernels.registry import all_variants, get_variant
 from attnopt.onnx_compat import DOMAIN
-from kernel_harness import RANKS, ops_onnxruntime_runs
+from kernel_harness import RANKS, ops_onnxruntime_runs, tensors
 
 register_schemas()
 
@@ -38,13 +38,19 @@ def test_the_sink_serving_variants_are_the_expected_ones():
 
 
 def _model(name, params: dict, *, causal: bool, softcap: float = 0.0, sinks: np.ndarray | None = None):
-    """One ai.attnopt node of variant ``name``; SinkLogits is a graph input, or the constant ``sinks`` if given."""
+    """One ai.attnopt node of variant ``name``; SinkLogits is a graph input, or the constant ``sinks`` if given.
+    The variant's constant tensors (relbias's slopes and table) are graph inputs of any shape, fed per run."""
     spec = get_variant(name)
+    probe = spec.tensors_for(params, (1, 4, 13, 8), (1, 2, 13, 8), 0)  # their dtypes, which no shape changes
     attrs = {**params, "scale": SCALE, "causal": int(causal), "softcap": softcap}
     node = helper.make_node(spec.onnx_op_type, list(spec.onnx_inputs), ["Y"], domain=DOMAIN,
                             **{a: attrs[a] for a in spec.attr_names})
     inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, RANKS[n])
               for n in ("Q", "K", "V", "Mask", "KeyPadding")]
+    for t in spec.tensor_inputs:
+        arr = np.asarray(probe[t.name])
+        inputs.append(helper.make_tensor_value_info(t.name, helper.np_dtype_to_tensor_dtype(arr.dtype),
+                                                    [f"{t.name}{i}" for i in range(arr.ndim)]))
     inits = []
     if sinks is None:
         inputs.append(helper.make_tensor_value_info("SinkLogits", TensorProto.FLOAT, ["Hs"]))
@@ -66,7 +72,8 @@ def _session(name, frozen_params, causal, softcap):
 
 def _run_onnx(name, q, k, v, params, *, mask, key_padding, causal, softcap, sink_logits):
     sess = _session(name, tuple(sorted(params.items())), causal, softcap)
-    feeds = {"Q": q.numpy(), "K": k.numpy(), "V": v.numpy(),
+    feeds = {t: np.asarray(x) for t, x in tensors(get_variant(name), params, q, k).items()}
+    feeds |= {"Q": q.numpy(), "K": k.numpy(), "V": v.numpy(),
              "Mask": (torch.zeros(1, 1, 1, 1) if mask is None else mask).numpy(),
              "KeyPadding": (torch.zeros(1, 1) if key_padding is None else key_padding).numpy(),
              "SinkLogits": (torch.zeros(0) if sink_logits is None else sink_logits).numpy()}
@@ -118,7 +125,8 @@ def test_onnx_body_with_sink_logits_equals_the_reference(name, params, causal):
                 kw = dict(mask=mask, key_padding=kp, causal=causal, softcap=softcap)
                 outs = []
                 for sinks in (SINKS, None):
-                    expected = spec.reference(q, k, v, **run_params, scale=SCALE, **kw, sink_logits=sinks)
+                    expected = spec.reference(q, k, v, **run_params, **tensors(spec, run_params, q, k), scale=SCALE,
+                                              **kw, sink_logits=sinks)
                     assert torch.isfinite(expected).all()
                     got = _run_onnx(name, q, k, v, run_params, **kw, sink_logits=sinks)
                     torch.testing.assert_close(got, expected, **TOL, msg=lambda msg: (

@@ -38,6 +38,13 @@ CASES: dict[str, dict] = {
                                                         N=260, M=300, dtype="float32", causal=True),
     "relbias_alibi_far_blocks_skipped_bf16": dict(variant="relbias", params=0, bias_scale=8.0, H=4, N=200, D=24,
                                                   dtype="bfloat16"),
+    # GPT-OSS's learned sink logits: one more denominator term per head in the epilogue (the far-block skipping
+    # stays exact: a sink only grows the denominator)
+    "relbias_alibi_sink_logits_causal_gqa": dict(variant="relbias", params=0, H=4, Hkv=2, N=40, causal=True,
+                                                 sinkl=True),
+    "relbias_t5_sink_logits_key_padding": dict(variant="relbias", params=1, B=2, H=4, N=44, kp=True, sinkl=True),
+    "relbias_alibi_far_blocks_skipped_sink_logits": dict(variant="relbias", params=0, bias_scale=12.0, H=4, N=300,
+                                                         dtype="float32", sinkl=True),
     "hier_l1": dict(variant="hierarchical", params=dict(block=16, levels=1, sinks=0), N=70),
     "hier_l2_sinks_causal": dict(variant="hierarchical", params=dict(block=16, levels=2, sinks=2), N=100,
                                  causal=True),

@@ -148,4 +148,5 @@ SPEC = VariantSpec(
         TensorInput("table", "(H, 2R + 1) per-head bias for the distance j − i clamped to [−R, R]"),
     ),
     make_tensors=make_tensors,
+    serves_sink_logits=True,
 )

@@ -20,6 +20,7 @@ from onnxscript import graph
 from onnxscript import opset18 as op
 
 from ..onnx_functions import attnopt_opset
+from ..sink_onnx import SoftmaxWithSink
 from ..softcap_onnx import Softcap
 from .bias_rows_onnx import CALLS as BIAS_CALLS
 from .bias_rows_onnx import RelativeBiasDistances, ToeplitzRows
@@ -29,9 +30,9 @@ STEP_ELEMENTS = 2**25  # scores a step holds per batch row: 128 MiB of float32
 
 
 @onnxscript.script(attnopt_opset, default_opset=op)
-def RelbiasAttention(Q, K, V, Mask, KeyPadding, slopes, table, kind: str, num_buckets: int, max_distance: int,
-                     bidirectional: int, table_file: str, init_std: float, bias_scale: float, scale: float,
-                     causal: int, softcap: float):
+def RelbiasAttention(Q, K, V, Mask, KeyPadding, SinkLogits, slopes, table, kind: str, num_buckets: int,
+                     max_distance: int, bidirectional: int, table_file: str, init_std: float, bias_scale: float,
+                     scale: float, causal: int, softcap: float):
     """softmax(s·QKᵀ + bias_scale·(−slopes·|δ| + table[clamp(δ)]) + masks) V; rows with no allowed key output 0."""
     zero = op.Constant(value_ints=[0])
     one = op.Constant(value_ints=[1])
@@ -85,7 +86,7 @@ def RelbiasAttention(Q, K, V, Mask, KeyPadding, slopes, table, kind: str, num_bu
         # scores.
         masks = op.Add(kp, op.Reshape(op.CastLike(dense, cap), mask_shape))
         scores = op.Add(op.Add(raw, bias), masks)
-        probs = op.Softmax(scores, axis=-1)
+        probs = SoftmaxWithSink(scores, SinkLogits)
         out = op.MatMul(probs, v)
         # A row with no allowed key softmaxes to NaN: zero it on the (rows, D) output, not on the
         # (rows, keys) probabilities (a Where over every score).
@@ -98,4 +99,4 @@ def RelbiasAttention(Q, K, V, Mask, KeyPadding, slopes, table, kind: str, num_bu
 
 
 BODY = RelbiasAttention
-CALLS = BIAS_CALLS
+CALLS = (*BIAS_CALLS, SoftmaxWithSink)

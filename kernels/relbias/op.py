@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..reference import check_additive_mask, check_qkv, softcapped
+from ..reference import check_additive_mask, check_qkv, softcapped, softmax_with_sink
 from ..torch_ops import define_op
 
 QUERY_BLOCK = 64
@@ -26,7 +26,7 @@ def check_bias_tensors(slopes: Tensor, table: Tensor, heads: int) -> None:
 
 def forward(q, k, v, mask, key_padding, slopes, table, kind: str, num_buckets: int, max_distance: int,
             bidirectional: bool, table_file: str, init_std: float, bias_scale: float, scale: float, causal: bool,
-            softcap: float):
+            softcap: float, sink_logits=None):
     check_qkv(q, k, v)
     b, h, n, d = q.shape
     hkv, m = k.shape[1], k.shape[2]
@@ -63,7 +63,7 @@ def forward(q, k, v, mask, key_padding, slopes, table, kind: str, num_buckets: i
             hm = rows.shape[1]  # 1 or H: split like the scores' (Hkv, rep) to broadcast
             scores = scores + rows.to(compute).reshape(rows.shape[0], min(hm, hkv), hm // min(hm, hkv),
                                                        *rows.shape[2:])
-        p = torch.softmax(scores, dim=-1)
+        p = softmax_with_sink(scores, sink_logits, head_axes=2)  # scores are (b, hkv, rep, rows, M)
         if may_empty:  # a row whose every key is masked is NaN after softmax; it outputs 0
             p = torch.where(torch.isnan(p), 0.0, p)
         out[:, :, :, r0:r1] = p @ vc
@@ -85,14 +85,14 @@ def _block_bias(slope: Tensor, tab: Tensor, r: int, first: int, rows: int, m: in
 
 def cuda_forward(q, k, v, mask, key_padding, slopes, table, kind: str, num_buckets: int, max_distance: int,
                  bidirectional: bool, table_file: str, init_std: float, bias_scale: float, scale: float,
-                 causal: bool, softcap: float):
+                 causal: bool, softcap: float, sink_logits=None):
     """On CUDA: the Triton band kernel over every key, the bias computed per element from the distance."""
     check_bias_tensors(slopes, table, q.shape[1])
     check_additive_mask(mask)
     from ..triton_band import relbias_attention as triton_relbias  # triton loads only where CUDA runs
 
     return triton_relbias(q, k, v, slopes=slopes, table=table, bias_scale=bias_scale, scale=scale, causal=causal,
-                          softcap=softcap, key_padding=key_padding, mask=mask)
+                          softcap=softcap, key_padding=key_padding, mask=mask, sink_logits=sink_logits)
 
 
 relbias_attention = define_op("relbias", forward, cuda=cuda_forward)

@@ -39,11 +39,12 @@ KEY_ALIGN = 64
 
 
 @onnxscript.script(attnopt_opset, default_opset=op)
-def RelbiasAttentionOrtCuda(Q, K, V, Mask, KeyPadding, slopes, table, kind: str, num_buckets: int,
+def RelbiasAttentionOrtCuda(Q, K, V, Mask, KeyPadding, SinkLogits, slopes, table, kind: str, num_buckets: int,
                             max_distance: int, bidirectional: int, table_file: str, init_std: float,
                             bias_scale: float, scale: float, causal: int, softcap: float, num_heads: int,
                             step_elements: int):
-    """softmax(s·QKᵀ + bias) V through MultiHeadAttention, a chunk of queries at a time with its bias materialised."""
+    """softmax(s·QKᵀ + bias) V through MultiHeadAttention, a chunk of queries at a time with its bias materialised.
+    SinkLogits are not read: a call with sink logits keeps the portable body (``LoweringFacts``)."""
     zero = op.Constant(value_ints=[0])
     one = op.Constant(value_ints=[1])
     b = op.Shape(Q, start=0, end=1)

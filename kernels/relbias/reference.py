@@ -28,7 +28,7 @@ def reference(q: Tensor, k: Tensor, v: Tensor, *, slopes: Tensor, table: Tensor,
               num_buckets: int = 32, max_distance: int = 128, bidirectional: bool = True, table_file: str = "",
               init_std: float = 0.0, bias_scale: float = 1.0, scale: float | None = None,
               mask: Tensor | None = None, key_padding: Tensor | None = None, causal: bool = False,
-              softcap: float = 0.0) -> Tensor:
+              softcap: float = 0.0, sink_logits: Tensor | None = None) -> Tensor:
     """kind .. init_std only say how slopes and table were made (``kernels.relbias.make_tensors``)."""
     check_qkv(q, k, v)
     n, m = q.shape[2], k.shape[2]
@@ -37,4 +37,4 @@ def reference(q: Tensor, k: Tensor, v: Tensor, *, slopes: Tensor, table: Tensor,
         bias = bias + (mask.float() if mask.dtype != torch.bool else
                        torch.zeros(()).masked_fill(~mask, float("-inf")))
     return restricted_attention(q, k, v, None, scale=scale, mask=bias, key_padding=key_padding, causal=causal,
-                                softcap=softcap)
+                                softcap=softcap, sink_logits=sink_logits)
