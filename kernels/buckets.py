@@ -24,7 +24,8 @@ local part the chunk and sink pairs that no round matched (as in the Triton
 kernels). The bucket part, the large one, then masks only its padding, causality
 and earlier rounds; the pairwise bucket test runs on the local part's C + G
 keys. The rep = H/Hkv query heads of one kv head are sorted together, as rows
-h·N + i: they read the same keys.
+h·N + i: they read the same keys. GPT-OSS's learned sink logit σ_h, where given,
+is one more part: max σ_h, sum 1 and output zero in every row of head h.
 """
 
 from __future__ import annotations
@@ -64,10 +65,12 @@ def buckets_allowed(q_buckets: Tensor, k_buckets: Tensor, chunk: int) -> Tensor:
 
 def bucket_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, key_padding: Tensor | None,
                      q_buckets: Tensor, k_buckets: Tensor, *, n_buckets: int, chunk: int, sinks: int, scale: float,
-                     causal: bool, softcap: float = 0.0, block: int | None = None) -> Tensor:
+                     causal: bool, softcap: float = 0.0, block: int | None = None,
+                     sink_logits: Tensor | None = None) -> Tensor:
     """Attention over ``buckets_allowed`` ∪ sinks, with the op contract of ``kernels.spec``.
 
-    ``q_buckets`` (B, H, R, N) and ``k_buckets`` (B, Hkv, R, M) are int64 in [0, n_buckets).
+    ``q_buckets`` (B, H, R, N) and ``k_buckets`` (B, Hkv, R, M) are int64 in [0, n_buckets);
+    ``sink_logits`` (H,) or None.
     """
     check_qkv(q, k, v)
     B, H, N, D = q.shape
@@ -89,6 +92,9 @@ def bucket_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, key_p
     parts = [_local_part(site, qb, k_buckets)]
     if R:
         parts.append(_bucket_part(site, qb, k_buckets, n_buckets, block or block_rows(D)))
+    if sink_logits is not None:  # the learned sinks' part; row h·N + i of kv head g is query head g·rep + h
+        top = sink_logits.to(site.q.dtype).view(1, Hkv, 1, rep, 1).expand(B, Hkv, 1, rep, N).reshape(B, Hkv, 1, -1)
+        parts.append((top, torch.ones_like(top), top.new_zeros(*top.shape, D)))
     return merge_parts(parts).reshape(B, H, N, D).to(q.dtype)
 
 

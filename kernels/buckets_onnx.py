@@ -24,6 +24,10 @@ output MatMul as a column of ones, and the pairwise bucket test runs on the
 local part only. What is left on the rounds' scores is causality and, with
 several rounds, the earlier rounds' pairs.
 
+GPT-OSS's learned sink logits (``SinkLogits``, after ``KeyPadding``) are one
+more term of each row's denominator where the parts merge (``SinkDenominator``),
+an ``If`` on their size that onnxruntime folds at load, as ``sink_onnx``'s.
+
 Row maxima are ``row_max_onnx.LastAxisMax`` and sums over an axis use
 ReduceSum, whose axes input is the same in opsets 17..23.
 """
@@ -203,8 +207,28 @@ def SumOverRounds(X, Several):
 
 
 @onnxscript.script(attnopt_opset, default_opset=op)
-def BucketAttention(Q, K, V, Mask, KeyPadding, QBuckets, KBuckets, Config, Scalars):
-    """QBuckets (B, H, R, N), KBuckets (B, Hkv, R, M): int64 in [0, n_buckets).
+def SinkDenominator(Sums, Top, SinkLogits):
+    """Sums + e^{σ_h − Top}: the learned sink as one more term of each row's softmax denominator, its value zero.
+
+    Sums (B, Hkv, 1, rows, 1) and Top (B, Hkv, 1, rows) are the merged rows h·N + i of kv head g, query head
+    g·rep + h, so the rows split as (rep, N) meet SinkLogits (H,) read as (Hkv, rep). An empty SinkLogits (no
+    sinks) leaves Sums as it is: an If on its size, folded at load when the logits are a constant (sink_onnx).
+    """
+    if op.Greater(op.Size(SinkLogits), op.Constant(value_int=0)):
+        hkv = op.Shape(Sums, start=1, end=2)
+        sink = op.Reshape(op.CastLike(SinkLogits, Sums), op.Concat(op.Constant(value_ints=[1]), hkv,
+                                                                   op.Constant(value_ints=[-1, 1]), axis=0))
+        by_head = op.Concat(op.Shape(Sums, start=0, end=2), op.Div(op.Shape(SinkLogits), hkv),
+                            op.Constant(value_ints=[-1]), axis=0)  # (B, Hkv, rep, N)
+        total = op.Add(Sums, op.Reshape(op.Exp(op.Sub(sink, op.Reshape(Top, by_head))), op.Shape(Sums)))
+    else:
+        total = op.Identity(Sums)
+    return total
+
+
+@onnxscript.script(attnopt_opset, default_opset=op)
+def BucketAttention(Q, K, V, Mask, KeyPadding, SinkLogits, QBuckets, KBuckets, Config, Scalars):
+    """QBuckets (B, H, R, N), KBuckets (B, Hkv, R, M): int64 in [0, n_buckets); SinkLogits (H,) or empty.
 
     Config = [n_buckets, chunk, sinks, R] (int64); Scalars = [scale, softcap, causal] (float).
     """
@@ -414,13 +438,16 @@ def BucketAttention(Q, K, V, Mask, KeyPadding, QBuckets, KBuckets, Config, Scala
     # --- one softmax over the union: merge the parts' (max, output with its row sums in column D).
     tops = op.Concat(top_local, top_r, axis=2)  # (B, Hkv, 1 + R, rows)
     best = op.GatherElements(tops, op.ArgMax(tops, axis=2, keepdims=1), axis=2)
-    weight = op.Unsqueeze(op.Exp(op.Sub(tops, op.Where(op.IsInf(best, detect_positive=0), 0.0, best))), four)
+    best = op.Where(op.IsInf(best, detect_positive=0), 0.0, best)  # a row with no key: every part weighs 0
+    weight = op.Unsqueeze(op.Exp(op.Sub(tops, best)), four)
     total = op.Add(op.Mul(op.Slice(weight, zero, one, two), out_local),
                    SumOverRounds(op.Mul(op.Slice(weight, one, op.Add(r, one), two), out_r), several))
-    total_sum = op.Slice(total, d, op.Add(d, one), four)
+    # A row with no key and a finite sink then has a positive sum and a zero output: y = 0.
+    total_sum = SinkDenominator(op.Slice(total, d, op.Add(d, one), four), best, SinkLogits)
     y = op.Where(op.Greater(total_sum, 0.0), op.Div(op.Slice(total, zero, d, four), op.Max(total_sum, 1e-38)), 0.0)
     return op.CastLike(op.Reshape(y, op.Concat(b, h, n, d, axis=0)), Q)
 
 
 # What a body calling BucketAttention lists in its CALLS.
-CALLS = (BucketAttention, BucketDenseMask, BucketSort, MaskScalar, RoundMask, SumOverRounds, UnmatchedKeys)
+CALLS = (BucketAttention, BucketDenseMask, BucketSort, MaskScalar, RoundMask, SinkDenominator, SumOverRounds,
+         UnmatchedKeys)

@@ -21,7 +21,8 @@ Three steps, each O(N·D) in memory:
   [start of the first, end of the last); a block whose rows all hold one
   bucket, in round 0 and with nothing riding on top, runs its whole key blocks
   with no mask math. ``_local_fwd`` then takes the queries in natural order,
-  visits their chunks' keys and the sinks, and writes the output.
+  visits their chunks' keys and the sinks, adds GPT-OSS's learned sink (one
+  more denominator term, as ``triton_band``'s epilogue does) and writes the output.
 
 Ownership, so that no pair counts twice: round r owns the pairs whose buckets
 match in r and in no earlier round; the local kernel owns chunk and sink keys
@@ -44,7 +45,7 @@ import triton.language as tl
 from torch import Tensor
 
 from .reference import check_self_attention
-from .triton_band import _accumulate, _exp_weights, _log2_scores, _to_log2_additive
+from .triton_band import _accumulate, _exp_weights, _log2_scores, _sink_pointer, _to_log2_additive
 from .triton_launch import launch, tma_descriptor, tma_ok
 from .triton_sort import sort_buckets
 
@@ -361,7 +362,7 @@ def _bucket_fwd(
 
 @triton.jit
 def _local_fwd(
-    Q, K, V, O, KP, MSK, O_ST, L_ST, QB, KB,
+    Q, K, V, O, KP, MSK, O_ST, L_ST, QB, KB, SINKL,
     stride_qb, stride_qh, stride_qn,
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
@@ -370,7 +371,7 @@ def _local_fwd(
     H, N, M, GROUP, ROWS, R, CHUNK, G, OFF, scale2, cap2, cap_in,
     HEAD_DIM: tl.constexpr, D_TRUE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     CAUSAL: tl.constexpr, HAS_KP: tl.constexpr, HAS_MASK: tl.constexpr, MASK_BOOL: tl.constexpr,
-    SOFTCAP: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
+    SOFTCAP: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, HAS_SINKL: tl.constexpr = False,
 ):
     """Queries in natural order against their chunk's keys and the sinks that no round matched; finishes the
     softmax the rounds started and writes the output."""
@@ -448,6 +449,9 @@ def _local_fwd(
         acc, l_i, m_i = _fold(acc, l_i, m_i, q, k, v, ok, k_ok, cols, mrow, KPb, stride_kpn, MSKb, stride_mm,
                               scale2, cap2, cap_in, True, HAS_KP, HAS_MASK, MASK_BOOL, SOFTCAP, PREC)
 
+    if HAS_SINKL:  # the head's learned sink: one more denominator term, its value zero; a row with no key
+        # (m_i = −inf) gets an infinite sum and outputs 0
+        l_i = l_i + tl.math.exp2(tl.load(SINKL + h).to(tl.float32) * 1.4426950408889634 - m_i)
     has_any = l_i > 0.0
     out = tl.where(has_any[:, None], acc / tl.where(has_any, l_i, 1.0)[:, None], 0.0)
     tl.store(O + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + i.to(tl.int64)[:, None] * stride_on
@@ -542,7 +546,8 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def _check(q: Tensor, k: Tensor, v: Tensor, q_buckets: Tensor, k_buckets: Tensor, mask, key_padding) -> None:
+def _check(q: Tensor, k: Tensor, v: Tensor, q_buckets: Tensor, k_buckets: Tensor, mask, key_padding,
+           sink_logits) -> None:
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4 or k.shape != v.shape:
         raise ValueError(f"bucket attention expects q (B, H, N, D) and k, v (B, Hkv, M, D); got {tuple(q.shape)}, "
                          f"{tuple(k.shape)}, {tuple(v.shape)}")
@@ -564,17 +569,20 @@ def _check(q: Tensor, k: Tensor, v: Tensor, q_buckets: Tensor, k_buckets: Tensor
         raise ValueError(f"key_padding must be (B | 1, M); got {tuple(key_padding.shape)}")
     if mask is not None and mask.dim() != 4:
         raise ValueError(f"the mask must be 4-D, broadcastable to (B, H, N, M); got {tuple(mask.shape)}")
+    if sink_logits is not None and (sink_logits.shape != (H,) or not sink_logits.is_floating_point()):
+        raise ValueError(f"sink_logits must be float (H,) = ({H},); got {sink_logits.dtype} {tuple(sink_logits.shape)}")
 
 
 def bucket_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, key_padding: Tensor | None,
                      q_buckets: Tensor, k_buckets: Tensor, *, n_buckets: int, chunk: int, sinks: int, scale: float,
-                     causal: bool, softcap: float = 0.0, config: BucketConfig | None = None) -> Tensor:
+                     causal: bool, softcap: float = 0.0, config: BucketConfig | None = None,
+                     sink_logits: Tensor | None = None) -> Tensor:
     """Attention over (shared bucket in some round) ∪ local chunk ∪ sinks, with the op contract of ``kernels.spec``.
 
     ``q_buckets`` (B, H, R, N) and ``k_buckets`` (B, Hkv, R, M) hold bucket ids in [0, n_buckets).
     Same arguments and result as ``kernels.buckets.bucket_attention``, the torch form.
     """
-    _check(q, k, v, q_buckets, k_buckets, mask, key_padding)
+    _check(q, k, v, q_buckets, k_buckets, mask, key_padding, sink_logits)
     B, H, N, D = q.shape
     Hkv, M = k.shape[1], k.shape[2]
     R = q_buckets.shape[2]
@@ -637,13 +645,14 @@ def bucket_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, key_p
             PRESORTED=bool(cfg.presorted), USE_TMA=use_tma, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **flags,
         )
     launch(_local_fwd)[(triton.cdiv(N, cfg.local_block_m), B * H)](
-        q, k, v, out, kp, msk, o_state, l_state, qb, kb,
+        q, k, v, out, kp, msk, o_state, l_state, qb, kb, _sink_pointer(sink_logits, q),
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
         *kp_strides, *m_strides,
         H, N, M, rep, rows, R, chunk, min(sinks, M), off, scale2, cap2, cap_in,
         HEAD_DIM=head_dim, D_TRUE=D, BLOCK_M=cfg.local_block_m, BLOCK_N=cfg.local_block_n, PREC=prec,
-        UPCAST=upcast, num_warps=cfg.local_warps, num_stages=1 if _interpreting() else 2, **flags,
+        UPCAST=upcast, HAS_SINKL=sink_logits is not None, num_warps=cfg.local_warps,
+        num_stages=1 if _interpreting() else 2, **flags,
     )
     return out
 

@@ -209,29 +209,31 @@ def test_bucket_machinery_matches_its_spec_at_larger_sizes(n_buckets, rounds):
                                                                                                       m)
     mask = torch.randn(b, 1, n, m, generator=gen)
     kp = padding(b, m)
-    for causal in (False, True):
+    # GPT-OSS's learned sinks on the causal pass: one more term where the parts merge, −inf (none) among them
+    for causal, sink_logits in ((False, None), (True, torch.tensor([0.5, 3.0, float("-inf"), -2.0]))):
         allowed = with_sinks(buckets_allowed(q_buckets, k_buckets, chunk=7), 3)
         expected = restricted_attention(q, k, v, allowed, scale=SCALE, mask=mask, key_padding=kp, causal=causal,
-                                        softcap=2.0)
+                                        softcap=2.0, sink_logits=sink_logits)
         got = bucket_attention(q, k, v, mask, kp, q_buckets, k_buckets, n_buckets=n_buckets, chunk=7, sinks=3,
-                               scale=SCALE, causal=causal, softcap=2.0, block=16)
+                               scale=SCALE, causal=causal, softcap=2.0, block=16, sink_logits=sink_logits)
         torch.testing.assert_close(got, expected, **TOL)
         # The ONNX form (blocks of 16 rows and 16 keys at D = 8): bucket 0 holds about half of them all,
         # so it spans several (query block, key block) pairs whose softmax pieces the body merges.
         got = _onnx_bucket_attention(q, k, v, mask, kp, q_buckets, k_buckets, [n_buckets, 7, 3, rounds],
-                                     [SCALE, 2.0, causal])
+                                     [SCALE, 2.0, causal], sink_logits)
         torch.testing.assert_close(got, expected, **TOL)
 
 
-def _onnx_bucket_attention(q, k, v, mask, kp, q_buckets, k_buckets, config, scalars):
-    """ai.attnopt::BucketAttention alone in onnxruntime (CPU)."""
+def _onnx_bucket_attention(q, k, v, mask, kp, q_buckets, k_buckets, config, scalars, sink_logits=None):
+    """ai.attnopt::BucketAttention alone in onnxruntime (CPU); no sink logits is the empty vector."""
     from onnx import TensorProto, helper
 
     from attnopt.kernels.onnx_functions import attach_functions
     from attnopt.onnx_compat import DOMAIN, DOMAIN_VERSION
 
-    names = ["Q", "K", "V", "Mask", "KeyPadding", "QBuckets", "KBuckets", "Config", "Scalars"]
-    feeds = dict(zip(names, [q.numpy(), k.numpy(), v.numpy(), mask.numpy(), kp.numpy(), q_buckets.numpy(),
+    names = ["Q", "K", "V", "Mask", "KeyPadding", "SinkLogits", "QBuckets", "KBuckets", "Config", "Scalars"]
+    sinks = np.zeros(0, np.float32) if sink_logits is None else sink_logits.numpy()
+    feeds = dict(zip(names, [q.numpy(), k.numpy(), v.numpy(), mask.numpy(), kp.numpy(), sinks, q_buckets.numpy(),
                              k_buckets.numpy(), np.array(config, np.int64), np.array(scalars, np.float32)]))
     types = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.int64): TensorProto.INT64}
     graph = helper.make_graph([helper.make_node("BucketAttention", names, ["Y"], domain=DOMAIN)], "buckets",
@@ -249,14 +251,17 @@ def _onnx_bucket_attention(q, k, v, mask, kp, q_buckets, k_buckets, config, scal
 @pytest.mark.parametrize("causal", [False, True])
 def test_bucket_bodies_fold_every_if_at_load(name, causal, tmp_path):
     """Every If in the bucket bodies tests a constant (the round count in Config, the cap, causality, the
-    mask's size), so onnxruntime folds them at load: an If left at run time copies its branch's output,
-    which here is the whole score tensor. "No mask" is an initializer, as the rewrites write it."""
+    mask's and sink logits' sizes), so onnxruntime folds them at load: an If left at run time copies its branch's
+    output, which here is the whole score tensor. "No mask" and the sink logits, given or not, are initializers,
+    as the rewrites write them."""
     for params in get_variant(name).test_params:
-        model = onnx_model(name, params, scale=SCALE, causal=causal, q_shape=(2, 4, 40, 8), k_shape=(2, 2, 40, 8))
-        mask = next(i for i in model.graph.input if i.name == "Mask")
-        model.graph.input.remove(mask)
-        model.graph.initializer.append(onnx.numpy_helper.from_array(np.zeros((1, 1, 1, 1), np.float32), "Mask"))
-        assert "If" not in ops_onnxruntime_runs(model, tmp_path / "optimized.onnx"), params
+        for sinks in (np.zeros(0, np.float32), np.array([0.5, 3.0, -np.inf, -2.0], np.float32)):
+            model = onnx_model(name, params, scale=SCALE, causal=causal, q_shape=(2, 4, 40, 8),
+                               k_shape=(2, 2, 40, 8))
+            for const, value in (("Mask", np.zeros((1, 1, 1, 1), np.float32)), ("SinkLogits", sinks)):
+                model.graph.input.remove(next(i for i in model.graph.input if i.name == const))
+                model.graph.initializer.append(onnx.numpy_helper.from_array(value, const))
+            assert "If" not in ops_onnxruntime_runs(model, tmp_path / "optimized.onnx"), (params, sinks)
 
 
 def test_lowrank_cpu_op_builds_nothing_quadratic():
@@ -307,8 +312,11 @@ def test_onnx_body_builds_nothing_quadratic(name):
     q, k, v = qkv(1, 2, 1, n, n, d, 0)
     kp = torch.zeros(1, n)
     kp[0, -5:] = float("-inf")
-    results = sess.run(None, {"Q": q.numpy(), "K": k.numpy(), "V": v.numpy(),
-                              "Mask": np.zeros((1, 1, 1, 1), np.float32), "KeyPadding": kp.numpy()})
+    feeds = {"Q": q.numpy(), "K": k.numpy(), "V": v.numpy(), "Mask": np.zeros((1, 1, 1, 1), np.float32),
+             "KeyPadding": kp.numpy()}
+    if spec.serves_sink_logits:  # none: the empty vector
+        feeds["SinkLogits"] = np.zeros(0, np.float32)
+    results = sess.run(None, feeds)
     assert not {o.name: a.size for o, a in zip(model.graph.output, results) if a.size >= n * n}
     torch.testing.assert_close(torch.from_numpy(results[0]),
                                run_reference(name, q, k, v, params, scale=SCALE, key_padding=kp, causal=causal), **TOL)

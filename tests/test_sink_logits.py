@@ -1,5 +1,5 @@
 """GPT-OSS's learned sink logits through both frontends: found as one logit a head, carried to the ops that take
-them (segmented, window, memory, hierarchical, dense), sliced per head group, refused with the reason where no
+them (every variant but lowrank), sliced per head group, refused with the reason where no
 op takes them.
 
 The zoo case ``hand-sink-logits`` is the model; test_rewrite_zoo and test_local_variants_zoo rewrite it at and

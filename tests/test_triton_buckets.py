@@ -52,6 +52,17 @@ CASES = {
     "routed_exact_limit": (
         "routed", {"n_clusters": 1, "top_k": 3, "iters": 1, "seed": 0, "chunk": 3, "sinks": 1}, (1, 2, 1, 18, 18, 16),
         torch.float32, {"kp": True, "dense": True}),
+    # GPT-OSS's learned sink logits: one more denominator term per head where the local kernel ends the softmax;
+    # a batch whose every key is padded (rows with no key: 0 with or without a sink), rounds carried in the state
+    "lsh_sink_logits_rounds_gqa_causal_padding_fp32": (
+        "lsh", {"n_buckets": 4, "n_rounds": 2, "chunk": 3, "seed": 1, "sinks": 2}, (2, 4, 2, 20, 20, 16),
+        torch.float32, {"causal": True, "kp": True, "no_keys": True, "sinkl": True}),
+    "routed_sink_logits_top2_gqa_causal_mask_bf16": (
+        "routed", {"n_clusters": 4, "top_k": 2, "iters": 1, "seed": 0, "chunk": 3, "sinks": 1}, (1, 4, 2, 20, 20, 16),
+        torch.bfloat16, {"causal": True, "mask": True, "sinkl": True}),
+    "routed_sink_logits_softcap_fp32": (
+        "routed", {"n_clusters": 3, "top_k": 1, "iters": 2, "seed": 0, "chunk": 4, "sinks": 0}, (1, 2, 2, 21, 21, 24),
+        torch.float32, {"softcap": 2.0, "sinkl": True}),
     "pool_gqa_padding_cross_bf16": (
         "lowrank", {"rank": 4, "method": "pool", "pinv_steps": 6}, (2, 2, 1, 20, 19, 16), torch.bfloat16,
         {"kp": True, "softcap": 2.0}),
@@ -87,9 +98,13 @@ def make_inputs(shape, dtype, extras, seed=0, device="cpu"):
         kp = torch.zeros(B, M, device=device)
         kp[0, M - 3:] = float("-inf")
         kp[-1, M // 3] = torch.finfo(torch.float32).min
+        if extras.get("no_keys"):
+            kp[-1] = float("-inf")
         kw["key_padding"] = kp
     if extras.get("mask"):
         kw["mask"] = torch.randn(1, H, N, M, generator=gen, device=device)
+    if extras.get("sinkl"):  # one a head: −inf among them (no sink) and one large enough to take most of a row
+        kw["sink_logits"] = torch.tensor([2.5, -1.0, float("-inf"), 4.0], device=device).repeat(-(-H // 4))[:H]
     return q, k, v, kw
 
 
@@ -101,15 +116,16 @@ def run_triton(variant, params, q, k, v, kw, config=None):
     extra = spec.tensors_for(params, tuple(q.shape), tuple(k.shape))
     args = [torch.as_tensor(extra[t.name]).to(q.device) for t in spec.tensor_inputs] + \
         [params[p] for p in spec.param_names]
+    args += [kw["scale"], kw["causal"], kw["softcap"]] + ([kw["sink_logits"]] if "sink_logits" in kw else [])
     forward = spec._module("op").cuda_forward
     if config is None:
-        return forward(q, k, v, kw["mask"], kw["key_padding"], *args, kw["scale"], kw["causal"], kw["softcap"])
+        return forward(q, k, v, kw["mask"], kw["key_padding"], *args)
     from attnopt.kernels import triton_buckets
 
     original = triton_buckets.default_config
     triton_buckets.default_config = lambda *a: config
     try:
-        return forward(q, k, v, kw["mask"], kw["key_padding"], *args, kw["scale"], kw["causal"], kw["softcap"])
+        return forward(q, k, v, kw["mask"], kw["key_padding"], *args)
     finally:
         triton_buckets.default_config = original
 
@@ -326,8 +342,10 @@ def test_triton_forms_are_registered_for_cuda():
 
 
 def sampled_bucket_reference(q, k, v, q_buckets, k_buckets, rows, *, chunk, sinks, scale, causal, softcap=0.0,
-                             key_padding=None, mask=None):
+                             key_padding=None, mask=None, sink_logits=None):
     """lsh/routed attention for query rows ``rows`` from the bucket ids, in fp32 (the spec's rule)."""
+    from attnopt.kernels.reference import softmax_with_sink
+
     B, H, N, D = q.shape
     Hkv, M = k.shape[1], k.shape[2]
     rep = H // Hkv
@@ -348,7 +366,7 @@ def sampled_bucket_reference(q, k, v, q_buckets, k_buckets, rows, *, chunk, sink
         s = s + key_padding.float()[:, None, None, :]
     if mask is not None:
         s = s + mask[:, :, rows].float()
-    probs = torch.softmax(s, dim=-1)
+    probs = softmax_with_sink(s, sink_logits)
     return torch.where(torch.isnan(probs), 0.0, probs) @ v.float().repeat_interleave(rep, 1)
 
 
@@ -372,6 +390,12 @@ GPU_CASES = {
                    {"causal": True}),
     "routed_causal_gqa": ("routed", {"n_clusters": 16, "top_k": 1, "iters": 2, "seed": 0, "chunk": 64, "sinks": 0},
                           16384, {"causal": True, "Hkv": 4}),
+    # GPT-OSS's learned sink logits, a denominator term in the local kernel's epilogue
+    "lsh_r2_gqa_causal_sink_logits": ("lsh", {"n_buckets": 32, "n_rounds": 2, "chunk": 64, "seed": 0, "sinks": 4},
+                                      16384, {"causal": True, "Hkv": 4, "sinkl": True}),
+    "routed_gqa_causal_kp_sink_logits": ("routed", {"n_clusters": 16, "top_k": 1, "iters": 2, "seed": 0, "chunk": 64,
+                                                    "sinks": 0}, 16384, {"causal": True, "Hkv": 4, "kp": True,
+                                                                         "sinkl": True}),
     "routed_c32_top2_causal_softcap": ("routed", {"n_clusters": 32, "top_k": 2, "iters": 2, "seed": 0, "chunk": 64,
                                                   "sinks": 4}, 16384, {"causal": True, "softcap": 30.0}),
     "pool_r256": ("lowrank", {"rank": 256, "method": "pool", "pinv_steps": 6}, 65536, {}),
@@ -423,7 +447,7 @@ class TestCuda:
                           torch.randint(0, N, (300,), generator=torch.Generator().manual_seed(1))]).unique().cuda()
         ref = sampled_bucket_reference(q, k, v, qb, kb, rows, chunk=params["chunk"], sinks=params["sinks"],
                                        scale=kw["scale"], causal=kw["causal"], softcap=kw["softcap"],
-                                       key_padding=kw["key_padding"])
+                                       key_padding=kw["key_padding"], sink_logits=kw.get("sink_logits"))
         assert _rel(out[:, :, rows], ref) < tolerance(dtype, variant, params)
 
     @pytest.mark.parametrize("c, kp, d", [(16, False, 128), (64, True, 128), (32, False, 192)])

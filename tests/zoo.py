@@ -244,6 +244,19 @@ def vit(impl: str) -> Built:
     return Built(HFWrapper(model, ["pixel_values"]), (_pixels(),), ["pixel_values"], ["last_hidden_state"])
 
 
+def dinov3_vit(impl: str) -> Built:
+    """DINOv3: RoPE over the patch tokens only, so q and k concatenate the untouched CLS and register tokens with
+    the rotated patches. TorchScript computes the RoPE tables' sizes in If nodes that no shape inference takes;
+    the lengths, and so the proof of self-attention, come from those Ifs folded (``onnx.infer_shapes``)."""
+    from transformers import DINOv3ViTConfig, DINOv3ViTModel
+
+    _hf_quiet()
+    cfg = DINOv3ViTConfig(image_size=16, patch_size=4, num_channels=3, hidden_size=32, num_hidden_layers=2,
+                          num_attention_heads=4, intermediate_size=64, num_register_tokens=2)
+    model = _hf_model(DINOv3ViTModel, cfg, impl)
+    return Built(HFWrapper(model, ["pixel_values"]), (_pixels(),), ["pixel_values"], ["last_hidden_state"])
+
+
 def swin(impl: str) -> Built:
     """One stage of two blocks: windowed attention with a relative-position bias, then shifted windows
     with the shift mask added (8x8 patches, 4 windows of 16 tokens each, folded into the batch)."""
@@ -936,7 +949,7 @@ class WideValues(nn.Module):
 
 class SinkLogits(nn.Module):
     """GPT-OSS's attention sinks: a learned logit a head joins every row's softmax as an extra column, which
-    is dropped before the value product. The ops that take sink logits (segmented, window, memory, hierarchical, dense)
+    is dropped before the value product. The ops that take sink logits (every variant but lowrank)
     carry them; the others refuse the site with that reason (a rewrite must never drop the sinks)."""
 
     heads, head_dim = 4, 8
@@ -1219,6 +1232,9 @@ CASES: list[ZooCase] = [
     # MLA: values narrower than q and k (8 against 16 dims a head); the scale is 1/sqrt(16).
     *_impl_cases("deepseek-mla", deepseek_mla, expected_sites=2, heads=4, head_dim=16, self_attention_sites=2,
                  causal_sites=2, fx_tracers=(EXPORT,)),
+    # TorchScript only: the dynamo and torch.export forms carry their lengths (benchmarks/family_probe.py).
+    ZooCase("dinov3-vit-eager", "dinov3-vit", _bind(dinov3_vit, "eager"), expected_sites=2, heads=4, head_dim=8,
+            self_attention_sites=2, causal_sites=0, onnx_exporters=(TORCHSCRIPT,), fx_tracers=()),
     # Its sliding-window layer's mask (window, causality and padding in one term) stays whole, marked as a window
     # of 4 with its key padding (mask analysis): that site reads as causal only where an op replaces the term.
     ZooCase("gpt-oss-eager", "gpt-oss", _bind(gpt_oss, "eager"), expected_sites=2, heads=4, kv_heads=2, head_dim=8,

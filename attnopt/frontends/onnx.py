@@ -125,7 +125,24 @@ def infer_shapes(model: ir.Model) -> ir.Model:
         # writes them so): JetMoE's key heads came out as unk__16. onnxruntime's symbolic inference solves
         # such reshapes; only the dims left unknown take its answer, and only where it is a number.
         _fill_dims(values, _symbolic_value_info(proto, auto_merge=False))
+    if any(v.shape is None or _unnamed_axes(v.shape) for v in values.values()) \
+            and any(n.op_type == "If" for n in model.graph):
+        # TorchScript writes some sizes as If nodes whose condition is a constant (DINOv3's RoPE tables, and so
+        # its queries' length): no inference takes a branch, so everything after stays unknown. onnxscript's
+        # optimizer folds such Ifs in a copy; the dims still unknown take that copy's inferred sizes, by name.
+        _fill_dims(values, _folded_value_info(proto), whole=True)
     return model
+
+
+def _folded_value_info(proto: onnx.ModelProto) -> list:
+    """Value infos of ``proto`` after onnxscript's constant folding (constant Ifs taken), or nothing on failure."""
+    try:
+        from onnxscript import optimizer
+
+        folded = optimizer.optimize(onnx.ModelProto.FromString(proto.SerializeToString()))
+        return list(onnx.shape_inference.infer_shapes(folded, data_prop=True).graph.value_info)
+    except Exception:  # noqa: BLE001  shapes stay as they were
+        return []
 
 
 _INTEGER_TYPES = {onnx.TensorProto.INT64, onnx.TensorProto.INT32, onnx.TensorProto.INT16, onnx.TensorProto.INT8,
@@ -178,11 +195,16 @@ def _unnamed_axes(shape) -> list[int]:
                                                               (d.value is None or d.value.startswith("unk__")))]
 
 
-def _fill_dims(values: dict, value_info) -> None:
+def _fill_dims(values: dict, value_info, whole: bool = False) -> None:
+    """Each dim no inference named takes ``value_info``'s size, where it has one; ``whole``: a value of unknown
+    rank takes the info's shape too, where every dim of it is a size."""
     for info in value_info:
         value = values.get(info.name)
-        unknown = _unnamed_axes(value.shape) if value is not None else []
         dims = info.type.tensor_type.shape.dim if info.type.HasField("tensor_type") else []
+        if whole and value is not None and value.shape is None and dims and all(d.HasField("dim_value") for d in dims):
+            value.shape = ir.Shape([d.dim_value for d in dims])
+            continue
+        unknown = _unnamed_axes(value.shape) if value is not None else []
         if not unknown or len(dims) != len(value.shape):
             continue
         filled = [dims[i].dim_value if i in unknown and dims[i].HasField("dim_value") else d

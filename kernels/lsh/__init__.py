@@ -1,5 +1,6 @@
 """lsh: Reformer-style angular LSH. A query sees the keys that share its hash bucket in some round, its local chunk
-and G sinks; the rotations are drawn from ``seed`` and stored in the model."""
+and G sinks, in one softmax (with GPT-OSS's learned sink logit, where given); the rotations are drawn from
+``seed`` and stored in the model."""
 
 import numpy as np
 
@@ -44,4 +45,5 @@ SPEC = VariantSpec(
     tensor_inputs=(TensorInput("rotations", "(n_rounds, head_dim, max(n_buckets / 2, 1)) float32 N(0, 1) "
                                             "random rotations drawn from seed"),),
     make_tensors=_rotations,
+    serves_sink_logits=True,
 )

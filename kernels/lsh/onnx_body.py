@@ -28,8 +28,8 @@ def LshHash(X, Rotations, NBuckets):
 
 
 @onnxscript.script(attnopt_opset, default_opset=op)
-def LshAttention(Q, K, V, Mask, KeyPadding, rotations, n_buckets: int, n_rounds: int, chunk: int, seed: int,
-                 sinks: int, scale: float, causal: int, softcap: float):
+def LshAttention(Q, K, V, Mask, KeyPadding, SinkLogits, rotations, n_buckets: int, n_rounds: int, chunk: int,
+                 seed: int, sinks: int, scale: float, causal: int, softcap: float):
     """(∃ r: h_r(q_i) = h_r(k_j)) or the same chunk of C positions or j < sinks; one softmax over the union."""
     one = op.Constant(value_ints=[1])
     nb = op.Reshape(op.Constant(value_int=n_buckets), one)
@@ -37,8 +37,8 @@ def LshAttention(Q, K, V, Mask, KeyPadding, rotations, n_buckets: int, n_rounds:
                        op.Reshape(op.Constant(value_int=n_rounds), one), axis=0)
     scalars = op.Concat(op.Reshape(op.Constant(value_float=scale), one), op.Reshape(op.Constant(value_float=softcap), one),
                         op.Reshape(op.Cast(op.Constant(value_int=causal), to=_FLOAT), one), axis=0)
-    return BucketAttention(Q, K, V, Mask, KeyPadding, LshHash(Q, rotations, nb), LshHash(K, rotations, nb), config,
-                           scalars)
+    return BucketAttention(Q, K, V, Mask, KeyPadding, SinkLogits, LshHash(Q, rotations, nb), LshHash(K, rotations, nb),
+                           config, scalars)
 
 
 BODY = LshAttention

@@ -11,11 +11,12 @@ from .hashing import hash_buckets
 
 def reference(q: Tensor, k: Tensor, v: Tensor, *, rotations: Tensor, n_buckets: int, n_rounds: int = 1,
               chunk: int = 64, seed: int = 0, sinks: int = 0, scale: float | None = None, mask: Tensor | None = None,
-              key_padding: Tensor | None = None, causal: bool = False, softcap: float = 0.0) -> Tensor:
+              key_padding: Tensor | None = None, causal: bool = False, softcap: float = 0.0,
+              sink_logits: Tensor | None = None) -> Tensor:
     check_qkv(q, k, v)
     check_self_attention("lsh", q.shape[2], k.shape[2])
     if rotations.shape[0] != n_rounds:
         raise ValueError(f"lsh: {rotations.shape[0]} rotations for n_rounds={n_rounds}")
     allowed = buckets_allowed(hash_buckets(q, rotations, n_buckets), hash_buckets(k, rotations, n_buckets), chunk)
     return restricted_attention(q, k, v, with_sinks(allowed, sinks), scale=scale, mask=mask,
-                                key_padding=key_padding, causal=causal, softcap=softcap)
+                                key_padding=key_padding, causal=causal, softcap=softcap, sink_logits=sink_logits)

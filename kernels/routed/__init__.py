@@ -1,5 +1,5 @@
 """routed: Routing Transformer. k-means on each (batch, kv head)'s keys; a query sees the keys of its top_k
-clusters, its local chunk and G sinks, in one softmax."""
+clusters, its local chunk and G sinks, in one softmax (with GPT-OSS's learned sink logit, where given)."""
 
 from attnopt.kernels.spec import Param, VariantSpec, at_least
 
@@ -31,4 +31,5 @@ SPEC = VariantSpec(
     # top_k = 1: a second cluster per query doubles the visited keys (N = 2048 on the CPU: 480 against 138 ms
     # for n_clusters=16, top_k=1, with the original at 69-76 ms).
     demo_params={"n_clusters": 16, "top_k": 1, "iters": 2, "seed": 0, "chunk": 16, "sinks": 2},
+    serves_sink_logits=True,
 )

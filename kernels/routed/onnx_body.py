@@ -36,8 +36,8 @@ def RoutedSimilarity(X, Mu):
 
 
 @onnxscript.script(attnopt_opset, default_opset=op)
-def RoutedAttention(Q, K, V, Mask, KeyPadding, n_clusters: int, top_k: int, iters: int, seed: int, chunk: int,
-                    sinks: int, scale: float, causal: int, softcap: float):
+def RoutedAttention(Q, K, V, Mask, KeyPadding, SinkLogits, n_clusters: int, top_k: int, iters: int, seed: int,
+                    chunk: int, sinks: int, scale: float, causal: int, softcap: float):
     """a(j) ∈ topk(i) or the same chunk of C positions or j < sinks; one softmax over the union."""
     one = op.Constant(value_ints=[1])
     last = op.Constant(value_ints=[-1])
@@ -89,7 +89,7 @@ def RoutedAttention(Q, K, V, Mask, KeyPadding, n_clusters: int, top_k: int, iter
                        routes_n, axis=0)
     scalars = op.Concat(op.Reshape(op.Constant(value_float=scale), one), op.Reshape(op.Constant(value_float=softcap), one),
                         op.Reshape(op.Cast(op.Constant(value_int=causal), to=_FLOAT), one), axis=0)
-    return BucketAttention(Q, K, V, Mask, KeyPadding, q_buckets, k_buckets, config, scalars)
+    return BucketAttention(Q, K, V, Mask, KeyPadding, SinkLogits, q_buckets, k_buckets, config, scalars)
 
 
 BODY = RoutedAttention

@@ -15,10 +15,10 @@ from .clusters import centroids, distinct, key_weights, route
 
 
 def forward(q, k, v, mask, key_padding, n_clusters: int, top_k: int, iters: int, seed: int, chunk: int, sinks: int,
-            scale: float, causal: bool, softcap: float):
+            scale: float, causal: bool, softcap: float, sink_logits=None):
     q_buckets, k_buckets = route(q, k, key_padding, n_clusters=n_clusters, top_k=top_k, iters=iters)
     return bucket_attention(q, k, v, mask, key_padding, q_buckets, k_buckets, n_buckets=n_clusters, chunk=chunk,
-                            sinks=sinks, scale=scale, causal=causal, softcap=softcap)
+                            sinks=sinks, scale=scale, causal=causal, softcap=softcap, sink_logits=sink_logits)
 
 
 def cuda_buckets(q, k, key_padding, n_clusters: int, top_k: int, iters: int):
@@ -48,13 +48,14 @@ def cuda_buckets(q, k, key_padding, n_clusters: int, top_k: int, iters: int):
 
 
 def cuda_forward(q, k, v, mask, key_padding, n_clusters: int, top_k: int, iters: int, seed: int, chunk: int,
-                 sinks: int, scale: float, causal: bool, softcap: float):
+                 sinks: int, scale: float, causal: bool, softcap: float, sink_logits=None):
     """The same op through Triton (also runs on CPU tensors under TRITON_INTERPRET=1, as the tests do)."""
     from .. import triton_buckets
 
     q_buckets, k_buckets = cuda_buckets(q, k, key_padding, n_clusters, top_k, iters)
     return triton_buckets.bucket_attention(q, k, v, mask, key_padding, q_buckets, k_buckets, n_buckets=n_clusters,
-                                           chunk=chunk, sinks=sinks, scale=scale, causal=causal, softcap=softcap)
+                                           chunk=chunk, sinks=sinks, scale=scale, causal=causal, softcap=softcap,
+                                           sink_logits=sink_logits)
 
 
 routed_attention = define_op("routed", forward, cuda=cuda_forward)

@@ -19,10 +19,11 @@ def allowed_keys(q: Tensor, k: Tensor, key_padding: Tensor | None = None, *, n_c
 
 def reference(q: Tensor, k: Tensor, v: Tensor, *, n_clusters: int, top_k: int = 1, iters: int = 2, seed: int = 0,
               chunk: int = 64, sinks: int = 0, scale: float | None = None, mask: Tensor | None = None,
-              key_padding: Tensor | None = None, causal: bool = False, softcap: float = 0.0) -> Tensor:
+              key_padding: Tensor | None = None, causal: bool = False, softcap: float = 0.0,
+              sink_logits: Tensor | None = None) -> Tensor:
     check_qkv(q, k, v)
     check_self_attention("routed", q.shape[2], k.shape[2])
     allowed = allowed_keys(q, k, key_padding, n_clusters=n_clusters, top_k=top_k, iters=iters, chunk=chunk,
                            sinks=sinks)
     return restricted_attention(q, k, v, allowed, scale=scale, mask=mask, key_padding=key_padding, causal=causal,
-                                softcap=softcap)
+                                softcap=softcap, sink_logits=sink_logits)
