@@ -206,7 +206,8 @@ def test_onnx_body_runs_in_float16():
     model = onnx_model("hierarchical", params, scale=SCALE, causal=True, elem_type=TensorProto.FLOAT16)
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     (y,) = sess.run(None, {"Q": q.half().numpy(), "K": k.half().numpy(), "V": v.half().numpy(),
-                           "Mask": np.zeros((1, 1, 1, 1), np.float32), "KeyPadding": np.zeros((1, 1), np.float32)})
+                           "Mask": np.zeros((1, 1, 1, 1), np.float32), "KeyPadding": np.zeros((1, 1), np.float32),
+                           "SinkLogits": np.zeros(0, np.float32)})
     assert y.dtype == np.float16
     expected = run_reference("hierarchical", q.half(), k.half(), v.half(), params, scale=SCALE, causal=True)
     torch.testing.assert_close(torch.from_numpy(y).float(), expected.float(), atol=2e-3, rtol=2e-3)
@@ -254,7 +255,7 @@ def test_onnx_body_cost_is_n_times_fine_plus_pooled_columns(levels):
     gen = torch.Generator().manual_seed(9)
     feeds = {"Q": torch.randn(1, 2, n, d, generator=gen).numpy(), "K": torch.randn(1, 1, n, d, generator=gen).numpy(),
              "V": torch.randn(1, 1, n, d, generator=gen).numpy(), "Mask": np.zeros((1, 1, 1, 1), np.float32),
-             "KeyPadding": np.zeros((1, n), np.float32)}
+             "KeyPadding": np.zeros((1, n), np.float32), "SinkLogits": np.zeros(0, np.float32)}
     columns = coarse_columns(torch.arange(n // block), n // block, levels, causal=False)[0].shape[1]
     assert _largest_onnx_intermediate(model, feeds) <= 2 * n * (3 * block + sinks + columns) < n * n
 

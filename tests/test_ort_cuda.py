@@ -191,20 +191,23 @@ def test_relbias_lowering_equals_portable_body_cuda(case, elem):
 def test_bucket_bodies_on_cuda_equal_the_cpu_provider(variant, causal):
     """lsh's and routed's portable bodies on the CUDA EP equal the CPU EP's result (which
     test_variant_conformance ties to the spec): several blocks per bucket, rows with no allowed key in a
-    pair (key padding of −inf, causality), every test_params case (several rounds, sinks, many buckets)."""
+    pair (key padding of −inf, causality), every test_params case (several rounds, sinks, many buckets), without
+    and with GPT-OSS's sink logits (a graph input here, so the If on them runs on the device)."""
     b, h, n, d = 2, 3, 300, 8
     dims = {"Q": [b, h, "N", d], "K": [b, h, "N", d], "V": [b, h, "N", d], "Mask": [1, 1, 1, 1],
-            "KeyPadding": [b, "N"]}
+            "KeyPadding": [b, "N"], "SinkLogits": ["Hs"]}
     feeds = _feeds(b, h, n, d, "inf", TensorProto.FLOAT, seed=3)
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     for params in get_variant(variant).test_params:
         model = onnx_model(variant, params, scale=0.3, causal=causal, dims=dims, q_shape=(b, h, n, d),
                            k_shape=(b, h, n, d)).SerializeToString()
-        cpu, cuda = (ort.InferenceSession(model, opts, providers=[provider]).run(None, feeds)[0]
-                     for provider in ("CPUExecutionProvider", ("CUDAExecutionProvider", {"use_tf32": "0"})))
-        assert np.isfinite(cuda).all(), params
-        np.testing.assert_allclose(cuda, cpu, atol=1e-4, rtol=0, err_msg=str(params))
+        for sinks in (np.zeros(0, np.float32), np.array([0.5, 4.0, -np.inf], np.float32)):
+            run = {**feeds, "SinkLogits": sinks}
+            cpu, cuda = (ort.InferenceSession(model, opts, providers=[provider]).run(None, run)[0]
+                         for provider in ("CPUExecutionProvider", ("CUDAExecutionProvider", {"use_tf32": "0"})))
+            assert np.isfinite(cuda).all(), params
+            np.testing.assert_allclose(cuda, cpu, atol=1e-4, rtol=0, err_msg=f"{params} sinks {sinks}")
 
 
 def test_lowering_declines_what_it_cannot_compute_exactly():
