@@ -70,10 +70,15 @@ class Param:
 
 @dataclass(frozen=True)
 class TensorInput:
-    """A constant tensor the pass supplies (lsh rotations, a relbias table), stored in the model."""
+    """A constant tensor the pass supplies (lsh rotations, a relbias table), stored in the model.
+
+    ``per_head``: its rows are the query heads (or one row every head shares), so a head group takes the rows
+    of its own heads (``frontends.lowering``).
+    """
 
     name: str
     help: str
+    per_head: bool = False
 
 
 @dataclass(frozen=True)

@@ -294,3 +294,64 @@ def test_onnx_and_fx_rewrites_agree_away_from_the_limit(zoo, params, tmp_path):
     while not isinstance(got_fx, torch.Tensor):
         got_fx = got_fx[0] if isinstance(got_fx, (tuple, list)) else next(iter(got_fx.values()))
     np.testing.assert_allclose(got_onnx, got_fx.numpy(), atol=1e-5, rtol=1e-4)
+
+
+class _FourHeads(torch.nn.Module):
+    """Plain attention over 4 heads of 8, for head-group plans."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.qkv = torch.nn.Linear(32, 96)
+
+    def project(self, x):
+        return self.qkv(x).view(x.shape[0], x.shape[1], 3, 4, 8).permute(2, 0, 3, 1, 4)
+
+    def forward(self, x):
+        q, k, v = self.project(x)
+        return ((q @ k.transpose(-2, -1) * 8 ** -0.5).softmax(-1) @ v).transpose(1, 2).reshape(x.shape)
+
+
+@pytest.mark.parametrize("form", ["onnx", "fx"])
+def test_a_head_group_takes_its_own_heads_slopes_and_table(form, tmp_path):
+    """Heads 0, 1 dense, heads 2, 3 relbias (ALiBi plus a random T5-less table): the pass makes its slopes and
+    table for the site's 4 heads; the group must read rows 2 and 3 of each (rows 0 and 1 would run, and be
+    wrong)."""
+    from attnopt.kernels.relbias.reference import reference as relbias_reference
+    from attnopt.passes.base import AttentionPass, HeadGroup, OpCall
+    from attnopt.pipeline import Pipeline
+
+    relbias = make_pass("relbias", kind="table", num_buckets=7, init_std=1.0)
+
+    class DenseThenRelbias(AttentionPass):
+        variant = "relbias"
+
+        def plan_site(self, site):
+            (one,) = relbias.plan(site).groups
+            return OpCall(site, (HeadGroup("dense", {}, 0, 2),
+                                 HeadGroup("relbias", dict(one.attrs), 2, None, dict(one.tensors))))
+
+    model = _FourHeads().eval()
+    x = torch.randn(2, 10, 32, generator=torch.Generator().manual_seed(1))
+    if form == "fx":
+        result = Pipeline().add(DenseThenRelbias()).run(torch.export.export(model, (x,)))
+        with torch.no_grad():
+            got = result.model(x)
+        got = got[0] if isinstance(got, (tuple, list)) else got
+    else:
+        path = tmp_path / "four.onnx"
+        torch.onnx.export(model, (x,), str(path), input_names=["x"], dynamo=True)
+        result = Pipeline().add(DenseThenRelbias()).run(str(path))
+        result.save(tmp_path / "four.rb.onnx")
+        got = torch.from_numpy(ort.InferenceSession(str(tmp_path / "four.rb.onnx"), providers=["CPUExecutionProvider"])
+                               .run(None, {"x": x.numpy()})[0])
+    (site,) = attnopt.detect(torch.export.export(model, (x,)))
+    (one,) = relbias.plan(site).groups
+    slopes, table = (torch.as_tensor(np.asarray(one.tensors[n])) for n in ("slopes", "table"))
+    assert table.shape[0] == 4 and not torch.equal(table[:2], table[2:])  # a wrong slice would show
+    with torch.no_grad():
+        q, k, v = model.project(x)
+        want = torch.cat([dense_attention(q[:, :2], k[:, :2], v[:, :2], scale=8 ** -0.5),
+                          relbias_reference(q[:, 2:], k[:, 2:], v[:, 2:], **one.attrs, slopes=slopes[2:],
+                                            table=table[2:], scale=8 ** -0.5)], dim=1)
+    torch.testing.assert_close(got, want.transpose(1, 2).reshape(x.shape), atol=1e-5, rtol=1e-5)

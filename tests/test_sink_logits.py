@@ -110,6 +110,44 @@ def test_head_groups_take_their_own_heads_sinks_fx():
                                    atol=1e-5, rtol=1e-5)
 
 
+class EveryTaker(AttentionPass):
+    """One head each for hierarchical, lsh, routed and relbias, all at their exact limits: exact only if every
+    group gets its own head's sink logit."""
+
+    variant = "hierarchical"
+
+    def plan_site(self, site):
+        from attnopt.kernels.registry import get_variant
+        from attnopt.passes import make_pass
+
+        groups = []
+        for head, name in enumerate(("hierarchical", "lsh", "routed", "relbias")):
+            # each pass's own call (its constant tensors made for the site), moved to one head, as a plan does
+            (one,) = make_pass(name, **get_variant(name).exact_params(N, N)).plan(site).groups
+            groups.append(HeadGroup(one.kernel, dict(one.attrs), head, head + 1 if head < 3 else None,
+                                    dict(one.tensors)))
+        return OpCall(site, tuple(groups))
+
+
+@pytest.mark.parametrize("form", ["onnx", "fx"])
+def test_every_taker_gets_its_own_heads_sinks(form, tmp_path):
+    model = Sinks().eval()
+    x = _x()
+    source = _onnx(model, tmp_path) if form == "onnx" else torch.export.export(model, (x,))
+    result = Pipeline().add(EveryTaker()).run(source)
+    assert [o.status for o in result.report] == ["rewritten"]
+    if form == "onnx":
+        out = str(tmp_path / "takers.onnx")
+        result.save(out)
+        got = _run(out, x)
+    else:
+        with torch.no_grad():
+            got = result.model(x)
+        got = got[0] if isinstance(got, (tuple, list)) else got
+    with torch.no_grad():
+        torch.testing.assert_close(got, model(x), atol=1e-5, rtol=1e-5)
+
+
 def test_without_the_sinks_the_output_would_differ():
     """A test of the tests: dropping the sink logits changes the output at these settings."""
     model = Sinks().eval()

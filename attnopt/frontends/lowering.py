@@ -148,8 +148,17 @@ def lower(call) -> list[GroupCall]:
         else:
             rep = site.num_heads // site.kv_num_heads
             stop = site.num_heads if g.stop is None else g.stop
+            tensors = _group_rows(spec, tensors, site.num_heads, g.start, stop)
             out.append(GroupCall(spec, (g.start, stop), (g.start // rep, stop // rep), attrs, tensors))
     return out
+
+
+def _group_rows(spec, tensors, heads: int, start: int, stop: int):
+    """A head group's own rows of the per-head tensors (relbias's slopes and table, made for the site's heads);
+    a one-row tensor that every head shares stays whole."""
+    per_head = {t.name for t in spec.tensor_inputs if t.per_head}
+    return tuple((n, a[start:stop] if n in per_head and a.ndim and a.shape[0] == heads != 1 else a)
+                 for n, a in tensors)
 
 
 def _check_sink_logits(site: AttentionSite, groups) -> None:

@@ -144,8 +144,9 @@ SPEC = VariantSpec(
     needs_self_attention=False,
     subquadratic=True,
     tensor_inputs=(
-        TensorInput("slopes", "(H,) per-head slope m_h of the −m_h·|j − i| term (ALiBi; 0 for table kinds)"),
-        TensorInput("table", "(H, 2R + 1) per-head bias for the distance j − i clamped to [−R, R]"),
+        TensorInput("slopes", "(H,) per-head slope m_h of the −m_h·|j − i| term (ALiBi; 0 for table kinds)",
+                    per_head=True),
+        TensorInput("table", "(H, 2R + 1) per-head bias for the distance j − i clamped to [−R, R]", per_head=True),
     ),
     make_tensors=make_tensors,
     serves_sink_logits=True,
