@@ -82,6 +82,13 @@ def check_additive_mask(mask: Tensor | None) -> None:
         raise ValueError(f"the mask must be 4-D additive float; got {mask.dtype} {tuple(mask.shape)}")
 
 
+def check_sink_logits(sink_logits: Tensor | None, heads: int) -> None:
+    """Raise ValueError unless ``sink_logits`` is None or one float logit per query head, (H,)."""
+    if sink_logits is not None and (tuple(sink_logits.shape) != (heads,) or not sink_logits.is_floating_point()):
+        raise ValueError(f"sink_logits must be (H,) = ({heads},) float; got {sink_logits.dtype} "
+                         f"{tuple(sink_logits.shape)}")
+
+
 # --- shared machinery ---------------------------------------------------------
 
 

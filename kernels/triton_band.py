@@ -56,6 +56,7 @@ import triton.language as tl
 from torch import Tensor
 
 from .band import segment_fold
+from .reference import check_sink_logits
 from .triton_launch import launch, tma_descriptor, tma_ok
 
 __all__ = ["BandConfig", "GroupTables", "PooledBlocks", "RelativeBias", "band_attention", "default_config",
@@ -702,9 +703,7 @@ def _check(q: Tensor, k: Tensor, v: Tensor, unit: int, before: int, after: int, 
             raise ValueError(f"mask must be (B|1, H|1, N, M) with N={N}, M={M}; got {tuple(mask.shape)}")
         if not (mask.is_floating_point() or mask.dtype == torch.bool):
             raise TypeError(f"mask must be additive float or bool; got {mask.dtype}")
-    if sink_logits is not None and (tuple(sink_logits.shape) != (q.shape[1],) or not sink_logits.is_floating_point()):
-        raise ValueError(f"sink_logits must be (H,) = ({q.shape[1]},) float; got {sink_logits.dtype} "
-                         f"{tuple(sink_logits.shape)}")
+    check_sink_logits(sink_logits, q.shape[1])
 
 
 @triton.jit

@@ -44,7 +44,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .reference import check_self_attention
+from .reference import check_self_attention, check_sink_logits
 from .triton_band import _accumulate, _exp_weights, _log2_scores, _sink_pointer, _to_log2_additive
 from .triton_launch import launch, tma_descriptor, tma_ok
 from .triton_sort import sort_buckets
@@ -569,8 +569,7 @@ def _check(q: Tensor, k: Tensor, v: Tensor, q_buckets: Tensor, k_buckets: Tensor
         raise ValueError(f"key_padding must be (B | 1, M); got {tuple(key_padding.shape)}")
     if mask is not None and mask.dim() != 4:
         raise ValueError(f"the mask must be 4-D, broadcastable to (B, H, N, M); got {tuple(mask.shape)}")
-    if sink_logits is not None and (sink_logits.shape != (H,) or not sink_logits.is_floating_point()):
-        raise ValueError(f"sink_logits must be float (H,) = ({H},); got {sink_logits.dtype} {tuple(sink_logits.shape)}")
+    check_sink_logits(sink_logits, H)
 
 
 def bucket_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, key_padding: Tensor | None,

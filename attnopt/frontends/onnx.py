@@ -139,7 +139,7 @@ def _folded_value_info(proto: onnx.ModelProto) -> list:
     try:
         from onnxscript import optimizer
 
-        folded = optimizer.optimize(onnx.ModelProto.FromString(proto.SerializeToString()))
+        folded = optimizer.optimize(proto)  # a proto in, a new proto out: ``proto`` stays as it is
         return list(onnx.shape_inference.infer_shapes(folded, data_prop=True).graph.value_info)
     except Exception:  # noqa: BLE001  shapes stay as they were
         return []
