@@ -312,39 +312,77 @@ def _attend_pooled(
 
 
 @triton.jit
-def _attend_table(
-    acc, l_i, m_i, q, TK, TV, TO, stride_tn, lo, hi, row_blocks, scale2, cap2, cap_in, offs_d,
-    SOFTCAP: tl.constexpr, BLOCK_C: tl.constexpr, PREC: tl.constexpr, PER_ROW: tl.constexpr = False,
-    CAUSAL: tl.constexpr = False,
+def _table_tiles(
+    acc, l_i, m_i, q, TK, TV, TO, stride_tn, desc_tk, desc_tv, b, hk, phase, lo, hi, stop, row_blocks,
+    scale2, cap2, cap_in, offs_d, SOFTCAP: tl.constexpr, BLOCK_C: tl.constexpr, PREC: tl.constexpr,
+    HEAD_DIM: tl.constexpr, TABLE_TMA: tl.constexpr, KEEP: tl.constexpr, CAUSAL: tl.constexpr,
 ):
-    """hierarchical's last level: fold slots [lo, hi) of one phase's group table (``triton_hierarchical``):
-    pre-pooled mean keys TK and values TV, score offsets TO. Read like key blocks.
-
-    PER_ROW (one level, groups of one block: slot t is block t − 1): each row keeps only the blocks at
-    distance 2 or more from its own block ``row_blocks`` (causal: 2 or more before it), so one program
-    may hold rows of several blocks.
-    """
+    """Tiles [lo, hi) of one table run whose slots end at ``stop``; KEEP: apply the one-level exclusion
+    (``_attend_table``) per (row, slot), else every slot below ``stop`` is kept."""
     offs_c = tl.arange(0, BLOCK_C)
     for c0 in range(lo, hi, BLOCK_C):
         c = c0 + offs_c
-        ok = c < hi
-        k = tl.load(TK + c[:, None] * stride_tn + offs_d[None, :], mask=ok[:, None], other=0.0).to(q.dtype)
-        v = tl.load(TV + c[:, None] * stride_tn + offs_d[None, :], mask=ok[:, None], other=0.0).to(q.dtype)
+        ok = c < stop
+        if TABLE_TMA:
+            # slots past the table's end read zeros, and every slot past ``stop`` has offset −inf
+            k = desc_tk.load([b, hk, phase, c0, 0]).reshape(BLOCK_C, HEAD_DIM)
+            v = desc_tv.load([b, hk, phase, c0, 0]).reshape(BLOCK_C, HEAD_DIM)
+        else:
+            k = tl.load(TK + c[:, None] * stride_tn + offs_d[None, :], mask=ok[:, None], other=0.0).to(q.dtype)
+            v = tl.load(TV + c[:, None] * stride_tn + offs_d[None, :], mask=ok[:, None], other=0.0).to(q.dtype)
         offset = tl.load(TO + c, mask=ok, other=float("-inf"))
         keep = None
-        if PER_ROW:
+        if KEEP:
             blk = (c - 1)[None, :]
             keep = blk <= row_blocks[:, None] - 2
             if not CAUSAL:
                 keep = keep | (blk >= row_blocks[:, None] + 2)
         acc, l_i, m_i = _fold_coarse(acc, l_i, m_i, q, k, v, offset, keep, scale2, cap2, cap_in, SOFTCAP, PREC,
-                                     PER_ROW)
+                                     KEEP)
+    return acc, l_i, m_i
+
+
+@triton.jit
+def _attend_table(
+    acc, l_i, m_i, q, TK, TV, TO, stride_tn, desc_tk, desc_tv, b, hk, phase, lo, hi, row_blocks, scale2, cap2,
+    cap_in, offs_d, SOFTCAP: tl.constexpr, BLOCK_C: tl.constexpr, PREC: tl.constexpr, HEAD_DIM: tl.constexpr,
+    TABLE_TMA: tl.constexpr, PER_ROW: tl.constexpr = False, CAUSAL: tl.constexpr = False,
+):
+    """hierarchical's last level: fold slots [lo, hi) of one phase's group table (``triton_hierarchical``):
+    pre-pooled mean keys TK and values TV, score offsets TO. Read like key blocks, through TMA where the
+    launcher made descriptors (TABLE_TMA: no per-element address or bounds arithmetic, which this ALU-bound
+    loop pays for).
+
+    PER_ROW (one level, groups of one block: slot t is block t − 1): each row keeps only the blocks at
+    distance 2 or more from its own block ``row_blocks`` (causal: 2 or more before it), so one program
+    may hold rows of several blocks. Only the tiles that can hold a row's excluded blocks (slots
+    [min row block, max row block + 3)) evaluate that per element; the others fold as they are.
+    """
+    if PER_ROW:
+        near_lo = tl.min(row_blocks, 0)
+        near_hi = tl.max(row_blocks, 0) + 3
+        # tile-aligned to lo, clipped to [lo, hi)
+        near_lo = tl.minimum(tl.maximum(lo + ((near_lo - lo) // BLOCK_C) * BLOCK_C, lo), hi)
+        near_hi = tl.maximum(tl.minimum(lo + tl.cdiv(near_hi - lo, BLOCK_C) * BLOCK_C, hi), near_lo)
+        acc, l_i, m_i = _table_tiles(
+            acc, l_i, m_i, q, TK, TV, TO, stride_tn, desc_tk, desc_tv, b, hk, phase, lo, near_lo, hi, row_blocks,
+            scale2, cap2, cap_in, offs_d, SOFTCAP, BLOCK_C, PREC, HEAD_DIM, TABLE_TMA, False, CAUSAL)
+        acc, l_i, m_i = _table_tiles(
+            acc, l_i, m_i, q, TK, TV, TO, stride_tn, desc_tk, desc_tv, b, hk, phase, near_lo, near_hi, hi,
+            row_blocks, scale2, cap2, cap_in, offs_d, SOFTCAP, BLOCK_C, PREC, HEAD_DIM, TABLE_TMA, True, CAUSAL)
+        acc, l_i, m_i = _table_tiles(
+            acc, l_i, m_i, q, TK, TV, TO, stride_tn, desc_tk, desc_tv, b, hk, phase, near_hi, hi, hi, row_blocks,
+            scale2, cap2, cap_in, offs_d, SOFTCAP, BLOCK_C, PREC, HEAD_DIM, TABLE_TMA, False, CAUSAL)
+    else:
+        acc, l_i, m_i = _table_tiles(
+            acc, l_i, m_i, q, TK, TV, TO, stride_tn, desc_tk, desc_tv, b, hk, phase, lo, hi, hi, row_blocks,
+            scale2, cap2, cap_in, offs_d, SOFTCAP, BLOCK_C, PREC, HEAD_DIM, TABLE_TMA, False, CAUSAL)
     return acc, l_i, m_i
 
 
 @triton.jit
 def _band_fwd(
-    Q, K, V, O, KP, MSK, SINKL, desc_q, desc_k, desc_v, desc_o,
+    Q, K, V, O, KP, MSK, SINKL, desc_q, desc_k, desc_v, desc_o, desc_tk, desc_tv,
     stride_qb, stride_qh, stride_qn,
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
@@ -360,7 +398,7 @@ def _band_fwd(
     SOFTCAP: tl.constexpr, USE_TMA: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
     WS: tl.constexpr, HAS_SLOPE: tl.constexpr, HAS_TABLE: tl.constexpr, COARSE: tl.constexpr,
     GMAX: tl.constexpr, POOL_TILE: tl.constexpr, TABLE_TILE: tl.constexpr, DECAY: tl.constexpr = False,
-    UNIFIED: tl.constexpr = False, HAS_SINKL: tl.constexpr = False,
+    UNIFIED: tl.constexpr = False, HAS_SINKL: tl.constexpr = False, TABLE_TMA: tl.constexpr = False,
 ):
     # Inductor passes Python float arguments as fp64 scalars (Triton's launcher as fp32): fix them to fp32, or
     # the loop-carried softmax state would change type inside the loops.
@@ -513,8 +551,8 @@ def _band_fwd(
             if CAUSAL:  # blocks up to two before the last row's: slots up to its block's index
                 slot_hi = tl.maximum(p_last // POOL_BLOCK, 1)
             acc, l_i, m_i = _attend_table(
-                acc, l_i, m_i, q, TKb, TVb, TOb, stride_tn, 1, slot_hi, row_blocks, scale2, cap2, cap_in, offs_d,
-                SOFTCAP, TABLE_TILE, PREC, True, CAUSAL)
+                acc, l_i, m_i, q, TKb, TVb, TOb, stride_tn, desc_tk, desc_tv, b, hk, 0, 1, slot_hi, row_blocks,
+                scale2, cap2, cap_in, offs_d, SOFTCAP, TABLE_TILE, PREC, HEAD_DIM, TABLE_TMA, True, CAUSAL)
         else:
             # every row of the program is in one pooling block (the launcher aligns the programs)
             qb = p_first // POOL_BLOCK
@@ -533,16 +571,17 @@ def _band_fwd(
             top_l = (qb - 3 * GMAX + 1 - phase_l) // GMAX + 1  # the nearest left group's slot
             acc, l_i, m_i = _attend_table(
                 acc, l_i, m_i, q, TKb + phase_l * stride_tp, TVb + phase_l * stride_tp,
-                TOb + phase_l * stride_top, stride_tn, top_l - n_left + 1, top_l + 1, qb, scale2, cap2, cap_in,
-                offs_d, SOFTCAP, TABLE_TILE, PREC)
+                TOb + phase_l * stride_top, stride_tn, desc_tk, desc_tv, b, hk, phase_l, top_l - n_left + 1,
+                top_l + 1, qb, scale2, cap2, cap_in, offs_d, SOFTCAP, TABLE_TILE, PREC, HEAD_DIM, TABLE_TMA)
             if not CAUSAL:
                 n_right = tl.maximum(NB - qb - GMAX - 1, 0) // GMAX
                 phase_r = qb % GMAX
                 first_r = (qb - phase_r) // GMAX + 3  # the nearest right group (start qb + 2·GMAX)'s slot
                 acc, l_i, m_i = _attend_table(
                     acc, l_i, m_i, q, TKb + phase_r * stride_tp, TVb + phase_r * stride_tp,
-                    TOb + phase_r * stride_top, stride_tn, first_r, first_r + n_right, qb, scale2, cap2, cap_in,
-                    offs_d, SOFTCAP, TABLE_TILE, PREC)
+                    TOb + phase_r * stride_top, stride_tn, desc_tk, desc_tv, b, hk, phase_r, first_r,
+                    first_r + n_right, qb, scale2, cap2, cap_in, offs_d, SOFTCAP, TABLE_TILE, PREC, HEAD_DIM,
+                    TABLE_TMA)
 
     if HAS_SINKL:
         # the head's learned sink (GPT-OSS): one more term of the denominator, its value zero. A row with no key
@@ -1013,6 +1052,13 @@ def _band_attention(q, k, v, *, unit, before, after, sinks, scale, causal, softc
                       for t, rows in ((q, block_m), (k, cfg.block_n), (v, cfg.block_n), (out, block_m)))
     else:
         descs = (None, None, None, None)
+    # the coarse level's group tables (B, Hkv, G, T, D) through TMA too, a tile of slots at a time
+    table_tma = bool(use_tma and pooled is not None and all(tma_ok(t) for t in (pooled.tables.keys,
+                                                                                pooled.tables.values)))
+    table_descs = (None, None)
+    if table_tma:
+        table_descs = tuple(tma_descriptor(t, [1, 1, 1, cfg.block_n, t.shape[-1]])
+                            for t in (pooled.tables.keys, pooled.tables.values))
 
     scale2 = float(scale) * _LOG2E
     cap2 = float(softcap) * _LOG2E if softcap else 0.0
@@ -1023,7 +1069,7 @@ def _band_attention(q, k, v, *, unit, before, after, sinks, scale, causal, softc
 
     grid = (triton.cdiv(N + row_shift, block_m), B * H)
     launch(_band_fwd)[grid](
-        q, k, v, out, kp, msk, sinkl, *descs,
+        q, k, v, out, kp, msk, sinkl, *descs, *table_descs,
         q.stride(0), q.stride(1), q.stride(2),
         k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2),
@@ -1037,6 +1083,7 @@ def _band_attention(q, k, v, *, unit, before, after, sinks, scale, causal, softc
         PREC=precision, UPCAST=upcast, WS=bool(cfg.warp_specialize), HAS_SLOPE=has_slope, HAS_TABLE=has_table,
         COARSE=pooled is not None, GMAX=gmax, POOL_TILE=min(cfg.block_n, 32), TABLE_TILE=cfg.block_n, DECAY=decay,
         UNIFIED=unit + before + after <= SHORT_BAND_BLOCKS * cfg.block_n, HAS_SINKL=sink_logits is not None,
+        TABLE_TMA=table_tma,
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
     )

@@ -67,6 +67,11 @@ CASES: dict[str, dict] = {
                                tile=(64, 16)),
     "hier_l1_tall_tiles_causal_offset": dict(variant="hierarchical", params=dict(block=16, levels=1, sinks=0),
                                              N=70, M=150, causal=True, tile=(32, 16)),
+    # one level over more blocks than a tile of slots holds: only the tiles that can hold a row's neighbours
+    # mask per row, and a tile edge falls right after row block 15's last excluded slot (17)
+    "hier_l1_far_tiles_unmasked": dict(variant="hierarchical", params=dict(block=16, levels=1, sinks=0), N=300),
+    "hier_l1_far_tiles_unmasked_tall_causal": dict(variant="hierarchical", params=dict(block=16, levels=1, sinks=1),
+                                                   N=300, causal=True, tile=(32, 16)),
     # GPT-OSS's learned sink logits: one more column per head in the epilogue, beside the pooled ones
     "hier_l2_sink_logits_gqa_causal": dict(variant="hierarchical", params=dict(block=16, levels=2, sinks=1), H=4,
                                            Hkv=2, N=100, causal=True, kp=True, sinkl=True),
@@ -207,9 +212,11 @@ def test_compile_traces_into_the_triton_kernels(name):
     assert "triton_kernel_wrapper_functional" in code, code
     assert "attnopt" not in code, code
     # the band kernel's TMA descriptors travel as Inductor's metadata, so the compiled kernel loads by TMA too
+    # (hierarchical's group tables as well)
     band = [n for n in graphs[0].graph.nodes if n.kwargs.get("tma_descriptor_metadata")]
     assert len(band) == 1, code
-    assert set(band[0].kwargs["tma_descriptor_metadata"]) == {"desc_q", "desc_k", "desc_v", "desc_o"}
+    tables = {"desc_tk", "desc_tv"} if name == "hierarchical" else set()
+    assert set(band[0].kwargs["tma_descriptor_metadata"]) == {"desc_q", "desc_k", "desc_v", "desc_o", *tables}
 
 
 if __name__ == "__main__" and "--interpret" in sys.argv:
