@@ -26,7 +26,11 @@ VARIANTS.md, "Structured masks". Two rules, no per-model op sequences:
    sees no key W or more positions back is run causal with that key padding
    instead (``lowering.window_terms``), any other reads the term as it is.
    Rows the hypothesis leaves without any allowed key are not compared (HF
-   un-masks them to avoid NaN); a term with one row broadcast over
+   un-masks them to avoid NaN); what the original gives them is recorded
+   instead: when every blocked entry of the one structured term is the same
+   finite fill of at most -1e30 (HF's eager finfo.min), such a row is uniform
+   over every key, and the site says so (``AttentionSite.blocked_rows``; the
+   rewrites add the mean of the values after the op). A term with one row broadcast over
    the queries is never causal. Additive terms must be exactly 0 where allowed
    and <= MASK_FILL_MAX where blocked. A term that fails every hypothesis, or
    whose evaluation fails, stays dense. A term the View did fold (an exporter
@@ -51,7 +55,7 @@ import numpy as np
 
 from .inputs import dim_roles
 from .match import MASK_FILL_MAX
-from .site import (LAYOUT_FLAT, MASK_ADDITIVE, MASK_BOOLEAN, MASK_BOOLEAN_BLOCKED, MASK_NONZERO_KEEP,
+from .site import (BLOCKED_ROWS_UNIFORM, LAYOUT_FLAT, MASK_ADDITIVE, MASK_BOOLEAN, MASK_BOOLEAN_BLOCKED, MASK_NONZERO_KEEP,
                    AttentionSite, MaskTerm, RelativeBias, ValueRef)
 
 ENV_SWITCH = "ATTNOPT_STRUCTURED_MASKS"
@@ -69,6 +73,9 @@ _PATTERNS = ("right", "left", "random")
 _MAX_HORIZON_PROBE = 4098
 _SENTINEL = 1 << 30
 _MAX_WINDOWS = 8  # sliding-window lengths tried per term (a construction's smallest integer constants)
+# A fill at or below this swallows any score added to it in float32 (finfo.min is -3.4e38; its spacing there
+# is 2^104), so a row of nothing else softmaxes to uniform weights.
+_SWALLOWING_FILL = -1e30
 _POSITION_NAME = re.compile(r"position|cache_pos", re.I)
 
 
@@ -77,6 +84,7 @@ class _Verdict:
     causal: bool
     key_padding: MaskTerm | None
     window: int = 0  # the term also holds a causal sliding window of this many keys (MaskTerm.window)
+    uniform_rows: bool = False  # every blocked entry is one fill that swallows the scores (AttentionSite.blocked_rows)
 
 
 @dataclass(frozen=True)
@@ -106,6 +114,7 @@ class _Candidate:
     hypotheses: list
     horizon: int = 0  # largest integer constant the construction reads (0: none above 1)
     value: np.ndarray | None = None  # the term's value when the View folded it: no probe needed
+    fill: float = float("-inf")  # a boolean term's fill (MaskTerm.fill)
 
 
 def enabled_by_default() -> bool:
@@ -183,7 +192,7 @@ def _candidate(view, site: AttentionSite, term: MaskTerm) -> _Candidate | None:
     if const is not None:  # a folded constant is its own evidence: is it exactly causal, or a causal window?
         value = np.asarray(const)
         hyps = [_Hypothesis(True)] + [_Hypothesis(True, window=w) for w in _folded_window(value, term.kind)]
-        return _Candidate(term.value, term.kind, rank, heads, hyps, value=value)
+        return _Candidate(term.value, term.kind, rank, heads, hyps, value=value, fill=term.fill)
     if view.op(term.value.node) == "input":
         return None  # a mask the caller passes in: its values are whatever the caller gives
     inputs, lengths = _ancestry(view, term.value)
@@ -200,7 +209,7 @@ def _candidate(view, site: AttentionSite, term: MaskTerm) -> _Candidate | None:
     # writes j > i − W; a model written as j ≥ i − W keeps W + 1 keys, so both are tried.
     windows = sorted({w + extra for w in lengths[:_MAX_WINDOWS] for extra in (0, 1)})
     hyps += [replace(h, window=w) for w in windows for h in list(hyps) if h.causal]
-    return _Candidate(term.value, term.kind, rank, heads, hyps, max(lengths, default=0))
+    return _Candidate(term.value, term.kind, rank, heads, hyps, max(lengths, default=0), fill=term.fill)
 
 
 def _folded_window(value: np.ndarray, kind: str) -> list[int]:
@@ -286,7 +295,10 @@ def _probe(loaded, candidates: Sequence[_Candidate]) -> dict[ValueRef, _Verdict]
                 continue
             name = None if hyp.pad is None else pads[hyp.pad].name
             if _holds_everywhere(runs, k, cand, hyp, name):
-                verdicts[cand.ref] = hyp.verdict(pads[hyp.pad].dtype if hyp.pad is not None else None)
+                verdict = hyp.verdict(pads[hyp.pad].dtype if hyp.pad is not None else None)
+                if hyp.pad is not None and _swallowing_fill(runs, k, cand, hyp, name):
+                    verdict = replace(verdict, uniform_rows=True)
+                verdicts[cand.ref] = verdict
                 break
     return verdicts
 
@@ -298,6 +310,22 @@ def _holds_everywhere(runs, k: int, cand, hyp, name) -> bool:
         return all(_holds(out[k], cand, hyp, None if name is None else feeds[name]) for feeds, out in runs)
     except Exception:  # noqa: BLE001
         return False
+
+
+def _swallowing_fill(runs, k: int, cand, hyp, name) -> bool:
+    """Whether every entry the (holding) hypothesis blocks is one finite fill so large that adding it swallows any
+    score (HF's eager masks: finfo.min): a row the padding blocks entirely then softmaxes to the mean of every
+    value, not to nothing (AttentionSite.blocked_rows)."""
+    if cand.kind != MASK_ADDITIVE:
+        return bool(np.isfinite(cand.fill) and cand.fill <= _SWALLOWING_FILL)
+    fills = set()
+    try:
+        for feeds, out in runs:
+            a, expected = _aligned(out[k], cand, hyp, feeds[name])
+            fills |= set(np.unique(a[~expected].astype(np.float64)).tolist())
+    except Exception:  # noqa: BLE001  a value _holds read: any failure here only keeps the zero rows
+        return False
+    return len(fills) == 1 and all(np.isfinite(f) and f <= _SWALLOWING_FILL for f in fills)
 
 
 def _symbols(inputs) -> dict[str, str]:
@@ -383,11 +411,13 @@ def _padding_pattern(shape: tuple, pattern: str, rng: np.random.Generator) -> np
     return keep
 
 
-def _holds(value: np.ndarray, cand: _Candidate, hyp: _Hypothesis, pad: np.ndarray | None) -> bool:
+def _aligned(value: np.ndarray, cand: _Candidate, hyp: _Hypothesis, pad: np.ndarray | None):
+    """(the term's value, the hypothesis's allowed entries) broadcast to one (B, H, N, M) shape; None where the
+    value cannot be read that way."""
     a = np.asarray(value)
     rank = 4 if a.ndim == 4 else cand.scores_rank
     if not 2 <= a.ndim <= rank:
-        return False
+        return None
     a = a.reshape((1,) * (rank - a.ndim) + a.shape)
     if rank == 3:  # (B·H, N, M) scores: unflatten the heads to compare per batch row
         if a.shape[0] == 1:
@@ -395,10 +425,10 @@ def _holds(value: np.ndarray, cand: _Candidate, hyp: _Hypothesis, pad: np.ndarra
         elif isinstance(cand.num_heads, int) and a.shape[0] % cand.num_heads == 0:
             a = a.reshape(a.shape[0] // cand.num_heads, cand.num_heads, *a.shape[1:])
         else:
-            return False
+            return None
     n, m = a.shape[-2:]
     if hyp.causal and n == 1:
-        return False  # one row broadcast over every query cannot be causal (at N = 1 causality is moot)
+        return None  # one row broadcast over every query cannot be causal (at N = 1 causality is moot)
     expected = np.ones((1, 1, n, m), bool)
     if hyp.causal:
         expected &= np.tril(np.ones((n, m), bool), k=m - n)
@@ -406,13 +436,20 @@ def _holds(value: np.ndarray, cand: _Candidate, hyp: _Hypothesis, pad: np.ndarra
         expected &= ~np.tril(np.ones((n, m), bool), k=m - n - hyp.window)
     if hyp.pad is not None:
         if pad.ndim != 2 or pad.shape[1] != m:
-            return False
+            return None
         keys = (pad == 0) if hyp.inverted else (pad != 0)
         expected = expected & keys[:, None, None, :]
     try:
-        a, expected = np.broadcast_arrays(a, expected)
+        return np.broadcast_arrays(a, expected)
     except ValueError:
+        return None
+
+
+def _holds(value: np.ndarray, cand: _Candidate, hyp: _Hypothesis, pad: np.ndarray | None) -> bool:
+    aligned = _aligned(value, cand, hyp, pad)
+    if aligned is None:
         return False
+    a, expected = aligned
     rows = expected.any(axis=-1)
     if not rows.any():
         return False
@@ -432,6 +469,10 @@ def _holds(value: np.ndarray, cand: _Candidate, hyp: _Hypothesis, pad: np.ndarra
 
 def _refined(view, site: AttentionSite, verdicts: dict[ValueRef, _Verdict]) -> AttentionSite:
     causal, key_padding, kept = site.causal, site.key_padding, []
+    # Rows the structured term blocks entirely are uniform only where that one term swallows the scores alone:
+    # two finfo.min terms added overflow to -inf, and a -inf term (or the form's own causality) empties the row.
+    used = [verdicts[t.value] for t in site.masks if t.value in verdicts]
+    uniform = len(used) == 1 and used[0].uniform_rows and not site.causal and site.key_padding is None
     for term in site.masks:
         verdict = verdicts.get(term.value)
         if verdict is not None and verdict.window:
@@ -448,9 +489,11 @@ def _refined(view, site: AttentionSite, verdicts: dict[ValueRef, _Verdict]) -> A
             key_padding = term
             continue
         kept.append(term)
-    if (causal, key_padding, tuple(kept)) == (site.causal, site.key_padding, site.masks):
+    blocked_rows = BLOCKED_ROWS_UNIFORM if uniform else site.blocked_rows
+    if (causal, key_padding, tuple(kept), blocked_rows) == (site.causal, site.key_padding, site.masks,
+                                                            site.blocked_rows):
         return site
-    return replace(site, masks=tuple(kept), causal=causal, key_padding=key_padding)
+    return replace(site, masks=tuple(kept), causal=causal, key_padding=key_padding, blocked_rows=blocked_rows)
 
 
 # --------------------------------------------------------------------------- relative-position bias

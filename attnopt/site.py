@@ -30,6 +30,8 @@ MASK_BOOLEAN_BLOCKED = "boolean-blocked"  # True = blocked (masked_fill conventi
 LAYOUT_BHSD = "bhsd"  # (batch, heads, seq, head_dim)
 LAYOUT_BSD = "bsd"  # (batch, seq, heads*head_dim) with num_heads known
 LAYOUT_BHDS = "bhds"  # key only: already transposed, (batch, heads, head_dim, seq)
+BLOCKED_ROWS_ZERO = "zero"  # AttentionSite.blocked_rows
+BLOCKED_ROWS_UNIFORM = "uniform"
 LAYOUT_FLAT = "(bh)sd"  # (batch*heads, seq, head_dim), as nn.MultiheadAttention's bmm
 
 
@@ -186,6 +188,11 @@ class AttentionSite:
     # Key padding in structured form: a (B, M) (or (B, 1, 1, M)) term, handed to the op as a
     # vector instead of an N×M mask (VARIANTS.md, "Structured masks").
     key_padding: MaskTerm | None = None
+    # What the original computes for a query row whose every key the structured masks block (left padding's
+    # padded rows): BLOCKED_ROWS_ZERO, as the ops do (a -inf fill; torch's guarded softmax), or
+    # BLOCKED_ROWS_UNIFORM, the mean of every value (HF's eager masks: a finfo.min fill swallows the scores, so
+    # the row's weights are all equal). The rewrites reproduce the second after the op (lowering.blocked_rows).
+    blocked_rows: str = BLOCKED_ROWS_ZERO
     # tanh softcapping of the scores, c·tanh(s/c) before the mask (Gemma-2); None = none.
     softcap: float | None = None
     # Learned sink logits (GPT-OSS): a (B | 1, H, N | 1, 1) value holding one logit a head (the matcher proves

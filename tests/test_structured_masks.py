@@ -397,6 +397,37 @@ def test_a_sliding_window_term_is_left_out_where_the_op_reaches_no_farther(form,
         assert has_term == kept, (form, variant, params)
 
 
+# The dynamo exporter at static shapes leaves this window unrecognised (a dense term the ops read as it is),
+# so its blocked row is uniform over the keys a variant keeps: exact at the variant's limit, not below it.
+@pytest.mark.parametrize("form", ["fx-static", "fx-dynamic", "onnx-torchscript"])
+def test_rows_whose_window_holds_only_padding_get_the_mean_of_the_values(form, tmp_path):
+    """The last query of row 1 sees three padded keys in its window of 3: the model's finfo.min fill makes that
+    row uniform over every key. window 3 and segments of 3, which replace the term by causality and padding,
+    give it the mean of the values after the op, as the original does (lowering.blocked_rows)."""
+    x, pad = _rule_inputs()  # row 1's last 3 keys padded
+    model = RuleMasked("window").eval()
+    with torch.no_grad():
+        want = model(x, pad)[0]
+        _, _, v = model.qkv(x).view(2, SEQ, 3, 2, 8).permute(2, 0, 3, 1, 4).unbind(0)
+    torch.testing.assert_close(want[1, -1], v[1].mean(1).reshape(16))  # the premise: that row is uniform
+    if form.startswith("fx"):
+        source = _rule_export("window", form == "fx-dynamic")
+    else:
+        source = str(_rule_onnx("window", tmp_path / "w.onnx"))
+    for variant, params in (("window", {"window": 3}), ("segmented", {"segment_size": 3})):
+        result = attnopt.rewrite(source, variant, **params)
+        if form.startswith("fx"):
+            got = result.model(x, pad)[0]
+        else:
+            out = tmp_path / f"{variant}.onnx"
+            result.save(out)
+            got = torch.from_numpy(ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(
+                None, {"x": x.numpy(), "attention_mask": pad.numpy()})[0])
+        if variant == "window":  # window 3 is the model's own: exact everywhere
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(got[1, -1], want[1, -1], atol=1e-5, rtol=1e-5)
+
+
 def test_a_sliding_window_term_stays_where_any_head_group_reaches_past_it():
     """Head 0 dense, head 1 windowed by 3: the dense group sees every earlier key, so both calls keep the term
     (one mask for the site), and each head equals its own kernel's spec under the site's window."""
@@ -490,6 +521,46 @@ def test_fx_decoder_rewrite_reads_no_nxm_mask_and_is_exact(zoo_fx_case):
     assert report.is_exact(1e-5), report.to_dict()
     left = _nm_nodes_fx(result.model, inputs, SEQ)
     assert not left, f"{zoo_fx_case.id}: N×M values after the rewrite:\n" + "\n".join(left)
+
+
+# ----------------------------------------------------------------------------- rows no key is left to
+
+def _blocked_rows(inputs, decoder: bool):
+    """The case's inputs with batch row 1 padded so that some query rows keep no key at all: on the left for a
+    decoder (its first queries see only padding), wholly for an encoder."""
+    mask = torch.ones_like(inputs[1])
+    mask[1, :3 if decoder else None] = 0
+    return (inputs[0], mask, *inputs[2:])
+
+
+def _static_encoder(case, how) -> bool:
+    return _encoder(case, how) and not case.name.endswith("-dynamic")
+
+
+@pytest.mark.zoo(select=lambda case, how: _static_decoder(case, how) or _static_encoder(case, how))
+def test_onnx_rewrite_is_exact_on_rows_the_padding_blocks_entirely(zoo_onnx_case, zoo, tmp_path):
+    """HF's eager masks fill blocked keys with finfo.min, which swallows the scores: a row of nothing else is
+    uniform, the mean of every value (AttentionSite.blocked_rows); SDPA forms give 0, as the ops do."""
+    if zoo_onnx_case.case.ort_known_failures.get(zoo_onnx_case.exporter):
+        pytest.skip("onnxruntime cannot run this export (ZooCase.ort_known_failures)")
+    built = zoo.build(zoo_onnx_case.case.name)
+    path = zoo_onnx_case.path
+    out = tmp_path / "rewritten.onnx"
+    attnopt.rewrite(path, "segmented", segment_size=SEGMENT).save(out)
+    names = [i.name for i in onnx.load(str(path), load_external_data=False).graph.input]
+    inputs = {name: t.numpy() for name, t in zip(names, _blocked_rows(built.inputs, _decoder(zoo_onnx_case.case,
+                                                                                            None)))}
+    report = attnopt.validate(path, out, inputs=inputs)
+    assert report.is_exact(1e-5), (zoo_onnx_case.id, report.to_dict())
+
+
+@pytest.mark.zoo(select=lambda case, how: _static_decoder(case, how) or _static_encoder(case, how))
+def test_fx_rewrite_is_exact_on_rows_the_padding_blocks_entirely(zoo_fx_case):
+    result = attnopt.rewrite(zoo_fx_case.graph, "segmented", segment_size=SEGMENT,
+                             example_inputs=zoo_fx_case.example_inputs)
+    inputs = _blocked_rows(zoo_fx_case.inputs, _decoder(zoo_fx_case.case, None))
+    report = attnopt.validate(zoo_fx_case.graph, result.model, example_inputs=inputs)
+    assert report.is_exact(1e-5), (zoo_fx_case.id, report.to_dict())
 
 
 def _cli(*args):

@@ -19,9 +19,10 @@ import torch
 import torch.fx as fx
 
 from ..errors import SiteNotApplicable
+from ..match import MASK_FILL_MAX
 from ..site import (LAYOUT_BHSD, LAYOUT_BSD, LAYOUT_FLAT, MASK_BOOLEAN, MASK_BOOLEAN_BLOCKED, MASK_NONZERO_KEEP,
                     AttentionSite, ValueRef, extra_axis_count, folded, permutes_bhsd)
-from .lowering import head_dim_padding, lower, mask_terms, state_name
+from .lowering import blocked_rows, head_dim_padding, lower, mask_terms, state_name
 
 
 def boolean_to_additive(mask: torch.Tensor, like: torch.Tensor, keep_when_true: bool,
@@ -41,6 +42,24 @@ def additive(term: torch.Tensor, like: torch.Tensor, kind: str, factor: float = 
         return boolean_to_additive(term, like, kind == MASK_BOOLEAN, fill)
     term = term.to(like.dtype)
     return term * factor if factor != 1.0 else term
+
+
+def mean_where_blocked(y: torch.Tensor, v: torch.Tensor, key_padding: torch.Tensor, causal: bool,
+                       window: int) -> torch.Tensor:
+    """y (B, H, N, D) with the rows that ``key_padding`` (additive (B | 1, M)) leaves no key, under causality and
+    a window of W keys (0: none), replaced by the mean of every value (``lowering.blocked_rows``)."""
+    kept = (key_padding > MASK_FILL_MAX).to(torch.int64).cumsum(-1)  # (B | 1, M): kept keys up to j
+    n, m = y.shape[2], v.shape[2]
+    if causal:
+        pos = torch.arange(m - n, m, device=y.device)
+        seen = kept[:, pos]
+        if window:
+            before = pos - window  # the last key the window leaves out
+            seen = seen - torch.where(before >= 0, kept[:, before.clamp(min=0)], 0)
+    else:
+        seen = kept[:, -1:]
+    mean = v.mean(dim=2, keepdim=True).repeat_interleave(y.shape[1] // v.shape[1], dim=1)
+    return torch.where((seen == 0)[:, None, :, None], mean.to(y.dtype), y)
 
 
 def heads_if_many(mask: torch.Tensor, start: int, stop: int, heads: int) -> torch.Tensor:
@@ -114,6 +133,9 @@ def apply(loaded, call) -> None:
                 call_ = g.call_function(operator.getitem, (call_, 0))
             outputs.append(call_)
         y = outputs[0] if len(outputs) == 1 else g.call_function(torch.cat, (outputs, 1))
+        blocked = blocked_rows(call, masks)
+        if blocked is not None:
+            y = g.call_function(mean_where_blocked, (y, v, key_padding, *blocked))
         if pad_v:  # the padded value columns come out zero: the site's output has the values' head dim
             y = g.call_function(operator.getitem, (y, (Ellipsis, slice(None, site.value_head_dim))))
         y = _in_memory_order_of(g, _from_bhsd(g, y, site.output_layout, q_in), out_old)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import SiteNotApplicable
-from ..site import AttentionSite, MaskTerm
+from ..site import BLOCKED_ROWS_UNIFORM, AttentionSite, MaskTerm
 
 FUSED_RELATIVE_BIAS = "relative_bias"  # OpCall.fuses: the kernel computes the site's relative bias
 
@@ -78,6 +78,24 @@ def window_terms(call) -> tuple[MaskTerm, ...]:
         if reach is None or reach >= min(t.window for t in terms) or g.attrs.get("sinks", 0):
             return ()
     return tuple(terms)
+
+
+def blocked_rows(call, masks) -> tuple[bool, int] | None:
+    """(causal, window W or 0) where the rewrite must give the rows the site's key padding blocks entirely the
+    mean of every value, as the original does (AttentionSite.blocked_rows), instead of the ops' zero; None
+    where nothing needs that. ``masks``: the dense terms the op receives (``mask_terms``); with any, the op
+    reads the original's fill itself.
+
+    Which rows: query i (at position p = i + M − N) keeps no key j with j ≤ p (causal) and j > p − W (a window
+    the kernels replaced), or none at all. Costs O(B·M) counts and one mean of the values per head.
+    """
+    site: AttentionSite = call.site
+    if site.blocked_rows != BLOCKED_ROWS_UNIFORM or masks or site.extra_axes:
+        return None
+    implied = window_terms(call)
+    if site.key_padding is None and not any(t.window_padding for t in implied):
+        return None
+    return site.causal or bool(implied), min((t.window for t in implied), default=0)
 
 
 def state_name(site_name: str, state, next_: bool = False) -> str:

@@ -18,12 +18,13 @@ from onnx_ir import tape as ir_tape
 
 from ..atomic import write_atomic
 from ..errors import SiteNotApplicable
+from ..match import MASK_FILL_MAX
 from ..onnx_compat import DOMAIN, IR_VERSION, MIN_OPSET
 from ..site import (LAYOUT_BHSD, LAYOUT_BSD, LAYOUT_FLAT, MASK_ADDITIVE, MASK_BOOLEAN,
                     MASK_BOOLEAN_BLOCKED, MASK_KEY_END, MASK_NONZERO_KEEP, AttentionSite, ValueRef, extra_axis_count,
                     folded, permutes_bhsd)
 from ..kernels.ort_cuda import PORTABLE, LoweringFacts, choose, lowering_attrs
-from .lowering import head_dim_padding, lower, mask_terms, state_dims, state_name
+from .lowering import blocked_rows, head_dim_padding, lower, mask_terms, state_dims, state_name
 
 
 def apply(loaded, call, target: str = PORTABLE) -> list[str]:
@@ -123,6 +124,9 @@ def apply(loaded, call, target: str = PORTABLE) -> list[str]:
             model.graph.outputs.append(value)
         outputs.append(y)
     y = outputs[0] if len(outputs) == 1 else b.op("Concat", outputs, {"axis": 1})
+    blocked = blocked_rows(call, masks)
+    if blocked is not None:
+        y = b.mean_where_blocked(y, v, key_padding, *blocked)
     if pad_v:  # the padded value columns come out zero: the site's output has the values' head dim
         y = b.op("Slice", [y, b.const(np.array([0], np.int64)), b.const(np.array([site.value_head_dim], np.int64)),
                            b.const(np.array([3], np.int64))])
@@ -339,6 +343,41 @@ class _Builder:
         if factor != 1.0:
             mask = self.op("Mul", [mask, self.const(np.array(factor, np_dtype))])
         return mask
+
+    def mean_where_blocked(self, y: ir.Value, v: ir.Value, key_padding: ir.Value, causal: bool,
+                           window: int) -> ir.Value:
+        """``fx_rewrite.mean_where_blocked`` in ONNX ops: y (B, H, N, D) with the rows that key_padding (additive
+        (B | 1, M)) leaves no key replaced by the mean of every value (``lowering.blocked_rows``)."""
+        i64 = ir.DataType.INT64
+        kept = self.op("Greater", [key_padding, self.op("CastLike", [self.const(np.array(MASK_FILL_MAX, np.float32)),
+                                                                     key_padding])])
+        kept = self.op("CumSum", [self.op("Cast", [kept], {"to": i64}), self.const(np.array(1, np.int64))])
+        zero = self.const(np.array(0, np.int64))
+        n = self.op("Shape", [y], {"start": 2, "end": 3})
+        m = self.op("Shape", [v], {"start": 2, "end": 3})
+        if causal:
+            pos = self.op("Range", [self.op("Squeeze", [self.op("Sub", [m, n])]), self.op("Squeeze", [m]),
+                                    self.const(np.array(1, np.int64))])
+            seen = self.op("Gather", [kept, pos], {"axis": 1})
+            if window:
+                before = self.op("Sub", [pos, self.const(np.array(window, np.int64))])  # the last key left out
+                earlier = self.op("Gather", [kept, self.op("Max", [before, zero])], {"axis": 1})
+                seen = self.op("Sub", [seen, self.op("Where", [self.op("GreaterOrEqual", [before, zero]), earlier,
+                                                               zero])])
+        else:
+            seen = self.op("Slice", [kept, self.ints(-1), self.ints(np.iinfo(np.int64).max), self.ints(1)])
+        blocked = self.op("Unsqueeze", [self.op("Equal", [seen, zero]), self.ints(1, 3)])  # (B | 1, 1, N | 1, 1)
+        # the mean over the keys, each query head reading its kv head's: (B, Hkv, 1, 1, D) -> (B, H, 1, D)
+        mean = self.op("Div", [self.op("ReduceSum", [v, self.ints(2)], {"keepdims": 1}),
+                               self.op("CastLike", [m, v])])
+        rep = self.op("Div", [self.op("Shape", [y], {"start": 1, "end": 2}),
+                              self.op("Shape", [v], {"start": 1, "end": 2})])
+        mean = self.op("Expand", [self.op("Unsqueeze", [mean, self.ints(2)]),
+                                  self.op("Concat", [self.ints(1, 1), rep, self.ints(1, 1)], {"axis": 0})])
+        mean = self.op("Reshape", [mean, self.op("Concat", [self.op("Shape", [y], {"start": 0, "end": 2}),
+                                                            self.ints(1), self.op("Shape", [v], {"start": 3})],
+                                                 {"axis": 0})])
+        return self.op("Where", [blocked, self.op("CastLike", [mean, y]), y])
 
     def through_view(self, mask: ir.Value, rank, view, pair: tuple[str, str], q: ir.Value, k: ir.Value):
         """A term added to the scores viewed in another shape (MaskTerm.view) as one of the scores: broadcast to
