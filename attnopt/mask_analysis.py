@@ -21,7 +21,9 @@ VARIANTS.md, "Structured masks". Two rules, no per-model op sequences:
    with ``key_mask`` one of those 2-D inputs (for a boolean one also read as
    True = padding), and W one of the construction's integer constants or one
    more (j > i − W or j ≥ i − W as written; a causal
-   sliding window: Mistral's, Gemma's and GPT-OSS's local layers). A window term
+   sliding window: Mistral's, Gemma's and GPT-OSS's local layers), or, where
+   those all fail, a length the probe's values show (the dynamo exporter at
+   static shapes computes the positions ahead, leaving no such constant). A window term
    stays among the site's terms, marked with W and its key padding: an op that
    sees no key W or more positions back is run causal with that key padding
    instead (``lowering.window_terms``), any other reads the term as it is.
@@ -290,7 +292,7 @@ def _probe(loaded, candidates: Sequence[_Candidate]) -> dict[ValueRef, _Verdict]
     verdicts = {}
     for cand in candidates:
         k = index[cand.ref]
-        for hyp in cand.hypotheses:
+        for hyp in [*cand.hypotheses, *_seen_window_hypotheses(runs, k, cand)]:
             if hyp.pad is not None and hyp.pad not in pads:
                 continue
             name = None if hyp.pad is None else pads[hyp.pad].name
@@ -310,6 +312,22 @@ def _holds_everywhere(runs, k: int, cand, hyp, name) -> bool:
         return all(_holds(out[k], cand, hyp, None if name is None else feeds[name]) for feeds, out in runs)
     except Exception:  # noqa: BLE001
         return False
+
+
+def _seen_window_hypotheses(runs, k: int, cand) -> list[_Hypothesis]:
+    """Causal-window hypotheses for the window lengths the probe's values show and no integer constant of the
+    construction names: the dynamo exporter at static shapes computes the positions ahead, so the length
+    survives only inside folded tensors. Each batch row's last query row is read as ``_folded_window`` reads a
+    folded term (padding shortens some rows' counts: those lengths fail on the other probes). Tried after the
+    candidate's own hypotheses, so only for a term they all failed."""
+    tried = {h.window for h in cand.hypotheses}
+    seen: set[int] = set()
+    for _, out in runs:
+        a = np.asarray(out[k])
+        for rows in a.reshape(-1, *a.shape[-2:]) if a.ndim >= 2 else ():
+            seen.update(w for w in _folded_window(rows, cand.kind) if w not in tried)
+    plain = [h for h in cand.hypotheses if h.causal and not h.window]
+    return [replace(h, window=w) for w in sorted(seen)[:_MAX_WINDOWS] for h in plain]
 
 
 def _swallowing_fill(runs, k: int, cand, hyp, name) -> bool:
