@@ -13,7 +13,9 @@ the rewrite is exact, and the error where one stopped it. At the end a table cou
 
 An export that fails in torch, or a family this transformers cannot build, is not attnopt's; any other stop
 is. The house rule for those: add the family to ``tests/zoo.py``, then fix the general mechanism. The sizes
-and inputs come from the zoo's own helpers (2 sequences of 10 tokens, the second padded from token 7).
+and inputs come from the zoo's own helpers (2 sequences of 10 tokens, the second padded from token 7);
+decoders are validated a second time with the second sequence padded on the left instead (its first 3
+queries see no key), and count as exact only if both agree.
 This takes a few minutes on two cores; it is a development tool, not part of the test suite.
 """
 
@@ -284,8 +286,24 @@ def build(family: str, impl: str):
     return Built(HFWrapper(model, names, extra), inputs, names, ["last_hidden_state"])
 
 
-def probe(family: str, impl: str, exporter: str, built, workdir: Path) -> dict:
-    """One export of one family through detect, rewrite and validate; the stage it reached and what it saw."""
+def _left_padded(inputs, built):
+    """The inputs with the second sequence padded on the left (its first 3 tokens), in the form ``inputs``
+    has (ONNX feeds or tensors); None without an ``attention_mask``."""
+    names = list(built.input_names)
+    if "attention_mask" not in names:
+        return None
+    i = names.index("attention_mask")
+    mask = torch.ones_like(built.inputs[i])
+    mask[1, :3] = 0
+    if isinstance(inputs, dict):
+        return {**inputs, "attention_mask": mask.numpy()}
+    return tuple(mask if j == i else t for j, t in enumerate(inputs))
+
+
+def probe(family: str, impl: str, exporter: str, built, workdir: Path, left_padding: bool = False) -> dict:
+    """One export of one family through detect, rewrite and validate; the stage it reached and what it saw.
+    ``left_padding``: validate a second time with the second sequence padded on the left, so that its first
+    queries see no key (a decoder's batched prompts): the rewrite must give those rows what the original does."""
     import attnopt
 
     rec = {"family": family, "impl": impl, "exporter": exporter, "stage": "export"}
@@ -307,6 +325,12 @@ def probe(family: str, impl: str, exporter: str, built, workdir: Path) -> dict:
         rec["stage"] = "validate"
         report = attnopt.validate(model, rewritten, inputs=inputs)
         rec["exact"], rec["worst_rel_l2"], rec["note"] = report.is_exact(1e-5), report.worst_rel_l2, report.note
+        left = _left_padded(inputs, built) if left_padding else None
+        if left is not None:  # the padded queries of a left-padded decoder see no key at all
+            report = attnopt.validate(model, rewritten, inputs=left)
+            rec["exact_left_padding"] = report.is_exact(1e-5)
+            rec["worst_rel_l2_left_padding"] = report.worst_rel_l2
+            rec["exact"] = rec["exact"] and rec["exact_left_padding"]
         rec["stage"] = "done"
     except Exception as e:  # noqa: BLE001  a probe reports every failure and goes on
         rec["error"] = f"{type(e).__name__}: {str(e)[:300]}"
@@ -355,16 +379,18 @@ def main(argv=None) -> int:
                     print(json.dumps(rec), flush=True)
                     continue
                 for exporter in args.exporters:
-                    rec = probe(family, impl, exporter, built, Path(tmp))
+                    rec = probe(family, impl, exporter, built, Path(tmp), FAMILIES[family][0] == "dec")
                     records.append(rec)
                     print(json.dumps(rec), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(records, indent=1))
     done = [r for r in records if r["stage"] == "done"]
+    left = [r for r in done if "exact_left_padding" in r]
     print(f"\n{len(records)} probes: {sum(r['exact'] for r in done)} exact, {sum(not r['exact'] for r in done)} "
           f"inexact, {sum(r['stage'] == 'build' for r in records)} not built, "
           f"{sum(r['stage'] == 'export' for r in records)} not exported or traced (torch), "
-          f"{sum(r['stage'] in ('detect', 'rewrite', 'validate') for r in records)} stopped in attnopt")
+          f"{sum(r['stage'] in ('detect', 'rewrite', 'validate') for r in records)} stopped in attnopt; "
+          f"decoders also with left padding: {sum(r['exact_left_padding'] for r in left)} of {len(left)} exact")
     for r in records:
         if r["stage"] in ("detect", "rewrite", "validate") or (r["stage"] == "done" and not r["exact"]):
             print(f"  {r['family']} {r['impl']} {r['exporter']}: {r.get('error') or r.get('note') or 'inexact'}")
