@@ -227,6 +227,19 @@ def test_gpt_oss_rewritten_with_its_sinks(zoo, variant, exact, below):
         assert attnopt.validate(graph, result.model, example_inputs=inputs).is_exact(1e-5) == is_exact
 
 
+def test_gpt_oss_rows_the_padding_blocks_entirely_stay_zero(zoo):
+    """Left padding leaves the first queries of row 1 no key: with a learned sink the original puts all their
+    weight on the sink's zero value, so the rewrite must not give them the mean of the values as it does where
+    HF's eager mask leaves such a row uniform (lowering.blocked_rows)."""
+    graph, _ = zoo.fx_graph("gpt-oss-eager", "export")
+    inputs = zoo.build("gpt-oss-eager").inputs
+    mask = torch.ones_like(inputs[1])
+    mask[1, :3] = 0
+    left = (inputs[0], mask, *inputs[2:])
+    result = attnopt.rewrite(graph, "window", example_inputs=inputs, window=1 << 16)
+    assert attnopt.validate(graph, result.model, example_inputs=left).is_exact(1e-5)
+
+
 def test_gpt_oss_full_layer_rewritten_by_hierarchical_with_its_sinks(zoo):
     """hierarchical takes the sink logits too. It pools far keys, so it refuses the sliding-window layer (a
     per-query mask it cannot pool) and serves the full-attention layer: exact at the limit, restricting below."""

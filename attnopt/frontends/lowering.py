@@ -83,14 +83,18 @@ def window_terms(call) -> tuple[MaskTerm, ...]:
 def blocked_rows(call, masks) -> tuple[bool, int] | None:
     """(causal, window W or 0) where the rewrite must give the rows the site's key padding blocks entirely the
     mean of every value, as the original does (AttentionSite.blocked_rows), instead of the ops' zero; None
-    where nothing needs that. ``masks``: the dense terms the op receives (``mask_terms``); with any, the op
-    reads the original's fill itself.
+    where nothing needs that. ``masks``: the dense terms the op receives (``mask_terms``).
 
     Which rows: query i (at position p = i + M − N) keeps no key j with j ≤ p (causal) and j > p − W (a window
     the kernels replaced), or none at all. Costs O(B·M) counts and one mean of the values per head.
     """
     site: AttentionSite = call.site
-    if site.blocked_rows != BLOCKED_ROWS_UNIFORM or masks or site.extra_axes:
+    # Learned sink logits (GPT-OSS) keep such a row from being empty: its weight all goes to the sink's zero
+    # value, as in the ops. A relative-position bias left in the remainder (MPT's ALiBi) is finite, so the fill
+    # swallows it too; any other remainder term may block keys of its own, and then the row is not uniform.
+    rb = site.relative_bias
+    if (site.blocked_rows != BLOCKED_ROWS_UNIFORM or site.extra_axes or site.sink_logits is not None
+            or any(rb is None or t != rb.term for t in masks)):
         return None
     implied = window_terms(call)
     if site.key_padding is None and not any(t.window_padding for t in implied):
