@@ -15,18 +15,31 @@ def fp():
 
 def test_a_family_goes_through_detect_rewrite_and_validate(fp, tmp_path, capsys):
     out = tmp_path / "probe.json"
-    assert fp.main(["gpt_neo", "--exporters", "torchscript", "--impls", "eager", "sdpa", "--json", str(out)]) == 0
+    assert fp.main(["gpt_neox_japanese", "--exporters", "torchscript", "--impls", "eager", "sdpa",
+                    "--json", str(out)]) == 0
     eager, sdpa = json.loads(out.read_text())
     assert (eager["stage"], eager["sites"], eager["rewritten"], eager["exact"]) == ("done", 2, 2, True)
-    assert sdpa["stage"] == "build" and "error" in sdpa  # transformers has no sdpa form of GPT-Neo
-    assert "2 probes: 1 exact, 0 inexact, 1 not built" in capsys.readouterr().out
+    assert eager["exact_left_padding"] is True  # a decoder: validated again with its first queries keyless
+    assert sdpa["stage"] == "build" and "error" in sdpa  # transformers has no sdpa form of it
+    out = capsys.readouterr().out
+    assert "2 probes: 1 exact, 0 inexact, 1 not built" in out and "left padding: 1 of 1 exact" in out
 
 
 def test_the_fx_path_is_probed_through_torch_export(fp, tmp_path):
     out = tmp_path / "probe.json"
-    assert fp.main(["gpt_neo", "--exporters", "export", "--impls", "eager", "--json", str(out)]) == 0
+    assert fp.main(["gpt_neox_japanese", "--exporters", "export", "--impls", "eager", "--json", str(out)]) == 0
     (rec,) = json.loads(out.read_text())
     assert (rec["exporter"], rec["stage"], rec["sites"], rec["rewritten"], rec["exact"]) == ("export", "done", 2, 2, True)
+
+
+def test_an_inexact_left_padding_is_reported(fp, tmp_path, capsys):
+    """GPT-Neo applies its causal mask and its padding one after the other, each with finfo.min: the rows both
+    block entirely are not reproduced (README, structured masks), and the probe says so."""
+    out = tmp_path / "probe.json"
+    assert fp.main(["gpt_neo", "--exporters", "export", "--impls", "eager", "--json", str(out)]) == 0
+    (rec,) = json.loads(out.read_text())
+    assert rec["worst_rel_l2"] < 1e-6 and rec["exact_left_padding"] is False and rec["exact"] is False
+    assert "gpt_neo eager export: inexact" in capsys.readouterr().out
 
 
 def test_a_stop_in_attnopt_is_listed_with_its_error(fp, monkeypatch, tmp_path, capsys):
