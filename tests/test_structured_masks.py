@@ -424,6 +424,20 @@ def test_left_padded_decoders_are_exact_on_rows_no_key_is_left_to(zoo, name):
     assert report.is_exact(1e-5), report.to_dict()
 
 
+def test_the_blocked_rows_correction_compiles_without_a_graph_break(zoo):
+    """The fx correction (fx_rewrite.mean_where_blocked) is plain torch: torch.compile takes the rewritten module
+    whole and computes what it computes eagerly."""
+    graph, _ = zoo.fx_graph("llama-gqa-eager", zoo_lib.EXPORT)
+    built = zoo.build("llama-gqa-eager")
+    result = attnopt.rewrite(graph, "segmented", segment_size=SEGMENT, example_inputs=built.inputs)
+    assert sum("mean_where_blocked" in str(n.target) for n in result.model.graph.nodes) == 2
+    inputs = _blocked_rows(built.inputs, decoder=True)
+    with torch.no_grad():
+        want = result.model(*inputs)[0]
+        got = torch.compile(result.model, fullgraph=True, backend="aot_eager")(*inputs)[0]
+    torch.testing.assert_close(got, want, atol=0, rtol=0)
+
+
 @pytest.mark.parametrize("form", ["fx-static", "fx-dynamic", "onnx-torchscript", "onnx-dynamo"])
 def test_rows_whose_window_holds_only_padding_get_the_mean_of_the_values(form, tmp_path):
     """The last query of row 1 sees three padded keys in its window of 3: the model's finfo.min fill makes that
