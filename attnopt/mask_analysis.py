@@ -57,8 +57,8 @@ import numpy as np
 
 from .inputs import dim_roles
 from .match import MASK_FILL_MAX
-from .site import (BLOCKED_ROWS_UNIFORM, LAYOUT_FLAT, MASK_ADDITIVE, MASK_BOOLEAN, MASK_BOOLEAN_BLOCKED, MASK_NONZERO_KEEP,
-                   AttentionSite, MaskTerm, RelativeBias, ValueRef)
+from .site import (BLOCKED_ROWS_UNIFORM, LAYOUT_FLAT, MASK_ADDITIVE, MASK_BOOLEAN, MASK_BOOLEAN_BLOCKED,
+                   MASK_NONZERO_KEEP, AttentionSite, MaskTerm, RelativeBias, ValueRef)
 
 ENV_SWITCH = "ATTNOPT_STRUCTURED_MASKS"
 
@@ -86,7 +86,8 @@ class _Verdict:
     causal: bool
     key_padding: MaskTerm | None
     window: int = 0  # the term also holds a causal sliding window of this many keys (MaskTerm.window)
-    uniform_rows: bool = False  # every blocked entry is one fill that swallows the scores (AttentionSite.blocked_rows)
+    # every blocked entry is one fill that swallows the scores (AttentionSite.blocked_rows)
+    uniform_rows: bool = False
 
 
 @dataclass(frozen=True)

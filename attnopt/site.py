@@ -30,9 +30,11 @@ MASK_BOOLEAN_BLOCKED = "boolean-blocked"  # True = blocked (masked_fill conventi
 LAYOUT_BHSD = "bhsd"  # (batch, heads, seq, head_dim)
 LAYOUT_BSD = "bsd"  # (batch, seq, heads*head_dim) with num_heads known
 LAYOUT_BHDS = "bhds"  # key only: already transposed, (batch, heads, head_dim, seq)
-BLOCKED_ROWS_ZERO = "zero"  # AttentionSite.blocked_rows
-BLOCKED_ROWS_UNIFORM = "uniform"
 LAYOUT_FLAT = "(bh)sd"  # (batch*heads, seq, head_dim), as nn.MultiheadAttention's bmm
+
+# What the original gives a query row the structured masks block entirely (AttentionSite.blocked_rows).
+BLOCKED_ROWS_ZERO = "zero"
+BLOCKED_ROWS_UNIFORM = "uniform"
 
 
 def permutes_bhsd(layout: str) -> bool:

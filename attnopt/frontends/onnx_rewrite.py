@@ -365,7 +365,7 @@ class _Builder:
                 seen = self.op("Sub", [seen, self.op("Where", [self.op("GreaterOrEqual", [before, zero]), earlier,
                                                                zero])])
         else:
-            seen = self.op("Slice", [kept, self.ints(-1), self.ints(np.iinfo(np.int64).max), self.ints(1)])
+            seen = self.cut(kept, -1, None)  # every key's count: (B | 1, 1)
         blocked = self.op("Unsqueeze", [self.op("Equal", [seen, zero]), self.ints(1, 3)])  # (B | 1, 1, N | 1, 1)
         # the mean over the keys, each query head reading its kv head's: (B, Hkv, 1, 1, D) -> (B, H, 1, D)
         mean = self.op("Div", [self.op("ReduceSum", [v, self.ints(2)], {"keepdims": 1}),
