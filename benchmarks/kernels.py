@@ -57,6 +57,8 @@ VARIANTS = {
     "segmented S=1024 + 4 sinks (kernel, no fast path)": (1024, 0, 0, 4, False, 1.5),
     "window W=1024": (1, 1023, 1023, 0, False, 1.3),
     "window W=1024 causal": (1, 1023, 1023, 0, True, 1.3),
+    "window W=1024 (kernel, no fast path)": (1, 1023, 1023, 0, False, 1.3),
+    "window W=1024 causal (kernel, no fast path)": (1, 1023, 1023, 0, True, 1.3),
     "memory S=M=1024": (1024, 1024, 0, 0, False, 1.5),
     "memory S=M=1024 causal": (1024, 1024, 0, 0, True, 1.5),
     "memory S=M=1024 (kernel, no fast path)": (1024, 1024, 0, 0, False, 1.5),
@@ -450,6 +452,12 @@ def fold_sweep(n: int, rep_ms: float, log) -> list[dict]:
     return out
 
 
+def _cudnn_frontend_version() -> str:
+    import cudnn
+
+    return getattr(cudnn, "__version__", "?")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, nargs="+", default=[4096, 16384, 65536])
@@ -489,10 +497,13 @@ def main(argv=None) -> int:
 
     import triton
 
-    from attnopt.kernels import triton_band
+    from attnopt.kernels import cudnn_band, triton_band
 
+    # The window rows take cuDNN's diagonal band only where its frontend is installed: say which ran.
+    cudnn_frontend = _cudnn_frontend_version() if cudnn_band.available() else None
     meta = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
-                dtype="bfloat16", B=1, H=H, D=D, sdpa_lse_setting=triton_band.SDPA_LSE)
+                dtype="bfloat16", B=1, H=H, D=D, sdpa_lse_setting=triton_band.SDPA_LSE,
+                cudnn_frontend=cudnn_frontend, cudnn=torch.backends.cudnn.version())
     log(json.dumps(meta))
     result = dict(meta=meta)
     for bad in [r for r in args.sweep_rows if r not in ALL_ROWS]:

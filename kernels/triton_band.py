@@ -27,6 +27,8 @@ How the kernel stays block sparse:
   with whole segments and no masks are fused SDPA over segments folded into
   the batch (views, no copies); the previous segment (memory) and G <= S sinks
   are merged in by their log-sum-exp in one memory-bound pass (``_merge_fwd``).
+  Windows (unit 1) with nothing on top take cuDNN's diagonal band where its
+  frontend is installed (``cudnn_band``).
   Everything else (window, dense, other memories, GQA, masks, softcap, KV-cache
   offsets) runs the band kernel.
 - relbias is the dense band plus a bias computed per element from δ = j − p
@@ -55,6 +57,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from . import cudnn_band
 from .band import segment_fold
 from .reference import check_sink_logits
 from .triton_launch import launch, tma_descriptor, tma_ok
@@ -973,6 +976,10 @@ def _band_attention(q, k, v, *, unit, before, after, sinks, scale, causal, softc
                                  sink_logits=sink_logits)
         if out is not None:
             return out
+        if key_padding is None and mask is None and not softcap and sink_logits is None:
+            bounds = cudnn_band.diagonal_bounds(unit, before, after, sinks, causal, q.shape[2], k.shape[2])
+            if cudnn_band.eligible(q, k, v, bounds, scale):
+                return torch.ops.attnopt.cudnn_window(q, k, v, *bounds, float(scale))
     B, H, N, D = q.shape
     Hkv, M = k.shape[1], k.shape[2]
     out = torch.empty_like(q, memory_format=torch.contiguous_format)

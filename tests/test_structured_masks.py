@@ -466,6 +466,41 @@ def test_rows_whose_window_holds_only_padding_get_the_mean_of_the_values(form, t
         torch.testing.assert_close(got[1, -1], want[1, -1], atol=1e-5, rtol=1e-5)
 
 
+def _ort_cuda() -> bool:
+    return torch.cuda.is_available() and "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not _ort_cuda(), reason="needs a GPU and onnxruntime-gpu")
+@pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
+def test_the_blocked_rows_correction_runs_on_the_cuda_provider(exporter, tmp_path):
+    """The correction's nodes (counts of kept keys, the mean of the values, a Where over the output) on
+    onnxruntime's CUDA provider: the same output as on the CPU provider, the padded row the mean of the values,
+    and none of its value-sized nodes (ReduceSum over V, the Expand and Where over the output) left on the CPU."""
+    from attnopt.ort_runtime import placement
+
+    x, pad = _rule_inputs()
+    model = RuleMasked("window").eval()
+    with torch.no_grad():
+        want = model(x, pad)[0].numpy()
+    source = tmp_path / "w.onnx"
+    if exporter == "dynamo":
+        with zoo_lib.quiet():
+            torch.onnx.export(model, _rule_inputs(), str(source), dynamo=True, input_names=["x", "attention_mask"])
+    else:
+        _rule_onnx("window", source)
+    out = tmp_path / "segmented.onnx"
+    attnopt.rewrite(str(source), "segmented", segment_size=3).save(out)
+    feeds = {"x": x.numpy(), "attention_mask": pad.numpy()}
+    cpu, cuda = (ort.InferenceSession(str(out), providers=[p]).run(None, feeds)[0]
+                 for p in ("CPUExecutionProvider", ("CUDAExecutionProvider", {"use_tf32": "0"})))
+    np.testing.assert_allclose(cuda, cpu, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(cuda[1, -1], want[1, -1], atol=1e-5, rtol=1e-5)
+    where = placement(str(out), feeds, "cuda")
+    print(exporter, json.dumps({k: where[k] for k in ("nodes", "cpu_nodes", "cpu_ops", "memcpy_inputs")}))
+    assert not {"ReduceSum", "Expand", "Where"} & set(where["cpu_ops"]), where["cpu_ops"]
+
+
 def test_a_sliding_window_term_stays_where_any_head_group_reaches_past_it():
     """Head 0 dense, head 1 windowed by 3: the dense group sees every earlier key, so both calls keep the term
     (one mask for the site), and each head equals its own kernel's spec under the site's window."""

@@ -233,7 +233,12 @@ GPU_CASES = {
     "segmented_kernel": (65536, (1024, 0, 0, 0), False, {"fast_path": False}),
     "segmented_sinks": (65536, (1024, 0, 0, 4), False, {}),
     "segmented_causal": (16384, (1024, 0, 0, 0), True, {}),
-    "window": (65536, (1, 1023, 1023, 0), False, {}),
+    "window": (65536, (1, 1023, 1023, 0), False, {}),  # cuDNN's diagonal band where its frontend is installed
+    "window_kernel": (65536, (1, 1023, 1023, 0), False, {"fast_path": False}),
+    "window_causal": (65536, (1, 1023, 1023, 0), True, {}),
+    "window_uneven_gqa_kv_cache_ragged": (3000, (1, 700, 300, 0), False, {"Hkv": 4, "M": 5000}),
+    "window_causal_kv_cache_fp16_d64": (1000, (1, 255, 255, 0), True, {"M": 3000, "dtype": torch.float16, "D": 64}),
+    "window_wider_than_the_keys": (4096, (1, 8191, 8191, 0), False, {}),
     "window_causal_sinks": (65536, (1, 1023, 1023, 4), True, {}),
     "memory": (65536, (1024, 1024, 0, 0), False, {}),
     "memory_kernel": (65536, (1024, 1024, 0, 0), False, {"fast_path": False}),

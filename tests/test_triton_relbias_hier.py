@@ -175,15 +175,20 @@ def test_variant_registers_a_triton_cuda_kernel(name):
 
 
 @pytest.mark.parametrize("name", ["window", "relbias", "hierarchical"])
-def test_compile_traces_into_the_triton_kernels(name):
-    """AOTAutograd (what torch.compile runs before Inductor) decomposes the op into its kernel launches."""
+def test_compile_traces_into_the_triton_kernels(name, monkeypatch):
+    """AOTAutograd (what torch.compile runs before Inductor) decomposes the op into its kernel launches. (The
+    window stays on the band kernel: where cuDNN's frontend is installed it would take cuDNN's diagonal band,
+    tests/test_cudnn_band.py.)"""
     import logging
 
     from functorch.compile import aot_function
     from torch._subclasses.fake_tensor import FakeTensorMode
 
+    from attnopt.kernels import cudnn_band
     from attnopt.kernels.registry import get_variant
     from kernel_harness import tensors
+
+    monkeypatch.setattr(cudnn_band, "CUDNN_WINDOW", "off")
 
     logging.getLogger("torch._higher_order_ops.triton_kernel_wrap").setLevel(logging.ERROR)  # no GPU driver here
     spec = get_variant(name)
