@@ -27,8 +27,9 @@ How the kernel stays block sparse:
   with whole segments and no masks are fused SDPA over segments folded into
   the batch (views, no copies); the previous segment (memory) and G <= S sinks
   are merged in by their log-sum-exp in one memory-bound pass (``_merge_fwd``).
-  Windows (unit 1) with nothing on top take cuDNN's diagonal band where its
-  frontend is installed (``cudnn_band``).
+  Where NVIDIA's cuDNN frontend is installed, plain windows (unit 1) take
+  cuDNN's diagonal band, and memory's segment pairs and GQA segments run as
+  cuDNN calls over strided views with nothing to merge (``cudnn_band``).
   Everything else (window, dense, other memories, GQA, masks, softcap, KV-cache
   offsets) runs the band kernel.
 - relbias is the dense band plus a bias computed per element from δ = j − p
@@ -915,6 +916,24 @@ def _segment_fast_path(q, k, v, *, unit, before, after, sinks, scale, causal, so
     return out
 
 
+def _cudnn_band(q, k, v, unit, before, after, sinks, scale, causal) -> Tensor | None:
+    """Plain bands that cuDNN's own attention serves whole where NVIDIA's frontend is installed
+    (``cudnn_band``): a window (its diagonal band), memory's segment pairs (no second call to merge), and segments
+    with fewer kv heads than query heads (the folded-SDPA path needs one per query head). None for anything else,
+    plain MHA segments included (``_segment_fast_path`` serves those in one torch call)."""
+    n, m = q.shape[2], k.shape[2]
+    bounds = cudnn_band.diagonal_bounds(unit, before, after, sinks, causal, n, m)
+    if bounds is not None:
+        return cudnn_band.window_attention(q, k, v, *bounds, float(scale)) \
+            if cudnn_band.eligible(q, k, v, bounds, scale) else None
+    prev = cudnn_band.segment_pairs(unit, before, after, sinks, n, m)
+    if prev is None or not (prev or k.shape[1] != q.shape[1]) or not _fold_pays(unit, prev, False):
+        return None
+    if not cudnn_band.segments_eligible(q, k, v, unit, prev, causal, scale):
+        return None
+    return cudnn_band.segments_attention(q, k, v, unit, prev, causal, float(scale))
+
+
 def _sink_pointer(sink_logits: Tensor | None, q: Tensor) -> Tensor:
     """The kernels' SINKL argument: the (H,) sink logits as contiguous fp32 on q's device, or q as a placeholder
     where there are none (HAS_SINKL off: never read)."""
@@ -971,15 +990,15 @@ def _band_attention(q, k, v, *, unit, before, after, sinks, scale, causal, softc
                     sink_logits: Tensor | None = None) -> Tensor:
     _check(q, k, v, unit, before, after, sinks, softcap, key_padding, mask, sink_logits)
     if fast_path and bias is None and pooled is None:
-        out = _segment_fast_path(q, k, v, unit=unit, before=before, after=after, sinks=sinks, scale=scale,
-                                 causal=causal, softcap=softcap, key_padding=key_padding, mask=mask,
-                                 sink_logits=sink_logits)
+        out = None
+        if key_padding is None and mask is None and not softcap and sink_logits is None:
+            out = _cudnn_band(q, k, v, unit, before, after, sinks, scale, causal)
+        if out is None:
+            out = _segment_fast_path(q, k, v, unit=unit, before=before, after=after, sinks=sinks, scale=scale,
+                                     causal=causal, softcap=softcap, key_padding=key_padding, mask=mask,
+                                     sink_logits=sink_logits)
         if out is not None:
             return out
-        if key_padding is None and mask is None and not softcap and sink_logits is None:
-            bounds = cudnn_band.diagonal_bounds(unit, before, after, sinks, causal, q.shape[2], k.shape[2])
-            if cudnn_band.eligible(q, k, v, bounds, scale):
-                return torch.ops.attnopt.cudnn_window(q, k, v, *bounds, float(scale))
     B, H, N, D = q.shape
     Hkv, M = k.shape[1], k.shape[2]
     out = torch.empty_like(q, memory_format=torch.contiguous_format)

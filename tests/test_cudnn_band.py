@@ -1,9 +1,10 @@
-"""Windows through cuDNN's diagonal band (attnopt.kernels.cudnn_band), where the cuDNN frontend is installed.
+"""Bands cuDNN serves whole (attnopt.kernels.cudnn_band), where the cuDNN frontend is installed: windows through
+its diagonal band, memory's segment pairs and GQA segments through strided views.
 
-The bounds are plain arithmetic, checked everywhere. The GPU tests run only with CUDA and
-``nvidia-cudnn-frontend``: the band kernel's full-size cases (tests/test_triton_band.py) compare the
-window rows, which take this path there, with the reference; here, that the path is taken, equals the
-band kernel, and compiles into one graph.
+The bounds, the segment rule and the views are plain arithmetic, checked everywhere. The GPU tests run only with
+CUDA and ``nvidia-cudnn-frontend``: the band kernel's full-size cases (tests/test_triton_band.py) compare the
+window and memory rows, which take these paths there, with the reference; here, that each path is taken, equals
+the band kernel, and compiles into one graph.
 """
 
 from __future__ import annotations
@@ -79,6 +80,30 @@ class TestCuda:
         assert len(cudnn_band._state["plans"]) == plans + 1
         torch.testing.assert_close(again, got, atol=0, rtol=0)
 
+    @pytest.mark.parametrize("causal", [False, True])
+    @pytest.mark.parametrize("prev, hkv", [(True, 8), (True, 2), (False, 2)], ids=["memory", "memory-gqa", "segmented-gqa"])
+    def test_segments_run_as_views_and_equal_the_kernel(self, prev, hkv, causal):
+        """Memory's pairs (and segment 0) and GQA segments, two batch rows: cuDNN plans, no merge, the kernel's
+        result."""
+        from attnopt.kernels import triton_band
+
+        q, k, v = self._qkv(n=4096, h=8, hkv=hkv)
+        q, k, v = (torch.cat([t, t.flip(2)]) for t in (q, k, v))  # two different batch rows
+        kw = dict(unit=512, before=512 if prev else 0, after=0, sinks=0, scale=128 ** -0.5, causal=causal)
+        plans = len(cudnn_band._state.get("plans", {}))
+        got = triton_band._band_attention(q, k, v, **kw)
+        assert len(cudnn_band._state["plans"]) == plans + (2 if prev else 1), "the segments did not take cuDNN"
+        want = triton_band._band_attention(q, k, v, **kw, fast_path=False)
+        torch.testing.assert_close(got, want, atol=2e-2, rtol=2e-2)
+
+    def test_mha_segments_keep_the_folded_sdpa_path(self):
+        from attnopt.kernels import triton_band
+
+        q, k, v = self._qkv(n=2048, h=4, hkv=4)
+        plans = len(cudnn_band._state.get("plans", {}))
+        triton_band._band_attention(q, k, v, unit=512, before=0, after=0, sinks=0, scale=0.1, causal=False)
+        assert len(cudnn_band._state.get("plans", {})) == plans
+
     def test_what_the_band_kernel_adds_stays_on_it(self):
         """Sinks, key padding and softcap: the band kernel, no cuDNN plan."""
         from attnopt.kernels import triton_band
@@ -91,20 +116,57 @@ class TestCuda:
         triton_band._band_attention(q, k, v, **base, sinks=0, softcap=30.0)
         assert len(cudnn_band._state.get("plans", {})) == plans
 
-    def test_compiled_window_op_calls_cudnn_without_a_graph_break(self):
+    @pytest.mark.parametrize("variant, params, causal, called", [
+        ("window", {"window": 256, "sinks": 0}, False, "cudnn_window"),
+        ("memory", {"segment_size": 512, "memory": 512, "sinks": 0}, True, "cudnn_segments")])
+    def test_compiled_op_calls_cudnn_without_a_graph_break(self, variant, params, causal, called):
         from torch._inductor.utils import run_and_get_code
 
         from attnopt.kernels.registry import get_variant
 
-        op = get_variant("window").torch_op
+        spec = get_variant(variant)
+        op = spec.torch_op  # outside the traced call: the property imports the op's module, which dynamo refuses
+        args = [{**{p.name: p.default for p in spec.params}, **params}[p] for p in spec.param_names]
         q, k, v = self._qkv(n=2048)
 
         def call(q, k, v):
-            return op(q, k, v, None, None, 256, 0, 128 ** -0.5, False, 0.0)
+            return op(q, k, v, None, None, *args, 128 ** -0.5, causal, 0.0)
 
         torch._dynamo.reset()
         with torch.no_grad():
             got, codes = run_and_get_code(torch.compile(call, fullgraph=True), q, k, v)
             want = call(q, k, v)
-        assert any("cudnn_window" in c for c in codes), codes
+        assert any(called in c for c in codes), codes
         torch.testing.assert_close(got, want, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("unit, before, after, sinks, n, m, want", [
+    (16, 16, 0, 0, 64, 64, True), (16, 0, 0, 0, 64, 64, False), (16, 16, 0, 2, 64, 64, None),
+    (16, 8, 0, 0, 64, 64, None), (16, 16, 16, 0, 64, 64, None), (16, 16, 0, 0, 60, 60, None),
+    (16, 16, 0, 0, 64, 80, None), (64, 64, 0, 0, 64, 64, None)])
+def test_segment_pairs_are_whole_segments_with_or_without_the_previous_one(unit, before, after, sinks, n, m, want):
+    assert cudnn_band.segment_pairs(unit, before, after, sinks, n, m) is want
+
+
+def test_segment_views_read_the_segments_and_their_predecessors_in_place():
+    """The views cuDNN runs on: memory's pairs start one segment earlier and overlap; the output views tile the
+    output exactly once; nothing is copied."""
+    s, n = 4, 12
+    q = torch.arange(2 * 3 * n * 2, dtype=torch.float32).view(2, 3, n, 2)
+    k = torch.arange(2 * 1 * n * 2, dtype=torch.float32).view(2, 1, n, 2)
+    out = torch.zeros_like(q)
+    for prev in (False, True):
+        views = cudnn_band._segment_views(q[1:], k[1:], k[1:], out[1:], s, prev)
+        assert all(v.data_ptr() >= t.data_ptr() for v, t in zip(views[0], (q, k, k, out)))
+        covered = torch.zeros(n, dtype=torch.int64)
+        for qv, kv, _, ov in views:
+            for seg in range(qv.shape[0]):
+                first = int((qv[seg, 0, 0, 0] - q[1, 0, 0, 0]).item()) // 2  # the query segment's first row
+                covered[first:first + s] += 1
+                keys = kv[seg, 0, :, 0]
+                want_first = first - s if prev and first else first
+                torch.testing.assert_close(keys, k[1, 0, want_first:first + s, 0])
+                ov[seg].fill_(1)
+        assert torch.equal(covered, torch.ones(n, dtype=torch.int64))
+        assert bool((out[1] == 1).all()) and bool((out[0] == 0).all())
+        out.zero_()

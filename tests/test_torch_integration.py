@@ -109,7 +109,7 @@ class TestCuda:
 
         from attnopt.kernels import cudnn_band
 
-        monkeypatch.setattr(cudnn_band, "CUDNN_WINDOW", "off")
+        monkeypatch.setattr(cudnn_band, "CUDNN_BANDS", "off")
 
         spec = get_variant(name)
         params = {**{p.name: p.default for p in spec.params}, **params}

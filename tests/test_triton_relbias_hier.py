@@ -188,7 +188,7 @@ def test_compile_traces_into_the_triton_kernels(name, monkeypatch):
     from attnopt.kernels.registry import get_variant
     from kernel_harness import tensors
 
-    monkeypatch.setattr(cudnn_band, "CUDNN_WINDOW", "off")
+    monkeypatch.setattr(cudnn_band, "CUDNN_BANDS", "off")
 
     logging.getLogger("torch._higher_order_ops.triton_kernel_wrap").setLevel(logging.ERROR)  # no GPU driver here
     spec = get_variant(name)
