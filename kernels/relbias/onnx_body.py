@@ -30,6 +30,17 @@ STEP_ELEMENTS = 2**25  # scores a step holds per batch row: 128 MiB of float32
 
 
 @onnxscript.script(attnopt_opset, default_opset=op)
+def DistancePenalty(neg_slope, keys_at, positions, is_causal):
+    """ALiBi's bias of a block of rows, −slope·|δ| with δ = j − p: (Hkv, rep, Bq, M) from neg_slope (Hkv, rep, 1, 1),
+    the key positions (M,) and the rows' (Bq,), as float; and, apart, causality as (Bq, M) of 0 or −inf (a
+    zero slope must not meet an infinite distance)."""
+    zero = op.Constant(value_float=0.0)
+    delta = op.Sub(op.Unsqueeze(keys_at, [0]), op.Unsqueeze(positions, [1]))  # (Bq, M)
+    causality = op.Where(op.And(op.Greater(delta, zero), is_causal), op.Constant(value_float=float("-inf")), zero)
+    return op.Mul(neg_slope, op.Abs(delta)), causality
+
+
+@onnxscript.script(attnopt_opset, default_opset=op)
 def RelbiasAttention(Q, K, V, Mask, KeyPadding, SinkLogits, slopes, table, kind: str, num_buckets: int,
                      max_distance: int, bidirectional: int, table_file: str, init_std: float, bias_scale: float,
                      scale: float, causal: int, softcap: float):
@@ -73,18 +84,35 @@ def RelbiasAttention(Q, K, V, Mask, KeyPadding, SinkLogits, slopes, table, kind:
                             perm=[3, 0, 1, 2, 4, 5])
     rows = op.Reshape(op.Range(0, op.Squeeze(op.Mul(nblk, bq)), 1), op.Concat(nblk, bq, axis=0))
 
+    # A distance penalty alone (ALiBi: one table column, all zero) is the slope times |δ|: computed from the block's
+    # (Bq, M) distances with one Mul over the scores' size, instead of laying out a Toeplitz block (a Tile and two
+    # Slices over it, which took most of the body's time on the CPU). Causality is added with the masks then.
+    distance_only = op.And(op.Equal(op.Shape(table, start=1, end=2), one),
+                           op.Equal(op.ReduceMax(op.Abs(op.Cast(table, to=_FLOAT)), keepdims=0),
+                                    op.Constant(value_float=0.0)))
+    neg_slope = op.Reshape(op.Neg(slope), op.Concat(hkv, rep, one, one, axis=0))  # (Hkv, rep, 1, 1)
+    keys_at = op.Cast(op.Range(0, op.Squeeze(m), 1), to=_FLOAT)  # (M,) key positions (exact below 2^24)
+    no = op.Constant(value_float=0.0)
+    nothing = op.Reshape(no, op.Constant(value_ints=[1, 1]))
+
     @graph()
     def step(count, q_block, row):
         first = op.Add(op.Slice(row, zero, one), off)  # the block's first query position
-        u = RelativeBiasDistances(per_distance, slope, first, bq, m, is_causal)
-        rows_bias = op.Slice(ToeplitzRows(u, bq), zero, m, op.Constant(value_ints=[2]))  # (H, Bq, M)
-        bias = op.Reshape(rows_bias, op.Concat(hkv, rep, bq, m, axis=0))  # (Hkv, rep, Bq, M)
+        if distance_only:
+            bias, causality = DistancePenalty(neg_slope, keys_at, op.CastLike(op.Add(row, off), no), is_causal)
+        else:  # (H, Bq, M) laid out from one value per distance u, causality riding on u
+            bias = op.Slice(ToeplitzRows(RelativeBiasDistances(per_distance, slope, first, bq, m, is_causal), bq),
+                            zero, m, op.Constant(value_ints=[2]))
+            causality = nothing  # (1, 1)
+        # The If's outputs get their ranks back (Scan needs its outputs' shapes): bias as (Hkv, rep, Bq, M).
+        bias = op.Reshape(bias, op.Concat(hkv, rep, bq, m, axis=0))
+        causality = op.Reshape(causality, op.Constant(value_ints=[0, 0]))
         raw = op.MatMul(q_block, k_t)  # (B, Hkv, rep, Bq, M)
         raw = Softcap(raw, cap)
         dense = op.Gather(Mask, op.Min(op.Min(row, op.Sub(n, one)), mask_rows), axis=2)  # (Bm, Hm, Bq, Mm)
-        # The masks summed at their own size first (key padding alone is (Bk, 1, 1, 1, M)): one Add fewer over the
-        # scores.
-        masks = op.Add(kp, op.Reshape(op.CastLike(dense, cap), mask_shape))
+        # The masks summed at their own size first (key padding alone is (Bk, 1, 1, 1, M); causality, where the
+        # bias does not carry it, (Bq, M)): one Add fewer over the scores.
+        masks = op.Add(op.Add(kp, op.Reshape(op.CastLike(dense, cap), mask_shape)), causality)
         scores = op.Add(op.Add(raw, bias), masks)
         probs = SoftmaxWithSink(scores, SinkLogits)
         out = op.MatMul(probs, v)
@@ -99,4 +127,4 @@ def RelbiasAttention(Q, K, V, Mask, KeyPadding, SinkLogits, slopes, table, kind:
 
 
 BODY = RelbiasAttention
-CALLS = (*BIAS_CALLS, SoftmaxWithSink)
+CALLS = (*BIAS_CALLS, DistancePenalty, SoftmaxWithSink)
