@@ -8,7 +8,8 @@
 #
 #   bash install.sh            attnopt + onnxruntime if none        (then: attnopt demo)
 #   bash install.sh --test     + the test tools (pytest, xdist, transformers, matplotlib)
-#   bash install.sh --cuda     onnxruntime-gpu when no onnxruntime is installed yet
+#   bash install.sh --cuda     onnxruntime-gpu when no onnxruntime is installed yet, and NVIDIA's cuDNN
+#                              frontend (the [cudnn] extra: windows and memory at cuDNN's speed in torch)
 #   bash install.sh --dry-run  print the pip commands, install nothing
 #
 # torch is pinned to 2.13.0, the release attnopt is tested with. On Linux, PyPI's torch wheel bundles
@@ -24,7 +25,7 @@ for arg in "$@"; do
         --test) test_tools=1 ;;
         --cuda) cuda=1 ;;
         --dry-run) dry=1 ;;
-        -h|--help) sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "install.sh: unknown option '$arg' (see bash install.sh --help)" >&2; exit 2 ;;
     esac
 done
@@ -49,6 +50,7 @@ case "$(wc -w <<< "$have" | tr -d ' ')" in
             "each other's files; keep one: pip uninstall -y $names && pip install <the one you want>" >&2
        exit 2 ;;
 esac
+[ "$cuda" = 1 ] && extras+=(cudnn)
 [ "$test_tools" = 1 ] && extras+=(test-tools)
 
 spec="."

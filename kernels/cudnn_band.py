@@ -49,7 +49,8 @@ def _release() -> None:
     _state.pop("handles", None)
 
 
-def diagonal_bounds(unit: int, before: int, after: int, sinks: int, causal: bool, n: int, m: int) -> tuple[int, int] | None:
+def diagonal_bounds(unit: int, before: int, after: int, sinks: int, causal: bool, n: int,
+                    m: int) -> tuple[int, int] | None:
     """cuDNN's (left, right) bounds for a band of unit 1 over N queries and M keys: it keeps key j for query i
     at position p = i + M − N where p − left < j ≤ p + right. None for any other band: units above 1
     (segmented, memory) are not diagonal, sinks are keys outside the band, and fewer keys than queries would put

@@ -81,7 +81,8 @@ class TestCuda:
         torch.testing.assert_close(again, got, atol=0, rtol=0)
 
     @pytest.mark.parametrize("causal", [False, True])
-    @pytest.mark.parametrize("prev, hkv", [(True, 8), (True, 2), (False, 2)], ids=["memory", "memory-gqa", "segmented-gqa"])
+    @pytest.mark.parametrize("prev, hkv", [(True, 8), (True, 2), (False, 2)],
+                             ids=["memory", "memory-gqa", "segmented-gqa"])
     def test_segments_run_as_views_and_equal_the_kernel(self, prev, hkv, causal):
         """Memory's pairs (and segment 0) and GQA segments, two batch rows: cuDNN plans, no merge, the kernel's
         result."""

@@ -118,7 +118,13 @@ def test_install_script_picks_one_onnxruntime_where_there_is_none(tmp_path):
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "venv")], check=True)
     bare = tmp_path / "venv" / "bin" / "python"
     assert _pip_spec(_install_dry_run(python=bare)) == ".[cpu]"
-    assert _pip_spec(_install_dry_run("--test", "--cuda", python=bare)) == ".[cuda,test-tools]"
+    assert _pip_spec(_install_dry_run("--test", "--cuda", python=bare)) == ".[cuda,cudnn,test-tools]"
+
+
+def test_install_script_adds_the_cudnn_frontend_on_a_cuda_machine_that_has_an_onnxruntime():
+    res = _install_dry_run("--cuda")
+    assert res.returncode == 0, res.stderr
+    assert _pip_spec(res) == ".[cudnn]" and "keeping the installed onnxruntime" in res.stdout
 
 
 def test_install_script_refuses_an_environment_holding_two(tmp_path):

@@ -31,9 +31,9 @@ STEP_ELEMENTS = 2**25  # scores a step holds per batch row: 128 MiB of float32
 
 @onnxscript.script(attnopt_opset, default_opset=op)
 def DistancePenalty(neg_slope, keys_at, positions, is_causal):
-    """ALiBi's bias of a block of rows, −slope·|δ| with δ = j − p: (Hkv, rep, Bq, M) from neg_slope (Hkv, rep, 1, 1),
-    the key positions (M,) and the rows' (Bq,), as float; and, apart, causality as (Bq, M) of 0 or −inf (a
-    zero slope must not meet an infinite distance)."""
+    """ALiBi's bias of a block of rows, −slope·|δ| with δ = j − p: (Hkv, rep, Bq, M) from neg_slope
+    (Hkv, rep, 1, 1), the key positions (M,) and the rows' (Bq,), as float; and, apart, causality as (Bq, M) of
+    0 or −inf (a zero slope must not meet an infinite distance)."""
     zero = op.Constant(value_float=0.0)
     delta = op.Sub(op.Unsqueeze(keys_at, [0]), op.Unsqueeze(positions, [1]))  # (Bq, M)
     causality = op.Where(op.And(op.Greater(delta, zero), is_causal), op.Constant(value_float=float("-inf")), zero)
