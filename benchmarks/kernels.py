@@ -17,7 +17,10 @@ full hierarchical (fine + pooled coarse level; Flex cannot express pooling),
 and lsh / routed / lowrank through ``torch.ops.attnopt`` where their CUDA
 kernels are registered (time includes hashing / routing / sorting; useful
 FLOPs from the expected attended keys). Every row but the band ones marked
-"(kernel, no fast path)" calls the op, as a rewritten model does.
+"(kernel, no fast path)" calls the op, as a rewritten model does. Where NVIDIA's
+cuDNN frontend is installed (the ``[cudnn]`` extra), the window and memory rows
+run cuDNN (``kernels/cudnn_band.py``); the JSON's meta records its version, or
+null where the band kernel served them.
 
 Targets (issue 9): segmented, segmented + 4 sinks and memory >= 1.5x faster than
 FlexAttention; window >= 1.3x; relbias ALiBi (N=16384) within 1.15x of dense

@@ -30,8 +30,9 @@ How the kernel stays block sparse:
   Where NVIDIA's cuDNN frontend is installed, plain windows (unit 1) take
   cuDNN's diagonal band, and memory's segment pairs and GQA segments run as
   cuDNN calls over strided views with nothing to merge (``cudnn_band``).
-  Everything else (window, dense, other memories, GQA, masks, softcap, KV-cache
-  offsets) runs the band kernel.
+  Everything else runs the band kernel: dense, other memories, bands with sinks
+  (but segmented's and memory's above), key padding, masks or softcap, fp32,
+  and every band where the frontend is missing.
 - relbias is the dense band plus a bias computed per element from δ = j − p
   (slopes·|δ| and a per-distance table gather), never a B×H×N×M tensor.
 - hierarchical is the band (B, B, B) plus its coarse level: pooled keys and
