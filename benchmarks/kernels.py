@@ -455,12 +455,6 @@ def fold_sweep(n: int, rep_ms: float, log) -> list[dict]:
     return out
 
 
-def _cudnn_frontend_version() -> str:
-    import cudnn
-
-    return getattr(cudnn, "__version__", "?")
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, nargs="+", default=[4096, 16384, 65536])
@@ -503,10 +497,9 @@ def main(argv=None) -> int:
     from attnopt.kernels import cudnn_band, triton_band
 
     # The window rows take cuDNN's diagonal band only where its frontend is installed: say which ran.
-    cudnn_frontend = _cudnn_frontend_version() if cudnn_band.available() else None
     meta = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
                 dtype="bfloat16", B=1, H=H, D=D, sdpa_lse_setting=triton_band.SDPA_LSE,
-                cudnn_frontend=cudnn_frontend, cudnn=torch.backends.cudnn.version())
+                cudnn_frontend=cudnn_band.frontend_version(), cudnn=torch.backends.cudnn.version())
     log(json.dumps(meta))
     result = dict(meta=meta)
     for bad in [r for r in args.sweep_rows if r not in ALL_ROWS]:

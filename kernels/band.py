@@ -37,6 +37,15 @@ def query_block(unit: int, before: int, after: int) -> int:
     return max(16, min(MAX_BLOCK, (before + after + 2) // 4))
 
 
+def whole_segments(unit: int, before: int, after: int, n: int, m: int) -> bool | None:
+    """Whether a band over N queries and M keys is whole segments of ``unit`` and, if so, whether each also sees
+    the segment before it (memory with M_mem = S: True; segmented: False); None for any other band (ragged
+    segments, a KV-cache step, other memories or windows). The geometry every segment fast path needs."""
+    if not (after == 0 and before in (0, unit) and n == m and 0 < unit < n and n % unit == 0):
+        return None
+    return before == unit
+
+
 def segment_fold(q: Tensor, k: Tensor, *, unit: int, before: int, after: int, sinks: int, softcap: float,
                  key_padding: Tensor | None, mask: Tensor | None) -> tuple[int, bool, int] | None:
     """Where the band is whole segments with only causality and sinks on top: (segments, prev, sinks_from).
@@ -53,10 +62,10 @@ def segment_fold(q: Tensor, k: Tensor, *, unit: int, before: int, after: int, si
     """
     B, H, N, _ = q.shape
     S = unit
-    if not (after == 0 and before in (0, S) and sinks <= S and softcap == 0 and key_padding is None
-            and mask is None and N == k.shape[2] and 0 < S < N and N % S == 0 and k.shape[1] == H):
+    prev = whole_segments(S, before, after, N, k.shape[2])
+    if prev is None or not (sinks <= S and softcap == 0 and key_padding is None and mask is None
+                            and k.shape[1] == H):
         return None
-    prev = before == S
     return N // S, prev, S * (2 if prev else 1)
 
 

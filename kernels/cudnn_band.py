@@ -32,7 +32,9 @@ import os
 import torch
 from torch import Tensor
 
-__all__ = ["available", "diagonal_bounds", "eligible", "segment_pairs", "segments_attention", "segments_eligible",
+from .band import whole_segments
+
+__all__ = ["available", "diagonal_bounds", "eligible", "frontend_version", "segment_pairs", "segments_attention", "segments_eligible",
            "window_attention"]
 
 # "auto": cuDNN where the frontend imports and the call is eligible; "off": never (the band kernel and torch's
@@ -75,6 +77,11 @@ def available() -> bool:
     return _state["cudnn"] is not None
 
 
+def frontend_version() -> str | None:
+    """The cuDNN frontend's version where it serves (``available``), else None."""
+    return getattr(_state["cudnn"], "__version__", "?") if available() else None
+
+
 def eligible(q: Tensor, k: Tensor, v: Tensor, bounds, scale: float) -> bool:
     """Whether cuDNN's fused attention takes this window: fp16/bf16 on CUDA, head dims a multiple of 8 up to 256,
     the last dim dense, static sizes, and a plan cuDNN supports (built here from shapes alone, so the check also
@@ -88,9 +95,7 @@ def segment_pairs(unit: int, before: int, after: int, sinks: int, n: int, m: int
     """Whether a band is whole segments that cuDNN's attention serves as batches of views, and if so whether each
     also sees the previous one (memory with M_mem = S: True; segmented: False); None otherwise. Sinks are keys
     outside the segments (the merging fast path in ``triton_band`` serves them)."""
-    if not (after == 0 and before in (0, unit) and sinks == 0 and n == m and 0 < unit < n and n % unit == 0):
-        return None
-    return before == unit
+    return None if sinks else whole_segments(unit, before, after, n, m)
 
 
 def segments_eligible(q: Tensor, k: Tensor, v: Tensor, unit: int, prev: bool, causal: bool, scale: float) -> bool:

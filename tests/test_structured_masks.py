@@ -30,6 +30,7 @@ from attnopt.match import detect_sites
 from attnopt.site import MASK_BOOLEAN, MASK_BOOLEAN_BLOCKED, MASK_NONZERO_KEEP
 
 import zoo as zoo_lib
+from test_ort_cuda import _cuda_ep
 
 DECODERS = ("gpt2", "llama-gqa", "mistral-gqa", "qwen2-gqa")
 ENCODERS = ("bert",)
@@ -466,12 +467,8 @@ def test_rows_whose_window_holds_only_padding_get_the_mean_of_the_values(form, t
         torch.testing.assert_close(got[1, -1], want[1, -1], atol=1e-5, rtol=1e-5)
 
 
-def _ort_cuda() -> bool:
-    return torch.cuda.is_available() and "CUDAExecutionProvider" in ort.get_available_providers()
-
-
 @pytest.mark.cuda
-@pytest.mark.skipif(not _ort_cuda(), reason="needs a GPU and onnxruntime-gpu")
+@pytest.mark.skipif(not _cuda_ep(), reason="needs a GPU and onnxruntime-gpu")
 @pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
 def test_the_blocked_rows_correction_runs_on_the_cuda_provider(exporter, tmp_path):
     """The correction's nodes (counts of kept keys, the mean of the values, a Where over the output) on

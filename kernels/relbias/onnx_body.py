@@ -87,12 +87,11 @@ def RelbiasAttention(Q, K, V, Mask, KeyPadding, SinkLogits, slopes, table, kind:
     # A distance penalty alone (ALiBi: one table column, all zero) is the slope times |δ|: computed from the block's
     # (Bq, M) distances with one Mul over the scores' size, instead of laying out a Toeplitz block (a Tile and two
     # Slices over it, which took most of the body's time on the CPU). Causality is added with the masks then.
+    no = op.Constant(value_float=0.0)
     distance_only = op.And(op.Equal(op.Shape(table, start=1, end=2), one),
-                           op.Equal(op.ReduceMax(op.Abs(op.Cast(table, to=_FLOAT)), keepdims=0),
-                                    op.Constant(value_float=0.0)))
+                           op.Equal(op.ReduceMax(op.Abs(op.Cast(table, to=_FLOAT)), keepdims=0), no))
     neg_slope = op.Reshape(op.Neg(slope), op.Concat(hkv, rep, one, one, axis=0))  # (Hkv, rep, 1, 1)
     keys_at = op.Cast(op.Range(0, op.Squeeze(m), 1), to=_FLOAT)  # (M,) key positions (exact below 2^24)
-    no = op.Constant(value_float=0.0)
     nothing = op.Reshape(no, op.Constant(value_ints=[1, 1]))
 
     @graph()
