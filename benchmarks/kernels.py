@@ -62,6 +62,9 @@ VARIANTS = {
     "window W=1024 causal": (1, 1023, 1023, 0, True, 1.3),
     "window W=1024 (kernel, no fast path)": (1, 1023, 1023, 0, False, 1.3),
     "window W=1024 causal (kernel, no fast path)": (1, 1023, 1023, 0, True, 1.3),
+    "window W=1024 + 4 sinks": (1, 1023, 1023, 4, False, None),  # StreamingLLM's shape; issue 9 sets no target
+    "window W=1024 + 4 sinks causal": (1, 1023, 1023, 4, True, None),
+    "window W=1024 + 4 sinks causal (kernel, no fast path)": (1, 1023, 1023, 4, True, None),
     "memory S=M=1024": (1024, 1024, 0, 0, False, 1.5),
     "memory S=M=1024 causal": (1024, 1024, 0, 0, True, 1.5),
     "memory S=M=1024 (kernel, no fast path)": (1024, 1024, 0, 0, False, 1.5),

@@ -27,12 +27,14 @@ How the kernel stays block sparse:
   with whole segments and no masks are fused SDPA over segments folded into
   the batch (views, no copies); the previous segment (memory) and G <= S sinks
   are merged in by their log-sum-exp in one memory-bound pass (``_merge_fwd``).
-  Where NVIDIA's cuDNN frontend is installed, plain windows (unit 1) take
-  cuDNN's diagonal band, and memory's segment pairs and GQA segments run as
-  cuDNN calls over strided views with nothing to merge (``cudnn_band``).
-  Everything else runs the band kernel: dense, other memories, bands with sinks
-  (but segmented's and memory's above), key padding, masks or softcap, fp32,
-  and every band where the frontend is missing.
+  Where NVIDIA's cuDNN frontend is installed, windows (unit 1) take cuDNN's
+  diagonal band (their sinks merged in by ``_merge_fwd`` where the window is
+  wide enough to pay for the pass, ``_window_merge_pays``), memory's segment
+  pairs and GQA segments run as cuDNN calls over strided views with nothing to
+  merge, and sink logits ride on cuDNN's sink token (``cudnn_band``).
+  Everything else runs the band kernel: dense, other memories, narrow windows
+  with sinks, key padding, masks or softcap, fp32, and every band where the
+  frontend is missing.
 - relbias is the dense band plus a bias computed per element from δ = j − p
   (slopes·|δ| and a per-distance table gather), never a B×H×N×M tensor.
 - hierarchical is the band (B, B, B) plus its coarse level: pooled keys and
@@ -755,15 +757,20 @@ def _merge_fwd(
     O, LSE, O2, LSE2, Q, K, V, SINKL,
     stride_lb, stride_ls, stride_li,
     stride_o2b, stride_o2s, stride_o2i, stride_l2b, stride_l2s, stride_l2i,
-    H, N, SEG, NSEG, G, sinks_from, scale2,
+    stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
+    H, N, SEG, NSEG, G, GROUP, UNIT, BEFORE, AFTER, SHIFT, scale2,
     HEAD_DIM: tl.constexpr, BLOCK_R: tl.constexpr, G_PAD: tl.constexpr,
-    HAS_PREV: tl.constexpr, HAS_SINKS: tl.constexpr, HAS_SINKL: tl.constexpr = False,
+    HAS_PREV: tl.constexpr, HAS_SINKS: tl.constexpr, HAS_SINKL: tl.constexpr = False, CAUSAL: tl.constexpr = False,
 ):
     """Fold a second partial attention (the previous segment), the sink keys and the sink logits into O, in place.
 
     Every partial is (output, log-sum-exp): o = Σ_a e^{lse_a − L} o_a with L the
-    log-sum-exp over all parts. O/Q/K/V are contiguous (B, H, ·, D); the LSE
-    tensors and O2 are read through their own strides (segment-folded layouts).
+    log-sum-exp over all parts. O is contiguous (B, H, N, D); the LSE tensors and
+    O2 are read through their own strides (segment-folded layouts: row i of head h
+    is entry h·NSEG + i // SEG, row i % SEG), q, k, v through theirs (k, v with
+    H / GROUP heads). A sink counts for a row only where the band (UNIT, BEFORE,
+    AFTER, at position i + SHIFT, as in ``_band_fwd``) and causality leave it out
+    of the parts already merged.
     """
     scale2 = tl.cast(scale2, tl.float32)  # fp64 when Inductor launches it (see _band_fwd)
     pid = tl.program_id(0)
@@ -794,16 +801,23 @@ def _merge_fwd(
         w_sum = w_sum * a1 + a2
         m = m_new
     if HAS_SINKS:
-        # sinks already inside a row's own or previous segment were counted by those parts
-        oks = row_ok & (rows >= sinks_from)
-        q = tl.load(Q + bh.to(tl.int64) * N * HEAD_DIM + rows[:, None] * HEAD_DIM + offs_d[None, :],
-                    mask=oks[:, None], other=0.0)
+        # a sink inside a row's band (or past it under causality) was counted by the parts above
+        pos = rows + SHIFT
+        base = (pos // UNIT) * UNIT
         offs_g = tl.arange(0, G_PAD)
-        kv_off = bh.to(tl.int64) * N * HEAD_DIM + offs_g[:, None] * HEAD_DIM + offs_d[None, :]
-        ks = tl.load(K + kv_off, mask=offs_g[:, None] < G, other=0.0)
-        vs = tl.load(V + kv_off, mask=offs_g[:, None] < G, other=0.0)
+        g = offs_g[None, :]
+        oks = (g < G) & row_ok[:, None] & ((g < (base - BEFORE)[:, None]) | (g >= (base + UNIT + AFTER)[:, None]))
+        if CAUSAL:
+            oks = oks & (g <= pos[:, None])
+        q = tl.load(Q + b.to(tl.int64) * stride_qb + h * stride_qh + rows[:, None] * stride_qn + offs_d[None, :],
+                    mask=row_ok[:, None], other=0.0)
+        hk = h // GROUP
+        ks = tl.load(K + b.to(tl.int64) * stride_kb + hk * stride_kh + offs_g[:, None] * stride_kn + offs_d[None, :],
+                     mask=offs_g[:, None] < G, other=0.0)
+        vs = tl.load(V + b.to(tl.int64) * stride_vb + hk * stride_vh + offs_g[:, None] * stride_vn + offs_d[None, :],
+                     mask=offs_g[:, None] < G, other=0.0)
         sc = tl.dot(q, tl.trans(ks)) * scale2
-        sc = tl.where((offs_g[None, :] < G) & oks[:, None], sc, float("-inf"))
+        sc = tl.where(oks, sc, float("-inf"))
         m_new = tl.maximum(m, tl.max(sc, 1))
         a1 = tl.math.exp2(m - m_new)
         p = tl.math.exp2(sc - m_new[:, None])
@@ -814,6 +828,35 @@ def _merge_fwd(
         w_sum = w_sum + tl.math.exp2(tl.load(SINKL + h).to(tl.float32) * 1.4426950408889634 - m)
     out = acc / w_sum[:, None]
     tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=row_ok[:, None])
+
+
+def _merge(out: Tensor, lse: Tensor, q: Tensor, k: Tensor, v: Tensor, *, band: tuple[int, int, int],
+           sinks: int, causal: bool, scale: float, segment: int, prev: tuple | None = None,
+           sink_logits: Tensor | None = None) -> Tensor:
+    """``_merge_fwd`` over ``out`` (contiguous (B, H, N, D), in place): out's log-sum-exp ``lse`` is (B, H·nseg,
+    segment) in natural-log units (nseg = N / segment); ``prev``, (o2, lse2) of the previous segment
+    ((B·H, nseg − 1, segment, ·)), is merged in; so are the ``sinks`` first keys wherever the band
+    (unit, before, after) leaves them out, and the sink logits. Returns ``out``."""
+    B, H, N, D = q.shape
+    M = k.shape[2]
+    unit, before, after = band
+    cap = M + N + 1  # past every key, and an int32
+    o2, lse2 = prev if prev is not None else (out, lse)
+    o2_strides = (o2.stride(0), o2.stride(1), o2.stride(2)) if prev is not None else (0, 0, 0)
+    l2_strides = (lse2.stride(0), lse2.stride(1), lse2.stride(2)) if prev is not None else (0, 0, 0)
+    block_r = 64
+    launch(_merge_fwd)[(triton.cdiv(N, block_r), B * H)](
+        out, lse, o2, lse2, q, k, v, _sink_pointer(sink_logits, q),
+        lse.stride(0), lse.stride(1), lse.stride(2), *o2_strides, *l2_strides,
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2),
+        H, N, segment, N // segment, sinks, H // k.shape[1], min(unit, cap), min(before, cap), min(after, cap),
+        M - N, float(scale) * _LOG2E,
+        HEAD_DIM=D, BLOCK_R=block_r, G_PAD=max(16, triton.next_power_of_2(max(sinks, 1))),
+        HAS_PREV=prev is not None, HAS_SINKS=sinks > 0, HAS_SINKL=sink_logits is not None, CAUSAL=causal,
+        num_warps=4,
+    )
+    return out
 
 
 # The segment fast path's parts that need a log-sum-exp (sinks, memory) run on cuDNN's fused attention:
@@ -893,46 +936,71 @@ def _segment_fast_path(q, k, v, *, unit, before, after, sinks, scale, causal, so
     out = out.reshape(B, H, N, D)
     if not out.is_contiguous():
         out = out.contiguous()
+    second = None
     if prev:
         qs, ks, vs = (t.view(B * H, nseg, S, D) for t in (q, k, v))
-        part = sdpa(qs[:, 1:], ks[:, :-1], vs[:, :-1], False, scale)
-        if part is None:
+        second = sdpa(qs[:, 1:], ks[:, :-1], vs[:, :-1], False, scale)
+        if second is None:
             return None
-        o2, lse2 = part
-        o2_strides = (o2.stride(0), o2.stride(1), o2.stride(2))
-        l2_strides = (lse2.stride(0), lse2.stride(1), lse2.stride(2))
-    else:
-        o2, lse2, o2_strides, l2_strides = out, lse, (0, 0, 0), (0, 0, 0)
-    has_sinks = sinks > 0 and sinks_from < N
-    sinkl = _sink_pointer(sink_logits, q)
-    block_r = 64
-    grid = (triton.cdiv(N, block_r), B * H)
-    launch(_merge_fwd)[grid](
-        out, lse, o2, lse2, q, k, v, sinkl,
-        lse.stride(0), lse.stride(1), lse.stride(2), *o2_strides, *l2_strides,
-        H, N, S, nseg, sinks, sinks_from, float(scale) * _LOG2E,
-        HEAD_DIM=D, BLOCK_R=block_r, G_PAD=max(16, triton.next_power_of_2(max(sinks, 1))),
-        HAS_PREV=prev, HAS_SINKS=has_sinks, HAS_SINKL=sink_logits is not None, num_warps=4,
-    )
-    return out
+    return _merge(out, lse, q, k, v, band=(unit, before, after), sinks=sinks if sinks_from < N else 0,
+                  causal=causal, scale=scale, segment=S, prev=second, sink_logits=sink_logits)
 
 
-def _cudnn_band(q, k, v, unit, before, after, sinks, scale, causal) -> Tensor | None:
-    """Plain bands that cuDNN's own attention serves whole where NVIDIA's frontend is installed
-    (``cudnn_band``): a window (its diagonal band), memory's segment pairs (no second call to merge), and segments
-    with fewer kv heads than query heads (the folded-SDPA path needs one per query head). None for anything else,
-    plain MHA segments included (``_segment_fast_path`` serves those in one torch call)."""
+def _cudnn_band(q, k, v, unit, before, after, sinks, scale, causal, sink_logits=None) -> Tensor | None:
+    """Bands that cuDNN's own attention serves where NVIDIA's frontend is installed (``cudnn_band``): a window
+    (its diagonal band; sink keys merged in after by their log-sum-exp, ``window_sinks``), memory's segment pairs
+    (no second call to merge), and segments with fewer kv heads than query heads (the folded-SDPA path needs one
+    per query head) or with sink logits (cuDNN adds them, no merge pass). None for anything else, plain MHA
+    segments included (``_segment_fast_path`` serves those in one torch call)."""
     n, m = q.shape[2], k.shape[2]
-    bounds = cudnn_band.diagonal_bounds(unit, before, after, sinks, causal, n, m)
+    bounds = cudnn_band.diagonal_bounds(unit, before, after, causal, n, m)
     if bounds is not None:
-        return cudnn_band.window_attention(q, k, v, *bounds, float(scale)) \
-            if cudnn_band.eligible(q, k, v, bounds, scale) else None
+        if sinks:
+            if not (_window_merge_pays(before, after, causal) and cudnn_band.eligible(q, k, v, bounds, scale, stats=True)
+                    and _merge_takes(q, k, v, sinks)):
+                return None
+            return window_sinks(q, k, v, before=before, after=after, sinks=sinks, scale=scale, causal=causal,
+                                sink_logits=sink_logits,
+                                window_lse=lambda: cudnn_band.window_lse_attention(q, k, v, *bounds, float(scale)))
+        if not cudnn_band.eligible(q, k, v, bounds, scale, sink=sink_logits is not None):
+            return None
+        return cudnn_band.window_attention(q, k, v, *bounds, float(scale), sink_logits)
     prev = cudnn_band.segment_pairs(unit, before, after, sinks, n, m)
-    if prev is None or not (prev or k.shape[1] != q.shape[1]) or not _fold_pays(unit, prev, False):
+    if prev is None or not (prev or k.shape[1] != q.shape[1] or sink_logits is not None) \
+            or not _fold_pays(unit, prev, False):
         return None
-    if not cudnn_band.segments_eligible(q, k, v, unit, prev, causal, scale):
+    if not cudnn_band.segments_eligible(q, k, v, unit, prev, causal, scale, sink=sink_logits is not None):
         return None
-    return cudnn_band.segments_attention(q, k, v, unit, prev, causal, float(scale))
+    return cudnn_band.segments_attention(q, k, v, unit, prev, causal, float(scale), sink_logits)
+
+
+def _window_merge_pays(before: int, after: int, causal: bool) -> bool:
+    """Whether cuDNN's window plus the merge pass for its sinks beats the band kernel, which visits the sinks as
+    one more key block: the pass reads q and the output once more, which a narrow window does not earn back.
+    H200, bf16, H=16, D=128, 4 sinks, kernel / this path's time (BENCHMARKS.md, issue 9): at N=65536 1.01 for
+    W=128, 1.08 (1.18 causal) for 256, 1.11 (1.21) for 512, 1.13 (1.12) for 1024; at N=16384 0.72 for W=128,
+    0.65 (1.05 causal) for 256, 1.12–1.14 from 512 keys a row on."""
+    return before + 1 + (0 if causal else after) >= WINDOW_MERGE_FROM
+
+
+# The fewest keys a row (before + 1, plus after where not causal) whose window's sinks ride on cuDNN and the merge.
+WINDOW_MERGE_FROM = 512
+
+
+def _merge_takes(q: Tensor, k: Tensor, v: Tensor, sinks: int) -> bool:
+    """What ``_merge_fwd`` reads: a power-of-two head dim (its rows are tl.arange(0, D)), a few sinks (one tile),
+    dense last dims."""
+    D = q.shape[-1]
+    return D == triton.next_power_of_2(D) and sinks <= 64 and all(t.stride(-1) == 1 for t in (q, k, v))
+
+
+def window_sinks(q, k, v, *, before, after, sinks, scale, causal, sink_logits, window_lse) -> Tensor:
+    """A window (band unit 1) plus G sink keys: ``window_lse()`` gives the window's (out, natural-log
+    log-sum-exp) without the sinks, and ``_merge_fwd`` adds each sink to the rows whose window leaves it out,
+    then the sink logits. The interpreted tests pass a torch ``window_lse``."""
+    out, lse = window_lse()
+    return _merge(out, lse, q, k, v, band=(1, before, after), sinks=min(sinks, k.shape[2]), causal=causal,
+                  scale=scale, segment=q.shape[2], sink_logits=sink_logits)
 
 
 def _sink_pointer(sink_logits: Tensor | None, q: Tensor) -> Tensor:
@@ -992,8 +1060,8 @@ def _band_attention(q, k, v, *, unit, before, after, sinks, scale, causal, softc
     _check(q, k, v, unit, before, after, sinks, softcap, key_padding, mask, sink_logits)
     if fast_path and bias is None and pooled is None:
         out = None
-        if key_padding is None and mask is None and not softcap and sink_logits is None:
-            out = _cudnn_band(q, k, v, unit, before, after, sinks, scale, causal)
+        if key_padding is None and mask is None and not softcap:
+            out = _cudnn_band(q, k, v, unit, before, after, sinks, scale, causal, sink_logits)
         if out is None:
             out = _segment_fast_path(q, k, v, unit=unit, before=before, after=after, sinks=sinks, scale=scale,
                                      causal=causal, softcap=softcap, key_padding=key_padding, mask=mask,

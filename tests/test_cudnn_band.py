@@ -35,21 +35,58 @@ def _diagonal(n: int, m: int, left: int, right: int) -> torch.Tensor:
     (64, 64, 7, 7, False), (64, 64, 7, 7, True), (40, 100, 9, 3, False), (40, 100, 9, 3, True),
     (50, 50, 0, 0, False), (30, 30, 200, 200, False), (30, 90, 1 << 30, 1 << 30, True)])
 def test_bounds_select_the_bands_keys(n, m, before, after, causal):
-    bounds = cudnn_band.diagonal_bounds(1, before, after, 0, causal, n, m)
+    bounds = cudnn_band.diagonal_bounds(1, before, after, causal, n, m)
     assert bounds is not None
     assert torch.equal(_diagonal(n, m, *bounds), _allowed(n, m, 1, before, after, causal))
     assert max(bounds) <= m + n + 1  # an int32 for cuDNN
 
 
-@pytest.mark.parametrize("unit, sinks, n, m", [(16, 0, 64, 64), (1, 4, 64, 64), (1, 0, 64, 32), (1, 0, 0, 8)])
-def test_bounds_refuse_what_is_not_a_diagonal_band(unit, sinks, n, m):
-    """Units above 1 (segmented, memory), sinks (keys outside the band), fewer keys than queries, no query."""
-    assert cudnn_band.diagonal_bounds(unit, 7, 7, sinks, False, n, m) is None
+@pytest.mark.parametrize("unit, n, m", [(16, 64, 64), (1, 64, 32), (1, 0, 8)])
+def test_bounds_refuse_what_is_not_a_diagonal_band(unit, n, m):
+    """Units above 1 (segmented, memory), fewer keys than queries, no query."""
+    assert cudnn_band.diagonal_bounds(unit, 7, 7, False, n, m) is None
 
 
 def test_cpu_tensors_are_not_eligible():
     q = torch.randn(1, 2, 16, 64, dtype=torch.bfloat16)
     assert not cudnn_band.eligible(q, q, q, (8, 8), 0.125)
+
+
+def test_ops_run_directly_only_where_nothing_traces():
+    """Plain tensors call the implementation; fake tensors (torch.compile's tracing) and an active dispatch mode
+    keep the op, so a traced graph records it."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    q = torch.randn(1, 2, 16, 64)
+    assert cudnn_band._eager(q, q, q)
+    with FakeTensorMode():
+        fake = torch.empty(1, 2, 16, 64)
+        assert not cudnn_band._eager(fake, fake, fake)
+
+    class Watching(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    with Watching():
+        assert not cudnn_band._eager(q, q, q)
+    assert not torch.vmap(lambda t: torch.tensor(cudnn_band._eager(t, t, t)))(q).any()
+
+
+def test_the_output_layout_needs_no_tensor():
+    q = torch.empty(2, 3, 5, 8)
+    assert cudnn_band._layout(q, q, q, cudnn_band._Contiguous(q.shape)) == cudnn_band._layout(q, q, q, q)
+
+
+def test_symbolic_sizes_have_no_layout():
+    """torch.compile with dynamic shapes traces SymInts: no plan can be built for them, so no cuDNN path."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv, StatelessSymbolicContext
+
+    mode = FakeTensorMode(shape_env=ShapeEnv())
+    x = mode.from_tensor(torch.empty(1, 2, 16, 8),
+                         symbolic_context=StatelessSymbolicContext(dynamic_sizes=[DimDynamic.DYNAMIC] * 4))
+    assert cudnn_band._layout(x, x, x, x) is None
 
 
 def _cudnn_here() -> bool:
@@ -105,21 +142,51 @@ class TestCuda:
         triton_band._band_attention(q, k, v, unit=512, before=0, after=0, sinks=0, scale=0.1, causal=False)
         assert len(cudnn_band._state.get("plans", {})) == plans
 
+    @pytest.mark.parametrize("sinks, sink_logits, causal", [(4, False, False), (3, True, True), (0, True, False)],
+                             ids=["sinks", "sinks-sink-logits-causal", "sink-logits"])
+    def test_window_sinks_and_sink_logits_take_cudnn_and_equal_the_kernel(self, sinks, sink_logits, causal):
+        """Sink keys: cuDNN's window with its log-sum-exp (the stats plan), merged after; sink logits alone:
+        cuDNN's sink token (its own plan). GQA, a KV cache."""
+        from attnopt.kernels import triton_band
+
+        q, k, v = self._qkv(n=2000, m=2600)
+        kw = dict(unit=1, before=511, after=100, sinks=sinks, scale=128 ** -0.5, causal=causal)
+        if sink_logits:
+            kw["sink_logits"] = torch.linspace(-2.0, 6.0, q.shape[1], device="cuda")
+        before = set(cudnn_band._state.get("plans", {}))
+        got = triton_band._band_attention(q, k, v, **kw)
+        new = [key for key in cudnn_band._state["plans"] if key not in before]
+        assert len(new) == 1 and new[0][-2:] == (sinks > 0, sinks == 0), new  # (stats, sink token)
+        want = triton_band._band_attention(q, k, v, **kw, fast_path=False)
+        torch.testing.assert_close(got, want, atol=2e-2, rtol=2e-2)
+
+    def test_mha_segments_with_sink_logits_take_cudnns_sink_token(self):
+        from attnopt.kernels import triton_band
+
+        q, k, v = self._qkv(n=2048, h=4, hkv=4)
+        kw = dict(unit=512, before=0, after=0, sinks=0, scale=0.1, causal=True,
+                  sink_logits=torch.tensor([2.5, -1.0, 4.0, 0.0], device="cuda"))
+        before = set(cudnn_band._state.get("plans", {}))
+        got = triton_band._band_attention(q, k, v, **kw)
+        assert [key[-2:] for key in cudnn_band._state["plans"] if key not in before] == [(False, True)]
+        torch.testing.assert_close(got, triton_band._band_attention(q, k, v, **kw, fast_path=False),
+                                   atol=2e-2, rtol=2e-2)
+
     def test_what_the_band_kernel_adds_stays_on_it(self):
-        """Sinks, key padding and softcap: the band kernel, no cuDNN plan."""
+        """Key padding and softcap: the band kernel, no cuDNN plan."""
         from attnopt.kernels import triton_band
 
         q, k, v = self._qkv(n=1024)
         plans = len(cudnn_band._state.get("plans", {}))
         base = dict(unit=1, before=127, after=127, scale=128 ** -0.5, causal=False)
-        triton_band._band_attention(q, k, v, **base, sinks=4)
         triton_band._band_attention(q, k, v, **base, sinks=0, key_padding=torch.zeros(1, 1024, device="cuda"))
         triton_band._band_attention(q, k, v, **base, sinks=0, softcap=30.0)
         assert len(cudnn_band._state.get("plans", {})) == plans
 
     @pytest.mark.parametrize("variant, params, causal, called", [
         ("window", {"window": 256, "sinks": 0}, False, "cudnn_window"),
-        ("memory", {"segment_size": 512, "memory": 512, "sinks": 0}, True, "cudnn_segments")])
+        ("memory", {"segment_size": 512, "memory": 512, "sinks": 0}, True, "cudnn_segments"),
+        ("window", {"window": 1024, "sinks": 2}, True, "cudnn_window_lse")])
     def test_compiled_op_calls_cudnn_without_a_graph_break(self, variant, params, causal, called):
         from torch._inductor.utils import run_and_get_code
 

@@ -111,6 +111,12 @@ CASES: dict[str, dict] = {
     "sink_logits_empty_rows": dict(N=40, band=(16, 0, 0, 0), kp="neg_inf_segment", sinkl=True),
     "fast_segmented_sink_logits": dict(N=64, band=(16, 0, 0, 0), fast=True, sinkl=True),
     "fast_memory_causal_sinks_sink_logits": dict(B=2, N=80, band=(16, 16, 0, 4), causal=True, fast=True, sinkl=True),
+    # a window's sinks merged into its fused attention (cuDNN's on the GPU, torch's here) by the same kernel
+    "fast_window_sinks": dict(N=77, band=(1, 11, 11, 4), fast="window"),
+    "fast_window_sinks_causal_gqa_kv_cache": dict(H=4, Hkv=2, N=20, M=70, band=(1, 16, 16, 5), causal=True,
+                                                  fast="window"),
+    "fast_window_sinks_past_a_narrow_band": dict(N=40, band=(1, 2, 1, 6), fast="window"),
+    "fast_window_sinks_sink_logits": dict(B=2, N=50, band=(1, 9, 9, 3), causal=True, fast="window", sinkl=True),
 }
 
 
@@ -169,6 +175,16 @@ def torch_sdpa_lse(q, k, v, causal, scale):
     return (torch.softmax(s, -1) @ v.float()).to(q.dtype), lse
 
 
+def torch_band_lse(q, k, v, *, unit, before, after, scale, causal, **_):
+    """(out, natural log-sum-exp in fp32) over the band alone, no sinks: what cuDNN's window returns."""
+    B, H, N, D = q.shape
+    Hkv, M = k.shape[1], k.shape[2]
+    kf, vf = (t.float().repeat_interleave(H // Hkv, dim=1) for t in (k, v))
+    s = (q.float() @ kf.transpose(-1, -2)) * scale
+    s = s.masked_fill(~band_allowed(torch.arange(N), M, M - N, unit, before, after, 0, causal), float("-inf"))
+    return (torch.softmax(s, -1) @ vf).to(q.dtype), torch.logsumexp(s, -1)
+
+
 def run_case(name: str) -> dict:
     """Run one case through the kernel; the errors against the reference, as JSON-able numbers."""
     from attnopt.kernels import triton_band
@@ -177,7 +193,11 @@ def run_case(name: str) -> dict:
     q, k, v, kw = make_inputs(spec)
     bm, bn = spec.get("blocks", (16, 16))
     cfg = triton_band.BandConfig(block_m=bm, block_n=bn, num_warps=4, num_stages=1, use_tma=spec.get("tma", False))
-    if spec.get("fast"):
+    if spec.get("fast") == "window":
+        out = triton_band.window_sinks(
+            q, k, v, before=kw["before"], after=kw["after"], sinks=kw["sinks"], scale=kw["scale"], causal=kw["causal"],
+            sink_logits=kw.get("sink_logits"), window_lse=lambda: torch_band_lse(q, k, v, **kw))
+    elif spec.get("fast"):
         out = triton_band._segment_fast_path(q, k, v, **{"key_padding": None, "mask": None, **kw}, sdpa=torch_sdpa_lse)
         assert out is not None, "fast path refused"
     else:
@@ -239,7 +259,10 @@ GPU_CASES = {
     "window_uneven_gqa_kv_cache_ragged": (3000, (1, 700, 300, 0), False, {"Hkv": 4, "M": 5000}),
     "window_causal_kv_cache_fp16_d64": (1000, (1, 255, 255, 0), True, {"M": 3000, "dtype": torch.float16, "D": 64}),
     "window_wider_than_the_keys": (4096, (1, 8191, 8191, 0), False, {}),
-    "window_causal_sinks": (65536, (1, 1023, 1023, 4), True, {}),
+    "window_causal_sinks": (65536, (1, 1023, 1023, 4), True, {}),  # cuDNN's window, the sinks merged after
+    "window_sinks": (65536, (1, 1023, 1023, 4), False, {}),
+    "window_sinks_kernel": (16384, (1, 1023, 1023, 4), True, {"fast_path": False}),
+    "window_sinks_uneven_gqa_kv_cache": (3000, (1, 700, 300, 6), True, {"Hkv": 4, "M": 5000}),
     "memory": (65536, (1024, 1024, 0, 0), False, {}),
     "memory_kernel": (65536, (1024, 1024, 0, 0), False, {"fast_path": False}),
     "memory_sinks_fast_path": (65536, (1024, 1024, 0, 4), True, {}),
@@ -251,7 +274,7 @@ GPU_CASES = {
     "window_key_padding_gqa": (16384, (1, 511, 511, 0), False, {"kp": True, "Hkv": 4}),
     "softcap_window": (16384, (1, 511, 511, 4), True, {"softcap": 30.0}),
     "mask_dense_remainder": (4096, (1, 255, 255, 0), False, {"mask": True}),
-    "tma_window": (65536, (1, 1023, 1023, 4), True, {"tma": True}),
+    "tma_window": (65536, (1, 1023, 1023, 4), True, {"tma": True, "fast_path": False}),
     "fp16_d64": (16384, (256, 256, 0, 0), True, {"dtype": torch.float16, "D": 64}),
     # DeepSeek MLA's width (values padded to it): 128×64 tiles, the kernel's head dim padded to 256
     "mla_d192_window_causal": (65536, (1, 1023, 1023, 4), True, {"D": 192}),
@@ -261,6 +284,10 @@ GPU_CASES = {
     "sink_logits_window_causal": (65536, (1, 1023, 1023, 0), True, {"sinkl": True}),
     "sink_logits_segmented_fast_path": (65536, (1024, 0, 0, 0), False, {"sinkl": True}),
     "sink_logits_memory_sinks_fast_path": (16384, (1024, 1024, 0, 4), True, {"sinkl": True}),
+    "sink_logits_window": (16384, (1, 127, 127, 0), False, {"sinkl": True}),  # cuDNN's sink token
+    "sink_logits_window_sinks": (16384, (1, 127, 127, 4), True, {"sinkl": True}),
+    "sink_logits_segmented_gqa_causal": (16384, (1024, 0, 0, 0), True, {"sinkl": True, "Hkv": 4}),
+    "sink_logits_memory": (16384, (1024, 1024, 0, 0), False, {"sinkl": True}),
 }
 
 
