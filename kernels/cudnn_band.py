@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import atexit
 import os
+from collections import OrderedDict
 from typing import Optional  # torch.library reads the ops' annotations: Optional, not "Tensor | None"
 
 import torch
@@ -137,7 +138,7 @@ def _supported(device, dtype, layout, left, right, scale, stats: bool = False, s
     try:
         _plan(device, dtype, layout, left, right, scale, stats, sink)
     except Exception:  # noqa: BLE001  cuDNN refused this configuration: the band kernel serves it
-        _state.setdefault("plans", {})[_plan_key(device, dtype, layout, left, right, scale, stats, sink)] = None
+        _keep(_plan_key(device, dtype, layout, left, right, scale, stats, sink), None)
         return False
     return True
 
@@ -300,8 +301,9 @@ def _plan(device: torch.device, dtype: torch.dtype, layout: tuple, left: int | N
     """The built cuDNN graph for these shapes, strides and bounds (built on first use, then reused); ``stats``:
     it also writes the log-sum-exp, (B, H, N) fp32; ``sink``: it takes a sink logit a head, (H,) fp32."""
     key = _plan_key(device, dtype, layout, left, right, scale, stats, sink)
-    plans = _state.setdefault("plans", {})
+    plans = _plans()
     if key in plans:
+        plans.move_to_end(key)
         if plans[key] is None:
             raise RuntimeError("cuDNN refused this band configuration")
         return plans[key]
@@ -334,6 +336,29 @@ def _plan(device: torch.device, dtype: torch.dtype, layout: tuple, left: int | N
     graph.create_execution_plans([cudnn.heur_mode.A, cudnn.heur_mode.FALLBACK])
     graph.check_support()
     graph.build_plans()
-    plans[key] = {"cudnn": cudnn, "graph": graph, "handle": handle, "q": q, "k": k, "v": v, "o": o, "stats": lse,
-                  "sink": sink_t, "workspace": graph.get_workspace_size()}
-    return plans[key]
+    return _keep(key, {"cudnn": cudnn, "graph": graph, "handle": handle, "q": q, "k": k, "v": v, "o": o,
+                       "stats": lse, "sink": sink_t, "workspace": graph.get_workspace_size()})
+
+
+# The most plans (and remembered refusals) kept, least recently used dropped first: one per distinct shape,
+# strides and bounds, so a server that sees many lengths would otherwise keep every one. A dropped plan is built
+# again on its next use (about a second).
+MAX_PLANS = 256
+
+
+def _plans() -> OrderedDict:
+    return _state.setdefault("plans", OrderedDict())
+
+
+def _keep(key: tuple, plan: dict | None) -> dict | None:
+    plans = _plans()
+    plans[key] = plan
+    plans.move_to_end(key)
+    if len(plans) > MAX_PLANS and torch.cuda.is_initialized():
+        # a dropped plan's kernels may still be running, and its runtime-compiled code goes with it; this only
+        # happens when a new plan is built, which takes far longer than the wait
+        for device in range(torch.cuda.device_count()):
+            torch.cuda.synchronize(device)
+    while len(plans) > MAX_PLANS:
+        plans.popitem(last=False)
+    return plan

@@ -89,6 +89,22 @@ def test_symbolic_sizes_have_no_layout():
     assert cudnn_band._layout(x, x, x, x) is None
 
 
+def test_the_plan_cache_keeps_the_most_recently_used(monkeypatch):
+    """A server sees many lengths: past MAX_PLANS the least recently used plan goes (refusals count too), and a
+    hit in ``_plan`` counts as a use."""
+    monkeypatch.setattr(cudnn_band, "_state", {})
+    monkeypatch.setattr(cudnn_band, "MAX_PLANS", 3)
+    args = [(torch.device("cpu"), torch.bfloat16, ("layout", n), 1, 0, 0.5) for n in range(4)]
+    keys = [cudnn_band._plan_key(*a, False, False) for a in args]
+    for n in range(3):
+        cudnn_band._keep(keys[n], {"n": n})
+    assert cudnn_band._plan(*args[0]) == {"n": 0}  # found, not built
+    cudnn_band._keep(keys[3], None)  # a refusal
+    assert list(cudnn_band._plans()) == [keys[2], keys[0], keys[3]]
+    with pytest.raises(RuntimeError, match="refused"):
+        cudnn_band._plan(*args[3])
+
+
 def _cudnn_here() -> bool:
     return torch.cuda.is_available() and cudnn_band.available()
 
