@@ -956,8 +956,8 @@ def _cudnn_band(q, k, v, unit, before, after, sinks, scale, causal, sink_logits=
     bounds = cudnn_band.diagonal_bounds(unit, before, after, causal, n, m)
     if bounds is not None:
         if sinks:
-            if not (_window_merge_pays(before, after, causal) and cudnn_band.eligible(q, k, v, bounds, scale, stats=True)
-                    and _merge_takes(q, k, v, sinks)):
+            if not (_window_merge_pays(before, after, causal) and _merge_takes(q, k, v, sinks)
+                    and cudnn_band.eligible(q, k, v, bounds, scale, stats=True)):
                 return None
             return window_sinks(q, k, v, before=before, after=after, sinks=sinks, scale=scale, causal=causal,
                                 sink_logits=sink_logits,
