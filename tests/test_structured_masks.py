@@ -401,9 +401,11 @@ def test_a_sliding_window_term_is_left_out_where_the_op_reaches_no_farther(form,
         assert has_term == kept, (form, variant, params)
 
 
-# Not here: GPT-Neo and GPT-1 apply two masks one after the other (where(causal, s, finfo.min), then + a finfo.min
-# padding; GPT-1 blends with -1e4). A row both block entirely is uniform over the keys exactly one of them
-# blocks, and the rewrite gives it 0: an open gap (README, structured masks), not a pass.
+# Not here: GPT-Neo and GPT-1 apply two masks one after the other (where(causal, s, finfo.min), then + the 4-D
+# causal-and-padding mask of finfo.min; GPT-1 blends causality in with -1e4 first). Their attention weights
+# (transformers 5.24, eager) give a row both block entirely the mean over its causal prefix (GPT-Neo: the keys
+# the where blocks reach -inf) or over the later unpadded keys (GPT-1: -1e4 beats finfo.min); the rewrite gives it
+# 0: an open gap (README, structured masks), not a pass.
 @pytest.mark.parametrize("name", [
     "llama-gqa-eager", "gemma2-eager", "xglm-eager",
     "bloom-eager",  # ALiBi stays a dense term beside the structured mask: the fill swallows it too
