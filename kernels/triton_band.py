@@ -926,7 +926,7 @@ def _segment_fast_path(q, k, v, *, unit, before, after, sinks, scale, causal, so
             out = part[0] if part is not None else F.scaled_dot_product_attention(*folded, is_causal=causal,
                                                                                    scale=scale)
         return out.reshape(B, H, N, D)
-    if D != triton.next_power_of_2(D):  # the merge kernel's rows are tl.arange(0, D) (MLA's 192 takes the band)
+    if not _merge_head_dim(D):  # MLA's 192 takes the band kernel
         return None
     sdpa = sdpa or _cudnn_lse
     part = sdpa(*folded, causal, scale)
@@ -987,11 +987,14 @@ def _window_merge_pays(before: int, after: int, causal: bool) -> bool:
 WINDOW_MERGE_FROM = 512
 
 
+def _merge_head_dim(d: int) -> bool:
+    """Whether ``_merge_fwd`` takes head dim ``d``: a power of two (its rows are tl.arange(0, D))."""
+    return d == triton.next_power_of_2(d)
+
+
 def _merge_takes(q: Tensor, k: Tensor, v: Tensor, sinks: int) -> bool:
-    """What ``_merge_fwd`` reads: a power-of-two head dim (its rows are tl.arange(0, D)), a few sinks (one tile),
-    dense last dims."""
-    D = q.shape[-1]
-    return D == triton.next_power_of_2(D) and sinks <= 64 and all(t.stride(-1) == 1 for t in (q, k, v))
+    """What ``_merge_fwd`` reads for a window's sinks: its head dims, a few sinks (one tile), dense last dims."""
+    return _merge_head_dim(q.shape[-1]) and sinks <= 64 and all(t.stride(-1) == 1 for t in (q, k, v))
 
 
 def window_sinks(q, k, v, *, before, after, sinks, scale, causal, sink_logits, window_lse) -> Tensor:

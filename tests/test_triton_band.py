@@ -35,20 +35,25 @@ def band_allowed(rows: torch.Tensor, m: int, offset: int, unit: int, before: int
     return ok
 
 
+def band_scores(q, k, v, rows, *, unit, before, after, sinks, scale, causal, softcap=0.0):
+    """(scores over the band and sinks, −inf elsewhere; values), fp32, the kv heads repeated to q's."""
+    B, H, N, D = q.shape
+    Hkv, M = k.shape[1], k.shape[2]
+    kf, vf = (t.float().repeat_interleave(H // Hkv, dim=1) for t in (k, v))
+    s = (q[:, :, rows].float() @ kf.transpose(-1, -2)) * scale
+    if softcap:
+        s = softcap * torch.tanh(s / softcap)
+    return s.masked_fill(~band_allowed(rows, M, M - N, unit, before, after, sinks, causal), float("-inf")), vf
+
+
 def reference(q, k, v, *, unit, before, after, sinks, scale, causal, softcap=0.0, key_padding=None, mask=None,
               rows=None, sink_logits=None):
     """Band attention for query rows ``rows`` (all by default), from explicit masks, in fp32."""
     B, H, N, D = q.shape
-    Hkv, M = k.shape[1], k.shape[2]
+    M = k.shape[2]
     rows = torch.arange(N, device=q.device) if rows is None else rows
-    qf = q[:, :, rows].float()
-    kf = k.float().repeat_interleave(H // Hkv, dim=1)
-    vf = v.float().repeat_interleave(H // Hkv, dim=1)
-    s = (qf @ kf.transpose(-1, -2)) * scale
-    if softcap:
-        s = softcap * torch.tanh(s / softcap)
-    ok = band_allowed(rows, M, M - N, unit, before, after, sinks, causal)
-    s = s.masked_fill(~ok, float("-inf"))
+    s, vf = band_scores(q, k, v, rows, unit=unit, before=before, after=after, sinks=sinks, scale=scale,
+                        causal=causal, softcap=softcap)
     if key_padding is not None:
         s = s + key_padding.float().reshape(key_padding.shape[0], 1, 1, M)
     if mask is not None:
@@ -177,11 +182,8 @@ def torch_sdpa_lse(q, k, v, causal, scale):
 
 def torch_band_lse(q, k, v, *, unit, before, after, scale, causal, **_):
     """(out, natural log-sum-exp in fp32) over the band alone, no sinks: what cuDNN's window returns."""
-    B, H, N, D = q.shape
-    Hkv, M = k.shape[1], k.shape[2]
-    kf, vf = (t.float().repeat_interleave(H // Hkv, dim=1) for t in (k, v))
-    s = (q.float() @ kf.transpose(-1, -2)) * scale
-    s = s.masked_fill(~band_allowed(torch.arange(N), M, M - N, unit, before, after, 0, causal), float("-inf"))
+    s, vf = band_scores(q, k, v, torch.arange(q.shape[2]), unit=unit, before=before, after=after, sinks=0,
+                        scale=scale, causal=causal)
     return (torch.softmax(s, -1) @ vf).to(q.dtype), torch.logsumexp(s, -1)
 
 
