@@ -36,6 +36,10 @@ in ``--sweep-rows``.
 ``--fold-sweep N`` times the folded-segment fast path (cuDNN over segments folded into the batch, parts
 merged by log-sum-exp) against the band kernel for segments of 64 .. 1024, plain, with 4 sinks and with
 the previous segment: the measurements behind ``triton_band._fold_pays``.
+
+``--window-sink-sweep N`` times a window with 4 sink keys both ways, cuDNN's window and the log-sum-exp merge
+against the band kernel, for W = 128 .. 1024, plain and causal (needs the ``[cudnn]`` extra): the measurements
+behind ``triton_band.WINDOW_MERGE_FROM``.
 """
 
 from __future__ import annotations
@@ -458,6 +462,35 @@ def fold_sweep(n: int, rep_ms: float, log) -> list[dict]:
     return out
 
 
+def window_sink_sweep(n: int, rep_ms: float, log) -> list[dict]:
+    """Band kernel / (cuDNN window + merge) time for windows with 4 sink keys (``triton_band._window_merge_pays``
+    decides from these)."""
+    from attnopt.kernels import cudnn_band, triton_band
+
+    if not cudnn_band.available():
+        log("window sink sweep: skipped, NVIDIA's cuDNN frontend is not installed (the [cudnn] extra)")
+        return []
+    q, k, v = random_qkv(n)
+    out = []
+    for w in (128, 256, 512, 1024):
+        for causal in (False, True):
+            kw = dict(before=w - 1, after=w - 1, sinks=4, scale=D ** -0.5, causal=causal)
+            bounds = cudnn_band.diagonal_bounds(1, w - 1, w - 1, causal, n, n)
+            # forced: timed even where _window_merge_pays declines it
+            ms_merge = bench(lambda kw=kw, bounds=bounds: triton_band.window_sinks(
+                q, k, v, **kw, sink_logits=None,
+                window_lse=lambda: cudnn_band.window_lse_attention(q, k, v, *bounds, kw["scale"])), rep_ms)
+            ms_kernel = bench(lambda kw=kw: triton_band._band_attention(q, k, v, unit=1, **kw, fast_path=False),
+                              rep_ms)
+            row = dict(n=n, window=w, causal=causal, merge_ms=ms_merge, kernel_ms=ms_kernel,
+                       ratio=ms_kernel / ms_merge,
+                       rule_takes_merge=triton_band._window_merge_pays(w - 1, w - 1, causal))
+            out.append(row)
+            log(f"window sink sweep N={n} W={w} causal={causal}: cuDNN + merge {ms_merge:.3f} ms, kernel "
+                f"{ms_kernel:.3f} ms, kernel / merge {row['ratio']:.2f}, rule takes the merge: {row['rule_takes_merge']}")
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, nargs="+", default=[4096, 16384, 65536])
@@ -478,6 +511,8 @@ def main(argv=None) -> int:
     ap.add_argument("--sweep", type=int, nargs="+", default=[], help="N for a tile-configuration sweep first")
     ap.add_argument("--fold-sweep", type=int, nargs="+", default=[],
                     help="N for a fast path / kernel comparison of whole-segment bands first")
+    ap.add_argument("--window-sink-sweep", type=int, nargs="+", default=[],
+                    help="N for a cuDNN-window-and-merge / band-kernel comparison of windows with 4 sinks first")
     ap.add_argument("--sweep-rows", nargs="+", default=list(SWEEP_ROWS),
                     help="rows the sweep times (band rows and hierarchical ones)")
     args = ap.parse_args(argv)
@@ -510,8 +545,9 @@ def main(argv=None) -> int:
         return 2
     result["sweep"] = [r for n in args.sweep for r in sweep(n, args.rep_ms, log, args.sweep_rows)]
     result["fold_sweep"] = [r for n in args.fold_sweep for r in fold_sweep(n, args.rep_ms, log)]
+    result["window_sink_sweep"] = [r for n in args.window_sink_sweep for r in window_sink_sweep(n, args.rep_ms, log)]
     variants = ALL_ROWS if args.variants is None else [r for r in ALL_ROWS if any(w in r for w in args.variants)]
-    sweeps_only = args.variants == [] and (args.sweep or args.fold_sweep)
+    sweeps_only = args.variants == [] and (args.sweep or args.fold_sweep or args.window_sink_sweep)
     if not variants and not sweeps_only:
         print(f"--variants {' '.join(args.variants)}: no row matches; rows: {', '.join(ALL_ROWS)}", file=sys.stderr)
         return 2

@@ -118,11 +118,14 @@ def segments_eligible(q: Tensor, k: Tensor, v: Tensor, unit: int, prev: bool, ca
     key = (_layout(q, k, v, q), q.device.index, q.dtype, unit, prev, causal, float(scale), sink)
     if key[0] is None:
         return False
-    known = _state.setdefault("segments_eligible", {})
-    if key not in known:  # building the views and finding their plans costs tens of microseconds: once a shape
-        out = _contiguous_like(q)
-        known[key] = all(_supported(q.device, q.dtype, _layout(*views), None, 0 if causal else None, scale, False,
-                                    sink) for views in _segment_views(q[:1], k[:1], v[:1], out[:1], unit, prev))
+    known = _lru("segments_eligible")
+    if key in known:  # building the views and finding their plans costs tens of microseconds: once a shape
+        known.move_to_end(key)
+        return known[key]
+    out = _contiguous_like(q)
+    _remember(known, key, all(_supported(q.device, q.dtype, _layout(*views), None, 0 if causal else None, scale,
+                                         False, sink)
+                              for views in _segment_views(q[:1], k[:1], v[:1], out[:1], unit, prev)))
     return known[key]
 
 
@@ -194,8 +197,11 @@ def _segments(q: Tensor, k: Tensor, v: Tensor, segment: int, prev: bool, causal:
     multiple of the segment. Returns (B, H, N, D), contiguous. Callers check ``segments_eligible`` first."""
     out = _contiguous_like(q)
     sinks = _sink_values(sink_logits)
-    for b in range(q.shape[0]):  # a batch row's segments are one strided batch; rows are not (see _segment_views)
-        for views in _segment_views(q[b:b + 1], k[b:b + 1], v[b:b + 1], out[b:b + 1], segment, prev):
+    # a batch row's segments are one strided batch; rows are not (see _segment_views)
+    rows = [(q, k, v, out)] if q.shape[0] == 1 else [tuple(t[b:b + 1] for t in (q, k, v, out))
+                                                     for b in range(q.shape[0])]
+    for row in rows:
+        for views in _segment_views(*row, segment, prev):
             _run(*views, None, 0 if causal else None, scale, sink_logits=sinks)
     return out
 
@@ -209,10 +215,10 @@ def _segment_views(q: Tensor, k: Tensor, v: Tensor, out: Tensor, segment: int, p
     query see the whole previous segment."""
     nseg = q.shape[2] // segment
 
-    def view(t, first, count, span):
-        return t.as_strided((count, t.shape[1], span * segment, t.shape[3]),
-                            (segment * t.stride(2), t.stride(1), t.stride(2), t.stride(3)),
-                            t.storage_offset() + first * segment * t.stride(2))
+    def view(t, first, count, span):  # one read of the shape and strides: this runs on every call
+        (_, heads, _, d), (_, sh, sn, sd) = t.shape, t.stride()
+        return t.as_strided((count, heads, span * segment, d), (segment * sn, sh, sn, sd),
+                            t.storage_offset() + first * segment * sn)
 
     if not prev:
         return [tuple(view(t, 0, nseg, 1) for t in (q, k, v, out))]
@@ -340,25 +346,34 @@ def _plan(device: torch.device, dtype: torch.dtype, layout: tuple, left: int | N
                        "stats": lse, "sink": sink_t, "workspace": graph.get_workspace_size()})
 
 
-# The most plans (and remembered refusals) kept, least recently used dropped first: one per distinct shape,
-# strides and bounds, so a server that sees many lengths would otherwise keep every one. A dropped plan is built
-# again on its next use (about a second).
+# The most plans (and remembered refusals) kept, least recently used dropped first, and as many remembered
+# segment eligibilities: one per distinct shape, strides and bounds, so a server that sees many lengths would
+# otherwise keep every one. A dropped plan is built again on its next use (about a second).
 MAX_PLANS = 256
 
 
 def _plans() -> OrderedDict:
-    return _state.setdefault("plans", OrderedDict())
+    return _lru("plans")
+
+
+def _lru(name: str) -> OrderedDict:
+    return _state.setdefault(name, OrderedDict())
 
 
 def _keep(key: tuple, plan: dict | None) -> dict | None:
     plans = _plans()
-    plans[key] = plan
-    plans.move_to_end(key)
-    if len(plans) > MAX_PLANS and torch.cuda.is_initialized():
+    if key not in plans and len(plans) >= MAX_PLANS and torch.cuda.is_initialized():
         # a dropped plan's kernels may still be running, and its runtime-compiled code goes with it; this only
         # happens when a new plan is built, which takes far longer than the wait
         for device in range(torch.cuda.device_count()):
             torch.cuda.synchronize(device)
-    while len(plans) > MAX_PLANS:
-        plans.popitem(last=False)
-    return plan
+    return _remember(plans, key, plan)
+
+
+def _remember(table: OrderedDict, key: tuple, value):
+    """Keep ``value`` as the most recent of at most ``MAX_PLANS`` entries, the least recently used dropped."""
+    table[key] = value
+    table.move_to_end(key)
+    while len(table) > MAX_PLANS:
+        table.popitem(last=False)
+    return value

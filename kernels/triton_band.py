@@ -977,14 +977,16 @@ def _cudnn_band(q, k, v, unit, before, after, sinks, scale, causal, sink_logits=
 def _window_merge_pays(before: int, after: int, causal: bool) -> bool:
     """Whether cuDNN's window plus the merge pass for its sinks beats the band kernel, which visits the sinks as
     one more key block: the pass reads q and the output once more, which a narrow window does not earn back.
-    H200, bf16, H=16, D=128, 4 sinks, kernel / this path's time (BENCHMARKS.md, issue 9): at N=65536 1.01 for
-    W=128, 1.08 (1.18 causal) for 256, 1.11 (1.21) for 512, 1.13 (1.12) for 1024; at N=16384 0.72 for W=128,
-    0.65 (1.05 causal) for 256, 1.12–1.14 from 512 keys a row on."""
+    H200, bf16, H=16, D=128, 4 sinks, kernel / this path's time, plain (causal)
+    (``benchmarks/kernels.py --window-sink-sweep 65536 16384``, BENCHMARKS.md, issue 9): at N=65536 1.00 (1.00)
+    for W=128, 1.05 (1.15) for 256, 1.21 (1.15) for 512, 1.22 (1.15) for 1024; at N=16384 0.97 (0.97), 1.09
+    (1.12), 1.17 (1.11), 1.22 (1.14)."""
     return before + 1 + (0 if causal else after) >= WINDOW_MERGE_FROM
 
 
-# The fewest keys a row (before + 1, plus after where not causal) whose window's sinks ride on cuDNN and the merge.
-WINDOW_MERGE_FROM = 512
+# The fewest keys a row (before + 1, plus after where not causal) whose window's sinks ride on cuDNN and the merge:
+# a causal W=256 has 256, a plain W=128 has 255.
+WINDOW_MERGE_FROM = 256
 
 
 def _merge_head_dim(d: int) -> bool:

@@ -105,6 +105,53 @@ def test_the_plan_cache_keeps_the_most_recently_used(monkeypatch):
         cudnn_band._plan(*args[3])
 
 
+def test_segment_eligibility_is_found_once_a_shape_and_kept_within_the_same_bound(monkeypatch):
+    """``segments_eligible`` asks cuDNN once a shape, remembers the answer, and forgets the least recently used
+    past MAX_PLANS: a server seeing many lengths would otherwise keep one answer for each."""
+    monkeypatch.setattr(cudnn_band, "_state", {})
+    monkeypatch.setattr(cudnn_band, "MAX_PLANS", 2)
+    monkeypatch.setattr(cudnn_band, "_inputs_ok", lambda q, k, v: True)
+    asked = []
+    monkeypatch.setattr(cudnn_band, "_supported", lambda device, dtype, layout, *a: asked.append(layout[0]) or True)
+    for n in (64, 128, 64, 192, 128):
+        q = torch.zeros(1, 2, n, 8, dtype=torch.bfloat16)
+        assert cudnn_band.segments_eligible(q, q, q, 32, False, False, 0.5)
+    queries = [shape[2] for shape in asked]  # the views' query lengths: one segment
+    assert len(asked) == 4 and set(queries) == {32}  # 64 asked once; 128 again after 192 pushed it out
+    assert [key[0][0][2] for key in cudnn_band._state["segments_eligible"]] == [192, 128]
+
+
+def _torch_run(q, k, v, out, left, right, scale, lse=None, sink_logits=None):
+    """cuDNN's call over views as torch computes it: keys aligned bottom-right, causal where ``right`` is 0."""
+    assert left is None and lse is None and sink_logits is None
+    group = q.shape[1] // k.shape[1]
+    k, v = (t.repeat_interleave(group, 1) for t in (k, v))
+    s = q @ k.transpose(-1, -2) * scale
+    if right == 0:
+        n, m = q.shape[2], k.shape[2]
+        s = s.masked_fill(torch.arange(m)[None, :] > torch.arange(n)[:, None] + m - n, float("-inf"))
+    out.copy_(s.softmax(-1) @ v)  # out is a strided view: written in place, as cuDNN writes it
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("prev, causal", [(False, False), (True, False), (True, True), (False, True)])
+def test_segment_views_cover_every_batch_row_and_segment(monkeypatch, batch, prev, causal):
+    """The views ``_segments`` hands cuDNN, run by torch: each batch row and segment sees its own segment (and the
+    one before it with ``prev``), grouped kv heads included."""
+    monkeypatch.setattr(cudnn_band, "_run", _torch_run)
+    seg, n, scale = 8, 32, 0.3
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(batch, 4, n, 16, generator=gen)
+    k, v = (torch.randn(batch, 2, n, 16, generator=gen) for _ in "kv")
+    got = cudnn_band._segments(q, k, v, seg, prev, causal, scale)
+    i, j = torch.arange(n)[:, None], torch.arange(n)[None, :]
+    allowed = (j // seg == i // seg) | (prev & (j // seg == i // seg - 1))
+    if causal:
+        allowed &= j <= i
+    scores = (q @ k.repeat_interleave(2, 1).transpose(-1, -2) * scale).masked_fill(~allowed, float("-inf"))
+    torch.testing.assert_close(got, scores.softmax(-1) @ v.repeat_interleave(2, 1))
+
+
 def _cudnn_here() -> bool:
     return torch.cuda.is_available() and cudnn_band.available()
 
