@@ -57,8 +57,9 @@ import numpy as np
 
 from .inputs import dim_roles
 from .match import MASK_FILL_MAX
-from .site import (BLOCKED_ROWS_UNIFORM, LAYOUT_FLAT, MASK_ADDITIVE, MASK_BOOLEAN, MASK_BOOLEAN_BLOCKED,
-                   MASK_NONZERO_KEEP, AttentionSite, MaskTerm, RelativeBias, ValueRef)
+from .site import (BLOCKED_ROWS_GROUPS, BLOCKED_ROWS_UNIFORM, BLOCKED_ROWS_ZERO, LAYOUT_FLAT, MASK_ADDITIVE,
+                   MASK_BOOLEAN, MASK_BOOLEAN_BLOCKED, MASK_NONZERO_KEEP, AttentionSite, MaskTerm, RelativeBias,
+                   ValueRef)
 
 ENV_SWITCH = "ATTNOPT_STRUCTURED_MASKS"
 
@@ -86,8 +87,14 @@ class _Verdict:
     causal: bool
     key_padding: MaskTerm | None
     window: int = 0  # the term also holds a causal sliding window of this many keys (MaskTerm.window)
-    # every blocked entry is one fill that swallows the scores (AttentionSite.blocked_rows)
-    uniform_rows: bool = False
+    # the one value at every entry the term blocks, None where they differ (AttentionSite.blocked_rows)
+    fill: float | None = None
+
+    @property
+    def uniform_rows(self) -> bool:
+        """Every blocked entry is one fill that swallows the scores: alone, the term leaves a row it blocks whole
+        uniform (AttentionSite.blocked_rows)."""
+        return self.key_padding is not None and _swallows(self.fill)
 
 
 @dataclass(frozen=True)
@@ -142,13 +149,19 @@ def refine_structured_masks(loaded, *, enabled: bool | None = None) -> list[Atte
                 if cand is not None:
                     candidates[term.value] = cand
     computed = [c for c in candidates.values() if c.value is None]
-    verdicts = _probe(loaded, computed) if computed else {}
+    # Key padding terms need no verdict, but where causality comes from another term, what they add decides what a
+    # row they block whole gets (_blocked_groups): the probe reads their fill too.
+    fill_refs = list(dict.fromkeys(
+        t.value for site in sites if site.causal_term is not None or any(m.value in candidates for m in site.masks)
+        for t in site.masks if t.kind == MASK_ADDITIVE and t.view is None and _is_key_padding_shape(view, site, t)))
+    verdicts, fills = _probe(loaded, computed, fill_refs) if computed or fill_refs else ({}, {})
     for cand in candidates.values():
         if cand.value is not None:
             hyp = next((h for h in cand.hypotheses if _holds(cand.value, cand, h, None)), None)
             if hyp is not None:
-                verdicts[cand.ref] = hyp.verdict(None)
-    sites = [_refined(view, site, verdicts) for site in sites]
+                verdicts[cand.ref] = replace(hyp.verdict(None), fill=_blocked_fill([({}, [cand.value])], 0, cand,
+                                                                                   hyp, None))
+    sites = [_refined(view, site, verdicts, fills) for site in sites]
     return find_relative_biases(loaded, sites)
 
 
@@ -276,20 +289,29 @@ def _is_float(dtype) -> bool:
 
 # --------------------------------------------------------------------------- probing
 
-def _probe(loaded, candidates: Sequence[_Candidate]) -> dict[ValueRef, _Verdict]:
+def _probe(loaded, candidates: Sequence[_Candidate],
+           fill_refs: Sequence[ValueRef] = ()) -> tuple[dict[ValueRef, _Verdict], dict[ValueRef, float]]:
+    """The verdicts on the candidates, and the one value each of ``fill_refs`` (key padding terms) holds at the
+    keys it blocks, where it is one."""
     try:
-        probe = loaded.frontend.value_probe(loaded, [c.ref for c in candidates])
+        probe = loaded.frontend.value_probe(loaded, [c.ref for c in candidates] + list(fill_refs))
         symbols = _symbols(probe.inputs)
         if symbols:  # lengths are free: a construction may read lengths the small probes never reach
             candidates = [c for c in candidates if c.horizon + 2 <= _MAX_HORIZON_PROBE]
-        if not candidates:
-            return {}
-        horizon = max(c.horizon for c in candidates) if symbols else 0
+        if not candidates and not fill_refs:
+            return {}, {}
+        horizon = max((c.horizon for c in candidates), default=0) if symbols else 0
         runs = [(f, probe.run(f)) for f in _probe_feeds(probe.inputs, symbols, horizon)]
     except Exception:  # a construction the probe cannot run stays dense
-        return {}
+        return {}, {}
     index = {ref: k for k, ref in enumerate(probe.refs)}
     pads = {p.ref: p for p in probe.inputs}
+    fills = {}
+    for ref in fill_refs:
+        blocked = {float(x) for _, out in runs for x in np.unique(np.asarray(out[index[ref]], np.float64))
+                   if x <= MASK_FILL_MAX}
+        if len(blocked) == 1:
+            fills[ref] = blocked.pop()
     verdicts = {}
     for cand in candidates:
         k = index[cand.ref]
@@ -299,11 +321,9 @@ def _probe(loaded, candidates: Sequence[_Candidate]) -> dict[ValueRef, _Verdict]
             name = None if hyp.pad is None else pads[hyp.pad].name
             if _holds_everywhere(runs, k, cand, hyp, name):
                 verdict = hyp.verdict(pads[hyp.pad].dtype if hyp.pad is not None else None)
-                if hyp.pad is not None and _swallowing_fill(runs, k, cand, hyp, name):
-                    verdict = replace(verdict, uniform_rows=True)
-                verdicts[cand.ref] = verdict
+                verdicts[cand.ref] = replace(verdict, fill=_blocked_fill(runs, k, cand, hyp, name))
                 break
-    return verdicts
+    return verdicts, fills
 
 
 
@@ -331,20 +351,24 @@ def _seen_window_hypotheses(runs, k: int, cand) -> list[_Hypothesis]:
     return [replace(h, window=w) for w in sorted(seen)[:_MAX_WINDOWS] for h in plain]
 
 
-def _swallowing_fill(runs, k: int, cand, hyp, name) -> bool:
-    """Whether every entry the (holding) hypothesis blocks is one finite fill so large that adding it swallows any
-    score (HF's eager masks: finfo.min): a row the padding blocks entirely then softmaxes to the mean of every
-    value, not to nothing (AttentionSite.blocked_rows)."""
+def _blocked_fill(runs, k: int, cand, hyp, name) -> float | None:
+    """The one value at every entry the (holding) hypothesis blocks, or None where they differ. HF's eager masks
+    put finfo.min there, which swallows any score added to it (_swallows)."""
     if cand.kind != MASK_ADDITIVE:
-        return bool(np.isfinite(cand.fill) and cand.fill <= _SWALLOWING_FILL)
+        return cand.fill
     fills = set()
     try:
         for feeds, out in runs:
-            a, expected = _aligned(out[k], cand, hyp, feeds[name])
+            a, expected = _aligned(out[k], cand, hyp, None if name is None else feeds[name])
             fills |= set(np.unique(a[~expected].astype(np.float64)).tolist())
     except Exception:  # noqa: BLE001  a value _holds read: any failure here only keeps the zero rows
-        return False
-    return len(fills) == 1 and all(np.isfinite(f) and f <= _SWALLOWING_FILL for f in fills)
+        return None
+    return fills.pop() if len(fills) == 1 else None
+
+
+def _swallows(fill: float | None) -> bool:
+    """A finite fill so large that adding it to a score leaves the fill (float32), or None (not one fill)."""
+    return fill is not None and bool(np.isfinite(fill)) and fill <= _SWALLOWING_FILL
 
 
 def _symbols(inputs) -> dict[str, str]:
@@ -486,12 +510,15 @@ def _holds(value: np.ndarray, cand: _Candidate, hyp: _Hypothesis, pad: np.ndarra
 
 # --------------------------------------------------------------------------- assembly
 
-def _refined(view, site: AttentionSite, verdicts: dict[ValueRef, _Verdict]) -> AttentionSite:
+def _refined(view, site: AttentionSite, verdicts: dict[ValueRef, _Verdict],
+             fills: dict[ValueRef, float]) -> AttentionSite:
     causal, key_padding, kept = site.causal, site.key_padding, []
-    # Rows the structured term blocks entirely are uniform only where that one term swallows the scores alone:
-    # two finfo.min terms added overflow to -inf, and a -inf term (or the form's own causality) empties the row.
+    # Rows the structured term blocks entirely are uniform where that one term swallows the scores alone; where
+    # more terms block them (or the form's own causality), what they add decides (_blocked_groups).
     used = [verdicts[t.value] for t in site.masks if t.value in verdicts]
     uniform = len(used) == 1 and used[0].uniform_rows and not site.causal and site.key_padding is None
+    blocked_rows, groups = (BLOCKED_ROWS_UNIFORM, ()) if uniform else (
+        _blocked_groups(view, site, verdicts, fills) or (site.blocked_rows, site.blocked_groups))
     for term in site.masks:
         verdict = verdicts.get(term.value)
         if verdict is not None and verdict.window:
@@ -508,11 +535,86 @@ def _refined(view, site: AttentionSite, verdicts: dict[ValueRef, _Verdict]) -> A
             key_padding = term
             continue
         kept.append(term)
-    blocked_rows = BLOCKED_ROWS_UNIFORM if uniform else site.blocked_rows
-    if (causal, key_padding, tuple(kept), blocked_rows) == (site.causal, site.key_padding, site.masks,
-                                                            site.blocked_rows):
+    if (causal, key_padding, tuple(kept), blocked_rows, groups) == (site.causal, site.key_padding, site.masks,
+                                                                    site.blocked_rows, site.blocked_groups):
         return site
-    return replace(site, masks=tuple(kept), causal=causal, key_padding=key_padding, blocked_rows=blocked_rows)
+    return replace(site, masks=tuple(kept), causal=causal, key_padding=key_padding, blocked_rows=blocked_rows,
+                   blocked_groups=groups)
+
+
+_SCORED = "scored"  # a key class whose value still holds the score (_blocked_groups)
+
+
+def _blocked_groups(view, site: AttentionSite, verdicts: dict[ValueRef, _Verdict],
+                    fills: dict[ValueRef, float]) -> tuple[str, tuple] | None:
+    """What the original gives a query row its structured masks block whole (AttentionSite.blocked_rows), from
+    what each term puts at the keys it blocks, in graph order: (BLOCKED_ROWS_*, blocked_groups), or None where a
+    term is not structured or its fill is not one value.
+
+    Each class of keys (KEY_CLASSES) gets a value: a boolean term (where, masked_fill, GPT-1's blend) replaces
+    the score with its fill, an additive one adds its fill, and a fill of finfo.min swallows the score; float32
+    arithmetic, so two finfo.min add to -inf. The row softmaxes to the mean over the keys of the greatest value
+    that holds one; classes still holding the score are no such row.
+    """
+    if site.score_floor is not None or site.extra_axes or site.sink_logits is not None:
+        return None  # a clamp somewhere among the terms; sink logits keep the row from being empty
+    steps, windows = [], set()  # (classes blocked, fill, replaces)
+    for t in site.masks:
+        verdict = verdicts.get(t.value)
+        if verdict is not None:
+            blocked = _classes_blocked(verdict.causal, verdict.key_padding is not None, verdict.window)
+            fill = verdict.fill
+            windows |= {verdict.window} - {0}
+        elif _is_key_padding_shape(view, site, t):
+            blocked = _classes_blocked(False, True, 0)
+            fill = fills.get(t.value) if t.kind == MASK_ADDITIVE else t.fill
+        else:
+            return None  # a dense term: which keys it blocks is not known here
+        if fill is None or t.factor != 1.0:
+            return None
+        steps.append((blocked, fill, t.kind != MASK_ADDITIVE))
+    if site.causal_term is not None:
+        at, t = site.causal_term
+        fill = t.fill
+        if t.kind == MASK_ADDITIVE:
+            blocked_values = {float(x) for x in np.unique(np.asarray(view.const(t.value), np.float64) * t.factor)
+                              if x <= MASK_FILL_MAX}
+            fill = blocked_values.pop() if len(blocked_values) == 1 else None
+        if fill is None:
+            return None
+        steps.insert(at, (_classes_blocked(True, False, 0), fill, t.kind != MASK_ADDITIVE))
+    elif site.causal:
+        steps.append((_classes_blocked(True, False, 0), float("-inf"), False))  # the form's own causality
+    if len(windows) > 1 or not any("past" in blocked for blocked, _, _ in steps):
+        return None  # no term blocks padded keys: no row is blocked whole
+    causal = any("future" in blocked for blocked, _, _ in steps)
+    classes = ("past",) + (("older", "older_kept") if windows else ()) + (("future", "future_kept") if causal else ())
+    values = {c: None for c in classes}  # None: the score itself
+    with np.errstate(over="ignore"):
+        for blocked, fill, replaces in steps:
+            for c in blocked & values.keys():
+                before = values[c]
+                if replaces or (before in (None, _SCORED) and _swallows(fill)):
+                    values[c] = float(np.float32(fill))
+                elif before in (None, _SCORED):
+                    values[c] = _SCORED
+                else:
+                    values[c] = float(np.float32(before) + np.float32(fill))
+    if any(v is None or v == _SCORED for v in values.values()):
+        return None
+    levels = sorted({v for v in values.values() if v != float("-inf")}, reverse=True)
+    groups = tuple(tuple(c for c in classes if values[c] == level) for level in levels)
+    if not groups:
+        return BLOCKED_ROWS_ZERO, ()
+    if groups == (classes,):
+        return BLOCKED_ROWS_UNIFORM, ()
+    return BLOCKED_ROWS_GROUPS, groups
+
+
+def _classes_blocked(causal: bool, padding: bool, window: int) -> set[str]:
+    """The key classes (KEY_CLASSES) a term blocks that holds causality, key padding and a window."""
+    return (({"future", "future_kept"} if causal else set()) | ({"past", "older", "future"} if padding else set())
+            | ({"older", "older_kept"} if window else set()))
 
 
 # --------------------------------------------------------------------------- relative-position bias

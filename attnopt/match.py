@@ -396,6 +396,7 @@ class _Scores:
     # them, the value product reads the keys' columns only. ``sink``: that concat's second input.
     extra_columns: bool = False
     sink: ValueRef | None = None
+    clamp: float | None = None  # a max() at a constant floor (AttentionSite.score_floor)
 
 
 # Ops the walk from the softmax up to q·kᵀ passes without changing the algebra.
@@ -567,7 +568,7 @@ def _walk_up(view: View, v: ValueRef) -> _Scores:
                 raise Mismatch("the softmax input is a product with constant keys (a lookup, not q·kᵀ)")
             if back is not None:
                 raise Mismatch("q·kᵀ inside a view of the scores")
-            return _Scores(nid, gain, cap, terms, nodes, heads, factor, factor_flat, extra, sink)
+            return _Scores(nid, gain, cap, terms, nodes, heads, factor, factor_flat, extra, sink, clamp)
         nodes.append(nid)
         if op in _SCORE_PASS:
             if op == "reshape" and view.rank(ins[0]) == 3 and view.rank(v) == 4:
@@ -924,16 +925,21 @@ def _match_product(view: View, sm: str, x: ValueRef, down: _Down) -> AttentionSi
     geometry["value_head_dim"] = _other_head_dim(_dim_of(view.shape(value), value_layout, "d"), geometry["head_dim"])
 
     scale = up.scale * q_scale * k_scale
-    terms, causal = _classify_masks(view, reversed(up.terms))  # graph order: innermost add first
+    terms, causal_term = _classify_masks(view, reversed(up.terms))  # graph order: innermost add first
     return AttentionSite(
         name="", form="decomposed", query=q, key=key, value=value, output=output,
         query_layout=layout, key_layout=key_layout, value_layout=value_layout, output_layout=output_layout,
         scale=_clean(scale, geometry["head_dim"]), softcap=up.softcap, query_factor=up.factor,
-        masks=tuple(MaskTerm(t.value, t.kind, t.factor, t.fill, t.view) for t in terms), causal=causal,
+        masks=tuple(_mask_term(t) for t in terms), causal=causal_term is not None, score_floor=up.clamp,
+        causal_term=None if causal_term is None else (causal_term[0], _mask_term(causal_term[1])),
         nodes=tuple(dict.fromkeys(removed)), anchor=sm, shape_readers=shape_readers, sink_logits=sink_logits,
         unsupported=("the attention probabilities are also used outside the site" if escapes else unprovable),
         **geometry,
     )
+
+
+def _mask_term(t) -> MaskTerm:
+    return MaskTerm(t.value, t.kind, t.factor, t.fill, t.view)
 
 
 def _per_head_sink(view: View, sink: ValueRef | None, heads) -> ValueRef | None:
@@ -1240,12 +1246,13 @@ def _dim(shape, i):
 
 
 def _classify_masks(view: View, terms):
-    """-> (terms left, causal). A constant term that is exactly causal becomes the causal flag."""
-    causal = False
+    """-> (terms left, (how many of them come before it, the term) or None). A constant term that is exactly
+    causal becomes the causal flag."""
+    causal = None
     kept = []
     for t in terms:
-        if not causal and _is_causal_const(view, t.value, t.kind, t.factor):
-            causal = True
+        if causal is None and _is_causal_const(view, t.value, t.kind, t.factor):
+            causal = len(kept), t
         else:
             kept.append(t)
     return tuple(kept), causal

@@ -35,6 +35,13 @@ LAYOUT_FLAT = "(bh)sd"  # (batch*heads, seq, head_dim), as nn.MultiheadAttention
 # What the original gives a query row the structured masks block entirely (AttentionSite.blocked_rows).
 BLOCKED_ROWS_ZERO = "zero"
 BLOCKED_ROWS_UNIFORM = "uniform"
+BLOCKED_ROWS_GROUPS = "groups"  # the mean over the first group of key classes that holds a key (blocked_groups)
+
+# The classes of keys a blocked query row p sees (AttentionSite.blocked_groups), at p = i + M − N. "past": the keys
+# the site's causality and window would let it see (j <= p, and j > p − W with a window), all of them padded since
+# the row is blocked; without causality every key. "older" / "older_kept": padded / unpadded keys j <= p − W;
+# "future" / "future_kept": padded / unpadded keys j > p.
+KEY_CLASSES = ("past", "older", "older_kept", "future", "future_kept")
 
 
 def permutes_bhsd(layout: str) -> bool:
@@ -195,6 +202,17 @@ class AttentionSite:
     # BLOCKED_ROWS_UNIFORM, the mean of every value (HF's eager masks: a finfo.min fill swallows the scores, so
     # the row's weights are all equal). The rewrites reproduce the second after the op (lowering.blocked_rows).
     blocked_rows: str = BLOCKED_ROWS_ZERO
+    # With BLOCKED_ROWS_GROUPS: groups of KEY_CLASSES, the one the masks leave the greatest value first. Such a
+    # row's output is the mean of the values over the first group that holds a key. GPT-Neo: ("past",), its causal
+    # prefix, since its two finfo.min masks add to -inf past it; GPT-1: ("future_kept",), then the rest, since its
+    # causal blend's -1e4 beats the padding's finfo.min.
+    blocked_groups: tuple[tuple[str, ...], ...] = ()
+    # The constant term the matcher read as causality, whose fill and place among the terms decide blocked rows:
+    # (how many of ``masks`` come before it in graph order, the term). None where causality is the form's own.
+    causal_term: tuple[int, MaskTerm] | None = None
+    # A max() at a constant floor between the terms and the softmax (XGLM's guard at finfo.min): the sums of fills
+    # below it are raised to it.
+    score_floor: float | None = None
     # tanh softcapping of the scores, c·tanh(s/c) before the mask (Gemma-2); None = none.
     softcap: float | None = None
     # Learned sink logits (GPT-OSS): a (B | 1, H, N | 1, 1) value holding one logit a head (the matcher proves

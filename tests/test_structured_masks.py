@@ -246,6 +246,7 @@ class RuleMasked(nn.Module):
         torch.manual_seed(0)
         self.rule, self.window = rule, window
         self.qkv = nn.Linear(16, 48)
+        self.register_buffer("bias", torch.tril(torch.ones(64, 64)).view(1, 1, 64, 64))  # GPT-1's, sliced
 
     def forward(self, x, attention_mask):
         b, n, _ = x.shape
@@ -401,16 +402,95 @@ def test_a_sliding_window_term_is_left_out_where_the_op_reaches_no_farther(form,
         assert has_term == kept, (form, variant, params)
 
 
-# Not here: GPT-Neo and GPT-1 apply two masks one after the other (where(causal, s, finfo.min), then + the 4-D
-# causal-and-padding mask of finfo.min; GPT-1 blends causality in with -1e4 first). Their attention weights
-# (transformers 5.24, eager) give a row both block entirely the mean over its causal prefix (GPT-Neo: the keys
-# the where blocks reach -inf) or over the later unpadded keys (GPT-1: -1e4 beats finfo.min); the rewrite gives it
-# 0: an open gap (README, structured masks), not a pass.
+class TwoMasks(nn.Module):
+    """One attention layer that masks its scores twice, in the orders GPT-Neo and GPT-1 use and one more: what a
+    row both masks block whole gets depends on each mask's fill and on which comes first (AttentionSite.
+    blocked_groups)."""
+
+    def __init__(self, rule: str, window: int = 0):
+        super().__init__()
+        torch.manual_seed(0)
+        self.rule, self.window = rule, window
+        self.qkv = nn.Linear(16, 48)
+        self.register_buffer("bias", torch.tril(torch.ones(64, 64)).view(1, 1, 64, 64))  # GPT-1's, sliced
+
+    def forward(self, x, attention_mask):
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, 2, 8).permute(2, 0, 3, 1, 4).unbind(0)
+        i = torch.arange(n, device=x.device)[:, None]
+        j = torch.arange(n, device=x.device)[None, :]
+        causal = j <= i
+        if self.window:
+            causal = causal & (j > i - self.window)
+        low = torch.finfo(x.dtype).min
+        padding = (1.0 - attention_mask[:, None, None, :].to(x.dtype)) * low  # (B, 1, 1, M), HF's
+        s = (q @ k.transpose(-1, -2)) * 8**-0.5
+        if self.rule == "neo":  # where(causal, s, min), then + the 4-D causal-and-padding mask
+            s = torch.where(causal, s, torch.tensor(low)) + torch.where(
+                (j <= i) & (attention_mask[:, None, None, :] != 0), 0.0, low)
+        elif self.rule == "gpt1":  # a blend with -1e4 by a constant causal table, then + the padding
+            keep = self.bias[:, :, :n, :n]
+            s = s * keep + -1e4 * (1 - keep) + padding
+        else:  # "pad-first": + the padding, then where(causal, s, -1e4), which replaces what the padding added
+            s = torch.where(causal, s + padding, torch.tensor(-1e4))
+        out = s.softmax(-1) @ v
+        return (out.transpose(1, 2).reshape(b, n, 16),)
+
+
+@pytest.mark.parametrize("form", ["fx", "onnx"])
+@pytest.mark.parametrize("rule, window, groups", [
+    ("neo", 0, (("past",),)),
+    ("neo", 3, (("past", "older_kept"),)),
+    ("gpt1", 0, (("future_kept",), ("past", "future"))),
+    ("pad-first", 0, (("future", "future_kept"), ("past",))),
+])
+def test_rows_two_masks_block_get_what_the_original_gives_them(form, rule, window, groups, tmp_path):
+    """Rows whose keys are all padded where causality (and the window) would let them look: the original gives
+    each the mean over the keys its masks leave the greatest value; the rewrite at segmented's limit equals it.
+    The padding covers the first keys and a run in the middle longer than the window, so rows inside it also
+    have unpadded keys farther back ("older_kept")."""
+    model = TwoMasks(rule, window).eval()
+    x, pad = _rule_inputs()
+    example = (x, pad)
+    # GPT-1's sliced table is a constant (the causal flag) only at static shapes; at dynamic ones its blend
+    # stays a dense term, which the rewrite keeps as it is
+    dynamic = rule != "gpt1"
+    if form == "fx":
+        source = torch.export.export(model, example, dynamic_shapes=({0: torch.export.Dim.AUTO,
+                                                                       1: torch.export.Dim.AUTO},) * 2
+                                     if dynamic else None)
+    else:
+        source = str(tmp_path / "two.onnx")
+        with zoo_lib.quiet():
+            torch.onnx.export(model, example, source, dynamo=False, opset_version=17,
+                              input_names=["x", "attention_mask"],
+                              dynamic_axes={"x": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}}
+                              if dynamic else None)
+    (site,) = attnopt.detect(source)
+    assert (site.blocked_rows, site.blocked_groups) == ("groups", groups), site
+    blocked = pad.clone()
+    blocked[1, :3] = 0
+    blocked[1, 5:9] = 0  # rows 5..8 of a window of 3 see only padding, keys 3 and 4 before it do not
+    result = attnopt.rewrite(source, "segmented", segment_size=SEQ)
+    if form == "fx":
+        report = attnopt.validate(source, result.model, example_inputs=(x, blocked))
+    else:
+        result.save(tmp_path / "rewritten.onnx")
+        report = attnopt.validate(source, tmp_path / "rewritten.onnx",
+                                  inputs={"x": x.numpy(), "attention_mask": blocked.numpy()})
+    assert report.is_exact(1e-5), report.to_dict()
+
+
 @pytest.mark.parametrize("name", [
     "llama-gqa-eager", "gemma2-eager", "xglm-eager",
     "bloom-eager",  # ALiBi stays a dense term beside the structured mask: the fill swallows it too
     "falcon-alibi-eager", "falcon-alibi-sdpa",
     "gpt-oss-eager",  # learned sinks: the original gives such a row 0 (all its weight on the sink), as the ops
+    # two masks one after the other (AttentionSite.blocked_groups): GPT-Neo's where(causal, s, finfo.min) and then
+    # its 4-D causal-and-padding mask add to -inf past the row, so the row is the mean of its causal prefix (its
+    # local layers': of the window's keys and the unpadded ones before it); GPT-1's causal blend gives later keys
+    # -1e4, which beats the padding's finfo.min, so the row is the mean of the later unpadded keys
+    "gpt-neo-eager", "openai-gpt-eager",
 ])
 def test_left_padded_decoders_are_exact_on_rows_no_key_is_left_to(zoo, name):
     """torch.export of the zoo's decoders with the second sequence padded on the left, rewritten at the limit."""
@@ -419,6 +499,20 @@ def test_left_padded_decoders_are_exact_on_rows_no_key_is_left_to(zoo, name):
     inputs = _blocked_rows(built.inputs, decoder=True)
     result = attnopt.rewrite(graph, "segmented", segment_size=SEGMENT, example_inputs=built.inputs)
     report = attnopt.validate(graph, result.model, example_inputs=inputs)
+    assert report.is_exact(1e-5), report.to_dict()
+
+
+@pytest.mark.parametrize("exporter", [zoo_lib.TORCHSCRIPT, zoo_lib.DYNAMO])
+@pytest.mark.parametrize("name", ["gpt-neo-eager", "openai-gpt-eager"])
+def test_two_masked_decoders_onnx_rewrites_are_exact_on_rows_no_key_is_left_to(zoo, name, exporter, tmp_path):
+    """The same rows of GPT-Neo and GPT-1 through both ONNX exporters: the ONNX correction's running sums."""
+    path = zoo.onnx_path(name, exporter)
+    built = zoo.build(name)
+    out = tmp_path / "rewritten.onnx"
+    attnopt.rewrite(path, "segmented", segment_size=SEGMENT).save(out)
+    names = [i.name for i in onnx.load(str(path), load_external_data=False).graph.input]
+    inputs = {n: t.numpy() for n, t in zip(names, _blocked_rows(built.inputs, decoder=True))}
+    report = attnopt.validate(path, out, inputs=inputs)
     assert report.is_exact(1e-5), report.to_dict()
 
 

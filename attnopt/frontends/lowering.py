@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import SiteNotApplicable
-from ..site import BLOCKED_ROWS_UNIFORM, AttentionSite, MaskTerm
+from ..site import BLOCKED_ROWS_GROUPS, BLOCKED_ROWS_UNIFORM, AttentionSite, MaskTerm
 
 FUSED_RELATIVE_BIAS = "relative_bias"  # OpCall.fuses: the kernel computes the site's relative bias
 
@@ -80,26 +80,30 @@ def window_terms(call) -> tuple[MaskTerm, ...]:
     return tuple(terms)
 
 
-def blocked_rows(call, masks) -> tuple[bool, int] | None:
-    """(causal, window W or 0) where the rewrite must give the rows the site's key padding blocks entirely the
-    mean of every value, as the original does (AttentionSite.blocked_rows), instead of the ops' zero; None
-    where nothing needs that. ``masks``: the dense terms the op receives (``mask_terms``).
+def blocked_rows(call, masks) -> tuple[bool, int, tuple] | None:
+    """(causal, window W or 0, AttentionSite.blocked_groups) where the rewrite must give the rows the site's key
+    padding blocks entirely what the original gives them (AttentionSite.blocked_rows) instead of the ops' zero:
+    the mean of every value, or of the first group of key classes that holds a key; None where nothing needs
+    that. ``masks``: the dense terms the op receives (``mask_terms``).
 
     Which rows: query i (at position p = i + M − N) keeps no key j with j ≤ p (causal) and j > p − W (a window
-    the kernels replaced), or none at all. Costs O(B·M) counts and one mean of the values per head.
+    term, whether the kernels replace it or the op reads it), or none at all. Costs O(B·M) counts and one mean of
+    the values per head; groups other than every key also take two running sums of the values along the keys.
     """
     site: AttentionSite = call.site
     # Learned sink logits (GPT-OSS) keep such a row from being empty: its weight all goes to the sink's zero
     # value, as in the ops. A relative-position bias left in the remainder (MPT's ALiBi) is finite, so the fill
-    # swallows it too; any other remainder term may block keys of its own, and then the row is not uniform.
+    # swallows it too; a window term blocks what mask analysis proved; any other remainder term may block keys of
+    # its own, and then the row is not what the site records.
     rb = site.relative_bias
-    if (site.blocked_rows != BLOCKED_ROWS_UNIFORM or site.extra_axes or site.sink_logits is not None
-            or any(rb is None or t != rb.term for t in masks)):
+    if (site.blocked_rows not in (BLOCKED_ROWS_UNIFORM, BLOCKED_ROWS_GROUPS) or site.extra_axes
+            or site.sink_logits is not None or any(not t.window and (rb is None or t != rb.term) for t in masks)):
         return None
     implied = window_terms(call)
     if site.key_padding is None and not any(t.window_padding for t in implied):
         return None
-    return site.causal or bool(implied), min((t.window for t in implied), default=0)
+    windows = [t.window for t in site.masks if t.window]
+    return site.causal or bool(windows), min(windows, default=0), site.blocked_groups
 
 
 def state_name(site_name: str, state, next_: bool = False) -> str:

@@ -345,19 +345,20 @@ class _Builder:
         return mask
 
     def mean_where_blocked(self, y: ir.Value, v: ir.Value, key_padding: ir.Value, causal: bool,
-                           window: int) -> ir.Value:
+                           window: int, groups: tuple = ()) -> ir.Value:
         """``fx_rewrite.mean_where_blocked`` in ONNX ops: y (B, H, N, D) with the rows that key_padding (additive
-        (B | 1, M)) leaves no key replaced by the mean of every value (``lowering.blocked_rows``)."""
+        (B | 1, M)) leaves no key replaced by the mean of every value, or with ``groups`` of the first group of
+        key classes that holds a key (``lowering.blocked_rows``)."""
         i64 = ir.DataType.INT64
-        kept = self.op("Greater", [key_padding, self.op("CastLike", [self.const(np.array(MASK_FILL_MAX, np.float32)),
-                                                                     key_padding])])
-        kept = self.op("CumSum", [self.op("Cast", [kept], {"to": i64}), self.const(np.array(1, np.int64))])
+        kept_keys = self.op("Greater", [key_padding, self.op("CastLike", [
+            self.const(np.array(MASK_FILL_MAX, np.float32)), key_padding])])
+        kept = self.op("CumSum", [self.op("Cast", [kept_keys], {"to": i64}), self.const(np.array(1, np.int64))])
         zero = self.const(np.array(0, np.int64))
         n = self.op("Shape", [y], {"start": 2, "end": 3})
         m = self.op("Shape", [v], {"start": 2, "end": 3})
+        pos = self.op("Range", [self.op("Squeeze", [self.op("Sub", [m, n])]), self.op("Squeeze", [m]),
+                                self.const(np.array(1, np.int64))])
         if causal:
-            pos = self.op("Range", [self.op("Squeeze", [self.op("Sub", [m, n])]), self.op("Squeeze", [m]),
-                                    self.const(np.array(1, np.int64))])
             seen = self.op("Gather", [kept, pos], {"axis": 1})
             if window:
                 before = self.op("Sub", [pos, self.const(np.array(window, np.int64))])  # the last key left out
@@ -367,17 +368,79 @@ class _Builder:
         else:
             seen = self.cut(kept, -1, None)  # every key's count: (B | 1, 1)
         blocked = self.op("Unsqueeze", [self.op("Equal", [seen, zero]), self.ints(1, 3)])  # (B | 1, 1, N | 1, 1)
-        # the mean over the keys, each query head reading its kv head's: (B, Hkv, 1, 1, D) -> (B, H, 1, D)
-        mean = self.op("Div", [self.op("ReduceSum", [v, self.ints(2)], {"keepdims": 1}),
-                               self.op("CastLike", [m, v])])
+        if groups:
+            mean = self._mean_of_first_group(v, kept_keys, kept, pos, m, window, groups)
+        else:  # the mean over the keys: (B, Hkv, 1, D)
+            mean = self.op("Div", [self.op("ReduceSum", [v, self.ints(2)], {"keepdims": 1}),
+                                   self.op("CastLike", [m, v])])
+        # each query head reads its kv head's: (B, Hkv, N | 1, D) -> (B, H, N | 1, D)
         rep = self.op("Div", [self.op("Shape", [y], {"start": 1, "end": 2}),
                               self.op("Shape", [v], {"start": 1, "end": 2})])
         mean = self.op("Expand", [self.op("Unsqueeze", [mean, self.ints(2)]),
                                   self.op("Concat", [self.ints(1, 1), rep, self.ints(1, 1)], {"axis": 0})])
         mean = self.op("Reshape", [mean, self.op("Concat", [self.op("Shape", [y], {"start": 0, "end": 2}),
-                                                            self.ints(1), self.op("Shape", [v], {"start": 3})],
-                                                 {"axis": 0})])
+                                                            self.op("Shape", [mean], {"start": 3})], {"axis": 0})])
         return self.op("Where", [blocked, self.op("CastLike", [mean, y]), y])
+
+    def _mean_of_first_group(self, v: ir.Value, kept_keys: ir.Value, kept: ir.Value, pos: ir.Value, m: ir.Value,
+                             window: int, groups: tuple) -> ir.Value:
+        """``fx_rewrite._mean_of_first_group`` in ONNX ops: (B, Hkv, N, D) float32, from running sums along the
+        keys (a CumSum, which onnxruntime's CUDA provider computes in O(M²) along its axis: only sites whose
+        blocked rows need more than the mean of every key pay it)."""
+        f32 = ir.DataType.FLOAT
+        vf = self.op("Cast", [v], {"to": f32})
+        two, one = self.const(np.array(2, np.int64)), self.const(np.array(1, np.int64))
+        ones = self.op("Unsqueeze", [self.op("Cast", [kept_keys], {"to": f32}), self.ints(1, 3)])  # (B|1,1,M,1)
+        run_all = self.op("CumSum", [vf, two])
+        run_kept = self.op("CumSum", [self.op("Mul", [vf, ones]), two])
+        count_kept = self.op("Cast", [kept], {"to": f32})  # (B | 1, M)
+        zero_i, zero_f = self.const(np.array(0, np.int64)), self.const(np.array(0, np.float32))
+
+        def upto(run, i, axis):  # the running value at key i (0 before the first key), per query row
+            got = self.op("Gather", [run, self.op("Max", [i, zero_i])], {"axis": axis})
+            keep = self.op("GreaterOrEqual", [i, zero_i])
+            if axis == 2:
+                keep = self.op("Unsqueeze", [keep, self.ints(1)])  # (N, 1) against (B, Hkv, N, D)
+            return self.op("Where", [keep, got, zero_f])
+
+        def last(run, axis):
+            return self.op("Slice", [run, self.ints(-1), self.ints(np.iinfo(np.int64).max), self.ints(axis)])
+
+        p = pos
+        old = (self.op("Max", [self.op("Sub", [pos, self.const(np.array(window, np.int64))]),
+                               self.const(np.array(-1, np.int64))]) if window
+               else self.op("Sub", [self.op("Mul", [pos, zero_i]), one]))  # the last key j <= p − W
+        as_f = lambda x: self.op("Cast", [x], {"to": f32})  # noqa: E731
+        k_p, k_old, k_all = upto(count_kept, p, 1), upto(count_kept, old, 1), last(count_kept, 1)
+        total_all, total_kept = last(run_all, 2), last(run_kept, 2)
+        all_p, kept_p = upto(run_all, p, 2), upto(run_kept, p, 2)
+        all_old, kept_old = upto(run_all, old, 2), upto(run_kept, old, 2)
+        m_1 = self.op("Sub", [self.op("Squeeze", [m]), one])
+        sums = {  # class: (sum of the values (B, Hkv, N, D), key count (B | 1, N))
+            "past": (lambda: self.op("Sub", [all_p, all_old]),
+                     lambda: self.op("Unsqueeze", [as_f(self.op("Sub", [p, old])), self.ints(0)])),
+            "older": (lambda: self.op("Sub", [all_old, kept_old]),
+                      lambda: self.op("Sub", [as_f(self.op("Add", [old, one])), k_old])),
+            "older_kept": (lambda: kept_old, lambda: k_old),
+            "future": (lambda: self.op("Add", [self.op("Sub", [self.op("Sub", [total_all, total_kept]), all_p]),
+                                               kept_p]),
+                       lambda: self.op("Sub", [as_f(self.op("Sub", [m_1, p])), self.op("Sub", [k_all, k_p])])),
+            "future_kept": (lambda: self.op("Sub", [total_kept, kept_p]), lambda: self.op("Sub", [k_all, k_p])),
+        }
+        mean, chosen = None, None
+        for group in groups:
+            total, count = sums[group[0]][0](), sums[group[0]][1]()
+            for c in group[1:]:
+                total, count = self.op("Add", [total, sums[c][0]()]), self.op("Add", [count, sums[c][1]()])
+            count = self.op("Unsqueeze", [count, self.ints(1, 3)])  # (B | 1, 1, N, 1)
+            has = self.op("Greater", [count, zero_f])
+            value = self.op("Div", [total, self.op("Max", [count, self.const(np.array(1, np.float32))])])
+            if mean is None:
+                mean, chosen = self.op("Where", [has, value, zero_f]), has
+            else:
+                take = self.op("And", [self.op("Not", [chosen]), has])
+                mean, chosen = self.op("Where", [take, value, mean]), self.op("Or", [chosen, take])
+        return mean
 
     def through_view(self, mask: ir.Value, rank, view, pair: tuple[str, str], q: ir.Value, k: ir.Value):
         """A term added to the scores viewed in another shape (MaskTerm.view) as one of the scores: broadcast to
