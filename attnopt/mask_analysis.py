@@ -198,7 +198,7 @@ def _is_key_padding_shape(view, site: AttentionSite, term: MaskTerm) -> bool:
 # --------------------------------------------------------------------------- candidates
 
 def _candidate(view, site: AttentionSite, term: MaskTerm) -> _Candidate | None:
-    if term.factor <= 0 or term.kind not in (MASK_ADDITIVE, MASK_BOOLEAN, MASK_BOOLEAN_BLOCKED):
+    if term.factor <= 0 or term.kind not in (MASK_ADDITIVE, MASK_BOOLEAN, MASK_BOOLEAN_BLOCKED, MASK_NONZERO_KEEP):
         return None
     shape = view.shape(term.value)
     if shape is not None and not 2 <= len(shape) <= _scores_rank(site, len(shape)):

@@ -437,6 +437,7 @@ class TwoMasks(nn.Module):
         return (out.transpose(1, 2).reshape(b, n, 16),)
 
 
+@pytest.mark.parametrize("dynamic", [True, False], ids=["dynamic", "static"])
 @pytest.mark.parametrize("form", ["fx", "onnx"])
 @pytest.mark.parametrize("rule, window, groups", [
     ("neo", 0, (("past",),)),
@@ -444,7 +445,7 @@ class TwoMasks(nn.Module):
     ("gpt1", 0, (("future_kept",), ("past", "future"))),
     ("pad-first", 0, (("future", "future_kept"), ("past",))),
 ])
-def test_rows_two_masks_block_get_what_the_original_gives_them(form, rule, window, groups, tmp_path):
+def test_rows_two_masks_block_get_what_the_original_gives_them(form, dynamic, rule, window, groups, tmp_path):
     """Rows whose keys are all padded where causality (and the window) would let them look: the original gives
     each the mean over the keys its masks leave the greatest value; the rewrite at segmented's limit equals it.
     The padding covers the first keys and a run in the middle longer than the window, so rows inside it also
@@ -452,9 +453,8 @@ def test_rows_two_masks_block_get_what_the_original_gives_them(form, rule, windo
     model = TwoMasks(rule, window).eval()
     x, pad = _rule_inputs()
     example = (x, pad)
-    # GPT-1's sliced table is a constant (the causal flag) only at static shapes; at dynamic ones its blend
-    # stays a dense term, which the rewrite keeps as it is
-    dynamic = rule != "gpt1"
+    # GPT-1's sliced table is a constant at static shapes (the matcher's causal flag, AttentionSite.causal_term)
+    # and computed at dynamic ones (mask analysis proves its blend causal)
     if form == "fx":
         source = torch.export.export(model, example, dynamic_shapes=({0: torch.export.Dim.AUTO,
                                                                        1: torch.export.Dim.AUTO},) * 2
@@ -502,6 +502,22 @@ def test_left_padded_decoders_are_exact_on_rows_no_key_is_left_to(zoo, name):
     assert report.is_exact(1e-5), report.to_dict()
 
 
+def test_gpt1_exported_at_dynamic_lengths_builds_no_nxm_mask_and_is_exact(zoo):
+    """At dynamic lengths GPT-1's causal table is sliced at run time, so its blend s·b − 1e4·(1 − b) is no
+    constant: mask analysis proves it causal, the op takes the causal flag, and no N×M mask is left; rows the
+    left padding blocks still get the original's mean of the later unpadded keys."""
+    built = zoo.build("openai-gpt-eager")
+    dims = ({0: torch.export.Dim.AUTO, 1: torch.export.Dim.AUTO},) * len(built.inputs)
+    graph = torch.export.export(built.module.eval(), built.inputs, dynamic_shapes=dims)
+    (site, _) = attnopt.detect(graph)
+    assert site.causal and not site.masks and site.blocked_groups == (("future_kept",), ("past", "future")), site
+    result = attnopt.rewrite(graph, "segmented", segment_size=SEGMENT)
+    assert not _nm_nodes_fx(result.model, built.inputs, SEQ)
+    for inputs in (built.inputs, _blocked_rows(built.inputs, decoder=True)):
+        report = attnopt.validate(graph, result.model, example_inputs=inputs)
+        assert report.is_exact(1e-5), report.to_dict()
+
+
 @pytest.mark.parametrize("exporter", [zoo_lib.TORCHSCRIPT, zoo_lib.DYNAMO])
 @pytest.mark.parametrize("name", ["gpt-neo-eager", "openai-gpt-eager"])
 def test_two_masked_decoders_onnx_rewrites_are_exact_on_rows_no_key_is_left_to(zoo, name, exporter, tmp_path):
@@ -516,11 +532,12 @@ def test_two_masked_decoders_onnx_rewrites_are_exact_on_rows_no_key_is_left_to(z
     assert report.is_exact(1e-5), report.to_dict()
 
 
-def test_the_blocked_rows_correction_compiles_without_a_graph_break(zoo):
+@pytest.mark.parametrize("name", ["llama-gqa-eager", "gpt-neo-eager"])  # the mean of every key; of key classes
+def test_the_blocked_rows_correction_compiles_without_a_graph_break(zoo, name):
     """The fx correction (fx_rewrite.mean_where_blocked) is plain torch: torch.compile takes the rewritten module
     whole and computes what it computes eagerly."""
-    graph, _ = zoo.fx_graph("llama-gqa-eager", zoo_lib.EXPORT)
-    built = zoo.build("llama-gqa-eager")
+    graph, _ = zoo.fx_graph(name, zoo_lib.EXPORT)
+    built = zoo.build(name)
     result = attnopt.rewrite(graph, "segmented", segment_size=SEGMENT, example_inputs=built.inputs)
     assert sum("mean_where_blocked" in str(n.target) for n in result.model.graph.nodes) == 2
     inputs = _blocked_rows(built.inputs, decoder=True)
