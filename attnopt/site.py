@@ -198,9 +198,11 @@ class AttentionSite:
     # vector instead of an N×M mask (VARIANTS.md, "Structured masks").
     key_padding: MaskTerm | None = None
     # What the original computes for a query row whose every key the structured masks block (left padding's
-    # padded rows): BLOCKED_ROWS_ZERO, as the ops do (a -inf fill; torch's guarded softmax), or
+    # padded rows): BLOCKED_ROWS_ZERO, as the ops do (a -inf fill; torch's guarded softmax);
     # BLOCKED_ROWS_UNIFORM, the mean of every value (HF's eager masks: a finfo.min fill swallows the scores, so
-    # the row's weights are all equal). The rewrites reproduce the second after the op (lowering.blocked_rows).
+    # the row's weights are all equal); or BLOCKED_ROWS_GROUPS, the mean over part of the keys where two masks
+    # leave them different values (blocked_groups). The rewrites reproduce the last two after the op
+    # (lowering.blocked_rows).
     blocked_rows: str = BLOCKED_ROWS_ZERO
     # With BLOCKED_ROWS_GROUPS: groups of KEY_CLASSES, the one the masks leave the greatest value first. Such a
     # row's output is the mean of the values over the first group that holds a key. GPT-Neo: ("past",), its causal
@@ -300,6 +302,10 @@ class AttentionSite:
             d["window"] = max(t.window for t in self.masks)
         if self.relative_bias is not None:
             d["relative_bias"] = self.relative_bias.summary()
+        if self.blocked_rows != BLOCKED_ROWS_ZERO:  # what a row the masks block whole gets, as the original
+            d["blocked_rows"] = self.blocked_rows
+            if self.blocked_groups:
+                d["blocked_groups"] = [list(g) for g in self.blocked_groups]
         if self.unsupported:
             d["unsupported"] = self.unsupported
         return d

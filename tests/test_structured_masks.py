@@ -468,6 +468,7 @@ def test_rows_two_masks_block_get_what_the_original_gives_them(form, dynamic, ru
                               if dynamic else None)
     (site,) = attnopt.detect(source)
     assert (site.blocked_rows, site.blocked_groups) == ("groups", groups), site
+    assert site.summary()["blocked_groups"] == [list(g) for g in groups]  # what `attnopt detect --json` shows
     blocked = pad.clone()
     blocked[1, :3] = 0
     blocked[1, 5:9] = 0  # rows 5..8 of a window of 3 see only padding, keys 3 and 4 before it do not
