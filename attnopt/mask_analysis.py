@@ -290,9 +290,9 @@ def _is_float(dtype) -> bool:
 # --------------------------------------------------------------------------- probing
 
 def _probe(loaded, candidates: Sequence[_Candidate],
-           fill_refs: Sequence[ValueRef] = ()) -> tuple[dict[ValueRef, _Verdict], dict[ValueRef, float]]:
+           fill_refs: Sequence[ValueRef] = ()) -> tuple[dict[ValueRef, _Verdict], dict[ValueRef, float | None]]:
     """The verdicts on the candidates, and the one value each of ``fill_refs`` (key padding terms) holds at the
-    keys it blocks, where it is one."""
+    keys it blocks (None where it holds several)."""
     try:
         probe = loaded.frontend.value_probe(loaded, [c.ref for c in candidates] + list(fill_refs))
         symbols = _symbols(probe.inputs)
@@ -306,12 +306,7 @@ def _probe(loaded, candidates: Sequence[_Candidate],
         return {}, {}
     index = {ref: k for k, ref in enumerate(probe.refs)}
     pads = {p.ref: p for p in probe.inputs}
-    fills = {}
-    for ref in fill_refs:
-        blocked = {float(x) for _, out in runs for x in np.unique(np.asarray(out[index[ref]], np.float64))
-                   if x <= MASK_FILL_MAX}
-        if len(blocked) == 1:
-            fills[ref] = blocked.pop()
+    fills = {ref: _one_blocked_value(out[index[ref]] for _, out in runs) for ref in fill_refs}
     verdicts = {}
     for cand in candidates:
         k = index[cand.ref]
@@ -364,6 +359,13 @@ def _blocked_fill(runs, k: int, cand, hyp, name) -> float | None:
     except Exception:  # noqa: BLE001  a value _holds read: any failure here only keeps the zero rows
         return None
     return fills.pop() if len(fills) == 1 else None
+
+
+def _one_blocked_value(values) -> float | None:
+    """The one value an additive term holds wherever it blocks (at or below MASK_FILL_MAX) across ``values``, or
+    None where there are several."""
+    blocked = {float(x) for a in values for x in np.unique(np.asarray(a, np.float64)) if x <= MASK_FILL_MAX}
+    return blocked.pop() if len(blocked) == 1 else None
 
 
 def _swallows(fill: float | None) -> bool:
@@ -511,7 +513,7 @@ def _holds(value: np.ndarray, cand: _Candidate, hyp: _Hypothesis, pad: np.ndarra
 # --------------------------------------------------------------------------- assembly
 
 def _refined(view, site: AttentionSite, verdicts: dict[ValueRef, _Verdict],
-             fills: dict[ValueRef, float]) -> AttentionSite:
+             fills: dict[ValueRef, float | None]) -> AttentionSite:
     causal, key_padding, kept = site.causal, site.key_padding, []
     # Rows the structured term blocks entirely are uniform where that one term swallows the scores alone; where
     # more terms block them (or the form's own causality), what they add decides (_blocked_groups).
@@ -546,7 +548,7 @@ _SCORED = "scored"  # a key class whose value still holds the score (_blocked_gr
 
 
 def _blocked_groups(view, site: AttentionSite, verdicts: dict[ValueRef, _Verdict],
-                    fills: dict[ValueRef, float]) -> tuple[str, tuple] | None:
+                    fills: dict[ValueRef, float | None]) -> tuple[str, tuple] | None:
     """What the original gives a query row its structured masks block whole (AttentionSite.blocked_rows), from
     what each term puts at the keys it blocks, in graph order: (BLOCKED_ROWS_*, blocked_groups), or None where a
     term is not structured or its fill is not one value.
@@ -577,9 +579,7 @@ def _blocked_groups(view, site: AttentionSite, verdicts: dict[ValueRef, _Verdict
         at, t = site.causal_term
         fill = t.fill
         if t.kind == MASK_ADDITIVE:
-            blocked_values = {float(x) for x in np.unique(np.asarray(view.const(t.value), np.float64) * t.factor)
-                              if x <= MASK_FILL_MAX}
-            fill = blocked_values.pop() if len(blocked_values) == 1 else None
+            fill = _one_blocked_value([np.asarray(view.const(t.value), np.float64) * t.factor])
         if fill is None:
             return None
         steps.insert(at, (_classes_blocked(True, False, 0), fill, t.kind != MASK_ADDITIVE))

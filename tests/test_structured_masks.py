@@ -238,21 +238,37 @@ def test_onnx_probe_reads_shapes_not_embeddings(zoo, monkeypatch):
 
 # ----------------------------------------------------------------------------- hand-built mask rules
 
-class RuleMasked(nn.Module):
-    """One attention layer whose boolean mask is built at run time from ``attention_mask`` by a rule."""
+class _OneLayer(nn.Module):
+    """One attention layer (2 heads of 8 over x (B, N, 16)) whose scores a subclass masks by ``rule``."""
 
-    def __init__(self, rule: str, window: int = 3):
+    def __init__(self, rule: str, window: int):
         super().__init__()
         torch.manual_seed(0)
         self.rule, self.window = rule, window
         self.qkv = nn.Linear(16, 48)
-        self.register_buffer("bias", torch.tril(torch.ones(64, 64)).view(1, 1, 64, 64))  # GPT-1's, sliced
+
+    def heads_and_positions(self, x):
+        """(q, k, v) as (B, 2, N, 8), and the query and key positions i (N, 1), j (1, N)."""
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, 2, 8).permute(2, 0, 3, 1, 4).unbind(0)
+        return q, k, v, torch.arange(n, device=x.device)[:, None], torch.arange(n, device=x.device)[None, :]
+
+    @staticmethod
+    def attend(scores, v, x):
+        """softmax(scores) @ v, back to x's (B, N, 16)."""
+        b, n, _ = x.shape
+        return ((scores.softmax(-1) @ v).transpose(1, 2).reshape(b, n, 16),)
+
+
+class RuleMasked(_OneLayer):
+    """One attention layer whose boolean mask is built at run time from ``attention_mask`` by a rule."""
+
+    def __init__(self, rule: str, window: int = 3):
+        super().__init__(rule, window)
 
     def forward(self, x, attention_mask):
         b, n, _ = x.shape
-        q, k, v = self.qkv(x).view(b, n, 3, 2, 8).permute(2, 0, 3, 1, 4).unbind(0)
-        i = torch.arange(n, device=x.device)[:, None]
-        j = torch.arange(n, device=x.device)[None, :]
+        q, k, v, i, j = self.heads_and_positions(x)
         allowed = {
             "causal": j <= i,
             "bidirectional": torch.ones(n, n, dtype=torch.bool, device=x.device),
@@ -269,9 +285,7 @@ class RuleMasked(nn.Module):
         if self.rule == "headpad":  # (B, H, 1, M): not (B, 1, 1, M), so only the probe can call it padding
             allowed = allowed.expand(b, 2, 1, n)
         scores = (q @ k.transpose(-1, -2)) * 8**-0.5
-        scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
-        out = scores.softmax(-1) @ v
-        return (out.transpose(1, 2).reshape(b, n, 16),)
+        return self.attend(scores.masked_fill(~allowed, torch.finfo(scores.dtype).min), v, x)
 
 
 def _rule_inputs(n: int = SEQ):
@@ -402,23 +416,18 @@ def test_a_sliding_window_term_is_left_out_where_the_op_reaches_no_farther(form,
         assert has_term == kept, (form, variant, params)
 
 
-class TwoMasks(nn.Module):
+class TwoMasks(_OneLayer):
     """One attention layer that masks its scores twice, in the orders GPT-Neo and GPT-1 use and one more: what a
     row both masks block whole gets depends on each mask's fill and on which comes first (AttentionSite.
     blocked_groups)."""
 
     def __init__(self, rule: str, window: int = 0):
-        super().__init__()
-        torch.manual_seed(0)
-        self.rule, self.window = rule, window
-        self.qkv = nn.Linear(16, 48)
+        super().__init__(rule, window)
         self.register_buffer("bias", torch.tril(torch.ones(64, 64)).view(1, 1, 64, 64))  # GPT-1's, sliced
 
     def forward(self, x, attention_mask):
-        b, n, _ = x.shape
-        q, k, v = self.qkv(x).view(b, n, 3, 2, 8).permute(2, 0, 3, 1, 4).unbind(0)
-        i = torch.arange(n, device=x.device)[:, None]
-        j = torch.arange(n, device=x.device)[None, :]
+        n = x.shape[1]
+        q, k, v, i, j = self.heads_and_positions(x)
         causal = j <= i
         if self.window:
             causal = causal & (j > i - self.window)
@@ -433,8 +442,7 @@ class TwoMasks(nn.Module):
             s = s * keep + -1e4 * (1 - keep) + padding
         else:  # "pad-first": + the padding, then where(causal, s, -1e4), which replaces what the padding added
             s = torch.where(causal, s + padding, torch.tensor(-1e4))
-        out = s.softmax(-1) @ v
-        return (out.transpose(1, 2).reshape(b, n, 16),)
+        return self.attend(s, v, x)
 
 
 @pytest.mark.parametrize("dynamic", [True, False], ids=["dynamic", "static"])

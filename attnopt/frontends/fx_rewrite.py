@@ -60,47 +60,39 @@ def mean_where_blocked(y: torch.Tensor, v: torch.Tensor, key_padding: torch.Tens
     else:
         seen = kept[:, -1:]
     if groups:
-        mean = _mean_of_first_group(v, key_padding > MASK_FILL_MAX, kept, pos, window, groups)
+        mean = _mean_of_first_group(v, key_padding > MASK_FILL_MAX, pos, window, groups)
     else:
         mean = v.mean(dim=2, keepdim=True)
     mean = mean.repeat_interleave(y.shape[1] // v.shape[1], dim=1)
     return torch.where((seen == 0)[:, None, :, None], mean.to(y.dtype), y)
 
 
-def _mean_of_first_group(v: torch.Tensor, kept_keys: torch.Tensor, kept: torch.Tensor, pos: torch.Tensor,
-                         window: int, groups: tuple) -> torch.Tensor:
+def _mean_of_first_group(v: torch.Tensor, kept_keys: torch.Tensor, pos: torch.Tensor, window: int,
+                         groups: tuple) -> torch.Tensor:
     """(B, Hkv, N, D): for each query row at position ``pos``, the mean of v over the first of ``groups`` (tuples
-    of KEY_CLASSES) that holds a key, from running sums along the keys. ``kept_keys`` (B | 1, M) bool, ``kept`` its
-    running count."""
-    v = v.float()
-    ones = kept_keys.to(v.dtype)[:, None, :, None]
-    run_all, run_kept = v.cumsum(2), (v * ones).cumsum(2)
+    of KEY_CLASSES) that holds a key, from running sums along the keys of v with a column of ones appended (its
+    running sum counts the keys). ``kept_keys`` (B | 1, M) bool: the unpadded keys."""
+    v1 = torch.cat([v.float(), torch.ones_like(v[..., :1], dtype=torch.float32)], dim=-1)
+    run_all, run_kept = v1.cumsum(2), (v1 * kept_keys.to(v1.dtype)[:, None, :, None]).cumsum(2)
 
-    def upto(run, i):  # the running value at key i (0 before the first key), per query row
-        got = run[..., i.clamp(min=0), :] if run.dim() == 4 else run[:, i.clamp(min=0)]
-        keep = (i >= 0)[:, None] if run.dim() == 4 else (i >= 0)
-        return torch.where(keep, got, torch.zeros((), dtype=got.dtype))
+    def upto(run, i):  # the running sum up to key i (0 before the first key), per query row
+        return torch.where((i >= 0)[:, None], run[..., i.clamp(min=0), :], torch.zeros((), dtype=run.dtype))
 
-    m = v.shape[2]
     p, old = pos, (pos - window).clamp(min=-1) if window else pos.new_full(pos.shape, -1)  # old: the last key j <= p − W
-    count_kept = kept.to(v.dtype)
-    total_kept, total_all = run_kept[..., -1:, :], run_all[..., -1:, :]
-    k_p, k_old, k_all = upto(count_kept, p), upto(count_kept, old), count_kept[:, -1:]
-    sums = {  # class: (sum of the values (B, Hkv, N, D), key count (B | 1, N))
-        "past": (upto(run_all, p) - upto(run_all, old), (p - old).to(v.dtype)[None]),
-        "older": (upto(run_all, old) - upto(run_kept, old), (old + 1).to(v.dtype)[None] - k_old),
-        "older_kept": (upto(run_kept, old), k_old),
-        "future": (total_all - total_kept - upto(run_all, p) + upto(run_kept, p),
-                   (m - 1 - p).to(v.dtype)[None] - (k_all - k_p)),
-        "future_kept": (total_kept - upto(run_kept, p), k_all - k_p),
+    sums = {  # class: the sum of its values, then its key count: (B, Hkv, N, D + 1)
+        "past": upto(run_all, p) - upto(run_all, old),
+        "older": upto(run_all, old) - upto(run_kept, old),
+        "older_kept": upto(run_kept, old),
+        "future": run_all[..., -1:, :] - run_kept[..., -1:, :] - upto(run_all, p) + upto(run_kept, p),
+        "future_kept": run_kept[..., -1:, :] - upto(run_kept, p),
     }
-    mean = torch.zeros_like(run_all[..., :1, :].expand(-1, -1, p.shape[0], -1))
+    mean = torch.zeros_like(sums["past"][..., :-1])
     chosen = torch.zeros((), dtype=torch.bool)
     for group in groups:
-        total = sum(sums[c][0] for c in group)
-        count = sum(sums[c][1] for c in group)[:, None, :, None]
+        total = sum(sums[c] for c in group)
+        count = total[..., -1:]
         take = ~chosen & (count > 0)
-        mean = torch.where(take, total / count.clamp(min=1), mean)
+        mean = torch.where(take, total[..., :-1] / count.clamp(min=1), mean)
         chosen = chosen | take
     return mean
 

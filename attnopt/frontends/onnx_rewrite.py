@@ -369,7 +369,7 @@ class _Builder:
             seen = self.cut(kept, -1, None)  # every key's count: (B | 1, 1)
         blocked = self.op("Unsqueeze", [self.op("Equal", [seen, zero]), self.ints(1, 3)])  # (B | 1, 1, N | 1, 1)
         if groups:
-            mean = self._mean_of_first_group(v, kept_keys, kept, pos, m, window, groups)
+            mean = self._mean_of_first_group(v, kept_keys, pos, window, groups)
         else:  # the mean over the keys: (B, Hkv, 1, D)
             mean = self.op("Div", [self.op("ReduceSum", [v, self.ints(2)], {"keepdims": 1}),
                                    self.op("CastLike", [m, v])])
@@ -382,59 +382,52 @@ class _Builder:
                                                             self.op("Shape", [mean], {"start": 3})], {"axis": 0})])
         return self.op("Where", [blocked, self.op("CastLike", [mean, y]), y])
 
-    def _mean_of_first_group(self, v: ir.Value, kept_keys: ir.Value, kept: ir.Value, pos: ir.Value, m: ir.Value,
-                             window: int, groups: tuple) -> ir.Value:
+    def _mean_of_first_group(self, v: ir.Value, kept_keys: ir.Value, pos: ir.Value, window: int,
+                             groups: tuple) -> ir.Value:
         """``fx_rewrite._mean_of_first_group`` in ONNX ops: (B, Hkv, N, D) float32, from running sums along the
-        keys (a CumSum, which onnxruntime's CUDA provider computes in O(M²) along its axis: only sites whose
-        blocked rows need more than the mean of every key pay it)."""
+        keys of v with a column of ones appended (a CumSum, which onnxruntime's CUDA provider computes in O(M²)
+        along its axis: only sites whose blocked rows need more than the mean of every key pay it)."""
         f32 = ir.DataType.FLOAT
         vf = self.op("Cast", [v], {"to": f32})
-        two, one = self.const(np.array(2, np.int64)), self.const(np.array(1, np.int64))
-        ones = self.op("Unsqueeze", [self.op("Cast", [kept_keys], {"to": f32}), self.ints(1, 3)])  # (B|1,1,M,1)
-        run_all = self.op("CumSum", [vf, two])
-        run_kept = self.op("CumSum", [self.op("Mul", [vf, ones]), two])
-        count_kept = self.op("Cast", [kept], {"to": f32})  # (B | 1, M)
+        ones = self.op("ConstantOfShape", [self.op("Concat", [self.op("Shape", [vf], {"end": 3}), self.ints(1)],
+                                                   {"axis": 0})], {"value": ir.tensor(np.ones(1, np.float32))})
+        v1 = self.op("Concat", [vf, ones], {"axis": -1})
+        two = self.const(np.array(2, np.int64))
+        kept_col = self.op("Unsqueeze", [self.op("Cast", [kept_keys], {"to": f32}), self.ints(1, 3)])  # (B|1,1,M,1)
+        run_all = self.op("CumSum", [v1, two])
+        run_kept = self.op("CumSum", [self.op("Mul", [v1, kept_col]), two])
         zero_i, zero_f = self.const(np.array(0, np.int64)), self.const(np.array(0, np.float32))
 
-        def upto(run, i, axis):  # the running value at key i (0 before the first key), per query row
-            got = self.op("Gather", [run, self.op("Max", [i, zero_i])], {"axis": axis})
-            keep = self.op("GreaterOrEqual", [i, zero_i])
-            if axis == 2:
-                keep = self.op("Unsqueeze", [keep, self.ints(1)])  # (N, 1) against (B, Hkv, N, D)
-            return self.op("Where", [keep, got, zero_f])
+        def upto(run, i):  # the running sum up to key i (0 before the first key), per query row
+            got = self.op("Gather", [run, self.op("Max", [i, zero_i])], {"axis": 2})
+            return self.op("Where", [self.op("Unsqueeze", [self.op("GreaterOrEqual", [i, zero_i]), self.ints(1)]),
+                                     got, zero_f])
 
-        def last(run, axis):
-            return self.op("Slice", [run, self.ints(-1), self.ints(np.iinfo(np.int64).max), self.ints(axis)])
+        def last(run):
+            return self.op("Slice", [run, self.ints(-1), self.ints(np.iinfo(np.int64).max), self.ints(2)])
 
-        p = pos
-        old = (self.op("Max", [self.op("Sub", [pos, self.const(np.array(window, np.int64))]),
-                               self.const(np.array(-1, np.int64))]) if window
-               else self.op("Sub", [self.op("Mul", [pos, zero_i]), one]))  # the last key j <= p − W
-        as_f = lambda x: self.op("Cast", [x], {"to": f32})  # noqa: E731
-        k_p, k_old, k_all = upto(count_kept, p, 1), upto(count_kept, old, 1), last(count_kept, 1)
-        total_all, total_kept = last(run_all, 2), last(run_kept, 2)
-        all_p, kept_p = upto(run_all, p, 2), upto(run_kept, p, 2)
-        all_old, kept_old = upto(run_all, old, 2), upto(run_kept, old, 2)
-        m_1 = self.op("Sub", [self.op("Squeeze", [m]), one])
-        sums = {  # class: (sum of the values (B, Hkv, N, D), key count (B | 1, N))
-            "past": (lambda: self.op("Sub", [all_p, all_old]),
-                     lambda: self.op("Unsqueeze", [as_f(self.op("Sub", [p, old])), self.ints(0)])),
-            "older": (lambda: self.op("Sub", [all_old, kept_old]),
-                      lambda: self.op("Sub", [as_f(self.op("Add", [old, one])), k_old])),
-            "older_kept": (lambda: kept_old, lambda: k_old),
-            "future": (lambda: self.op("Add", [self.op("Sub", [self.op("Sub", [total_all, total_kept]), all_p]),
-                                               kept_p]),
-                       lambda: self.op("Sub", [as_f(self.op("Sub", [m_1, p])), self.op("Sub", [k_all, k_p])])),
-            "future_kept": (lambda: self.op("Sub", [total_kept, kept_p]), lambda: self.op("Sub", [k_all, k_p])),
+        minus_one = self.const(np.array(-1, np.int64))
+        old = (self.op("Max", [self.op("Sub", [pos, self.const(np.array(window, np.int64))]), minus_one]) if window
+               else self.op("Add", [self.op("Sub", [pos, pos]), minus_one]))  # the last key j <= p − W
+        all_p, kept_p, all_old, kept_old = (upto(r, i) for r, i in ((run_all, pos), (run_kept, pos),
+                                                                     (run_all, old), (run_kept, old)))
+        sums = {  # class: the sum of its values, then its key count: (B, Hkv, N, D + 1), built on first use
+            "past": lambda: self.op("Sub", [all_p, all_old]),
+            "older": lambda: self.op("Sub", [all_old, kept_old]),
+            "older_kept": lambda: kept_old,
+            "future": lambda: self.op("Add", [self.op("Sub", [self.op("Sub", [last(run_all), last(run_kept)]),
+                                                              all_p]), kept_p]),
+            "future_kept": lambda: self.op("Sub", [last(run_kept), kept_p]),
         }
         mean, chosen = None, None
         for group in groups:
-            total, count = sums[group[0]][0](), sums[group[0]][1]()
+            total = sums[group[0]]()
             for c in group[1:]:
-                total, count = self.op("Add", [total, sums[c][0]()]), self.op("Add", [count, sums[c][1]()])
-            count = self.op("Unsqueeze", [count, self.ints(1, 3)])  # (B | 1, 1, N, 1)
+                total = self.op("Add", [total, sums[c]()])
+            count = self.op("Slice", [total, self.ints(-1), self.ints(np.iinfo(np.int64).max), self.ints(3)])
+            value = self.op("Div", [self.op("Slice", [total, self.ints(0), self.ints(-1), self.ints(3)]),
+                                    self.op("Max", [count, self.const(np.array(1, np.float32))])])
             has = self.op("Greater", [count, zero_f])
-            value = self.op("Div", [total, self.op("Max", [count, self.const(np.array(1, np.float32))])])
             if mean is None:
                 mean, chosen = self.op("Where", [has, value, zero_f]), has
             else:
