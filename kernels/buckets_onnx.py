@@ -39,6 +39,7 @@ import onnxscript
 from onnxscript import opset18 as op
 
 from .onnx_functions import attnopt_opset
+from .prefix_sum_onnx import PrefixSum
 from .row_max_onnx import LastAxisMax
 from .softcap_onnx import Softcap
 
@@ -88,7 +89,6 @@ def MaskScalar(Mask):
 QUERY_BLOCK_SHARE = 2  # the rounds' blocks, as shares of a bucket's mean size (BucketAttention says why)
 KEY_BLOCK_SHARE = 1
 COUNTING_SORT_MAX_BUCKETS = 64  # above it a counting sort's (S, b) one-hot would outgrow the (S, D) inputs
-SCAN_BLOCK = 32  # the counting sort's running count: within blocks of 32 positions, then across blocks
 
 
 @onnxscript.script(attnopt_opset, default_opset=op)
@@ -103,32 +103,17 @@ def BucketSort(Buckets, NBuckets):
     (onnxruntime 1.31, S = 16384) a TopK over all S positions took 2.4 ms a call, and a
     ScatterElements histogram makes S atomic adds on b counters.
 
-    The running count is a CumSum within blocks of SCAN_BLOCK positions, then one across
-    the blocks: onnxruntime's CUDA CumSum sums every element's prefix afresh, O(L²) along
-    an axis of length L (10 ms a call here over all S positions at once).
+    The running count is ``PrefixSum``'s (onnxruntime's CUDA CumSum is O(S²) along an axis of S).
     """
     three = op.Constant(value_ints=[3])
     s = op.Shape(Buckets, start=3, end=4)
     positions = op.Expand(op.Range(0, op.Squeeze(s), 1), op.Shape(Buckets))
-    # The counting sort's sizes, computed out here (onnx_functions: sizes an If branch reads stay on the host).
-    t = op.Constant(value_ints=[SCAN_BLOCK])
-    blocks = op.Div(op.Sub(op.Add(s, t), 1), t)
-    lead = op.Shape(Buckets, start=0, end=3)
-    tail_shape = op.Concat(lead, op.Sub(op.Mul(blocks, t), s), axis=0)
-    block_shape = op.Concat(lead, blocks, t, NBuckets, axis=0)
-    flat_shape = op.Concat(lead, op.Mul(blocks, t), NBuckets, axis=0)
     last = op.Sub(s, 1)
     buckets = op.Range(0, op.Squeeze(NBuckets), 1)
-    count_shape = op.Concat(lead, NBuckets, axis=0)
+    count_shape = op.Concat(op.Shape(Buckets, start=0, end=3), NBuckets, axis=0)
     if op.LessOrEqual(op.ReduceMax(NBuckets, keepdims=0), op.Constant(value_int=COUNTING_SORT_MAX_BUCKETS)):
-        # Whole blocks: the tail positions get bucket −1, which no bucket matches (a Concat: onnxruntime's
-        # CUDA Pad has no integer kernel, and fell back to the host).
-        whole = op.Concat(Buckets, op.ConstantOfShape(tail_shape, value=_MINUS_ONE_I64), axis=3)
-        hot = op.Cast(op.Equal(op.Unsqueeze(whole, [4]), buckets), to=onnx.TensorProto.INT32)  # (B, H, R, S', b)
-        inner = op.CumSum(op.Reshape(hot, block_shape), op.Constant(value_ints=[4]))  # within each block
-        before = op.CumSum(op.Slice(inner, op.Sub(t, 1), t, op.Constant(value_ints=[4])), three,
-                           exclusive=1)  # the blocks before
-        seen = op.Reshape(op.Add(inner, before), flat_shape)  # seen[.., i, c]: positions <= i in bucket c
+        hot = op.Cast(op.Equal(op.Unsqueeze(Buckets, [4]), buckets), to=onnx.TensorProto.INT32)  # (B, H, R, S, b)
+        seen = PrefixSum(hot)  # seen[.., i, c]: positions <= i in bucket c
         count = op.Cast(op.Squeeze(op.Slice(seen, last, s, three), three), to=_INT64)  # (B, H, R, b)
         rank = op.Squeeze(op.Cast(op.GatherElements(seen, op.Unsqueeze(Buckets, [4]), axis=4), to=_INT64), [4])
         slot = op.Add(op.Sub(rank, 1), op.GatherElements(op.Sub(op.CumSum(count, three), count), Buckets, axis=3))

@@ -61,10 +61,11 @@ _HELPERS: dict = {}  # op_type -> onnxscript function, for helpers met in a load
 
 def _shared_helpers() -> tuple:
     """Helpers any body may call without listing them in CALLS."""
+    from .prefix_sum_onnx import PrefixSum
     from .row_max_onnx import LastAxisMax
     from .softcap_onnx import Softcap
 
-    return (Softcap, LastAxisMax)
+    return (Softcap, LastAxisMax, PrefixSum)
 
 
 def _body(op_type: str):

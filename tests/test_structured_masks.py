@@ -409,7 +409,7 @@ def test_a_sliding_window_term_is_left_out_where_the_op_reaches_no_farther(form,
                 result.save(out)
                 got = torch.from_numpy(ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(
                     None, {"x": x.numpy(), "attention_mask": pad.numpy()})[0])
-                (op,) = [n for n in result.model.graph if n.domain == "ai.attnopt"]
+                (op,) = [n for n in result.model.graph if n.op_type == get_variant(variant).onnx_op_type]
                 producer = op.inputs[3].producer()  # None: an initializer (the folded term itself)
                 has_term = producer is None or producer.op_type != "Constant"
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
@@ -488,6 +488,29 @@ def test_rows_two_masks_block_get_what_the_original_gives_them(form, dynamic, ru
         report = attnopt.validate(source, tmp_path / "rewritten.onnx",
                                   inputs={"x": x.numpy(), "attention_mask": blocked.numpy()})
     assert report.is_exact(1e-5), report.to_dict()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not _cuda_ep(), reason="needs a GPU and onnxruntime-gpu")
+@pytest.mark.parametrize("rule, window", [("neo", 0), ("neo", 3), ("pad-first", 0)])
+def test_blocked_row_correction_on_the_cuda_provider_equals_the_cpu_provider(rule, window, tmp_path):
+    """The correction's running sums (ai.attnopt::PrefixSum) on onnxruntime's CUDA provider, over a length of
+    several scan blocks that is a multiple of none, give what the CPU provider gives."""
+    source = tmp_path / "two.onnx"
+    with zoo_lib.quiet():
+        torch.onnx.export(TwoMasks(rule, window).eval(), _rule_inputs(), str(source), dynamo=False,
+                          opset_version=17, input_names=["x", "attention_mask"],
+                          dynamic_axes={"x": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}})
+    result = attnopt.rewrite(str(source), "segmented", segment_size=SEQ)
+    result.save(tmp_path / "rewritten.onnx")
+    x, pad = _rule_inputs(300)
+    pad[1, :37] = 0
+    pad[1, 100:140] = 0
+    feeds = {"x": x.numpy(), "attention_mask": pad.numpy()}
+    cpu, cuda = (ort.InferenceSession(str(tmp_path / "rewritten.onnx"), providers=[provider]).run(None, feeds)[0]
+                 for provider in ("CPUExecutionProvider", ("CUDAExecutionProvider", {"use_tf32": "0"})))
+    np.testing.assert_allclose(cuda, cpu, atol=1e-4, rtol=0)
+    assert np.abs(cpu[1, :37]).max() > 0  # the padded rows got a mean, not zeros
 
 
 @pytest.mark.parametrize("name", [

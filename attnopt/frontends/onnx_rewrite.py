@@ -211,11 +211,16 @@ class _Builder:
         self.count += 1
         return f"{self.prefix}/attnopt_{what}_{self.count}"
 
-    def op(self, op_type: str, inputs, attrs=None) -> ir.Value:
-        out = self.tape.op(op_type, inputs, attrs, name=self.name(op_type.lower()))
+    def op(self, op_type: str, inputs, attrs=None, domain: str = "") -> ir.Value:
+        out = self.tape.op(op_type, inputs, attrs, domain=domain, name=self.name(op_type.lower()))
         out.name = self.name(op_type.lower() + "_out")
         self.made.add(out)
         return out
+
+    def prefix_sum(self, x: ir.Value) -> ir.Value:
+        """x's running sum along axis −2, as ``ai.attnopt::PrefixSum`` (``kernels.prefix_sum_onnx``: onnxruntime's
+        CUDA CumSum is O(L²) along its axis)."""
+        return self.op("PrefixSum", [x], domain=DOMAIN)
 
     def const(self, array) -> ir.Value:
         return self.op("Constant", [], {"value": ir.tensor(np.asarray(array), name=self.name("c"))})
@@ -352,7 +357,8 @@ class _Builder:
         i64 = ir.DataType.INT64
         kept_keys = self.op("Greater", [key_padding, self.op("CastLike", [
             self.const(np.array(MASK_FILL_MAX, np.float32)), key_padding])])
-        kept = self.op("CumSum", [self.op("Cast", [kept_keys], {"to": i64}), self.const(np.array(1, np.int64))])
+        kept = self.op("Squeeze", [self.prefix_sum(self.op("Unsqueeze", [self.op("Cast", [kept_keys], {"to": i64}),
+                                                                         self.ints(2)])), self.ints(2)])
         zero = self.const(np.array(0, np.int64))
         n = self.op("Shape", [y], {"start": 2, "end": 3})
         m = self.op("Shape", [v], {"start": 2, "end": 3})
@@ -385,17 +391,16 @@ class _Builder:
     def _mean_of_first_group(self, v: ir.Value, kept_keys: ir.Value, pos: ir.Value, window: int,
                              groups: tuple) -> ir.Value:
         """``fx_rewrite._mean_of_first_group`` in ONNX ops: (B, Hkv, N, D) float32, from running sums along the
-        keys of v with a column of ones appended (a CumSum, which onnxruntime's CUDA provider computes in O(M²)
-        along its axis: only sites whose blocked rows need more than the mean of every key pay it)."""
+        keys of v with a column of ones appended (only sites whose blocked rows need more than the mean of every
+        key pay them)."""
         f32 = ir.DataType.FLOAT
         vf = self.op("Cast", [v], {"to": f32})
         ones = self.op("ConstantOfShape", [self.op("Concat", [self.op("Shape", [vf], {"end": 3}), self.ints(1)],
                                                    {"axis": 0})], {"value": ir.tensor(np.ones(1, np.float32))})
         v1 = self.op("Concat", [vf, ones], {"axis": -1})
-        two = self.const(np.array(2, np.int64))
         kept_col = self.op("Unsqueeze", [self.op("Cast", [kept_keys], {"to": f32}), self.ints(1, 3)])  # (B|1,1,M,1)
-        run_all = self.op("CumSum", [v1, two])
-        run_kept = self.op("CumSum", [self.op("Mul", [v1, kept_col]), two])
+        run_all = self.prefix_sum(v1)
+        run_kept = self.prefix_sum(self.op("Mul", [v1, kept_col]))
         zero_i, zero_f = self.const(np.array(0, np.int64)), self.const(np.array(0, np.float32))
 
         def upto(run, i):  # the running sum up to key i (0 before the first key), per query row
