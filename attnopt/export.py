@@ -50,6 +50,17 @@ def _translation(spec):
     return translate
 
 
+def _prefix_sum_translation():
+    """``attnopt::prefix_sum`` (the blocked-row correction's running sums) as ``ai.attnopt::PrefixSum``, not the
+    CumSum that onnxruntime's CUDA provider computes in O(L²) along its axis (``kernels.prefix_sum_onnx``)."""
+    from attnopt.kernels.onnx_functions import attnopt_opset
+
+    def attnopt_prefix_sum(x):
+        return attnopt_opset.PrefixSum(x)
+
+    return attnopt_prefix_sum
+
+
 def export_onnx(graph_module, example_inputs, path, *, dynamic_shapes=None, input_names=None,
                 output_names=None, opset_version: int = 18, verbose: bool = False):
     """Export a (rewritten) GraphModule / nn.Module to ONNX at ``path``; returns the path.
@@ -60,11 +71,13 @@ def export_onnx(graph_module, example_inputs, path, *, dynamic_shapes=None, inpu
     import onnx
     import torch
 
+    from attnopt.kernels import prefix_sum  # noqa: F401  registers torch.ops.attnopt.prefix_sum
     from attnopt.kernels.onnx_functions import attach_functions, register_schemas
     from attnopt.kernels.registry import all_variants
 
     register_schemas()
     table = {spec.torch_op.default: _translation(spec) for spec in all_variants()}
+    table[torch.ops.attnopt.prefix_sum.default] = _prefix_sum_translation()
     sink = io.StringIO()
     # The exporter logs a warning per missing optional library (torchvision) on every export.
     logging.getLogger("torch.onnx").setLevel(logging.WARNING if verbose else logging.ERROR)

@@ -27,7 +27,7 @@ the ops ``attnopt::cudnn_window``, ``cudnn_window_lse`` and ``cudnn_segments`` w
 fakes, so torch.compile keeps each as one node inside the band ops' Triton
 decomposition (no graph break).
 Execution plans are built once per shape and reused (building takes about a second). Outside of any tracing
-the ops' implementations run directly (``_eager``): at short lengths the host's time is the call's time.
+the ops' implementations run directly (``untraced``): at short lengths the host's time is the call's time.
 """
 
 from __future__ import annotations
@@ -39,9 +39,9 @@ from typing import Optional  # torch.library reads the ops' annotations: Optiona
 
 import torch
 from torch import Tensor
-from torch.utils._python_dispatch import _get_current_dispatch_mode as _current_dispatch_mode
 
 from .band import whole_segments
+from .untraced import untraced
 
 __all__ = ["available", "diagonal_bounds", "eligible", "frontend_version", "segment_pairs", "segments_attention",
            "segments_eligible", "window_attention", "window_lse_attention"]
@@ -243,23 +243,15 @@ for _name, _impl, _fake in (("cudnn_window", _window, _like_out), ("cudnn_window
 _IMPLS = {"cudnn_window": _window, "cudnn_window_lse": _window_lse, "cudnn_segments": _segments}
 
 
-def _eager(*tensors: Tensor) -> bool:
-    """Real tensors with nothing tracing them: no fake, functional or functorch-wrapped tensors, no dispatch mode,
-    not compiling. Then an op's implementation runs directly: the dispatcher's round trip through a Python custom
-    op costs about 25 µs a call on the H200's host (BENCHMARKS.md, issue 9), as much as a short band's kernel."""
-    return (all(type(t) is torch.Tensor and not torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors)
-            and _current_dispatch_mode() is None and not torch.compiler.is_compiling())
-
-
 def _call(name: str):
     op = getattr(torch.ops.attnopt, name)
     impl = _IMPLS[name]
 
     def call(q: Tensor, k: Tensor, v: Tensor, *args):
-        return (impl if _eager(q, k, v) else op)(q, k, v, *args)
+        return (impl if untraced(q, k, v) else op)(q, k, v, *args)
 
     call.__name__ = name
-    call.__doc__ = f"torch.ops.attnopt.{name}, or its implementation where nothing traces the call (``_eager``)."
+    call.__doc__ = f"torch.ops.attnopt.{name}, or its implementation where nothing traces the call (``untraced``)."
     return call
 
 

@@ -224,10 +224,19 @@ def _schema(spec) -> onnx.defs.OpSchema:
     )
 
 
+def _prefix_sum_schema() -> onnx.defs.OpSchema:
+    Param = onnx.defs.OpSchema.FormalParameter
+    return onnx.defs.OpSchema(
+        "PrefixSum", DOMAIN, DOMAIN_VERSION, doc="the inclusive running sum along axis -2 (prefix_sum_onnx)",
+        inputs=[Param("X", "T", "(..., L, C)")], outputs=[Param("Y", "T", "X's running sum along L")],
+        type_constraints=[("T", _FLOAT_TYPES + ["tensor(int32)", "tensor(int64)"], "summed type")])
+
+
 def register_schemas() -> None:
-    """Register an OpSchema per variant op (once per process); helper functions need none."""
+    """Register an OpSchema per variant op, and for PrefixSum, which a graph calls directly (once per process);
+    the bodies' other helpers need none."""
     from .registry import all_variants
 
-    for spec in all_variants():
-        if not onnx.defs.has(spec.onnx_op_type, DOMAIN):
-            onnx.defs.register_schema(_schema(spec))
+    for schema in [_schema(spec) for spec in all_variants()] + [_prefix_sum_schema()]:
+        if not onnx.defs.has(schema.name, DOMAIN):
+            onnx.defs.register_schema(schema)

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from attnopt.kernels import cudnn_band
+from attnopt.kernels.untraced import untraced
 
 
 def _allowed(n: int, m: int, unit: int, before: int, after: int, causal: bool) -> torch.Tensor:
@@ -53,24 +54,24 @@ def test_cpu_tensors_are_not_eligible():
 
 
 def test_ops_run_directly_only_where_nothing_traces():
-    """Plain tensors call the implementation; fake tensors (torch.compile's tracing) and an active dispatch mode
+    """kernels.untraced (cuDNN's bands and the running sum): plain tensors call the implementation; fake tensors (torch.compile's tracing) and an active dispatch mode
     keep the op, so a traced graph records it."""
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.utils._python_dispatch import TorchDispatchMode
 
     q = torch.randn(1, 2, 16, 64)
-    assert cudnn_band._eager(q, q, q)
+    assert untraced(q, q, q)
     with FakeTensorMode():
         fake = torch.empty(1, 2, 16, 64)
-        assert not cudnn_band._eager(fake, fake, fake)
+        assert not untraced(fake, fake, fake)
 
     class Watching(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             return func(*args, **(kwargs or {}))
 
     with Watching():
-        assert not cudnn_band._eager(q, q, q)
-    assert not torch.vmap(lambda t: torch.tensor(cudnn_band._eager(t, t, t)))(q).any()
+        assert not untraced(q, q, q)
+    assert not torch.vmap(lambda t: torch.tensor(untraced(t, t, t)))(q).any()
 
 
 def test_the_output_layout_needs_no_tensor():

@@ -490,6 +490,31 @@ def test_rows_two_masks_block_get_what_the_original_gives_them(form, dynamic, ru
     assert report.is_exact(1e-5), report.to_dict()
 
 
+def test_fx_export_of_the_correction_keeps_its_running_sums_off_cumsum(tmp_path):
+    """An fx-rewritten layer with the blocked-row correction, exported to ONNX: its running sums become
+    ai.attnopt::PrefixSum (onnxruntime's CUDA CumSum is O(L²)), no CumSum is left, and onnxruntime's output
+    equals torch's on rows the masks block whole."""
+    from attnopt.kernels.onnx_functions import all_nodes
+
+    x, pad = _rule_inputs()
+    result = attnopt.rewrite(torch.export.export(TwoMasks("neo", 3).eval(), (x, pad)), "segmented",
+                             segment_size=SEQ)
+    blocked = pad.clone()
+    blocked[1, :3] = 0
+    blocked[1, 5:9] = 0
+    path = attnopt.export_onnx(result.model, (x, blocked), tmp_path / "fx.onnx", input_names=["x", "attention_mask"])
+    proto = onnx.load(str(path))
+    calls = [n.op_type for n in proto.graph.node if n.domain == "ai.attnopt"]
+    assert calls.count("PrefixSum") == 3, calls  # the kept-key count and the two sums of the values
+    assert "CumSum" not in {n.op_type for n in all_nodes(proto.graph.node)}
+    onnx.checker.check_model(proto, full_check=True)
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x.numpy(), "attention_mask": blocked.numpy()})[0]
+    with torch.no_grad():
+        want = result.model(x, blocked)[0]
+    np.testing.assert_allclose(got, want.numpy(), atol=1e-6, rtol=0)
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not _cuda_ep(), reason="needs a GPU and onnxruntime-gpu")
 @pytest.mark.parametrize("rule, window", [("neo", 0), ("neo", 3), ("pad-first", 0)])

@@ -19,6 +19,7 @@ import torch
 import torch.fx as fx
 
 from ..errors import SiteNotApplicable
+from ..kernels.prefix_sum import prefix_sum
 from ..match import MASK_FILL_MAX
 from ..site import (LAYOUT_BHSD, LAYOUT_BSD, LAYOUT_FLAT, MASK_BOOLEAN, MASK_BOOLEAN_BLOCKED, MASK_NONZERO_KEEP,
                     AttentionSite, ValueRef, extra_axis_count, folded, permutes_bhsd)
@@ -48,8 +49,10 @@ def mean_where_blocked(y: torch.Tensor, v: torch.Tensor, key_padding: torch.Tens
                        window: int, groups: tuple = ()) -> torch.Tensor:
     """y (B, H, N, D) with the rows that ``key_padding`` (additive (B | 1, M)) leaves no key, under causality and
     a window of W keys (0: none), replaced by the mean of every value, or with ``groups`` (AttentionSite.
-    blocked_groups) of the first group of key classes that holds a key (``lowering.blocked_rows``)."""
-    kept = (key_padding > MASK_FILL_MAX).to(torch.int64).cumsum(-1)  # (B | 1, M): kept keys up to j
+    blocked_groups) of the first group of key classes that holds a key (``lowering.blocked_rows``). The running
+    sums are ``prefix_sum``'s, which an ONNX export turns into ``ai.attnopt::PrefixSum``."""
+    kept_keys = (key_padding > MASK_FILL_MAX).to(torch.int64)
+    kept = prefix_sum(kept_keys[..., None])[..., 0]  # (B | 1, M): kept keys up to j
     n, m = y.shape[2], v.shape[2]
     pos = torch.arange(m - n, m, device=y.device)
     if causal:
@@ -73,7 +76,7 @@ def _mean_of_first_group(v: torch.Tensor, kept_keys: torch.Tensor, pos: torch.Te
     of KEY_CLASSES) that holds a key, from running sums along the keys of v with a column of ones appended (its
     running sum counts the keys). ``kept_keys`` (B | 1, M) bool: the unpadded keys."""
     v1 = torch.cat([v.float(), torch.ones_like(v[..., :1], dtype=torch.float32)], dim=-1)
-    run_all, run_kept = v1.cumsum(2), (v1 * kept_keys.to(v1.dtype)[:, None, :, None]).cumsum(2)
+    run_all, run_kept = prefix_sum(v1), prefix_sum(v1 * kept_keys.to(v1.dtype)[:, None, :, None])
 
     def upto(run, i):  # the running sum up to key i (0 before the first key), per query row
         return torch.where((i >= 0)[:, None], run[..., i.clamp(min=0), :], torch.zeros((), dtype=run.dtype))
