@@ -2,6 +2,7 @@
 
 It runs in onnxscript's eager mode, and as a graph-level ``ai.attnopt`` node (how the blocked-row
 correction calls it) in onnxruntime's CPU provider, and where a GPU is present on the CUDA provider.
+Its torch twin, kernels/prefix_sum.py's op, is cumsum with cumsum's gradient, and a tracer records it.
 """
 
 from __future__ import annotations
@@ -10,11 +11,13 @@ import json
 
 import numpy as np
 import onnx
+import torch
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
 from attnopt.kernels.onnx_functions import attach_functions
+from attnopt.kernels.prefix_sum import prefix_sum
 from attnopt.kernels.prefix_sum_onnx import SCAN_BLOCK, PrefixSum
 from attnopt.onnx_compat import DOMAIN
 from bench_scripts import load
@@ -74,3 +77,16 @@ def test_benchmark_script_times_both_and_checks_they_agree(tmp_path):
     load("ort_prefix_sum").main(["--provider", "cpu", "--n", "100", "--budget-s", "0", "--json", str(out)])
     rows = json.loads(out.read_text())
     assert len(rows) == 2 and all(r["equal"] and r["cumsum_ms"] > 0 and r["prefix_sum_ms"] > 0 for r in rows)
+
+
+def test_torch_op_is_cumsum_with_its_gradient_and_a_tracer_records_it():
+    x = torch.randn(2, 7, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.equal(torch.ops.attnopt.prefix_sum(x), x.cumsum(-2))
+    assert torch.autograd.gradcheck(torch.ops.attnopt.prefix_sum, (x,))
+
+    class Summing(torch.nn.Module):
+        def forward(self, t):
+            return prefix_sum(t) * 2
+
+    graph = torch.export.export(Summing(), (x.detach(),)).graph
+    assert [n.target for n in graph.nodes if n.op == "call_function"][0] == torch.ops.attnopt.prefix_sum.default
