@@ -328,13 +328,43 @@ def test_an_original_that_fails_onnxruntime_is_blamed_not_the_rewrite(two_layer_
     path = tmp_path / "odd.onnx"
     onnx.save(model, str(path))
     result = attnopt.rewrite(path, "segmented", segment_size=4)
-    with pytest.raises(attnopt.errors.RewriteVerificationError, match="original model fails onnxruntime too"):
+    with pytest.raises(attnopt.errors.RewriteVerificationError, match="original model fails onnxruntime too") as e:
         result.save(tmp_path / "seg.onnx")
     assert not (tmp_path / "seg.onnx").exists()
+    # each model's own error, named: the original's points at the MatMul added outside the sites
+    original, rewritten = str(e.value).split("The original: ")[1].split(" | the rewritten model: ")
+    assert "MatMul" in original and "\n" not in str(e.value)
     result = attnopt.rewrite(two_layer_onnx, "segmented", segment_size=4)  # a good original keeps the site's blame
     _break_first_op(result)
     with pytest.raises(attnopt.errors.RewriteVerificationError, match="the rewritten model fails"):
         result.save(tmp_path / "broken.onnx")
+
+
+def test_an_original_that_only_fails_when_run_is_named_beside_the_rewrite(two_layer_onnx, tmp_path):
+    """A broken export can load and fail only on its first run, while the rewrite fails at load (a TorchScript
+    CANINE): the rewrite is not written, and the error says that the original fails its run too."""
+    import onnx_ir as ir
+
+    model = ir.load(str(two_layer_onnx))
+    _fails_when_run(model.graph, model.graph.outputs[0])
+    path = tmp_path / "odd.onnx"
+    ir.save(model, str(path))
+    result = attnopt.rewrite(path, "segmented", segment_size=4)
+    # a MatMul on the output with a weight of the wrong height: the checker passes, ORT's shape inference refuses
+    graph, y = result.model.graph, result.model.graph.outputs[0]
+    weight = ir.Value(name="odd_w", const_value=ir.tensor(np.ones((y.shape[-1] + 1, 2), np.float32)))
+    graph.initializers[weight.name] = weight
+    node = ir.node("MatMul", [y, weight], name="odd_matmul")
+    node.outputs[0].name, node.outputs[0].dtype = "odd_product", ir.DataType.FLOAT
+    node.outputs[0].shape = ir.Shape([None, None, 2])
+    graph.append(node)
+    graph.outputs.append(node.outputs[0])
+    with pytest.raises(attnopt.errors.RewriteVerificationError,
+                       match="the original loads but fails its first run") as e:
+        result.save(tmp_path / "seg.onnx")
+    assert not (tmp_path / "seg.onnx").exists()
+    original, rewritten = str(e.value).split("The original: ")[1].split(" | the rewritten model: ")
+    assert "odd_reshape" in original and "odd_matmul" in rewritten, str(e.value)
 
 
 def _fails_when_run(graph, value):

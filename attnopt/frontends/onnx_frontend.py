@@ -104,11 +104,22 @@ class OnnxFrontend(Frontend):
             where = f"site {culprit}: " if culprit else ""
             if stage == "onnxruntime (a run)" and not _original_works(ort, loaded.source, options, feeds):
                 return  # the original cannot take these made-up inputs either: the run proves nothing
-            if stage == "onnxruntime" and _original_works(ort, loaded.source, options) is False:
-                raise RewriteVerificationError(
-                    f"the original model fails onnxruntime too, so the rewrite could not be checked and was not "
-                    f"written (the export is broken outside attnopt's sites; try the other exporter): "
-                    f"{one_line(e)}") from None
+            if stage == "onnxruntime":
+                why: list[str] = []
+                loads = _original_works(ort, loaded.source, options, why=why)
+                if loads is False:
+                    raise RewriteVerificationError(
+                        f"the original model fails onnxruntime too, so the rewrite could not be checked and was not "
+                        f"written (the export is broken outside attnopt's sites; try the other exporter). The "
+                        f"original: {why[0]} | the rewritten model: {one_line(e)}") from None
+                # A broken export can load and fail only when run (a MatMul of mismatched widths), while the
+                # rewritten body's shape inference meets the same shapes at load.
+                if loads and _original_works(ort, loaded.source, options, _verify_feeds(model), why=why) is False:
+                    raise RewriteVerificationError(
+                        f"{where}the rewritten model fails onnxruntime, so it was not written; the original loads "
+                        f"but fails its first run on made-up inputs, so the export may be broken outside attnopt's "
+                        f"sites (try the other exporter). The original: {why[0]} | the rewritten model: "
+                        f"{one_line(e)}") from None
             raise RewriteVerificationError(f"{where}the rewritten model fails {stage}, so it was not written: "
                                            f"{one_line(e)}") from None
 
@@ -187,16 +198,20 @@ def _verify_feeds(model) -> dict | None:
         return None
 
 
-def _original_works(ort, source: str, options, feeds: dict | None = None) -> bool | None:
+def _original_works(ort, source: str, options, feeds: dict | None = None, why: list | None = None) -> bool | None:
     """Whether the model file the rewrite read opens in onnxruntime and, given ``feeds``, runs on them; None
     where there is no file to try. Some exports fail on their own: a TorchScript export of CANINE fails ORT's
-    shape inference in a layer no rewrite touches."""
+    shape inference in a layer no rewrite touches. ``why`` collects onnxruntime's words for a failure."""
     if not source or not os.path.isfile(source):
         return None
     try:
         session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
-        if feeds is not None:
-            session.run(None, feeds)
-    except Exception:  # noqa: BLE001  any failure is the answer
+        if feeds is not None:  # the rewritten model's inputs: the original's, and any state the rewrite added
+            session.run(None, {i.name: feeds[i.name] for i in session.get_inputs() if i.name in feeds})
+    except Exception as e:  # noqa: BLE001  any failure is the answer
+        if why is not None:
+            from ..errors import one_line
+
+            why.append(one_line(e))
         return False
     return True
