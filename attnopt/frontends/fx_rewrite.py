@@ -51,8 +51,8 @@ def mean_where_blocked(y: torch.Tensor, v: torch.Tensor, key_padding: torch.Tens
     a window of W keys (0: none), replaced by the mean of every value, or with ``groups`` (AttentionSite.
     blocked_groups) of the first group of key classes that holds a key (``lowering.blocked_rows``). The running
     sums are ``prefix_sum``'s, which an ONNX export turns into ``ai.attnopt::PrefixSum``."""
-    kept_keys = (key_padding > MASK_FILL_MAX).to(torch.int64)
-    kept = prefix_sum(kept_keys[..., None])[..., 0]  # (B | 1, M): kept keys up to j
+    kept_keys = key_padding > MASK_FILL_MAX  # (B | 1, M): the unpadded keys
+    kept = prefix_sum(kept_keys.to(torch.int64)[..., None])[..., 0]  # kept keys up to j
     n, m = y.shape[2], v.shape[2]
     pos = torch.arange(m - n, m, device=y.device)
     if causal:
@@ -63,7 +63,7 @@ def mean_where_blocked(y: torch.Tensor, v: torch.Tensor, key_padding: torch.Tens
     else:
         seen = kept[:, -1:]
     if groups:
-        mean = _mean_of_first_group(v, key_padding > MASK_FILL_MAX, pos, window, groups)
+        mean = _mean_of_first_group(v, kept_keys, pos, window, groups)
     else:
         mean = v.mean(dim=2, keepdim=True)
     mean = mean.repeat_interleave(y.shape[1] // v.shape[1], dim=1)
