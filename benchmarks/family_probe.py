@@ -8,8 +8,9 @@ offers it (eager, sdpa), and exported with each exporter (TorchScript at opset 1
 fx path (``export``: torch.export with the sequence axes dynamic, as ``torch.export.Dim.AUTO`` leaves them).
 attnopt then detects its sites, rewrites them with segmented at its exact limit (one segment longer than the
 input, two sinks) and validates the result against the original. One JSON line per (family, implementation, exporter):
-the stage reached (build, export, detect, rewrite, validate, done), the sites found and rewritten, whether
-the rewrite is exact, and the error where one stopped it. At the end a table counts the outcomes.
+the stage reached (build, export, detect, rewrite, validate, done; an ONNX export that onnxruntime cannot load
+stops at export), the sites found and rewritten, whether the rewrite is exact, and the error where one stopped
+it. At the end a table counts the outcomes.
 
 An export that fails in torch, or a family this transformers cannot build, is not attnopt's; any other stop
 is. The house rule for those: add the family to ``tests/zoo.py``, then fix the general mechanism. The sizes
@@ -389,6 +390,11 @@ def _export(exporter: str, built, path: Path):
                           **names)
     else:
         torch.onnx.export(built.module, built.inputs, str(path), dynamo=False, opset_version=17, **names)
+    # an export onnxruntime cannot load is the exporter's (TorchScript's Mamba2 Transpose with a negative perm):
+    # it stops here, not later as a rewrite that "fails" on an original that never ran
+    import onnxruntime
+
+    onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return path, {n: t.numpy() for n, t in zip(built.input_names, built.inputs)}
 
 
