@@ -138,10 +138,16 @@ def _inputs_ok(q: Tensor, k: Tensor, v: Tensor) -> bool:
 def _supported(device, dtype, layout, left, right, scale, stats: bool = False, sink: bool = False) -> bool:
     if layout is None:
         return False
+    return supported(_plan_key(device, dtype, layout, left, right, scale, stats, sink),
+                     lambda: _plan(device, dtype, layout, left, right, scale, stats, sink))
+
+
+def supported(key: tuple, build) -> bool:
+    """Whether ``build()`` gets a plan from cuDNN; a refusal is remembered under ``key`` (``built_plan``'s)."""
     try:
-        _plan(device, dtype, layout, left, right, scale, stats, sink)
-    except Exception:  # noqa: BLE001  cuDNN refused this configuration: the band kernel serves it
-        _keep(_plan_key(device, dtype, layout, left, right, scale, stats, sink), None)
+        build()
+    except Exception:  # noqa: BLE001  cuDNN refused this configuration: the Triton kernels serve it
+        _keep(key, None)
         return False
     return True
 
@@ -153,18 +159,23 @@ def _run(q: Tensor, k: Tensor, v: Tensor, out: Tensor, left: int | None, right: 
     denominator term a head (GPT-OSS's learned sink)."""
     run = _plan(q.device, q.dtype, _layout(q, k, v, out), left, right, scale, lse is not None,
                 sink_logits is not None)
-    stream = torch._C._cuda_getCurrentRawStream(q.device.index)  # torch.cuda.current_stream's pointer, no object
-    streams = _state.setdefault("streams", {})
-    if streams.get(q.device.index) != stream:  # the handle keeps its stream: set it only when torch's changes
-        run["cudnn"].set_stream(handle=run["handle"], stream=stream)
-        streams[q.device.index] = stream
     pack = {run["q"]: q, run["k"]: k, run["v"]: v, run["o"]: out}
     if lse is not None:
         pack[run["stats"]] = lse
     if sink_logits is not None:
         pack[run["sink"]] = sink_logits
+    execute(run, pack, q.device)
+
+
+def execute(run: dict, pack: dict, device: torch.device) -> None:
+    """Run a plan of ``built_plan`` on ``pack`` ({its tensor: the torch tensor}) on torch's current stream."""
+    stream = torch._C._cuda_getCurrentRawStream(device.index)  # torch.cuda.current_stream's pointer, no object
+    streams = _state.setdefault("streams", {})
+    if streams.get(device.index) != stream:  # the handle keeps its stream: set it only when torch's changes
+        run["cudnn"].set_stream(handle=run["handle"], stream=stream)
+        streams[device.index] = stream
     size = run["workspace"]
-    run["graph"].execute(pack, torch.empty(size, dtype=torch.uint8, device=q.device) if size else None,
+    run["graph"].execute(pack, torch.empty(size, dtype=torch.uint8, device=device) if size else None,
                          handle=run["handle"])
 
 
@@ -298,12 +309,36 @@ def _plan(device: torch.device, dtype: torch.dtype, layout: tuple, left: int | N
           scale: float, stats: bool = False, sink: bool = False) -> dict:
     """The built cuDNN graph for these shapes, strides and bounds (built on first use, then reused); ``stats``:
     it also writes the log-sum-exp, (B, H, N) fp32; ``sink``: it takes a sink logit a head, (H,) fp32."""
-    key = _plan_key(device, dtype, layout, left, right, scale, stats, sink)
+
+    def describe(cudnn, graph, io):
+        (sq, tq), (sk, tk), (sv, tv), (so, to_) = zip(layout[0::2], layout[1::2])
+        q, k, v = (graph.tensor(name=n, dim=list(s), stride=list(t), data_type=io)
+                   for n, s, t in (("q", sq, tq), ("k", sk, tk), ("v", sv, tv)))
+        heads = sq[1]
+        sink_t = graph.tensor(name="sink", dim=[1, heads, 1, 1], stride=[heads, 1, 1, 1],
+                              data_type=cudnn.data_type.FLOAT) if sink else None
+        o, lse = graph.sdpa(name="band", q=q, k=k, v=v, generate_stats=stats, attn_scale=float(scale),
+                            diagonal_band_left_bound=left, diagonal_band_right_bound=right, sink_token=sink_t,
+                            diagonal_alignment=cudnn.diagonal_alignment.BOTTOM_RIGHT)  # a None bound: no bound
+        o.set_output(True).set_dim(list(so)).set_stride(list(to_))
+        if stats:  # (B, H, N, 1) to cuDNN, the caller's (B, H, N) contiguous
+            b, h, n = sq[:3]
+            lse.set_output(True).set_data_type(cudnn.data_type.FLOAT).set_dim([b, h, n, 1]).set_stride(
+                [h * n, n, 1, 1])
+        return {"q": q, "k": k, "v": v, "o": o, "stats": lse, "sink": sink_t}
+
+    return built_plan(_plan_key(device, dtype, layout, left, right, scale, stats, sink), device, dtype, describe)
+
+
+def built_plan(key: tuple, device: torch.device, dtype: torch.dtype, describe) -> dict:
+    """The cuDNN graph kept under ``key``, built on first use: ``describe(cudnn, graph, io_type)`` declares its
+    tensors and operations and returns the tensors a call binds, by name. Raises where cuDNN refused it (a
+    refusal is remembered too)."""
     plans = _plans()
     if key in plans:
         plans.move_to_end(key)
         if plans[key] is None:
-            raise RuntimeError("cuDNN refused this band configuration")
+            raise RuntimeError("cuDNN refused this configuration")
         return plans[key]
     if not available():
         raise RuntimeError("cuDNN's frontend is not available")
@@ -316,26 +351,14 @@ def _plan(device: torch.device, dtype: torch.dtype, layout: tuple, left: int | N
     io = cudnn.data_type.HALF if dtype == torch.float16 else cudnn.data_type.BFLOAT16
     graph = cudnn.pygraph(io_data_type=io, intermediate_data_type=cudnn.data_type.FLOAT,
                           compute_data_type=cudnn.data_type.FLOAT, handle=handle)
-    (sq, tq), (sk, tk), (sv, tv), (so, to_) = zip(layout[0::2], layout[1::2])
-    q, k, v = (graph.tensor(name=n, dim=list(s), stride=list(t), data_type=io)
-               for n, s, t in (("q", sq, tq), ("k", sk, tk), ("v", sv, tv)))
-    heads = sq[1]
-    sink_t = graph.tensor(name="sink", dim=[1, heads, 1, 1], stride=[heads, 1, 1, 1],
-                          data_type=cudnn.data_type.FLOAT) if sink else None
-    o, lse = graph.sdpa(name="band", q=q, k=k, v=v, generate_stats=stats, attn_scale=float(scale),
-                        diagonal_band_left_bound=left, diagonal_band_right_bound=right, sink_token=sink_t,
-                        diagonal_alignment=cudnn.diagonal_alignment.BOTTOM_RIGHT)  # a None bound: no bound
-    o.set_output(True).set_dim(list(so)).set_stride(list(to_))
-    if stats:  # (B, H, N, 1) to cuDNN, the caller's (B, H, N) contiguous
-        b, h, n = sq[:3]
-        lse.set_output(True).set_data_type(cudnn.data_type.FLOAT).set_dim([b, h, n, 1]).set_stride([h * n, n, 1, 1])
+    tensors = describe(cudnn, graph, io)
     graph.validate()
     graph.build_operation_graph()
     graph.create_execution_plans([cudnn.heur_mode.A, cudnn.heur_mode.FALLBACK])
     graph.check_support()
     graph.build_plans()
-    return _keep(key, {"cudnn": cudnn, "graph": graph, "handle": handle, "q": q, "k": k, "v": v, "o": o,
-                       "stats": lse, "sink": sink_t, "workspace": graph.get_workspace_size()})
+    return _keep(key, {"cudnn": cudnn, "graph": graph, "handle": handle, **tensors,
+                       "workspace": graph.get_workspace_size()})
 
 
 # The most plans (and remembered refusals) kept, least recently used dropped first, and as many remembered

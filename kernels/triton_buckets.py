@@ -23,6 +23,10 @@ Three steps, each O(N·D) in memory:
   with no mask math. ``_local_fwd`` then takes the queries in natural order,
   visits their chunks' keys and the sinks, adds GPT-OSS's learned sink (one
   more denominator term, as ``triton_band``'s epilogue does) and writes the output.
+  With one round and nothing on top, every pair of a bucket is allowed, and large calls
+  (``VARLEN_FROM_PAIRS``) run the buckets as cuDNN's variable-length attention
+  instead (``cudnn_varlen``: bucket c of a kv head is one entry), where NVIDIA's cuDNN
+  frontend is installed; ``_local_fwd`` then reads that state in sorted order.
 
 Ownership, so that no pair counts twice: round r owns the pairs whose buckets
 match in r and in no earlier round; the local kernel owns chunk and sink keys
@@ -44,6 +48,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from . import cudnn_varlen
 from .reference import check_self_attention, check_sink_logits
 from .triton_band import _accumulate, _exp_weights, _log2_scores, _sink_pointer, _to_log2_additive
 from .triton_launch import launch, tma_descriptor, tma_ok
@@ -362,19 +367,22 @@ def _bucket_fwd(
 
 @triton.jit
 def _local_fwd(
-    Q, K, V, O, KP, MSK, O_ST, L_ST, QB, KB, SINKL,
+    Q, K, V, O, KP, MSK, O_ST, L_ST, QB, KB, SINKL, QINV, KSTART, KEND,
     stride_qb, stride_qh, stride_qn,
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
     stride_ob, stride_oh, stride_on,
     stride_kpb, stride_kpn, stride_mb, stride_mh, stride_mn, stride_mm,
-    H, N, M, GROUP, ROWS, R, CHUNK, G, OFF, scale2, cap2, cap_in,
+    H, N, M, GROUP, ROWS, R, CHUNK, G, OFF, NB, scale2, cap2, cap_in,
     HEAD_DIM: tl.constexpr, D_TRUE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     CAUSAL: tl.constexpr, HAS_KP: tl.constexpr, HAS_MASK: tl.constexpr, MASK_BOOL: tl.constexpr,
     SOFTCAP: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, HAS_SINKL: tl.constexpr = False,
+    STATE_SORTED: tl.constexpr = False,
 ):
     """Queries in natural order against their chunk's keys and the sinks that no round matched; finishes the
-    softmax the rounds started and writes the output."""
+    softmax the rounds started and writes the output. ``STATE_SORTED``: the one round's state is cuDNN's
+    (``cudnn_varlen``), rows in sorted order (QINV: each row's slot) in the input dtype, with a natural-log
+    log-sum-exp, and undefined where the row's bucket holds no key (KSTART, KEND: the buckets' key slots)."""
     scale2, cap2, cap_in = _f32(scale2), _f32(cap2), _f32(cap_in)
     pid = tl.program_id(0)
     bh = tl.program_id(1)
@@ -393,9 +401,16 @@ def _local_fwd(
                 + offs_d[None, :], mask=row_ok[:, None] & d_ok, other=0.0)
     if UPCAST:
         q = q.to(tl.float32)
-    st_row = bh.to(tl.int64) * N + i
-    if R > 0:
-        acc, l_i, m_i = _load_state(O_ST, L_ST, st_row, offs_d, row_ok, HEAD_DIM)
+    if STATE_SORTED:
+        st_row = bhk.to(tl.int64) * ROWS + tl.load(QINV + bhk.to(tl.int64) * ROWS + rows, mask=row_ok, other=0)
+        bucket = tl.load(QB + bhk.to(tl.int64) * ROWS + rows, mask=row_ok, other=0)
+        filled = row_ok & (tl.load(KEND + bhk.to(tl.int64) * NB + bucket, mask=row_ok, other=0)
+                           > tl.load(KSTART + bhk.to(tl.int64) * NB + bucket, mask=row_ok, other=0))
+        acc, l_i, m_i = _load_state(O_ST, L_ST, st_row, offs_d, filled, HEAD_DIM)
+        acc = acc.to(tl.float32)
+        m_i = m_i * 1.4426950408889634  # natural log to log2
+    elif R > 0:
+        acc, l_i, m_i = _load_state(O_ST, L_ST, bh.to(tl.int64) * N + i, offs_d, row_ok, HEAD_DIM)
     else:
         m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
         l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -460,11 +475,14 @@ def _local_fwd(
 
 @triton.jit
 def _sort_keys_fwd(
-    K, V, KS, VS, PERM, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn, HKV, R, M,
-    HEAD_DIM: tl.constexpr, D_TRUE: tl.constexpr, BLOCK: tl.constexpr,
+    K, V, KS, VS, PERM, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn, HKV, R, M, GROUP, PER_HEAD,
+    INV, HEAD_DIM: tl.constexpr, D_TRUE: tl.constexpr, BLOCK: tl.constexpr, HAS_V: tl.constexpr = True,
+    HAS_INV: tl.constexpr = False,
 ):
-    """Copy one (batch, kv head, round)'s keys and values into sorted order: KS, VS are (B, Hkv, R, M, HEAD_DIM)
-    contiguous, head dims past D_TRUE zero."""
+    """Copy one (batch, kv head, round)'s M rows into sorted order: KS (and VS) are (B, Hkv, R, M, HEAD_DIM)
+    contiguous, head dims past D_TRUE zero. Row r of a kv head is head hk·GROUP + r // PER_HEAD, position
+    r % PER_HEAD: keys (GROUP 1, PER_HEAD M) or the GROUP query heads that share a kv head. HAS_INV: INV
+    (B, Hkv, R, M) gets each row's slot, the inverse permutation."""
     seq = tl.program_id(1)  # (b, hk, r)
     b = seq // (HKV * R)
     hk = (seq // R) % HKV
@@ -472,14 +490,19 @@ def _sort_keys_fwd(
     ok = slots < M
     offs_d = tl.arange(0, HEAD_DIM)
     src_ok = ok[:, None] & (offs_d[None, :] < D_TRUE)
-    rows = tl.load(PERM + seq.to(tl.int64) * M + slots, mask=ok, other=0).to(tl.int64)
+    rows = tl.load(PERM + seq.to(tl.int64) * M + slots, mask=ok, other=0)
+    if HAS_INV:
+        tl.store(INV + seq.to(tl.int64) * M + rows, slots, mask=ok)
+    heads = (hk * GROUP + rows // PER_HEAD).to(tl.int64)
+    rows = (rows % PER_HEAD).to(tl.int64)
     dst = (seq.to(tl.int64) * M + slots)[:, None] * HEAD_DIM + offs_d[None, :]
-    k = tl.load(K + b.to(tl.int64) * stride_kb + hk.to(tl.int64) * stride_kh + rows[:, None] * stride_kn
+    k = tl.load(K + b.to(tl.int64) * stride_kb + heads[:, None] * stride_kh + rows[:, None] * stride_kn
                 + offs_d[None, :], mask=src_ok, other=0.0)
     tl.store(KS + dst, k, mask=ok[:, None])
-    v = tl.load(V + b.to(tl.int64) * stride_vb + hk.to(tl.int64) * stride_vh + rows[:, None] * stride_vn
-                + offs_d[None, :], mask=src_ok, other=0.0)
-    tl.store(VS + dst, v, mask=ok[:, None])
+    if HAS_V:
+        v = tl.load(V + b.to(tl.int64) * stride_vb + heads[:, None] * stride_vh + rows[:, None] * stride_vn
+                    + offs_d[None, :], mask=src_ok, other=0.0)
+        tl.store(VS + dst, v, mask=ok[:, None])
 
 
 def sort_keys(k: Tensor, v: Tensor, k_perm: Tensor, head_dim: int) -> tuple[Tensor, Tensor]:
@@ -489,16 +512,34 @@ def sort_keys(k: Tensor, v: Tensor, k_perm: Tensor, head_dim: int) -> tuple[Tens
     permutation; ``benchmarks/kernels_sorted.py --sweep``) it took 0.265 ms for k and v, a plain clone of both
     0.260, torch.gather with the index expanded over D 0.870, index_select on rows 1.310, advanced indexing 1.851.
     """
-    B, Hkv, R, M = k_perm.shape
-    ks = torch.empty(B, Hkv, R, M, head_dim, dtype=k.dtype, device=k.device)
-    vs = torch.empty_like(ks)
-    if ks.numel():
+    return _sorted_rows(k, v, k_perm, head_dim, 1)[:2]
+
+
+def sort_queries(q: Tensor, q_perm: Tensor, head_dim: int) -> tuple[Tensor, Tensor]:
+    """(q's rows h·N + i of each kv head, its query heads together, in round 0's sorted order, (B, Hkv, rows,
+    head_dim) contiguous; each row's slot there, (B, Hkv, 1, rows) int32): cuDNN's packed queries for the
+    bucket part, and where the local kernel finds a row's state."""
+    B, Hkv, _, rows = q_perm.shape
+    perm = q_perm[:, :, :1].contiguous()
+    qs, _, inv = _sorted_rows(q, None, perm, head_dim, q.shape[1] // Hkv, inverse=True)
+    return qs.view(B, Hkv, rows, head_dim), inv
+
+
+def _sorted_rows(x: Tensor, y: Tensor | None, perm: Tensor, head_dim: int, group: int, inverse: bool = False):
+    """(x's rows in ``perm``'s order, y's or x's again, the inverse permutation or perm): ``_sort_keys_fwd``."""
+    B, Hkv, R, M = perm.shape
+    xs = torch.empty(B, Hkv, R, M, head_dim, dtype=x.dtype, device=x.device)
+    ys = torch.empty_like(xs) if y is not None else xs
+    inv = torch.empty_like(perm) if inverse else perm
+    if xs.numel():
         block = 16 if _interpreting() else 64
+        y_in = x if y is None else y
         launch(_sort_keys_fwd)[(triton.cdiv(M, block), B * Hkv * R)](
-            k, v, ks, vs, k_perm, k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
-            Hkv, R, M, HEAD_DIM=head_dim, D_TRUE=k.shape[-1], BLOCK=block, num_warps=4,
+            x, y_in, xs, ys, perm, x.stride(0), x.stride(1), x.stride(2), y_in.stride(0), y_in.stride(1),
+            y_in.stride(2), Hkv, R, M, group, M // group, inv, HEAD_DIM=head_dim, D_TRUE=x.shape[-1], BLOCK=block,
+            HAS_V=y is not None, HAS_INV=inverse, num_warps=4,
         )
-    return ks, vs
+    return xs, ys, inv
 
 
 # --- launcher -------------------------------------------------------------------------------------
@@ -518,6 +559,17 @@ class BucketConfig:
     local_warps: int = 4
     presorted: bool = False
     use_tma: bool = False  # with presorted: whole key blocks through TMA descriptors
+    # one round, nothing on top (causality, key padding, mask, softcap): the buckets through cuDNN's
+    # variable-length attention where it serves them (``cudnn_varlen``), the local kernel finishing as before
+    cudnn: bool = True
+
+
+# The buckets take cuDNN (``BucketConfig.cudnn``) from this many expected bucket pairs a call, B·Hkv·rows·M / nb.
+# H200 (bf16, H=16, D=128, 32 buckets; one process alternating the two paths, BENCHMARKS.md issue 9): at
+# N = 65536 (2.1e9 pairs) lsh took 3.33–3.43 ms through cuDNN against 4.08–4.16 through the bucket kernel, routed
+# 5.32–5.40 against 6.36–6.39; at 16384 (1.3e8) the call is the host's, and cuDNN's path, about 0.3 ms more host
+# time (the query copy, the entry table, the frontend's execute), read 0.93–1.02 against 0.77–0.92.
+VARLEN_FROM_PAIRS = 1 << 30
 
 
 def default_config(head_dim: int, dtype: torch.dtype, device: torch.device) -> BucketConfig:
@@ -597,7 +649,7 @@ def bucket_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, key_p
     # Rows h·N + i: the query heads of one kv head are sorted together (they read the same keys).
     qb = q_buckets.to(torch.int32).reshape(B, Hkv, rep, R, N).transpose(2, 3).reshape(B, Hkv, R, rows).contiguous()
     kb = k_buckets.to(torch.int32).contiguous()
-    q_sorted, q_perm, _, _ = sort_buckets(qb, nb)
+    q_sorted, q_perm, q_start, q_end = sort_buckets(qb, nb)
     k_sorted, k_perm, k_start, k_end = sort_buckets(kb, nb)
 
     kp, kp_strides = _key_padding_arg(key_padding, q, B, M)
@@ -612,6 +664,29 @@ def bucket_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, key_p
     cap_in = 2.0 * float(scale) / float(softcap) * _LOG2E if softcap else 0.0
     off = M - N
 
+    def launch_local(o_state, l_state, q_inv, varlen):
+        launch(_local_fwd)[(triton.cdiv(N, cfg.local_block_m), B * H)](
+            q, k, v, out, kp, msk, o_state, l_state, qb, kb, _sink_pointer(sink_logits, q), q_inv, k_start, k_end,
+            q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+            v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
+            *kp_strides, *m_strides,
+            H, N, M, rep, rows, R, chunk, min(sinks, M), off, nb, scale2, cap2, cap_in,
+            HEAD_DIM=head_dim, D_TRUE=D, BLOCK_M=cfg.local_block_m, BLOCK_N=cfg.local_block_n, PREC=prec,
+            UPCAST=upcast, HAS_SINKL=sink_logits is not None, STATE_SORTED=varlen, num_warps=cfg.local_warps,
+            num_stages=1 if _interpreting() else 2, **flags,
+        )
+
+    varlen = (R == 1 and cfg.cudnn and not (causal or softcap) and key_padding is None and mask is None
+              and B * H * N * M >= VARLEN_FROM_PAIRS * nb
+              and cudnn_varlen.eligible(q, B * Hkv * rows, B * Hkv * M, head_dim, D, B * Hkv * nb, rows, M, scale))
+    if varlen:  # the one round's buckets as cuDNN's variable-length attention, every pair of a bucket allowed
+        k_in, v_in = sort_keys(k, v, k_perm, head_dim)
+        q_in, q_inv = sort_queries(q, q_perm, head_dim)
+        o_state, l_state = cudnn_varlen.lse_attention(
+            *(t.view(-1, head_dim) for t in (q_in, k_in, v_in)),
+            bucket_entries(q_start, q_end, k_start, k_end, rows, M, head_dim), rows, M, D, scale)
+        launch_local(o_state, l_state, q_inv, varlen=True)
+        return out
     o_state = torch.empty(B, H, N, head_dim, dtype=torch.float32, device=q.device) if R else q
     l_state = torch.empty(B, H, N, dtype=torch.float32, device=q.device) if R else q
     if R and cfg.presorted:
@@ -643,17 +718,47 @@ def bucket_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, key_p
             HEAD_DIM=head_dim, D_TRUE=D, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, PREC=prec, UPCAST=upcast,
             PRESORTED=bool(cfg.presorted), USE_TMA=use_tma, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **flags,
         )
-    launch(_local_fwd)[(triton.cdiv(N, cfg.local_block_m), B * H)](
-        q, k, v, out, kp, msk, o_state, l_state, qb, kb, _sink_pointer(sink_logits, q),
-        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
-        *kp_strides, *m_strides,
-        H, N, M, rep, rows, R, chunk, min(sinks, M), off, scale2, cap2, cap_in,
-        HEAD_DIM=head_dim, D_TRUE=D, BLOCK_M=cfg.local_block_m, BLOCK_N=cfg.local_block_n, PREC=prec,
-        UPCAST=upcast, HAS_SINKL=sink_logits is not None, num_warps=cfg.local_warps,
-        num_stages=1 if _interpreting() else 2, **flags,
-    )
+    launch_local(o_state, l_state, q, varlen=False)
     return out
+
+
+@triton.jit
+def _entries_fwd(QS, QE, KS, KE, TABLE, E, NB, ROWS, M, WIDTH, NB_P2: tl.constexpr):
+    """One (batch, kv head) g's buckets into ``cudnn_varlen``'s entry table (``bucket_entries``)."""
+    g = tl.program_id(0)
+    c = tl.arange(0, NB_P2)
+    ok = c < NB
+    at = g * NB + c
+    qs = tl.load(QS + at, mask=ok, other=0)
+    ks = tl.load(KS + at, mask=ok, other=0)
+    q_row = g * ROWS + qs
+    tl.store(TABLE + at, q_row, mask=ok)
+    tl.store(TABLE + (E + 1) + at, q_row * WIDTH, mask=ok)
+    tl.store(TABLE + 2 * (E + 1) + at, tl.load(QE + at, mask=ok, other=0) - qs, mask=ok)
+    tl.store(TABLE + 3 * (E + 1) + at, (g * M + ks) * WIDTH, mask=ok)
+    tl.store(TABLE + 4 * (E + 1) + at, tl.load(KE + at, mask=ok, other=0) - ks, mask=ok)
+    if g == 0:  # the closing column E: past every query and key row, no entry
+        zero = tl.zeros([1], tl.int32)
+        end = zero + E
+        tl.store(TABLE + end, zero + (E // NB) * ROWS)
+        tl.store(TABLE + (E + 1) + end, zero + (E // NB) * ROWS * WIDTH)
+        tl.store(TABLE + 2 * (E + 1) + end, zero)
+        tl.store(TABLE + 3 * (E + 1) + end, zero + (E // NB) * M * WIDTH)
+        tl.store(TABLE + 4 * (E + 1) + end, zero)
+
+
+def bucket_entries(q_start: Tensor, q_end: Tensor, k_start: Tensor, k_end: Tensor, rows: int, m: int,
+                   width: int) -> Tensor:
+    """``cudnn_varlen``'s entry table for round 0, from the (B, Hkv, R, nb) slots ``sort_buckets`` gives, in one
+    launch. Bucket c of (batch, kv head) g is entry g·nb + c: its queries the sorted rows g·rows + [q_start,
+    q_end) of ``sort_queries``, its keys the rows g·m + [k_start, k_end) of ``sort_keys``, rows ``width`` wide."""
+    B, Hkv, _, nb = q_start.shape
+    e = B * Hkv * nb
+    table = torch.empty(len(cudnn_varlen.ENTRY_FIELDS), e + 1, dtype=torch.int32, device=q_start.device)
+    first = tuple(t[:, :, :1].contiguous() for t in (q_start, q_end, k_start, k_end))  # round 0
+    launch(_entries_fwd)[(B * Hkv,)](*first, table, e, nb, rows, m, width,
+                                    NB_P2=max(16, triton.next_power_of_2(nb)), num_warps=1)
+    return table
 
 
 @triton.jit

@@ -63,6 +63,18 @@ CASES = {
     "routed_sink_logits_softcap_fp32": (
         "routed", {"n_clusters": 3, "top_k": 1, "iters": 2, "seed": 0, "chunk": 4, "sinks": 0}, (1, 2, 2, 21, 21, 24),
         torch.float32, {"softcap": 2.0, "sinkl": True}),
+    # one round with nothing on top: on CUDA the buckets go through cuDNN's variable-length attention
+    # (``cudnn_varlen``); here a torch stand-in of its contract serves them, rows of a bucket with no key NaN,
+    # so the local kernel's reading of that sorted state (and its masking of empty buckets) is what is checked
+    "lsh_varlen_state_gqa_sinks_bf16": (
+        "lsh", {"n_buckets": 4, "n_rounds": 1, "chunk": 3, "seed": 1, "sinks": 2}, (1, 4, 2, 40, 40, 16),
+        torch.bfloat16, {"varlen": True}),
+    "lsh_varlen_state_empty_buckets_fp16": (
+        "lsh", {"n_buckets": 32, "n_rounds": 1, "chunk": 4, "seed": 2, "sinks": 0}, (2, 2, 1, 30, 30, 24),
+        torch.float16, {"varlen": True, "sinkl": True}),
+    "routed_varlen_state_bf16": (
+        "routed", {"n_clusters": 3, "top_k": 1, "iters": 2, "seed": 0, "chunk": 4, "sinks": 1}, (1, 2, 2, 21, 21, 16),
+        torch.bfloat16, {"varlen": True}),
     "pool_gqa_padding_cross_bf16": (
         "lowrank", {"rank": 4, "method": "pool", "pinv_steps": 6}, (2, 2, 1, 20, 19, 16), torch.bfloat16,
         {"kp": True, "softcap": 2.0}),
@@ -130,8 +142,27 @@ def run_triton(variant, params, q, k, v, kw, config=None):
         triton_buckets.default_config = original
 
 
+def torch_varlen_lse(q, k, v, entries, max_q, max_k, d, scale):
+    """``cudnn_varlen.lse_attention``'s contract in torch, for the interpreter. Rows of an entry with no key are
+    undefined there: NaN here, so that a caller which read them would fail."""
+    out, lse = torch.zeros_like(q), torch.zeros(q.shape[0])
+    width = q.shape[1]
+    row, q_off, q_len, k_off, k_len = entries.tolist()
+    assert row[-1] == q.shape[0] and q_off[-1] == q.shape[0] * width and k_off[-1] == k.shape[0] * width
+    for a, off, n, c, m in zip(row[:-1], q_off, q_len, k_off, k_len):
+        assert off == a * width and c % width == 0 and n <= max_q and m <= max_k
+        c //= width
+        if n and not m:
+            out[a:a + n], lse[a:a + n] = float("nan"), float("nan")
+        elif n:
+            s = q[a:a + n, :d].float() @ k[c:c + m, :d].float().T * scale
+            lse[a:a + n] = torch.logsumexp(s, -1)
+            out[a:a + n, :d] = (torch.softmax(s, -1) @ v[c:c + m, :d].float()).to(q.dtype)
+    return out, lse
+
+
 def run_case(name: str) -> dict:
-    from attnopt.kernels import triton_buckets
+    from attnopt.kernels import cudnn_varlen, triton_buckets
     from attnopt.kernels.reference import dense_attention
     from kernel_harness import run_reference
 
@@ -141,9 +172,18 @@ def run_case(name: str) -> dict:
     if extras.get("presorted"):
         config = triton_buckets.BucketConfig(**{**triton_buckets.default_config(16, dtype, q.device).__dict__,
                                                 "presorted": True})
-    out = run_triton(variant, params, q, k, v, kw, config)
+    calls = []
+    saved = cudnn_varlen.eligible, cudnn_varlen.lse_attention, triton_buckets.VARLEN_FROM_PAIRS
+    if extras.get("varlen"):  # at any size: the pair threshold is the host's concern on CUDA
+        cudnn_varlen.eligible = lambda *a: True
+        cudnn_varlen.lse_attention = lambda *a: calls.append(1) or torch_varlen_lse(*a)
+        triton_buckets.VARLEN_FROM_PAIRS = 0
+    try:
+        out = run_triton(variant, params, q, k, v, kw, config)
+    finally:
+        cudnn_varlen.eligible, cudnn_varlen.lse_attention, triton_buckets.VARLEN_FROM_PAIRS = saved
     ref = run_reference(variant, q.float(), k.float(), v.float(), params, **kw)
-    result = dict(rel=_rel(out, ref), finite=bool(torch.isfinite(out).all()), dtype=str(dtype),
+    result = dict(rel=_rel(out, ref), finite=bool(torch.isfinite(out).all()), dtype=str(dtype), varlen_calls=len(calls),
                   shape_ok=tuple(out.shape) == tuple(q.shape) and out.dtype == q.dtype)
     if extras.get("dense"):  # the exact limit: dense attention itself
         result["rel_dense"] = _rel(out, dense_attention(q.float(), k.float(), v.float(), **kw))
@@ -288,8 +328,44 @@ def sort_keys_match() -> dict:
     idx = perm[..., None].expand(B, Hkv, R, M, D)
     want = [torch.nn.functional.pad(torch.gather(t[:, :, None].expand(B, Hkv, R, M, D), 3, idx), (0, 32 - D))
             for t in (k, v)]
+    # queries: rows h·N + i of a kv head's rep query heads, round 0's order, from a transposed layout
+    rep, N = 2, 19
+    q = torch.randn(B, N, Hkv * rep, D, generator=gen, dtype=torch.float16).transpose(1, 2)
+    q_perm = torch.stack([torch.randperm(rep * N, generator=gen) for _ in range(B * Hkv * R)]).view(B, Hkv, R, -1)
+    qs, inv = triton_buckets.sort_queries(q, q_perm.to(torch.int32), 32)
+    rows = q.reshape(B, Hkv, rep * N, D)  # heads hk·rep + j hold rows j·N + i
+    want_q = torch.nn.functional.pad(torch.gather(rows, 2, q_perm[:, :, 0, :, None].expand(-1, -1, -1, D)),
+                                     (0, 32 - D))
+    want_inv = torch.argsort(q_perm[:, :, :1], dim=-1)  # the row's slot
     return {"keys": bool(torch.equal(ks, want[0])), "values": bool(torch.equal(vs, want[1])),
-            "contiguous": ks.is_contiguous() and tuple(ks.shape) == (B, Hkv, R, M, 32)}
+            "contiguous": ks.is_contiguous() and tuple(ks.shape) == (B, Hkv, R, M, 32),
+            "queries": bool(torch.equal(qs, want_q)) and tuple(qs.shape) == (B, Hkv, rep * N, 32),
+            "inverse": bool(torch.equal(inv.long(), want_inv)) and inv.dtype == torch.int32}
+
+
+def bucket_entries_match() -> dict:
+    """``bucket_entries``: cuDNN's entry table for round 0 from the sort's slots, against its definition: empty
+    buckets, several (batch, kv head) groups and rounds, more buckets than a one-program tile of 16."""
+    from attnopt.kernels import triton_buckets
+    from attnopt.kernels.triton_sort import sort_buckets
+
+    gen = torch.Generator().manual_seed(9)
+    out = {}
+    for name, (B, Hkv, R, rows, m, nb, width) in {"plain": (1, 1, 1, 40, 40, 4, 16),
+                                                  "groups_rounds_empty": (2, 3, 2, 30, 25, 20, 24)}.items():
+        _, _, q_start, q_end = sort_buckets(torch.randint(0, nb // 2 + 1, (B, Hkv, R, rows), generator=gen), nb)
+        _, _, k_start, k_end = sort_buckets(torch.randint(0, nb, (B, Hkv, R, m), generator=gen), nb)
+        table = triton_buckets.bucket_entries(q_start, q_end, k_start, k_end, rows, m, width)
+        g = torch.arange(B * Hkv)[:, None]
+        q_row = (q_start[:, :, 0].reshape(-1, nb) + g * rows).flatten()
+        k_row = (k_start[:, :, 0].reshape(-1, nb) + g * m).flatten()
+        want = torch.stack([torch.cat([q_row, torch.tensor([B * Hkv * rows])]),
+                            torch.cat([q_row, torch.tensor([B * Hkv * rows])]) * width,
+                            torch.cat([(q_end - q_start)[:, :, 0].flatten(), torch.tensor([0])]),
+                            torch.cat([k_row, torch.tensor([B * Hkv * m])]) * width,
+                            torch.cat([(k_end - k_start)[:, :, 0].flatten(), torch.tensor([0])])])
+        out[name] = bool(torch.equal(table.long(), want)) and table.dtype == torch.int32
+    return out
 
 
 def _rel(out: torch.Tensor, ref: torch.Tensor) -> float:
@@ -309,20 +385,23 @@ def test_interpreted(interpreted_results, name):
     r = interpreted_results[name]
     assert "error" not in r, r.get("error")
     assert r["finite"] and r["shape_ok"], r
-    variant, params, _, dtype, _ = CASES[name]
+    variant, params, _, dtype, extras = CASES[name]
+    assert r["varlen_calls"] == (1 if extras.get("varlen") else 0), r  # the stand-in served exactly those cases
     assert r["rel"] <= tolerance(dtype, variant, params), r
     if "rel_dense" in r:
         assert r["rel_dense"] <= tolerance(dtype, variant, params), r
 
 
 # Checks that are not attention cases: each function above returns {what: passed}.
-CHECKS = {"bucket_ids": bucket_ids_match, "sort_keys": sort_keys_match, "kmeans": kmeans_match,
+CHECKS = {"bucket_ids": bucket_ids_match, "sort_keys": sort_keys_match, "bucket_entries": bucket_entries_match,
+          "kmeans": kmeans_match,
           "bucket_sort": bucket_sort_match, "causal_cuts": causal_cuts_match}
 
 
 @pytest.mark.parametrize("check", sorted(CHECKS))
 def test_interpreted_check(interpreted_results, check):
-    """The Triton bucket ids, key sort, k-means, counting sort and causal cuts against their torch forms."""
+    """The Triton bucket ids, key and query sort, cuDNN's entry table, k-means, counting sort and causal cuts against
+    their torch forms."""
     r = interpreted_results[check]
     assert "error" not in r, r.get("error")
     assert r and all(r.values()), r
@@ -371,8 +450,16 @@ def sampled_bucket_reference(q, k, v, q_buckets, k_buckets, rows, *, chunk, sink
 
 
 GPU_CASES = {
-    # name: (variant, params, N, extras)
+    # name: (variant, params, N, extras). One round with nothing on top takes cuDNN's variable-length attention
+    # for the buckets where the frontend is installed (``cudnn_varlen``); "cudnn": False keeps the bucket kernel.
     "lsh_b32": ("lsh", {"n_buckets": 32, "n_rounds": 1, "chunk": 64, "seed": 0, "sinks": 0}, 65536, {}),
+    "lsh_b32_kernel": ("lsh", {"n_buckets": 32, "n_rounds": 1, "chunk": 64, "seed": 0, "sinks": 0}, 65536,
+                       {"cudnn": False}),
+    # every key in one bucket: 31 buckets hold queries and no key (cuDNN entries with no key, masked after)
+    "lsh_keys_one_bucket_sinks": ("lsh", {"n_buckets": 32, "n_rounds": 1, "chunk": 64, "seed": 0, "sinks": 4},
+                                  16384, {"keys_alike": True}),
+    "lsh_gqa_fp16_d64_sink_logits": ("lsh", {"n_buckets": 16, "n_rounds": 1, "chunk": 64, "seed": 0, "sinks": 4},
+                                     16384, {"Hkv": 4, "dtype": torch.float16, "D": 64, "sinkl": True}),
     "lsh_b64_r2_causal_sinks": ("lsh", {"n_buckets": 64, "n_rounds": 2, "chunk": 64, "seed": 1, "sinks": 4}, 16384,
                                 {"causal": True}),
     "lsh_gqa_kp_fp16_d64": ("lsh", {"n_buckets": 16, "n_rounds": 1, "chunk": 64, "seed": 0, "sinks": 4}, 16384,
@@ -380,7 +467,7 @@ GPU_CASES = {
     # the CUDA default pre-sorts the keys and loads round 0's unmasked blocks through TMA; these two take the
     # other load paths: keys gathered by index in the kernel, and pre-sorted keys loaded by pointer
     "lsh_gathered": ("lsh", {"n_buckets": 32, "n_rounds": 1, "chunk": 64, "seed": 0, "sinks": 0}, 65536,
-                     {"presorted": False}),
+                     {"presorted": False, "cudnn": False}),
     "lsh_presorted_pointer_r2_sinks": ("lsh", {"n_buckets": 32, "n_rounds": 2, "chunk": 64, "seed": 0, "sinks": 4},
                                        16384, {"presorted": True, "use_tma": False}),
     "lsh_r2_sinks": ("lsh", {"n_buckets": 32, "n_rounds": 2, "chunk": 64, "seed": 0, "sinks": 4}, 16384, {}),
@@ -414,7 +501,7 @@ GPU_CASES = {
 class TestCuda:
     @pytest.mark.parametrize("name", sorted(GPU_CASES))
     def test_full_size(self, name):
-        from attnopt.kernels import triton_buckets
+        from attnopt.kernels import cudnn_band, cudnn_varlen, triton_buckets
         from attnopt.kernels.lsh import SPEC as LSH
         from attnopt.kernels.lowrank.reference import reference as lowrank_reference
         from attnopt.kernels.routed.op import cuda_buckets
@@ -423,13 +510,28 @@ class TestCuda:
         H, D, dtype = 16, ex.get("D", 128), ex.get("dtype", torch.bfloat16)
         shape = (1, H, ex.get("Hkv", H), N, N, D)
         q, k, v, kw = make_inputs(shape, dtype, ex, seed=0, device="cuda")
-        config = None
-        if "presorted" in ex:
-            config = triton_buckets.BucketConfig(**{**triton_buckets.default_config(D, dtype, q.device).__dict__,
-                                                    "presorted": ex["presorted"], "use_tma": ex.get("use_tma", False)})
-        out = run_triton(variant, params, q, k, v, kw, config)
+        if ex.get("keys_alike"):  # one direction with a little noise: every key hashes alike
+            k = (k[:, :, :1] + 0.01 * k).to(dtype)
+        config = triton_buckets.default_config(D, dtype, q.device)
+        for field in ("presorted", "use_tma", "cudnn"):
+            if field in ex or (field == "use_tma" and "presorted" in ex):
+                config = triton_buckets.BucketConfig(**{**config.__dict__, field: ex.get(field, False)})
+        # 65536 keeps the size rule (VARLEN_FROM_PAIRS); shorter cases drop it, so that cuDNN serves them too
+        calls, threshold = [], triton_buckets.VARLEN_FROM_PAIRS if N >= 65536 else 0
+        saved = cudnn_varlen.lse_attention, triton_buckets.VARLEN_FROM_PAIRS
+        cudnn_varlen.lse_attention = lambda *a: calls.append(1) or saved[0](*a)
+        triton_buckets.VARLEN_FROM_PAIRS = threshold
+        try:
+            out = run_triton(variant, params, q, k, v, kw, config)
+        finally:
+            cudnn_varlen.lse_attention, triton_buckets.VARLEN_FROM_PAIRS = saved
         torch.cuda.synchronize()
         assert out.shape == q.shape and out.dtype == q.dtype and torch.isfinite(out).all()
+        rounds = params.get("n_rounds", params.get("top_k"))
+        pairs = H * (N * N) // params.get("n_buckets", params.get("n_clusters", 1))  # B·Hkv·rows·M / nb
+        takes = (cudnn_band.available() and rounds == 1 and config.cudnn and not (kw["causal"] or kw["softcap"])
+                 and kw["key_padding"] is None and variant != "lowrank" and pairs >= threshold)
+        assert len(calls) == (1 if takes else 0), (takes, calls)  # cuDNN served exactly the cases it should
         if variant == "lowrank":
             ref = lowrank_reference(q, k, v, **params, **kw)
             assert _rel(out, ref) < tolerance(dtype, variant, params)
