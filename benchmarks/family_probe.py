@@ -306,6 +306,12 @@ def build(family: str, impl: str):
         kwargs = {"max_position_embeddings": 64, **kwargs}
     kwargs = {k: v for k, v in kwargs.items() if v is not None}  # None: a config that refuses the key
     model = _hf_model(model_cls, config_cls(**kwargs), impl)
+    # torch's ONNX exporters cannot export transformers' default experts kernel, grouped_mm (TorchScript: aten::histc
+    # unsupported; dynamo: no ONNX function for transformers::grouped_mm_fallback); batched_mm computes the same
+    # experts with batched matmuls. transformers defaults to grouped_mm only for models whose experts dispatch through
+    # its experts interface (any other model gets "eager" and is left as it is).
+    if hasattr(model, "set_experts_implementation") and "grouped_mm" in model.get_experts_implementation().values():
+        model.set_experts_implementation("batched_mm")
     extra = {"use_cache": False} if kind in ("dec", "encdec", "speech2text") else {}
     if kind in ("enc", "dec"):
         names, inputs = ["input_ids", "attention_mask"], _text_inputs()
