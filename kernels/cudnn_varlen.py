@@ -35,9 +35,10 @@ def eligible(like: Tensor, rows_q: int, rows_k: int, width: int, d: int, entries
     and a plan cuDNN builds (from sizes alone, so the check also runs on torch.compile's fake tensors; a refusal
     is remembered)."""
     key = _key(like, rows_q, rows_k, width, d, entries, max_q, max_k, scale)
-    if not (like.is_cuda and like.dtype in (torch.float16, torch.bfloat16) and d % 8 == 0 and 0 < d <= min(256, width)
-            and max(rows_q, rows_k) * width < 2**31 and entries > 0 and cudnn_band.available()
-            and not any(isinstance(x, torch.SymInt) for x in key)):
+    # symbolic sizes first: the checks after them would otherwise guard on them under torch.compile
+    if not (not any(isinstance(x, torch.SymInt) for x in key) and like.is_cuda
+            and like.dtype in (torch.float16, torch.bfloat16) and d % 8 == 0 and 0 < d <= min(256, width)
+            and max(rows_q, rows_k) * width < 2**31 and entries > 0 and cudnn_band.available()):
         return False
     return cudnn_band.supported(key, lambda: _plan(key, like.device, like.dtype))
 

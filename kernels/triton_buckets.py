@@ -526,17 +526,19 @@ def sort_queries(q: Tensor, q_perm: Tensor, head_dim: int) -> tuple[Tensor, Tens
 
 
 def _sorted_rows(x: Tensor, y: Tensor | None, perm: Tensor, head_dim: int, group: int, inverse: bool = False):
-    """(x's rows in ``perm``'s order, y's or x's again, the inverse permutation or perm): ``_sort_keys_fwd``."""
+    """(x's rows in ``perm``'s order, y's (x's where y is None), the inverse permutation where ``inverse``, else
+    None): ``_sort_keys_fwd``."""
     B, Hkv, R, M = perm.shape
     xs = torch.empty(B, Hkv, R, M, head_dim, dtype=x.dtype, device=x.device)
     ys = torch.empty_like(xs) if y is not None else xs
-    inv = torch.empty_like(perm) if inverse else perm
+    inv = torch.empty_like(perm) if inverse else None
     if xs.numel():
         block = 16 if _interpreting() else 64
         y_in = x if y is None else y
         launch(_sort_keys_fwd)[(triton.cdiv(M, block), B * Hkv * R)](
             x, y_in, xs, ys, perm, x.stride(0), x.stride(1), x.stride(2), y_in.stride(0), y_in.stride(1),
-            y_in.stride(2), Hkv, R, M, group, M // group, inv, HEAD_DIM=head_dim, D_TRUE=x.shape[-1], BLOCK=block,
+            y_in.stride(2), Hkv, R, M, group, M // group, perm if inv is None else inv,  # INV: unread without HAS_INV
+            HEAD_DIM=head_dim, D_TRUE=x.shape[-1], BLOCK=block,
             HAS_V=y is not None, HAS_INV=inverse, num_warps=4,
         )
     return xs, ys, inv
