@@ -119,7 +119,9 @@ class TorchRunner(Runner):
             def run_node(self, n):
                 out = super().run_node(n)
                 if n.name in want:
-                    seen[n.name] = out.detach().clone() if isinstance(out, torch.Tensor) else out
+                    # a site's output is its node's output 0: of a tuple (FlexAttention's (out, lse, ...)), item 0
+                    value = out[0] if isinstance(out, (tuple, list)) and out else out
+                    seen[n.name] = value.detach().clone() if isinstance(value, torch.Tensor) else value
                 return out
 
         with torch.no_grad():

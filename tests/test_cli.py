@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+import torch
 from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
@@ -48,9 +49,10 @@ def bad_models(tmp_path_factory, bert) -> dict[str, Path]:
         helper.make_graph([helper.make_node("Frobnicate", ["x"], ["y"], domain="com.example.secret")], "g", [x], [y]),
         opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example.secret", 1)])
     onnx.save(custom, d / "unknown_domain.onnx")
+    torch.save({"w": torch.zeros(2)}, d / "model.pt")  # a zip, as torch.export.save writes too
     return {"missing file": d / "does_not_exist.onnx", "truncated ONNX": d / "truncated.onnx",
             "text file": d / "text.onnx", "empty file": d / "empty.onnx",
-            "unknown opset domain": d / "unknown_domain.onnx", "a directory": d}
+            "unknown opset domain": d / "unknown_domain.onnx", "a directory": d, "torch archive": d / "model.pt"}
 
 
 @pytest.fixture(scope="session")
@@ -139,7 +141,7 @@ def test_example_module_and_export_agree(bert):
 
 
 @pytest.mark.parametrize("case", ["missing file", "truncated ONNX", "text file", "empty file",
-                                  "unknown opset domain", "a directory"])
+                                  "unknown opset domain", "a directory", "torch archive"])
 @pytest.mark.parametrize("as_json", [False, True])
 def test_detect_bad_input_is_one_line(bad_models, case, as_json):
     result = run("detect", bad_models[case], *(["--json"] if as_json else []), ok=False)
@@ -147,6 +149,8 @@ def test_detect_bad_input_is_one_line(bad_models, case, as_json):
     assert result.stdout == ""
     if case == "unknown opset domain":
         assert "com.example.secret" in line
+    if case == "torch archive":  # says what it is and where torch models go, not "corrupt ONNX"
+        assert "a torch archive" in line and "Python API" in line
 
 
 def test_detect_no_attention(no_attention):

@@ -15,6 +15,7 @@ import onnx
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from onnx import TensorProto, helper
 
 import attnopt
@@ -395,3 +396,75 @@ def test_a_blended_mask_is_a_masked_fill(tmp_path):
     # a factor that is not 0 or 1 scales the scores: no site
     half = torch.export.export(_BlendedMask(keep_value=0.5).eval(), (x,))
     assert not attnopt.detect(half)
+
+
+class _FlexAndSdpa(nn.Module):
+    """Two attention layers: torch's FlexAttention (causal block mask; a softcap score_mod where ``softcap``) and
+    plain SDPA. transformers' ``attn_implementation="flex_attention"`` exports to the same higher-order op."""
+
+    def __init__(self, softcap: bool = False):
+        super().__init__()
+        torch.manual_seed(0)
+        self.qkv1, self.qkv2, self.softcap = nn.Linear(16, 48), nn.Linear(16, 48), softcap
+
+    def forward(self, x):
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+        b, n, _ = x.shape
+        q, k, v = (t.view(b, n, 2, 8).transpose(1, 2) for t in self.qkv1(x).chunk(3, -1))
+        mask = create_block_mask(lambda b_, h, qi, ki: ki <= qi, None, None, n, n, device="cpu")
+        cap = (lambda s, b_, h, qi, ki: 2.0 * torch.tanh(s / 2.0)) if self.softcap else None
+        x = x + flex_attention(q, k, v, score_mod=cap, block_mask=mask).transpose(1, 2).reshape(b, n, 16)
+        q, k, v = (t.view(b, n, 2, 8).transpose(1, 2) for t in self.qkv2(x).chunk(3, -1))
+        return x + F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(b, n, 16)
+
+
+@pytest.mark.parametrize("softcap", [False, True])
+def test_flex_attention_is_found_and_left_as_it_is(softcap):
+    """A FlexAttention site is reported, with why it stays dense (its mask_mod, and a score_mod that changes the
+    scores, are subgraphs attnopt does not read); the SDPA beside it is rewritten, and the model stays exact."""
+    model, x = _FlexAndSdpa(softcap).eval(), torch.randn(2, 32, 16)
+    with warnings.catch_warnings(), torch.no_grad():  # FlexAttention on the CPU refuses inputs needing grads
+        warnings.simplefilter("ignore")  # torch: "torch.compile is ignored when called inside torch.export"
+        exported = torch.export.export(model, (x,))
+    flex, sdpa = attnopt.detect(exported)
+    assert flex.form == "flex_attention" and (flex.num_heads, flex.head_dim) == (2, 8)
+    assert flex.unsupported == ("FlexAttention: attnopt does not read its "
+                                + ("mask_mod and score_mod" if softcap else "mask_mod")
+                                + " yet, so the site is left as it is")
+    assert sdpa.form == "sdpa" and sdpa.unsupported is None and sdpa.causal
+    result = attnopt.rewrite(exported, "segmented", segment_size=64)
+    assert len(result.rewritten) == 1
+    report = attnopt.validate(exported, result.model, inputs=(x,))
+    assert report.is_exact(1e-5), report.worst_rel_l2
+
+
+class _VmapMask(nn.Module):
+    """SDPA under a causal mask built with ``torch.vmap``: export records the vmap as functorch calls with no
+    users (``_vmap_increment_nesting`` ... ``_vmap_decrement_nesting``) around the vmapped ops."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.qkv = nn.Linear(16, 48)
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        q, k, v = (t.view(b, n, 2, 8).transpose(1, 2) for t in self.qkv(x).chunk(3, -1))
+        pos = torch.arange(n)
+        mask = torch.vmap(lambda i: pos <= i)(pos)  # (n, n), a row at a time
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).reshape(b, n, 16)
+
+
+def test_a_mask_built_with_vmap_is_read_and_its_rewrite_runs():
+    """The mask analysis evaluates the vmapped ops with their nesting calls (so the mask reads as causal, not as
+    an N×N remainder), and the rewrite keeps those calls (dead-code elimination would drop them: fx does not
+    count them as side effects, and the ops between them then fail)."""
+    x = torch.randn(2, 32, 16)
+    with torch.no_grad():
+        exported = torch.export.export(_VmapMask().eval(), (x,))
+    (site,) = attnopt.detect(exported)
+    assert site.causal and site.masks == () and site.unsupported is None
+    result = attnopt.rewrite(exported, "segmented", segment_size=64)
+    assert len(result.rewritten) == 1
+    assert attnopt.validate(exported, result.model, inputs=(x,)).is_exact(1e-5)

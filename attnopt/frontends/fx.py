@@ -168,6 +168,8 @@ def _canonical(gm: fx.GraphModule, node: fx.Node) -> tuple[str, dict, list]:
     packet = node.target.overloadpacket.__name__ if isinstance(node.target, torch._ops.OpOverload) else None
     if node.op == "call_function" and (packet == "cat" or node.target in (torch.cat, torch.concat)):
         return "concat", {"axis": args[1] if len(args) > 1 else kwargs.get("dim", 0)}, list(args[0])
+    if node.op == "call_function" and _is_flex_attention(node):
+        return "sdpa", _flex_attrs(gm, args), args[:3]
     if node.op == "call_function" and packet is not None:
         name = packet
         # aten.max.other is the elementwise maximum of two tensors; aten.max's other overloads reduce
@@ -260,6 +262,47 @@ def _sdpa_attrs(args, kwargs) -> dict:
             "mask_port": 3 if arg(3, "attn_mask", None) is not None else None,
             "causal": bool(arg(5, "is_causal", False)), "scale": arg(6, "scale", None),
             "unsupported": "uses attention dropout" if isinstance(dropout, float) and dropout > 0 else None}
+
+
+def functorch_nesting(node: fx.Node) -> bool:
+    """A functorch pre-dispatch call: export records a ``torch.vmap`` (FlexAttention's ``create_block_mask``) as
+    ``_vmap_increment_nesting`` ... ``_vmap_decrement_nesting``, calls with no users that the vmapped ops
+    between them need. fx does not count them as side effects; whoever drops or skips dead nodes must."""
+    return node.op == "call_function" and getattr(node.target, "__module__", "") == "torch._functorch.predispatch"
+
+
+def _is_flex_attention(node: fx.Node) -> bool:
+    """torch's FlexAttention as torch.export records it (transformers' ``attn_implementation="flex_attention"``):
+    the higher-order op ``flex_attention(q, k, v, score_mod, block_mask, scale, ...)``."""
+    return isinstance(node.target, torch._ops.HigherOrderOperator) and node.target.name() == "flex_attention"
+
+
+def _flex_attrs(gm: fx.GraphModule, args) -> dict:
+    """A FlexAttention call is a site: q, k, v (B, H, S, D) like SDPA's. Its masking and score changes are
+    subgraphs (``mask_mod`` in the block mask, ``score_mod``) that the mask analysis does not read, so the
+    site is found and reported but left as it is: a rewrite that ignored them would be silently wrong."""
+    score_mod = _subgraph(gm, args[3])
+    identity = score_mod is not None and _returns_first_input(score_mod)
+    what = "mask_mod" if identity else "mask_mod and score_mod"
+    return {"form": "flex_attention", "layout": LAYOUT_BHSD, "q_port": 0, "k_port": 1, "v_port": 2,
+            "mask_port": None, "causal": False, "scale": args[5] if len(args) > 5 else None,
+            "unsupported": f"FlexAttention: attnopt does not read its {what} yet, so the site is left as it is"}
+
+
+def _subgraph(gm: fx.GraphModule, arg):
+    """The GraphModule a higher-order op's ``get_attr`` argument names, or None."""
+    if isinstance(arg, fx.Node) and arg.op == "get_attr":
+        sub = _fetch_attr(gm, arg.target)
+        return sub if isinstance(sub, fx.GraphModule) else None
+    return None
+
+
+def _returns_first_input(sub: fx.GraphModule) -> bool:
+    """Whether a score_mod returns the score it is given, unchanged."""
+    placeholders = [n for n in sub.graph.nodes if n.op == "placeholder"]
+    out = next(n for n in sub.graph.nodes if n.op == "output").args[0]
+    out = out[0] if isinstance(out, (tuple, list)) and len(out) == 1 else out
+    return bool(placeholders) and out is placeholders[0]
 
 
 def _module_op(gm: fx.GraphModule, node: fx.Node) -> tuple[str, dict, list]:

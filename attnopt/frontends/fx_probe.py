@@ -15,7 +15,7 @@ import torch
 import torch.fx as fx
 
 from ..site import ValueRef
-from .fx import graph_module_of
+from .fx import functorch_nesting, graph_module_of
 from .onnx_probe import ProbeInput
 
 
@@ -27,7 +27,8 @@ class FxProbe:
         self.refs = list(refs)
         self._targets = [view.value_of[r] for r in refs]
         needed = _ancestors(self._targets)
-        self._order = [n for n in self._gm.graph.nodes if n in needed]
+        # functorch's vmap nesting calls have no users but bracket the vmapped ops (``fx.functorch_nesting``)
+        self._order = [n for n in self._gm.graph.nodes if n in needed or functorch_nesting(n)]
         input_refs = {n: r for r, n in view.value_of.items()}
         # Shapes as the View recorded them at lift time: folding may since have specialised the
         # export's symbols (str(SymInt) then prints the example size).
@@ -40,7 +41,9 @@ class FxProbe:
         with torch.no_grad():
             for node in self._order:
                 env[node] = self._eval(node, env, feeds)
-        return [_numpy(env[t]) for t in self._targets]
+        # output k of a node whose value is a tuple (FlexAttention's (out, lse, ...)) is its item k
+        return [_numpy(env[t][r.port] if isinstance(env[t], (tuple, list)) else env[t])
+                for t, r in zip(self._targets, self.refs)]
 
     def _eval(self, node: fx.Node, env: dict, feeds: Mapping[str, np.ndarray]):
         if node.op == "placeholder":

@@ -23,6 +23,7 @@ from ..kernels.prefix_sum import prefix_sum
 from ..match import MASK_FILL_MAX
 from ..site import (LAYOUT_BHSD, LAYOUT_BSD, LAYOUT_FLAT, MASK_BOOLEAN, MASK_BOOLEAN_BLOCKED, MASK_NONZERO_KEEP,
                     AttentionSite, ValueRef, extra_axis_count, folded, permutes_bhsd)
+from .fx import functorch_nesting
 from .lowering import blocked_rows, head_dim_padding, lower, mask_terms, state_name
 
 
@@ -277,10 +278,13 @@ def finalize(loaded, kernels: set[str]) -> None:
 
 def _impure(n: fx.Node) -> bool:
     """fx's notion of side effects, less the export's shape assertions and dropout: those would keep
-    the dead dense attention and its N×M mask construction alive (and running)."""
+    the dead dense attention and its N×M mask construction alive (and running). Plus functorch's
+    vmap nesting calls (``fx.functorch_nesting``), which fx does not count."""
     name = getattr(getattr(n.target, "overloadpacket", None), "__name__", "")
     if n.op == "call_function" and (name.startswith("_assert") or name in ("dropout", "native_dropout")):
         return False
+    if functorch_nesting(n):
+        return True
     if _private_in_place(n):
         return False
     return n.is_impure()

@@ -64,6 +64,11 @@ def _load_path(path: Path) -> ir.Model:
         raise ModelLoadError(f"{path}: is a directory, not an ONNX file")
     if path.stat().st_size == 0:
         raise ModelLoadError(f"{path}: empty file, not an ONNX model")
+    with open(path, "rb") as f:
+        if f.read(4) == b"PK\x03\x04":  # a zip: what torch.save and torch.export.save write (ONNX is protobuf)
+            raise ModelLoadError(f"{path}: a torch archive (torch.save / torch.export.save), not ONNX; the command "
+                                 "line reads ONNX, torch models go through the Python API (attnopt.detect, "
+                                 "attnopt.rewrite on an ExportedProgram or a GraphModule)")
     try:
         model = ir.load(str(path))
     except Exception as e:  # protobuf gives DecodeError, RuntimeError or worse for junk
