@@ -178,8 +178,15 @@ def _unflatten_up(view: View, v: ValueRef) -> tuple[ValueRef, list[str]]:
         passed.append(cur.node)
         cur = view.input(cur.node, 0)
         s = view.shape(cur)
+        # the last two axes are the 3-D tensor's, one of them known: D (k, v: (B, H, M, D)) or, for kᵀ with
+        # a symbolic length, the one before it ((B, H, D, M))
         if s is not None and len(s) == 4 and _compatible(s[-2], s3[-2]) and _compatible(s[-1], s3[-1]) \
-                and isinstance(s[-1], int):
+                and (isinstance(s[-1], int) or isinstance(s[-2], int)):
+            # an expand to the shape it already has (torch's decompositions write one before each bmm) is no op
+            while view.op(cur.node) == "identity" or (view.op(cur.node) == "expand"
+                                                      and view.shape(view.input(cur.node, 0)) == s):
+                passed.append(cur.node)
+                cur = view.input(cur.node, 0)
             return cur, passed
         if s is not None and len(s) != 3 and len(s) != 4:
             break
@@ -251,6 +258,12 @@ def _repeat_source(view: View, x: ValueRef) -> tuple[ValueRef | None, list[str]]
         passed.append(y.node)
         y = _skip_up(view, view.input(y.node, 0))
     return (y, passed) if view.rank(y) == 4 else (None, [])
+
+
+def _heads(view: View, v: ValueRef, layout: str) -> int | str | None:
+    """The head axis of a 4-D (b, h, s, d) or (b, h, d, s) tensor; None for other layouts or an unknown shape."""
+    shape = view.shape(v)
+    return shape[1] if layout in (LAYOUT_BHSD, LAYOUT_BHDS) and shape is not None and len(shape) == 4 else None
 
 
 def _strip_gqa(view: View, v: ValueRef) -> tuple[ValueRef, list[str]]:
@@ -330,6 +343,11 @@ def _is_neg_fill(view: View, v: ValueRef | None) -> bool:
 
 
 def _is_zero(view: View, v: ValueRef | None) -> bool:
+    """A constant 0, or a tensor of zeros made in the shape of another (zeros_like, full_like(x, 0))."""
+    if v is not None and view.op(v.node).startswith("other:"):
+        name = plain_op_name(view.op(v.node))
+        if name == "zeros_like" or (name == "full_like" and view.scalar(view.input(v.node, 1)) == 0.0):
+            return True
     return view.scalar(v) == 0.0
 
 
@@ -792,13 +810,13 @@ def _drawn_at_random(view: View, v: ValueRef, depth: int = 8) -> bool:
     return False
 
 
-def _zero_blocked_rows(view: View, cond: ValueRef, terms: list) -> None:
+def _zero_blocked_rows(view: View, cond: ValueRef, terms: list, scores: ValueRef) -> None:
     """where(cond, 0, p) after the softmax (DeBERTa's XSoftmax): exact when cond is the blocked set of a mask
     term. Entries it blocks are 0 already; it zeroes the rows it blocks whole, where a finite fill had left
     them uniform: the term's fill becomes −inf, whose empty rows the ops answer with 0. A condition that is a
-    constant False changes nothing."""
+    constant False changes nothing, and neither does torch's safe softmax (``_rows_without_a_score``)."""
     c = view.const(cond)
-    if c is not None and not np.any(c):
+    if (c is not None and not np.any(c)) or _rows_without_a_score(view, cond, scores):
         return
     for t in terms:
         blocked = t.value if t.kind == MASK_BOOLEAN_BLOCKED else None
@@ -810,6 +828,23 @@ def _zero_blocked_rows(view: View, cond: ValueRef, terms: list) -> None:
             t.fill = float("-inf")
             return
     raise Mismatch("the probabilities are zeroed where the scores are not masked")
+
+
+def _rows_without_a_score(view: View, cond: ValueRef, scores: ValueRef) -> bool:
+    """Whether cond is not(any(not(scores == −inf), axis=−1)): the rows of the softmax's own input with every
+    score −inf, which torch's safe softmax (SDPA's decomposition since torch 2.5, ``run_decompositions``)
+    zeroes. Those are the rows with no allowed key, which the ops answer with 0 already."""
+    chain = [cond]
+    for op in ("not", "any", "not", "eq"):  # cond, then each op's first input in turn
+        nid = chain[-1].node
+        if plain_op_name(view.op(nid)) != op or not view.inputs(nid):
+            return False
+        chain.append(view.input(nid, 0))
+    anyone, eq = chain[1].node, chain[3].node
+    rank = view.rank(scores)
+    last = {-1} if rank is None else {-1, rank - 1}
+    return (chain[4] == scores and view.scalar(view.input(eq, 1)) == float("-inf")
+            and len(view.inputs(anyone)) > 1 and view.scalar(view.input(anyone, 1)) in last)
 
 
 # --------------------------------------------------------------------------- decomposed
@@ -845,7 +880,7 @@ def _match_product(view: View, sm: str, x: ValueRef, down: _Down) -> AttentionSi
         raise Mismatch("the probabilities are sliced before the value product" if sliced else
                        "the softmax spans columns besides the scores that the value product reads")
     for cond in zeroed:
-        _zero_blocked_rows(view, cond, up.terms)
+        _zero_blocked_rows(view, cond, up.terms, x)
     q, kt = view.inputs(up.matmul)[:2]
 
     removed = [sm, mm2, up.matmul] + up.nodes + down_nodes
@@ -871,6 +906,8 @@ def _match_product(view: View, sm: str, x: ValueRef, down: _Down) -> AttentionSi
     removed += kn
     key, key_layout, tn = _strip_transpose(view, kt)
     key, k_scale2, ks2 = _strip_scale(view, key)  # (k·c)ᵀ: the scale may sit before the transpose
+    if ks2 and not tn:  # or after it, kᵀ·c: torch's SDPA decomposition scales q and kᵀ by √scale each
+        key, key_layout, tn = _strip_transpose(view, key)
     k_scale *= k_scale2
     removed += tn + ks2
     if key_layout in (LAYOUT_FLAT, "(bh)ds"):
@@ -881,6 +918,16 @@ def _match_product(view: View, sm: str, x: ValueRef, down: _Down) -> AttentionSi
     key, gk = _strip_gqa(view, key) if key_layout == LAYOUT_BHSD else (key, [])
     value, vn = _unflatten_up(view, value)
     value, gv = _strip_gqa(view, value)
+    # k and v must reach the op with one head count: where one side's GQA repeat was read and the other's not
+    # (a repeat_interleave), the read side is taken as repeated too
+    k_heads, v_heads = _heads(view, key, key_layout), _heads(view, value, LAYOUT_BHSD)
+    if None not in (k_heads, v_heads) and k_heads != v_heads:
+        if gv and not gk:
+            value, gv = ValueRef(gv[0], 0), []
+        elif gk and not gv:
+            key, gk = ValueRef(gk[0], 0), []
+        if _heads(view, key, key_layout) != _heads(view, value, LAYOUT_BHSD):
+            raise Mismatch(f"keys with {k_heads} heads and values with {v_heads}")
     removed += gk + gv + vn
 
     layout = LAYOUT_FLAT if view.rank(q) == 3 or (view.rank(q) is None and view.rank(value) == 3) else LAYOUT_BHSD

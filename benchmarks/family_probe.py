@@ -5,7 +5,9 @@
 
 Each family is built from a tiny config with random weights, for each attention implementation transformers
 offers it (eager, sdpa), and exported with each exporter (TorchScript at opset 17, dynamo) or traced for the
-fx path (``export``: torch.export with the sequence axes dynamic, as ``torch.export.Dim.AUTO`` leaves them).
+fx path (``export``: torch.export with the sequence axes dynamic, as ``torch.export.Dim.AUTO`` leaves them;
+``decomposed``: the same program after ``run_decompositions()``, where SDPA is written out as matmuls around
+torch's safe softmax; not run by default).
 attnopt then detects its sites, rewrites them with segmented at its exact limit (one segment longer than the
 input, two sinks) and validates the result against the original. One JSON line per (family, implementation, exporter):
 the stage reached (build, export, detect, rewrite, validate, done; an ONNX export that onnxruntime cannot load
@@ -386,10 +388,11 @@ def _export(exporter: str, built, path: Path):
     """(the model attnopt reads, the inputs validate feeds it): an ONNX file, or for ``export`` the
     ExportedProgram (every axis but the batch AUTO, so a dynamic length stays symbolic)."""
     built.module.eval()  # a dynamo export that fails can leave the module in training mode (XLNet's did)
-    if exporter == "export":
+    if exporter in ("export", "decomposed"):
         dims = tuple({ax: torch.export.Dim.AUTO for ax in range(1, t.dim())} if t.dim() > 1 else None
                      for t in built.inputs)
-        return torch.export.export(built.module, built.inputs, dynamic_shapes=dims), tuple(built.inputs)
+        program = torch.export.export(built.module, built.inputs, dynamic_shapes=dims)
+        return (program.run_decompositions() if exporter == "decomposed" else program), tuple(built.inputs)
     names = dict(input_names=list(built.input_names), output_names=list(built.output_names))
     if exporter == "dynamo":
         torch.onnx.export(built.module, built.inputs, str(path), dynamo=True, external_data=False, verbose=False,
@@ -408,7 +411,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("families", nargs="*", help="families to probe (default all): " + ", ".join(FAMILIES))
     ap.add_argument("--exporters", nargs="+", default=["torchscript", "dynamo", "export"],
-                    choices=["torchscript", "dynamo", "export"])
+                    choices=["torchscript", "dynamo", "export", "decomposed"])
     ap.add_argument("--impls", nargs="+", default=["eager", "sdpa"], choices=["eager", "sdpa"])
     ap.add_argument("--json", help="write every record here as a JSON list")
     args = ap.parse_args(argv)

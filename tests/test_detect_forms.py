@@ -468,3 +468,81 @@ def test_a_mask_built_with_vmap_is_read_and_its_rewrite_runs():
     result = attnopt.rewrite(exported, "segmented", segment_size=64)
     assert len(result.rewritten) == 1
     assert attnopt.validate(exported, result.model, inputs=(x,)).is_exact(1e-5)
+
+
+class _SdpaForms(nn.Module):
+    """SDPA, causal or under a (B, 1, 1, M) key-padding mask, boolean or additive, with GQA's kv heads."""
+
+    def __init__(self, causal: bool, mask: str | None):
+        super().__init__()
+        torch.manual_seed(0)
+        self.q, self.kv, self.causal, self.mask = nn.Linear(16, 32), nn.Linear(16, 16), causal, mask
+
+    def forward(self, x, keep):
+        b, n, _ = x.shape
+        q = self.q(x).view(b, n, 4, 8).transpose(1, 2)
+        k, v = (t.view(b, n, 1, 8).transpose(1, 2) for t in self.kv(x).chunk(2, -1))
+        mask = None
+        if self.mask == "bool":
+            mask = keep[:, None, None, :]
+        elif self.mask == "additive":
+            mask = torch.zeros(keep.shape).masked_fill(~keep, float("-inf"))[:, None, None, :]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=self.causal, enable_gqa=True)
+        return out.transpose(1, 2).reshape(b, n, 32)
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+@pytest.mark.parametrize("causal, mask", [(True, None), (False, "bool"), (False, "additive"), (False, None)])
+def test_sdpa_decomposed_by_run_decompositions_is_found(causal, mask, dynamic):
+    """``ExportedProgram.run_decompositions()`` writes SDPA out as matmuls around torch's safe softmax, which
+    zeroes the rows whose scores are all −inf: where(not(any(not(s == −inf))), 0, softmax(s)). Those rows have
+    no allowed key, so the ops' answer (0) is the same; the site reads as the SDPA it was (its kv heads too:
+    kᵀ unflattens from bmm's 3-D operand also where the length is symbolic), and rewrites exactly, a batch row
+    with every key padded included."""
+    x, keep = torch.randn(2, 32, 16), torch.ones(2, 32, dtype=torch.bool)
+    keep[0, 20:] = False
+    if mask is not None:
+        keep[1] = False  # every key padded: the safe softmax's zero rows
+    module = _SdpaForms(causal, mask).eval()
+    dims = ({1: torch.export.Dim.AUTO}, {1: torch.export.Dim.AUTO}) if dynamic else None
+    exported = torch.export.export(module, (x, keep), dynamic_shapes=dims).run_decompositions()
+    assert dynamic == any(isinstance(d, torch.SymInt) for d in exported.graph_module.graph.find_nodes(
+        op="placeholder")[-1].meta["val"].shape)
+    assert not any("scaled_dot_product" in str(n.target) for n in exported.graph.nodes)
+    (site,) = attnopt.detect(exported)
+    assert site.form == "decomposed" and site.unsupported is None and site.causal == causal
+    assert (site.num_heads, site.kv_num_heads) == (4, 1)
+    assert (site.key_padding is not None) == (mask is not None) and site.masks == ()
+    result = attnopt.rewrite(exported, "segmented", segment_size=64)
+    assert len(result.rewritten) == 1
+    assert attnopt.validate(exported, result.model, inputs=(x, keep)).is_exact(1e-5)
+
+
+class _MixedRepeats(nn.Module):
+    """Grouped-query attention whose keys are repeated by repeat_interleave and values by expand + reshape:
+    the matcher reads the second as a GQA repeat and not the first."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.q, self.kv = nn.Linear(16, 32), nn.Linear(16, 16)
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        q = self.q(x).view(b, n, 4, 8).transpose(1, 2)
+        k, v = (t.view(b, n, 1, 8).transpose(1, 2) for t in self.kv(x).chunk(2, -1))
+        k = k.repeat_interleave(4, dim=1)
+        v = v[:, :, None].expand(b, 1, 4, n, 8).reshape(b, 4, n, 8)
+        p = (q @ k.transpose(-1, -2) / 8 ** 0.5).softmax(-1)
+        return (p @ v).transpose(1, 2).reshape(b, n, 32)
+
+
+def test_keys_and_values_keep_one_head_count_when_one_repeat_is_unread():
+    """Where only one of k and v is read back to its kv heads, both are taken as repeated: the rewritten op gets
+    k and v with the same heads (it refuses others), and the result is exact."""
+    x = torch.randn(2, 24, 16)
+    exported = torch.export.export(_MixedRepeats().eval(), (x,))
+    (site,) = attnopt.detect(exported)
+    assert (site.num_heads, site.kv_num_heads) == (4, 4) and site.unsupported is None
+    result = attnopt.rewrite(exported, "segmented", segment_size=64)
+    assert attnopt.validate(exported, result.model, inputs=(x,)).is_exact(1e-5)
