@@ -53,6 +53,9 @@ EXPORT = "export"  # torch.export.export -> ExportedProgram
 SYMBOLIC_TRACE = "symbolic_trace"  # torch.fx.symbolic_trace -> GraphModule (+ example_inputs)
 MODULE = "module"  # the nn.Module itself, with example_inputs; detect() exports it
 FX_TRACERS = (EXPORT, SYMBOLIC_TRACE, MODULE)
+# torch.export, then ExportedProgram.run_decompositions(): SDPA written out as matmuls around torch's safe softmax.
+# Only for some HF sdpa cases (``_impl_cases(..., decomposed=True)``), which keeps the suite's time.
+DECOMPOSED = "decomposed"
 
 TORCHSCRIPT_OPSET = 17
 SEQ = 10  # text length; differs from every head count and head_dim on purpose
@@ -1140,8 +1143,11 @@ def _impl_cases(family: str, make: Callable[[str], Built], **kw) -> list[ZooCase
     out = []
     kw.setdefault("fx_tracers", (EXPORT, SYMBOLIC_TRACE))
     symtrace_error = kw.pop("symtrace_error", _HF_SYMTRACE_CONTROL_FLOW)
+    decomposed = kw.pop("decomposed", False)  # the sdpa case also as a decomposed program
     for impl in ("eager", "sdpa"):
         extra = dict(kw)
+        if decomposed and impl == "sdpa":
+            extra["fx_tracers"] = (*extra["fx_tracers"], DECOMPOSED)
         excluded = {SYMBOLIC_TRACE: symtrace_error}
         excluded.update(extra.pop("excluded", {}))
         per_impl = {i: extra.pop(f"excluded_{i}", {}) for i in ("eager", "sdpa")}
@@ -1193,7 +1199,7 @@ _HAND = dict(family="hand", heads=4, head_dim=8, fx_tracers=FX_TRACERS)
 
 CASES: list[ZooCase] = [
     *_impl_cases("bert", bert, expected_sites=2, heads=2, head_dim=16, self_attention_sites=2, causal_sites=0,
-                 onnx_exporters=(*ONNX_EXPORTERS, ORT_FUSED), symtrace_error=_HF_SYMTRACE_SLICE),
+                 onnx_exporters=(*ONNX_EXPORTERS, ORT_FUSED), symtrace_error=_HF_SYMTRACE_SLICE, decomposed=True),
     ZooCase("bert-sdpa-dynamic", "bert", _bind(bert, "sdpa", dynamic=True), expected_sites=2, heads=2,
             head_dim=16, causal_sites=0, fx_tracers=(EXPORT, SYMBOLIC_TRACE),
             excluded={SYMBOLIC_TRACE: _HF_SYMTRACE_SLICE}),
@@ -1217,7 +1223,7 @@ CASES: list[ZooCase] = [
             scales=(1.0,), self_attention_sites=2, causal_sites=1, fx_tracers=(EXPORT,)),
     *_impl_cases("bart", bart, expected_sites=6, heads=4, head_dim=8, self_attention_sites=4, causal_sites=2),
     *_impl_cases("llama-gqa", llama, expected_sites=2, heads=4, kv_heads=2, head_dim=16,
-                 self_attention_sites=2, causal_sites=2),
+                 self_attention_sites=2, causal_sites=2, decomposed=True),
     # Two attention calls a layer with the same q and k (one shared softmax once exported); TorchScript cannot
     # export its RMSNorm at opset 17.
     *_impl_cases("diffllama", diffllama, expected_sites=4, heads=4, kv_heads=2, head_dim=16, self_attention_sites=4,
@@ -1242,7 +1248,7 @@ CASES: list[ZooCase] = [
     *_impl_cases("mistral-gqa", mistral, expected_sites=2, heads=4, kv_heads=2, head_dim=16,
                  self_attention_sites=2, causal_sites=2),
     *_impl_cases("qwen2-gqa", qwen2, expected_sites=2, heads=4, kv_heads=2, head_dim=16,
-                 self_attention_sites=2, causal_sites=2),
+                 self_attention_sites=2, causal_sites=2, decomposed=True),
     # With a dynamic sequence the opset-23 export emits RotaryEmbedding (the static one keeps rotary
     # decomposed), and onnxruntime 1.31 rejects its cos/sin caches at run time: "Inputs 'cos_cache' and
     # 'sin_cache' are expected to have the same shape as input 'x', got 1 and 10".
@@ -1691,6 +1697,12 @@ class Zoo:
         built = self.build(name)
         if tracer == EXPORT:
             return self.exported_program(name), None
+        if tracer == DECOMPOSED:
+            key = (name, DECOMPOSED)
+            if key not in self._fx:
+                with quiet():
+                    self._fx[key] = self.exported_program(name).run_decompositions()
+            return self._fx[key], None
         if tracer == SYMBOLIC_TRACE:
             return self.symbolic_trace(name), built.inputs
         if tracer == MODULE:
