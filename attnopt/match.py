@@ -262,8 +262,7 @@ def _repeat_source(view: View, x: ValueRef) -> tuple[ValueRef | None, list[str]]
 
 def _heads(view: View, v: ValueRef, layout: str) -> int | str | None:
     """The head axis of a 4-D (b, h, s, d) or (b, h, d, s) tensor; None for other layouts or an unknown shape."""
-    shape = view.shape(v)
-    return shape[1] if layout in (LAYOUT_BHSD, LAYOUT_BHDS) and shape is not None and len(shape) == 4 else None
+    return _dim(view.shape(v), 1) if layout in (LAYOUT_BHSD, LAYOUT_BHDS) and view.rank(v) == 4 else None
 
 
 def _strip_gqa(view: View, v: ValueRef) -> tuple[ValueRef, list[str]]:
