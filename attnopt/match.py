@@ -115,7 +115,7 @@ def _strip_scale(view: View, v: ValueRef) -> tuple[ValueRef, float, list[str]]:
     """q·c, q/c (and casts) -> (q, product of factors, nodes passed)."""
     factor, passed = 1.0, []
     while True:
-        v2 = _skip_up(view, v)
+        v2 = _skip_noops(view, v)
         passed += _nodes_between(view, v, v2)
         v = v2
         op = view.op(v.node)
@@ -132,6 +132,18 @@ def _strip_scale(view: View, v: ValueRef) -> tuple[ValueRef, float, list[str]]:
         factor *= c
         passed.append(v.node)
         v = x
+
+
+def _skip_noops(view: View, v: ValueRef) -> ValueRef:
+    """Up through TRANSPARENT ops and reshapes or expands to the shape their input has: torch's decompositions
+    write one of each before every bmm, also where the operand is 3-D already (ViTDet's folded heads)."""
+    while True:
+        v = _skip_up(view, v)
+        src = view.input(v.node, 0) if view.op(v.node) in ("reshape", "expand") else None
+        shape = view.shape(v)
+        if src is None or shape is None or None in shape or view.shape(src) != shape:
+            return v
+        v = src
 
 
 def _nodes_between(view: View, start: ValueRef, end: ValueRef) -> list[str]:
@@ -187,10 +199,20 @@ def _unflatten_up(view: View, v: ValueRef) -> tuple[ValueRef, list[str]]:
                                                       and view.shape(view.input(cur.node, 0)) == s):
                 passed.append(cur.node)
                 cur = view.input(cur.node, 0)
+            if view.op(cur.node) == "expand" and _broadcasts_one_head(view.shape(view.input(cur.node, 0)), s):
+                # one kv head broadcast over the query heads: how torch's decomposition writes a matmul whose
+                # operand has a head axis of 1 (Falcon's multi-query k and v); that one head is the kv tensor
+                return view.input(cur.node, 0), passed + [cur.node]
             return cur, passed
         if s is not None and len(s) != 3 and len(s) != 4:
             break
     return v, []
+
+
+def _broadcasts_one_head(src, dst) -> bool:
+    """An expand from ``src`` (B, 1, X, Y) to ``dst`` (B, H, X, Y): every other axis proven kept."""
+    return (src is not None and dst is not None and len(src) == len(dst) == 4 and src[1] == 1
+            and dst[1] != 1 and all(_same_dim(a, b) for k, (a, b) in enumerate(zip(src, dst)) if k != 1))
 
 
 def _strip_transpose(view: View, v: ValueRef) -> tuple[ValueRef, str, list[str]]:
@@ -1257,11 +1279,15 @@ def _heads_from_split(view: View, v: ValueRef, head_dim) -> int | None:
     shows it, else E / D."""
     if not isinstance(head_dim, int):
         return None
-    cur = v
-    for _ in range(6):
+    cur, steps = v, 0
+    while steps < 8:  # a decomposed program's bmm adds a reshape, and Hiera's query pooling a max
         nid = cur.node
         if view.op(nid) in ("input", "constant") or not view.inputs(nid):
             return None
+        # copies, axes of one and no-op expands are not steps: torch's decompositions write unbind as slice +
+        # squeeze, and add a clone and an expand to the shape it has before each bmm
+        steps += view.op(nid) not in ("identity", "cast", "squeeze", "unsqueeze") and not (
+            view.op(nid) == "expand" and view.shape(view.input(nid, 0)) == view.shape(cur))
         if view.op(nid) == "reshape":
             src = view.input(nid, 0)
             e = _dim(view.shape(src), -1)

@@ -546,3 +546,45 @@ def test_keys_and_values_keep_one_head_count_when_one_repeat_is_unread():
     assert (site.num_heads, site.kv_num_heads) == (4, 4) and site.unsupported is None
     result = attnopt.rewrite(exported, "segmented", segment_size=64)
     assert attnopt.validate(exported, result.model, inputs=(x,)).is_exact(1e-5)
+
+
+class _CausalPadded(_SdpaForms):
+    """A decoder's mask built at run time: causal and key padding in one boolean N×N term."""
+
+    def __init__(self):
+        super().__init__(False, "built")
+
+    def forward(self, x, keep):
+        b, n, _ = x.shape
+        q = self.q(x).view(b, n, 4, 8).transpose(1, 2)
+        k, v = (t.view(b, n, 1, 8).transpose(1, 2) for t in self.kv(x).chunk(2, -1))
+        mask = torch.ones(n, n, dtype=torch.bool).tril()[None, None] & keep[:, None, None, :]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+        return out.transpose(1, 2).reshape(b, n, 32)
+
+
+def test_detect_and_rewrite_leave_the_users_exported_program_symbolic():
+    """The lifter reads dims without guarding on them: ``int()`` of a SymInt guards it, and the guard specialised
+    the shape environment the user's ExportedProgram shares. Its placeholders then read as the example's sizes,
+    and a later ``run_decompositions()`` of it was static (its causal mask then read as a dense N×N term)."""
+    x, keep = torch.randn(2, 32, 16), torch.ones(2, 32, dtype=torch.bool)
+    keep[0, 20:] = False
+    dims = ({1: torch.export.Dim.AUTO}, {1: torch.export.Dim.AUTO})
+    exported = torch.export.export(_CausalPadded().eval(), (x, keep), dynamic_shapes=dims)
+
+    def shapes(program):
+        return [str(tuple(n.meta["val"].shape)) for n in program.graph.find_nodes(op="placeholder")[-2:]]
+
+    before = shapes(exported)
+    assert all("s" in s for s in before)  # symbolic to start with
+    (site,) = attnopt.detect(exported)
+    result = attnopt.rewrite(exported, "segmented", segment_size=64)
+    attnopt.validate(exported, result.model, inputs=(x, keep))
+    assert shapes(exported) == before
+    (decomposed_site,) = attnopt.detect(exported.run_decompositions())
+    assert decomposed_site.causal and decomposed_site.masks == () and isinstance(decomposed_site.q_len, str)
+    # the program and its rewrite still take another length, and agree there
+    x2, keep2 = torch.randn(2, 40, 16), torch.ones(2, 40, dtype=torch.bool)
+    keep2[1, 33:] = False
+    expected = exported.module()(x2, keep2)
+    torch.testing.assert_close(result.model(x2, keep2), expected, rtol=1e-5, atol=1e-5)

@@ -1233,8 +1233,9 @@ CASES: list[ZooCase] = [
                  fx_tracers=(EXPORT,)),
     # Relative attention over (N, B, H, D) whose scores add a literal 0 (no segment ids); no sdpa form. The
     # dynamo exporter fails on it in torch (aten::sub of a float and a tensor, from `1.0 - attention_mask`).
+    # Decomposed, its einsums become bmms reached through 5-D detours (attnopt/frontends/fx_singleton_axes.py).
     ZooCase("xlnet-eager", "xlnet", _bind(xlnet, "eager"), expected_sites=2, heads=4, head_dim=16,
-            self_attention_sites=2, causal_sites=0, fx_tracers=(EXPORT,), onnx_exporters=(TORCHSCRIPT,)),
+            self_attention_sites=2, causal_sites=0, fx_tracers=(EXPORT, DECOMPOSED), onnx_exporters=(TORCHSCRIPT,)),
     # MLA: values narrower than q and k (8 against 16 dims a head); the scale is 1/sqrt(16).
     *_impl_cases("deepseek-mla", deepseek_mla, expected_sites=2, heads=4, head_dim=16, self_attention_sites=2,
                  causal_sites=2, fx_tracers=(EXPORT,)),
@@ -1253,7 +1254,7 @@ CASES: list[ZooCase] = [
     # decomposed), and onnxruntime 1.31 rejects its cos/sin caches at run time: "Inputs 'cos_cache' and
     # 'sin_cache' are expected to have the same shape as input 'x', got 1 and 10".
     ZooCase("llama-gqa-sdpa-dynamic", "llama-gqa", _bind(llama, "sdpa", dynamic=True), expected_sites=2,
-            heads=4, kv_heads=2, head_dim=16, causal_sites=2, fx_tracers=(EXPORT, SYMBOLIC_TRACE),
+            heads=4, kv_heads=2, head_dim=16, causal_sites=2, fx_tracers=(EXPORT, SYMBOLIC_TRACE, DECOMPOSED),
             excluded={SYMBOLIC_TRACE: _HF_SYMTRACE_CONTROL_FLOW},
             ort_known_failures={DYNAMO_OPSET23: "Inputs 'cos_cache' and 'sin_cache' are expected to have the "
                                                 "same shape as input 'x'"}),
@@ -1270,7 +1271,7 @@ CASES: list[ZooCase] = [
     ZooCase("swinv2-eager", "swinv2", _bind(swinv2, "eager"), expected_sites=2, heads=2, head_dim=8, scales=(1.0,),
             self_attention_sites=2, causal_sites=0, fx_tracers=(EXPORT,)),
     ZooCase("vitdet-eager", "vitdet", _bind(vitdet, "eager"), expected_sites=2, heads=4, head_dim=8,
-            self_attention_sites=2, causal_sites=0, fx_tracers=(EXPORT,)),
+            self_attention_sites=2, causal_sites=0, fx_tracers=(EXPORT, DECOMPOSED)),
     ZooCase("hiera-eager", "hiera", _bind(hiera, "eager"), expected_sites=2, heads=(1, 2), head_dim=16,
             self_attention_sites=1,
             causal_sites=0, fx_tracers=(EXPORT,)),
@@ -1290,13 +1291,14 @@ CASES: list[ZooCase] = [
     # Relative attention in einsums over (B, N, H, D) ("bind,bjnd->bnij"): the operands and the value
     # product in permuted layouts; the query is pre-scaled, so the scores' own scale is 1.
     ZooCase("funnel-eager", "funnel", _bind(funnel, "eager"), expected_sites=3, heads=4, head_dim=8,
-            scales=(1.0,), self_attention_sites=2, causal_sites=0, fx_tracers=(EXPORT,)),
+            scales=(1.0,), self_attention_sites=2, causal_sites=0, fx_tracers=(EXPORT, DECOMPOSED)),
     # Logit softcapping 50·tanh(s/50); the scale is query_pre_attn_scalar**-0.5, not 1/sqrt(head_dim).
     ZooCase("gemma2-eager", "gemma2", _bind(gemma2, "eager"), expected_sites=2, heads=4, kv_heads=2, head_dim=8,
             scales=(16 ** -0.5,), self_attention_sites=2, causal_sites=2, fx_tracers=(EXPORT,)),
     # ALiBi added before the scale (eager), or folded into the float mask (sdpa); multi-query k/v.
+    # decomposed: the one kv head reaches the bmm broadcast over the query heads by an expand
     *_impl_cases("falcon-alibi", falcon_alibi, expected_sites=2, heads=4, kv_heads=1, head_dim=8,
-                 self_attention_sites=2, causal_sites=2,
+                 self_attention_sites=2, causal_sites=2, decomposed=True,
                  excluded_sdpa={DYNAMO_OPSET23: "ConversionError: ... AssertionError: SDPA (MHA) requires "
                                                 "q_num_heads = kv_num_heads (multi-query k/v of one head)"}),
     *_impl_cases("modernbert", modernbert, expected_sites=2, heads=4, head_dim=8, self_attention_sites=2,
@@ -1362,9 +1364,9 @@ CASES: list[ZooCase] = [
     ZooCase("hand-additive-mask-cross", factory=additive_mask_cross, expected_sites=1, causal_sites=0,
             self_attention_sites=0, **_HAND),
     ZooCase("hand-einsum", factory=hand(EinsumAttention), expected_sites=1, causal_sites=0,
-            self_attention_sites=1, **_HAND),
+            self_attention_sites=1, **{**_HAND, "fx_tracers": (*FX_TRACERS, DECOMPOSED)}),
     ZooCase("hand-einsum-permuted", factory=hand(PermutedEinsumAttention), expected_sites=1, causal_sites=0,
-            self_attention_sites=1, **_HAND),
+            self_attention_sites=1, **{**_HAND, "fx_tracers": (*FX_TRACERS, DECOMPOSED)}),
     ZooCase("hand-open-constant-mask", factory=hand(OpenConstantMask), expected_sites=1, causal_sites=0,
             self_attention_sites=1, **_HAND),
     ZooCase("hand-shared-probabilities", factory=hand(SharedProbabilities), expected_sites=2, causal_sites=0,

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from ..graph import View, einsum_as_matmul, einsum_op, lift_einsum
 from ..site import LAYOUT_BHSD, LAYOUT_BSD, ValueRef
+from .fx_singleton_axes import fold_singleton_detours
 
 MAX_FOLD_ELEMENTS = 1 << 22
 
@@ -131,7 +132,8 @@ def lift(model) -> View:
             elif isinstance(arg, (int, float, bool)) and not isinstance(arg, torch.SymInt):
                 view.connect(literal(arg), node.name, port)
         refs[node] = ValueRef(node.name)
-    view.value_of = {ref: n for n, ref in refs.items()}
+    dropped = fold_singleton_detours(view)  # decomposed einsums (fx_singleton_axes)
+    view.value_of = {ref: n for n, ref in refs.items() if ref.node not in dropped}
     return view
 
 
@@ -343,9 +345,14 @@ def _dim(d):
 
 
 def _static(d) -> bool:
+    if isinstance(d, torch.SymInt):
+        # never int(d) on a symbol: that guards it, and the guard specialises the shape environment the user's
+        # ExportedProgram shares (its placeholders then read as the example's sizes, and so does every later
+        # run_decompositions() or re-export of it)
+        return d.node.is_constant()
     try:
         int(d)
-        return not isinstance(d, torch.SymInt) or d.node.is_constant()
+        return True
     except Exception:
         return False
 

@@ -30,8 +30,7 @@ class FxProbe:
         # functorch's vmap nesting calls have no users but bracket the vmapped ops (``fx.functorch_nesting``)
         self._order = [n for n in self._gm.graph.nodes if n in needed or functorch_nesting(n)]
         input_refs = {n: r for r, n in view.value_of.items()}
-        # Shapes as the View recorded them at lift time: folding may since have specialised the
-        # export's symbols (str(SymInt) then prints the example size).
+        # Shapes as the View recorded them at lift time, whose symbols are the ones the sites name.
         self.inputs = [ProbeInput(input_refs[n], n.name, _meta(n)[0], view.shape(input_refs[n]) or _meta(n)[1])
                        for n in self._order if n.op == "placeholder" and n.name not in self._weights]
 
