@@ -1406,16 +1406,18 @@ def _match_fused(view: View, nid: str) -> AttentionSite:
     if key_padding is not None:
         key_padding = MaskTerm(key_padding, a.get("key_padding_kind", MASK_NONZERO_KEEP),
                                fill=a.get("key_padding_fill", float("-inf")))
+    # the op's own output, or the node a frontend names as holding it (FlexAttention's getitem(call, 0))
+    output = a.get("output_node", nid)
     return AttentionSite(
         name="", form=a.get("form", view.op(nid)), query=q, key=k, value=v,
-        output=ValueRef(nid, 0), query_layout=layouts[0], key_layout=layouts[1], value_layout=layouts[2],
+        output=ValueRef(output, 0), query_layout=layouts[0], key_layout=layouts[1], value_layout=layouts[2],
         output_layout=a.get("output_layout", layout),
         num_heads=heads, kv_num_heads=kv_heads or heads, head_dim=head_dim, q_len=q_len, kv_len=kv_len,
         value_head_dim=_other_head_dim(_dim(view.shape(v), -1), head_dim) if layout == LAYOUT_BHSD else None,
         scale=_clean(a["scale"], head_dim) if a.get("scale") else None,
         masks=(MaskTerm(mask, mask_kind),) if mask is not None else (), causal=bool(a.get("causal", False)),
         key_padding=key_padding, query_projection=projections[0], key_projection=projections[1],
-        value_projection=projections[2], nodes=(nid,), anchor=nid,
+        value_projection=projections[2], nodes=tuple(dict.fromkeys((nid, output))), anchor=nid,
         unsupported=a.get("unsupported"),
         proven_self_attention=one_input,
     )

@@ -398,45 +398,145 @@ def test_a_blended_mask_is_a_masked_fill(tmp_path):
     assert not attnopt.detect(half)
 
 
-class _FlexAndSdpa(nn.Module):
-    """Two attention layers: torch's FlexAttention (causal block mask; a softcap score_mod where ``softcap``) and
-    plain SDPA. transformers' ``attn_implementation="flex_attention"`` exports to the same higher-order op."""
+# mask_mods by name, and what each reads as: causal or not, a causal window of W keys, or a term no op serves
+_FLEX_MASKS = {
+    "causal": (lambda b, h, qi, ki: ki <= qi, True),
+    "open": (lambda b, h, qi, ki: qi >= 0, False),
+    "window": (lambda b, h, qi, ki: (ki <= qi) & (qi - ki < 4), 4),
+    # causal at every length below 41: only a run one past its constant shows the window
+    "wide window": (lambda b, h, qi, ki: (ki <= qi) & (qi - ki < 40), 40),
+    "per head": (lambda b, h, qi, ki: (ki <= qi) | (h == 1), None),
+    "documents": (None, None),  # built in forward: a tensor of document ids, which the mask_mod reads
+}
 
-    def __init__(self, softcap: bool = False):
+
+class _FlexAndSdpa(nn.Module):
+    """Two attention layers: torch's FlexAttention (a block mask from one of ``_FLEX_MASKS``; a softcap score_mod
+    where ``softcap``; its log-sum-exp added to the output where ``lse``) and plain SDPA. transformers'
+    ``attn_implementation="flex_attention"`` exports to the same higher-order op."""
+
+    def __init__(self, softcap: bool = False, mask: str = "causal", lse: bool = False):
         super().__init__()
         torch.manual_seed(0)
-        self.qkv1, self.qkv2, self.softcap = nn.Linear(16, 48), nn.Linear(16, 48), softcap
+        self.qkv1, self.qkv2, self.softcap, self.mask, self.lse = nn.Linear(16, 48), nn.Linear(16, 48), softcap, \
+            mask, lse
 
     def forward(self, x):
         from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
         b, n, _ = x.shape
         q, k, v = (t.view(b, n, 2, 8).transpose(1, 2) for t in self.qkv1(x).chunk(3, -1))
-        mask = create_block_mask(lambda b_, h, qi, ki: ki <= qi, None, None, n, n, device="cpu")
+        mask_mod = _FLEX_MASKS[self.mask][0]
+        if mask_mod is None:
+            doc = torch.arange(n) // 8
+            mask_mod = lambda b_, h, qi, ki: doc[qi] == doc[ki]  # noqa: E731
+        mask = create_block_mask(mask_mod, None, None, n, n, device="cpu")
         cap = (lambda s, b_, h, qi, ki: 2.0 * torch.tanh(s / 2.0)) if self.softcap else None
-        x = x + flex_attention(q, k, v, score_mod=cap, block_mask=mask).transpose(1, 2).reshape(b, n, 16)
+        y = flex_attention(q, k, v, score_mod=cap, block_mask=mask, return_lse=self.lse)
+        if self.lse:
+            y = y[0] + y[1][..., None]
+        x = x + y.transpose(1, 2).reshape(b, n, 16)
         q, k, v = (t.view(b, n, 2, 8).transpose(1, 2) for t in self.qkv2(x).chunk(3, -1))
         return x + F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(b, n, 16)
 
 
-@pytest.mark.parametrize("softcap", [False, True])
-def test_flex_attention_is_found_and_left_as_it_is(softcap):
-    """A FlexAttention site is reported, with why it stays dense (its mask_mod, and a score_mod that changes the
-    scores, are subgraphs attnopt does not read); the SDPA beside it is rewritten, and the model stays exact."""
-    model, x = _FlexAndSdpa(softcap).eval(), torch.randn(2, 32, 16)
+def _export_flex(model: nn.Module, inputs):
     with warnings.catch_warnings(), torch.no_grad():  # FlexAttention on the CPU refuses inputs needing grads
         warnings.simplefilter("ignore")  # torch: "torch.compile is ignored when called inside torch.export"
-        exported = torch.export.export(model, (x,))
+        return torch.export.export(model, inputs if isinstance(inputs, tuple) else (inputs,))
+
+
+@pytest.mark.parametrize("mask", ["causal", "open"])
+def test_a_flex_attention_whose_mask_mod_is_causal_or_open_is_rewritten(mask):
+    """FlexAttention's mask_mod is run over index grids (every batch row and head, a few lengths): causal and open
+    ones are read, and the site is rewritten like SDPA; exact at the variant's limit, and no flex call is left."""
+    x = torch.randn(2, 32, 16)
+    exported = _export_flex(_FlexAndSdpa(mask=mask).eval(), x)
     flex, sdpa = attnopt.detect(exported)
     assert flex.form == "flex_attention" and (flex.num_heads, flex.head_dim) == (2, 8)
-    assert flex.unsupported == ("FlexAttention: attnopt does not read its "
-                                + ("mask_mod and score_mod" if softcap else "mask_mod")
-                                + " yet, so the site is left as it is")
+    assert flex.unsupported is None and flex.causal == _FLEX_MASKS[mask][1] and flex.masks == ()
     assert sdpa.form == "sdpa" and sdpa.unsupported is None and sdpa.causal
     result = attnopt.rewrite(exported, "segmented", segment_size=64)
-    assert len(result.rewritten) == 1
+    assert len(result.rewritten) == 2
+    assert not any("flex_attention" in str(n.target) for n in result.model.graph.nodes)
     report = attnopt.validate(exported, result.model, inputs=(x,))
     assert report.is_exact(1e-5), report.worst_rel_l2
+    # below the limit the rewritten flex site changes the output: the op runs in its place
+    short = attnopt.rewrite(exported, "segmented", segment_size=8)
+    assert not attnopt.validate(exported, short.model, inputs=(x,)).is_exact(1e-3)
+
+
+@pytest.mark.parametrize("mask", ["window", "wide window"])
+def test_a_flex_attention_window_is_read_and_served_exactly_by_the_window_pass(mask):
+    """A causal sliding window in a mask_mod is read by mask_analysis, which runs the mask_mod on its probe inputs
+    (one past its constant: the wide window is causal at every shorter length). The window pass at that W is exact
+    on the flex site; a segment that reaches past the window would need the mask materialised, so segmented leaves
+    the flex site dense, with the reason, and rewrites the SDPA beside it."""
+    x, w = torch.randn(2, 48, 16), _FLEX_MASKS[mask][1]
+    exported = _export_flex(_FlexAndSdpa(mask=mask).eval(), x)
+    flex, _ = attnopt.detect(exported)
+    assert flex.unsupported is None and not flex.causal and [t.window for t in flex.masks] == [w]
+    result = attnopt.rewrite(exported, "window", window=w, layers="0")
+    assert [o.status for o in result.report] == ["rewritten", "skipped"]
+    assert attnopt.validate(exported, result.model, inputs=(x,)).is_exact(1e-5)
+    result = attnopt.rewrite(exported, "segmented", segment_size=64)
+    assert [o.status for o in result.report] == ["refused", "rewritten"]
+    assert result.report[0].reason.startswith("FlexAttention: its mask_mod reads as none of")
+    assert attnopt.validate(exported, result.model, inputs=(x,)).is_exact(1e-5)
+
+
+class _FlexPadded(nn.Module):
+    """FlexAttention whose mask_mod reads a key-padding input: causal, and key j of row b kept where keep[b, j]."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.qkv = nn.Linear(16, 48)
+
+    def forward(self, x, keep):
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+        b, n, _ = x.shape
+        q, k, v = (t.view(b, n, 2, 8).transpose(1, 2) for t in self.qkv(x).chunk(3, -1))
+        mask = create_block_mask(lambda b_, h, qi, ki: (ki <= qi) & keep[b_, ki], b, None, n, n, device="cpu")
+        return flex_attention(q, k, v, block_mask=mask).transpose(1, 2).reshape(b, n, 16)
+
+
+def test_a_flex_attention_mask_mod_reading_a_padding_input_is_causal_with_key_padding():
+    """A mask_mod that reads a tensor is run on the probe's inputs with that tensor: here it reads the model's
+    keep mask, and mask_analysis finds causality and key padding by that input, as in an SDPA decoder."""
+    x, keep = torch.randn(2, 32, 16), torch.ones(2, 32, dtype=torch.bool)
+    keep[1, 20:] = False
+    exported = _export_flex(_FlexPadded().eval(), (x, keep))
+    (site,) = attnopt.detect(exported)
+    assert site.unsupported is None and site.causal and site.masks == ()
+    assert site.key_padding is not None and site.key_padding.value.node == "keep"
+    result = attnopt.rewrite(exported, "segmented", segment_size=64)
+    assert [o.status for o in result.report] == ["rewritten"]
+    assert attnopt.validate(exported, result.model, inputs=(x, keep)).is_exact(1e-5)
+
+
+@pytest.mark.parametrize("case", ["softcap", "lse", "per head", "documents"])
+def test_a_flex_attention_attnopt_cannot_read_is_left_as_it_is(case):
+    """A score_mod that changes the scores or a read log-sum-exp leaves the site dense from detection on; a
+    mask_mod that reads as none of causal, a window or key padding (per head; document ids it reads from a tensor,
+    run on the probe's inputs) is refused by the rewrite. Each with its reason; the SDPA beside it is rewritten,
+    and the model stays exact."""
+    kw = {"softcap": True} if case == "softcap" else {"lse": True} if case == "lse" else {"mask": case}
+    x = torch.randn(2, 48, 16)
+    exported = _export_flex(_FlexAndSdpa(**kw).eval(), x)
+    flex, sdpa = attnopt.detect(exported)
+    assert flex.form == "flex_attention" and sdpa.unsupported is None
+    result = attnopt.rewrite(exported, "segmented", segment_size=64)
+    assert [o.status for o in result.report][1] == "rewritten"
+    reason = {"softcap": "does not read its score_mod", "lse": "its log-sum-exp is read"}.get(case)
+    if reason is not None:
+        assert flex.unsupported.startswith("FlexAttention: ") and reason in flex.unsupported, flex.unsupported
+    else:
+        assert flex.unsupported is None and len(flex.masks) == 1 and flex.masks[0].window == 0
+        assert result.report[0].status == "refused"
+        assert result.report[0].reason.startswith("FlexAttention: its mask_mod reads as none of")
+    assert attnopt.validate(exported, result.model, inputs=(x,)).is_exact(1e-5)
 
 
 class _VmapMask(nn.Module):

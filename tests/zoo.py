@@ -417,6 +417,20 @@ def llama(impl: str, dynamic: bool = False) -> Built:
     return Built(HFWrapper(model, names, {"use_cache": False}), _text_inputs(), names, ["last_hidden_state"], dyn)
 
 
+def llama_flex() -> Built:
+    """transformers' FlexAttention: export records each call as the flex_attention higher-order op, its causal
+    mask_mod reading packed-sequence tensors the graph builds from the positions. No attention_mask: with one,
+    transformers' flex mask stops export on a data-dependent guard."""
+    from transformers import LlamaConfig, LlamaModel
+
+    _hf_quiet()
+    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    model = _hf_model(LlamaModel, cfg, "flex_attention").requires_grad_(False)  # no flex backward on the CPU
+    return Built(HFWrapper(model, ["input_ids"], {"use_cache": False}), _text_inputs()[:1], ["input_ids"],
+                 ["last_hidden_state"], None)
+
+
 def diffllama(impl: str) -> Built:
     """Differential attention: each layer attends twice with the same q and k (two halves of the values); the
     dynamo exporter merges the two softmaxes into one that two value products read."""
@@ -1250,6 +1264,10 @@ CASES: list[ZooCase] = [
                  self_attention_sites=2, causal_sites=2),
     *_impl_cases("qwen2-gqa", qwen2, expected_sites=2, heads=4, kv_heads=2, head_dim=16,
                  self_attention_sites=2, causal_sites=2, decomposed=True),
+    # FlexAttention: its mask_mod read by running it (attnopt/frontends/fx_flex.py); torch.export only. Its own
+    # family: it has no attention_mask, which the structured-mask tests of the llama-gqa decoders read.
+    ZooCase("llama-gqa-flex", "llama-gqa-flex", llama_flex, expected_sites=2, heads=4, kv_heads=2, head_dim=16,
+            causal_sites=2, fx_tracers=(EXPORT,), onnx_exporters=()),
     # With a dynamic sequence the opset-23 export emits RotaryEmbedding (the static one keeps rotary
     # decomposed), and onnxruntime 1.31 rejects its cos/sin caches at run time: "Inputs 'cos_cache' and
     # 'sin_cache' are expected to have the same shape as input 'x', got 1 and 10".

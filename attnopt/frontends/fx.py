@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from ..graph import View, einsum_as_matmul, einsum_op, lift_einsum
 from ..site import LAYOUT_BHSD, LAYOUT_BSD, ValueRef
+from .fx_flex import flex_attrs, is_flex_attention
 from .fx_singleton_axes import fold_singleton_detours
 
 MAX_FOLD_ELEMENTS = 1 << 22
@@ -116,6 +117,9 @@ def lift(model) -> View:
         baddbmm = attrs.pop("baddbmm", None)
         if baddbmm is not None:
             ports = _lift_baddbmm(view, refs, node, ports, baddbmm, shape, dtype, literal)
+        flex_mask = attrs.pop("flex_mask", None)
+        if flex_mask is not None:
+            ports = [*ports, _lift_flex_mask(view, refs, node, flex_mask, literal)]
         view.add_node(node.name, op, attrs=attrs, ref=node, shapes=[shape], dtypes=[dtype],
                       consts=[const], name=_scope(node))
         # Nodes nested in list arguments (sizes, cat's inputs) are dependencies: ports 100+.
@@ -135,6 +139,18 @@ def lift(model) -> View:
     dropped = fold_singleton_detours(view)  # decomposed einsums (fx_singleton_axes)
     view.value_of = {ref: n for n, ref in refs.items() if ref.node not in dropped}
     return view
+
+
+def _lift_flex_mask(view: View, refs: dict, node: fx.Node, mask, literal) -> ValueRef:
+    """The (B, H, N, M) boolean a FlexAttention call's mask_mod allows, as a View-only value (``fx_flex.FlexMask``)
+    that the probe evaluates: its inputs are the block mask's lengths, the mask_mod's tensors and its integers
+    (constants, which mask_analysis reads as lengths to probe)."""
+    nid = f"{node.name}.mask"
+    (b, h, n, _), (_, _, m, _) = _meta(node.args[0])[0], _meta(node.args[1])[0]
+    view.add_node(nid, "flex_mask", attrs={"flex": mask}, shapes=[(b, h, n, m)], dtypes=["bool"], name=_scope(node))
+    for port, x in enumerate((*mask.lengths, *mask.buffers, *mask.constants)):
+        view.connect(refs[x] if isinstance(x, fx.Node) else literal(x), nid, port)
+    return ValueRef(nid)
 
 
 def _lift_baddbmm(view: View, refs: dict, node: fx.Node, ports: list, factors, shape, dtype, literal) -> list:
@@ -170,8 +186,8 @@ def _canonical(gm: fx.GraphModule, node: fx.Node) -> tuple[str, dict, list]:
     packet = node.target.overloadpacket.__name__ if isinstance(node.target, torch._ops.OpOverload) else None
     if node.op == "call_function" and (packet == "cat" or node.target in (torch.cat, torch.concat)):
         return "concat", {"axis": args[1] if len(args) > 1 else kwargs.get("dim", 0)}, list(args[0])
-    if node.op == "call_function" and _is_flex_attention(node):
-        return "sdpa", _flex_attrs(gm, args), args[:3]
+    if node.op == "call_function" and is_flex_attention(node):
+        return "sdpa", flex_attrs(gm, node, args), args[:3]
     if node.op == "call_function" and packet is not None:
         name = packet
         # aten.max.other is the elementwise maximum of two tensors; aten.max's other overloads reduce
@@ -271,40 +287,6 @@ def functorch_nesting(node: fx.Node) -> bool:
     ``_vmap_increment_nesting`` ... ``_vmap_decrement_nesting``, calls with no users that the vmapped ops
     between them need. fx does not count them as side effects; whoever drops or skips dead nodes must."""
     return node.op == "call_function" and getattr(node.target, "__module__", "") == "torch._functorch.predispatch"
-
-
-def _is_flex_attention(node: fx.Node) -> bool:
-    """torch's FlexAttention as torch.export records it (transformers' ``attn_implementation="flex_attention"``):
-    the higher-order op ``flex_attention(q, k, v, score_mod, block_mask, scale, ...)``."""
-    return isinstance(node.target, torch._ops.HigherOrderOperator) and node.target.name() == "flex_attention"
-
-
-def _flex_attrs(gm: fx.GraphModule, args) -> dict:
-    """A FlexAttention call is a site: q, k, v (B, H, S, D) like SDPA's. Its masking and score changes are
-    subgraphs (``mask_mod`` in the block mask, ``score_mod``) that the mask analysis does not read, so the
-    site is found and reported but left as it is: a rewrite that ignored them would be silently wrong."""
-    score_mod = _subgraph(gm, args[3])
-    identity = score_mod is not None and _returns_first_input(score_mod)
-    what = "mask_mod" if identity else "mask_mod and score_mod"
-    return {"form": "flex_attention", "layout": LAYOUT_BHSD, "q_port": 0, "k_port": 1, "v_port": 2,
-            "mask_port": None, "causal": False, "scale": args[5] if len(args) > 5 else None,
-            "unsupported": f"FlexAttention: attnopt does not read its {what} yet, so the site is left as it is"}
-
-
-def _subgraph(gm: fx.GraphModule, arg):
-    """The GraphModule a higher-order op's ``get_attr`` argument names, or None."""
-    if isinstance(arg, fx.Node) and arg.op == "get_attr":
-        sub = _fetch_attr(gm, arg.target)
-        return sub if isinstance(sub, fx.GraphModule) else None
-    return None
-
-
-def _returns_first_input(sub: fx.GraphModule) -> bool:
-    """Whether a score_mod returns the score it is given, unchanged."""
-    placeholders = [n for n in sub.graph.nodes if n.op == "placeholder"]
-    out = next(n for n in sub.graph.nodes if n.op == "output").args[0]
-    out = out[0] if isinstance(out, (tuple, list)) and len(out) == 1 else out
-    return bool(placeholders) and out is placeholders[0]
 
 
 def _module_op(gm: fx.GraphModule, node: fx.Node) -> tuple[str, dict, list]:

@@ -16,6 +16,7 @@ import torch.fx as fx
 
 from ..site import ValueRef
 from .fx import functorch_nesting, graph_module_of
+from .fx_flex import evaluate
 from .onnx_probe import ProbeInput
 
 
@@ -25,10 +26,16 @@ class FxProbe:
     def __init__(self, model, view, refs: Sequence[ValueRef]):
         self._gm, self._weights = graph_module_of(model)
         self.refs = list(refs)
-        self._targets = [view.value_of[r] for r in refs]
-        needed = _ancestors(self._targets)
+        # a View-only FlexAttention mask (fx_flex.FlexMask) is evaluated from its inputs' values
+        self._flex = {r: (view.attrs(r.node)["flex"], [view.value_of.get(i, view.const(i)) for i in view.inputs(r.node)])
+                      for r in refs if view.view_only(r.node) and view.op(r.node) == "flex_mask"}
+        self._targets = [None if r in self._flex else view.value_of[r] for r in refs]
+        needed = _ancestors([t for t in self._targets if t is not None]
+                            + [x for _, ins in self._flex.values() for x in ins if isinstance(x, fx.Node)])
         # functorch's vmap nesting calls have no users but bracket the vmapped ops (``fx.functorch_nesting``)
-        self._order = [n for n in self._gm.graph.nodes if n in needed or functorch_nesting(n)]
+        # (those of another vmap, whose inputs are not evaluated here, stay out: FlexAttention's create_block_mask)
+        self._order = [n for n in self._gm.graph.nodes
+                       if n in needed or (functorch_nesting(n) and all(a in needed for a in n.all_input_nodes))]
         input_refs = {n: r for r, n in view.value_of.items()}
         # Shapes as the View recorded them at lift time, whose symbols are the ones the sites name.
         self.inputs = [ProbeInput(input_refs[n], n.name, _meta(n)[0], view.shape(input_refs[n]) or _meta(n)[1])
@@ -41,8 +48,14 @@ class FxProbe:
             for node in self._order:
                 env[node] = self._eval(node, env, feeds)
         # output k of a node whose value is a tuple (FlexAttention's (out, lse, ...)) is its item k
-        return [_numpy(env[t][r.port] if isinstance(env[t], (tuple, list)) else env[t])
+        return [_numpy(self._flex_mask(r, env) if t is None else
+                       env[t][r.port] if isinstance(env[t], (tuple, list)) else env[t])
                 for t, r in zip(self._targets, self.refs)]
+
+    def _flex_mask(self, ref: ValueRef, env: dict) -> torch.Tensor:
+        mask, ins = self._flex[ref]
+        values = [env[x] if isinstance(x, fx.Node) else x for x in ins]
+        return evaluate(mask, values[:2], values[2:2 + len(mask.buffers)])
 
     def _eval(self, node: fx.Node, env: dict, feeds: Mapping[str, np.ndarray]):
         if node.op == "placeholder":

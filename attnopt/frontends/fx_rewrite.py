@@ -219,6 +219,9 @@ def _operand(gm: fx.GraphModule, view, ref: ValueRef) -> fx.Node:
     literal 0 to its scores when it has no segment term), that number as a constant of the module."""
     if ref in view.value_of:
         return view.value_of[ref]
+    if view.op(ref.node) == "flex_mask":  # fx_flex.FlexMask: a value only the probe computes
+        raise SiteNotApplicable("FlexAttention: its mask_mod reads as none of causal, a causal window or key "
+                                "padding that this op serves, and attnopt does not materialise it")
     const = view.const(ref)
     if const is None:
         raise SiteNotApplicable(f"a mask term ({ref.node}) is neither a graph value nor a constant")
