@@ -1416,6 +1416,7 @@ def _match_fused(view: View, nid: str) -> AttentionSite:
         value_head_dim=_other_head_dim(_dim(view.shape(v), -1), head_dim) if layout == LAYOUT_BHSD else None,
         scale=_clean(a["scale"], head_dim) if a.get("scale") else None,
         masks=(MaskTerm(mask, mask_kind),) if mask is not None else (), causal=bool(a.get("causal", False)),
+        softcap=a.get("softcap"),
         key_padding=key_padding, query_projection=projections[0], key_projection=projections[1],
         value_projection=projections[2], nodes=tuple(dict.fromkeys((nid, output))), anchor=nid,
         unsupported=a.get("unsupported"),

@@ -100,7 +100,7 @@ def test_gemma2_softcapping_is_reported(zoo_onnx_case):
         assert site.effective_scale == pytest.approx(16 ** -0.5), zoo_onnx_case.id
 
 
-@pytest.mark.zoo(select=lambda case, how: case.family == "gemma2")
+@pytest.mark.zoo(select=lambda case, how: case.family in ("gemma2", "gemma2-flex"))
 def test_gemma2_softcapping_is_reported_fx(zoo_fx_case):
     for site in _zoo_detection(zoo_fx_case).sites:
         assert site.softcap == pytest.approx(50.0), zoo_fx_case.id
@@ -398,7 +398,7 @@ def test_a_blended_mask_is_a_masked_fill(tmp_path):
     assert not attnopt.detect(half)
 
 
-# mask_mods by name, and what each reads as: causal or not, a causal window of W keys, or a term no op serves
+# mask_mods by name, and what each reads as: causal or not, a causal window of W keys, or None: one dense term
 _FLEX_MASKS = {
     "causal": (lambda b, h, qi, ki: ki <= qi, True),
     "open": (lambda b, h, qi, ki: qi >= 0, False),
@@ -410,16 +410,22 @@ _FLEX_MASKS = {
 }
 
 
+_SCORE_MODS = {
+    "softcap": lambda s, b, h, qi, ki: 2.0 * torch.tanh(s / 2.0),  # Gemma 2's, as transformers writes it
+    "bias": lambda s, b, h, qi, ki: s + 0.1 * (ki - qi),  # a relative bias: not read
+}
+
+
 class _FlexAndSdpa(nn.Module):
-    """Two attention layers: torch's FlexAttention (a block mask from one of ``_FLEX_MASKS``; a softcap score_mod
-    where ``softcap``; its log-sum-exp added to the output where ``lse``) and plain SDPA. transformers'
+    """Two attention layers: torch's FlexAttention (a block mask from one of ``_FLEX_MASKS``; a score_mod from
+    ``_SCORE_MODS``; its log-sum-exp added to the output where ``lse``) and plain SDPA. transformers'
     ``attn_implementation="flex_attention"`` exports to the same higher-order op."""
 
-    def __init__(self, softcap: bool = False, mask: str = "causal", lse: bool = False):
+    def __init__(self, score: str | None = None, mask: str = "causal", lse: bool = False):
         super().__init__()
         torch.manual_seed(0)
-        self.qkv1, self.qkv2, self.softcap, self.mask, self.lse = nn.Linear(16, 48), nn.Linear(16, 48), softcap, \
-            mask, lse
+        self.qkv1, self.qkv2, self.score, self.mask, self.lse = nn.Linear(16, 48), nn.Linear(16, 48), score, mask, \
+            lse
 
     def forward(self, x):
         from torch.nn.attention.flex_attention import create_block_mask, flex_attention
@@ -431,8 +437,7 @@ class _FlexAndSdpa(nn.Module):
             doc = torch.arange(n) // 8
             mask_mod = lambda b_, h, qi, ki: doc[qi] == doc[ki]  # noqa: E731
         mask = create_block_mask(mask_mod, None, None, n, n, device="cpu")
-        cap = (lambda s, b_, h, qi, ki: 2.0 * torch.tanh(s / 2.0)) if self.softcap else None
-        y = flex_attention(q, k, v, score_mod=cap, block_mask=mask, return_lse=self.lse)
+        y = flex_attention(q, k, v, score_mod=_SCORE_MODS.get(self.score), block_mask=mask, return_lse=self.lse)
         if self.lse:
             y = y[0] + y[1][..., None]
         x = x + y.transpose(1, 2).reshape(b, n, 16)
@@ -446,15 +451,17 @@ def _export_flex(model: nn.Module, inputs):
         return torch.export.export(model, inputs if isinstance(inputs, tuple) else (inputs,))
 
 
-@pytest.mark.parametrize("mask", ["causal", "open"])
-def test_a_flex_attention_whose_mask_mod_is_causal_or_open_is_rewritten(mask):
+@pytest.mark.parametrize("mask, score", [("causal", None), ("open", None), ("causal", "softcap")])
+def test_a_flex_attention_whose_mask_mod_is_causal_or_open_is_rewritten(mask, score):
     """FlexAttention's mask_mod is run over index grids (every batch row and head, a few lengths): causal and open
-    ones are read, and the site is rewritten like SDPA; exact at the variant's limit, and no flex call is left."""
+    ones are read, and so is a score_mod that is c·tanh(s/c) of the score alone (run over scores); the site is
+    rewritten like SDPA, exact at the variant's limit, and no flex call is left."""
     x = torch.randn(2, 32, 16)
-    exported = _export_flex(_FlexAndSdpa(mask=mask).eval(), x)
+    exported = _export_flex(_FlexAndSdpa(score, mask=mask).eval(), x)
     flex, sdpa = attnopt.detect(exported)
     assert flex.form == "flex_attention" and (flex.num_heads, flex.head_dim) == (2, 8)
     assert flex.unsupported is None and flex.causal == _FLEX_MASKS[mask][1] and flex.masks == ()
+    assert flex.softcap == (2.0 if score else None)
     assert sdpa.form == "sdpa" and sdpa.unsupported is None and sdpa.causal
     result = attnopt.rewrite(exported, "segmented", segment_size=64)
     assert len(result.rewritten) == 2
@@ -470,8 +477,8 @@ def test_a_flex_attention_whose_mask_mod_is_causal_or_open_is_rewritten(mask):
 def test_a_flex_attention_window_is_read_and_served_exactly_by_the_window_pass(mask):
     """A causal sliding window in a mask_mod is read by mask_analysis, which runs the mask_mod on its probe inputs
     (one past its constant: the wide window is causal at every shorter length). The window pass at that W is exact
-    on the flex site; a segment that reaches past the window would need the mask materialised, so segmented leaves
-    the flex site dense, with the reason, and rewrites the SDPA beside it."""
+    on the flex site; a segment that reaches past the window reads the mask whole, which the rewritten model
+    computes by running the mask_mod."""
     x, w = torch.randn(2, 48, 16), _FLEX_MASKS[mask][1]
     exported = _export_flex(_FlexAndSdpa(mask=mask).eval(), x)
     flex, _ = attnopt.detect(exported)
@@ -480,8 +487,7 @@ def test_a_flex_attention_window_is_read_and_served_exactly_by_the_window_pass(m
     assert [o.status for o in result.report] == ["rewritten", "skipped"]
     assert attnopt.validate(exported, result.model, inputs=(x,)).is_exact(1e-5)
     result = attnopt.rewrite(exported, "segmented", segment_size=64)
-    assert [o.status for o in result.report] == ["refused", "rewritten"]
-    assert result.report[0].reason.startswith("FlexAttention: its mask_mod reads as none of")
+    assert [o.status for o in result.report] == ["rewritten", "rewritten"]
     assert attnopt.validate(exported, result.model, inputs=(x,)).is_exact(1e-5)
 
 
@@ -516,26 +522,33 @@ def test_a_flex_attention_mask_mod_reading_a_padding_input_is_causal_with_key_pa
     assert attnopt.validate(exported, result.model, inputs=(x, keep)).is_exact(1e-5)
 
 
-@pytest.mark.parametrize("case", ["softcap", "lse", "per head", "documents"])
-def test_a_flex_attention_attnopt_cannot_read_is_left_as_it_is(case):
-    """A score_mod that changes the scores or a read log-sum-exp leaves the site dense from detection on; a
-    mask_mod that reads as none of causal, a window or key padding (per head; document ids it reads from a tensor,
-    run on the probe's inputs) is refused by the rewrite. Each with its reason; the SDPA beside it is rewritten,
-    and the model stays exact."""
-    kw = {"softcap": True} if case == "softcap" else {"lse": True} if case == "lse" else {"mask": case}
+@pytest.mark.parametrize("mask", ["per head", "documents"])
+def test_a_flex_attention_mask_with_no_structure_is_computed_whole_by_the_rewritten_model(mask):
+    """A mask_mod that reads as none of causal, a window or key padding (per head; document ids it reads from a
+    tensor, run on the probe's inputs) stays one dense term: the rewritten model runs the mask_mod for it, and is
+    exact at the limit, with no flex call left."""
     x = torch.randn(2, 48, 16)
-    exported = _export_flex(_FlexAndSdpa(**kw).eval(), x)
+    exported = _export_flex(_FlexAndSdpa(mask=mask).eval(), x)
+    flex, _ = attnopt.detect(exported)
+    assert flex.unsupported is None and not flex.causal and [t.window for t in flex.masks] == [0]
+    result = attnopt.rewrite(exported, "segmented", segment_size=64)
+    assert [o.status for o in result.report] == ["rewritten", "rewritten"]
+    assert not any("flex_attention" in str(n.target) for n in result.model.graph.nodes)
+    assert attnopt.validate(exported, result.model, inputs=(x,)).is_exact(1e-5)
+
+
+@pytest.mark.parametrize("case", ["bias", "lse"])
+def test_a_flex_attention_attnopt_cannot_read_is_left_as_it_is(case):
+    """A score_mod other than a softcap (a relative bias) or a read log-sum-exp leaves the site dense from
+    detection on, with the reason; the SDPA beside it is rewritten, and the model stays exact."""
+    x = torch.randn(2, 48, 16)
+    exported = _export_flex(_FlexAndSdpa(**({"lse": True} if case == "lse" else {"score": case})).eval(), x)
     flex, sdpa = attnopt.detect(exported)
+    reason = {"bias": "reads no score_mod but tanh softcapping", "lse": "its log-sum-exp is read"}[case]
     assert flex.form == "flex_attention" and sdpa.unsupported is None
+    assert flex.unsupported.startswith("FlexAttention: ") and reason in flex.unsupported, flex.unsupported
     result = attnopt.rewrite(exported, "segmented", segment_size=64)
     assert [o.status for o in result.report][1] == "rewritten"
-    reason = {"softcap": "does not read its score_mod", "lse": "its log-sum-exp is read"}.get(case)
-    if reason is not None:
-        assert flex.unsupported.startswith("FlexAttention: ") and reason in flex.unsupported, flex.unsupported
-    else:
-        assert flex.unsupported is None and len(flex.masks) == 1 and flex.masks[0].window == 0
-        assert result.report[0].status == "refused"
-        assert result.report[0].reason.startswith("FlexAttention: its mask_mod reads as none of")
     assert attnopt.validate(exported, result.model, inputs=(x,)).is_exact(1e-5)
 
 

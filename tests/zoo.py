@@ -154,6 +154,18 @@ class HFWrapper(nn.Module):
         return (out.last_hidden_state,)
 
 
+# transformers' FlexAttention: export records each call as the flex_attention higher-order op, its mask_mod
+# reading packed-sequence tensors the graph builds from the positions (attnopt/frontends/fx_flex.py).
+FLEX = "flex_attention"
+
+
+def _flex_built(model: nn.Module) -> Built:
+    """A decoder with transformers' FlexAttention, called with input_ids alone: with an attention_mask, its flex
+    mask stops torch.export on a data-dependent guard. No gradients: FlexAttention has no backward on the CPU."""
+    return Built(HFWrapper(model.requires_grad_(False), ["input_ids"], {"use_cache": False}), _text_inputs()[:1],
+                 ["input_ids"], ["last_hidden_state"], None)
+
+
 def _text_built(model: nn.Module, **extra) -> Built:
     """A Hugging Face text model called with input_ids and attention_mask (``_text_inputs``) and keyword
     ``extra`` (use_cache=False for decoders), its last_hidden_state the output."""
@@ -412,23 +424,11 @@ def llama(impl: str, dynamic: bool = False) -> Built:
     cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
     model = _hf_model(LlamaModel, cfg, impl)
+    if impl == FLEX:
+        return _flex_built(model)
     names = ["input_ids", "attention_mask"]
     dyn = {n: {0: "batch", 1: "seq"} for n in names} if dynamic else None
     return Built(HFWrapper(model, names, {"use_cache": False}), _text_inputs(), names, ["last_hidden_state"], dyn)
-
-
-def llama_flex() -> Built:
-    """transformers' FlexAttention: export records each call as the flex_attention higher-order op, its causal
-    mask_mod reading packed-sequence tensors the graph builds from the positions. No attention_mask: with one,
-    transformers' flex mask stops export on a data-dependent guard."""
-    from transformers import LlamaConfig, LlamaModel
-
-    _hf_quiet()
-    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
-    model = _hf_model(LlamaModel, cfg, "flex_attention").requires_grad_(False)  # no flex backward on the CPU
-    return Built(HFWrapper(model, ["input_ids"], {"use_cache": False}), _text_inputs()[:1], ["input_ids"],
-                 ["last_hidden_state"], None)
 
 
 def diffllama(impl: str) -> Built:
@@ -587,7 +587,7 @@ def gemma2(impl: str) -> Built:
                        num_attention_heads=4, num_key_value_heads=2, head_dim=8, query_pre_attn_scalar=16,
                        attn_logit_softcapping=50.0, final_logit_softcapping=None, max_position_embeddings=64)
     model = _hf_model(Gemma2Model, cfg, impl)
-    return _text_built(model, use_cache=False)
+    return _flex_built(model) if impl == FLEX else _text_built(model, use_cache=False)
 
 
 class Float32Alibi(HFWrapper):
@@ -1264,10 +1264,10 @@ CASES: list[ZooCase] = [
                  self_attention_sites=2, causal_sites=2),
     *_impl_cases("qwen2-gqa", qwen2, expected_sites=2, heads=4, kv_heads=2, head_dim=16,
                  self_attention_sites=2, causal_sites=2, decomposed=True),
-    # FlexAttention: its mask_mod read by running it (attnopt/frontends/fx_flex.py); torch.export only. Its own
-    # family: it has no attention_mask, which the structured-mask tests of the llama-gqa decoders read.
-    ZooCase("llama-gqa-flex", "llama-gqa-flex", llama_flex, expected_sites=2, heads=4, kv_heads=2, head_dim=16,
-            causal_sites=2, fx_tracers=(EXPORT,), onnx_exporters=()),
+    # FlexAttention (FLEX), torch.export only. Its own family: it has no attention_mask, which the
+    # structured-mask tests of the llama-gqa decoders read.
+    ZooCase("llama-gqa-flex", "llama-gqa-flex", _bind(llama, FLEX), expected_sites=2, heads=4, kv_heads=2,
+            head_dim=16, causal_sites=2, fx_tracers=(EXPORT,), onnx_exporters=()),
     # With a dynamic sequence the opset-23 export emits RotaryEmbedding (the static one keeps rotary
     # decomposed), and onnxruntime 1.31 rejects its cos/sin caches at run time: "Inputs 'cos_cache' and
     # 'sin_cache' are expected to have the same shape as input 'x', got 1 and 10".
@@ -1313,6 +1313,9 @@ CASES: list[ZooCase] = [
     # Logit softcapping 50·tanh(s/50); the scale is query_pre_attn_scalar**-0.5, not 1/sqrt(head_dim).
     ZooCase("gemma2-eager", "gemma2", _bind(gemma2, "eager"), expected_sites=2, heads=4, kv_heads=2, head_dim=8,
             scales=(16 ** -0.5,), self_attention_sites=2, causal_sites=2, fx_tracers=(EXPORT,)),
+    # FlexAttention: the softcap a score_mod, c·tanh(s/c), read by running it.
+    ZooCase("gemma2-flex", "gemma2-flex", _bind(gemma2, FLEX), expected_sites=2, heads=4, kv_heads=2, head_dim=8,
+            scales=(16 ** -0.5,), causal_sites=2, fx_tracers=(EXPORT,), onnx_exporters=()),
     # ALiBi added before the scale (eager), or folded into the float mask (sdpa); multi-query k/v.
     # decomposed: the one kv head reaches the bmm broadcast over the query heads by an expand
     *_impl_cases("falcon-alibi", falcon_alibi, expected_sites=2, heads=4, kv_heads=1, head_dim=8,

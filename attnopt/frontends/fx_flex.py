@@ -6,8 +6,9 @@ torch.export records ``flex_attention(q, k, v, score_mod=..., block_mask=...)`` 
 the score and mask functions are subgraphs, and the block mask a tuple of block tables built in the
 graph from the mask function, ending with its subgraph.
 
-A site is read when its scores are the plain scaled product (the score_mod returns its score). Its
-mask_mod is then *run*, not parsed, the way mask_analysis reads a mask construction:
+A site is read when its score_mod returns the scaled score, or c·tanh(s/c) of it alone (Gemma 2's
+softcap: run over a range of scores and compared, c one of its constants). Its mask_mod is then *run*,
+not parsed, the way mask_analysis reads a mask construction:
 
 - a mask_mod of the indices alone is run here over index grids of a few lengths (one past the largest
   integer it holds: a sliding window of 4096 is plain causal at every shorter length) and every batch
@@ -15,12 +16,12 @@ mask_mod is then *run*, not parsed, the way mask_analysis reads a mask construct
 - any other (one that reads tensors: transformers' packed-sequence ids, document ids; a window) becomes
   the site's mask term, a View-only value (``FlexMask``) that the probe evaluates with the tensors it
   reads, so mask_analysis finds causality, key padding and causal windows in it on its probe inputs. A
-  term it cannot read stays, and the rewrite refuses the site with the reason (a value only the probe
-  computes is never materialised).
+  term with no structure read (a per-head or document mask) stays a dense term, which the rewritten model
+  computes whole for the op by running the mask_mod (``materialize``), O(N·M) like any dense mask term.
 
-A score_mod that changes the scores, a block mask from outside the graph (its tables may skip blocks the
-mask_mod allows) or a read log-sum-exp leave the site dense from detection on, with the reason: a rewrite
-that ignored them would be silently wrong.
+Any other score_mod, a block mask from outside the graph (its tables may skip blocks the mask_mod allows)
+or a read log-sum-exp leave the site dense from detection on, with the reason: a rewrite that ignored
+them would be silently wrong.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def flex_attrs(gm: fx.GraphModule, node: fx.Node, args) -> dict:
     if isinstance(read, str):
         attrs["unsupported"] = f"FlexAttention: {read}, so the site is left as it is"
         return attrs
-    causal_or_mask, attrs["output_node"] = read
+    causal_or_mask, attrs["output_node"], attrs["softcap"] = read
     if isinstance(causal_or_mask, FlexMask):  # the lifter makes it a View value, the site's mask term
         attrs["flex_mask"], attrs["mask_port"], attrs["mask_kind"] = causal_or_mask, 3, MASK_BOOLEAN
     else:
@@ -61,17 +62,19 @@ def flex_attrs(gm: fx.GraphModule, node: fx.Node, args) -> dict:
 
 @dataclass(frozen=True)
 class FlexMask:
-    """A mask_mod that only a probe run of the graph reads (``evaluate``): it reads tensors of the graph
-    (``buffers``), or allows something other than every key or the causal ones. ``lengths`` are the query
-    and key lengths the block mask was built for (fx nodes, or ints at static shapes); ``constants`` the
-    mask_mod's own integers (lengths it may compare against, which mask_analysis probes one past); ``heads``
-    the query heads."""
+    """A mask_mod that only a probe run of the graph reads (``evaluate``), or the rewritten model computes
+    (``materialize``): it reads tensors of the graph (``buffers``), or allows something other than every key
+    or the causal ones. ``lengths`` are the query and key lengths the block mask was built for (fx nodes, or
+    ints at static shapes); ``constants`` the mask_mod's own integers (lengths it may compare against, which
+    mask_analysis probes one past); ``heads`` the query heads."""
 
     mask_mod: fx.GraphModule
     lengths: tuple
     buffers: tuple
     constants: tuple[int, ...]
     heads: object
+    mask_mod_target: str  # its get_attr target, for a rewritten graph that materialises it
+    query: fx.Node
 
 
 # The most (batch row, head, query, key) entries one run of a mask_mod may fill: a mask_mod that reads its
@@ -86,14 +89,25 @@ def evaluate(mask: FlexMask, lengths, buffers) -> torch.Tensor:
     return _run(mask.mask_mod, batch, mask.heads, n, m, buffers)
 
 
-def _run(mask_mod: fx.GraphModule, batch: int, heads, n: int, m: int, buffers=()) -> torch.Tensor:
+def materialize(graph: fx.Graph, mask: FlexMask) -> fx.Node:
+    """A node of ``graph`` computing the mask in the rewritten model, for an op that reads it as a dense term."""
+    mask_mod = graph.get_attr(mask.mask_mod_target)
+    return graph.call_function(allowed_mask, (mask_mod, mask.query, *mask.lengths, *mask.buffers))
+
+
+def allowed_mask(mask_mod, query: torch.Tensor, n, m, *buffers) -> torch.Tensor:
+    """What the mask_mod allows for this query's batch rows and heads: (B | 1, H | 1, n, m) boolean."""
+    return _run(mask_mod, query.shape[0], query.shape[1], int(n), int(m), buffers, cap=None)
+
+
+def _run(mask_mod: fx.GraphModule, batch: int, heads, n: int, m: int, buffers=(), cap: int | None = MAX_GRID):
     """mask_mod over index grids, (B | 1, H | 1, n, m): only over the batch rows and heads when it reads their
-    index (a mask_mod that ignores them allows the same for each). Raises past ``MAX_GRID`` entries."""
+    index (a mask_mod that ignores them allows the same for each). Raises past ``cap`` entries."""
     b_read, h_read = (bool(p.users) for p in list(mask_mod.graph.find_nodes(op="placeholder"))[:2])
     batch = batch if b_read else 1
     heads = (heads if isinstance(heads, int) else 3) if h_read else 1
-    if batch * heads * n * m > MAX_GRID:
-        raise ValueError(f"a mask_mod over {batch}x{heads}x{n}x{m} index grids is past {MAX_GRID} entries")
+    if cap is not None and batch * heads * n * m > cap:
+        raise ValueError(f"a mask_mod over {batch}x{heads}x{n}x{m} index grids is past {cap} entries")
     b, h = torch.arange(batch)[:, None, None, None], torch.arange(heads)[None, :, None, None]
     with torch.no_grad():
         allowed = mask_mod(b, h, torch.arange(n)[None, None, :, None], torch.arange(m)[None, None, None, :],
@@ -101,12 +115,14 @@ def _run(mask_mod: fx.GraphModule, batch: int, heads, n: int, m: int, buffers=()
     return torch.broadcast_to(torch.as_tensor(allowed, dtype=torch.bool), (batch, heads, n, m))
 
 
-def _read(gm: fx.GraphModule, node: fx.Node, args) -> tuple[bool | FlexMask, str] | str:
-    """(causal, or the FlexMask a probe reads; the name of the node holding the attention's output), or why
-    the call cannot be read."""
+def _read(gm: fx.GraphModule, node: fx.Node, args) -> tuple[bool | FlexMask, str, float | None] | str:
+    """(causal, or the FlexMask a probe reads; the name of the node holding the attention's output; the
+    softcap), or why the call cannot be read."""
     score_mod = subgraph(gm, args[3])
-    if score_mod is None or not _returns_first_input(score_mod):
-        return "attnopt does not read its score_mod yet"
+    softcap = 0.0 if score_mod is not None and _returns_first_input(score_mod) else _softcap(score_mod)
+    if softcap is None or len(args) > 7 and args[7]:
+        return "attnopt reads no score_mod but tanh softcapping (Gemma 2's) yet"
+    softcap = softcap or None  # 0.0: the score as it is
     block_mask = args[4] if len(args) > 4 else None
     mask_mod = subgraph(gm, block_mask[-1]) if isinstance(block_mask, (tuple, list)) and block_mask else None
     if mask_mod is None:
@@ -127,11 +143,12 @@ def _read(gm: fx.GraphModule, node: fx.Node, args) -> tuple[bool | FlexMask, str
     if isinstance(verdict, str):
         return verdict
     if verdict is None:  # padding, document ids, a window: mask_analysis runs it on probe inputs (FlexMask)
-        return FlexMask(mask_mod, tuple(block_mask[:2]), buffers, _constants(mask_mod), q[1]), output.name
+        return FlexMask(mask_mod, tuple(block_mask[:2]), buffers, _constants(mask_mod), q[1], block_mask[-1].target,
+                        args[0]), output.name, softcap
     if verdict and str(q[2]) != str(k[2]):
         # flex's indices are absolute (causality aligned top-left); attnopt's is aligned to the last key
         return "its causal mask_mod aligns queries and keys of different lengths from the first"
-    return verdict, output.name
+    return verdict, output.name, softcap
 
 
 def _classify(mask_mod: fx.GraphModule, batch, heads) -> bool | str | None:
@@ -182,6 +199,32 @@ def subgraph(gm: fx.GraphModule, arg):
         for part in arg.target.split("."):
             sub = getattr(sub, part)
         return sub if isinstance(sub, fx.GraphModule) else None
+    return None
+
+
+def _softcap(score_mod: fx.GraphModule | None) -> float | None:
+    """c where the score_mod is c·tanh(s/c) of the score alone (run over scores from −8c to 8c, c one of its
+    constants); None where it is not."""
+    if score_mod is None:
+        return None
+    placeholders = list(score_mod.graph.find_nodes(op="placeholder"))
+    if not placeholders or any(p.users for p in placeholders[1:]):
+        return None  # it reads the positions, the head or the batch row: not a softcap
+    caps = sorted({abs(float(a)) for n in score_mod.graph.nodes for a in n.args
+                   if isinstance(a, float) and a != 0.0})
+    zero = torch.zeros((), dtype=torch.int64)
+    for c in caps:
+        s = torch.linspace(-8 * c, 8 * c, 2049, dtype=torch.float64)
+        try:
+            with torch.no_grad():
+                out = score_mod(s, zero, zero, zero, zero)
+        except Exception:  # noqa: BLE001 - a score_mod that does not run on a vector is not read
+            return None
+        if not isinstance(out, torch.Tensor) or out.shape != s.shape or not out.is_floating_point():
+            return None
+        tol = 16 * torch.finfo(out.dtype).eps  # a score_mod that computes in float32 rounds there
+        if torch.allclose(out.double(), c * torch.tanh(s / c), rtol=tol, atol=tol * c):
+            return c
     return None
 
 

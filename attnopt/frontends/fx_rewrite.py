@@ -24,6 +24,7 @@ from ..match import MASK_FILL_MAX
 from ..site import (LAYOUT_BHSD, LAYOUT_BSD, LAYOUT_FLAT, MASK_BOOLEAN, MASK_BOOLEAN_BLOCKED, MASK_NONZERO_KEEP,
                     AttentionSite, ValueRef, extra_axis_count, folded, permutes_bhsd)
 from .fx import functorch_nesting
+from .fx_flex import materialize
 from .lowering import blocked_rows, head_dim_padding, lower, mask_terms, state_name
 
 
@@ -219,9 +220,8 @@ def _operand(gm: fx.GraphModule, view, ref: ValueRef) -> fx.Node:
     literal 0 to its scores when it has no segment term), that number as a constant of the module."""
     if ref in view.value_of:
         return view.value_of[ref]
-    if view.op(ref.node) == "flex_mask":  # fx_flex.FlexMask: a value only the probe computes
-        raise SiteNotApplicable("FlexAttention: its mask_mod reads as none of causal, a causal window or key "
-                                "padding that this op serves, and attnopt does not materialise it")
+    if view.op(ref.node) == "flex_mask":  # a FlexAttention mask no structure was read in: computed whole
+        return materialize(gm.graph, view.attrs(ref.node)["flex"])
     const = view.const(ref)
     if const is None:
         raise SiteNotApplicable(f"a mask term ({ref.node}) is neither a graph value nor a constant")
