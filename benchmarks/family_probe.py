@@ -4,7 +4,8 @@
     python benchmarks/family_probe.py funnel swinv2 --exporters dynamo      # some of them
 
 Each family is built from a tiny config with random weights, for each attention implementation transformers
-offers it (eager, sdpa), and exported with each exporter (TorchScript at opset 17, dynamo) or traced for the
+offers it (eager, sdpa; flex_attention on request, for decoders, called with input_ids alone), and exported with
+each exporter (TorchScript at opset 17, dynamo) or traced for the
 fx path (``export``: torch.export with the sequence axes dynamic, as ``torch.export.Dim.AUTO`` leaves them;
 ``decomposed``: the same program after ``run_decompositions()``, where SDPA is written out as matmuls around
 torch's safe softmax; not run by default).
@@ -315,7 +316,12 @@ def build(family: str, impl: str):
     if hasattr(model, "set_experts_implementation") and "grouped_mm" in model.get_experts_implementation().values():
         model.set_experts_implementation("batched_mm")
     extra = {"use_cache": False} if kind in ("dec", "encdec", "speech2text") else {}
-    if kind in ("enc", "dec"):
+    if impl == "flex_attention":  # decoders only; transformers' flex mask stops export given an attention_mask
+        if kind != "dec":
+            raise ValueError("FlexAttention is probed on decoders only")
+        model.requires_grad_(False)  # FlexAttention has no backward on the CPU
+        names, inputs = ["input_ids"], _text_inputs()[:1]
+    elif kind in ("enc", "dec"):
         names, inputs = ["input_ids", "attention_mask"], _text_inputs()
     elif kind == "encdec":
         names, inputs = ["input_ids", "attention_mask", "decoder_input_ids"], (*_text_inputs(), _dec_ids())
@@ -412,7 +418,8 @@ def main(argv=None) -> int:
     ap.add_argument("families", nargs="*", help="families to probe (default all): " + ", ".join(FAMILIES))
     ap.add_argument("--exporters", nargs="+", default=["torchscript", "dynamo", "export"],
                     choices=["torchscript", "dynamo", "export", "decomposed"])
-    ap.add_argument("--impls", nargs="+", default=["eager", "sdpa"], choices=["eager", "sdpa"])
+    ap.add_argument("--impls", nargs="+", default=["eager", "sdpa"], choices=["eager", "sdpa", "flex_attention"],
+                    help="attention implementations (flex_attention: decoders, input_ids alone, --exporters export)")
     ap.add_argument("--json", help="write every record here as a JSON list")
     args = ap.parse_args(argv)
     unknown = [f for f in args.families if f not in FAMILIES]
