@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import warnings
 
+import numpy as np
 import onnx
 import pytest
 import torch
@@ -20,6 +21,7 @@ from onnx import TensorProto, helper
 
 import attnopt
 from attnopt import match
+from attnopt.frontends.fx import functorch_nesting
 from attnopt.errors import NoSitesError
 from attnopt.loaded import open_model
 
@@ -535,6 +537,25 @@ def test_a_flex_attention_mask_with_no_structure_is_computed_whole_by_the_rewrit
     assert [o.status for o in result.report] == ["rewritten", "rewritten"]
     assert not any("flex_attention" in str(n.target) for n in result.model.graph.nodes)
     assert attnopt.validate(exported, result.model, inputs=(x,)).is_exact(1e-5)
+
+
+@pytest.mark.parametrize("mask", ["causal", "per head"])
+def test_a_rewritten_flex_attention_model_keeps_no_block_mask_and_exports_to_onnx(mask, tmp_path):
+    """Once its flex call is rewritten, nothing of the block mask is left: its construction (vmap brackets, the
+    index_put_ into a fresh table whose only other reader feeds that write) is dead code, which the rewrite drops.
+    So the model exports to ONNX, and onnxruntime agrees with torch; a materialised mask (its mask_mod's ops
+    copied into the rewritten graph) exports with it."""
+    import onnxruntime
+
+    x = torch.randn(2, 48, 16)
+    exported = _export_flex(_FlexAndSdpa(mask=mask).eval(), x)
+    result = attnopt.rewrite(exported, "segmented", segment_size=8)
+    assert not any(functorch_nesting(n) or "index_put" in str(n.target) for n in result.model.graph.nodes)
+    path = attnopt.export_onnx(result.model, (x,), tmp_path / "flex.onnx", input_names=["x"])
+    got = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x.numpy()})[0]
+    with torch.no_grad():
+        want = result.model(x)
+    np.testing.assert_allclose(got, (want[0] if isinstance(want, (tuple, list)) else want).numpy(), atol=1e-5)
 
 
 @pytest.mark.parametrize("case", ["bias", "lse"])

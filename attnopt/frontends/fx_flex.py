@@ -73,8 +73,8 @@ class FlexMask:
     buffers: tuple
     constants: tuple[int, ...]
     heads: object
-    mask_mod_target: str  # its get_attr target, for a rewritten graph that materialises it
-    query: fx.Node
+    query: fx.Node  # its batch rows and heads size a materialised mask
+    mask_mod_target: str  # its get_attr target: where its ops cannot be copied, the rewritten model calls it
 
 
 # The most (batch row, head, query, key) entries one run of a mask_mod may fill: a mask_mod that reads its
@@ -90,9 +90,25 @@ def evaluate(mask: FlexMask, lengths, buffers) -> torch.Tensor:
 
 
 def materialize(graph: fx.Graph, mask: FlexMask) -> fx.Node:
-    """A node of ``graph`` computing the mask in the rewritten model, for an op that reads it as a dense term."""
-    mask_mod = graph.get_attr(mask.mask_mod_target)
-    return graph.call_function(allowed_mask, (mask_mod, mask.query, *mask.lengths, *mask.buffers))
+    """Nodes of ``graph`` computing the mask in the rewritten model (B | 1, H | 1, N, M), for an op that reads it as
+    a dense term: the mask_mod's own ops, copied in over index ranges, so the model still exports. One that reads
+    attributes of its own (indexing a tensor through torch's ``flat_apply``) is called instead: exact in torch, but
+    torch.export, and so the ONNX export, refuses such a call."""
+    placeholders = list(mask.mask_mod.graph.find_nodes(op="placeholder"))
+    if any(n.op in ("get_attr", "call_module") for n in mask.mask_mod.graph.nodes):
+        return graph.call_function(allowed_mask, (graph.get_attr(mask.mask_mod_target), mask.query, *mask.lengths,
+                                                  *mask.buffers))
+    b_read, h_read = (bool(p.users) for p in placeholders[:2])
+    n, m = mask.lengths
+    sizes = [graph.call_method("size", (mask.query, 0)) if b_read else 1,
+             graph.call_method("size", (mask.query, 1)) if h_read else 1, n, m]
+    grids = []
+    for axis, size in enumerate(sizes):
+        shape = [1, 1, 1, 1]
+        shape[axis] = -1
+        grids.append(graph.call_method("view", (graph.call_function(torch.arange, (size,)), shape)))
+    allowed = graph.graph_copy(mask.mask_mod.graph, dict(zip(placeholders, [*grids, *mask.buffers])))
+    return graph.call_function(torch.broadcast_to, (graph.call_method("bool", (allowed,)), sizes))
 
 
 def allowed_mask(mask_mod, query: torch.Tensor, n, m, *buffers) -> torch.Tensor:
@@ -143,8 +159,8 @@ def _read(gm: fx.GraphModule, node: fx.Node, args) -> tuple[bool | FlexMask, str
     if isinstance(verdict, str):
         return verdict
     if verdict is None:  # padding, document ids, a window: mask_analysis runs it on probe inputs (FlexMask)
-        return FlexMask(mask_mod, tuple(block_mask[:2]), buffers, _constants(mask_mod), q[1], block_mask[-1].target,
-                        args[0]), output.name, softcap
+        return FlexMask(mask_mod, tuple(block_mask[:2]), buffers, _constants(mask_mod), q[1], args[0],
+                        block_mask[-1].target), output.name, softcap
     if verdict and str(q[2]) != str(k[2]):
         # flex's indices are absolute (causality aligned top-left); attnopt's is aligned to the last key
         return "its causal mask_mod aligns queries and keys of different lengths from the first"

@@ -271,6 +271,8 @@ def _constant(gm: fx.GraphModule, g: fx.Graph, array, what: str) -> fx.Node:
 def finalize(loaded, kernels: set[str]) -> None:
     gm: fx.GraphModule = loaded.model
     gm.graph.eliminate_dead_code(is_impure_node=_impure)
+    if _drop_empty_vmaps(gm.graph):
+        gm.graph.eliminate_dead_code(is_impure_node=_impure)
     gm.graph.lint()
     gm.recompile()
     if type(gm.graph._codegen) is fx.graph.CodeGen and type(gm) is not fx.GraphModule:
@@ -286,22 +288,51 @@ def _impure(n: fx.Node) -> bool:
     name = getattr(getattr(n.target, "overloadpacket", None), "__name__", "")
     if n.op == "call_function" and (name.startswith("_assert") or name in ("dropout", "native_dropout")):
         return False
-    if functorch_nesting(n):
-        return True
+    if functorch_nesting(n):  # the brackets; a batch dim added or removed is a value like any other
+        return n.target.__name__ not in _VMAP_VALUES
     if _private_in_place(n):
         return False
     return n.is_impure()
 
 
+_VMAP_VALUES = ("_add_batch_dim", "_remove_batch_dim")
+
+
+def _drop_empty_vmaps(graph: fx.Graph) -> bool:
+    """Erase the vmap brackets (``_vmap_increment_nesting`` ... ``_vmap_decrement_nesting``, and the
+    ``lazy_load_decompositions`` call before each) that hold no op any more: a FlexAttention block mask's, once
+    the call it fed is rewritten. Left in, they would be all that remains of it, and no ONNX exporter takes
+    them. True where one went."""
+    nodes, opened, erased = list(graph.nodes), [], set()
+    for i, n in enumerate(nodes):
+        name = getattr(n.target, "__name__", "") if functorch_nesting(n) else ""
+        if name == "_vmap_increment_nesting":
+            opened.append(i)
+        elif name == "_vmap_decrement_nesting" and opened:
+            start = opened.pop()
+            region = [r for r in nodes[start:i + 1] if r not in erased]
+            if all(functorch_nesting(r) and not r.users for r in region):
+                before = nodes[start - 1] if start else None
+                if before is not None and functorch_nesting(before) and not before.users \
+                        and before.target.__name__ == "lazy_load_decompositions":
+                    region.insert(0, before)
+                for r in reversed(region):
+                    graph.erase_node(r)
+                erased.update(region)
+    return bool(erased)
+
+
 def _private_in_place(n: fx.Node) -> bool:
     """An in-place op whose target is a fresh intermediate nobody else reads (T5's ``relative_buckets +=``
     in its position-bias construction): removing it changes no input, buffer or live value. Visited
-    after its later users, so those are already gone when dead."""
+    after its later users, so those are already gone when dead. A reader of the target that feeds only this op
+    (``x.index_put_(i, x.new_ones(...))`` in FlexAttention's create_block_mask) does not count."""
     schema = getattr(n.target, "_schema", None)
     if n.op != "call_function" or schema is None or not schema.is_mutable or not n.args:
         return False
     target = n.args[0]
-    if not isinstance(target, fx.Node) or target.op != "call_function" or len(target.users) != 1:
+    if not isinstance(target, fx.Node) or target.op != "call_function" \
+            or any(u is not n and set(u.users) - {n} for u in target.users):
         return False
     mutated = [a for a in schema.arguments if a.alias_info is not None and a.alias_info.is_write]
     made = getattr(target.target, "_schema", None)
