@@ -137,13 +137,17 @@ def _strip_scale(view: View, v: ValueRef) -> tuple[ValueRef, float, list[str]]:
 def _skip_noops(view: View, v: ValueRef) -> ValueRef:
     """Up through TRANSPARENT ops and reshapes or expands to the shape their input has: torch's decompositions
     write one of each before every bmm, also where the operand is 3-D already (ViTDet's folded heads)."""
-    while True:
-        v = _skip_up(view, v)
-        src = view.input(v.node, 0) if view.op(v.node) in ("reshape", "expand") else None
-        shape = view.shape(v)
-        if src is None or shape is None or None in shape or view.shape(src) != shape:
-            return v
-        v = src
+    v = _skip_up(view, v)
+    while _keeps_shape(view, v.node):
+        v = _skip_up(view, view.input(v.node, 0))
+    return v
+
+
+def _keeps_shape(view: View, nid: str) -> bool:
+    """A reshape or expand to the shape its input has, fully known: no op at all."""
+    src = view.input(nid, 0) if view.op(nid) in ("reshape", "expand") else None
+    shape = view.shape(ValueRef(nid))
+    return src is not None and shape is not None and None not in shape and view.shape(src) == shape
 
 
 def _nodes_between(view: View, start: ValueRef, end: ValueRef) -> list[str]:
@@ -1286,8 +1290,7 @@ def _heads_from_split(view: View, v: ValueRef, head_dim) -> int | None:
             return None
         # copies, axes of one and no-op expands are not steps: torch's decompositions write unbind as slice +
         # squeeze, and add a clone and an expand to the shape it has before each bmm
-        steps += view.op(nid) not in ("identity", "cast", "squeeze", "unsqueeze") and not (
-            view.op(nid) == "expand" and view.shape(view.input(nid, 0)) == view.shape(cur))
+        steps += view.op(nid) not in ("identity", "cast", "squeeze", "unsqueeze") and not _keeps_shape(view, nid)
         if view.op(nid) == "reshape":
             src = view.input(nid, 0)
             e = _dim(view.shape(src), -1)

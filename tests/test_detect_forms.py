@@ -21,8 +21,8 @@ from onnx import TensorProto, helper
 
 import attnopt
 from attnopt import match
-from attnopt.frontends.fx import functorch_nesting
 from attnopt.errors import NoSitesError
+from attnopt.frontends.fx import functorch_nesting
 from attnopt.loaded import open_model
 
 

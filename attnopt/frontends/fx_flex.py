@@ -94,11 +94,10 @@ def materialize(graph: fx.Graph, mask: FlexMask) -> fx.Node:
     a dense term: the mask_mod's own ops, copied in over index ranges, so the model still exports. One that reads
     attributes of its own (indexing a tensor through torch's ``flat_apply``) is called instead: exact in torch, but
     torch.export, and so the ONNX export, refuses such a call."""
-    placeholders = list(mask.mask_mod.graph.find_nodes(op="placeholder"))
     if any(n.op in ("get_attr", "call_module") for n in mask.mask_mod.graph.nodes):
         return graph.call_function(allowed_mask, (graph.get_attr(mask.mask_mod_target), mask.query, *mask.lengths,
                                                   *mask.buffers))
-    b_read, h_read = (bool(p.users) for p in placeholders[:2])
+    b_read, h_read = _reads_batch_and_head(mask.mask_mod)
     n, m = mask.lengths
     sizes = [graph.call_method("size", (mask.query, 0)) if b_read else 1,
              graph.call_method("size", (mask.query, 1)) if h_read else 1, n, m]
@@ -107,6 +106,7 @@ def materialize(graph: fx.Graph, mask: FlexMask) -> fx.Node:
         shape = [1, 1, 1, 1]
         shape[axis] = -1
         grids.append(graph.call_method("view", (graph.call_function(torch.arange, (size,)), shape)))
+    placeholders = mask.mask_mod.graph.find_nodes(op="placeholder")
     allowed = graph.graph_copy(mask.mask_mod.graph, dict(zip(placeholders, [*grids, *mask.buffers])))
     return graph.call_function(torch.broadcast_to, (graph.call_method("bool", (allowed,)), sizes))
 
@@ -116,11 +116,18 @@ def allowed_mask(mask_mod, query: torch.Tensor, n, m, *buffers) -> torch.Tensor:
     return _run(mask_mod, query.shape[0], query.shape[1], int(n), int(m), buffers, cap=None)
 
 
-def _run(mask_mod: fx.GraphModule, batch: int, heads, n: int, m: int, buffers=(), cap: int | None = MAX_GRID):
+def _reads_batch_and_head(mask_mod: fx.GraphModule) -> tuple[bool, bool]:
+    """Whether the mask_mod reads its batch row and its head index (its first two arguments)."""
+    b, h = list(mask_mod.graph.find_nodes(op="placeholder"))[:2]
+    return bool(b.users), bool(h.users)
+
+
+def _run(mask_mod: fx.GraphModule, batch, heads, n: int, m: int, buffers=(), cap: int | None = MAX_GRID):
     """mask_mod over index grids, (B | 1, H | 1, n, m): only over the batch rows and heads when it reads their
-    index (a mask_mod that ignores them allows the same for each). Raises past ``cap`` entries."""
-    b_read, h_read = (bool(p.users) for p in list(mask_mod.graph.find_nodes(op="placeholder"))[:2])
-    batch = batch if b_read else 1
+    index (a mask_mod that ignores them allows the same for each); a symbolic count runs a few. Raises past
+    ``cap`` entries."""
+    b_read, h_read = _reads_batch_and_head(mask_mod)
+    batch = (batch if isinstance(batch, int) else 3) if b_read else 1
     heads = (heads if isinstance(heads, int) else 3) if h_read else 1
     if cap is not None and batch * heads * n * m > cap:
         raise ValueError(f"a mask_mod over {batch}x{heads}x{n}x{m} index grids is past {cap} entries")
@@ -175,8 +182,8 @@ def _classify(mask_mod: fx.GraphModule, batch, heads) -> bool | str | None:
         return None  # too long to run here; mask_analysis runs it at the lengths its probe reaches
     verdicts = set()
     for n in sorted({*_PROBE_LENGTHS, horizon}):
-        try:  # every batch row and head it tells apart: at most a few rows, whatever the batch is
-            allowed = _run(mask_mod, batch if isinstance(batch, int) else 3, heads, n, n)
+        try:  # every batch row and head it tells apart
+            allowed = _run(mask_mod, batch, heads, n, n)
         except Exception as exc:  # noqa: BLE001 - a mask_mod that does not broadcast stays unread
             return f"its mask_mod does not run over index grids ({type(exc).__name__})"
         if bool(allowed.all()):
@@ -211,9 +218,10 @@ def _shape(arg) -> tuple | None:
 def subgraph(gm: fx.GraphModule, arg):
     """The GraphModule a higher-order op's ``get_attr`` argument names, or None."""
     if isinstance(arg, fx.Node) and arg.op == "get_attr":
-        sub = gm
-        for part in arg.target.split("."):
-            sub = getattr(sub, part)
+        try:
+            sub = gm.get_submodule(arg.target)
+        except AttributeError:  # a tensor attribute, not a module
+            return None
         return sub if isinstance(sub, fx.GraphModule) else None
     return None
 

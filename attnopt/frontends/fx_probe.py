@@ -27,7 +27,8 @@ class FxProbe:
         self._gm, self._weights = graph_module_of(model)
         self.refs = list(refs)
         # a View-only FlexAttention mask (fx_flex.FlexMask) is evaluated from its inputs' values
-        self._flex = {r: (view.attrs(r.node)["flex"], [view.value_of.get(i, view.const(i)) for i in view.inputs(r.node)])
+        self._flex = {r: (view.attrs(r.node)["flex"], [view.value_of.get(i, view.const(i))
+                                                        for i in view.inputs(r.node)])
                       for r in refs if view.view_only(r.node) and view.op(r.node) == "flex_mask"}
         self._targets = [None if r in self._flex else view.value_of[r] for r in refs]
         needed = _ancestors([t for t in self._targets if t is not None]
