@@ -240,6 +240,30 @@ class View:
         return f"View({self.source!r}, {len(self)} nodes)"
 
 
+def same_value(view: View, a: ValueRef | None, b: ValueRef | None, depth: int = 8) -> bool:
+    """Whether two values are the same computation: one value, equal constants, or the same deterministic op
+    with the same attributes over values that are the same in turn (``depth`` ops deep). An exporter that
+    does not merge common subexpressions writes one mask twice (CPM-Ant's ``mask == torch.tensor(False)``
+    before the softmax and after it, each over its own lifted constant, under torch.export)."""
+    if a is None or b is None:
+        return a is b
+    if a == b:
+        return True
+    ca, cb = view.const(a), view.const(b)
+    if ca is not None or cb is not None:
+        return ca is not None and cb is not None and np.shape(ca) == np.shape(cb) and np.array_equal(ca, cb)
+    if depth <= 0 or a.port != b.port or view.op(a.node) != view.op(b.node) or view.op(a.node) == "input" \
+            or draws_random(view, a.node) or view.shape(a) != view.shape(b):
+        return False
+    try:
+        if view.attrs(a.node) != view.attrs(b.node):
+            return False
+    except (TypeError, ValueError):  # attributes that do not compare (arrays)
+        return False
+    ia, ib = view.inputs(a.node), view.inputs(b.node)
+    return len(ia) == len(ib) and all(same_value(view, x, y, depth - 1) for x, y in zip(ia, ib))
+
+
 def broadcast_dims(shapes, *, proven: bool = True) -> tuple | None:
     """numpy broadcasting of partly symbolic shapes (ints, symbol strings, None for unknown), dim by dim.
 

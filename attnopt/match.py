@@ -25,7 +25,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .graph import SHAPE_ONLY_OPS, View, broadcast_dims, draws_random, plain_op_name, reads_shape_only
+from .graph import SHAPE_ONLY_OPS, View, broadcast_dims, draws_random, plain_op_name, reads_shape_only, same_value
 from .site import (LAYOUT_BHDS, LAYOUT_BHSD, LAYOUT_FLAT, MASK_ADDITIVE, MASK_BOOLEAN, MASK_BOOLEAN_BLOCKED,
                    MASK_NONZERO_KEEP, AttentionSite, MaskTerm, Projection, ValueRef, extra_axis_count,
                    with_extra_axes)
@@ -847,9 +847,7 @@ def _zero_blocked_rows(view: View, cond: ValueRef, terms: list, scores: ValueRef
         blocked = t.value if t.kind == MASK_BOOLEAN_BLOCKED else None
         if t.kind == MASK_BOOLEAN and view.op(cond.node) == "not" and view.input(cond.node, 0) == t.value:
             blocked = cond
-        same = blocked == cond or (c is not None and blocked is not None and view.const(blocked) is not None
-                                   and np.array_equal(view.const(blocked), c))
-        if same:
+        if same_value(view, blocked, cond):
             t.fill = float("-inf")
             return
     raise Mismatch("the probabilities are zeroed where the scores are not masked")

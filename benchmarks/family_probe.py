@@ -289,9 +289,86 @@ FAMILIES = {
     "youtu": ("dec", "YoutuConfig", "YoutuModel", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=4, num_hidden_layers=2, pad_token_id=0, kv_lora_rank=16, q_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16)),
     "sarvam_mla": ("dec", "SarvamMLAConfig", "DeepseekV3Model", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=4, num_hidden_layers=2, pad_token_id=0, kv_lora_rank=16, q_lora_rank=None, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16, n_routed_experts=2, num_experts_per_tok=1, n_group=1, topk_group=1, moe_intermediate_size=32, first_k_dense_replace=1)),
     "longcat_flash": ("dec", "LongcatFlashConfig", "LongcatFlashModel", dict(hidden_size=32, ffn_hidden_size=64, num_attention_heads=4, num_layers=1, pad_token_id=0, kv_lora_rank=16, q_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=8, head_dim=8, v_head_dim=16, n_routed_experts=2, moe_topk=2, zero_expert_num=1, expert_ffn_hidden_size=32)),
+    # kind "custom": inputs from CUSTOM_INPUTS below (bounding boxes, video, time series, audio features, ...)
+    "imagegpt": ("dec", "ImageGPTConfig", "ImageGPTModel", dict(n_embd=32, n_head=4, n_layer=2, n_positions=64)),
+    "xmod": ("enc", "XmodConfig", "XmodModel", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2, languages=["en_XX"], default_language="en_XX")),
+    "cpmant": ("custom", "CpmAntConfig", "CpmAntModel", dict(hidden_size=32, dim_ff=64, num_attention_heads=4, dim_head=8, num_hidden_layers=2, vocab_size=100, prompt_length=4)),
+    "fsmt": ("encdec", "FSMTConfig", "FSMTModel", dict(d_model=32, encoder_ffn_dim=64, decoder_ffn_dim=64, encoder_attention_heads=4, decoder_attention_heads=4, encoder_layers=2, decoder_layers=2, src_vocab_size=100, tgt_vocab_size=100, langs=["en", "de"])),
+    "lilt": ("custom", "LiltConfig", "LiltModel", dict(hidden_size=48, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2, vocab_size=100, channel_shrink_ratio=2, max_position_embeddings=64)),
+    "layoutlmv3": ("custom", "LayoutLMv3Config", "LayoutLMv3Model", dict(hidden_size=48, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2, vocab_size=100, max_position_embeddings=64, coordinate_size=8, shape_size=8, visual_embed=False)),
+    "udop": ("custom", "UdopConfig", "UdopEncoderModel", dict(d_model=32, d_kv=8, d_ff=64, num_heads=4, num_layers=2, vocab_size=100, relative_bias_args=[{"type": "1d"}, {"type": "horizontal"}, {"type": "vertical"}])),
+    "moonshine": ("custom", "MoonshineConfig", "MoonshineModel", dict(hidden_size=32, intermediate_size=64, encoder_num_attention_heads=4, decoder_num_attention_heads=4, encoder_num_hidden_layers=2, decoder_num_hidden_layers=2, vocab_size=100, max_position_embeddings=64, pad_token_id=0)),
+    "videomae": ("video", "VideoMAEConfig", "VideoMAEModel", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2, image_size=16, patch_size=8, num_frames=4, tubelet_size=2)),
+    "vivit": ("video", "VivitConfig", "VivitModel", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2, image_size=16, num_frames=4, tubelet_size=[2, 8, 8])),
+    "timesformer": ("video", "TimesformerConfig", "TimesformerModel", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2, image_size=16, patch_size=8, num_frames=4)),
+    "vjepa2": ("custom", "VJEPA2Config", "VJEPA2Model", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2, crop_size=16, patch_size=8, frames_per_clip=4, tubelet_size=2, pred_hidden_size=32, pred_num_attention_heads=4, pred_num_hidden_layers=1, pred_num_mask_tokens=2)),
+    "swin2sr": ("vision", "Swin2SRConfig", "Swin2SRModel", dict(image_size=16, patch_size=1, embed_dim=16, depths=[2], num_heads=[2], window_size=4)),
+    "sam_vision": ("vision32", "SamVisionConfig", "SamVisionModel", dict(hidden_size=32, num_attention_heads=4, num_hidden_layers=2, image_size=32, patch_size=4, window_size=4, global_attn_indexes=[1], output_channels=16, mlp_dim=64)),
+    "pixtral": ("vision32", "PixtralVisionConfig", "PixtralVisionModel", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2, head_dim=8, image_size=32, patch_size=8)),
+    "idefics3_vision": ("vision32", "Idefics3VisionConfig", "Idefics3VisionTransformer", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2, image_size=32, patch_size=8)),
+    "siglip2_vision": ("custom", "Siglip2VisionConfig", "Siglip2VisionModel", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2, num_patches=16, patch_size=4)),
+    "patchtst": ("custom", "PatchTSTConfig", "PatchTSTModel", dict(d_model=32, num_attention_heads=4, num_hidden_layers=2, ffn_dim=64, context_length=32, patch_length=4, patch_stride=4, num_input_channels=3)),
+    "informer": ("custom", "InformerConfig", "InformerModel", dict(d_model=32, encoder_attention_heads=4, decoder_attention_heads=4, encoder_layers=2, decoder_layers=2, encoder_ffn_dim=64, decoder_ffn_dim=64, prediction_length=4, context_length=8, lags_sequence=[1], num_time_features=1, input_size=1)),
+    "time_series_transformer": ("custom", "TimeSeriesTransformerConfig", "TimeSeriesTransformerModel", dict(d_model=32, encoder_attention_heads=4, decoder_attention_heads=4, encoder_layers=2, decoder_layers=2, encoder_ffn_dim=64, decoder_ffn_dim=64, prediction_length=4, context_length=8, lags_sequence=[1], num_time_features=1, input_size=1)),
+    "parakeet_encoder": ("custom", "ParakeetEncoderConfig", "ParakeetEncoder", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2, num_mel_bins=16, subsampling_conv_channels=8)),
+    "gemma3n_audio": ("custom", "Gemma3nAudioConfig", "Gemma3nAudioEncoder", dict(hidden_size=32, conf_num_attention_heads=4, conf_num_hidden_layers=2, input_feat_size=16, sscp_conv_channel_size=[8, 8], conf_attention_chunk_size=4, conf_attention_context_left=5, conf_attention_context_right=0)),
+    "qwen2_audio_encoder": ("custom", "Qwen2AudioEncoderConfig", "Qwen2AudioEncoder", dict(d_model=32, encoder_attention_heads=4, encoder_layers=2, encoder_ffn_dim=64, num_mel_bins=16, max_source_positions=32)),
+    "decision_transformer": ("custom", "DecisionTransformerConfig", "DecisionTransformerModel", dict(state_dim=5, act_dim=3, hidden_size=32, n_layer=2, n_head=4, max_ep_len=64)),
 }
 
-KINDS = ("enc", "dec", "encdec", "vision", "vision32", "audio", "speech2text")
+KINDS = ("enc", "dec", "encdec", "vision", "vision32", "video", "audio", "speech2text", "custom")
+
+
+def _seeded(*shape, seed: int) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def _boxes(scale: float = 1.0) -> torch.Tensor:
+    """(2, 10, 4) word boxes (x0, y0, x1, y1) on a 0..1000 page, divided by ``scale``."""
+    corner = torch.randint(0, 500, (2, 10, 2), generator=torch.Generator().manual_seed(7))
+    return torch.cat([corner, corner + 10], -1) / scale if scale != 1.0 else torch.cat([corner, corner + 10], -1)
+
+
+def _lengths_mask(n: int, valid: int) -> torch.Tensor:
+    """(2, n) ones, the second row zero from ``valid`` on (the zoo's right padding)."""
+    mask = torch.ones(2, n, dtype=torch.long)
+    mask[1, valid:] = 0
+    return mask
+
+
+def _series() -> tuple:
+    """A time-series batch for prediction length 4, context 8 and one lag: past values, time features and
+    observed mask (9 steps), future values and time features (4 steps)."""
+    return (_seeded(2, 9, seed=2), _seeded(2, 9, 1, seed=3), torch.ones(2, 9), _seeded(2, 4, seed=4),
+            _seeded(2, 4, 1, seed=5))
+
+
+# The "custom" kind's inputs: family -> (input names, the inputs), given the built model.
+CUSTOM_INPUTS = {
+    "cpmant": lambda m, text: (["input_ids"], text[:1]),  # it builds its own mask from the ids
+    "lilt": lambda m, text: (["input_ids", "bbox", "attention_mask"], (text[0], _boxes(), text[1])),
+    "layoutlmv3": lambda m, text: (["input_ids", "bbox", "attention_mask"], (text[0], _boxes(), text[1])),
+    "udop": lambda m, text: (["input_ids", "bbox", "attention_mask"], (text[0], _boxes(1000.0), text[1])),
+    "moonshine": lambda m, text: (["input_values", "decoder_input_ids"], (_seeded(2, 1600, seed=3), text[2])),
+    "vjepa2": lambda m, text: (["pixel_values_videos"], (_seeded(2, 4, 3, 16, 16, seed=2),)),
+    "siglip2_vision": lambda m, text: (["pixel_values", "pixel_attention_mask", "spatial_shapes"],
+                                       (_seeded(2, 16, 48, seed=2), _lengths_mask(16, 12),
+                                        torch.tensor([[4, 4], [3, 4]]))),
+    "patchtst": lambda m, text: (["past_values"], (_seeded(2, 32, 3, seed=2),)),
+    "informer": lambda m, text: (["past_values", "past_time_features", "past_observed_mask", "future_values",
+                                  "future_time_features"], _series()),
+    "time_series_transformer": lambda m, text: (["past_values", "past_time_features", "past_observed_mask",
+                                                 "future_values", "future_time_features"], _series()),
+    "parakeet_encoder": lambda m, text: (["input_features", "attention_mask"],
+                                         (_seeded(2, 64, 16, seed=2), _lengths_mask(64, 48))),
+    "gemma3n_audio": lambda m, text: (["audio_mel", "audio_mel_mask"],
+                                      (_seeded(2, 64, 16, seed=2), _lengths_mask(64, 48) == 0)),
+    "qwen2_audio_encoder": lambda m, text: (["input_features"], (_seeded(2, 16, 64, seed=2),)),
+    "decision_transformer": lambda m, text: (["states", "actions", "returns_to_go", "timesteps", "attention_mask"],
+                                             (_seeded(2, 6, 5, seed=2), _seeded(2, 6, 3, seed=3),
+                                              _seeded(2, 6, 1, seed=4), torch.arange(6).repeat(2, 1),
+                                              _lengths_mask(6, 4))),
+}
 
 
 def build(family: str, impl: str):
@@ -327,6 +404,10 @@ def build(family: str, impl: str):
         names, inputs = ["input_ids", "attention_mask", "decoder_input_ids"], (*_text_inputs(), _dec_ids())
     elif kind in ("vision", "vision32"):
         names, inputs = ["pixel_values"], (_pixels(32 if kind == "vision32" else 16),)
+    elif kind == "video":  # (batch, frames, channels, height, width)
+        names, inputs = ["pixel_values"], (_seeded(2, 4, 3, 16, 16, seed=2),)
+    elif kind == "custom":
+        names, inputs = CUSTOM_INPUTS[family](model, (*_text_inputs(), _dec_ids()))
     elif kind == "audio":
         names, inputs = ["input_values"], (torch.randn(2, 800, generator=torch.Generator().manual_seed(3)),)
     else:  # speech2text: filter-bank features, padded like the text inputs

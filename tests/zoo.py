@@ -148,8 +148,8 @@ class HFWrapper(nn.Module):
         self.extra = dict(extra or {})
 
     # Explicit positional parameters (not *args) so dynamic_shapes can be given per input.
-    def forward(self, x0, x1=None, x2=None):
-        kwargs = dict(zip(self.arg_names, (x0, x1, x2)))
+    def forward(self, x0, x1=None, x2=None, x3=None, x4=None):
+        kwargs = dict(zip(self.arg_names, (x0, x1, x2, x3, x4)))
         out = self.model(**kwargs, **self.extra, return_dict=True)
         return (out.last_hidden_state,)
 
@@ -555,6 +555,35 @@ def xglm(impl: str) -> Built:
                      max_position_embeddings=64)
     model = _hf_model(XGLMModel, cfg, impl)
     return _text_built(model, use_cache=False)
+
+
+def cpmant(impl: str) -> Built:
+    """CPM-Ant, called as its users do (input_ids alone, the cache on): it masks the scores with
+    ``mask == torch.tensor(False)`` and zeroes the probabilities with the same test written again, which
+    torch.export records over two lifted constants."""
+    from transformers import CpmAntConfig, CpmAntModel
+
+    _hf_quiet()
+    cfg = CpmAntConfig(vocab_size=VOCAB, hidden_size=32, dim_ff=64, num_attention_heads=4, dim_head=8,
+                       num_hidden_layers=2, prompt_length=4)
+    model = _hf_model(CpmAntModel, cfg, impl)
+    return Built(HFWrapper(model, ["input_ids"]), _text_inputs()[:1], ["input_ids"], ["last_hidden_state"])
+
+
+def vjepa2(impl: str) -> Built:
+    """V-JEPA 2's video encoder: rotary embeddings over frame, height and width, each third of the head dim
+    rotated by pairs (unflatten, unbind, stack, flatten). TorchScript writes the stack as Unsqueeze and Concat
+    and tiles the angles, ops whose shapes ONNX shape inference leaves unknown."""
+    from transformers import VJEPA2Config, VJEPA2Model
+
+    _hf_quiet()
+    cfg = VJEPA2Config(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2,
+                       crop_size=16, patch_size=8, frames_per_clip=4, tubelet_size=2, pred_hidden_size=32,
+                       pred_num_attention_heads=4, pred_num_hidden_layers=1, pred_num_mask_tokens=2)
+    model = _hf_model(VJEPA2Model, cfg, impl)
+    video = torch.randn(BATCH, 4, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    return Built(HFWrapper(model, ["pixel_values_videos"]), (video,), ["pixel_values_videos"],
+                 ["last_hidden_state"])
 
 
 def funnel(impl: str) -> Built:
@@ -1303,6 +1332,13 @@ CASES: list[ZooCase] = [
     # before the softmax (no sdpa form in transformers 5); q is scaled before the heads split, as Whisper's.
     ZooCase("xglm-eager", "xglm", _bind(xglm, "eager"), expected_sites=2, heads=4, head_dim=8,
             scales=(1 / math.sqrt(8), 1.0), self_attention_sites=2, causal_sites=2, fx_tracers=(EXPORT,)),
+    # The probabilities zeroed by the score mask's test written a second time (two lifted constants under
+    # torch.export); a relative position bias; the prompt's 4 positions before the 10 tokens.
+    ZooCase("cpmant-eager", "cpmant", _bind(cpmant, "eager"), expected_sites=2, heads=4, head_dim=8,
+            causal_sites=0, fx_tracers=(EXPORT,), onnx_exporters=(DYNAMO,)),
+    # Its queries' and keys' shapes known only once Concat and Tile are followed (TorchScript).
+    ZooCase("vjepa2-sdpa", "vjepa2", _bind(vjepa2, "sdpa"), expected_sites=2, heads=4, head_dim=8,
+            self_attention_sites=2, causal_sites=0, onnx_exporters=(TORCHSCRIPT,), fx_tracers=()),
     # Disentangled attention: c2p/p2c terms added to the (B·H, N, M) scores; scale 1/sqrt(3·d).
     ZooCase("deberta-v2-eager", "deberta-v2", _bind(deberta_v2, "eager"), expected_sites=2, heads=4, head_dim=8,
             scales=(1 / math.sqrt(3 * 8),), self_attention_sites=2, causal_sites=0, fx_tracers=(EXPORT,)),

@@ -322,6 +322,13 @@ def _refine_shapes(view: View) -> None:
             target = view.const(ins[1])
             if target is not None and np.ndim(target) == 1:
                 derived = _broadcast([view.shape(ins[0]), tuple(_dim_or_none(d) for d in target.tolist())])
+        elif info.op == "concat" and ins and all(v is not None and view.shape(v) is not None for v in ins):
+            derived = _concat_dims([view.shape(v) for v in ins], _attr(info.ref, "axis", 0))
+        elif info.op == "other:Tile" and len(ins) == 2 and view.shape(ins[0]) is not None:
+            repeats = view.const(ins[1])
+            if repeats is not None and np.ndim(repeats) == 1 and len(repeats) == len(view.shape(ins[0])):
+                derived = tuple(d * int(r) if isinstance(d, int) else (d if int(r) == 1 else None)
+                                for d, r in zip(view.shape(ins[0]), repeats))
         elif info.op in _ELEMENTWISE:
             derived = _broadcast([view.shape(v) for v in ins if v is not None and view.const(v) is None])
         elif info.op == "matmul" and len(ins) == 2:
@@ -353,6 +360,23 @@ def _refine_split(view: View, nid: str, info) -> None:
     for port, size in enumerate(sizes):
         derived = tuple(size if i == axis else d for i, d in enumerate(src))
         info.shapes[port] = _merge(info.shapes[port], derived)
+
+
+def _concat_dims(shapes: list, axis: int):
+    """Concat's output dims (rotary embeddings' stack of halves, written as Unsqueeze and Concat by
+    TorchScript): the parts' sum along the axis, the first part's dims elsewhere; None if ranks differ."""
+    rank = len(shapes[0])
+    if rank == 0 or any(len(s) != rank for s in shapes):
+        return None
+    axis %= rank
+    along = [s[axis] for s in shapes]
+    total = sum(along) if all(isinstance(d, int) for d in along) else None
+    return tuple(total if i == axis else _merge_dim([s[i] for s in shapes]) for i in range(rank))
+
+
+def _merge_dim(dims: list):
+    """One dim that several parts must share: a known size wins over a symbol or None."""
+    return next((d for d in dims if isinstance(d, int)), next((d for d in dims if d is not None), None))
 
 
 def _dim_or_none(d):
