@@ -103,10 +103,12 @@ def _scalar_operand(view: View, nid: str) -> tuple[ValueRef, float] | None:
     a, b = (view.inputs(nid) + [None, None])[:2]
     if a is None or b is None:
         return None
+    # The other operand may fold to a constant too (a decoder's first layer over learned queries alone): it is
+    # still the tensor being scaled, unless it is a single number itself.
     cb, ca = view.scalar(b), view.scalar(a)
-    if cb is not None and view.const(a) is None:
+    if cb is not None and (view.const(a) is None or ca is None):
         return a, cb
-    if ca is not None and view.const(b) is None and view.op(nid) == "mul":
+    if ca is not None and (view.const(b) is None or cb is None) and view.op(nid) == "mul":
         return b, ca
     return None
 
@@ -440,6 +442,9 @@ class _Scores:
     extra_columns: bool = False
     sink: ValueRef | None = None
     clamp: float | None = None  # a max() at a constant floor (AttentionSite.score_floor)
+    # A term that is itself a q·kᵀ product (LiLT adds its layout stream's scores to its text stream's): an
+    # attention all the same, which no op takes (the site is found, and left dense with a reason).
+    second_product: bool = False
 
 
 # Ops the walk from the softmax up to q·kᵀ passes without changing the algebra.
@@ -513,8 +518,8 @@ def _head_factor(view: View, nid: str, scores: ValueRef) -> tuple[ValueRef, Valu
     rank = view.rank(scores)
     for s, f in ((a, b), (b, a)):
         shape = view.shape(f)
-        if shape is None or rank is None or len(shape) > rank or view.view_only(f.node):
-            continue
+        if shape is None or rank is None or len(shape) > rank or view.view_only(f.node) or view.scalar(f) is not None:
+            continue  # (one number is a scale, _scalar_operand's: it may be a literal no graph node holds)
         if all(d == 1 for d in (1, 1, *shape)[-2:]) and _reaches_matmul(view, s) and not _reaches_matmul(view, f):
             return s, f
     return None
@@ -595,6 +600,7 @@ def _walk_up(view: View, v: ValueRef) -> _Scores:
     gain, cap, clamp = 1.0, None, None
     terms, nodes, heads, factor, factor_flat = [], [], None, None, False
     extra, sink = False, None  # columns concatenated after the scores (_Scores.extra_columns, sink)
+    second = False  # _Scores.second_product
     back, start = None, 0  # inside a view of the scores: the reshape out of it, where its terms start
     for _ in range(48):
         nid = v.node
@@ -611,7 +617,7 @@ def _walk_up(view: View, v: ValueRef) -> _Scores:
                 raise Mismatch("the softmax input is a product with constant keys (a lookup, not q·kᵀ)")
             if back is not None:
                 raise Mismatch("q·kᵀ inside a view of the scores")
-            return _Scores(nid, gain, cap, terms, nodes, heads, factor, factor_flat, extra, sink, clamp)
+            return _Scores(nid, gain, cap, terms, nodes, heads, factor, factor_flat, extra, sink, clamp, second)
         nodes.append(nid)
         if op in _SCORE_PASS:
             if op == "reshape" and view.rank(ins[0]) == 3 and view.rank(v) == 4:
@@ -652,7 +658,9 @@ def _walk_up(view: View, v: ValueRef) -> _Scores:
         elif op in ("add", "sub"):
             a, b = ins[:2]
             on_a, on_b = _reaches_matmul(view, a), _reaches_matmul(view, b)
-            if on_a == on_b:
+            if on_a and on_b and op == "add" and not second:
+                second = True  # the first operand is taken as the scores, the other as a term
+            elif on_a == on_b:
                 why = "both operands come from q·kᵀ products" if on_a else "neither operand is the scores"
                 raise Mismatch(f"an add between the scores and the softmax where {why}")
             scores, term = (a, b) if on_a else (b, a)
@@ -988,6 +996,9 @@ def _match_product(view: View, sm: str, x: ValueRef, down: _Down) -> AttentionSi
     unprovable = unprovable or _extra_axes(view, ((q, layout), (key, key_layout), (value, value_layout),
                                                   (output, output_layout)), geometry["num_heads"],
                                            geometry["kv_num_heads"], up.terms, up.factor)
+    if up.second_product:
+        unprovable = unprovable or ("its scores add a second q·kᵀ product (LiLT's layout attention); no op "
+                                    "takes two, and as a bias it would stay N×N")
     sink_logits = _per_head_sink(view, up.sink, geometry["num_heads"]) if up.extra_columns else None
     if up.extra_columns and sink_logits is None:
         unprovable = unprovable or ("its softmax also spans columns after the keys that are not one learned "

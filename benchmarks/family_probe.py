@@ -314,6 +314,25 @@ FAMILIES = {
     "gemma3n_audio": ("custom", "Gemma3nAudioConfig", "Gemma3nAudioEncoder", dict(hidden_size=32, conf_num_attention_heads=4, conf_num_hidden_layers=2, input_feat_size=16, sscp_conv_channel_size=[8, 8], conf_attention_chunk_size=4, conf_attention_context_left=5, conf_attention_context_right=0)),
     "qwen2_audio_encoder": ("custom", "Qwen2AudioEncoderConfig", "Qwen2AudioEncoder", dict(d_model=32, encoder_attention_heads=4, encoder_layers=2, encoder_ffn_dim=64, num_mel_bins=16, max_source_positions=32)),
     "decision_transformer": ("custom", "DecisionTransformerConfig", "DecisionTransformerModel", dict(state_dim=5, act_dim=3, hidden_size=32, n_layer=2, n_head=4, max_ep_len=64)),
+    "rwkv": ("custom", "RwkvConfig", "RwkvModel", dict(hidden_size=32, attention_hidden_size=32, intermediate_size=64, num_hidden_layers=2, vocab_size=100, context_length=64)),
+    "mamba": ("custom", "MambaConfig", "MambaModel", dict(hidden_size=32, state_size=8, num_hidden_layers=2, vocab_size=100)),
+    "fnet": ("custom", "FNetConfig", "FNetModel", dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, vocab_size=100, max_position_embeddings=64, use_tpu_fourier_optimizations=False)),
+    "groupvit_vision": ("vision", "GroupViTVisionConfig", "GroupViTVisionModel", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, depths=[1, 1], num_group_tokens=[4, 0], num_output_groups=[4, 4], image_size=16, patch_size=4)),
+    "vilt": ("custom", "ViltConfig", "ViltModel", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2, vocab_size=100, max_position_embeddings=64, image_size=16, patch_size=8, max_image_length=-1)),
+    "visual_bert": ("custom", "VisualBertConfig", "VisualBertModel", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2, vocab_size=100, max_position_embeddings=64, visual_embedding_dim=16)),
+    "seggpt": ("custom", "SegGptConfig", "SegGptModel", dict(hidden_size=32, num_attention_heads=4, num_hidden_layers=2, mlp_dim=64, image_size=[16, 8], patch_size=4, merge_index=0, intermediate_hidden_state_indices=[1], pretrain_image_size=16)),
+    "detr": ("vision32", "DetrConfig", "DetrModel", dict(d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, num_queries=5, use_timm_backbone=False, use_pretrained_backbone=False, backbone_config=dict(model_type="resnet", embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], out_features=["stage2"]))),
+    "clap_audio": ("custom", "ClapAudioConfig", "ClapAudioModel", dict(hidden_size=32, depths=[1, 1], num_attention_heads=[2, 4], patch_embeds_hidden_size=16, spec_size=32, window_size=4, num_mel_bins=16, patch_stride=(4, 4), patch_size=4, enable_fusion=False)),
+    "qwen2_5_vl_vision": ("custom", "Qwen2_5_VLVisionConfig", "Qwen2_5_VisionTransformerPretrainedModel", dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=4, out_hidden_size=32, patch_size=2, temporal_patch_size=2, spatial_merge_size=2, window_size=8, fullatt_block_indexes=[1], in_channels=3)),
+    "timesfm": ("custom", "TimesFmConfig", "TimesFmModel", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2, head_dim=8, patch_length=4, context_length=16, horizon_length=4)),
+    "wav2vec2_bert": ("custom", "Wav2Vec2BertConfig", "Wav2Vec2BertModel", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2, feature_projection_input_dim=16, position_embeddings_type="relative_key", conv_depthwise_kernel_size=3, add_adapter=False)),
+    "wav2vec2_bert_rotary": ("custom", "Wav2Vec2BertConfig", "Wav2Vec2BertModel", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2, feature_projection_input_dim=16, position_embeddings_type="rotary", conv_depthwise_kernel_size=3, add_adapter=False)),
+    "musicgen_decoder": ("custom", "MusicgenDecoderConfig", "MusicgenModel", dict(hidden_size=32, ffn_dim=64, num_attention_heads=4, num_hidden_layers=2, vocab_size=100, num_codebooks=2, max_position_embeddings=64)),
+    "focalnet": ("vision32", "FocalNetConfig", "FocalNetModel", dict(embed_dim=16, depths=[1, 1], hidden_sizes=[16, 32], image_size=32, patch_size=4)),
+    "poolformer": ("vision32", "PoolFormerConfig", "PoolFormerModel", dict(hidden_sizes=[16, 32], depths=[1, 1], num_encoder_blocks=2, patch_sizes=[7, 3], strides=[4, 2], padding=[2, 1])),
+    "conditional_detr": ("vision32", "ConditionalDetrConfig", "ConditionalDetrModel", dict(d_model=32, encoder_layers=1, decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, num_queries=5, use_timm_backbone=False, use_pretrained_backbone=False, backbone_config=dict(model_type="resnet", embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], out_features=["stage2"]))),
+    "deformable_detr": ("vision32", "DeformableDetrConfig", "DeformableDetrModel", dict(d_model=32, encoder_layers=1, decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, num_queries=5, num_feature_levels=1, encoder_n_points=2, decoder_n_points=2, use_timm_backbone=False, use_pretrained_backbone=False, backbone_config=dict(model_type="resnet", embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], out_features=["stage2"]))),
+    "owlv2_vision": ("vision", "Owlv2VisionConfig", "Owlv2VisionModel", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2, image_size=16, patch_size=4)),
 }
 
 KINDS = ("enc", "dec", "encdec", "vision", "vision32", "video", "audio", "speech2text", "custom")
@@ -364,6 +383,28 @@ CUSTOM_INPUTS = {
     "gemma3n_audio": lambda m, text: (["audio_mel", "audio_mel_mask"],
                                       (_seeded(2, 64, 16, seed=2), _lengths_mask(64, 48) == 0)),
     "qwen2_audio_encoder": lambda m, text: (["input_features"], (_seeded(2, 16, 64, seed=2),)),
+    "rwkv": lambda m, text: (["input_ids"], text[:1]),  # no attention: a model to find nothing in
+    "mamba": lambda m, text: (["input_ids"], text[:1]),
+    "fnet": lambda m, text: (["input_ids"], text[:1]),
+    "vilt": lambda m, text: (["input_ids", "attention_mask", "pixel_values"], (*text[:2], _seeded(2, 3, 16, 16, seed=2))),
+    "visual_bert": lambda m, text: (["input_ids", "attention_mask", "visual_embeds"],
+                                    (*text[:2], _seeded(2, 5, 16, seed=2))),
+    # an image and its prompt, 8 x 8 each, which the model stacks into its 16 x 8 input
+    "seggpt": lambda m, text: (["pixel_values", "prompt_pixel_values", "prompt_masks"],
+                               tuple(_seeded(2, 3, 8, 8, seed=s) for s in (2, 3, 4))),
+    "clap_audio": lambda m, text: (["input_features"], (_seeded(2, 1, 32, 16, seed=2),)),
+    # one video of 4 x 8 patches (32 patches of 3 x 2 x 2 x 2), in windows of 2 x 2 merged patches
+    "qwen2_5_vl_vision": lambda m, text: (["hidden_states", "grid_thw"], (_seeded(32, 24, seed=2), torch.tensor([[1, 4, 8]]))),
+    "timesfm": lambda m, text: (["past_values", "past_values_padding", "freq"],
+                                (_seeded(2, 16, seed=2), torch.zeros(2, 16), torch.zeros(2, 1, dtype=torch.long))),
+    "wav2vec2_bert": lambda m, text: (["input_features", "attention_mask"],
+                                      (_seeded(2, 20, 16, seed=2), _lengths_mask(20, 15))),
+    "wav2vec2_bert_rotary": lambda m, text: (["input_features", "attention_mask"],
+                                             (_seeded(2, 20, 16, seed=2), _lengths_mask(20, 15))),
+    # two codebooks a sequence, as rows of input_ids; cross-attention to 6 encoder states
+    "musicgen_decoder": lambda m, text: (["input_ids", "attention_mask", "encoder_hidden_states"],
+                                         (torch.cat([text[0], text[0].flip(0)]), text[1],
+                                          _seeded(2, 6, 32, seed=3))),
     "decision_transformer": lambda m, text: (["states", "actions", "returns_to_go", "timesteps", "attention_mask"],
                                              (_seeded(2, 6, 5, seed=2), _seeded(2, 6, 3, seed=3),
                                               _seeded(2, 6, 1, seed=4), torch.arange(6).repeat(2, 1),
@@ -490,8 +531,10 @@ def _export(exporter: str, built, path: Path):
     # it stops here, not later as a rewrite that "fails" on an original that never ran
     import onnxruntime
 
-    onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return path, {n: t.numpy() for n, t in zip(built.input_names, built.inputs)}
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    # TorchScript drops an input the graph reads only at export time (Qwen2.5-VL's grid_thw sizes its windows)
+    kept = {i.name for i in session.get_inputs()}
+    return path, {n: t.numpy() for n, t in zip(built.input_names, built.inputs) if n in kept}
 
 
 def main(argv=None) -> int:

@@ -32,6 +32,15 @@ def test_the_fx_path_is_probed_through_torch_export(fp, tmp_path):
     assert (rec["exporter"], rec["stage"], rec["sites"], rec["rewritten"], rec["exact"]) == ("export", "done", 2, 2, True)
 
 
+def test_a_family_with_inputs_of_its_own(fp, tmp_path):
+    """Qwen2.5-VL's vision tower takes flat patches and a grid (the "custom" kind); TorchScript drops the grid,
+    which only sizes its windows at export time, so validate is fed the inputs the ONNX model has."""
+    out = tmp_path / "probe.json"
+    assert fp.main(["qwen2_5_vl_vision", "--exporters", "torchscript", "--impls", "eager", "--json", str(out)]) == 0
+    (rec,) = json.loads(out.read_text())
+    assert (rec["stage"], rec["sites"], rec["rewritten"], rec["exact"]) == ("done", 3, 3, True)
+
+
 def test_an_inexact_left_padding_is_reported(fp, tmp_path, capsys, monkeypatch):
     """GPT-Neo applies its causal mask and its padding one after the other, each with finfo.min: the rows both
     block entirely get the mean of their causal prefix (AttentionSite.blocked_groups), and the probe finds the

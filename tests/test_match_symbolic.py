@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from attnopt import match
-from attnopt.graph import View, broadcast_dims
+from attnopt.graph import View, broadcast_dims, same_value
 from attnopt.site import ValueRef
 
 
@@ -102,6 +102,25 @@ def test_an_elementwise_output_of_extent_one_fixes_its_operands_extent():
 def test_a_cut_to_one_token_proves_nothing():
     view, one = _token_graph("slice")
     assert match._projection_sources(view, one, 1) is None
+
+
+def test_one_mask_written_twice_is_the_same_value():
+    """CPM-Ant's ``mask.view(..) == torch.tensor(False)``, written before the softmax and after it, each over a
+    constant of its own (torch.export lifts one per use); a random draw is never the same as another."""
+    g = _Builder()
+    mask = g.input("mask", ("b", 10, 10))
+    tests = []
+    for i in range(2):
+        viewed = g.op(f"view{i}", "reshape", [mask, g.const(f"shape{i}", np.array([-1, 1, 10, 10]))], ("b", 1, 10, 10))
+        tests.append(g.op(f"eq{i}", "other:aten.eq", [viewed, g.const(f"false{i}", np.array(False))], ("b", 1, 10, 10)))
+    assert same_value(g.view, *tests)
+    other = g.op("eq2", "other:aten.eq", [g.op("view2", "reshape", [mask, g.const("shape2", np.array([-1, 1, 10, 10]))],
+                                                ("b", 1, 10, 10)), g.const("true", np.array(True))], ("b", 1, 10, 10))
+    assert not same_value(g.view, tests[0], other)  # another constant
+    draws = [g.op(f"draw{i}", "other:aten.rand_like", [mask], ("b", 10, 10)) for i in range(2)]
+    assert not same_value(g.view, *draws)
+    flipped = [g.op(f"t{i}", "transpose", [mask], ("b", 10, 10), perm=perm) for i, perm in enumerate(([0, 2, 1], [0, 1, 2]))]
+    assert not same_value(g.view, *flipped)  # the same op with other attributes
 
 
 def _mask_graph(rows_from: str):

@@ -84,7 +84,7 @@ class ZooCase:
     expected_sites: int
     heads: int | tuple[int, ...] | None = None  # a tuple: each site's, in graph order (Hiera's stages differ)
     kv_heads: int | None = None  # None: same as heads
-    head_dim: int | None = None
+    head_dim: int | tuple[int, ...] | None = None  # a tuple: each site's, in graph order (LiLT's two streams)
     # Acceptable values of the effective scale; None: (1/sqrt(head_dim),).
     scales: tuple[float, ...] | None = None
     # Number of sites whose attention is causal / whose q and kv are the same
@@ -584,6 +584,38 @@ def vjepa2(impl: str) -> Built:
     video = torch.randn(BATCH, 4, 3, 16, 16, generator=torch.Generator().manual_seed(2))
     return Built(HFWrapper(model, ["pixel_values_videos"]), (video,), ["pixel_values_videos"],
                  ["last_hidden_state"])
+
+
+def lilt(impl: str) -> Built:
+    """LiLT: a text and a layout stream whose scores are added together before each softmax (two q·kᵀ
+    products a softmax); the last layer's layout attention feeds no output and is left out of the graph."""
+    from transformers import LiltConfig, LiltModel
+
+    _hf_quiet()
+    cfg = LiltConfig(vocab_size=VOCAB, hidden_size=48, intermediate_size=64, num_attention_heads=4,
+                     num_hidden_layers=2, channel_shrink_ratio=2, max_position_embeddings=64)
+    model = _hf_model(LiltModel, cfg, impl)
+    ids, mask = _text_inputs()
+    corner = torch.randint(0, 500, (BATCH, SEQ, 2), generator=torch.Generator().manual_seed(7))
+    names = ["input_ids", "bbox", "attention_mask"]
+    return Built(HFWrapper(model, names), (ids, torch.cat([corner, corner + 10], -1), mask), names,
+                 ["last_hidden_state"])
+
+
+def deformable_detr(impl: str) -> Built:
+    """Deformable DETR: its encoder and cross-attention sample points (a softmax over points, not keys); its
+    decoder's first self-attention reads the learned queries alone, expanded over the batch, so its scores fold
+    to a constant before their float scale."""
+    from transformers import DeformableDetrConfig, DeformableDetrModel
+
+    _hf_quiet()
+    backbone = dict(model_type="resnet", embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], out_features=["stage2"])
+    cfg = DeformableDetrConfig(d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=4,
+                               decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, num_queries=5,
+                               num_feature_levels=1, encoder_n_points=2, decoder_n_points=2, use_timm_backbone=False,
+                               use_pretrained_backbone=False, backbone_config=backbone)
+    model = _hf_model(DeformableDetrModel, cfg, impl)
+    return Built(HFWrapper(model, ["pixel_values"]), (_pixels(32),), ["pixel_values"], ["last_hidden_state"])
 
 
 def funnel(impl: str) -> Built:
@@ -1339,6 +1371,13 @@ CASES: list[ZooCase] = [
     # Its queries' and keys' shapes known only once Concat and Tile are followed (TorchScript).
     ZooCase("vjepa2-sdpa", "vjepa2", _bind(vjepa2, "sdpa"), expected_sites=2, heads=4, head_dim=8,
             self_attention_sites=2, causal_sites=0, onnx_exporters=(TORCHSCRIPT,), fx_tracers=()),
+    # Found, and left dense with the reason: each softmax reads the sum of two q·kᵀ products.
+    ZooCase("lilt-eager", "lilt", _bind(lilt, "eager"), expected_sites=3, heads=4, head_dim=(6, 12, 12),
+            scales=(1 / math.sqrt(12), 1 / math.sqrt(6)), causal_sites=0, fx_tracers=(EXPORT,),
+            onnx_exporters=(TORCHSCRIPT,)),
+    # One self-attention over learned queries (its scores constant but for the batch), the rest deformable.
+    ZooCase("deformable-detr-eager", "deformable-detr", _bind(deformable_detr, "eager"), expected_sites=1, heads=4,
+            head_dim=8, self_attention_sites=1, causal_sites=0, fx_tracers=(EXPORT,), onnx_exporters=()),
     # Disentangled attention: c2p/p2c terms added to the (B·H, N, M) scores; scale 1/sqrt(3·d).
     ZooCase("deberta-v2-eager", "deberta-v2", _bind(deberta_v2, "eager"), expected_sites=2, heads=4, head_dim=8,
             scales=(1 / math.sqrt(3 * 8),), self_attention_sites=2, causal_sites=0, fx_tracers=(EXPORT,)),
