@@ -333,6 +333,14 @@ FAMILIES = {
     "conditional_detr": ("vision32", "ConditionalDetrConfig", "ConditionalDetrModel", dict(d_model=32, encoder_layers=1, decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, num_queries=5, use_timm_backbone=False, use_pretrained_backbone=False, backbone_config=dict(model_type="resnet", embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], out_features=["stage2"]))),
     "deformable_detr": ("vision32", "DeformableDetrConfig", "DeformableDetrModel", dict(d_model=32, encoder_layers=1, decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, num_queries=5, num_feature_levels=1, encoder_n_points=2, decoder_n_points=2, use_timm_backbone=False, use_pretrained_backbone=False, backbone_config=dict(model_type="resnet", embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], out_features=["stage2"]))),
     "owlv2_vision": ("vision", "Owlv2VisionConfig", "Owlv2VisionModel", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2, image_size=16, patch_size=4)),
+    "speecht5": ("custom", "SpeechT5Config", "SpeechT5Model", dict(hidden_size=32, encoder_layers=2, decoder_layers=1, encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, vocab_size=100, encoder_max_relative_position=8)),
+    "bros": ("custom", "BrosConfig", "BrosModel", dict(hidden_size=64, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2, vocab_size=100, max_position_embeddings=64)),
+    "rt_detr": ("custom", "RTDetrConfig", "RTDetrModel", dict(d_model=32, encoder_hidden_dim=32, encoder_in_channels=[16, 32, 64], feat_strides=[8, 16, 32], encoder_layers=1, encoder_ffn_dim=64, encoder_attention_heads=4, decoder_layers=1, decoder_ffn_dim=64, decoder_attention_heads=4, decoder_in_channels=[32, 32, 32], num_queries=5, decoder_n_points=2, num_denoising=0, anchor_image_size=None, backbone_config=dict(model_type="rt_detr_resnet", embedding_size=8, hidden_sizes=[8, 16, 32, 64], depths=[1, 1, 1, 1], out_features=["stage2", "stage3", "stage4"]), use_pretrained_backbone=False)),
+    "dab_detr": ("vision32", "DabDetrConfig", "DabDetrModel", dict(hidden_size=32, encoder_layers=1, decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, num_queries=5, use_timm_backbone=False, use_pretrained_backbone=False, backbone_config=dict(model_type="resnet", embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], out_features=["stage2"]))),
+    "depth_pro": ("vision32", "DepthProConfig", "DepthProModel", dict(patch_size=16, intermediate_hook_ids=[0], intermediate_feature_dims=[16], scaled_images_ratios=[0.5, 1.0], scaled_images_overlap_ratios=[0.0, 0.0], scaled_images_feature_dims=[16, 16], fusion_hidden_size=16, image_model_config=dict(model_type="dinov2", hidden_size=32, num_hidden_layers=1, num_attention_heads=4, image_size=16, patch_size=4), patch_model_config=dict(model_type="dinov2", hidden_size=32, num_hidden_layers=1, num_attention_heads=4, image_size=16, patch_size=4), fov_model_config=dict(model_type="dinov2", hidden_size=32, num_hidden_layers=1, num_attention_heads=4, image_size=16, patch_size=4))),
+    "xclip_vision": ("custom", "XCLIPVisionConfig", "XCLIPVisionModel", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2, image_size=16, patch_size=8, num_frames=2, mit_hidden_size=32, mit_intermediate_size=64, mit_num_hidden_layers=1, mit_num_attention_heads=4)),
+    "mgp_str": ("custom", "MgpstrConfig", "MgpstrModel", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, image_size=[16, 32], patch_size=4, max_token_length=5)),
+    "mask2former": ("custom", "Mask2FormerConfig", "Mask2FormerModel", dict(hidden_dim=32, feature_size=32, mask_feature_size=32, encoder_feedforward_dim=64, dim_feedforward=64, encoder_layers=1, decoder_layers=2, num_attention_heads=4, num_queries=5, common_stride=4, backbone_config=dict(model_type="swin", embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2], window_size=4, image_size=64, out_features=["stage1", "stage2", "stage3", "stage4"]), use_pretrained_backbone=False)),
 }
 
 KINDS = ("enc", "dec", "encdec", "vision", "vision32", "video", "audio", "speech2text", "custom")
@@ -360,6 +368,11 @@ def _series() -> tuple:
     observed mask (9 steps), future values and time features (4 steps)."""
     return (_seeded(2, 9, seed=2), _seeded(2, 9, 1, seed=3), torch.ones(2, 9), _seeded(2, 4, seed=4),
             _seeded(2, 4, 1, seed=5))
+
+
+# A family whose model output has no last_hidden_state: the field probed instead (Mask2Former's masked attention
+# is in its transformer decoder).
+OUTPUTS = {"mask2former": "transformer_decoder_last_hidden_state"}
 
 
 # The "custom" kind's inputs: family -> (input names, the inputs), given the built model.
@@ -405,6 +418,15 @@ CUSTOM_INPUTS = {
     "musicgen_decoder": lambda m, text: (["input_ids", "attention_mask", "encoder_hidden_states"],
                                          (torch.cat([text[0], text[0].flip(0)]), text[1],
                                           _seeded(2, 6, 32, seed=3))),
+    # SpeechT5 without its pre-nets: encoder and decoder states in, relative positions in the encoder
+    "speecht5": lambda m, text: (["input_values", "attention_mask", "decoder_input_values"],
+                                 (_seeded(2, 10, 32, seed=2), text[1], _seeded(2, 6, 32, seed=3))),
+    "bros": lambda m, text: (["input_ids", "bbox", "attention_mask"],  # four corners a word, 0..1
+                             (text[0], torch.rand(2, 10, 8, generator=torch.Generator().manual_seed(7)), text[1])),
+    "rt_detr": lambda m, text: (["pixel_values"], (_seeded(2, 3, 64, 64, seed=2),)),
+    "xclip_vision": lambda m, text: (["pixel_values"], (_seeded(4, 3, 16, 16, seed=2),)),  # 2 videos of 2 frames
+    "mgp_str": lambda m, text: (["pixel_values"], (_seeded(2, 3, 16, 32, seed=2),)),
+    "mask2former": lambda m, text: (["pixel_values"], (_seeded(2, 3, 64, 64, seed=2),)),
     "decision_transformer": lambda m, text: (["states", "actions", "returns_to_go", "timesteps", "attention_mask"],
                                              (_seeded(2, 6, 5, seed=2), _seeded(2, 6, 3, seed=3),
                                               _seeded(2, 6, 1, seed=4), torch.arange(6).repeat(2, 1),
@@ -457,7 +479,8 @@ def build(family: str, impl: str):
         mask = torch.ones(2, 40, dtype=torch.long)
         mask[1, 30:] = 0
         names, inputs = ["input_features", "attention_mask", "decoder_input_ids"], (feats, mask, _dec_ids())
-    return Built(HFWrapper(model, names, extra), inputs, names, ["last_hidden_state"])
+    output = OUTPUTS.get(family, "last_hidden_state")
+    return Built(HFWrapper(model, names, extra, output), inputs, names, [output])
 
 
 def _left_padded(inputs, built):

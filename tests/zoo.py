@@ -139,19 +139,21 @@ class ZooCase:
 
 
 class HFWrapper(nn.Module):
-    """Calls a Hugging Face model with keyword inputs, returns (last_hidden_state,)."""
+    """Calls a Hugging Face model with keyword inputs, returns (last_hidden_state,) or another output field."""
 
-    def __init__(self, model: nn.Module, arg_names: Sequence[str], extra: Mapping[str, Any] | None = None):
+    def __init__(self, model: nn.Module, arg_names: Sequence[str], extra: Mapping[str, Any] | None = None,
+                 output: str = "last_hidden_state"):
         super().__init__()
         self.model = model
         self.arg_names = tuple(arg_names)
         self.extra = dict(extra or {})
+        self.output = output  # the model output's field to return (Mask2Former has no last_hidden_state)
 
     # Explicit positional parameters (not *args) so dynamic_shapes can be given per input.
     def forward(self, x0, x1=None, x2=None, x3=None, x4=None):
         kwargs = dict(zip(self.arg_names, (x0, x1, x2, x3, x4)))
         out = self.model(**kwargs, **self.extra, return_dict=True)
-        return (out.last_hidden_state,)
+        return (getattr(out, self.output),)
 
 
 # transformers' FlexAttention: export records each call as the flex_attention higher-order op, its mask_mod
