@@ -341,6 +341,12 @@ FAMILIES = {
     "xclip_vision": ("custom", "XCLIPVisionConfig", "XCLIPVisionModel", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2, image_size=16, patch_size=8, num_frames=2, mit_hidden_size=32, mit_intermediate_size=64, mit_num_hidden_layers=1, mit_num_attention_heads=4)),
     "mgp_str": ("custom", "MgpstrConfig", "MgpstrModel", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, image_size=[16, 32], patch_size=4, max_token_length=5)),
     "mask2former": ("custom", "Mask2FormerConfig", "Mask2FormerModel", dict(hidden_dim=32, feature_size=32, mask_feature_size=32, encoder_feedforward_dim=64, dim_feedforward=64, encoder_layers=1, decoder_layers=2, num_attention_heads=4, num_queries=5, common_stride=4, backbone_config=dict(model_type="swin", embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2], window_size=4, image_size=64, out_features=["stage1", "stage2", "stage3", "stage4"]), use_pretrained_backbone=False)),
+    "granite_speech_encoder": ("custom", "GraniteSpeechEncoderConfig", "GraniteSpeechCTCEncoder", dict(input_dim=16, num_layers=2, hidden_dim=32, num_heads=4, dim_head=8, output_dim=10, context_size=4, conv_kernel_size=3, max_pos_emb=16)),
+    "lasr_encoder": ("custom", "LasrEncoderConfig", "LasrEncoder", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2, num_key_value_heads=4, conv_kernel_size=3, subsampling_conv_kernel_size=3, layerdrop=0.0, num_mel_bins=16, subsampling_conv_channels=8)),
+    "videoprism": ("custom", "VideoPrismVisionConfig", "VideoPrismVisionModel", dict(image_size=16, tubelet_size=[1, 8, 8], hidden_size=32, num_attention_heads=4, intermediate_size=64, num_spatial_layers=1, num_temporal_layers=1, num_auxiliary_layers=1, num_frames=2)),
+    "sam3_vit": ("vision32", "Sam3ViTConfig", "Sam3ViTModel", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2, image_size=32, patch_size=4, window_size=4, pretrain_image_size=16, global_attn_indexes=[1])),
+    "pixio": ("vision", "PixioConfig", "PixioModel", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2, image_size=16, patch_size=4)),
+    "radio": ("vision", "RadioConfig", "RadioModel", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2, image_size=16, patch_size=4, max_img_size=32, patch_dim=48)),
 }
 
 KINDS = ("enc", "dec", "encdec", "vision", "vision32", "video", "audio", "speech2text", "custom")
@@ -427,6 +433,10 @@ CUSTOM_INPUTS = {
     "xclip_vision": lambda m, text: (["pixel_values"], (_seeded(4, 3, 16, 16, seed=2),)),  # 2 videos of 2 frames
     "mgp_str": lambda m, text: (["pixel_values"], (_seeded(2, 3, 16, 32, seed=2),)),
     "mask2former": lambda m, text: (["pixel_values"], (_seeded(2, 3, 64, 64, seed=2),)),
+    "granite_speech_encoder": lambda m, text: (["hidden_states"], (_seeded(2, 10, 16, seed=2),)),  # block attention
+    "lasr_encoder": lambda m, text: (["input_features", "attention_mask"],
+                                     (_seeded(2, 64, 16, seed=2), _lengths_mask(64, 48))),
+    "videoprism": lambda m, text: (["pixel_values_videos"], (_seeded(2, 2, 3, 16, 16, seed=2),)),
     "decision_transformer": lambda m, text: (["states", "actions", "returns_to_go", "timesteps", "attention_mask"],
                                              (_seeded(2, 6, 5, seed=2), _seeded(2, 6, 3, seed=3),
                                               _seeded(2, 6, 1, seed=4), torch.arange(6).repeat(2, 1),
