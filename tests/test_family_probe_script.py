@@ -22,7 +22,8 @@ def test_a_family_goes_through_detect_rewrite_and_validate(fp, tmp_path, capsys)
     assert eager["exact_left_padding"] is True  # a decoder: validated again with its first queries keyless
     assert sdpa["stage"] == "build" and "error" in sdpa  # transformers has no sdpa form of it
     out = capsys.readouterr().out
-    assert "2 probes: 1 exact, 0 inexact, 1 not built" in out and "left padding: 1 of 1 exact" in out
+    assert "2 probes: 1 exact, 0 inexact, 0 attention-free with no site found, 1 not built" in out
+    assert "left padding: 1 of 1 exact" in out
 
 
 def test_the_fx_path_is_probed_through_torch_export(fp, tmp_path):
@@ -39,6 +40,24 @@ def test_a_family_with_inputs_of_its_own(fp, tmp_path):
     assert fp.main(["qwen2_5_vl_vision", "--exporters", "torchscript", "--impls", "eager", "--json", str(out)]) == 0
     (rec,) = json.loads(out.read_text())
     assert (rec["stage"], rec["sites"], rec["rewritten"], rec["exact"]) == ("done", 3, 3, True)
+
+
+def test_an_attention_free_model_must_show_no_site(fp, tmp_path, capsys, monkeypatch):
+    """Mamba has no attention: no site is the right answer, and a site found in it is a false positive."""
+    import attnopt
+
+    out = tmp_path / "probe.json"
+    assert fp.main(["mamba", "--exporters", "export", "--impls", "eager", "--json", str(out)]) == 0
+    (rec,) = json.loads(out.read_text())
+    assert (rec["stage"], rec["sites"], rec["attention_free"]) == ("done", 0, True)
+    assert "1 attention-free with no site found" in capsys.readouterr().out
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(attnopt, "detect", lambda model: [SimpleNamespace(unsupported=None)])
+    assert fp.main(["mamba", "--exporters", "export", "--impls", "eager", "--json", str(out)]) == 0
+    (rec,) = json.loads(out.read_text())
+    assert rec["stage"] == "detect" and "false positive: 1 sites" in rec["error"]
+    assert "0 attention-free with no site found" in capsys.readouterr().out
 
 
 def test_an_inexact_left_padding_is_reported(fp, tmp_path, capsys, monkeypatch):
