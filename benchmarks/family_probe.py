@@ -347,6 +347,11 @@ FAMILIES = {
     "sam3_vit": ("vision32", "Sam3ViTConfig", "Sam3ViTModel", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2, image_size=32, patch_size=4, window_size=4, pretrain_image_size=16, global_attn_indexes=[1])),
     "pixio": ("vision", "PixioConfig", "PixioModel", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2, image_size=16, patch_size=4)),
     "radio": ("vision", "RadioConfig", "RadioModel", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2, image_size=16, patch_size=4, max_img_size=32, patch_dim=48)),
+    "aria_text": ("dec", "AriaTextConfig", "AriaTextModel", _GENERIC),
+    "hrm_text": ("dec", "HrmTextConfig", "HrmTextModel", _GENERIC),
+    "molmo2_text": ("dec", "Molmo2TextConfig", "Molmo2TextModel", _GENERIC),
+    # multimodal rotary sections over 8-wide heads (the default sections are for 128)
+    "qwen2_vl_text": ("dec", "Qwen2VLTextConfig", "Qwen2VLTextModel", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2, pad_token_id=0, rope_parameters={"rope_type": "default", "mrope_section": [1, 1, 2], "rope_theta": 10000.0})),
 }
 
 KINDS = ("enc", "dec", "encdec", "vision", "vision32", "video", "audio", "speech2text", "custom")
