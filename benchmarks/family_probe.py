@@ -37,6 +37,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from zoo import _padding_mask, _video, _word_boxes  # noqa: E402  (tests/ is on the path only from here)
+
 # One small config that many recent families build from as they are.
 _GENERIC = dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2,
                 head_dim=8, pad_token_id=0)
@@ -361,24 +363,31 @@ def _seeded(*shape, seed: int) -> torch.Tensor:
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 
 
-def _boxes(scale: float = 1.0) -> torch.Tensor:
-    """(2, 10, 4) word boxes (x0, y0, x1, y1) on a 0..1000 page, divided by ``scale``."""
-    corner = torch.randint(0, 500, (2, 10, 2), generator=torch.Generator().manual_seed(7))
-    return torch.cat([corner, corner + 10], -1) / scale if scale != 1.0 else torch.cat([corner, corner + 10], -1)
+def _ids_alone(text) -> tuple:
+    return ["input_ids"], text[:1]
 
 
-def _lengths_mask(n: int, valid: int) -> torch.Tensor:
-    """(2, n) ones, the second row zero from ``valid`` on (the zoo's right padding)."""
-    mask = torch.ones(2, n, dtype=torch.long)
-    mask[1, valid:] = 0
-    return mask
+def _boxed_text(page: float | None = None):
+    """The layout models' inputs: the zoo's text with its word boxes, divided by ``page`` where a model takes them
+    as fractions (UDOP's)."""
+    def inputs(text):
+        boxes = _word_boxes() if page is None else _word_boxes() / page
+        return ["input_ids", "bbox", "attention_mask"], (text[0], boxes, text[1])
+    return inputs
 
 
-def _series() -> tuple:
+def _series(text) -> tuple:
     """A time-series batch for prediction length 4, context 8 and one lag: past values, time features and
     observed mask (9 steps), future values and time features (4 steps)."""
-    return (_seeded(2, 9, seed=2), _seeded(2, 9, 1, seed=3), torch.ones(2, 9), _seeded(2, 4, seed=4),
-            _seeded(2, 4, 1, seed=5))
+    return (["past_values", "past_time_features", "past_observed_mask", "future_values", "future_time_features"],
+            (_seeded(2, 9, seed=2), _seeded(2, 9, 1, seed=3), torch.ones(2, 9), _seeded(2, 4, seed=4),
+             _seeded(2, 4, 1, seed=5)))
+
+
+def _features(frames: int, valid: int):
+    """An audio encoder's inputs: (2, frames, 16) features, the second row padded from ``valid`` on."""
+    return lambda text: (["input_features", "attention_mask"],
+                         (_seeded(2, frames, 16, seed=2), _padding_mask(frames, valid)))
 
 
 # Families with no attention at all (state-space, recurrent, Fourier, pooling and focal-modulation mixers): the
@@ -391,66 +400,60 @@ NO_ATTENTION = {"rwkv", "mamba", "fnet", "focalnet", "poolformer"}
 OUTPUTS = {"mask2former": "transformer_decoder_last_hidden_state"}
 
 
-# The "custom" kind's inputs: family -> (input names, the inputs), given the built model.
+# The "custom" kind's inputs: family -> text -> (input names, the inputs); text is the zoo's (input_ids,
+# attention_mask, decoder_input_ids).
 CUSTOM_INPUTS = {
-    "cpmant": lambda m, text: (["input_ids"], text[:1]),  # it builds its own mask from the ids
-    "lilt": lambda m, text: (["input_ids", "bbox", "attention_mask"], (text[0], _boxes(), text[1])),
-    "layoutlmv3": lambda m, text: (["input_ids", "bbox", "attention_mask"], (text[0], _boxes(), text[1])),
-    "udop": lambda m, text: (["input_ids", "bbox", "attention_mask"], (text[0], _boxes(1000.0), text[1])),
-    "moonshine": lambda m, text: (["input_values", "decoder_input_ids"], (_seeded(2, 1600, seed=3), text[2])),
-    "vjepa2": lambda m, text: (["pixel_values_videos"], (_seeded(2, 4, 3, 16, 16, seed=2),)),
-    "siglip2_vision": lambda m, text: (["pixel_values", "pixel_attention_mask", "spatial_shapes"],
-                                       (_seeded(2, 16, 48, seed=2), _lengths_mask(16, 12),
-                                        torch.tensor([[4, 4], [3, 4]]))),
-    "patchtst": lambda m, text: (["past_values"], (_seeded(2, 32, 3, seed=2),)),
-    "informer": lambda m, text: (["past_values", "past_time_features", "past_observed_mask", "future_values",
-                                  "future_time_features"], _series()),
-    "time_series_transformer": lambda m, text: (["past_values", "past_time_features", "past_observed_mask",
-                                                 "future_values", "future_time_features"], _series()),
-    "parakeet_encoder": lambda m, text: (["input_features", "attention_mask"],
-                                         (_seeded(2, 64, 16, seed=2), _lengths_mask(64, 48))),
-    "gemma3n_audio": lambda m, text: (["audio_mel", "audio_mel_mask"],
-                                      (_seeded(2, 64, 16, seed=2), _lengths_mask(64, 48) == 0)),
-    "qwen2_audio_encoder": lambda m, text: (["input_features"], (_seeded(2, 16, 64, seed=2),)),
-    "rwkv": lambda m, text: (["input_ids"], text[:1]),  # no attention: a model to find nothing in
-    "mamba": lambda m, text: (["input_ids"], text[:1]),
-    "fnet": lambda m, text: (["input_ids"], text[:1]),
-    "vilt": lambda m, text: (["input_ids", "attention_mask", "pixel_values"], (*text[:2], _seeded(2, 3, 16, 16, seed=2))),
-    "visual_bert": lambda m, text: (["input_ids", "attention_mask", "visual_embeds"],
-                                    (*text[:2], _seeded(2, 5, 16, seed=2))),
+    "cpmant": _ids_alone,  # it builds its own mask from the ids
+    "lilt": _boxed_text(),
+    "layoutlmv3": _boxed_text(),
+    "udop": _boxed_text(1000.0),
+    "moonshine": lambda text: (["input_values", "decoder_input_ids"], (_seeded(2, 1600, seed=3), text[2])),
+    "vjepa2": lambda text: (["pixel_values_videos"], (_video(),)),
+    "siglip2_vision": lambda text: (["pixel_values", "pixel_attention_mask", "spatial_shapes"],
+                                    (_seeded(2, 16, 48, seed=2), _padding_mask(16, 12),
+                                     torch.tensor([[4, 4], [3, 4]]))),
+    "patchtst": lambda text: (["past_values"], (_seeded(2, 32, 3, seed=2),)),
+    "informer": _series,
+    "time_series_transformer": _series,
+    "parakeet_encoder": _features(64, 48),
+    "gemma3n_audio": lambda text: (["audio_mel", "audio_mel_mask"],
+                                   (_seeded(2, 64, 16, seed=2), _padding_mask(64, 48) == 0)),
+    "qwen2_audio_encoder": lambda text: (["input_features"], (_seeded(2, 16, 64, seed=2),)),
+    "rwkv": _ids_alone,  # no attention: a model to find nothing in
+    "mamba": _ids_alone,
+    "fnet": _ids_alone,
+    "vilt": lambda text: (["input_ids", "attention_mask", "pixel_values"], (*text[:2], _seeded(2, 3, 16, 16, seed=2))),
+    "visual_bert": lambda text: (["input_ids", "attention_mask", "visual_embeds"],
+                                 (*text[:2], _seeded(2, 5, 16, seed=2))),
     # an image and its prompt, 8 x 8 each, which the model stacks into its 16 x 8 input
-    "seggpt": lambda m, text: (["pixel_values", "prompt_pixel_values", "prompt_masks"],
-                               tuple(_seeded(2, 3, 8, 8, seed=s) for s in (2, 3, 4))),
-    "clap_audio": lambda m, text: (["input_features"], (_seeded(2, 1, 32, 16, seed=2),)),
+    "seggpt": lambda text: (["pixel_values", "prompt_pixel_values", "prompt_masks"],
+                            tuple(_seeded(2, 3, 8, 8, seed=s) for s in (2, 3, 4))),
+    "clap_audio": lambda text: (["input_features"], (_seeded(2, 1, 32, 16, seed=2),)),
     # one video of 4 x 8 patches (32 patches of 3 x 2 x 2 x 2), in windows of 2 x 2 merged patches
-    "qwen2_5_vl_vision": lambda m, text: (["hidden_states", "grid_thw"], (_seeded(32, 24, seed=2), torch.tensor([[1, 4, 8]]))),
-    "timesfm": lambda m, text: (["past_values", "past_values_padding", "freq"],
-                                (_seeded(2, 16, seed=2), torch.zeros(2, 16), torch.zeros(2, 1, dtype=torch.long))),
-    "wav2vec2_bert": lambda m, text: (["input_features", "attention_mask"],
-                                      (_seeded(2, 20, 16, seed=2), _lengths_mask(20, 15))),
-    "wav2vec2_bert_rotary": lambda m, text: (["input_features", "attention_mask"],
-                                             (_seeded(2, 20, 16, seed=2), _lengths_mask(20, 15))),
+    "qwen2_5_vl_vision": lambda text: (["hidden_states", "grid_thw"], (_seeded(32, 24, seed=2), torch.tensor([[1, 4, 8]]))),
+    "timesfm": lambda text: (["past_values", "past_values_padding", "freq"],
+                             (_seeded(2, 16, seed=2), torch.zeros(2, 16), torch.zeros(2, 1, dtype=torch.long))),
+    "wav2vec2_bert": _features(20, 15),
+    "wav2vec2_bert_rotary": _features(20, 15),
     # two codebooks a sequence, as rows of input_ids; cross-attention to 6 encoder states
-    "musicgen_decoder": lambda m, text: (["input_ids", "attention_mask", "encoder_hidden_states"],
-                                         (torch.cat([text[0], text[0].flip(0)]), text[1],
-                                          _seeded(2, 6, 32, seed=3))),
+    "musicgen_decoder": lambda text: (["input_ids", "attention_mask", "encoder_hidden_states"],
+                                      (torch.cat([text[0], text[0].flip(0)]), text[1], _seeded(2, 6, 32, seed=3))),
     # SpeechT5 without its pre-nets: encoder and decoder states in, relative positions in the encoder
-    "speecht5": lambda m, text: (["input_values", "attention_mask", "decoder_input_values"],
-                                 (_seeded(2, 10, 32, seed=2), text[1], _seeded(2, 6, 32, seed=3))),
-    "bros": lambda m, text: (["input_ids", "bbox", "attention_mask"],  # four corners a word, 0..1
-                             (text[0], torch.rand(2, 10, 8, generator=torch.Generator().manual_seed(7)), text[1])),
-    "rt_detr": lambda m, text: (["pixel_values"], (_seeded(2, 3, 64, 64, seed=2),)),
-    "xclip_vision": lambda m, text: (["pixel_values"], (_seeded(4, 3, 16, 16, seed=2),)),  # 2 videos of 2 frames
-    "mgp_str": lambda m, text: (["pixel_values"], (_seeded(2, 3, 16, 32, seed=2),)),
-    "mask2former": lambda m, text: (["pixel_values"], (_seeded(2, 3, 64, 64, seed=2),)),
-    "granite_speech_encoder": lambda m, text: (["hidden_states"], (_seeded(2, 10, 16, seed=2),)),  # block attention
-    "lasr_encoder": lambda m, text: (["input_features", "attention_mask"],
-                                     (_seeded(2, 64, 16, seed=2), _lengths_mask(64, 48))),
-    "videoprism": lambda m, text: (["pixel_values_videos"], (_seeded(2, 2, 3, 16, 16, seed=2),)),
-    "decision_transformer": lambda m, text: (["states", "actions", "returns_to_go", "timesteps", "attention_mask"],
-                                             (_seeded(2, 6, 5, seed=2), _seeded(2, 6, 3, seed=3),
-                                              _seeded(2, 6, 1, seed=4), torch.arange(6).repeat(2, 1),
-                                              _lengths_mask(6, 4))),
+    "speecht5": lambda text: (["input_values", "attention_mask", "decoder_input_values"],
+                              (_seeded(2, 10, 32, seed=2), text[1], _seeded(2, 6, 32, seed=3))),
+    "bros": lambda text: (["input_ids", "bbox", "attention_mask"],  # four corners a word, 0..1
+                          (text[0], torch.rand(2, 10, 8, generator=torch.Generator().manual_seed(7)), text[1])),
+    "rt_detr": lambda text: (["pixel_values"], (_seeded(2, 3, 64, 64, seed=2),)),
+    "xclip_vision": lambda text: (["pixel_values"], (_seeded(4, 3, 16, 16, seed=2),)),  # 2 videos of 2 frames
+    "mgp_str": lambda text: (["pixel_values"], (_seeded(2, 3, 16, 32, seed=2),)),
+    "mask2former": lambda text: (["pixel_values"], (_seeded(2, 3, 64, 64, seed=2),)),
+    "granite_speech_encoder": lambda text: (["hidden_states"], (_seeded(2, 10, 16, seed=2),)),  # block attention
+    "lasr_encoder": _features(64, 48),
+    "videoprism": lambda text: (["pixel_values_videos"], (_video(frames=2),)),
+    "decision_transformer": lambda text: (["states", "actions", "returns_to_go", "timesteps", "attention_mask"],
+                                          (_seeded(2, 6, 5, seed=2), _seeded(2, 6, 3, seed=3),
+                                           _seeded(2, 6, 1, seed=4), torch.arange(6).repeat(2, 1),
+                                           _padding_mask(6, 4))),
 }
 
 
@@ -488,17 +491,16 @@ def build(family: str, impl: str):
     elif kind in ("vision", "vision32"):
         names, inputs = ["pixel_values"], (_pixels(32 if kind == "vision32" else 16),)
     elif kind == "video":  # (batch, frames, channels, height, width)
-        names, inputs = ["pixel_values"], (_seeded(2, 4, 3, 16, 16, seed=2),)
+        names, inputs = ["pixel_values"], (_video(),)
     elif kind == "custom":
-        names, inputs = CUSTOM_INPUTS[family](model, (*_text_inputs(), _dec_ids()))
+        names, inputs = CUSTOM_INPUTS[family]((*_text_inputs(), _dec_ids()))
     elif kind == "audio":
         names, inputs = ["input_values"], (torch.randn(2, 800, generator=torch.Generator().manual_seed(3)),)
     else:  # speech2text: filter-bank features, padded like the text inputs
         feats = torch.randn(2, 40, model.config.input_feat_per_channel * model.config.input_channels,
                             generator=torch.Generator().manual_seed(4))
-        mask = torch.ones(2, 40, dtype=torch.long)
-        mask[1, 30:] = 0
-        names, inputs = ["input_features", "attention_mask", "decoder_input_ids"], (feats, mask, _dec_ids())
+        names, inputs = ["input_features", "attention_mask", "decoder_input_ids"], (feats, _padding_mask(40, 30),
+                                                                                    _dec_ids())
     output = OUTPUTS.get(family, "last_hidden_state")
     return Built(HFWrapper(model, names, extra, output), inputs, names, [output])
 
@@ -537,7 +539,6 @@ def probe(family: str, impl: str, exporter: str, built, workdir: Path, left_padd
             if sites:
                 raise RuntimeError(f"false positive: {len(sites)} sites in a model with no attention")
             rec["stage"] = "done"
-            rec["seconds"] = round(time.time() - t0, 1)
             return rec
         rec["stage"] = "rewrite"
         result = attnopt.rewrite(model, "segmented", segment_size=1 << 16, sinks=2)
@@ -558,7 +559,8 @@ def probe(family: str, impl: str, exporter: str, built, workdir: Path, left_padd
         rec["stage"] = "done"
     except Exception as e:  # noqa: BLE001  a probe reports every failure and goes on
         rec["error"] = f"{type(e).__name__}: {str(e)[:300]}"
-    rec["seconds"] = round(time.time() - t0, 1)
+    finally:  # also when an attention-free family returns early
+        rec["seconds"] = round(time.time() - t0, 1)
     return rec
 
 

@@ -178,15 +178,32 @@ def _text_built(model: nn.Module, **extra) -> Built:
 def _text_inputs(seq: int = SEQ, pad_from: int | None = SEQ - 3, gen_seed: int = 1):
     g = torch.Generator().manual_seed(gen_seed)
     ids = torch.randint(1, VOCAB, (BATCH, seq), generator=g)
+    return ids, _padding_mask(seq, pad_from)
+
+
+def _padding_mask(seq: int, pad_from: int | None) -> torch.Tensor:
+    """(BATCH, seq) ones, the second row zero from ``pad_from`` on: right padding, so no query row is fully
+    masked, even when causal."""
     mask = torch.ones(BATCH, seq, dtype=torch.long)
     if pad_from is not None:
-        mask[1, pad_from:] = 0  # right padding: no query row is fully masked, even when causal
-    return ids, mask
+        mask[1, pad_from:] = 0
+    return mask
+
+
+def _word_boxes() -> torch.Tensor:
+    """(BATCH, SEQ, 4) word boxes (x0, y0, x1, y1) on a 0..1000 page, for the layout models' ``bbox``."""
+    corner = torch.randint(0, 500, (BATCH, SEQ, 2), generator=torch.Generator().manual_seed(7))
+    return torch.cat([corner, corner + 10], -1)
 
 
 def _pixels(size: int = 16, channels: int = 3):
     g = torch.Generator().manual_seed(2)
     return torch.randn(BATCH, channels, size, size, generator=g)
+
+
+def _video(frames: int = 4, size: int = 16) -> torch.Tensor:
+    """(BATCH, frames, 3, size, size) pixels."""
+    return torch.randn(BATCH, frames, 3, size, size, generator=torch.Generator().manual_seed(2))
 
 
 def _hf_model(cls, config, impl: str) -> nn.Module:
@@ -583,8 +600,7 @@ def vjepa2(impl: str) -> Built:
                        crop_size=16, patch_size=8, frames_per_clip=4, tubelet_size=2, pred_hidden_size=32,
                        pred_num_attention_heads=4, pred_num_hidden_layers=1, pred_num_mask_tokens=2)
     model = _hf_model(VJEPA2Model, cfg, impl)
-    video = torch.randn(BATCH, 4, 3, 16, 16, generator=torch.Generator().manual_seed(2))
-    return Built(HFWrapper(model, ["pixel_values_videos"]), (video,), ["pixel_values_videos"],
+    return Built(HFWrapper(model, ["pixel_values_videos"]), (_video(),), ["pixel_values_videos"],
                  ["last_hidden_state"])
 
 
@@ -598,10 +614,8 @@ def lilt(impl: str) -> Built:
                      num_hidden_layers=2, channel_shrink_ratio=2, max_position_embeddings=64)
     model = _hf_model(LiltModel, cfg, impl)
     ids, mask = _text_inputs()
-    corner = torch.randint(0, 500, (BATCH, SEQ, 2), generator=torch.Generator().manual_seed(7))
     names = ["input_ids", "bbox", "attention_mask"]
-    return Built(HFWrapper(model, names), (ids, torch.cat([corner, corner + 10], -1), mask), names,
-                 ["last_hidden_state"])
+    return Built(HFWrapper(model, names), (ids, _word_boxes(), mask), names, ["last_hidden_state"])
 
 
 def deformable_detr(impl: str) -> Built:

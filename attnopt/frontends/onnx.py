@@ -9,6 +9,7 @@ constants and a module-path name for each node.
 from __future__ import annotations
 
 import ast
+import functools
 import os
 import re
 from pathlib import Path
@@ -371,12 +372,8 @@ def _concat_dims(shapes: list, axis: int):
     axis %= rank
     along = [s[axis] for s in shapes]
     total = sum(along) if all(isinstance(d, int) for d in along) else None
-    return tuple(total if i == axis else _merge_dim([s[i] for s in shapes]) for i in range(rank))
-
-
-def _merge_dim(dims: list):
-    """One dim that several parts must share: a known size wins over a symbol or None."""
-    return next((d for d in dims if isinstance(d, int)), next((d for d in dims if d is not None), None))
+    shared = functools.reduce(_merge, shapes)  # the parts share every other dim: the best known of each
+    return tuple(total if i == axis else d for i, d in enumerate(shared))
 
 
 def _dim_or_none(d):
