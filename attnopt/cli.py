@@ -209,7 +209,8 @@ def detect(model, verbose, as_json):
     (decomposed matmul/softmax, fused Attention, ...), heads ("2 (+1 axis)" where
     the attention is also batched over an axis after the heads, as Hiera's mask
     units), kv heads, head dim ("192 (v 128)" where the values have their own,
-    as DeepSeek's MLA), scale,
+    as DeepSeek's MLA; "6+12" where the scores add two q·kᵀ products, as LiLT's
+    text and layout streams, which the rewrite concatenates), scale,
     mask kind and causality. A site the rewriter cannot serve says why in
     the note column. A model with no attention prints "no attention sites found",
     with how many softmaxes were looked at and left (-v lists each with the
@@ -239,7 +240,8 @@ def detect(model, verbose, as_json):
     rows = []
     for s in sites:
         d = s.summary()
-        head_dim = d["head_dim"] if "value_head_dim" not in d else f"{d['head_dim']} (v {d['value_head_dim']})"
+        head_dim = "+".join(map(str, d["score_parts"])) if "score_parts" in d else d["head_dim"]
+        head_dim = head_dim if "value_head_dim" not in d else f"{head_dim} (v {d['value_head_dim']})"
         heads = d["num_heads"] if "extra_axes" not in d else \
             f"{d['num_heads']} (+{d['extra_axes']} axis{'es' * (d['extra_axes'] > 1)})"
         rows.append([d["name"], d["form"], heads, d["kv_num_heads"], head_dim,

@@ -27,8 +27,8 @@ import numpy as np
 
 from .graph import SHAPE_ONLY_OPS, View, broadcast_dims, draws_random, plain_op_name, reads_shape_only, same_value
 from .site import (LAYOUT_BHDS, LAYOUT_BHSD, LAYOUT_FLAT, MASK_ADDITIVE, MASK_BOOLEAN, MASK_BOOLEAN_BLOCKED,
-                   MASK_NONZERO_KEEP, AttentionSite, MaskTerm, Projection, ValueRef, extra_axis_count,
-                   with_extra_axes)
+                   MASK_NONZERO_KEEP, AttentionSite, MaskTerm, Projection, ScorePart, ValueRef, extra_axis_count,
+                   permutes_bhsd, with_extra_axes)
 
 # Ops that do not change the values the matcher cares about (dtype casts aside).
 TRANSPARENT = frozenset({"cast", "identity"})
@@ -442,9 +442,9 @@ class _Scores:
     extra_columns: bool = False
     sink: ValueRef | None = None
     clamp: float | None = None  # a max() at a constant floor (AttentionSite.score_floor)
-    # A term that is itself a q·kᵀ product (LiLT adds its layout stream's scores to its text stream's): an
-    # attention all the same, which no op takes (the site is found, and left dense with a reason).
-    second_product: bool = False
+    # A term that is itself a q·kᵀ product (LiLT adds its layout stream's scores to its text stream's), kept
+    # apart from ``terms``: the site reads it as a ScorePart of its q and k (_score_part).
+    second_product: "_Term | None" = None
 
 
 # Ops the walk from the softmax up to q·kᵀ passes without changing the algebra.
@@ -600,7 +600,7 @@ def _walk_up(view: View, v: ValueRef) -> _Scores:
     gain, cap, clamp = 1.0, None, None
     terms, nodes, heads, factor, factor_flat = [], [], None, None, False
     extra, sink = False, None  # columns concatenated after the scores (_Scores.extra_columns, sink)
-    second = False  # _Scores.second_product
+    second = None  # _Scores.second_product
     back, start = None, 0  # inside a view of the scores: the reshape out of it, where its terms start
     for _ in range(48):
         nid = v.node
@@ -658,9 +658,10 @@ def _walk_up(view: View, v: ValueRef) -> _Scores:
         elif op in ("add", "sub"):
             a, b = ins[:2]
             on_a, on_b = _reaches_matmul(view, a), _reaches_matmul(view, b)
-            if on_a and on_b and op == "add" and not second:
-                second = True  # the first operand is taken as the scores, the other as a term
-            elif on_a == on_b:
+            product = on_a and on_b and op == "add"
+            if product and (second is not None or back is not None):
+                raise Mismatch("the scores add more than two q·kᵀ products, or add one inside a view of them")
+            if on_a == on_b and not product:
                 why = "both operands come from q·kᵀ products" if on_a else "neither operand is the scores"
                 raise Mismatch(f"an add between the scores and the softmax where {why}")
             scores, term = (a, b) if on_a else (b, a)
@@ -668,6 +669,9 @@ def _walk_up(view: View, v: ValueRef) -> _Scores:
                 raise Mismatch("the scores are subtracted from a term (negated scores)")
             if cap is not None:
                 raise Mismatch("a term is added inside the tanh softcap")
+            if product:  # the first operand is taken as the scores, the other as a product of its own
+                second, v = _Term(term, MASK_ADDITIVE, gain, flat), scores
+                continue
             blend = _blended_mask(view, scores, term) if op == "add" and gain > 0 else None
             if blend is not None:  # s·b + fill·(1 − b): a masked_fill written as a blend (GPT-1)
                 s_in, keep, fill = blend
@@ -933,19 +937,9 @@ def _match_product(view: View, sm: str, x: ValueRef, down: _Down) -> AttentionSi
         packed = []
     if packed and up.factor is not None:
         raise Mismatch("a per-head scale of GQA-packed scores")
-    kt, kn = _unflatten_up(view, kt)
-    removed += kn
-    key, key_layout, tn = _strip_transpose(view, kt)
-    key, k_scale2, ks2 = _strip_scale(view, key)  # (k·c)ᵀ: the scale may sit before the transpose
-    if ks2 and not tn:  # or after it, kᵀ·c: torch's SDPA decomposition scales q and kᵀ by √scale each
-        key, key_layout, tn = _strip_transpose(view, key)
+    key, key_layout, k_scale2, kn = _read_key(view, kt)
     k_scale *= k_scale2
-    removed += tn + ks2
-    if key_layout in (LAYOUT_FLAT, "(bh)ds"):
-        k4, kn2 = _unflatten_up(view, key)
-        if k4 != key:
-            key, key_layout = k4, (LAYOUT_BHSD if key_layout == LAYOUT_FLAT else LAYOUT_BHDS)
-            removed += kn2
+    removed += kn
     key, gk = _strip_gqa(view, key) if key_layout == LAYOUT_BHSD else (key, [])
     value, vn = _unflatten_up(view, value)
     value, gv = _strip_gqa(view, value)
@@ -963,8 +957,6 @@ def _match_product(view: View, sm: str, x: ValueRef, down: _Down) -> AttentionSi
 
     layout = LAYOUT_FLAT if view.rank(q) == 3 or (view.rank(q) is None and view.rank(value) == 3) else LAYOUT_BHSD
     value_layout = LAYOUT_FLAT if view.rank(value) == 3 else LAYOUT_BHSD
-    if view.rank(key) == 3 and key_layout == LAYOUT_BHDS:
-        key_layout = "(bh)ds"
     output, output_layout, on, shape_readers = _site_output(view, ValueRef(mm2, 0), flattened,
                                                             q4 if packed else None,
                                                             ValueRef(packed[0], 0) if packed else None)
@@ -996,27 +988,87 @@ def _match_product(view: View, sm: str, x: ValueRef, down: _Down) -> AttentionSi
     unprovable = unprovable or _extra_axes(view, ((q, layout), (key, key_layout), (value, value_layout),
                                                   (output, output_layout)), geometry["num_heads"],
                                            geometry["kv_num_heads"], up.terms, up.factor)
-    if up.second_product:
-        unprovable = unprovable or ("its scores add a second q·kᵀ product (LiLT's layout attention); no op "
-                                    "takes two, and as a bias it would stay N×N")
+    parts, q_head_dim = (), geometry["head_dim"]
+    if up.second_product is not None:
+        try:
+            parts = (_score_part(view, up.second_product, geometry, up.factor),)
+        except Mismatch as e:
+            unprovable = unprovable or f"its scores add a second q·kᵀ product that is not served: {e}"
+        if parts and None not in (geometry["head_dim"], parts[0].head_dim):
+            geometry["head_dim"] += parts[0].head_dim  # the op's q and k: the parts' columns concatenated
+        elif parts:
+            geometry["head_dim"] = None
     sink_logits = _per_head_sink(view, up.sink, geometry["num_heads"]) if up.extra_columns else None
     if up.extra_columns and sink_logits is None:
         unprovable = unprovable or ("its softmax also spans columns after the keys that are not one learned "
                                     "logit a head (GPT-OSS's sinks are); no op takes them")
     geometry["value_head_dim"] = _other_head_dim(_dim_of(view.shape(value), value_layout, "d"), geometry["head_dim"])
 
-    scale = up.scale * q_scale * k_scale
+    scale = _clean(up.scale * q_scale * k_scale, geometry["head_dim"] if not parts else q_head_dim)
     terms, causal_term = _classify_masks(view, reversed(up.terms))  # graph order: innermost add first
     return AttentionSite(
         name="", form="decomposed", query=q, key=key, value=value, output=output,
         query_layout=layout, key_layout=key_layout, value_layout=value_layout, output_layout=output_layout,
-        scale=_clean(scale, geometry["head_dim"]), softcap=up.softcap, query_factor=up.factor,
+        scale=scale, softcap=up.softcap, query_factor=up.factor, score_parts=parts,
         masks=tuple(_mask_term(t) for t in terms), causal=causal_term is not None, score_floor=up.clamp,
         causal_term=None if causal_term is None else (causal_term[0], _mask_term(causal_term[1])),
         nodes=tuple(dict.fromkeys(removed)), anchor=sm, shape_readers=shape_readers, sink_logits=sink_logits,
         unsupported=("the attention probabilities are also used outside the site" if escapes else unprovable),
         **geometry,
     )
+
+
+def _read_key(view: View, kt: ValueRef) -> tuple[ValueRef, str, float, list[str]]:
+    """The second operand of q·kᵀ -> (k, k's layout, the scale on it, nodes passed). Folded heads are unfolded
+    where the graph has them on their own axis; a GQA repeat is left to the caller."""
+    kt, scale, passed = _strip_scale(view, kt)
+    kt, kn = _unflatten_up(view, kt)
+    key, key_layout, tn = _strip_transpose(view, kt)
+    key, scale2, ks2 = _strip_scale(view, key)  # (k·c)ᵀ: the scale may sit before the transpose
+    if ks2 and not tn:  # or after it, kᵀ·c: torch's SDPA decomposition scales q and kᵀ by √scale each
+        key, key_layout, tn = _strip_transpose(view, key)
+    passed += kn + tn + ks2
+    if key_layout in (LAYOUT_FLAT, "(bh)ds"):
+        k4, kn2 = _unflatten_up(view, key)
+        if k4 != key:
+            key, key_layout = k4, (LAYOUT_BHSD if key_layout == LAYOUT_FLAT else LAYOUT_BHDS)
+            passed += kn2
+    if view.rank(key) == 3 and key_layout == LAYOUT_BHDS:
+        key_layout = "(bh)ds"
+    return key, key_layout, scale * scale2, passed
+
+
+def _score_part(view: View, term: _Term, geometry: dict, factor) -> ScorePart:
+    """The second q·kᵀ product a site's scores add (_Scores.second_product) as a ScorePart.
+
+    Σ σᵢ·qᵢ·kᵢᵀ = σ·[q₁, (σ₂/σ)·q₂]·[k₁, k₂]ᵀ, so the op serves the sum through q and k concatenated along the
+    head dim, where both products have the same heads and lengths. Raises Mismatch where it cannot be read so.
+    """
+    if factor is not None or term.view is not None:
+        raise Mismatch("it sits under a per-head scale or inside a view of the scores")
+    up = _walk_up(view, term.value)
+    if up.terms or up.softcap is not None or up.factor is not None or up.extra_columns or up.clamp is not None:
+        raise Mismatch("that product carries masks, a cap or a per-head scale of its own")
+    q, kt = view.inputs(up.matmul)[:2]
+    q, q_scale, _ = _strip_scale(view, q)
+    q, _ = _unflatten_up(view, q)
+    q, q_scale2, _ = _strip_scale(view, q)
+    key, key_layout, k_scale, _ = _read_key(view, kt)
+    if view.rank(q) not in (3, 4) or (view.rank(q) == 3) != (view.rank(key) == 3) \
+            or not (permutes_bhsd(key_layout) or key_layout in (LAYOUT_FLAT, "(bh)ds")):
+        raise Mismatch("its q and k are not laid out (B, H, N, D) or (B·H, N, D)")
+    layout = LAYOUT_FLAT if view.rank(q) == 3 else LAYOUT_BHSD
+    for heads, (v, lay) in ((geometry["num_heads"], (q, layout)), (geometry["kv_num_heads"], (key, key_layout))):
+        if not _same_dim(_heads(view, v, lay), heads) and _heads(view, v, lay) is not None:
+            raise Mismatch(f"its heads ({_heads(view, v, lay)}) are not the site's ({heads})")
+    # the add proves the lengths equal, or one of them 1 and broadcast: a concat needs them equal
+    for part, site in ((_dim_of(view.shape(q), layout, "s"), geometry["q_len"]),
+                       (_dim_of(view.shape(key), key_layout, "s"), geometry["kv_len"])):
+        if (part == 1 and site != 1) or (isinstance(part, int) and isinstance(site, int) and part != site):
+            raise Mismatch(f"its length {part} is broadcast over the site's {site}")
+    head_dim = _first_int(_dim(view.shape(q), -1), _dim_of(view.shape(key), key_layout, "d"))
+    scale = _clean(term.factor * up.scale * q_scale * q_scale2 * k_scale, head_dim)
+    return ScorePart(q, key, layout, key_layout, head_dim, scale)
 
 
 def _mask_term(t) -> MaskTerm:

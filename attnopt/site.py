@@ -129,6 +129,23 @@ class MaskTerm:
 
 
 @dataclass(frozen=True)
+class ScorePart:
+    """A second q·kᵀ product the site's scores add, ``scale``·q·kᵀ (LiLT adds its layout stream's scores to its
+    text stream's, and the other way round). A sum of products is one product over q and k concatenated along
+    the head dim, each part's q scaled by its own factor over the site's scale, so the op serves it unchanged:
+    ``AttentionSite.head_dim`` counts the parts' columns too. ``query`` and ``key`` are read in their own layouts
+    with the site's head counts; ``head_dim`` is the part's own.
+    """
+
+    query: ValueRef
+    key: ValueRef
+    query_layout: str
+    key_layout: str
+    head_dim: Dim
+    scale: float
+
+
+@dataclass(frozen=True)
 class RelativeBias:
     """A dense mask term recognised as a relative-position bias (VARIANTS.md, relbias "fuse mode").
 
@@ -179,8 +196,9 @@ class AttentionSite:
     output_layout: str = LAYOUT_BHSD
     num_heads: Dim = None
     kv_num_heads: Dim = None
+    # The head dim the op's q and k have: q's own plus each score part's (score_parts).
     head_dim: Dim = None
-    # The values' head dim where it differs from q's and k's (DeepSeek's MLA: 128 against 192; LeViT's values are
+    # The values' head dim where it differs from that (DeepSeek's MLA: 128 against 192; LeViT's values are
     # wider); None where it is the same or unknown. The rewrites zero-pad the narrower side to one head dim.
     value_head_dim: Dim = None
     q_len: Dim = None
@@ -245,6 +263,13 @@ class AttentionSite:
     # Shape). The rewrite points each at the third value, which outlives it; left alone, the reader would
     # keep the whole dense attention computing beside the new op.
     shape_readers: tuple[tuple[str, ValueRef, ValueRef], ...] = ()
+    # More q·kᵀ products the scores add (see ScorePart); the rewrites concatenate them onto q and k.
+    score_parts: tuple[ScorePart, ...] = ()
+
+    def score_part_factors(self) -> tuple[float, ...]:
+        """What each score part's q is multiplied by before it joins the op's q: its scale over the site's,
+        so that the op's one scale gives each product its own."""
+        return tuple(p.scale / self.effective_scale for p in self.score_parts)
 
     @property
     def extra_axes(self) -> int:
@@ -298,6 +323,10 @@ class AttentionSite:
             d["extra_axes"] = self.extra_axes
         if self.sink_logits is not None:
             d["sink_logits"] = True
+        if self.score_parts:  # the head dim of each q·kᵀ product the scores add, the site's own first
+            dims = [p.head_dim for p in self.score_parts]
+            own = self.head_dim - sum(dims) if isinstance(self.head_dim, int) and None not in dims else None
+            d["score_parts"] = [own, *dims]
         if any(t.window for t in self.masks):
             d["window"] = max(t.window for t in self.masks)
         if self.relative_bias is not None:

@@ -166,14 +166,19 @@ def _heads_first(array, site) -> np.ndarray:
     return a.reshape(1, -1)
 
 
+def _tensor(array):
+    """A value read out of a run as a float32 torch tensor."""
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(as_numpy(array), dtype=np.float32))
+
+
 def _bhsd(array, layout: str, heads):
     """A site input as a (B, H, S, D) float32 tensor, by the fx rewrite's own layout rules
     (``fx_rewrite.to_bhsd``, run eagerly). None where they do not apply."""
-    import torch
-
     from .frontends.fx_rewrite import to_bhsd
 
-    a = torch.from_numpy(np.ascontiguousarray(as_numpy(array), dtype=np.float32))
+    a = _tensor(array)
     if a.ndim != len(layout.replace("(bh)", "b")) or (a.ndim == 3 and not isinstance(heads, int)):
         return None
     try:
@@ -284,7 +289,8 @@ class _Evaluator:
         self.runs = 0
 
     def _qk_exposed(self, site):
-        refs = (site.query, site.key, site.key_padding.value if site.key_padding is not None else None)
+        refs = (site.query, site.key, site.key_padding.value if site.key_padding is not None else None,
+                *(r for part in site.score_parts for r in (part.query, part.key)))
         try:
             return tuple(None if r is None else self.frontend.exposed_value(self.loaded, site, r) for r in refs)
         except AttnoptError:
@@ -302,6 +308,10 @@ class _Evaluator:
             return "its query and key cannot be read out of a run"
         q = _bhsd(run.exposed[exposed[0].name], site.query_layout, site.num_heads)
         k = _bhsd(run.exposed[exposed[1].name], site.key_layout, site.kv_num_heads)
+        if site.score_parts and q is not None and k is not None:  # the op's q and k (site.ScorePart)
+            from .frontends.fx_rewrite import with_score_parts
+            parts = [_tensor(run.exposed[e.name]) for e in exposed[3:]]
+            q, k = with_score_parts(site, q, k, list(zip(parts[::2], parts[1::2])))
         if q is None or k is None or q.shape[0] != k.shape[0] or q.shape[-1] != k.shape[-1] \
                 or q.shape[1] % k.shape[1]:
             return "its query and key have a layout the tuner cannot read"

@@ -173,6 +173,106 @@ def test_score_chains_that_are_not_attention_are_skipped_with_a_reason(modify, r
     assert found.sites == [] and len(found.skipped) == 1 and reason in found.skipped[0].reason
 
 
+# --------------------------------------------------------------------------- scores that add two q·kᵀ products
+
+class _TwoProducts(nn.Module):
+    """LiLT's form: the scores add a second stream's q·kᵀ (another input, another head dim, its own scale) to the
+    first's, with key padding after; ``masked_part`` adds the padding inside the second product instead."""
+
+    def __init__(self, masked_part: bool = False):
+        super().__init__()
+        torch.manual_seed(0)
+        self.qkv, self.qk2 = nn.Linear(H * D, 3 * H * D), nn.Linear(3, 2 * H * 2)
+        self.masked_part = masked_part
+
+    def parts(self, x, y):
+        """(q, k, v, q2, k2), each (B, H, N, ·)."""
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, H, D).permute(2, 0, 3, 1, 4)
+        q2, k2 = self.qk2(y).view(b, n, 2, H, 2).permute(2, 0, 3, 1, 4)
+        return q, k, v, q2, k2
+
+    def forward(self, x, y, keep):
+        q, k, v, q2, k2 = self.parts(x, y)
+        pad = (1.0 - keep[:, None, None, :]) * -1e9
+        second = q2 @ k2.transpose(-1, -2) * 0.75
+        if self.masked_part:
+            second = second + pad
+        s = q @ k.transpose(-1, -2) / math.sqrt(D) + second
+        if not self.masked_part:
+            s = s + pad
+        return torch.softmax(s, -1) @ v
+
+
+def _two_products_inputs():
+    g = torch.Generator().manual_seed(1)
+    keep = torch.ones(B, N)
+    keep[1, -2:] = 0.0
+    return torch.randn(B, N, H * D, generator=g), torch.randn(B, N, 3, generator=g), keep
+
+
+def _exported(model, inputs, how, tmp_path):
+    """(what attnopt takes, its keyword arguments, validate's keyword arguments) for ONNX or torch.export."""
+    if how == "fx":
+        return torch.export.export(model, inputs), {}, {"example_inputs": inputs}
+    path = tmp_path / "model.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, inputs, str(path), dynamo=False, opset_version=17, input_names=["x", "y", "keep"],
+                          output_names=["out"])
+    return str(path), {}, {"inputs": {n: t.numpy() for n, t in zip(("x", "y", "keep"), inputs)}}
+
+
+@pytest.mark.parametrize("how", ["onnx", "fx"])
+def test_scores_adding_two_products_are_one_product_over_concatenated_q_and_k(how, tmp_path):
+    """Σ σᵢ·qᵢ·kᵢᵀ = σ₁·[q₁, (σ₂/σ₁)·q₂]·[k₁, k₂]ᵀ: the site's head dim counts both, the rewrite at the exact
+    limit equals the model, and a variant that reads q and k (lsh) runs on the concatenation."""
+    inputs = _two_products_inputs()
+    model, kw, vkw = _exported(_TwoProducts().eval(), inputs, how, tmp_path)
+    (site,) = attnopt.detect(model, **kw)
+    assert not site.unsupported and site.summary()["score_parts"] == [D, 2]
+    assert (site.head_dim, site.value_head_dim, site.scale) == (D + 2, D, pytest.approx(D ** -0.5))
+    (part,) = site.score_parts
+    assert part.head_dim == 2 and part.scale == pytest.approx(0.75)
+    assert site.key_padding is not None and not site.masks  # the padding is structured, the product is no mask
+    for name, params in (("segmented", {"segment_size": 1 << 16}), ("lsh", {"n_buckets": 2, "n_rounds": 1})):
+        result = attnopt.rewrite(model, name, **params, **kw)
+        assert [o.status for o in result.report] == ["rewritten"]
+        report = attnopt.validate(model, result.model if how == "fx" else _saved(result, tmp_path), **vkw)
+        if name == "segmented":
+            assert report.is_exact(1e-5), report.to_dict()
+        assert all(m.comparable for m in report.outputs)
+
+
+def _saved(result, tmp_path):
+    out = tmp_path / "rewritten.onnx"
+    result.save(out)
+    return str(out)
+
+
+def test_a_second_product_with_a_mask_of_its_own_is_left_dense_with_the_reason():
+    inputs = _two_products_inputs()
+    (site,) = attnopt.detect(torch.export.export(_TwoProducts(masked_part=True).eval(), inputs))
+    assert site.unsupported.startswith("its scores add a second q·kᵀ product that is not served: that product "
+                                       "carries masks"), site.unsupported
+
+
+def test_the_tuner_reads_the_op_s_q_and_k_of_a_site_with_two_products():
+    """The tuner's q and k (routed's k-means reads them) are the op's: their scaled product is the model's
+    scores."""
+    from attnopt.tune import _Evaluator
+
+    inputs = _two_products_inputs()
+    model = _TwoProducts().eval()
+    program = torch.export.export(model, inputs)
+    ev = _Evaluator(program, None, inputs, None, B, 0, None, read_qk=True)
+    q, k, _ = ev.site_qk(0)
+    with torch.no_grad():
+        q1, k1, _, q2, k2 = model.parts(*inputs[:2])
+        scores = q1 @ k1.transpose(-1, -2) / math.sqrt(D) + q2 @ k2.transpose(-1, -2) * 0.75
+    torch.testing.assert_close(q @ k.transpose(-1, -2) * ev.loaded.sites[0].scale, scores, rtol=1e-5, atol=1e-5)
+
+
 # --------------------------------------------------------------------------- KV cache, self-attention
 
 @pytest.mark.zoo(select=lambda case, how: case.family == "llama-decode")

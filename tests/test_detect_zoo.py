@@ -41,8 +41,7 @@ def check_sites(case, sites, where: str) -> None:
         kv_heads = case.expected_kv_heads[i] if isinstance(case.expected_kv_heads, tuple) else case.expected_kv_heads
         assert s.num_heads == heads, f"{where}: {s.name}: num_heads {s.num_heads} != {heads}\n{detail}"
         assert s.kv_num_heads == kv_heads, f"{where}: {s.name}: kv_num_heads {s.kv_num_heads} != {kv_heads}\n{detail}"
-        head_dim = case.head_dim[i] if isinstance(case.head_dim, tuple) else case.head_dim
-        assert s.head_dim == head_dim, f"{where}: {s.name}: head_dim {s.head_dim} != {head_dim}\n{detail}"
+        assert s.head_dim == case.head_dim, f"{where}: {s.name}: head_dim {s.head_dim} != {case.head_dim}\n{detail}"
         got = _scale(s)
         assert got is not None and any(math.isclose(got, want, rel_tol=1e-6) for want in case.expected_scales), (
             f"{where}: {s.name}: scale {got} not in {case.expected_scales}\n{detail}")

@@ -3,8 +3,8 @@
 Three families (an encoder with padding, a decoder with its run-time causal mask, a GQA decoder), two whose
 values have another head dim than q and k (DeepSeek's MLA, narrower; LeViT-style, wider: the rewrites pad),
 one batched over mask units as Hiera is (the rewrites fold the units into the heads), one with GPT-OSS's
-learned sink logits (the ops take them), and an encoder-decoder whose cross-attention must be refused with
-the reason.
+learned sink logits (the ops take them), LiLT, whose scores add two q·kᵀ products (the rewrites concatenate
+q and k), and an encoder-decoder whose cross-attention must be refused with the reason.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import attnopt
 from attnopt.errors import NoSitesError
 
 FAMILIES = ("bert-eager", "gpt2-sdpa", "llama-gqa-sdpa", "deepseek-mla-sdpa", "hand-wide-values", "hand-mask-units",
-            "hand-sink-logits")
+            "hand-sink-logits", "lilt-eager")
 BIG = 1 << 16  # >= any zoo length
 EXACT = {"window": {"window": BIG, "sinks": 2}, "memory": {"segment_size": BIG, "memory": BIG, "sinks": 2}}
 BELOW = {"window": {"window": 3, "sinks": 1}, "memory": {"segment_size": 3, "memory": 2, "sinks": 1}}

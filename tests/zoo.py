@@ -84,7 +84,7 @@ class ZooCase:
     expected_sites: int
     heads: int | tuple[int, ...] | None = None  # a tuple: each site's, in graph order (Hiera's stages differ)
     kv_heads: int | None = None  # None: same as heads
-    head_dim: int | tuple[int, ...] | None = None  # a tuple: each site's, in graph order (LiLT's two streams)
+    head_dim: int | None = None
     # Acceptable values of the effective scale; None: (1/sqrt(head_dim),).
     scales: tuple[float, ...] | None = None
     # Number of sites whose attention is causal / whose q and kv are the same
@@ -1387,10 +1387,10 @@ CASES: list[ZooCase] = [
     # Its queries' and keys' shapes known only once Concat and Tile are followed (TorchScript).
     ZooCase("vjepa2-sdpa", "vjepa2", _bind(vjepa2, "sdpa"), expected_sites=2, heads=4, head_dim=8,
             self_attention_sites=2, causal_sites=0, onnx_exporters=(TORCHSCRIPT,), fx_tracers=()),
-    # Found, and left dense with the reason: each softmax reads the sum of two q·kᵀ products.
-    ZooCase("lilt-eager", "lilt", _bind(lilt, "eager"), expected_sites=3, heads=4, head_dim=(6, 12, 12),
+    # Each softmax reads the sum of two q·kᵀ products, served as one over q and k concatenated (6 + 12 columns).
+    ZooCase("lilt-eager", "lilt", _bind(lilt, "eager"), expected_sites=3, heads=4, head_dim=18,
             scales=(1 / math.sqrt(12), 1 / math.sqrt(6)), causal_sites=0, fx_tracers=(EXPORT,),
-            onnx_exporters=(TORCHSCRIPT,)),
+            onnx_exporters=(TORCHSCRIPT, DYNAMO)),
     # One self-attention over learned queries (its scores constant but for the batch), the rest deformable.
     ZooCase("deformable-detr-eager", "deformable-detr", _bind(deformable_detr, "eager"), expected_sites=1, heads=4,
             head_dim=8, self_attention_sites=1, causal_sites=0, fx_tracers=(EXPORT,), onnx_exporters=()),

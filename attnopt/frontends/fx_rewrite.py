@@ -130,6 +130,8 @@ def apply(loaded, call) -> None:
         if site.query_factor is not None:  # (q·f)·kᵀ = f·(q·kᵀ): SwinV2's per-head logit scale
             f = _mask_to_4d(g, node[site.query_factor], view.rank(site.query_factor), site, q_in)
             q = g.call_function(operator.mul, (q, g.call_method("type_as", (f, q))))
+        q, k = with_score_parts(site, q, k, [(node[p.query], node[p.key]) for p in site.score_parts],
+                                g.call_function)
         pad_qk, pad_v = head_dim_padding(site)
         if pad_qk:
             q, k = (g.call_function(torch.nn.functional.pad, (t, (0, pad_qk))) for t in (q, k))
@@ -368,6 +370,19 @@ def to_bhsd(x, layout: str, heads, call=None):
     if permutes_bhsd(layout):
         return call(torch.permute, (x, tuple(layout.index(c) for c in LAYOUT_BHSD)))
     raise SiteNotApplicable(f"unsupported tensor layout {layout!r}")
+
+
+def with_score_parts(site: AttentionSite, q, k, parts: list, call=None):
+    """(B, H, N, D) q and k with the site's score parts (site.ScorePart) concatenated along the head dim, each
+    part's q scaled by its factor over the site's scale; ``parts`` holds each part's (query, key) as the site
+    names them. ``call`` as in ``to_bhsd``."""
+    call = call or (lambda fn, args: fn(*args))
+    for part, factor, (q2, k2) in zip(site.score_parts, site.score_part_factors(), parts):
+        q2 = call(operator.mul, (to_bhsd(q2, part.query_layout, site.num_heads, call), factor))
+        k2 = to_bhsd(k2, part.key_layout, site.kv_num_heads, call)
+        q = call(torch.cat, ([q, call(torch.Tensor.type_as, (q2, q))], -1))
+        k = call(torch.cat, ([k, call(torch.Tensor.type_as, (k2, k))], -1))
+    return q, k
 
 
 def _from_bhsd(g: fx.Graph, y: fx.Node, layout: str, query: fx.Node) -> fx.Node:

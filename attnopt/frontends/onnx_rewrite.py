@@ -56,6 +56,12 @@ def apply(loaded, call, target: str = PORTABLE) -> list[str]:
     if site.query_factor is not None:  # (q·f)·kᵀ = f·(q·kᵀ): SwinV2's per-head logit scale
         f = b.mask_to_4d(value[site.query_factor], view.rank(site.query_factor), site, q_in)
         q = b.op("Mul", [q, b.op("CastLike", [f, q])])
+    for part, factor in zip(site.score_parts, site.score_part_factors()):  # see site.ScorePart
+        q2 = b.to_bhsd(value[part.query], part.query_layout, site.num_heads, part.head_dim)
+        q2 = b.op("Mul", [q2, b.op("CastLike", [b.const(np.array(factor, np.float32)), q2])])
+        k2 = b.to_bhsd(value[part.key], part.key_layout, site.kv_num_heads, part.head_dim)
+        q = b.op("Concat", [q, b.op("CastLike", [q2, q])], {"axis": 3})
+        k = b.op("Concat", [k, b.op("CastLike", [k2, k])], {"axis": 3})
     q, k, v = b.own(q), b.own(k), b.own(v)
     pad_qk, pad_v = head_dim_padding(site)
     q, k, v = b.wider(q, pad_qk), b.wider(k, pad_qk), b.wider(v, pad_v)
