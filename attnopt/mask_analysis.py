@@ -536,12 +536,53 @@ def _refined(view, site: AttentionSite, verdicts: dict[ValueRef, _Verdict],
         elif key_padding is None and _is_key_padding_shape(view, site, term):
             key_padding = term
             continue
-        kept.append(term)
+        kept.append(replace(term, finite=term.kind == MASK_ADDITIVE and _never_blocks(view, term.value)))
     if (causal, key_padding, tuple(kept), blocked_rows, groups) == (site.causal, site.key_padding, site.masks,
                                                                     site.blocked_rows, site.blocked_groups):
         return site
     return replace(site, masks=tuple(kept), causal=causal, key_padding=key_padding, blocked_rows=blocked_rows,
                    blocked_groups=groups)
+
+
+# Ops whose result carries no fill of their inputs as a fill: products and normalisations mix it into every
+# output (a model builds no mask through them), and bounded functions clip it.
+_MIXING_OPS = frozenset({"matmul", "linear", "softmax", "sdpa", "mha", "tanh", "sqrt", "reciprocal", "pow"})
+
+
+def _never_blocks(view, value: ValueRef, budget: int = 4096) -> bool:
+    """Whether no fill at or below MASK_FILL_MAX can reach ``value``: walking up through every op but the mixing
+    ones, each constant met is above it, and no float graph input is met (a model's input may be an additive
+    mask). Conditions and indices (integer or boolean operands) carry no values into the term and are not walked.
+    Inkling's relative logits, ``masked_fill(gather(r @ P), far, 0.0)``, never block; HF's ``where(keep, 0,
+    finfo.min)`` and T5's bias plus its padding mask do."""
+    stack, seen = [value], set()
+    while stack:
+        v = stack.pop()
+        if v in seen:
+            continue
+        seen.add(v)
+        if len(seen) > budget:
+            return False
+        if not _is_float(view.dtype(v)) and view.dtype(v) is not None:
+            continue
+        c = view.const(v)
+        if c is not None:
+            c = np.asarray(c)
+            if np.issubdtype(c.dtype, np.floating) and c.size and not np.nanmin(c) > MASK_FILL_MAX:
+                return False
+            continue
+        op = view.op(v.node)
+        if op == "input":
+            return False
+        if op in _MIXING_OPS:
+            continue
+        ins = view.inputs(v.node)
+        if op == "where":
+            ins = ins[1:3]
+        elif op == "masked_fill":
+            ins = ins[:1] + ins[2:3]
+        stack.extend(x for x in ins if x is not None)
+    return True
 
 
 _SCORED = "scored"  # a key class whose value still holds the score (_blocked_groups)

@@ -126,6 +126,10 @@ class MaskTerm:
     # any other reads the term as it is. 0: not such a term.
     window: int = 0
     window_padding: "MaskTerm | None" = None
+    # No fill at or below MASK_FILL_MAX reaches the term (mask_analysis._never_blocks): a bias computed from the
+    # activations (Inkling's relative logits) shifts scores and blocks no key, so a row the other masks block
+    # whole is what the site records (lowering.blocked_rows).
+    finite: bool = False
 
 
 @dataclass(frozen=True)

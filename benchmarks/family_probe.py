@@ -43,6 +43,11 @@ from zoo import _padding_mask, _video, _word_boxes  # noqa: E402  (tests/ is on 
 _GENERIC = dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2,
                 head_dim=8, pad_token_id=0)
 
+# Inkling's sliding layers have their own heads; both kinds add a relative bias over the last rel_extent keys.
+_INKLING = dict(swa_num_attention_heads=4, swa_num_key_value_heads=2, swa_head_dim=8, sliding_window_size=4, d_rel=4,
+                rel_extent=6, layer_types=["hybrid_sliding", "hybrid"], moe_intermediate_size=32, n_routed_experts=4,
+                num_experts_per_tok=2, n_shared_experts=1)
+
 # family: (builder kind, config class, model class, config keyword arguments) -- tiny, random weights
 FAMILIES = {
     "phi3": ("dec", "Phi3Config", "Phi3Model", dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, pad_token_id=0, num_hidden_layers=2)),
@@ -354,6 +359,23 @@ FAMILIES = {
     "molmo2_text": ("dec", "Molmo2TextConfig", "Molmo2TextModel", _GENERIC),
     # multimodal rotary sections over 8-wide heads (the default sections are for 128)
     "qwen2_vl_text": ("dec", "Qwen2VLTextConfig", "Qwen2VLTextModel", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2, pad_token_id=0, rope_parameters={"rope_type": "default", "mrope_section": [1, 1, 2], "rope_theta": 10000.0})),
+    # the twenty-ninth session's batch: 2026's decoders and encoders (MoE sizes cut to a few tiny experts)
+    "muse_glimmer_text": ("dec", "MuseGlimmerTextConfig", "MuseGlimmerTextModel", _GENERIC),
+    "muse_spark_text": ("dec", "MuseSparkTextConfig", "MuseSparkTextModel", dict(_GENERIC, moe_intermediate_size=32, num_local_experts=4, moe_hidden_size=32, num_experts_per_tok=2, sliding_window=4)),
+    # a sliding and a full layer, both with a relative bias computed from the hidden states
+    "inkling_text": ("dec", "InklingTextConfig", "InklingTextModel", dict(_GENERIC, **_INKLING)),
+    "inkling2_text": ("dec", "Inkling2TextConfig", "Inkling2TextModel", dict(_GENERIC, **_INKLING, log_scaling_n_floor=4)),
+    "minimax_m3_vl_text": ("dec", "MiniMaxM3VLTextConfig", "MiniMaxM3VLTextModel", _GENERIC),
+    "hy_v4_vl_text": ("dec", "HYV4VLTextConfig", "HYV4VLTextModel", _GENERIC),
+    "step3p7_text": ("dec", "Step3p7TextConfig", "Step3p7TextModel", dict(_GENERIC, moe_intermediate_size=32, moe_num_experts=4, moe_top_k=2, share_expert_dim=32, sliding_window=4)),
+    "dots1": ("dec", "Dots1Config", "Dots1Model", dict(_GENERIC, moe_intermediate_size=32, n_routed_experts=4, n_shared_experts=1, num_experts_per_tok=2, first_k_dense_replace=1, n_group=1, topk_group=1)),
+    "evolla": ("dec", "EvollaConfig", "EvollaModel", _GENERIC),
+    "glm4v_text": ("dec", "Glm4vTextConfig", "Glm4vTextModel", dict(_GENERIC, rope_parameters={"rope_type": "default", "mrope_section": [2, 1, 1], "rope_theta": 10000.0})),
+    "glm_ocr_text": ("dec", "GlmOcrTextConfig", "GlmOcrTextModel", dict(_GENERIC, rope_parameters={"rope_type": "default", "mrope_section": [2, 1, 1], "rope_theta": 10000.0})),
+    "cosmos3_edge_text": ("dec", "Cosmos3EdgeTextConfig", "Cosmos3EdgeTextModel", dict(_GENERIC, rope_parameters={"rope_type": "default", "mrope_section": [2, 1, 1], "rope_theta": 10000.0})),
+    "openai_privacy_filter": ("enc", "OpenAIPrivacyFilterConfig", "OpenAIPrivacyFilterModel", _GENERIC),
+    "esmc": ("enc", "EsmcConfig", "EsmcModel", dict(_GENERIC, num_key_value_heads=None)),  # no GQA
+    "falcon_mamba": ("custom", "FalconMambaConfig", "FalconMambaModel", dict(hidden_size=32, state_size=8, num_hidden_layers=2, vocab_size=100)),
 }
 
 KINDS = ("enc", "dec", "encdec", "vision", "vision32", "video", "audio", "speech2text", "custom")
@@ -392,7 +414,7 @@ def _features(frames: int, valid: int):
 
 # Families with no attention at all (state-space, recurrent, Fourier, pooling and focal-modulation mixers): the
 # probe checks that detect finds nothing in them.
-NO_ATTENTION = {"rwkv", "mamba", "fnet", "focalnet", "poolformer"}
+NO_ATTENTION = {"rwkv", "mamba", "falcon_mamba", "fnet", "focalnet", "poolformer"}
 
 
 # A family whose model output has no last_hidden_state: the field probed instead (Mask2Former's masked attention
@@ -421,6 +443,7 @@ CUSTOM_INPUTS = {
     "qwen2_audio_encoder": lambda text: (["input_features"], (_seeded(2, 16, 64, seed=2),)),
     "rwkv": _ids_alone,  # no attention: a model to find nothing in
     "mamba": _ids_alone,
+    "falcon_mamba": _ids_alone,
     "fnet": _ids_alone,
     "vilt": lambda text: (["input_ids", "attention_mask", "pixel_values"], (*text[:2], _seeded(2, 3, 16, 16, seed=2))),
     "visual_bert": lambda text: (["input_ids", "attention_mask", "visual_embeds"],
@@ -471,13 +494,7 @@ def build(family: str, impl: str):
     if kind in ("enc", "dec", "encdec"):
         kwargs = {"max_position_embeddings": 64, **kwargs}
     kwargs = {k: v for k, v in kwargs.items() if v is not None}  # None: a config that refuses the key
-    model = _hf_model(model_cls, config_cls(**kwargs), impl)
-    # torch's ONNX exporters cannot export transformers' default experts kernel, grouped_mm (TorchScript: aten::histc
-    # unsupported; dynamo: no ONNX function for transformers::grouped_mm_fallback); batched_mm computes the same
-    # experts with batched matmuls. transformers defaults to grouped_mm only for models whose experts dispatch through
-    # its experts interface (any other model gets "eager" and is left as it is).
-    if hasattr(model, "set_experts_implementation") and "grouped_mm" in model.get_experts_implementation().values():
-        model.set_experts_implementation("batched_mm")
+    model = _hf_model(model_cls, config_cls(**kwargs), impl)  # experts through batched_mm, which exports
     extra = {"use_cache": False} if kind in ("dec", "encdec", "speech2text") else {}
     if impl == "flex_attention":  # decoders only; transformers' flex mask stops export given an attention_mask
         if kind != "dec":

@@ -445,6 +445,44 @@ class TwoMasks(_OneLayer):
         return self.attend(s, v, x)
 
 
+class BiasedCausal(_OneLayer):
+    """HF's causal-and-padding mask (finfo.min) over scores plus a bias the hidden states compute: ``rule``
+    "plain" is Inkling's form (zero past 3 keys back); "filled" also fills some keys with -1e9, so the bias blocks
+    keys of its own."""
+
+    def __init__(self, rule: str):
+        super().__init__(rule, 0)
+        self.r = nn.Linear(16, 2)
+
+    def forward(self, x, attention_mask):
+        q, k, v, i, j = self.heads_and_positions(x)
+        bias = (self.r(x).transpose(1, 2)[..., None] * (i - j).float()).masked_fill((i - j < 0) | (i - j >= 3), 0.0)
+        if self.rule == "filled":
+            bias = bias.masked_fill((i + j) % 3 == 0, -1e9)
+        low = torch.finfo(x.dtype).min
+        mask = torch.where((j <= i) & (attention_mask[:, None, None, :] != 0), 0.0, low)
+        return self.attend(q @ k.transpose(-1, -2) * 8**-0.5 + bias + mask, v, x)
+
+
+@pytest.mark.parametrize("rule, finite", [("plain", True), ("filled", False)])
+def test_a_bias_no_fill_reaches_leaves_blocked_rows_to_the_mean(rule, finite):
+    """A row the padding blocks whole is uniform in the original: finfo.min swallows scores and bias alike. The
+    rewrite gives it the mean where the bias is finite (no fill reaches it: MaskTerm.finite). A bias that fills
+    keys of its own may block them, and is not read as finite (what such a row gets is then not proven)."""
+    x, pad = _rule_inputs()
+    program = torch.export.export(BiasedCausal(rule).eval(), (x, pad))
+    (site,) = attnopt.detect(program)
+    (term,) = site.masks
+    assert site.causal and site.key_padding is not None and term.finite == finite, site
+    if finite:
+        result = attnopt.rewrite(program, "segmented", segment_size=SEQ)
+        blocked = pad.clone()
+        blocked[1] = 1
+        blocked[1, :3] = 0
+        report = attnopt.validate(program, result.model, example_inputs=(x, blocked))
+        assert report.is_exact(1e-5), report.to_dict()
+
+
 @pytest.mark.parametrize("dynamic", [True, False], ids=["dynamic", "static"])
 @pytest.mark.parametrize("form", ["fx", "onnx"])
 @pytest.mark.parametrize("rule, window, groups", [
@@ -541,6 +579,7 @@ def test_blocked_row_correction_on_the_cuda_provider_equals_the_cpu_provider(rul
 @pytest.mark.parametrize("name", [
     "llama-gqa-eager", "gemma2-eager", "xglm-eager",
     "bloom-eager",  # ALiBi stays a dense term beside the structured mask: the fill swallows it too
+    "inkling-eager",  # so does a bias the hidden states compute, which no fill reaches (MaskTerm.finite)
     "falcon-alibi-eager", "falcon-alibi-sdpa",
     "gpt-oss-eager",  # learned sinks: the original gives such a row 0 (all its weight on the sink), as the ops
     # two masks one after the other (AttentionSite.blocked_groups): GPT-Neo's where(causal, s, finfo.min) and then
@@ -576,9 +615,10 @@ def test_gpt1_exported_at_dynamic_lengths_builds_no_nxm_mask_and_is_exact(zoo):
 
 
 @pytest.mark.parametrize("exporter", [zoo_lib.TORCHSCRIPT, zoo_lib.DYNAMO])
-@pytest.mark.parametrize("name", ["gpt-neo-eager", "openai-gpt-eager"])
+@pytest.mark.parametrize("name", ["gpt-neo-eager", "openai-gpt-eager", "inkling-eager"])
 def test_two_masked_decoders_onnx_rewrites_are_exact_on_rows_no_key_is_left_to(zoo, name, exporter, tmp_path):
-    """The same rows of GPT-Neo and GPT-1 through both ONNX exporters: the ONNX correction's running sums."""
+    """The same rows of GPT-Neo, GPT-1 and Inkling (a bias beside the mask) through both ONNX exporters: the ONNX
+    correction's running sums."""
     path = zoo.onnx_path(name, exporter)
     built = zoo.build(name)
     out = tmp_path / "rewritten.onnx"

@@ -98,6 +98,22 @@ class TestCuda:
         with torch.no_grad():
             torch.testing.assert_close(torch.compile(gm, fullgraph=True)(x, pad), gm(x, pad), atol=1e-4, rtol=1e-4)
 
+    @pytest.mark.parametrize("name, params", [("window", {"window": 3, "sinks": 1}), ("lsh", {"n_buckets": 2, "chunk": 4})])
+    def test_scores_of_two_products_on_cuda(self, zoo, name, params):
+        """LiLT's softmax reads two q·kᵀ products: the rewrite concatenates them to 6 + 12 columns of q and k and pads
+        the values' 6 or 12 to 18, and the kernels on CUDA compute what the CPU ops do."""
+        built = zoo.build("lilt-eager")
+        runs = []
+        for device in ("cpu", "cuda"):
+            module, inputs = built.module.to(device), tuple(t.to(device) for t in built.inputs)
+            result = attnopt.rewrite(torch.export.export(module, inputs), name, **params)
+            assert [o.status for o in result.report] == ["rewritten"] * 3
+            with torch.no_grad():
+                out = result.model(*inputs)
+            runs.append((out[0] if isinstance(out, (tuple, list)) else out).cpu())
+        built.module.cpu()
+        torch.testing.assert_close(runs[1], runs[0], atol=2e-3, rtol=2e-3)
+
     @pytest.mark.parametrize("name, params", [("window", {"window": 256}), ("lsh", {}), ("relbias", {"kind": "alibi"}),
                                               ("hierarchical", {})])
     def test_compiled_op_keeps_its_tma_descriptors(self, name, params, monkeypatch):

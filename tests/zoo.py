@@ -213,6 +213,12 @@ def _hf_model(cls, config, impl: str) -> nn.Module:
     got = model.config._attn_implementation
     if got != impl:
         raise RuntimeError(f"{cls.__name__}: asked for attn_implementation={impl!r}, got {got!r}")
+    # torch's ONNX exporters cannot export transformers' default experts kernel, grouped_mm (TorchScript: aten::histc
+    # unsupported; dynamo: no ONNX function for transformers::grouped_mm_fallback); batched_mm computes the same
+    # experts with batched matmuls. transformers defaults to grouped_mm only for models whose experts dispatch
+    # through its experts interface (any other model gets "eager" and is left as it is).
+    if hasattr(model, "set_experts_implementation") and "grouped_mm" in model.get_experts_implementation().values():
+        model.set_experts_implementation("batched_mm")
     return model
 
 
@@ -665,6 +671,20 @@ def gemma2(impl: str) -> Built:
                        attn_logit_softcapping=50.0, final_logit_softcapping=None, max_position_embeddings=64)
     model = _hf_model(Gemma2Model, cfg, impl)
     return _flex_built(model) if impl == FLEX else _text_built(model, use_cache=False)
+
+
+def inkling(impl: str) -> Built:
+    """Inkling: a sliding layer (its own heads, window 4) and a full one, each adding a relative bias that the
+    hidden states compute (r @ P gathered by distance, zero past 6 keys) before HF's causal-and-padding mask."""
+    from transformers import InklingTextConfig, InklingTextModel
+
+    _hf_quiet()
+    cfg = InklingTextConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                            num_attention_heads=4, num_key_value_heads=2, head_dim=8, swa_num_attention_heads=4,
+                            swa_num_key_value_heads=2, swa_head_dim=8, sliding_window_size=4, d_rel=4, rel_extent=6,
+                            layer_types=["hybrid_sliding", "hybrid"], moe_intermediate_size=32, n_routed_experts=4,
+                            num_experts_per_tok=2, n_shared_experts=1, pad_token_id=0, max_position_embeddings=64)
+    return _text_built(_hf_model(InklingTextModel, cfg, impl), use_cache=False)
 
 
 class Float32Alibi(HFWrapper):
@@ -1402,6 +1422,9 @@ CASES: list[ZooCase] = [
     ZooCase("funnel-eager", "funnel", _bind(funnel, "eager"), expected_sites=3, heads=4, head_dim=8,
             scales=(1.0,), self_attention_sites=2, causal_sites=0, fx_tracers=(EXPORT, DECOMPOSED)),
     # Logit softcapping 50·tanh(s/50); the scale is query_pre_attn_scalar**-0.5, not 1/sqrt(head_dim).
+    # A relative bias computed from the hidden states, a dense term beside HF's structured mask; scale 1/d.
+    ZooCase("inkling-eager", "inkling", _bind(inkling, "eager"), expected_sites=2, heads=4, kv_heads=2, head_dim=8,
+            scales=(1 / 8,), self_attention_sites=2, causal_sites=2, fx_tracers=(EXPORT,)),
     ZooCase("gemma2-eager", "gemma2", _bind(gemma2, "eager"), expected_sites=2, heads=4, kv_heads=2, head_dim=8,
             scales=(16 ** -0.5,), self_attention_sites=2, causal_sites=2, fx_tracers=(EXPORT,)),
     # FlexAttention: the softcap a score_mod, c·tanh(s/c), read by running it.

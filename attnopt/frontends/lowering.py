@@ -92,12 +92,14 @@ def blocked_rows(call, masks) -> tuple[bool, int, tuple] | None:
     """
     site: AttentionSite = call.site
     # Learned sink logits (GPT-OSS) keep such a row from being empty: its weight all goes to the sink's zero
-    # value, as in the ops. A relative-position bias left in the remainder (MPT's ALiBi) is finite, so the fill
-    # swallows it too; a window term blocks what mask analysis proved; any other remainder term may block keys of
-    # its own, and then the row is not what the site records.
+    # value, as in the ops. A relative-position bias left in the remainder (MPT's ALiBi) or a term no fill reaches
+    # (MaskTerm.finite: Inkling's relative logits) is finite, so the fill swallows it too; a window term blocks
+    # what mask analysis proved; any other remainder term may block keys of its own, and then the row is not what
+    # the site records.
     rb = site.relative_bias
     if (site.blocked_rows not in (BLOCKED_ROWS_UNIFORM, BLOCKED_ROWS_GROUPS) or site.extra_axes
-            or site.sink_logits is not None or any(not t.window and (rb is None or t != rb.term) for t in masks)):
+            or site.sink_logits is not None
+            or any(not t.window and not t.finite and (rb is None or t != rb.term) for t in masks)):
         return None
     implied = window_terms(call)
     if site.key_padding is None and not any(t.window_padding for t in implied):
