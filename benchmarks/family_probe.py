@@ -375,6 +375,10 @@ FAMILIES = {
     "cosmos3_edge_text": ("dec", "Cosmos3EdgeTextConfig", "Cosmos3EdgeTextModel", dict(_GENERIC, rope_parameters={"rope_type": "default", "mrope_section": [2, 1, 1], "rope_theta": 10000.0})),
     "openai_privacy_filter": ("enc", "OpenAIPrivacyFilterConfig", "OpenAIPrivacyFilterModel", _GENERIC),
     "esmc": ("enc", "EsmcConfig", "EsmcModel", dict(_GENERIC, num_key_value_heads=None)),  # no GQA
+    "tipsv2_vision": ("vision", "Tipsv2VisionConfig", "Tipsv2VisionModel", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2, image_size=16, patch_size=4)),
+    "sapiens2": ("vision", "Sapiens2Config", "Sapiens2Model", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2, image_size=16, patch_size=4)),
+    "glmasr_encoder": ("custom", "GlmAsrEncoderConfig", "GlmAsrEncoder", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2, num_mel_bins=16)),
+    "voxtral_realtime_encoder": ("custom", "VoxtralRealtimeEncoderConfig", "VoxtralRealtimeEncoder", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2, num_mel_bins=16)),
     "falcon_mamba": ("custom", "FalconMambaConfig", "FalconMambaModel", dict(hidden_size=32, state_size=8, num_hidden_layers=2, vocab_size=100)),
 }
 
@@ -441,6 +445,8 @@ CUSTOM_INPUTS = {
     "gemma3n_audio": lambda text: (["audio_mel", "audio_mel_mask"],
                                    (_seeded(2, 64, 16, seed=2), _padding_mask(64, 48) == 0)),
     "qwen2_audio_encoder": lambda text: (["input_features"], (_seeded(2, 16, 64, seed=2),)),
+    "glmasr_encoder": lambda text: (["input_features"], (_seeded(2, 16, 40, seed=2),)),
+    "voxtral_realtime_encoder": lambda text: (["input_features"], (_seeded(2, 16, 40, seed=2),)),
     "rwkv": _ids_alone,  # no attention: a model to find nothing in
     "mamba": _ids_alone,
     "falcon_mamba": _ids_alone,
