@@ -1058,9 +1058,10 @@ def _score_part(view: View, term: _Term, geometry: dict, factor) -> ScorePart:
             or not (permutes_bhsd(key_layout) or key_layout in (LAYOUT_FLAT, "(bh)ds")):
         raise Mismatch("its q and k are not laid out (B, H, N, D) or (B·H, N, D)")
     layout = LAYOUT_FLAT if view.rank(q) == 3 else LAYOUT_BHSD
-    for heads, (v, lay) in ((geometry["num_heads"], (q, layout)), (geometry["kv_num_heads"], (key, key_layout))):
-        if not _same_dim(_heads(view, v, lay), heads) and _heads(view, v, lay) is not None:
-            raise Mismatch(f"its heads ({_heads(view, v, lay)}) are not the site's ({heads})")
+    for heads, got in ((geometry["num_heads"], _heads(view, q, layout)),
+                       (geometry["kv_num_heads"], _heads(view, key, key_layout))):
+        if got is not None and not _same_dim(got, heads):
+            raise Mismatch(f"its heads ({got}) are not the site's ({heads})")
     # the add proves the lengths equal, or one of them 1 and broadcast: a concat needs them equal
     for part, site in ((_dim_of(view.shape(q), layout, "s"), geometry["q_len"]),
                        (_dim_of(view.shape(key), key_layout, "s"), geometry["kv_len"])):

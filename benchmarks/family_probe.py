@@ -37,16 +37,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from zoo import _padding_mask, _video, _word_boxes  # noqa: E402  (tests/ is on the path only from here)
+from zoo import INKLING, _padding_mask, _video, _word_boxes  # noqa: E402  (tests/ is on the path only from here)
 
 # One small config that many recent families build from as they are.
 _GENERIC = dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2,
                 head_dim=8, pad_token_id=0)
 
-# Inkling's sliding layers have their own heads; both kinds add a relative bias over the last rel_extent keys.
-_INKLING = dict(swa_num_attention_heads=4, swa_num_key_value_heads=2, swa_head_dim=8, sliding_window_size=4, d_rel=4,
-                rel_extent=6, layer_types=["hybrid_sliding", "hybrid"], moe_intermediate_size=32, n_routed_experts=4,
-                num_experts_per_tok=2, n_shared_experts=1)
+# Multimodal rotary sections over 8-wide heads (the default sections are for 128).
+_MROPE_8 = dict(rope_parameters={"rope_type": "default", "mrope_section": [2, 1, 1], "rope_theta": 10000.0})
 
 # family: (builder kind, config class, model class, config keyword arguments) -- tiny, random weights
 FAMILIES = {
@@ -363,16 +361,16 @@ FAMILIES = {
     "muse_glimmer_text": ("dec", "MuseGlimmerTextConfig", "MuseGlimmerTextModel", _GENERIC),
     "muse_spark_text": ("dec", "MuseSparkTextConfig", "MuseSparkTextModel", dict(_GENERIC, moe_intermediate_size=32, num_local_experts=4, moe_hidden_size=32, num_experts_per_tok=2, sliding_window=4)),
     # a sliding and a full layer, both with a relative bias computed from the hidden states
-    "inkling_text": ("dec", "InklingTextConfig", "InklingTextModel", dict(_GENERIC, **_INKLING)),
-    "inkling2_text": ("dec", "Inkling2TextConfig", "Inkling2TextModel", dict(_GENERIC, **_INKLING, log_scaling_n_floor=4)),
+    "inkling_text": ("dec", "InklingTextConfig", "InklingTextModel", dict(_GENERIC, **INKLING)),
+    "inkling2_text": ("dec", "Inkling2TextConfig", "Inkling2TextModel", dict(_GENERIC, **INKLING, log_scaling_n_floor=4)),
     "minimax_m3_vl_text": ("dec", "MiniMaxM3VLTextConfig", "MiniMaxM3VLTextModel", _GENERIC),
     "hy_v4_vl_text": ("dec", "HYV4VLTextConfig", "HYV4VLTextModel", _GENERIC),
     "step3p7_text": ("dec", "Step3p7TextConfig", "Step3p7TextModel", dict(_GENERIC, moe_intermediate_size=32, moe_num_experts=4, moe_top_k=2, share_expert_dim=32, sliding_window=4)),
     "dots1": ("dec", "Dots1Config", "Dots1Model", dict(_GENERIC, moe_intermediate_size=32, n_routed_experts=4, n_shared_experts=1, num_experts_per_tok=2, first_k_dense_replace=1, n_group=1, topk_group=1)),
     "evolla": ("dec", "EvollaConfig", "EvollaModel", _GENERIC),
-    "glm4v_text": ("dec", "Glm4vTextConfig", "Glm4vTextModel", dict(_GENERIC, rope_parameters={"rope_type": "default", "mrope_section": [2, 1, 1], "rope_theta": 10000.0})),
-    "glm_ocr_text": ("dec", "GlmOcrTextConfig", "GlmOcrTextModel", dict(_GENERIC, rope_parameters={"rope_type": "default", "mrope_section": [2, 1, 1], "rope_theta": 10000.0})),
-    "cosmos3_edge_text": ("dec", "Cosmos3EdgeTextConfig", "Cosmos3EdgeTextModel", dict(_GENERIC, rope_parameters={"rope_type": "default", "mrope_section": [2, 1, 1], "rope_theta": 10000.0})),
+    "glm4v_text": ("dec", "Glm4vTextConfig", "Glm4vTextModel", dict(_GENERIC, **_MROPE_8)),
+    "glm_ocr_text": ("dec", "GlmOcrTextConfig", "GlmOcrTextModel", dict(_GENERIC, **_MROPE_8)),
+    "cosmos3_edge_text": ("dec", "Cosmos3EdgeTextConfig", "Cosmos3EdgeTextModel", dict(_GENERIC, **_MROPE_8)),
     "openai_privacy_filter": ("enc", "OpenAIPrivacyFilterConfig", "OpenAIPrivacyFilterModel", _GENERIC),
     "esmc": ("enc", "EsmcConfig", "EsmcModel", dict(_GENERIC, num_key_value_heads=None)),  # no GQA
     "tipsv2_vision": ("vision", "Tipsv2VisionConfig", "Tipsv2VisionModel", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2, image_size=16, patch_size=4)),
@@ -416,6 +414,11 @@ def _features(frames: int, valid: int):
                          (_seeded(2, frames, 16, seed=2), _padding_mask(frames, valid)))
 
 
+def _features_alone(bins: int, frames: int):
+    """An audio encoder's (2, bins, frames) mel features, with no mask."""
+    return lambda text: (["input_features"], (_seeded(2, bins, frames, seed=2),))
+
+
 # Families with no attention at all (state-space, recurrent, Fourier, pooling and focal-modulation mixers): the
 # probe checks that detect finds nothing in them.
 NO_ATTENTION = {"rwkv", "mamba", "falcon_mamba", "fnet", "focalnet", "poolformer"}
@@ -444,9 +447,9 @@ CUSTOM_INPUTS = {
     "parakeet_encoder": _features(64, 48),
     "gemma3n_audio": lambda text: (["audio_mel", "audio_mel_mask"],
                                    (_seeded(2, 64, 16, seed=2), _padding_mask(64, 48) == 0)),
-    "qwen2_audio_encoder": lambda text: (["input_features"], (_seeded(2, 16, 64, seed=2),)),
-    "glmasr_encoder": lambda text: (["input_features"], (_seeded(2, 16, 40, seed=2),)),
-    "voxtral_realtime_encoder": lambda text: (["input_features"], (_seeded(2, 16, 40, seed=2),)),
+    "qwen2_audio_encoder": _features_alone(16, 64),
+    "glmasr_encoder": _features_alone(16, 40),
+    "voxtral_realtime_encoder": _features_alone(16, 40),
     "rwkv": _ids_alone,  # no attention: a model to find nothing in
     "mamba": _ids_alone,
     "falcon_mamba": _ids_alone,

@@ -6,6 +6,7 @@ The CUDA class skips without a GPU; it runs on the GPU machine (see BENCHMARKS.m
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 
 import pytest
@@ -104,14 +105,13 @@ class TestCuda:
         the values' 6 or 12 to 18, and the kernels on CUDA compute what the CPU ops do."""
         built = zoo.build("lilt-eager")
         runs = []
-        for device in ("cpu", "cuda"):
-            module, inputs = built.module.to(device), tuple(t.to(device) for t in built.inputs)
+        for device in ("cpu", "cuda"):  # a copy each: the zoo's module is the session's, on the CPU
+            module, inputs = copy.deepcopy(built.module).to(device), tuple(t.to(device) for t in built.inputs)
             result = attnopt.rewrite(torch.export.export(module, inputs), name, **params)
             assert [o.status for o in result.report] == ["rewritten"] * 3
             with torch.no_grad():
                 out = result.model(*inputs)
             runs.append((out[0] if isinstance(out, (tuple, list)) else out).cpu())
-        built.module.cpu()
         torch.testing.assert_close(runs[1], runs[0], atol=2e-3, rtol=2e-3)
 
     @pytest.mark.parametrize("name, params", [("window", {"window": 256}), ("lsh", {}), ("relbias", {"kind": "alibi"}),

@@ -673,6 +673,13 @@ def gemma2(impl: str) -> Built:
     return _flex_built(model) if impl == FLEX else _text_built(model, use_cache=False)
 
 
+# Inkling's own sizes (the probe's Inkling 2 takes them too): its sliding layers have their own heads; both layer
+# kinds add a relative bias over the last rel_extent keys; the MoE cut to a few tiny experts.
+INKLING = dict(swa_num_attention_heads=4, swa_num_key_value_heads=2, swa_head_dim=8, sliding_window_size=4, d_rel=4,
+               rel_extent=6, layer_types=["hybrid_sliding", "hybrid"], moe_intermediate_size=32, n_routed_experts=4,
+               num_experts_per_tok=2, n_shared_experts=1)
+
+
 def inkling(impl: str) -> Built:
     """Inkling: a sliding layer (its own heads, window 4) and a full one, each adding a relative bias that the
     hidden states compute (r @ P gathered by distance, zero past 6 keys) before HF's causal-and-padding mask."""
@@ -680,10 +687,8 @@ def inkling(impl: str) -> Built:
 
     _hf_quiet()
     cfg = InklingTextConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                            num_attention_heads=4, num_key_value_heads=2, head_dim=8, swa_num_attention_heads=4,
-                            swa_num_key_value_heads=2, swa_head_dim=8, sliding_window_size=4, d_rel=4, rel_extent=6,
-                            layer_types=["hybrid_sliding", "hybrid"], moe_intermediate_size=32, n_routed_experts=4,
-                            num_experts_per_tok=2, n_shared_experts=1, pad_token_id=0, max_position_embeddings=64)
+                            num_attention_heads=4, num_key_value_heads=2, head_dim=8, pad_token_id=0,
+                            max_position_embeddings=64, **INKLING)
     return _text_built(_hf_model(InklingTextModel, cfg, impl), use_cache=False)
 
 
