@@ -398,11 +398,12 @@ def sweep(n: int, rep_ms: float, log, names=SWEEP_ROWS) -> list[dict]:
     band_configs = [
         C(128, 128, 8, 3, True), C(128, 64, 8, 3, True), C(128, 64, 8, 2, True), C(64, 128, 4, 3, True),
         C(256, 64, 16, 3, True), C(256, 128, 16, 2, True), C(128, 128, 8, 3, True, True),
-        C(128, 64, 8, 3, True, True), C(64, 64, 4, 2, True), C(64, 64, 4, 3, True),
+        C(128, 64, 8, 3, True, True), C(64, 64, 4, 1, True), C(64, 64, 4, 2, True), C(64, 64, 4, 3, True),
+        C(128, 64, 8, 1, True), C(128, 128, 8, 1, True), C(64, 128, 4, 1, True), C(64, 32, 4, 1, True),
     ]
     # with more than one level the launcher caps the tile height at the block (64 here)
     pooled_configs = [C(128, 64, 8, 2, True), C(128, 128, 8, 2, True), C(128, 64, 8, 3, True), C(64, 64, 4, 2, True),
-                      C(64, 64, 4, 3, True), C(128, 64, 4, 2, True), C(256, 64, 16, 2, True)]
+                      C(64, 64, 4, 3, True), C(128, 64, 4, 2, True), C(256, 64, 16, 2, True), C(64, 64, 4, 1, True)]
     out = []
     for name in names:
         if name in VARIANTS:

@@ -13,6 +13,10 @@ Target (issue 9): >= 50% of dense SDPA's TFLOP/s on the useful FLOPs.
 ``--sweep`` also times lsh's attention alone (bucket ids given) under a few tile configurations, with and
 without pre-sorted keys, and the share of the time spent hashing and sorting.
 
+``--local-stages`` times the bucket ops' local kernel (``_local_fwd``: each query's chunk, then the softmax's
+finish) under 1 and 2 pipeline stages, each twice in one process, for the lsh and routed rows: its device time
+(``kernel_times``), the whole call, and whether the outputs are bit-equal.
+
 ``--kmeans`` times routed's k-means alone (c = 16 and 64, 2 Lloyd iterations) with the torch step and the
 Triton step (``kernels/triton_kmeans.py``): time, peak extra memory, and how many keys the two put in the
 same cluster.
@@ -193,6 +197,44 @@ def lsh_sweep(q, k, v, scale, rep_ms, log) -> list[dict]:
     return out
 
 
+def local_stage_rows(ns, rep_ms: float, log, names) -> list[dict]:
+    """The local kernel's device time and the whole call's under ``BucketConfig.local_stages`` 1 and 2."""
+    import dataclasses
+
+    from attnopt.kernels import triton_buckets
+    from attnopt.kernels.registry import get_variant
+
+    chosen = triton_buckets.default_config
+    scale = 1.0 / math.sqrt(D)
+    out = []
+    try:
+        for n in ns:
+            q, k, v = random_qkv(n)
+            for name in [r for r in names if ROWS[r][0] in ("lsh", "routed")]:
+                variant, params, causal = ROWS[name]
+                spec = get_variant(variant)
+                args = op_args(spec, params, q, k, scale, causal)
+                first = None
+                for stages in (2, 1, 2, 1):
+                    triton_buckets.default_config = (
+                        lambda *a, stages=stages: dataclasses.replace(chosen(*a), local_stages=stages))
+                    call = lambda spec=spec, args=args: spec.torch_op(q, k, v, None, None, *args)
+                    o = call()
+                    first = o if first is None else first
+                    ms = bench(call, rep_ms)
+                    local = sum(t for kernel, t, _ in kernel_times(call, calls=3, top=20)["kernels"]
+                                if "_local_fwd" in kernel)
+                    same = bool(torch.equal(o, first))
+                    out.append(dict(variant=name, n=n, local_stages=stages, ms=ms, local_ms=local, bit_equal=same))
+                    log(f"N={n} {name} local_stages={stages}: call {ms:.3f} ms, _local_fwd {local:.3f} ms, "
+                        f"bit-equal to the first: {same}")
+            del q, k, v
+            torch.cuda.empty_cache()
+    finally:
+        triton_buckets.default_config = chosen
+    return out
+
+
 def kmeans_rows(ns, rep_ms: float, log) -> list[dict]:
     """routed's centroids with the torch step against the Triton step, per N and c."""
     from attnopt.kernels import triton_kmeans
@@ -284,6 +326,8 @@ def main(argv=None) -> int:
     ap.add_argument("--sweep", action="store_true", help="also time lsh's parts and tile configurations")
     ap.add_argument("--profile", action="store_true", help="only show where the time goes, at each --n")
     ap.add_argument("--kmeans", action="store_true", help="only time routed's k-means, torch and Triton steps")
+    ap.add_argument("--local-stages", action="store_true",
+                    help="only time the bucket ops' local kernel under 1 and 2 pipeline stages (lsh and routed rows)")
     ap.add_argument("--rows", nargs="*", default=None,
                     help="rows whose name contains any of these (default: all; none with --sweep: the sweep alone): "
                     + ", ".join(ROWS))
@@ -304,8 +348,10 @@ def main(argv=None) -> int:
         for n in args.n:
             profile(n, lambda s: print(s, flush=True))
         return 0
-    if args.kmeans:
-        rows = kmeans_rows(args.n, args.rep_ms, lambda s: print(s, flush=True))
+    if args.kmeans or args.local_stages:
+        log = lambda s: print(s, flush=True)  # noqa: E731
+        rows = (kmeans_rows(args.n, args.rep_ms, log) if args.kmeans
+                else local_stage_rows(args.n, args.rep_ms, log, names))
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(rows, f, indent=1)

@@ -559,6 +559,7 @@ class BucketConfig:
     local_block_m: int = 64
     local_block_n: int = 64
     local_warps: int = 4
+    local_stages: int = 2
     presorted: bool = False
     use_tma: bool = False  # with presorted: whole key blocks through TMA descriptors
     # one round, nothing on top (causality, key padding, mask, softcap): the buckets through cuDNN's
@@ -593,7 +594,12 @@ def default_config(head_dim: int, dtype: torch.dtype, device: torch.device) -> B
     if head_dim > 128:
         return BucketConfig(block_m=128, block_n=64, num_warps=8, num_stages=2, local_block_m=64, local_block_n=64,
                             local_warps=8, presorted=True, use_tma=True)
-    return BucketConfig(presorted=True, use_tma=True)
+    # The local kernel folds a query block's chunk, one or two key blocks: a software pipeline has little to
+    # overlap there, and unpipelined tiles leave shared memory for more programs a multiprocessor. H200
+    # (`benchmarks/kernels_sorted.py --local-stages --n 65536`; 2 / 1 stages, twice each in one process, outputs
+    # bit-equal): its device time 0.455-0.456 / 0.404-0.409 ms in lsh, 0.500-0.504 / 0.445-0.446 in lsh causal,
+    # 0.452-0.460 / 0.410-0.413 in routed, 0.509-0.595 / 0.454-0.455 in routed causal
+    return BucketConfig(presorted=True, use_tma=True, local_stages=1)
 
 
 def _interpreting() -> bool:
@@ -675,7 +681,7 @@ def bucket_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, key_p
             H, N, M, rep, rows, R, chunk, min(sinks, M), off, nb, scale2, cap2, cap_in,
             HEAD_DIM=head_dim, D_TRUE=D, BLOCK_M=cfg.local_block_m, BLOCK_N=cfg.local_block_n, PREC=prec,
             UPCAST=upcast, HAS_SINKL=sink_logits is not None, STATE_SORTED=varlen, num_warps=cfg.local_warps,
-            num_stages=1 if _interpreting() else 2, **flags,
+            num_stages=1 if _interpreting() else cfg.local_stages, **flags,
         )
 
     varlen = (R == 1 and cfg.cudnn and not (causal or softcap) and key_padding is None and mask is None

@@ -290,6 +290,11 @@ GPU_CASES = {
     "sink_logits_window_sinks": (16384, (1, 127, 127, 4), True, {"sinkl": True}),
     "sink_logits_segmented_gqa_causal": (16384, (1024, 0, 0, 0), True, {"sinkl": True, "Hkv": 4}),
     "sink_logits_memory": (16384, (1024, 1024, 0, 0), False, {"sinkl": True}),
+    # short bands (at most SHORT_BAND_BLOCKS key blocks a row): one loop, the unpipelined tiles
+    "short_band_fine_window": (65536, (64, 64, 64, 0), False, {}),
+    "short_band_fine_window_causal": (65536, (64, 64, 0, 0), True, {}),
+    "short_band_key_padding": (16384, (64, 64, 64, 0), False, {"kp": True}),
+    "short_band_window_sinks_uneven_gqa_kv_cache": (3000, (1, 100, 100, 2), True, {"Hkv": 4, "M": 5000}),
 }
 
 
