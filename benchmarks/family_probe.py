@@ -378,6 +378,19 @@ FAMILIES = {
     "glmasr_encoder": ("custom", "GlmAsrEncoderConfig", "GlmAsrEncoder", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2, num_mel_bins=16)),
     "voxtral_realtime_encoder": ("custom", "VoxtralRealtimeEncoderConfig", "VoxtralRealtimeEncoder", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2, num_mel_bins=16)),
     "falcon_mamba": ("custom", "FalconMambaConfig", "FalconMambaModel", dict(hidden_size=32, state_size=8, num_hidden_layers=2, vocab_size=100)),
+    # the thirtieth session's batch
+    "dory": ("dec", "DoryConfig", "DoryModel", _GENERIC),
+    "beam": ("dec", "BeamConfig", "BeamModel", _GENERIC),
+    "iquestcoder": ("dec", "IQuestCoderConfig", "LlamaModel", _GENERIC),
+    # a sliding and a full layer; the full layer rotates a quarter of its head, which must be a multiple of 4
+    "neomme": ("dec", "NeoMMEConfig", "NeoMMEModel", dict(_GENERIC, head_dim=16, layer_types=["sliding_attention", "full_attention"], sliding_window=4)),
+    # its default rope parameters are empty: one set for its one layer type
+    "cohere_compass_text": ("dec", "CohereCompassTextConfig", "CohereCompassTextModel", dict(_GENERIC, rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 10000.0}})),
+    "fun_asr_nano_encoder": ("custom", "FunAsrNanoEncoderConfig", "FunAsrNanoEncoder", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2, num_mel_bins=16, num_timestamp_prediction_layers=1)),
+    "audioflamingo3_encoder": ("custom", "AudioFlamingo3EncoderConfig", "AudioFlamingo3Encoder", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2, num_mel_bins=16, max_source_positions=20)),
+    "voxtral_encoder": ("custom", "VoxtralEncoderConfig", "VoxtralEncoder", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2, num_mel_bins=16, max_source_positions=20)),
+    "granite_speech5_encoder": ("custom", "GraniteSpeech5EncoderConfig", "GraniteSpeech5Encoder", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=4, num_hidden_layers=2, num_mel_bins=16, head_dim=8)),
+    "timesfm2_5": ("custom", "TimesFm2_5Config", "TimesFm2_5Model", dict(hidden_size=32, intermediate_size=32, num_attention_heads=4, num_key_value_heads=4, num_hidden_layers=2, head_dim=8)),
 }
 
 KINDS = ("enc", "dec", "encdec", "vision", "vision32", "video", "audio", "speech2text", "custom")
@@ -482,6 +495,18 @@ CUSTOM_INPUTS = {
     "granite_speech_encoder": lambda text: (["hidden_states"], (_seeded(2, 10, 16, seed=2),)),  # block attention
     "lasr_encoder": _features(64, 48),
     "videoprism": lambda text: (["pixel_values_videos"], (_video(frames=2),)),
+    # (2, 40, 7·16) features: the encoder stacks 7 frames of 16 mel bins
+    "fun_asr_nano_encoder": lambda text: (["input_features", "input_features_mask"],
+                                          (_seeded(2, 40, 112, seed=2), _padding_mask(40, 30))),
+    "audioflamingo3_encoder": lambda text: (["input_features", "input_features_mask"],
+                                            (_seeded(2, 16, 40, seed=2), _padding_mask(40, 30))),
+    "voxtral_encoder": _features_alone(16, 40),
+    # (2, 40, 4·16) features: its input layer takes 4 × num_mel_bins per frame
+    "granite_speech5_encoder": lambda text: (["input_features", "attention_mask"],
+                                             (_seeded(2, 40, 64, seed=2), _padding_mask(40, 30))),
+    # 4 patches of 32 values, the second series padded at its start
+    "timesfm2_5": lambda text: (["past_values", "past_values_padding"],
+                                (_seeded(2, 128, seed=2), torch.stack([torch.zeros(128), (torch.arange(128) < 32).float()]))),
     "decision_transformer": lambda text: (["states", "actions", "returns_to_go", "timesteps", "attention_mask"],
                                           (_seeded(2, 6, 5, seed=2), _seeded(2, 6, 3, seed=3),
                                            _seeded(2, 6, 1, seed=4), torch.arange(6).repeat(2, 1),
