@@ -391,6 +391,9 @@ FAMILIES = {
     "voxtral_encoder": ("custom", "VoxtralEncoderConfig", "VoxtralEncoder", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2, num_mel_bins=16, max_source_positions=20)),
     "granite_speech5_encoder": ("custom", "GraniteSpeech5EncoderConfig", "GraniteSpeech5Encoder", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=4, num_hidden_layers=2, num_mel_bins=16, head_dim=8)),
     "timesfm2_5": ("custom", "TimesFm2_5Config", "TimesFm2_5Model", dict(hidden_size=32, intermediate_size=32, num_attention_heads=4, num_key_value_heads=4, num_hidden_layers=2, head_dim=8)),
+    "t5gemma": ("encdec", "T5GemmaConfig", "T5GemmaModel", dict(encoder=dict(_GENERIC, vocab_size=100), decoder=dict(_GENERIC, vocab_size=100))),
+    # the vision-language model on text alone
+    "exaone4_5": ("dec", "Exaone4_5_Config", "Exaone4_5_Model", dict(text_config=dict(_GENERIC, vocab_size=100, model_type="exaone4"), vision_config=dict(hidden_size=32, intermediate_size=64, num_heads=4, depth=1, out_hidden_size=32))),
 }
 
 KINDS = ("enc", "dec", "encdec", "vision", "vision32", "video", "audio", "speech2text", "custom")
