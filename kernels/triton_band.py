@@ -659,10 +659,11 @@ def default_config(head_dim: int, dtype: torch.dtype, device: torch.device, has_
         if span is not None and span <= SHORT_BAND_BLOCKS * 64:
             # A short band's programs fold 2 to 4 key blocks: too few to fill a software pipeline, whose stages
             # only cost shared memory. Unpipelined, a program's tiles take 48 KB instead of 112: room for 4
-            # programs a multiprocessor instead of 2, which hide each other's load latency. H200 sweep
-            # (N=65536, 64×64 on 4 warps; stages 1 / 2 / 3, two runs): hierarchical's fine window 0.396-0.401 /
-            # 0.425-0.429 / 0.424-0.425 ms, causal 0.335-0.336 / 0.383-0.385 / 0.392-0.394. Longer bands are
-            # mixed (memory S=M=1024 2.685 / 2.545 / 2.401), so they keep 3 stages below.
+            # programs a multiprocessor instead of 2 to hide each other's load latency (the likely reason; the
+            # occupancy itself was not read off the GPU). H200 sweep (N=65536, 64×64 on 4 warps; stages 1 / 2 /
+            # 3, two runs): hierarchical's fine window 0.396-0.401 / 0.425-0.429 / 0.424-0.425 ms, causal
+            # 0.335-0.336 / 0.383-0.385 / 0.392-0.394. Longer bands are mixed (memory S=M=1024 2.685 / 2.545 /
+            # 2.401), so they keep 3 stages below.
             return BandConfig(block_m=64, block_n=64, num_warps=4, num_stages=1, use_tma=True)
         if span is not None and span <= NARROW_BAND:
             # a narrow band's edge blocks are a large share of its work, and 64-row tiles halve the masked area.
