@@ -46,6 +46,10 @@ _GENERIC = dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num
 # Multimodal rotary sections over 8-wide heads (the default sections are for 128).
 _MROPE_8 = dict(rope_parameters={"rope_type": "default", "mrope_section": [2, 1, 1], "rope_theta": 10000.0})
 
+# A tiny Parakeet (Conformer) encoder, for the speech encoder-decoders built on it.
+_PARAKEET_32 = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4, intermediate_size=64,
+                    num_mel_bins=16, subsampling_conv_channels=8, conv_kernel_size=3, model_type="parakeet_encoder")
+
 # family: (builder kind, config class, model class, config keyword arguments) -- tiny, random weights
 FAMILIES = {
     "phi3": ("dec", "Phi3Config", "Phi3Model", dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, pad_token_id=0, num_hidden_layers=2)),
@@ -391,6 +395,11 @@ FAMILIES = {
     "voxtral_encoder": ("custom", "VoxtralEncoderConfig", "VoxtralEncoder", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2, num_mel_bins=16, max_source_positions=20)),
     "granite_speech5_encoder": ("custom", "GraniteSpeech5EncoderConfig", "GraniteSpeech5Encoder", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=4, num_hidden_layers=2, num_mel_bins=16, head_dim=8)),
     "timesfm2_5": ("custom", "TimesFm2_5Config", "TimesFm2_5Model", dict(hidden_size=32, intermediate_size=32, num_attention_heads=4, num_key_value_heads=4, num_hidden_layers=2, head_dim=8)),
+    # packed sequences: the mel frames in chunks of 100, attention within each sequence's chunks (cu_seqlens)
+    "qwen3_asr_encoder": ("custom", "Qwen3ASREncoderConfig", "Qwen3ASREncoder", dict(d_model=32, encoder_ffn_dim=64, encoder_attention_heads=4, encoder_layers=2, num_mel_bins=16, downsample_hidden_size=8, output_dim=32)),
+    # speech encoder-decoders: a Parakeet (Conformer) encoder with relative positions, a decoder with cross-attention
+    "cohere_asr": ("custom", "CohereAsrConfig", "CohereAsrModel", dict(encoder_config=dict(_PARAKEET_32), vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)),
+    "canary": ("custom", "CanaryConfig", "CanaryModel", dict(encoder_config=dict(_PARAKEET_32), decoder_config=dict(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4, head_dim=8, model_type="canary_decoder"), vocab_size=100)),
     "t5gemma": ("encdec", "T5GemmaConfig", "T5GemmaModel", dict(encoder=dict(_GENERIC, vocab_size=100), decoder=dict(_GENERIC, vocab_size=100))),
     # the vision-language model on text alone
     "exaone4_5": ("dec", "Exaone4_5_Config", "Exaone4_5_Model", dict(text_config=dict(_GENERIC, vocab_size=100, model_type="exaone4"), vision_config=dict(hidden_size=32, intermediate_size=64, num_heads=4, depth=1, out_hidden_size=32))),
@@ -428,6 +437,13 @@ def _features(frames: int, valid: int):
     """An audio encoder's inputs: (2, frames, 16) features, the second row padded from ``valid`` on."""
     return lambda text: (["input_features", "attention_mask"],
                          (_seeded(2, frames, 16, seed=2), _padding_mask(frames, valid)))
+
+
+def _speech_and_text(text) -> tuple:
+    """A speech encoder-decoder's inputs: (2, 64, 16) features, the second row padded from frame 48, and the
+    zoo's decoder ids."""
+    return (["input_features", "attention_mask", "decoder_input_ids"],
+            (_seeded(2, 64, 16, seed=2), _padding_mask(64, 48), text[2]))
 
 
 def _features_alone(bins: int, frames: int):
@@ -510,6 +526,11 @@ CUSTOM_INPUTS = {
     # 4 patches of 32 values, the second series padded at its start
     "timesfm2_5": lambda text: (["past_values", "past_values_padding"],
                                 (_seeded(2, 128, seed=2), torch.stack([torch.zeros(128), (torch.arange(128) < 32).float()]))),
+    # two chunks of 100 frames of 16 mel bins, the second sequence 150 frames long
+    "qwen3_asr_encoder": lambda text: (["input_features", "input_features_mask"],
+                                       (_seeded(2, 16, 200, seed=2), _padding_mask(200, 150))),
+    "cohere_asr": _speech_and_text,
+    "canary": _speech_and_text,
     "decision_transformer": lambda text: (["states", "actions", "returns_to_go", "timesteps", "attention_mask"],
                                           (_seeded(2, 6, 5, seed=2), _seeded(2, 6, 3, seed=3),
                                            _seeded(2, 6, 1, seed=4), torch.arange(6).repeat(2, 1),
