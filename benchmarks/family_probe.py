@@ -433,17 +433,17 @@ def _series(text) -> tuple:
              _seeded(2, 4, 1, seed=5)))
 
 
-def _features(frames: int, valid: int):
-    """An audio encoder's inputs: (2, frames, 16) features, the second row padded from ``valid`` on."""
-    return lambda text: (["input_features", "attention_mask"],
-                         (_seeded(2, frames, 16, seed=2), _padding_mask(frames, valid)))
+def _features(frames: int, valid: int, width: int = 16, mask: str = "attention_mask", frames_last: bool = False):
+    """An audio encoder's inputs: (2, frames, width) features, or (2, width, frames) with ``frames_last``, and
+    the frames' mask under the name ``mask``, the second row padded from ``valid`` on."""
+    shape = (2, width, frames) if frames_last else (2, frames, width)
+    return lambda text: (["input_features", mask], (_seeded(*shape, seed=2), _padding_mask(frames, valid)))
 
 
 def _speech_and_text(text) -> tuple:
-    """A speech encoder-decoder's inputs: (2, 64, 16) features, the second row padded from frame 48, and the
-    zoo's decoder ids."""
-    return (["input_features", "attention_mask", "decoder_input_ids"],
-            (_seeded(2, 64, 16, seed=2), _padding_mask(64, 48), text[2]))
+    """A speech encoder-decoder's inputs: ``_features(64, 48)`` and the zoo's decoder ids."""
+    names, inputs = _features(64, 48)(text)
+    return [*names, "decoder_input_ids"], (*inputs, text[2])
 
 
 def _features_alone(bins: int, frames: int):
@@ -515,20 +515,16 @@ CUSTOM_INPUTS = {
     "lasr_encoder": _features(64, 48),
     "videoprism": lambda text: (["pixel_values_videos"], (_video(frames=2),)),
     # (2, 40, 7·16) features: the encoder stacks 7 frames of 16 mel bins
-    "fun_asr_nano_encoder": lambda text: (["input_features", "input_features_mask"],
-                                          (_seeded(2, 40, 112, seed=2), _padding_mask(40, 30))),
-    "audioflamingo3_encoder": lambda text: (["input_features", "input_features_mask"],
-                                            (_seeded(2, 16, 40, seed=2), _padding_mask(40, 30))),
+    "fun_asr_nano_encoder": _features(40, 30, width=112, mask="input_features_mask"),
+    "audioflamingo3_encoder": _features(40, 30, mask="input_features_mask", frames_last=True),
     "voxtral_encoder": _features_alone(16, 40),
     # (2, 40, 4·16) features: its input layer takes 4 × num_mel_bins per frame
-    "granite_speech5_encoder": lambda text: (["input_features", "attention_mask"],
-                                             (_seeded(2, 40, 64, seed=2), _padding_mask(40, 30))),
+    "granite_speech5_encoder": _features(40, 30, width=64),
     # 4 patches of 32 values, the second series padded at its start
     "timesfm2_5": lambda text: (["past_values", "past_values_padding"],
                                 (_seeded(2, 128, seed=2), torch.stack([torch.zeros(128), (torch.arange(128) < 32).float()]))),
     # two chunks of 100 frames of 16 mel bins, the second sequence 150 frames long
-    "qwen3_asr_encoder": lambda text: (["input_features", "input_features_mask"],
-                                       (_seeded(2, 16, 200, seed=2), _padding_mask(200, 150))),
+    "qwen3_asr_encoder": _features(200, 150, mask="input_features_mask", frames_last=True),
     "cohere_asr": _speech_and_text,
     "canary": _speech_and_text,
     "decision_transformer": lambda text: (["states", "actions", "returns_to_go", "timesteps", "attention_mask"],
