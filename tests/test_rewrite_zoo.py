@@ -78,6 +78,14 @@ def test_onnx_zoo_rewrite_is_exact_at_the_limit(zoo_onnx_case, tmp_path):
     assert report.is_exact(_tolerance(case)), report.to_dict()
 
 
+@pytest.mark.zoo(select=lambda case, how: how in case.ort_known_failures)
+def test_declared_onnxruntime_failures_still_happen(zoo_onnx_case, zoo):
+    """Tests skip or compare with torch where a case declares that onnxruntime fails on an export; a
+    declaration onnxruntime has outgrown would keep those checks off unseen."""
+    assert not zoo.ort_runs(zoo_onnx_case.case.name, zoo_onnx_case.exporter), (
+        f"{zoo_onnx_case.id}: onnxruntime runs this export now; drop the case's ort_known_failures entry")
+
+
 def _compare_with_torch(path, built, inputs, known_failure: str):
     """onnxruntime can't run the original export; check the rewritten one against torch instead."""
     import numpy as np

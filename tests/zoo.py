@@ -1786,6 +1786,11 @@ class Zoo:
         _atomic_write_bytes(meta, json.dumps(rec.__dict__, indent=1).encode())
         return rec
 
+    def ort_runs(self, name: str, exporter: str) -> bool:
+        """False only when the export's record saw onnxruntime fail with the case's declared message
+        (ZooCase.ort_known_failures), checked when the export was built under these library versions."""
+        return self.onnx_record(name, exporter).verified
+
     def onnx_path(self, name: str, exporter: str) -> Path:
         """Path of a verified export; raises ZooBuildError if this combination failed to export."""
         rec = self.onnx_record(name, exporter)
