@@ -403,6 +403,37 @@ FAMILIES = {
     "t5gemma": ("encdec", "T5GemmaConfig", "T5GemmaModel", dict(encoder=dict(_GENERIC, vocab_size=100), decoder=dict(_GENERIC, vocab_size=100))),
     # the vision-language model on text alone
     "exaone4_5": ("dec", "Exaone4_5_Config", "Exaone4_5_Model", dict(text_config=dict(_GENERIC, vocab_size=100, model_type="exaone4"), vision_config=dict(hidden_size=32, intermediate_size=64, num_heads=4, depth=1, out_hidden_size=32))),
+    # the thirty-first session's batch
+    # a causal Gemma 4 style encoder, always with experts: a sliding and a full layer, the full one's values its keys
+    "diffusion_gemma_text": ("dec", "DiffusionGemmaTextConfig", "DiffusionGemmaEncoderTextModel", dict(_GENERIC, sliding_window=4, layer_types=["sliding_attention", "full_attention"], num_experts=2, top_k_experts=1, moe_intermediate_size=32)),
+    # the decoder's self- and cross-attention are one softmax over the decoder's and the encoder's keys together
+    "t5gemma2": ("encdec", "T5Gemma2Config", "T5Gemma2Model", dict(encoder=dict(text_config=dict(_GENERIC, vocab_size=100), vision_config=dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=1, image_size=16, patch_size=4), mm_tokens_per_image=4, boi_token_index=97, eoi_token_index=98, image_token_index=99), decoder=dict(_GENERIC, vocab_size=100))),
+    "tipsv2_text": ("enc", "Tipsv2TextConfig", "Tipsv2TextModel", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2)),
+    # its encoder attends within sliding windows (left, right) over its 20 positions
+    "moonshine_streaming": ("custom", "MoonshineStreamingConfig", "MoonshineStreamingModel", dict(encoder_config=dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=4, num_hidden_layers=2, sample_rate=8000, sliding_windows=[[4, 1], [4, 0]]), vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64)),
+    # each position embeds its own codebook: 10 tokens need 10 codebooks
+    "csm_depth_decoder": ("dec", "CsmDepthDecoderConfig", "CsmDepthDecoderModel", dict(_GENERIC, num_codebooks=16, backbone_hidden_size=32)),
+    # one audio channel, so the zoo's decoder ids are its codes
+    "dia": ("encdec", "DiaConfig", "DiaModel", dict(encoder_config=dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=4, head_dim=8, num_hidden_layers=2, vocab_size=100), decoder_config=dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=8, cross_num_attention_heads=4, cross_head_dim=8, cross_num_key_value_heads=4, cross_hidden_size=32, num_hidden_layers=2, vocab_size=100, num_channels=1), delay_pattern=[0])),
+    # byte latent transformer: a local encoder and decoder over bytes with cross-attention to patches (a byte
+    # each here), a global transformer over the patches
+    "blt": ("dec", "BltConfig", "BltModel", dict(patch_in_forward=False, patching_mode="static", local_attention_window_len=None, cross_attn_k=2, encoder_hash_byte_group_size=[3], encoder_hash_byte_group_vocab=50, encoder_config=dict(hidden_size=32, num_attention_heads=4, num_hidden_layers=1, intermediate_size=64, hidden_size_global=64, cross_attn_k=2, vocab_size=100), global_config=dict(hidden_size=64, num_attention_heads=4, num_hidden_layers=1, intermediate_size=64), decoder_config=dict(hidden_size=32, num_attention_heads=4, num_hidden_layers=1, intermediate_size=64, hidden_size_global=64, cross_attn_k=2, vocab_size=100), patcher_config=dict(hidden_size=32, num_attention_heads=4, num_hidden_layers=1, intermediate_size=64, vocab_size=100))),
+    # vision towers over packed patches: two images of 4 x 4 patches, attention within each (cu_seqlens)
+    "qwen3_5_vision": ("custom", "Qwen3_5VisionConfig", "Qwen3_5VisionModel", dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=4, out_hidden_size=32, patch_size=2, temporal_patch_size=2, spatial_merge_size=2, num_position_embeddings=16)),
+    "glm5_next_vision": ("custom", "Glm5NextVisionConfig", "Glm5NextVisionModel", dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=4, out_hidden_size=32, projection_intermediate_size=64, patch_size=2, temporal_patch_size=2, spatial_merge_size=2, image_size=8)),
+    "cosmos3_edge_vision": ("custom", "Cosmos3EdgeVisionConfig", "Cosmos3EdgeVisionModel", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2, num_patches=16, patch_size=2, spatial_merge_size=2)),
+    # a dense layer and a mixture-of-experts layer
+    "dots3_note_vision": ("custom", "Dots3NoteVisionConfig", "Dots3NoteVisionModel", dict(hidden_size=32, intermediate_size=64, moe_intermediate_size=32, num_attention_heads=4, num_hidden_layers=2, patch_size=2, spatial_merge_size=2, adapter_in_dim=32, adapter_out_dim=32, pyramid_num_routed=[-1, 4], num_experts_per_tok=2)),
+    # attention across the frames of a clip (temporal merge): still one sequence an image here
+    "kimi_k25_vision": ("custom", "Kimi_K25VisionConfig", "Kimi_K25VisionModel", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2, patch_size=2, pos_emb_height=4, pos_emb_width=4, pos_emb_time=2)),
+    # windows of 2 x 2 patches, then full attention (Muse Glimmer's tower)
+    "muse_spark_vision": ("custom", "MuseSparkVisionConfig", "MuseSparkVisionModel", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2, patch_size=2, pos_emb_height=2, pos_emb_width=2, patch_temporal=2, merge_size=2, layer_types=["window_attention", "full_attention"])),
+    "step3p7_vision": ("vision", "Step3p7VisionConfig", "Step3p7VisionModel", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2, image_size=16, patch_size=2, mlp_ratio=2.0)),
+    # grouped-query attention in a vision tower
+    "molmo2_vision": ("custom", "Molmo2VisionConfig", "Molmo2VisionModel", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=8, num_hidden_layers=2, image_size=[16, 16], patch_size=4, num_position_embeddings=16)),
+    # hop_length 1: the sample counts are frame counts, 8 frames a token
+    "dots3_note_audio": ("custom", "Dots3NoteAudioConfig", "Dots3NoteAudioModel", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2, feature_size=16, hop_length=1, downsample_hidden_size=8, adapter_input_size=32, adapter_out_dim=32)),
+    "muse_spark_audio": ("audio", "MuseSparkAudioConfig", "MuseSparkAudioModel", dict(patch_sizes=(5, 4), hidden_sizes=(16, 32), depths=(1, 1), num_hidden_layers=2, conv_kernel_size=3, out_hidden_size=32)),
 }
 
 KINDS = ("enc", "dec", "encdec", "vision", "vision32", "video", "audio", "speech2text", "custom")
@@ -451,9 +482,15 @@ def _features_alone(bins: int, frames: int):
     return lambda text: (["input_features"], (_seeded(2, bins, frames, seed=2),))
 
 
+def _packed_patches(*patch: int, name: str = "hidden_states"):
+    """A vision tower's packed inputs: two images of 4 x 4 patches, each patch of shape ``patch``, as 32 rows
+    under ``name``, and their grid_thw."""
+    return lambda text: ([name, "grid_thw"], (_seeded(32, *patch, seed=2), torch.tensor([[1, 4, 4], [1, 4, 4]])))
+
+
 # Families with no attention at all (state-space, recurrent, Fourier, pooling and focal-modulation mixers): the
 # probe checks that detect finds nothing in them.
-NO_ATTENTION = {"rwkv", "mamba", "falcon_mamba", "fnet", "focalnet", "poolformer"}
+NO_ATTENTION = {"rwkv", "mamba", "falcon_mamba", "fnet", "focalnet", "poolformer", "muse_spark_audio"}
 
 
 # A family whose model output has no last_hidden_state: the field probed instead (Mask2Former's masked attention
@@ -531,6 +568,19 @@ CUSTOM_INPUTS = {
                                           (_seeded(2, 6, 5, seed=2), _seeded(2, 6, 3, seed=3),
                                            _seeded(2, 6, 1, seed=4), torch.arange(6).repeat(2, 1),
                                            _padding_mask(6, 4))),
+    # 3200 samples, the second 2400: 80 frames of 40, 20 encoder positions after two strided convolutions
+    "moonshine_streaming": lambda text: (["input_values", "attention_mask", "decoder_input_ids"],
+                                         (_seeded(2, 3200, seed=3), _padding_mask(3200, 2400), text[2])),
+    "qwen3_5_vision": _packed_patches(24),  # 3 channels x 2 frames x 2 x 2 pixels
+    "glm5_next_vision": _packed_patches(24),
+    "cosmos3_edge_vision": _packed_patches(12, name="pixel_values"),
+    "dots3_note_vision": _packed_patches(12, name="pixel_values"),
+    "kimi_k25_vision": _packed_patches(3, 2, 2, name="pixel_values"),
+    "muse_spark_vision": _packed_patches(24, name="pixel_values"),
+    "molmo2_vision": lambda text: (["pixel_values"], (_seeded(2, 16, 48, seed=2),)),  # 16 patches of 4 x 4 x 3
+    # 64 frames of 16 mel bins, the second 40 long
+    "dots3_note_audio": lambda text: (["input_features", "chunk_sample_lengths"],
+                                      (_seeded(2, 16, 64, seed=2), torch.tensor([64, 40]))),
 }
 
 
