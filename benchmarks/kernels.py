@@ -31,7 +31,8 @@ Parts can be run cheaply: ``--variants`` takes names or substrings
 (``--variants relbias hierarchical``), ``--n`` the sequence lengths.
 
 ``--sweep N [N ...]`` times a few tile configurations of the kernel itself (no fast path) for the rows
-in ``--sweep-rows``.
+in ``--sweep-rows``; ``--sweep-tiles 64x64w4s1 64x64w4s3`` picks the configurations and ``--sweep-repeats 3``
+times each of them three times, in turn, where one pass cannot tell them apart.
 
 ``--fold-sweep N`` times the folded-segment fast path (cuDNN over segments folded into the batch, parts
 merged by log-sum-exp) against the band kernel for segments of 64 .. 1024, plain, with 4 sinks and with
@@ -389,8 +390,41 @@ def _opt(x, digits: int = 3) -> str:
 SWEEP_ROWS = ("segmented S=1024 + 4 sinks", "window W=1024", "memory S=M=1024 causal")
 
 
-def sweep(n: int, rep_ms: float, log, names=SWEEP_ROWS) -> list[dict]:
-    """Kernel-only timings of a few tile configurations (fast path off) for band rows and hierarchical rows."""
+def parse_tile(text: str):
+    """A tile configuration written ``MxNwWsS`` (tile rows, key columns, warps, pipeline stages), ``+ws`` at the end
+    for warp specialisation: ``64x64w4s1`` is BandConfig(64, 64, 4, 1, TMA)."""
+    import re
+
+    from attnopt.kernels import triton_band
+
+    m = re.fullmatch(r"(\d+)x(\d+)w(\d+)s(\d+)(\+ws)?", text)
+    if m is None:
+        raise argparse.ArgumentTypeError(f"{text!r}: a tile is written MxNwWsS, e.g. 64x64w4s1 (or 128x128w8s3+ws)")
+    rows, cols, warps, stages = (int(g) for g in m.groups()[:4])
+    return triton_band.BandConfig(rows, cols, warps, stages, True, bool(m.group(5)))
+
+
+def parse_band(text: str) -> tuple:
+    """A band to sweep that the table has no row for, ``band:UNIT,BEFORE,AFTER,SINKS`` with ``,causal`` at the end
+    for a causal one (``band:512,512,0,0`` is memory with S = M = 512), as a VARIANTS entry."""
+    parts = text.removeprefix("band:").split(",")
+    causal = parts[-1] == "causal"
+    try:
+        unit, before, after, sinks = (int(p) for p in parts[:4])
+        if len(parts) != 4 + causal or unit < 1 or min(before, after, sinks) < 0:
+            raise ValueError
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: a band is written band:UNIT,BEFORE,AFTER,SINKS[,causal], "
+                                         "e.g. band:1,511,511,0,causal") from None
+    return unit, before, after, sinks, causal, None
+
+
+def sweep(n: int, rep_ms: float, log, names=SWEEP_ROWS, tiles=None, repeats: int = 1) -> list[dict]:
+    """Kernel-only timings of a few tile configurations (fast path off) for band rows and hierarchical rows.
+
+    ``tiles`` replaces the lists below; ``repeats`` > 1 times every configuration of a row that many times, in
+    turn (one round over the configurations, then the next), so that a drift of the GPU's clocks or of its
+    neighbours falls on all of them alike."""
     from attnopt.kernels import triton_band, triton_hierarchical
 
     q, k, v = random_qkv(n)
@@ -406,8 +440,8 @@ def sweep(n: int, rep_ms: float, log, names=SWEEP_ROWS) -> list[dict]:
                       C(64, 64, 4, 3, True), C(128, 64, 4, 2, True), C(256, 64, 16, 2, True), C(64, 64, 4, 1, True)]
     out = []
     for name in names:
-        if name in VARIANTS:
-            unit, before, after, sinks, causal, _ = VARIANTS[name]
+        if name in VARIANTS or name.startswith("band:"):
+            unit, before, after, sinks, causal, _ = VARIANTS.get(name) or parse_band(name)
             kw = dict(unit=unit, before=before, after=after, sinks=sinks, scale=D ** -0.5, causal=causal)
             flops = 4 * n * keys_per_query(n, n, unit, before, after, sinks, causal) * D * H
             configs = band_configs
@@ -425,17 +459,23 @@ def sweep(n: int, rep_ms: float, log, names=SWEEP_ROWS) -> list[dict]:
             def call(cfg, params=params, causal=causal):
                 return triton_hierarchical.hierarchical_attention(q, k, v, **params, scale=D ** -0.5, causal=causal,
                                                                  config=cfg)
-        ref = None
-        for cfg in configs:
-            try:
-                o = call(cfg)
-                ref = o if ref is None else ref
-                diff = (o.float() - ref.float()).abs().max().item()
-                ms = bench(lambda cfg=cfg: call(cfg), rep_ms)
-                out.append(dict(variant=name, n=n, config=cfg.__dict__, ms=ms, tflops=flops / ms / 1e9, diff=diff))
-                log(f"sweep {name} N={n} {cfg}: {ms:.3f} ms {flops / ms / 1e9:.0f} TFLOP/s diff {diff:.3g}")
-            except Exception as exc:
-                log(f"sweep {name} {cfg}: failed {type(exc).__name__}: {str(exc)[:200]}")
+        configs = tiles or configs
+        ref, failed = None, set()
+        for repeat in range(repeats):
+            for i, cfg in enumerate(configs):
+                if i in failed:
+                    continue
+                try:
+                    o = call(cfg)
+                    ref = o if ref is None else ref
+                    diff = (o.float() - ref.float()).abs().max().item()
+                    ms = bench(lambda cfg=cfg: call(cfg), rep_ms)
+                    out.append(dict(variant=name, n=n, config=cfg.__dict__, ms=ms, tflops=flops / ms / 1e9,
+                                    diff=diff, repeat=repeat))
+                    log(f"sweep {name} N={n} {cfg}: {ms:.3f} ms {flops / ms / 1e9:.0f} TFLOP/s diff {diff:.3g}")
+                except Exception as exc:
+                    failed.add(i)
+                    log(f"sweep {name} {cfg}: failed {type(exc).__name__}: {str(exc)[:200]}")
     return out
 
 
@@ -515,7 +555,12 @@ def main(argv=None) -> int:
     ap.add_argument("--window-sink-sweep", type=int, nargs="+", default=[],
                     help="N for a cuDNN-window-and-merge / band-kernel comparison of windows with 4 sinks first")
     ap.add_argument("--sweep-rows", nargs="+", default=list(SWEEP_ROWS),
-                    help="rows the sweep times (band rows and hierarchical ones)")
+                    help="rows the sweep times (band rows and hierarchical ones), or bands of no row written "
+                         "band:UNIT,BEFORE,AFTER,SINKS[,causal]")
+    ap.add_argument("--sweep-tiles", nargs="+", type=parse_tile, default=None, metavar="MxNwWsS",
+                    help="the sweep's tile configurations instead of its own lists, e.g. 64x64w4s1 64x64w4s3")
+    ap.add_argument("--sweep-repeats", type=int, default=1,
+                    help="time each configuration this many times, in turn with the others (default 1)")
     args = ap.parse_args(argv)
     if args.sink_logits and not args.no_flex:
         ap.error("--sink-logits needs --no-flex")
@@ -542,9 +587,18 @@ def main(argv=None) -> int:
     log(json.dumps(meta))
     result = dict(meta=meta)
     for bad in [r for r in args.sweep_rows if r not in ALL_ROWS]:
-        print(f"--sweep-rows: no row {bad!r}; rows: {', '.join(ALL_ROWS)}", file=sys.stderr)
+        if bad.startswith("band:"):
+            try:
+                parse_band(bad)
+                continue
+            except argparse.ArgumentTypeError as exc:
+                print(f"--sweep-rows: {exc}", file=sys.stderr)
+                return 2
+        print(f"--sweep-rows: no row {bad!r}; rows: {', '.join(ALL_ROWS)}, or band:UNIT,BEFORE,AFTER,SINKS[,causal]",
+              file=sys.stderr)
         return 2
-    result["sweep"] = [r for n in args.sweep for r in sweep(n, args.rep_ms, log, args.sweep_rows)]
+    result["sweep"] = [r for n in args.sweep
+                       for r in sweep(n, args.rep_ms, log, args.sweep_rows, args.sweep_tiles, args.sweep_repeats)]
     result["fold_sweep"] = [r for n in args.fold_sweep for r in fold_sweep(n, args.rep_ms, log)]
     result["window_sink_sweep"] = [r for n in args.window_sink_sweep for r in window_sink_sweep(n, args.rep_ms, log)]
     variants = ALL_ROWS if args.variants is None else [r for r in ALL_ROWS if any(w in r for w in args.variants)]

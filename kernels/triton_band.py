@@ -633,7 +633,7 @@ NARROW_BAND = 4096
 
 
 def default_config(head_dim: int, dtype: torch.dtype, device: torch.device, has_mask: bool = False,
-                   pooled: bool = False, span: int | None = None) -> BandConfig:
+                   pooled: bool = False, span: int | None = None, sliding: bool = False) -> BandConfig:
     """A fixed table (no autotuning: compile time matters more than the last few percent).
 
     Measured on the H200 (bf16, D=128, N=65536): 128×128 tiles, 8 warps, 3 stages
@@ -656,14 +656,20 @@ def default_config(head_dim: int, dtype: torch.dtype, device: torch.device, has_
     if head_dim <= 128:
         if has_mask:
             return BandConfig(block_m=128, block_n=64, num_warps=8, num_stages=2, use_tma=True)
-        if span is not None and span <= SHORT_BAND_BLOCKS * 64:
+        if span is not None and (span <= SHORT_BAND_BLOCKS * 64 or (sliding and span <= NARROW_BAND)):
             # A short band's programs fold 2 to 4 key blocks: too few to fill a software pipeline, whose stages
             # only cost shared memory. Unpipelined, a program's tiles take 48 KB instead of 112: room for 4
             # programs a multiprocessor instead of 2 to hide each other's load latency (the likely reason; the
             # occupancy itself was not read off the GPU). H200 sweep (N=65536, 64×64 on 4 warps; stages 1 / 2 /
             # 3, two runs): hierarchical's fine window 0.396-0.401 / 0.425-0.429 / 0.424-0.425 ms, causal
-            # 0.335-0.336 / 0.383-0.385 / 0.392-0.394. Longer bands are mixed (memory S=M=1024 2.685 / 2.545 /
-            # 2.401), so they keep 3 stages below.
+            # 0.335-0.336 / 0.383-0.385 / 0.392-0.394.
+            # Sliding bands (windows: the keys move with every row, so that every tile starts and ends in a
+            # partly masked block) gain too at any narrow width; block-aligned ones (segments, memory) lose and
+            # keep 3 stages below. Medians of 3-4 alternated runs, stages 1 / 3 (`benchmarks/kernels.py
+            # --sweep 65536 --sweep-tiles 64x64w4s1 64x64w4s3 --sweep-repeats 3`, BENCHMARKS.md): windows of
+            # W = 256 / 512 / 1024 / 2048 0.799 / 1.376 / 2.398 / 4.573 against 0.900 / 1.434 / 2.534 / 4.776 ms,
+            # causal W = 512 / 1024 0.838 / 1.413 against 0.914 / 1.487; segments of 512 / 1024 0.869 / 1.551
+            # against 0.750 / 1.335, memory S=M=1024 2.694 against 2.389.
             return BandConfig(block_m=64, block_n=64, num_warps=4, num_stages=1, use_tma=True)
         if span is not None and span <= NARROW_BAND:
             # a narrow band's edge blocks are a large share of its work, and 64-row tiles halve the masked area.
@@ -1096,7 +1102,7 @@ def _band_attention(q, k, v, *, unit, before, after, sinks, scale, causal, softc
     # a table gather or the pooled tiles take shared memory like a mask tile: the narrower configuration
     wide_tiles = mask is not None or pooled is not None or (bias is not None and bias.table.shape[-1] > 1)
     cfg = config or default_config(D, q.dtype, q.device, has_mask=wide_tiles, pooled=pooled is not None,
-                                   span=unit + before + after)
+                                   span=unit + before + after, sliding=unit == 1)
     block_m = cfg.block_m
     row_shift = 0
     if pooled is not None and pooled.levels > 1:
