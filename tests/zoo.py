@@ -563,6 +563,24 @@ def clip_vision(impl: str) -> Built:
     return Built(HFWrapper(model, ["pixel_values"]), (_pixels(),), ["pixel_values"], ["last_hidden_state"])
 
 
+def mllama_vision(impl: str) -> Built:
+    """Mllama's vision tower: images cut into tiles, each tile's patches padded to a multiple of 8 and attended
+    with its image's other tiles; a local and a global transformer. TorchScript sizes its repeats from a Shape
+    ONNX inference leaves symbolic (unk__), which the frontend's shape refinement read as an int."""
+    from transformers import MllamaVisionConfig, MllamaVisionModel
+
+    _hf_quiet()
+    cfg = MllamaVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_global_layers=1,
+                             attention_heads=4, image_size=16, patch_size=4, max_num_tiles=2, vision_output_dim=64,
+                             intermediate_layers_indices=[0], supported_aspect_ratios=[[1, 1], [1, 2], [2, 1]])
+    model = _hf_model(MllamaVisionModel, cfg, impl)
+    names = ["pixel_values", "aspect_ratio_ids", "aspect_ratio_mask"]
+    # aspect ratios 1 x 2 (two tiles) and 1 x 1 (one tile and a masked one)
+    inputs = (torch.randn(2, 1, 2, 3, 16, 16, generator=torch.Generator().manual_seed(2)), torch.tensor([[2], [1]]),
+              torch.tensor([[[1, 1]], [[1, 0]]]))
+    return Built(HFWrapper(model, names), inputs, names, ["last_hidden_state"])
+
+
 def bloom(impl: str) -> Built:
     from transformers import BloomConfig, BloomModel
 
@@ -1384,6 +1402,9 @@ CASES: list[ZooCase] = [
                  scales=(1 / math.sqrt(8), 1.0), self_attention_sites=2, causal_sites=0),
     *_impl_cases("clip-vision", clip_vision, expected_sites=2, heads=2, head_dim=16, self_attention_sites=2,
                  causal_sites=0),
+    # TorchScript alone: the other exporters and torch.export read it already (benchmarks/family_probe.py)
+    *_impl_cases("mllama-vision", mllama_vision, expected_sites=3, heads=4, head_dim=8, self_attention_sites=3,
+                 causal_sites=0, onnx_exporters=(TORCHSCRIPT,), fx_tracers=()),
     # Windows folded into the batch; a relative-position bias on every site, the shift mask on the second.
     *_impl_cases("swin", swin, expected_sites=2, heads=2, head_dim=8, self_attention_sites=2, causal_sites=0,
                  excluded_sdpa={DYNAMO: _SWIN_SDPA_ERROR, DYNAMO_OPSET23: _SWIN_SDPA_ERROR}),

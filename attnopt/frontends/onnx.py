@@ -328,8 +328,7 @@ def _refine_shapes(view: View) -> None:
         elif info.op == "other:Tile" and len(ins) == 2 and view.shape(ins[0]) is not None:
             repeats = view.const(ins[1])
             if repeats is not None and np.ndim(repeats) == 1 and len(repeats) == len(view.shape(ins[0])):
-                derived = tuple(d * int(r) if isinstance(d, int) else (d if int(r) == 1 else None)
-                                for d, r in zip(view.shape(ins[0]), repeats))
+                derived = tuple(_tiled_dim(d, _dim_or_none(r)) for d, r in zip(view.shape(ins[0]), repeats))
         elif info.op in _ELEMENTWISE:
             derived = _broadcast([view.shape(v) for v in ins if v is not None and view.const(v) is None])
         elif info.op == "matmul" and len(ins) == 2:
@@ -351,7 +350,7 @@ def _refine_split(view: View, nid: str, info) -> None:
     parts = view.const(ins[1]) if len(ins) > 1 and ins[1] is not None else None
     n = len(info.shapes)
     if parts is not None:
-        sizes = [int(p) for p in np.ravel(parts)]
+        sizes = [_dim_or_none(p) for p in np.ravel(parts)]  # a part sized from a symbolic Shape stays a symbol
     elif isinstance(src[axis], int) and src[axis] % n == 0:
         sizes = [src[axis] // n] * n
     else:
@@ -377,7 +376,18 @@ def _concat_dims(shapes: list, axis: int):
 
 
 def _dim_or_none(d):
+    """A folded shape entry as a dim: an int, a symbol name (a constant folded from a partly symbolic Shape,
+    onnx_fold.dims_array), or None."""
     return int(d) if isinstance(d, (int, np.integer)) else (d if isinstance(d, str) else None)
+
+
+def _tiled_dim(d, r):
+    """Tile's output dim from the input's ``d`` and its repeat ``r`` (each an int, a symbol or None)."""
+    if isinstance(d, int) and isinstance(r, int):
+        return d * r
+    if r == 1:
+        return d
+    return r if d == 1 else None
 
 
 def _unsqueeze_dims(info, src, axes):
