@@ -434,6 +434,35 @@ FAMILIES = {
     # hop_length 1: the sample counts are frame counts, 8 frames a token
     "dots3_note_audio": ("custom", "Dots3NoteAudioConfig", "Dots3NoteAudioModel", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2, feature_size=16, hop_length=1, downsample_hidden_size=8, adapter_input_size=32, adapter_out_dim=32)),
     "muse_spark_audio": ("audio", "MuseSparkAudioConfig", "MuseSparkAudioModel", dict(patch_sizes=(5, 4), hidden_sizes=(16, 32), depths=(1, 1), num_hidden_layers=2, conv_kernel_size=3, out_hidden_size=32)),
+    # the thirty-first session's second batch
+    # patches with their (x, y) positions, padding patches at (-1, -1); 2-D rotary, q/k/v norms, unscaled scores
+    "gemma4_vision": ("custom", "Gemma4VisionConfig", "Gemma4VisionModel", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=4, head_dim=8, num_hidden_layers=2, patch_size=4, pooling_kernel_size=2, position_embedding_size=16)),
+    # chunked local attention (chunks of 4, 4 keys back and 2 ahead) with a relative bias and a tanh softcap
+    "gemma4_audio": ("custom", "Gemma4AudioConfig", "Gemma4AudioModel", dict(hidden_size=32, num_attention_heads=4, num_hidden_layers=2, subsampling_conv_channels=[16, 8], conv_kernel_size=3, attention_chunk_size=4, attention_context_left=5, attention_context_right=2, output_proj_dims=32)),
+    # a Conformer with a learned relative bias added to its streaming chunk mask (chunks of 4, one chunk back)
+    "phi4_multimodal_audio": ("custom", "Phi4MultimodalAudioConfig", "Phi4MultimodalAudioModel", dict(hidden_size=32, intermediate_size=64, num_blocks=2, num_attention_heads=4, chunk_size=4, left_chunk=1, ext_pw_out_channel=32, depthwise_separable_out_channel=32, input_size=16, nemo_conv_channels=8, bias_max_distance=8)),
+    "phi4_multimodal_vision": ("custom", "Phi4MultimodalVisionConfig", "Phi4MultimodalVisionModel", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2, image_size=16, patch_size=4)),
+    "pix2struct_vision": ("custom", "Pix2StructVisionConfig", "Pix2StructVisionModel", dict(hidden_size=32, patch_embed_hidden_size=48, d_ff=64, d_kv=8, num_hidden_layers=2, num_attention_heads=4, seq_len=16)),
+    # a T5-style decoder (relative bias, no scaling) with cross-attention to 6 encoder states
+    "pix2struct_text": ("custom", "Pix2StructTextConfig", "Pix2StructTextModel", dict(vocab_size=100, hidden_size=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, relative_attention_num_buckets=8, initializer_range=0.02)),
+    # two tiles an image, each padded to a multiple of 8 positions; the second image's second tile masked out
+    "mllama_vision": ("custom", "MllamaVisionConfig", "MllamaVisionModel", dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_global_layers=1, attention_heads=4, image_size=16, patch_size=4, max_num_tiles=2, vision_output_dim=64, intermediate_layers_indices=[0], supported_aspect_ratios=[[1, 1], [1, 2], [2, 1]])),
+    # a cross-attention layer to 6 vision states under its own mask, after a self-attention layer
+    "mllama_text": ("custom", "MllamaTextConfig", "MllamaTextModel", dict(_GENERIC, vocab_size=100, max_position_embeddings=64, cross_attention_layers=[1])),
+    # 2-D rotary through complex multiplication
+    "llama4_vision": ("vision", "Llama4VisionConfig", "Llama4VisionModel", dict(hidden_size=32, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, image_size=16, patch_size=4, vision_output_dim=32, projector_input_dim=32, projector_output_dim=32)),
+    "pe_audio_encoder": ("custom", "PeAudioEncoderConfig", "PeAudioEncoder", dict(_GENERIC, dac_config=dict(encoder_hidden_size=4, downsampling_ratios=[2, 4], hidden_size=16, hop_length=8, codebook_dim=8, decoder_hidden_size=16, upsampling_ratios=[4, 2]))),
+    "paddleocr_vision": ("custom", "PaddleOCRVisionConfig", "PaddleOCRVisionModel", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2, image_size=8, patch_size=2)),
+    "hunyuan_vl_vision": ("custom", "HunYuanVLVisionConfig", "HunYuanVLVisionTransformer", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=4, num_hidden_layers=2, patch_size=2, out_hidden_size=32, text_hidden_size=32)),
+    "internvl_vision": ("vision", "InternVLVisionConfig", "InternVLVisionModel", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2, image_size=[16, 16], patch_size=[4, 4], use_qk_norm=True)),
+    # DaViT: window attention, then attention across channels (head groups of channels as the sequence)
+    "florence2_vision": ("custom", "Florence2VisionConfig", "Florence2VisionBackbone", dict(depths=[1, 1], patch_size=[7, 3], patch_stride=[4, 2], patch_padding=[3, 1], patch_prenorm=[False, True], embed_dim=[16, 32], num_heads=[2, 4], num_groups=[2, 4], window_size=2, projection_dim=32, drop_path_rate=0.0)),
+    # SAM 2's Hiera: windowed attention, a query-pooling stage, then a global block
+    "sam2_vision": ("vision32", "Sam2VisionConfig", "Sam2VisionModel", dict(backbone_config=dict(model_type="sam2_hiera_det_model", hidden_size=16, num_attention_heads=1, image_size=[32, 32], patch_kernel_size=[7, 7], patch_stride=[4, 4], patch_padding=[3, 3], query_stride=[2, 2], window_positional_embedding_background_size=[2, 2], num_query_pool_stages=1, blocks_per_stage=[1, 2], embed_dim_per_stage=[16, 32], num_attention_heads_per_stage=[1, 2], window_size_per_stage=[4, 2], global_attention_blocks=[2], mlp_ratio=2.0), backbone_channel_list=[32, 16], backbone_feature_sizes=[[8, 8], [4, 4]], fpn_hidden_size=16, fpn_top_down_levels=[1], num_feature_levels=2)),
+    # a Conformer over chunks: each position sees 4 positions back and 1 ahead (its lookahead)
+    "nemotron_asr_streaming_encoder": ("custom", "NemotronAsrStreamingEncoderConfig", "NemotronAsrStreamingEncoder", dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=4, num_hidden_layers=2, num_mel_bins=16, subsampling_conv_channels=8, conv_kernel_size=3, sliding_window=4, default_num_lookahead_tokens=1)),
+    # causal sliding-window attention (4 positions) over the codec's frames
+    "mimi_encoder": ("custom", "MimiEncoderConfig", "MimiEncoderModel", dict(hidden_size=32, num_filters=4, upsampling_ratios=[4, 4], num_hidden_layers=2, intermediate_size=64, num_attention_heads=4, num_key_value_heads=4, head_dim=8, sliding_window=4, codebook_dim=16, vector_quantization_hidden_dimension=16, upsample_groups=32)),
 }
 
 KINDS = ("enc", "dec", "encdec", "vision", "vision32", "video", "audio", "speech2text", "custom")
@@ -488,14 +517,26 @@ def _packed_patches(*patch: int, name: str = "hidden_states"):
     return lambda text: ([name, "grid_thw"], (_seeded(32, *patch, seed=2), torch.tensor([[1, 4, 4], [1, 4, 4]])))
 
 
+def _patch_positions(width: int, height: int, valid: tuple[int, int] | None = None) -> torch.Tensor:
+    """(2, width * height, 2) patch positions (x, y), row by row; with ``valid``, each image's positions from
+    its count on are padding, (-1, -1)."""
+    ys, xs = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    positions = torch.stack([xs.flatten(), ys.flatten()], -1).repeat(2, 1, 1)
+    for i, n in enumerate(valid or ()):
+        positions[i, n:] = -1
+    return positions
+
+
 # Families with no attention at all (state-space, recurrent, Fourier, pooling and focal-modulation mixers): the
 # probe checks that detect finds nothing in them.
 NO_ATTENTION = {"rwkv", "mamba", "falcon_mamba", "fnet", "focalnet", "poolformer", "muse_spark_audio"}
 
 
 # A family whose model output has no last_hidden_state: the field probed instead (Mask2Former's masked attention
-# is in its transformer decoder).
-OUTPUTS = {"mask2former": "transformer_decoder_last_hidden_state"}
+# is in its transformer decoder; Phi-4's audio encoder returns a bare tensor, read as its ``T``: the tensor with its
+# axes reversed).
+OUTPUTS = {"mask2former": "transformer_decoder_last_hidden_state", "pix2struct_text": "logits", "mimi_encoder": "latents",
+           "phi4_multimodal_audio": "T"}
 
 
 # The "custom" kind's inputs: family -> text -> (input names, the inputs); text is the zoo's (input_ids,
@@ -581,6 +622,39 @@ CUSTOM_INPUTS = {
     # 64 frames of 16 mel bins, the second 40 long
     "dots3_note_audio": lambda text: (["input_features", "chunk_sample_lengths"],
                                       (_seeded(2, 16, 64, seed=2), torch.tensor([64, 40]))),
+    # 16 patches of 4 x 4 x 3 at their (x, y); the second image 2 x 4 patches, then 8 padding patches
+    "gemma4_vision": lambda text: (["pixel_values", "pixel_position_ids"],
+                                   (_seeded(2, 16, 48, seed=2), _patch_positions(4, 4, valid=(16, 8)))),
+    "gemma4_audio": _features(64, 48),
+    "phi4_multimodal_audio": lambda text: (["hidden_states", "mask"], _features(64, 48)(text)[1]),
+    # the second image 3 x 4 patches of its 4 x 4
+    "phi4_multimodal_vision": lambda text: (["pixel_values", "patch_attention_mask"],
+                                            (_seeded(2, 3, 16, 16, seed=2), _padding_mask(16, 12).view(2, 4, 4).bool())),
+    # 16 patches of 4 x 4 x 3 after their row and column, the second image's last 4 padding
+    "pix2struct_vision": lambda text: (["flattened_patches", "attention_mask"],
+                                       (torch.cat([_patch_positions(4, 4).float() + 1, _seeded(2, 16, 48, seed=2)], -1),
+                                        _padding_mask(16, 12))),
+    "pix2struct_text": lambda text: (["input_ids", "attention_mask", "encoder_hidden_states"],
+                                     (*text[:2], _seeded(2, 6, 32, seed=3))),
+    # aspect ratios 1 x 2 (two tiles) and 1 x 1 (one tile and a masked one)
+    "mllama_vision": lambda text: (["pixel_values", "aspect_ratio_ids", "aspect_ratio_mask"],
+                                   (_seeded(2, 1, 2, 3, 16, 16, seed=2), torch.tensor([[2], [1]]),
+                                    torch.tensor([[[1, 1]], [[1, 0]]]))),
+    # 6 vision states, the second sequence's last 2 masked out (additive), every text row keeping some
+    "mllama_text": lambda text: (["input_ids", "attention_mask", "cross_attention_states", "cross_attention_mask",
+                                  "full_text_row_masked_out_mask"],
+                                 (*text[:2], _seeded(2, 6, 32, seed=3),
+                                  (_padding_mask(6, 4)[:, None, None, :] - 1.0) * -torch.finfo(torch.float32).min
+                                  * torch.ones(2, 1, 10, 6), torch.ones(2, 1, 10, 1))),
+    # 800 samples, the second 600: 100 frames (hop 8) after the class token
+    "pe_audio_encoder": lambda text: (["input_values", "padding_mask"],
+                                      (_seeded(2, 1, 800, seed=3), _padding_mask(800, 600))),
+    "paddleocr_vision": lambda text: (["pixel_values", "grid_thw"],
+                                      (_seeded(1, 32, 3, 2, 2, seed=2), torch.tensor([[1, 4, 4], [1, 4, 4]]))),
+    "hunyuan_vl_vision": _packed_patches(12, name="pixel_values"),
+    "florence2_vision": lambda text: (["hidden_states"], (_seeded(2, 3, 32, 32, seed=2),)),
+    "nemotron_asr_streaming_encoder": _features(64, 48),
+    "mimi_encoder": lambda text: (["input_values"], (_seeded(2, 1, 800, seed=3),)),
 }
 
 
